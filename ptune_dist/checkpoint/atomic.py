@@ -1,0 +1,90 @@
+"""Atomic checkpoint folders: write into a hidden temporary folder, fsync, rename into place.
+
+The last file written is manifest.json (every file's size and SHA-256). A folder without a valid
+manifest is not a checkpoint: resume skips it and a user who names it gets a CheckpointError. A
+crash at any moment leaves either the previous folder or the new complete one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from ptune_dist.errors import CheckpointError
+
+MANIFEST = "manifest.json"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path):
+    """Yields a temporary folder; on success it becomes `final` (replacing an older one)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+        (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=1))
+        for p in [*files, tmp / MANIFEST, tmp]:
+            _fsync(p)
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def verify(folder: Path) -> None:
+    """Raise CheckpointError unless every file the manifest lists is there, whole and unchanged."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder}: not a folder")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {folder}: no readable {MANIFEST} ({type(e).__name__}); "
+                              "it is incomplete or not a ptune checkpoint") from None
+    for name, meta in manifest.items():
+        p = folder / name
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {folder}: {name} is missing")
+        if p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {folder}: {name} is damaged (size or checksum differs "
+                                  "from the manifest)")
+
+
+def is_valid(folder: Path) -> bool:
+    try:
+        verify(folder)
+        return True
+    except CheckpointError:
+        return False

@@ -1,0 +1,142 @@
+"""Export to and import from HF PEFT's adapter format (adapter_config.json + adapter_model.safetensors).
+
+PEFT stores one tensor, `prompt_embeddings`: for prompt tuning and P-tuning the [P, H] virtual
+tokens (P-tuning: the encoder's output, the encoder itself is not kept), for prefix tuning the
+[P, L*2*Hkv*d] prefix (layer-major, key before value, as ptune keeps it). Same weights, same
+logits in both systems. An import becomes a run folder with final/ that eval, predict and
+training (as initialisation) accept. Task heads have no PEFT prompt-learning equivalent and are
+not exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ptune_dist.config import load_config, to_yaml
+from ptune_dist.errors import CheckpointError, ConfigError
+from ptune_dist.methods import BaseInfo, InitContext, method_class
+from ptune_dist.model.load import infer_kind, load_hf_config, resolve_path
+
+from . import state
+from .atomic import atomic_dir
+
+PEFT_TYPES = {"prompt_tuning": "PROMPT_TUNING", "p_tuning": "P_TUNING", "prefix_tuning": "PREFIX_TUNING",
+              "p_tuning_v2": "PREFIX_TUNING"}
+FROM_PEFT = {"PROMPT_TUNING": "prompt_tuning", "P_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix_tuning"}
+
+
+class Prompts(nn.Module):
+    """Just the prompt table, without the base: enough to read, convert and write prompt weights."""
+
+    def __init__(self, cfg, info: BaseInfo):
+        super().__init__()
+        cls = method_class(cfg.method.name)
+        method_cfg = dataclasses.replace(cfg.method, init="random")  # the weights are loaded next
+        ctx = InitContext(embed=None, tokenizer=None, label_words=[], generator=torch.Generator())
+        self.prompts = nn.ModuleDict({t.name: cls(method_cfg, info, ctx) for t in cfg.tasks})
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self.named_parameters())
+
+
+def base_info(cfg) -> BaseInfo:
+    hf_config = load_hf_config(cfg.model.name_or_path)
+    return BaseInfo.from_config(hf_config, infer_kind(hf_config) if cfg.model.kind == "auto" else cfg.model.kind)
+
+
+def flat_prompt(module) -> torch.Tensor:
+    """What PEFT saves as prompt_embeddings."""
+    with torch.no_grad():
+        out = module.flat() if module.depth == "deep" else module()
+    return out.detach().float().contiguous()
+
+
+def peft_config(method: str, cfg, info: BaseInfo, P: int):
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+
+    common = dict(task_type="CAUSAL_LM" if info.kind == "causal_lm" else "FEATURE_EXTRACTION",
+                  num_virtual_tokens=P, num_transformer_submodules=1, num_layers=info.num_layers,
+                  base_model_name_or_path=resolve_path(cfg.model.name_or_path), inference_mode=True)
+    if method == "prompt_tuning":
+        return PromptTuningConfig(token_dim=info.hidden_size, num_attention_heads=info.num_heads, **common)
+    if method == "p_tuning":
+        return PromptEncoderConfig(token_dim=info.hidden_size, num_attention_heads=info.num_heads,
+                                   encoder_reparameterization_type=cfg.method.encoder.upper(),
+                                   encoder_hidden_size=cfg.method.encoder_hidden_size or info.hidden_size, **common)
+    return PrefixTuningConfig(token_dim=info.num_kv_heads * info.head_dim, num_attention_heads=info.num_kv_heads,
+                              prefix_projection=False, **common)
+
+
+def export_peft(checkpoint, out, task: str | None = None) -> Path:
+    from ptune_dist.inference import resolve_checkpoint
+
+    folder = resolve_checkpoint(checkpoint)
+    cfg = load_config([folder / "config.yaml"])
+    if cfg.method.name not in PEFT_TYPES:
+        raise ConfigError(f"method.name={cfg.method.name}: PEFT has no prompt format for it; "
+                          f"exportable: {sorted(PEFT_TYPES)}")
+    names = [t.name for t in cfg.tasks]
+    task = task or (names[0] if len(names) == 1 else None)
+    if task not in names:
+        raise ConfigError(f"--task: choose one of the run's tasks {names}")
+    info = base_info(cfg)
+    prompts = Prompts(cfg, info)
+    try:
+        saved = load_file(folder / "trainable.safetensors")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {folder}: trainable.safetensors unreadable ({e})") from None
+    mine = {k: v for k, v in saved.items() if k.startswith("prompts.")}
+    try:
+        prompts.load_state_dict(mine)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {folder}: prompt weights do not fit {cfg.method.name} ({e})") from None
+    module = prompts.prompts[task]
+    with atomic_dir(Path(out)) as tmp:
+        peft_config(cfg.method.name, cfg, info, module.num_virtual_tokens).save_pretrained(str(tmp))
+        save_file({"prompt_embeddings": flat_prompt(module)}, tmp / "adapter_model.safetensors")
+    return Path(out)
+
+
+def import_peft(adapter_dir, out, overrides=()) -> Path:
+    d = Path(adapter_dir)
+    try:
+        meta = json.loads((d / "adapter_config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{d}: no readable adapter_config.json ({type(e).__name__})") from None
+    weights = d / "adapter_model.safetensors"
+    if not weights.is_file():
+        extra = " (adapter_model.bin is a pickle; ptune reads safetensors only)" if (d / "adapter_model.bin").exists() else ""
+        raise CheckpointError(f"{d}: adapter_model.safetensors not found{extra}")
+    peft_type = meta.get("peft_type")
+    if peft_type not in FROM_PEFT:
+        raise CheckpointError(f"{d}: peft_type {peft_type!r} is not a prompt method ptune imports {sorted(FROM_PEFT)}")
+    try:
+        emb = load_file(weights)["prompt_embeddings"].float()
+    except (SafetensorError, OSError, KeyError) as e:
+        raise CheckpointError(f"{weights}: no readable prompt_embeddings ({type(e).__name__}: {e})") from None
+    method = FROM_PEFT[peft_type]
+    defaults = [f"method.name={method}", f"method.num_virtual_tokens={emb.shape[0]}", f"output_dir={out}",
+                f"model.name_or_path={meta.get('base_model_name_or_path')}"]
+    if method == "prefix_tuning":
+        defaults.append("method.projection=false")
+    cfg = load_config([], defaults + list(overrides))
+    if len(cfg.tasks) != 1 or any(t.scoring == "head" or t.type == "token_classification" for t in cfg.tasks):
+        raise ConfigError("ptune import: the adapter holds one prompt and no task head; configure one task "
+                          "scored by the LM (tasks.0.*)")
+    info = base_info(cfg)
+    prompts = Prompts(cfg, info)
+    (name, param), = prompts.named_parameters()
+    if tuple(param.shape) != tuple(emb.shape):
+        raise CheckpointError(f"{weights}: prompt_embeddings {tuple(emb.shape)} do not fit "
+                              f"{cfg.model.name_or_path} ({tuple(param.shape)} expected for {method})")
+    with torch.no_grad():
+        param.copy_(emb)
+    state.save(Path(out) / "final", prompts, to_yaml(cfg), extra={"imported_from": str(d), "peft_type": peft_type})
+    return Path(out)

@@ -1,0 +1,185 @@
+"""What a checkpoint holds and how it is read back. Tensors in safetensors, everything else in JSON.
+
+    trainable.safetensors   every trainable weight (prompts, prompt encoders, MLPs, heads) in fp32
+    optimizer.safetensors   the optimizer's tensor state, keyed state.<param name>.<slot>
+    state.json              step, optimizer hyper-parameters and scalars, scheduler, data position, RNG
+    rng.safetensors         torch RNG state of every rank
+    config.yaml             the resolved run config
+    manifest.json           sizes and checksums (see atomic.py)
+
+`final/` has the same layout without the optimizer and training state.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ptune_dist.errors import CheckpointError
+
+from .atomic import atomic_dir, is_valid, verify
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().contiguous().cpu() for n, p in model.trainable_parameters().items()}
+
+
+def optimizer_state(model, optimizer) -> tuple[dict, dict]:
+    """(tensors, json) of the optimizer, with parameters named instead of numbered."""
+    names = list(model.trainable_parameters())
+    sd = optimizer.state_dict()
+    order = [i for group in sd["param_groups"] for i in group["params"]]
+    if len(order) != len(names):
+        raise CheckpointError(f"the optimizer holds {len(order)} parameters, the model trains {len(names)}")
+    tensors, scalars, name_of = {}, {}, dict(zip(order, names))
+    for idx, name in name_of.items():
+        for slot, value in sd["state"].get(idx, {}).items():
+            if torch.is_tensor(value):
+                tensors[f"state.{name}.{slot}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(name, {})[slot] = value
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [name_of[i] for i in g["params"]]}
+              for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def load_optimizer_state(model, optimizer, tensors: dict, meta: dict, where: Path) -> None:
+    names = list(model.trainable_parameters())
+    saved = [n for g in meta["param_groups"] for n in g["params"]]
+    if saved != names:
+        raise CheckpointError(f"checkpoint {where}: its optimizer state is for parameters {saved[:3]}..., "
+                              f"this model trains {names[:3]}... (a different method or tasks?)")
+    state = {}
+    for i, name in enumerate(names):
+        slots = {k.split(".")[-1]: v for k, v in tensors.items() if k.rsplit(".", 1)[0] == f"state.{name}"}
+        slots.update(meta["scalars"].get(name, {}))
+        if slots:
+            state[i] = slots
+    groups, i = [], 0
+    for g in meta["param_groups"]:
+        groups.append({**g, "params": list(range(i, i + len(g["params"])))})
+        i += len(g["params"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save(folder: Path, model, config_yaml: str, *, optimizer=None, scheduler=None, loader=None, step: int = 0,
+         rng_states: list[torch.Tensor] | None = None, extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically (call on the writing rank only)."""
+    with atomic_dir(folder) as tmp:
+        save_file(trainable_state(model), tmp / "trainable.safetensors", metadata={"format": "ptune"})
+        (tmp / "config.yaml").write_text(config_yaml)
+        state = {"step": step, **(extra or {})}
+        if optimizer is not None:
+            tensors, meta = optimizer_state(model, optimizer)
+            save_file(tensors, tmp / "optimizer.safetensors")
+            state["optimizer"] = meta
+            state["scheduler"] = scheduler.state_dict()
+            state["loader"] = loader.state_dict()
+            state["python_rng"] = _jsonable(random.getstate())
+            save_file({f"rank{r}": s for r, s in enumerate(rng_states or [torch.get_rng_state()])},
+                      tmp / "rng.safetensors")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    return folder
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _tupled(x):
+    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
+
+
+def read_state(folder: Path) -> dict:
+    verify(folder)
+    try:
+        return json.loads((Path(folder) / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {folder}: state.json unreadable ({e})") from None
+
+
+def _load_tensors(path: Path) -> dict:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {path.parent}: {path.name} unreadable ({e})") from None
+
+
+def load_weights(folder: Path, model) -> None:
+    """Copy a checkpoint's trainable weights into `model` (names and shapes must match)."""
+    folder = Path(folder)
+    verify(folder)
+    saved = _load_tensors(folder / "trainable.safetensors")
+    params = model.trainable_parameters()
+    missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {folder} does not fit this model: missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]} (another method, task list or base?)")
+    with torch.no_grad():
+        for name, p in params.items():
+            if saved[name].shape != p.shape:
+                raise CheckpointError(f"checkpoint {folder}: {name} has shape {tuple(saved[name].shape)}, "
+                                      f"the model expects {tuple(p.shape)}")
+            p.copy_(saved[name])
+
+
+def load_training(folder: Path, model, optimizer, scheduler, loader, rank: int = 0) -> int:
+    """Restore everything a run needs to continue exactly; returns the step it was saved at."""
+    folder = Path(folder)
+    state = read_state(folder)
+    if "optimizer" not in state:
+        raise CheckpointError(f"checkpoint {folder} has no training state (a final/ export?); "
+                              "it can be evaluated or exported, not resumed")
+    load_weights(folder, model)
+    load_optimizer_state(model, optimizer, _load_tensors(folder / "optimizer.safetensors"), state["optimizer"],
+                         folder)
+    scheduler.load_state_dict(state["scheduler"])
+    try:
+        loader.load_state_dict(state["loader"])
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {folder}: {e}") from None
+    random.setstate(_tupled(state["python_rng"]))
+    rngs = _load_tensors(folder / "rng.safetensors")
+    torch.set_rng_state(rngs.get(f"rank{rank}", rngs["rank0"]))
+    return int(state["step"])
+
+
+def step_dirs(checkpoints: Path) -> list[tuple[int, Path]]:
+    """Checkpoint folders under `checkpoints`, newest first (complete or not)."""
+    if not Path(checkpoints).is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in Path(checkpoints).iterdir() if (m := STEP_DIR.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def latest_complete(checkpoints: Path) -> Path | None:
+    for _, path in step_dirs(checkpoints):
+        if is_valid(path):
+            return path
+    return None
+
+
+def resume_point(resume: str, checkpoints: Path) -> Path | None:
+    """train.resume: auto = the newest complete checkpoint (if any), never = none, else that folder."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest_complete(checkpoints)
+    verify(Path(resume))
+    return Path(resume)
+
+
+def prune(checkpoints: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints."""
+    complete = [p for _, p in step_dirs(checkpoints) if is_valid(p)]
+    for path in complete[keep:]:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,124 @@
+"""The `ptune` command.
+
+    ptune train CONFIG.yaml [MORE.yaml ...] [dotted.key=value ...]
+    ptune eval RUN_OR_CHECKPOINT [dotted.key=value ...]
+    ptune predict RUN_OR_CHECKPOINT --input FILE.jsonl [--output FILE.jsonl] [dotted.key=value ...]
+    ptune export CHECKPOINT --format peft --out DIR [--task NAME]
+    ptune import ADAPTER_DIR --out RUN_DIR [dotted.key=value ...]
+    ptune fetch-models [NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import ptune_dist  # noqa: F401  (sets the oneDNN guard before torch loads)
+from ptune_dist.errors import PtuneError
+
+
+def _split(args: list[str]) -> tuple[list[str], list[str]]:
+    files = [a for a in args if "=" not in a]
+    return files, [a for a in args if "=" in a]
+
+
+def cmd_train(ns) -> int:
+    from ptune_dist.config import load_config
+    from ptune_dist.train.loop import train
+
+    files, overrides = _split(ns.args)
+    if not files:
+        raise PtuneError("ptune train: give at least one config file")
+    results = train(load_config(files, overrides))
+    print(json.dumps({k: v for k, v in results.items() if k in ("baseline", "final")}, indent=1))
+    return 0
+
+
+def cmd_eval(ns) -> int:
+    from ptune_dist.inference import evaluate_checkpoint
+
+    print(json.dumps(evaluate_checkpoint(ns.checkpoint, ns.overrides), indent=1))
+    return 0
+
+
+def cmd_predict(ns) -> int:
+    from ptune_dist.inference import predict_file
+
+    predict_file(ns.checkpoint, ns.input, ns.output, ns.overrides)
+    return 0
+
+
+def cmd_export(ns) -> int:
+    from ptune_dist.checkpoint.peft_format import export_peft
+
+    print(export_peft(ns.checkpoint, ns.out, task=ns.task))
+    return 0
+
+
+def cmd_import(ns) -> int:
+    from ptune_dist.checkpoint.peft_format import import_peft
+
+    print(import_peft(ns.adapter, ns.out, ns.overrides))
+    return 0
+
+
+def cmd_fetch(ns) -> int:
+    from ptune_dist import embedded
+
+    embedded.fetch_all(ns.names or None)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ptune", description="Soft-prompt tuning of frozen Hugging Face models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a prompt: CONFIG.yaml [...] [key=value ...]")
+    t.add_argument("args", nargs="+")
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a run folder or checkpoint, print metrics as JSON")
+    e.add_argument("checkpoint")
+    e.add_argument("overrides", nargs="*")
+    e.set_defaults(fn=cmd_eval)
+    pr = sub.add_parser("predict", help="classify or generate for the rows of a JSONL file")
+    pr.add_argument("checkpoint")
+    pr.add_argument("--input", required=True)
+    pr.add_argument("--output", default="-", help="JSONL output (default: stdout)")
+    pr.add_argument("overrides", nargs="*")
+    pr.set_defaults(fn=cmd_predict)
+    x = sub.add_parser("export", help="write a checkpoint as a PEFT adapter")
+    x.add_argument("checkpoint")
+    x.add_argument("--format", choices=["peft"], default="peft")
+    x.add_argument("--out", required=True)
+    x.add_argument("--task", default=None, help="which task's prompt (default: the only one)")
+    x.set_defaults(fn=cmd_export)
+    i = sub.add_parser("import", help="turn a PEFT prompt adapter into a ptune run folder")
+    i.add_argument("adapter")
+    i.add_argument("--out", required=True)
+    i.add_argument("overrides", nargs="*")
+    i.set_defaults(fn=cmd_import)
+    f = sub.add_parser("fetch-models", help="download and convert the embedded models")
+    f.add_argument("names", nargs="*")
+    f.set_defaults(fn=cmd_fetch)
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
+    ns, extra = p.parse_known_args(argv)
+    bad = [a for a in extra if "=" not in a or a.startswith("-") or not hasattr(ns, "overrides")]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:  # key=value overrides may also follow the options
+        ns.overrides = list(ns.overrides) + extra
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return ns.fn(ns)
+    except PtuneError as e:
+        print(f"ptune {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""`ptune eval` and `ptune predict`: load a run's trained prompts onto the base and use them.
+
+A run folder resolves to its final/ weights (or its newest complete checkpoint); a checkpoint folder
+is used as it is. The config comes from the checkpoint's config.yaml, with overrides on top.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ptune_dist.checkpoint import state as ckpt
+from ptune_dist.checkpoint.atomic import verify
+from ptune_dist.config import load_config
+from ptune_dist.data.collate import collate
+from ptune_dist.errors import CheckpointError, DataError
+from ptune_dist.model.generate import greedy
+from ptune_dist.train.evaluate import evaluate
+from ptune_dist.train.session import build_session
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    p = Path(path)
+    if (p / "manifest.json").exists() or (p / "trainable.safetensors").exists():
+        verify(p)
+        return p
+    if (p / "final").is_dir():
+        verify(p / "final")
+        return p / "final"
+    latest = ckpt.latest_complete(p / "checkpoints")
+    if latest is None:
+        raise CheckpointError(f"{p}: neither a checkpoint nor a run folder with final/ or a complete checkpoint")
+    return latest
+
+
+def load_session(path, overrides=(), splits=("eval",)):
+    folder = resolve_checkpoint(path)
+    cfg = load_config([folder / "config.yaml"], list(overrides))
+    s = build_session(cfg, splits=splits)
+    ckpt.load_weights(folder, s.model)
+    s.model.eval()
+    return s
+
+
+def evaluate_checkpoint(path, overrides=()) -> dict:
+    s = load_session(path, overrides)
+    if not any(t.eval for t in s.tasks):
+        raise DataError("tasks.*.eval: no evaluation data configured (set tasks.N.eval=...)")
+    return evaluate(s.model, s.tasks, s.cfg.data.eval_batch_size, s.pad_id, s.cfg.data.padding_side,
+                    s.env.rank, s.env.world)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"--input {path}: file not found")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"--input {path} line {i + 1}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"--input {path} line {i + 1}: expected a JSON object")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"--input {path}: no rows")
+    return rows
+
+
+def predict_rows(s, rows: list[dict], where: str) -> list[dict]:
+    """One result per row; rows may name their task (`task`), so one batch can mix tasks."""
+    names = [t.spec.name for t in s.tasks]
+    examples = []
+    for i, row in enumerate(rows):
+        name = row.get("task", names[0] if len(names) == 1 else None)
+        if name not in names:
+            raise DataError(f"{where} row {i}: task {name!r} is not one of {names}")
+        t = s.tasks[names.index(name)]
+        fields = {k: v for k, v in row.items() if k != "task"}
+        examples.append(t.encoder.encode(fields, f"{where} row {i}"))
+    results = []
+    bs = s.cfg.data.eval_batch_size
+    for start in range(0, len(examples), bs):
+        chunk = examples[start:start + bs]
+        results.extend(_predict_batch(s, chunk))
+    return results
+
+
+def _predict_batch(s, chunk) -> list[dict]:
+    spec0 = s.tasks[chunk[0].task_id].spec
+    if spec0.type == "generation":
+        batch = collate(chunk, s.pad_id, "left")
+        max_new = max(s.tasks[ex.task_id].spec.max_new_tokens for ex in chunk)
+        out = greedy(s.model, batch, max_new, s.tokenizer.eos_token_id)
+        return [{"task": s.tasks[ex.task_id].spec.name, "output": s.tokenizer.decode(ids, skip_special_tokens=True)}
+                for ex, ids in zip(chunk, out)]
+    batch = collate(chunk, s.pad_id, s.cfg.data.padding_side)
+    batch.pop("labels", None)
+    with torch.no_grad():
+        out = s.model(batch)
+    results = []
+    for i, ex in enumerate(chunk):
+        spec = s.tasks[ex.task_id].spec
+        if spec.type == "classification":
+            probs = torch.tensor(out.scores[i]).softmax(-1).tolist()
+            results.append({"task": spec.name, "label": spec.labels[out.preds[i]],
+                            "scores": dict(zip(spec.labels, probs))})
+        else:  # token classification: the tag of each word's first sub-token
+            first = [p for p, lab in enumerate(ex.labels) if lab != -100]
+            results.append({"task": spec.name, "tags": [spec.labels[out.preds[i][p]] for p in first]})
+    return results
+
+
+def predict_file(path, input_file, output: str, overrides=()) -> None:
+    s = load_session(path, overrides, splits=())
+    results = predict_rows(s, read_jsonl(Path(input_file)), f"--input {input_file}")
+    text = "".join(json.dumps(r) + "\n" for r in results)
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text)

@@ -1,0 +1,75 @@
+"""How deep prompts reach attention: a function registered in transformers' attention registry.
+
+The base model is switched to `attn_implementation="ptune_prefix"`. Every attention layer then calls
+`prefix_attention_forward(module, q, k, v, mask, ...)` with the keyword arguments the model's forward
+was given; the prompt model passes its per-layer prefix as `ptune_prefix=PrefixKV(...)`, so the
+prefix travels with the call (also into the recomputation of gradient checkpointing) instead of
+living in a cache or a global. The registered mask function hands attention the plain 2-D padding
+mask; causality comes from the module (`is_causal`), and the kernel adds the prefix keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from ptune_dist.kernels import prefix_attention
+
+ATTN_NAME = "ptune_prefix"
+
+
+@dataclass
+class PrefixKV:
+    """Per-layer prefix keys/values for one forward.
+
+    kv: [L, 2, Hkv, P, d] shared by every row, or [B, L, 2, Hkv, P, d] one per row; None for no prefix.
+    impl: the kernel implementation (kernels.CHOICES).
+    """
+
+    kv: torch.Tensor | None
+    impl: str = "auto"
+
+    @property
+    def num_tokens(self) -> int:
+        return 0 if self.kv is None else self.kv.shape[-2]
+
+    def layer(self, idx: int):
+        if self.kv is None:
+            return None, None
+        if self.kv.dim() == 5:
+            return self.kv[idx, 0], self.kv[idx, 1]
+        return self.kv[:, idx, 0], self.kv[:, idx, 1]
+
+
+def prefix_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                             ptune_prefix: PrefixKV | None = None, **kwargs):
+    """The attention function transformers calls: q [B, Hq, T, d], k/v [B, Hkv, Tk, d] -> [B, T, Hq, d]."""
+    prefix = ptune_prefix or PrefixKV(None)
+    pk, pv = prefix.layer(module.layer_idx)
+    if pk is not None:
+        pk, pv = pk.to(key.dtype), pv.to(value.dtype)
+    out = prefix_attention(
+        query, key, value, pk, pv,
+        causal=bool(getattr(module, "is_causal", True)),
+        key_padding_mask=attention_mask, scale=scaling, dropout_p=dropout, impl=prefix.impl,
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
+                 attention_mask=None, **kwargs):
+    """Mask factory for ATTN_NAME: the boolean [B, kv_length] padding mask, or None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    mask = attention_mask[:, -kv_length:].to(torch.bool)
+    return None if bool(mask.all()) else mask
+
+
+def register() -> str:
+    """Make ATTN_NAME a valid `attn_implementation` (idempotent)."""
+    AttentionInterface.register(ATTN_NAME, prefix_attention_forward)
+    AttentionMaskInterface.register(ATTN_NAME, padding_mask)
+    return ATTN_NAME

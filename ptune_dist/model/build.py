@@ -1,0 +1,40 @@
+"""Build the PromptModel of a run: load the base, make one prompt per task, add the heads.
+
+Every random choice comes from generators seeded by `train.seed` and the task index, so all ranks
+build identical prompts without talking to each other.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ptune_dist.methods import InitContext, method_class
+
+from .heads import SequenceClassificationHead, TokenClassificationHead
+from .load import load_base
+from .prompt_model import PromptModel
+
+
+def build_model(cfg, specs, tokenizer, base=None) -> PromptModel:
+    """`base` = (hf_model, info) reuses an already loaded base (tests, scale studies)."""
+    cls = method_class(cfg.method.name)
+    model, info = base or load_base(cfg.model, trainable=cls.trains_base)
+    embed = model.get_input_embeddings()
+    prompts, heads = {}, {}
+    head_dropout = 0.1 if cfg.model.dropout is None else cfg.model.dropout
+    for i, spec in enumerate(specs):
+        seed = cfg.train.seed * 1009 + i
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if cls.depth != "none":
+                ctx = InitContext(embed=lambda ids: embed(ids.to(embed.weight.device)), tokenizer=tokenizer,
+                                  label_words=[w for words in spec.label_words for w in words],
+                                  generator=torch.Generator().manual_seed(seed))
+                prompts[spec.name] = cls(cfg.method, info, ctx)
+            if spec.type == "token_classification":
+                heads[spec.name] = TokenClassificationHead(info.hidden_size, len(spec.labels), head_dropout)
+            elif spec.uses_head:
+                heads[spec.name] = SequenceClassificationHead(info.hidden_size, len(spec.labels), spec.pooling,
+                                                              head_dropout)
+    device = embed.weight.device
+    return PromptModel(model, info, prompts, heads, specs, cls.depth, cfg.model.attention).to(device)

@@ -1,0 +1,75 @@
+"""Load the frozen base model and its tokenizer, switched to the prefix-attention implementation."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+from ptune_dist import embedded
+from ptune_dist.errors import ConfigError
+from ptune_dist.methods import BaseInfo
+
+from .attention import register
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM, "encoder": AutoModel}
+
+
+def resolve_path(name_or_path: str) -> str:
+    try:
+        return embedded.resolve(name_or_path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def load_hf_config(name_or_path: str):
+    path = resolve_path(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: cannot read a model config there ({e})") from None
+
+
+def infer_kind(hf_config) -> str:
+    archs = " ".join(getattr(hf_config, "architectures", None) or [])
+    if "ForCausalLM" in archs or "LMHeadModel" in archs:
+        return "causal_lm"
+    if "ForMaskedLM" in archs or "ForPreTraining" in archs:
+        return "masked_lm"
+    return "causal_lm" if getattr(hf_config, "is_decoder", False) else "encoder"
+
+
+def load_tokenizer(name_or_path: str, padding_side: str = "right"):
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path(name_or_path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_base(model_cfg, trainable: bool = False):
+    """(model, info): the HF model with every parameter frozen unless `trainable`."""
+    hf_config = load_hf_config(model_cfg.name_or_path)
+    if getattr(hf_config, "sliding_window", None) and getattr(hf_config, "use_sliding_window", True):
+        raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r} uses sliding-window attention; "
+                          "ptune's prefix attention supports full attention only")
+    kind = infer_kind(hf_config) if model_cfg.kind == "auto" else model_cfg.kind
+    transformers.utils.logging.disable_progress_bar()
+    model = CLASSES[kind].from_pretrained(
+        resolve_path(model_cfg.name_or_path), dtype=DTYPES[model_cfg.dtype], attn_implementation=register())
+    model.requires_grad_(trainable)
+    if model_cfg.dropout is not None:
+        set_dropout(model, model_cfg.dropout)
+    if model_cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model, BaseInfo.from_config(model.config, kind)
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        for name in ("attention_dropout", "dropout"):  # attention modules read a float attribute
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, p)

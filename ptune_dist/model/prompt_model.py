@@ -1,0 +1,89 @@
+"""PromptModel: one frozen base, a table of named prompts (one per task) and the task heads.
+
+Every row of a batch names its task (`task_ids`), so one batch can mix tasks; rows of one task give
+the same result as a batch of that task alone. Shallow prompts are scattered into the input
+embeddings where the data put their placeholder slots (`soft_mask`); deep prompts travel to every
+attention layer as the `ptune_prefix` keyword (see attention.py). Sequence positions count real
+tokens only (left or right padding give the same positions) and start after the P virtual tokens,
+PEFT's convention, so the same weights give the same logits in both systems.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ptune_dist.data.task import TaskSpec
+
+from . import objectives
+from .attention import PrefixKV
+
+
+class PromptModel(nn.Module):
+    def __init__(self, base: nn.Module, info, prompts: dict[str, nn.Module], heads: dict[str, nn.Module],
+                 tasks: list[TaskSpec], depth: str, attention_impl: str = "auto"):
+        super().__init__()
+        self.base = base
+        self.info = info
+        self.prompts = nn.ModuleDict(prompts)
+        self.heads = nn.ModuleDict(heads)
+        self.tasks = tasks
+        self.depth = depth
+        self.attention_impl = attention_impl
+        self.num_virtual_tokens = next(iter(prompts.values())).num_virtual_tokens if prompts else 0
+        for i, spec in enumerate(tasks):
+            self.register_buffer(f"_words_{i}", objectives.word_table(spec.label_word_ids).to(base.device),
+                                 persistent=False)
+
+    # the parts of the HF model, found the same way for every architecture
+    @property
+    def backbone(self) -> nn.Module:
+        return self.base.base_model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """The module that turns hidden states into vocabulary logits (lm_head for Llama, cls for BERT)."""
+        heads = [m for name, m in self.base.named_children() if name != self.base.base_model_prefix]
+        if self.info.kind == "encoder" or len(heads) != 1:
+            raise ValueError(f"{self.info.model_type} loaded as {self.info.kind} has no single LM head")
+        return heads[0]
+
+    def words(self, task_index: int) -> torch.Tensor:
+        return getattr(self, f"_words_{task_index}")
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def prompt_for(self, task_ids: torch.Tensor) -> torch.Tensor | None:
+        """The prompt of each row: unbatched when the whole batch is one task, else stacked per row."""
+        if self.depth == "none":
+            return None
+        ids = task_ids.tolist()
+        present = sorted(set(ids))
+        if len(present) == 1:
+            return self.prompts[self.tasks[present[0]].name]()
+        table = torch.stack([self.prompts[self.tasks[t].name]() for t in present])
+        return table[torch.tensor([present.index(t) for t in ids], device=table.device)]
+
+    def encode(self, batch: dict, past_key_values=None, use_cache: bool = False):
+        """Run the backbone; returns the HF output (last_hidden_state [B, T, H], past_key_values).
+
+        With `past_key_values` (decoding) the batch holds the new tokens and the attention mask of
+        past + new tokens; shallow prompts are then already in the cache.
+        """
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        embeds = self.base.get_input_embeddings()(ids)
+        prompt = self.prompt_for(batch["task_ids"])
+        offset = self.num_virtual_tokens if self.depth == "deep" else 0
+        if self.depth == "shallow" and past_key_values is None:
+            soft = prompt.to(embeds.dtype)
+            soft = soft.expand(ids.shape[0], -1, -1) if soft.dim() == 2 else soft
+            embeds = embeds.masked_scatter(batch["soft_mask"].unsqueeze(-1), soft)
+        positions = ((mask.long().cumsum(-1) - 1).clamp(min=0) + offset)[:, -ids.shape[1]:]
+        prefix = PrefixKV(prompt if self.depth == "deep" else None, self.attention_impl)
+        return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                             past_key_values=past_key_values, use_cache=use_cache, ptune_prefix=prefix)
+
+    def forward(self, batch: dict) -> objectives.Output:
+        hidden = self.encode(batch).last_hidden_state
+        return objectives.compute(self, hidden, batch)

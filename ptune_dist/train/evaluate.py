@@ -1,0 +1,81 @@
+"""Evaluation: per-task metrics from sums that add up across batches and ranks.
+
+classification and token_classification: accuracy and macro-F1 from a confusion matrix, plus the
+loss; generation: the loss on the output tokens, its perplexity and next-token accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ptune_dist.data.loader import eval_batches
+
+from . import dist
+
+
+def _confusion(gold, pred, n: int) -> torch.Tensor:
+    m = torch.zeros(n, n, dtype=torch.float64)
+    for g, p in zip(gold, pred):
+        m[g, p] += 1
+    return m
+
+
+def _f1(conf: torch.Tensor) -> float:
+    tp = conf.diag()
+    precision = tp / conf.sum(0).clamp(min=1)
+    recall = tp / conf.sum(1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    present = (conf.sum(1) + conf.sum(0)) > 0
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+def batch_sums(spec, out, batch) -> torch.Tensor:
+    """A flat float64 vector of this batch's sums: [loss_sum, count, correct] or a confusion matrix + loss."""
+    if spec.type == "generation":
+        return torch.tensor([float(out.loss) * out.count, out.count, out.correct], dtype=torch.float64)
+    labels = batch["labels"]
+    n = len(spec.labels)
+    if spec.type == "classification":
+        conf = _confusion(labels.tolist(), out.preds, n)
+    else:
+        gold = [g for row in labels.tolist() for g in row]
+        pred = [p for row in out.preds for p in row]
+        keep = [i for i, g in enumerate(gold) if g != -100]
+        conf = _confusion([gold[i] for i in keep], [pred[i] for i in keep], n)
+    count = float(conf.sum())
+    return torch.cat([torch.tensor([float(out.loss) * count]), conf.flatten()])
+
+
+def metrics_from(spec, sums: torch.Tensor) -> dict:
+    if spec.type == "generation":
+        loss = float(sums[0] / max(sums[1], 1))
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "token_accuracy": float(sums[2] / max(sums[1], 1)),
+                "examples_tokens": int(sums[1])}
+    n = len(spec.labels)
+    conf = sums[1:].view(n, n)
+    count = float(conf.sum())
+    return {"loss": float(sums[0] / max(count, 1)), "accuracy": float(conf.diag().sum() / max(count, 1)),
+            "macro_f1": _f1(conf), "examples": int(count)}
+
+
+@torch.no_grad()
+def evaluate(model, tasks, batch_size: int, pad_id: int, padding_side: str, rank: int = 0, world: int = 1) -> dict:
+    """{task name: metrics} for every task with evaluation data. Every rank must call it."""
+    was_training = model.training
+    model.eval()
+    results = {}
+    for t in tasks:
+        if not t.eval:
+            continue
+        sums = None
+        for batch in eval_batches(t.eval, batch_size, pad_id, padding_side, rank, world):
+            s = batch_sums(t.spec, model(batch), batch)
+            sums = s if sums is None else sums + s
+        if sums is None:  # this rank's share is empty
+            size = 3 if t.spec.type == "generation" else 1 + len(t.spec.labels) ** 2
+            sums = torch.zeros(size, dtype=torch.float64)
+        results[t.spec.name] = metrics_from(t.spec, dist.all_reduce_sum(sums))
+    model.train(was_training)
+    return results

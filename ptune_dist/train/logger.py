@@ -1,0 +1,68 @@
+"""Where training reports go: metrics.jsonl (one JSON object per record), TensorBoard, a progress bar.
+
+Only the main rank writes; the others get a logger that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+class MetricsLogger:
+    def __init__(self, out_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool,
+                 tensorboard: bool):
+        self.enabled = enabled
+        self.bar = self.tb = self.file = None
+        if not enabled:
+            return
+        self.file = open(Path(out_dir) / "metrics.jsonl", "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+        if progress and total_steps:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            prefix = record.get("split", "train")
+            if "task" in record:
+                prefix += "/" + record["task"]
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "time"):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, record.get("step", 0))
+
+    def train(self, record: dict) -> None:
+        self.write(record)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                 tok_s=f"{record['tokens_per_s']:.0f}")
+
+    def eval(self, step: int, results: dict) -> None:
+        for task, metrics in results.items():
+            self.write({"step": step, "split": "eval", "task": task, **metrics})
+        if self.bar is not None and results:
+            self.bar.write(f"step {step} eval: " + "; ".join(
+                f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+                for t, m in results.items()))
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.file is not None:
+            self.file.close()

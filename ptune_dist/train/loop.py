@@ -1,0 +1,130 @@
+"""`ptune train`: the training loop, the same on every rank.
+
+    output_dir/config.yaml          the resolved config
+    output_dir/metrics.jsonl        train records (step, loss, lr, tokens_per_s, grad_norm) and eval records
+    output_dir/checkpoints/step-N/  resumable checkpoints (atomic; see checkpoint/)
+    output_dir/final/               the trained weights, for eval, predict and export
+    output_dir/results.json         final (and baseline) metrics
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from ptune_dist.checkpoint import state as ckpt
+from ptune_dist.config import to_yaml
+from ptune_dist.data.loader import TrainLoader
+from ptune_dist.errors import ConfigError
+
+from . import dist
+from .engine import TorchEngine
+from .evaluate import evaluate
+from .logger import MetricsLogger
+from .optim import build_optimizer, build_scheduler
+from .session import Session, baseline_view, build_session
+
+
+def train(cfg) -> dict:
+    s = build_session(cfg)
+    cfg, model, env, t = s.cfg, s.model, s.env, s.cfg.train
+    out = Path(cfg.output_dir)
+    engine, loader, start = None, None, 0
+    if t.steps:
+        engine, loader = make_engine(s), make_loader(s)
+        resume_from = ckpt.resume_point(t.resume, out / "checkpoints")
+        if resume_from:
+            start = ckpt.load_training(resume_from, model, engine.optimizer, engine.scheduler, loader, env.rank)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(to_yaml(cfg))
+    log = MetricsLogger(out, env.is_main, t.steps, start, t.progress_bar, t.tensorboard)
+    run_eval = partial(evaluate, batch_size=cfg.data.eval_batch_size, pad_id=s.pad_id,
+                       padding_side=cfg.data.padding_side, rank=env.rank, world=env.world)
+    results = {"method": cfg.method.name, "model": cfg.model.name_or_path}
+    if start:
+        log.write({"event": "resume", "step": start})
+    if t.eval_baseline and not start and model.depth != "none":
+        results["baseline"] = run_eval(*baseline_view(s))
+        log.write({"event": "baseline", "step": 0, "metrics": results["baseline"]})
+    if t.eval_at_start and not start:
+        log.eval(0, run_eval(model, s.tasks))
+
+    if engine is not None:
+        run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks))
+    results["final"] = run_eval(model, s.tasks)
+    log.eval(t.steps, results["final"])
+    if t.steps and start < t.steps:
+        save_checkpoint(s, t.steps, engine, loader)
+    if env.is_main:
+        ckpt.save(out / "final", model, to_yaml(cfg), step=t.steps, extra={"metrics": results["final"]})
+        write_json(out / "results.json", results)
+    log.close()
+    dist.barrier()
+    return results
+
+
+def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_eval) -> None:
+    model, t, world = s.model, s.cfg.train, s.env.world
+    batches, losses, tokens, t0 = iter(loader), [], 0, time.perf_counter()
+    model.train()
+    for step in range(start + 1, t.steps + 1):
+        for _ in range(t.grad_accum):
+            batch = next(batches)
+            loss = model(batch).loss
+            engine.backward(loss / t.grad_accum)
+            losses.append(loss.detach())
+            tokens += int(batch["attention_mask"].sum())
+        lr, grad_norm = engine.lr, engine.step()
+        if step % t.log_every == 0 or step == t.steps:
+            mean_loss = float(dist.all_reduce_sum(torch.stack(losses).mean().float())) / world
+            elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
+            log.train({"step": step, "loss": mean_loss, "lr": lr, "tokens_per_s": tokens * world / elapsed,
+                       "grad_norm": grad_norm, "epoch": loader.epoch})
+            losses, tokens = [], 0
+        log.advance()
+        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+            log.eval(step, run_eval())
+        if t.save_every and step % t.save_every == 0 and step < t.steps:
+            save_checkpoint(s, step, engine, loader)
+
+
+def make_engine(s: Session) -> TorchEngine:
+    params = s.model.trainable_parameters()
+    if not params:
+        raise ConfigError(f"method.name={s.cfg.method.name} has nothing to train; set train.steps=0")
+    optimizer = build_optimizer(params.values(), s.cfg.train)
+    return TorchEngine(s.model, optimizer, build_scheduler(optimizer, s.cfg.train), s.cfg.train.max_grad_norm)
+
+
+def make_loader(s: Session) -> TrainLoader:
+    examples = [ex for task in s.tasks for ex in task.train]
+    if not examples:
+        raise ConfigError("tasks.*.train: no training data, but train.steps > 0")
+    try:
+        return TrainLoader(examples, s.cfg.data.batch_size, s.cfg.train.seed, s.pad_id, s.cfg.data.padding_side,
+                           s.env.rank, s.env.world)
+    except ValueError as e:
+        raise ConfigError(f"data.batch_size: {e}") from None
+
+
+def save_checkpoint(s: Session, step: int, engine, loader) -> None:
+    """Every rank calls this (the RNG states are gathered); the main rank writes."""
+    rngs = dist.gather_objects(torch.get_rng_state())
+    if s.env.is_main:
+        folder = Path(s.cfg.output_dir) / "checkpoints"
+        ckpt.save(folder / f"step-{step}", s.model, to_yaml(s.cfg), optimizer=engine.optimizer,
+                  scheduler=engine.scheduler, loader=loader, step=step, rng_states=rngs)
+        ckpt.prune(folder, s.cfg.train.keep_checkpoints)
+    dist.barrier()
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)

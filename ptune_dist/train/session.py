@@ -1,0 +1,69 @@
+"""Everything a run needs before its first step: config resolved, data encoded, model built.
+
+Shared by `ptune train`, `ptune eval` and `ptune predict`. Data problems surface before the base
+weights load, so a bad file fails in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ptune_dist.data.prepare import TaskData, prepare_tasks, resolve_task
+from ptune_dist.launcher.env import DistEnv
+from ptune_dist.methods import BaseInfo, method_class
+from ptune_dist.model.build import build_model
+from ptune_dist.model.load import infer_kind, load_base, load_hf_config, load_tokenizer
+from ptune_dist.model.prompt_model import PromptModel
+
+from . import dist
+
+
+@dataclass
+class Session:
+    cfg: object  # RunConfig with the tasks resolved
+    tokenizer: object
+    model: PromptModel
+    tasks: list[TaskData]
+    env: DistEnv
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+
+def prepare(cfg, splits=("train", "eval")):
+    """(resolved cfg, tokenizer, base info, task data): everything but the model weights."""
+    cls = method_class(cfg.method.name)
+    hf_config = load_hf_config(cfg.model.name_or_path)
+    kind = infer_kind(hf_config) if cfg.model.kind == "auto" else cfg.model.kind
+    info = BaseInfo.from_config(hf_config, kind)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.data.padding_side)
+    tasks = [resolve_task(t, kind, f"tasks.{i}", cfg.data.max_train_examples) for i, t in enumerate(cfg.tasks)]
+    cfg = dataclasses.replace(cfg, tasks=tasks)
+    num_virtual = cfg.method.num_virtual_tokens if cls.depth != "none" else 0
+    return cfg, tokenizer, info, prepare_tasks(tasks, cfg.data, tokenizer, info, num_virtual, cls.depth, splits)
+
+
+def build_session(cfg, splits=("train", "eval"), env: DistEnv | None = None, base=None) -> Session:
+    """`base` = (hf_model, info) reuses a loaded base (tests, studies over many configs)."""
+    env = env or DistEnv.from_environ()
+    dist.init(env)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    cfg, tokenizer, _, data = prepare(cfg, splits)
+    base = base or load_base(cfg.model, trainable=method_class(cfg.method.name).trains_base)
+    model = build_model(cfg, [d.spec for d in data], tokenizer, base=base)
+    return Session(cfg, tokenizer, model, data, env)
+
+
+def baseline_view(session: Session) -> tuple[PromptModel, list[TaskData]]:
+    """The same frozen base with no prompt, and the eval data encoded without virtual-token slots:
+    the untuned (prompt design) number a prompt method should beat."""
+    s = session
+    m = s.model
+    view = PromptModel(m.base, m.info, {}, dict(m.heads.items()), m.tasks, "none", m.attention_impl)
+    data = prepare_tasks(s.cfg.tasks, s.cfg.data, s.tokenizer, m.info, 0, "none", splits=("eval",))
+    return view, data

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set-up, idempotent and fast when done: .venv with torch pinned to the CPU build, the project
+# installed editable with its test tools, and the embedded models fetched into $PTUNE_HOME.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.ptune-installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing ptune-dist and its pinned dependencies into .venv"
+  # constraints.txt pins torch==2.13.0 (CPU): an unpinned resolve would pull a multi-GB CUDA build
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  echo "$want" > "$stamp"
+fi
+.venv/bin/ptune fetch-models

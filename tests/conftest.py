@@ -1,0 +1,69 @@
+"""Shared fixtures: the embedded real models (loaded once per session) and small helpers.
+
+The models come from `ptune fetch-models` (scripts/setup.sh runs it); nothing reaches a hub.
+"""
+
+import os
+
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ptune_dist import embedded  # noqa: E402
+from ptune_dist.config import load_config  # noqa: E402
+
+SMOL = "embedded:smollm2-135m-instruct"
+MINI = "embedded:all-minilm-l6-v2"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+torch.set_num_threads(2)
+
+
+def _require(name: str) -> None:
+    if not embedded.is_fetched(name):
+        raise RuntimeError(f"embedded model {name} missing under {embedded.home()}: run scripts/setup.sh "
+                           "(it runs `ptune fetch-models`)")
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """(model, info) of SmolLM2-135M-Instruct, frozen, fp32; tests must leave it as they found it."""
+    _require("smollm2-135m-instruct")
+    from ptune_dist.model.load import load_base
+
+    return load_base(load_config([], [f"model.name_or_path={SMOL}"]).model)
+
+
+@pytest.fixture(scope="session")
+def mini():
+    _require("all-minilm-l6-v2")
+    from ptune_dist.model.load import load_base
+
+    return load_base(load_config([], [f"model.name_or_path={MINI}", "model.dropout=0.0"]).model)
+
+
+def session(overrides, base=None, splits=("train", "eval")):
+    """A build_session for a config given as overrides (the base reused when given)."""
+    from ptune_dist.train.session import build_session
+
+    return build_session(load_config([], list(overrides)), splits=splits, base=base)
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def read_jsonl(path: Path) -> list:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def grads(model) -> dict:
+    return {n: p.grad.detach().clone() for n, p in model.trainable_parameters().items() if p.grad is not None}

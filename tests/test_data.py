@@ -1,0 +1,139 @@
+"""Data: templates, verbalizers, SuperGLUE presets, instruction format, token tags, truncation, built-ins."""
+
+import pytest
+from conftest import FIXTURES, MINI, SMOL, write_jsonl
+
+from ptune_dist.config import load_config
+from ptune_dist.data.builtin import generate
+from ptune_dist.data.collate import collate
+from ptune_dist.data.encode import IGNORE
+from ptune_dist.errors import ConfigError, DataError
+from ptune_dist.train.session import prepare
+
+SG = FIXTURES / "superglue"
+
+
+def prep(*overrides, model=SMOL, splits=("train",)):
+    cfg, tok, info, data = prepare(load_config([], [f"model.name_or_path={model}", *overrides]), splits)
+    return cfg, tok, data
+
+
+@pytest.mark.parametrize("name, labels", [
+    ("boolq", ["false", "true"]), ("cb", ["entailment", "contradiction", "neutral"]),
+    ("rte", ["entailment", "not_entailment"]), ("copa", ["0", "1"]),
+])
+def test_superglue_presets_causal(name, labels):
+    cfg, tok, data = prep(f"tasks.0.preset={name}", f"tasks.0.train={SG / name}.jsonl", "method.num_virtual_tokens=5")
+    t = data[0]
+    assert t.spec.labels == labels
+    rows = [line for line in (SG / f"{name}.jsonl").read_text().splitlines()]
+    assert len(t.train) == len(rows)
+    ex = t.train[0]
+    assert ex.soft == [0, 1, 2, 3, 4]  # SmolLM2 adds no BOS: the virtual tokens come first
+    text = tok.decode(ex.input_ids[5:])
+    assert text.endswith("Answer:")
+    assert ex.answer_pos == len(ex.input_ids) - 1  # the last token predicts the label word
+    words = [tok.decode([i]) for ids in t.spec.label_word_ids for i in ids]
+    assert all(w.startswith(" ") for w in words)  # causal LMs: the answer follows a space
+    gold = {"boolq": 1, "cb": 1, "rte": 0, "copa": 0}[name]  # the first fixture row's label
+    assert ex.labels == gold
+
+
+def test_copa_and_boolq_field_values_reach_the_text():
+    _, tok, data = prep("tasks.0.preset=copa", f"tasks.0.train={SG}/copa.jsonl", "method.name=prefix_tuning")
+    text = tok.decode(data[0].train[1].input_ids)
+    assert "What was the cause?" in text and "It had rained overnight." in text
+    assert data[0].train[1].soft == []  # deep prompts take no input slots
+
+
+def test_masked_lm_places_the_mask_and_frames_with_specials():
+    _, tok, data = prep("tasks.0.preset=rte", f"tasks.0.train={SG}/rte.jsonl", "model.kind=masked_lm",
+                        "method.num_virtual_tokens=3", model=MINI)
+    ex = data[0].train[0]
+    assert ex.input_ids[0] == tok.cls_token_id and ex.input_ids[-1] == tok.sep_token_id
+    assert ex.soft == [1, 2, 3]  # after [CLS]
+    assert ex.input_ids[ex.answer_pos] == tok.mask_token_id
+    assert data[0].spec.label_word_ids == [tok.convert_tokens_to_ids(["true"]), tok.convert_tokens_to_ids(["false"])]
+
+
+def test_soft_slot_in_the_template():
+    _, tok, data = prep("tasks.0.preset=support", "tasks.0.template=Message: {soft} {text}{answer}",
+                        "method.num_virtual_tokens=4", "data.max_train_examples=3")
+    ex = data[0].train[0]
+    before = tok("Message: ", add_special_tokens=False)["input_ids"]
+    assert ex.input_ids[:len(before)] == before
+    assert ex.soft == list(range(len(before), len(before) + 4))
+
+
+def test_collate_pads_either_side_and_moves_positions():
+    _, tok, data = prep("tasks.0.preset=support", "method.num_virtual_tokens=2", "data.max_train_examples=4")
+    exs = data[0].train[:3]
+    n = [len(e.input_ids) for e in exs]
+    for side in ("left", "right"):
+        b = collate(exs, tok.pad_token_id, side)
+        assert b["attention_mask"].sum(1).tolist() == n
+        for i, e in enumerate(exs):
+            off = max(n) - n[i] if side == "left" else 0
+            assert b["answer_pos"][i] == e.answer_pos + off
+            assert b["soft_mask"][i].nonzero().flatten().tolist() == [p + off for p in e.soft]
+
+
+def test_instruction_rows_use_the_chat_template_and_label_only_the_output():
+    _, tok, data = prep("tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl",
+                        "method.num_virtual_tokens=3")
+    ex = data[0].train[0]
+    labelled = [i for i, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]
+    assert tok.decode(labelled) == "Paris<|im_end|>"
+    prompt = tok.decode(ex.input_ids[3:len(ex.input_ids) - len(labelled)])
+    assert "<|im_start|>user\nGive the capital of the country.\n\nFrance<|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert all(lab == IGNORE for lab in ex.labels[:3])
+
+
+def test_instruction_rows_without_chat_template():
+    _, tok, data = prep("tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl",
+                        "tasks.0.chat_template=never")
+    ex = data[0].train[2]  # no input
+    text = tok.decode(ex.input_ids[len(ex.soft):])
+    assert text.startswith("### Instruction:\nName a primary colour.\n\n### Response:\nRed")
+    assert "### Input" not in text
+
+
+def test_token_classification_labels_first_subtokens():
+    _, tok, data = prep("tasks.0.type=token_classification", "tasks.0.scoring=head",
+                        f"tasks.0.train={FIXTURES}/ner.jsonl", "method.name=p_tuning_v2", model=MINI)
+    t = data[0]
+    assert t.spec.labels == ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]  # inferred from the training rows
+    ex = t.train[3]  # Carol lives in New York
+    tags = [t.spec.labels[lab] for lab in ex.labels if lab != IGNORE]
+    assert tags == ["B-PER", "O", "O", "B-LOC", "I-LOC"]
+
+
+def test_truncation(tmp_path):
+    rows = [{"text": "word " * 200, "label": "billing"}]
+    f = write_jsonl(tmp_path / "long.jsonl", rows)
+    with pytest.raises(DataError, match=r"row 0: \d+ tokens > 40 allowed"):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}", "data.max_length=40")
+    _, tok, data = prep("tasks.0.preset=support", f"tasks.0.train={f}", "data.max_length=40",
+                        "data.truncation=right")
+    assert len(data[0].train[0].input_ids) <= 40
+
+
+def test_labels_and_verbalizer_errors(tmp_path):
+    f = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "billing"}, {"text": "b", "label": "refunds"}])
+    with pytest.raises(DataError, match=r"row 1: label 'refunds' is not one of"):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}")
+    with pytest.raises(ConfigError, match="same token"):
+        prep(f"tasks.0.train={f}", "tasks.0.verbalizer={billing: [' bill'], account: [' bill']}")
+    with pytest.raises(ConfigError, match="scoring=head"):
+        prep("tasks.0.preset=support", model=MINI)
+    with pytest.raises(DataError, match="has no field 'premise'"):
+        prep("tasks.0.preset=rte", f"tasks.0.train={f}")
+
+
+def test_builtin_support_splits_are_disjoint_patterns():
+    train = {r["text"] for r in generate("support", "train", "k")}
+    val = generate("support", "validation", "k")
+    assert len(val) == 200 and not train & {r["text"] for r in val}
+    assert {r["label"] for r in val} == {"account", "billing", "shipping", "technical"}
+    assert generate("support", "train", "k") == generate("support", "train", "k")  # deterministic
