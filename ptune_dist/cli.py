@@ -116,7 +116,8 @@ def main(argv=None) -> int:
     try:
         return ns.fn(ns)
     except PtuneError as e:
-        print(f"ptune {ns.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split("\n"))  # one line, whatever the message carries
+        print(f"ptune {ns.command}: error: {message}", file=sys.stderr)
         return 2
 
 

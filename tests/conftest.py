@@ -67,3 +67,10 @@ def read_jsonl(path: Path) -> list:
 
 def grads(model) -> dict:
     return {n: p.grad.detach().clone() for n, p in model.trainable_parameters().items() if p.grad is not None}
+
+
+def assert_close_rel(actual, expected, tol: float) -> None:
+    """Equal up to `tol` of the largest magnitude in `expected` (fp32 sums in another order differ a little)."""
+    scale = expected.abs().max().clamp(min=1e-12)
+    err = (actual - expected).abs().max()
+    assert err <= tol * scale, f"max difference {err:.3g} exceeds {tol} x {scale:.3g}"

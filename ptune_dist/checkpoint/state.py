@@ -123,7 +123,8 @@ def load_weights(folder: Path, model) -> None:
     missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {folder} does not fit this model: missing {missing[:4]}, "
-                              f"unexpected {unexpected[:4]} (another method, task list or base?)")
+                              f"unexpected {unexpected[:4]} (another method, task list or base? to start "
+                              "afresh use another output_dir or train.resume=never)")
     with torch.no_grad():
         for name, p in params.items():
             if saved[name].shape != p.shape:

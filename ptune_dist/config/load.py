@@ -57,8 +57,10 @@ def _read_yaml(path: Path):
         raise ConfigError(f"config file {path}: not found")
     try:
         loaded = OmegaConf.load(path)
-    except Exception as e:  # yaml.YAMLError and friends: say which file
-        raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"config file {path}: not valid YAML ({where}{getattr(e, 'problem', None) or e})") from None
     if not OmegaConf.is_dict(loaded):
         raise ConfigError(f"config file {path}: expected a mapping of config keys at the top level")
     return loaded

@@ -35,10 +35,14 @@ def _file(path: Path, key: str) -> list[dict]:
     import datasets
 
     datasets.disable_progress_bars()
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser logs errors we report ourselves
     try:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as e:  # datasets wraps parser errors in several types; name the file either way
         raise DataError(f"{key}: cannot read {path} as {fmt}: {_root_cause(e)}") from None
+    finally:
+        datasets.logging.set_verbosity(level)
     return ds.to_list()
 
 

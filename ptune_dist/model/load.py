@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
@@ -25,6 +27,8 @@ def resolve_path(name_or_path: str) -> str:
 
 def load_hf_config(name_or_path: str):
     path = resolve_path(name_or_path)
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().is_dir():
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: no such folder")
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from functools import partial
 from pathlib import Path
@@ -35,6 +36,8 @@ def train(cfg) -> dict:
     cfg, model, env, t = s.cfg, s.model, s.env, s.cfg.train
     out = Path(cfg.output_dir)
     engine, loader, start = None, None, 0
+    random.seed(t.seed + env.rank)  # dropout and anything else random: reproducible per rank
+    torch.manual_seed(t.seed + env.rank)
     if t.steps:
         engine, loader = make_engine(s), make_loader(s)
         resume_from = ckpt.resume_point(t.resume, out / "checkpoints")

@@ -1,0 +1,105 @@
+"""Checkpoints: exact resume after a crash, atomic writes, damaged checkpoints skipped or refused."""
+
+import shutil
+
+import pytest
+import torch
+from conftest import MINI, read_jsonl
+from safetensors.torch import load_file
+
+from ptune_dist.checkpoint import state
+from ptune_dist.config import load_config
+from ptune_dist.errors import CheckpointError
+from ptune_dist.train import loop
+
+QUIET = ["train.progress_bar=false", "train.tensorboard=false", "train.log_every=1"]
+RUNS = {
+    # SmolLM2, prompt tuning, Adafactor, linear decay; 16 examples / batch 4 -> the run crosses an epoch
+    "smol": ["method.name=prompt_tuning", "method.num_virtual_tokens=4", "tasks.0.preset=support",
+             "data.max_train_examples=16", "data.max_eval_examples=8", "data.batch_size=4", "train.steps=6",
+             "train.optimizer=adafactor", "train.lr=0.3", "train.warmup_steps=2"],
+    # MiniLM, P-tuning v2 + head, dropout 0.1 active: resume must restore the RNG to match
+    "mini": [f"model.name_or_path={MINI}", "method.name=p_tuning_v2", "method.num_virtual_tokens=4",
+             "tasks.0.preset=support", "tasks.0.scoring=head", "data.max_train_examples=16",
+             "data.max_eval_examples=8", "data.batch_size=4", "train.steps=6", "train.lr=0.01",
+             "train.schedule=cosine", "model.dropout=0.1"],
+}
+
+
+class Crash(Exception):
+    pass
+
+
+def losses(run_dir):
+    return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r and "split" not in r}
+
+
+def crash_after_saving(monkeypatch, at_step):
+    real = loop.save_checkpoint
+
+    def save_then_crash(s, step, *args):
+        real(s, step, *args)
+        if step == at_step:
+            raise Crash(f"killed after saving step {step}")
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+
+
+@pytest.mark.parametrize("which", ["smol", "mini"])
+def test_resume_continues_exactly(which, tmp_path, monkeypatch):
+    base = RUNS[which] + QUIET
+    loop.train(load_config([], base + [f"output_dir={tmp_path / 'a'}"]))
+    crash_after_saving(monkeypatch, 3)
+    b_args = base + [f"output_dir={tmp_path / 'b'}", "train.save_every=3"]
+    with pytest.raises(Crash):
+        loop.train(load_config([], b_args))
+    monkeypatch.undo()
+    assert [p.name for _, p in state.step_dirs(tmp_path / "b" / "checkpoints")] == ["step-3"]
+    loop.train(load_config([], b_args))
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert list(a) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert b[step] == a[step], (step, a[step], b[step])
+    wa = load_file(tmp_path / "a" / "final" / "trainable.safetensors")
+    wb = load_file(tmp_path / "b" / "final" / "trainable.safetensors")
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+    resumed = [r for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if r.get("event") == "resume"]
+    assert resumed == [{"time": resumed[0]["time"], "event": "resume", "step": 3}]
+
+
+def test_crash_during_save_leaves_no_checkpoint(tmp_path, monkeypatch):
+    args = RUNS["smol"] + QUIET + [f"output_dir={tmp_path}", "train.save_every=2", "train.steps=4"]
+    real_save_file = state.save_file
+
+    def failing(tensors, path, *a, **k):
+        if "optimizer" in str(path) and "step-4" in str(path):
+            real_save_file(tensors, path, *a, **k)
+            path.write_bytes(path.read_bytes()[:100])  # half written
+            raise OSError("disk full")
+        return real_save_file(tensors, path, *a, **k)
+
+    monkeypatch.setattr(state, "save_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        loop.train(load_config([], args))
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-2"]  # no step-4, no temporary folder left
+    assert state.latest_complete(ckpts).name == "step-2"
+
+
+def test_damaged_checkpoints_are_skipped_on_resume_and_refused_by_name(tmp_path):
+    args = RUNS["smol"] + QUIET + [f"output_dir={tmp_path}", "train.save_every=2", "train.steps=4",
+                                   "train.keep_checkpoints=5"]
+    loop.train(load_config([], args))
+    ckpts = tmp_path / "checkpoints"
+    assert [p.name for _, p in state.step_dirs(ckpts)] == ["step-4", "step-2"]
+    f = ckpts / "step-4" / "trainable.safetensors"
+    f.write_bytes(f.read_bytes()[:-8])  # truncated by a crash outside our control
+    (ckpts / "step-9").mkdir()  # a folder that never got its manifest
+    (ckpts / "step-9" / "trainable.safetensors").write_bytes(b"junk")
+    assert state.latest_complete(ckpts).name == "step-2"
+    with pytest.raises(CheckpointError, match="damaged"):
+        state.verify(ckpts / "step-4")
+    with pytest.raises(CheckpointError, match="manifest"):
+        state.load_weights(ckpts / "step-9", None)
+    shutil.rmtree(ckpts / "step-9")
