@@ -121,5 +121,13 @@ def main(argv=None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The console script: under a faster allocator when one is installed (see runtime.py), then main."""
+    from ptune_dist.runtime import reexec_with_allocator
+
+    reexec_with_allocator()
+    sys.exit(main())
+
+
 if __name__ == "__main__":
     sys.exit(main())

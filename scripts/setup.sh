@@ -16,4 +16,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   echo "$want" > "$stamp"
 fi
+# Optional: tcmalloc makes CPU training faster and leaner (ptune preloads it when present; see
+# ptune_dist/runtime.py). Installed where apt-get can (root); everything works without it.
+if ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1 && command -v apt-get >/dev/null \
+    && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing libtcmalloc-minimal4 (optional)"
+  { apt-get install -y -q libtcmalloc-minimal4 || { apt-get update -q && apt-get install -y -q libtcmalloc-minimal4; }; } \
+    >/dev/null 2>&1 || echo "setup: libtcmalloc-minimal4 not installed; using the system allocator"
+fi
 .venv/bin/ptune fetch-models

@@ -13,6 +13,7 @@ from ptune_dist.errors import ConfigError
 from ptune_dist.methods import BaseInfo
 
 from .attention import register
+from .lean import apply_lean_mlp
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CLASSES = {"causal_lm": AutoModelForCausalLM, "masked_lm": AutoModelForMaskedLM, "encoder": AutoModel}
@@ -63,6 +64,8 @@ def load_base(model_cfg, trainable: bool = False):
     model = CLASSES[kind].from_pretrained(
         resolve_path(model_cfg.name_or_path), dtype=DTYPES[model_cfg.dtype], attn_implementation=register())
     model.requires_grad_(trainable)
+    if model_cfg.lean_activations:
+        apply_lean_mlp(model)
     if model_cfg.dropout is not None:
         set_dropout(model, model_cfg.dropout)
     if model_cfg.gradient_checkpointing:
