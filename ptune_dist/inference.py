@@ -81,8 +81,8 @@ def predict_rows(s, rows: list[dict], where: str) -> list[dict]:
         if name not in names:
             raise DataError(f"{where} row {i}: task {name!r} is not one of {names}")
         t = s.tasks[names.index(name)]
-        fields = {k: v for k, v in row.items() if k != "task"}
-        examples.append(t.encoder.encode(fields, f"{where} row {i}"))
+        fields = {k: v for k, v in row.items() if k != "task" and k not in t.encoder.target_fields}
+        examples.append(t.encoder.encode(fields, f"{where} row {i}", labelled=False))
     results = []
     bs = s.cfg.data.eval_batch_size
     for start in range(0, len(examples), bs):
@@ -95,11 +95,13 @@ def _predict_batch(s, chunk) -> list[dict]:
     spec0 = s.tasks[chunk[0].task_id].spec
     if spec0.type == "generation":
         batch = collate(chunk, s.pad_id, "left")
-        max_new = max(s.tasks[ex.task_id].spec.max_new_tokens for ex in chunk)
-        out = greedy(s.model, batch, max_new, s.tokenizer.eos_token_id)
-        return [{"task": s.tasks[ex.task_id].spec.name, "output": s.tokenizer.decode(ids, skip_special_tokens=True)}
-                for ex, ids in zip(chunk, out)]
-    batch = collate(chunk, s.pad_id, s.cfg.data.padding_side)
+        limits = [s.tasks[ex.task_id].spec.max_new_tokens for ex in chunk]
+        out = greedy(s.model, batch, max(limits), s.tokenizer.eos_token_id)
+        return [{"task": s.tasks[ex.task_id].spec.name,
+                 "output": s.tokenizer.decode(ids[:limit], skip_special_tokens=True)}
+                for ex, ids, limit in zip(chunk, out, limits)]
+    side = s.cfg.data.padding_side
+    batch = collate(chunk, s.pad_id, side)
     batch.pop("labels", None)
     with torch.no_grad():
         out = s.model(batch)
@@ -111,7 +113,8 @@ def _predict_batch(s, chunk) -> list[dict]:
             results.append({"task": spec.name, "label": spec.labels[out.preds[i]],
                             "scores": dict(zip(spec.labels, probs))})
         else:  # token classification: the tag of each word's first sub-token
-            first = [p for p, lab in enumerate(ex.labels) if lab != -100]
+            off = batch["input_ids"].shape[1] - len(ex.input_ids) if side == "left" else 0
+            first = [p + off for p, lab in enumerate(ex.labels) if lab != -100]
             results.append({"task": spec.name, "tags": [spec.labels[out.preds[i][p]] for p in first]})
     return results
 

@@ -84,6 +84,23 @@ def test_generation_train_and_predict(tmp_path):
     assert [r["task"] for r in rows] == ["qa", "qa"] and all(isinstance(r["output"], str) and r["output"] for r in rows)
 
 
+def test_token_classification_predicts_word_tags_with_either_padding(tmp_path):
+    out = tmp_path / "ner"
+    assert main(["train", quickstart_yaml(), f"output_dir={out}", f"model.name_or_path={MINI}", "method.name=p_tuning_v2", "method.init=random",
+                 "tasks.0.name=ner", "tasks.0.preset=", "tasks.0.type=token_classification", "tasks.0.scoring=head",
+                 f"tasks.0.train={FIXTURES}/ner.jsonl", f"tasks.0.eval={FIXTURES}/ner.jsonl", "data.batch_size=2",
+                 "train.steps=2", "train.progress_bar=false", "train.eval_baseline=false"]) == 0
+    rows = [{"tokens": ["Alice", "visited", "Rome"]}, {"tokens": ["Bob", "Smith", "flew", "to", "New", "York", "today"]}]
+    f = write_jsonl(tmp_path / "in.jsonl", rows)
+    got = {}
+    for side in ("right", "left"):
+        assert main(["predict", str(out), "--input", str(f), "--output", str(tmp_path / f"{side}.jsonl"),
+                     f"data.padding_side={side}"]) == 0
+        got[side] = [r["tags"] for r in read_jsonl(tmp_path / f"{side}.jsonl")]
+    assert [len(t) for t in got["right"]] == [3, 7]
+    assert got["left"] == got["right"]
+
+
 def tree_hash(folder: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):

@@ -66,3 +66,16 @@ def test_bad_files(tmp_path):
     top.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config([top])
+
+
+def test_overrides_keep_text_as_written():
+    cfg = load_config([], ["tasks.0.template=Q #1: {text}{answer}", "tasks.0.labels=[yes, no]", "method.init_text=no",
+                           "tasks.0.name=1e3", "tasks.0.verbalizer={yes: [' yes'], no: [' no']}", "model.dropout=null",
+                           "train.steps=5", "train.betas=[0.8, 0.99]", "train.tensorboard=false", "output_dir="])
+    t = cfg.tasks[0]
+    assert t.template == "Q #1: {text}{answer}" and t.labels == ["yes", "no"] and t.name == "1e3"
+    assert cfg.method.init_text == "no" and t.verbalizer == {"yes": [" yes"], "no": [" no"]}
+    assert cfg.model.dropout is None and cfg.train.steps == 5 and cfg.train.betas == [0.8, 0.99]
+    assert cfg.train.tensorboard is False and cfg.output_dir == ""
+    cfg = load_config([], ["tasks=[{name: a, labels: [true, false]}, {name: b}]"])
+    assert cfg.tasks[0].labels == ["true", "false"] and cfg.tasks[1].name == "b"

@@ -137,3 +137,27 @@ def test_builtin_support_splits_are_disjoint_patterns():
     assert len(val) == 200 and not train & {r["text"] for r in val}
     assert {r["label"] for r in val} == {"account", "billing", "shipping", "technical"}
     assert generate("support", "train", "k") == generate("support", "train", "k")  # deterministic
+
+
+def test_truncation_shortens_several_fields(tmp_path):
+    rows = [{"premise": "alpha " * 120, "hypothesis": "beta " * 110, "label": "entailment"}]
+    f = write_jsonl(tmp_path / "long.jsonl", rows)
+    _, tok, data = prep("tasks.0.preset=rte", f"tasks.0.train={f}", "data.max_length=60", "data.truncation=left",
+                        "method.num_virtual_tokens=4")
+    ex = data[0].train[0]
+    text = tok.decode(ex.input_ids)
+    assert len(ex.input_ids) <= 60 and "alpha" in text and "beta" in text and text.endswith("Answer:")
+
+
+def test_labelled_splits_need_the_answer_and_prediction_drops_it(tmp_path):
+    f = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "billing"}, {"text": "b"}])
+    with pytest.raises(DataError, match="row 1 has no field 'label'"):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}")
+    _, tok, data = prep("tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl")
+    enc = data[0].encoder
+    assert enc.target_fields == ("output",)
+    row = {"instruction": "Give the capital of the country.", "input": "Peru"}
+    ex = enc.encode(row, "row", labelled=False)
+    assert ex.labels is None and tok.decode(ex.input_ids).endswith("assistant\n")
+    with pytest.raises(DataError, match="has no field 'output'"):
+        enc.encode(row, "row")

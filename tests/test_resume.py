@@ -11,6 +11,7 @@ from ptune_dist.checkpoint import state
 from ptune_dist.config import load_config
 from ptune_dist.errors import CheckpointError
 from ptune_dist.train import loop
+from ptune_dist.train.engine import TorchEngine
 
 QUIET = ["train.progress_bar=false", "train.tensorboard=false", "train.log_every=1"]
 RUNS = {
@@ -34,30 +35,34 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r and "split" not in r}
 
 
-def crash_after_saving(monkeypatch, at_step):
-    real = loop.save_checkpoint
+def crash_in_step(monkeypatch, step):
+    """The process dies inside optimizer step `step` (after steps before it were logged)."""
+    real, calls = TorchEngine.step, []
 
-    def save_then_crash(s, step, *args):
-        real(s, step, *args)
-        if step == at_step:
-            raise Crash(f"killed after saving step {step}")
+    def step_or_crash(self):
+        calls.append(1)
+        if len(calls) == step:
+            raise Crash(f"killed in step {step}")
+        return real(self)
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(TorchEngine, "step", step_or_crash)
 
 
 @pytest.mark.parametrize("which", ["smol", "mini"])
 def test_resume_continues_exactly(which, tmp_path, monkeypatch):
     base = RUNS[which] + QUIET
     loop.train(load_config([], base + [f"output_dir={tmp_path / 'a'}"]))
-    crash_after_saving(monkeypatch, 3)
+    crash_in_step(monkeypatch, 5)
     b_args = base + [f"output_dir={tmp_path / 'b'}", "train.save_every=3"]
     with pytest.raises(Crash):
         loop.train(load_config([], b_args))
     monkeypatch.undo()
     assert [p.name for _, p in state.step_dirs(tmp_path / "b" / "checkpoints")] == ["step-3"]
+    assert list(losses(tmp_path / "b")) == [1, 2, 3, 4]  # step 4 was logged, then lost with the crash
     loop.train(load_config([], b_args))
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
-    assert list(a) == [1, 2, 3, 4, 5, 6]
+    steps = [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if "loss" in r and "split" not in r]
+    assert list(a) == [1, 2, 3, 4, 5, 6] and steps == [1, 2, 3, 4, 5, 6]  # one history, no repeats
     for step in (4, 5, 6):
         assert b[step] == a[step], (step, a[step], b[step])
     wa = load_file(tmp_path / "a" / "final" / "trainable.safetensors")

@@ -36,11 +36,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def recover(final: Path) -> None:
+    """Finish what a crash interrupted: put back a replaced folder whose successor never arrived, and
+    remove temporary folders left behind."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    olds = sorted(final.parent.glob(f".{final.name}.old-*"))
+    if olds and not final.exists():
+        os.replace(olds.pop(), final)
+    for stale in [*olds, *final.parent.glob(f".{final.name}.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path):
-    """Yields a temporary folder; on success it becomes `final` (replacing an older one)."""
+    """Yields a temporary folder; on success it becomes `final` (replacing an older one).
+
+    Only one writer per folder (the main rank). Between the two renames `final` is briefly absent;
+    `recover` (called by the next writer and by readers) puts the old one back if a crash hits there.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover(final)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -66,6 +84,7 @@ def atomic_dir(final: Path):
 def verify(folder: Path) -> None:
     """Raise CheckpointError unless every file the manifest lists is there, whole and unchanged."""
     folder = Path(folder)
+    recover(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint {folder}: not a folder")
     try:

@@ -58,10 +58,13 @@ def load_optimizer_state(model, optimizer, tensors: dict, meta: dict, where: Pat
     if saved != names:
         raise CheckpointError(f"checkpoint {where}: its optimizer state is for parameters {saved[:3]}..., "
                               f"this model trains {names[:3]}... (a different method or tasks?)")
+    by_param: dict[str, dict] = {}
+    for key, value in tensors.items():  # state.<param name>.<slot>
+        name, slot = key[len("state."):].rsplit(".", 1)
+        by_param.setdefault(name, {})[slot] = value
     state = {}
     for i, name in enumerate(names):
-        slots = {k.split(".")[-1]: v for k, v in tensors.items() if k.rsplit(".", 1)[0] == f"state.{name}"}
-        slots.update(meta["scalars"].get(name, {}))
+        slots = {**by_param.get(name, {}), **meta["scalars"].get(name, {})}
         if slots:
             state[i] = slots
     groups, i = [], 0
@@ -71,9 +74,14 @@ def load_optimizer_state(model, optimizer, tensors: dict, meta: dict, where: Pat
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+def rng_state():
+    """This rank's random state: (torch, python)."""
+    return torch.get_rng_state(), _jsonable(random.getstate())
+
+
 def save(folder: Path, model, config_yaml: str, *, optimizer=None, scheduler=None, loader=None, step: int = 0,
-         rng_states: list[torch.Tensor] | None = None, extra: dict | None = None) -> Path:
-    """Write a checkpoint atomically (call on the writing rank only)."""
+         rng_states: list | None = None, extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically (call on the writing rank only); rng_states: rng_state() of every rank."""
     with atomic_dir(folder) as tmp:
         save_file(trainable_state(model), tmp / "trainable.safetensors", metadata={"format": "ptune"})
         (tmp / "config.yaml").write_text(config_yaml)
@@ -84,9 +92,9 @@ def save(folder: Path, model, config_yaml: str, *, optimizer=None, scheduler=Non
             state["optimizer"] = meta
             state["scheduler"] = scheduler.state_dict()
             state["loader"] = loader.state_dict()
-            state["python_rng"] = _jsonable(random.getstate())
-            save_file({f"rank{r}": s for r, s in enumerate(rng_states or [torch.get_rng_state()])},
-                      tmp / "rng.safetensors")
+            ranks = rng_states or [rng_state()]
+            state["python_rng"] = [py for _, py in ranks]
+            save_file({f"rank{r}": t for r, (t, _) in enumerate(ranks)}, tmp / "rng.safetensors")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     return folder
 
@@ -148,9 +156,13 @@ def load_training(folder: Path, model, optimizer, scheduler, loader, rank: int =
         loader.load_state_dict(state["loader"])
     except ValueError as e:
         raise CheckpointError(f"checkpoint {folder}: {e}") from None
-    random.setstate(_tupled(state["python_rng"]))
     rngs = _load_tensors(folder / "rng.safetensors")
-    torch.set_rng_state(rngs.get(f"rank{rank}", rngs["rank0"]))
+    if f"rank{rank}" in rngs:
+        torch.set_rng_state(rngs[f"rank{rank}"])
+        random.setstate(_tupled(state["python_rng"][rank]))
+    else:  # saved by fewer ranks: a fresh stream of its own, reproducible from the step
+        torch.manual_seed(1_000_003 * int(state["step"]) + rank)
+        random.seed(1_000_003 * int(state["step"]) + rank)
     return int(state["step"])
 
 
@@ -180,7 +192,7 @@ def resume_point(resume: str, checkpoints: Path) -> Path | None:
 
 
 def prune(checkpoints: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints."""
-    complete = [p for _, p in step_dirs(checkpoints) if is_valid(p)]
+    """Delete all but the newest `keep` checkpoints that have a manifest (were completely written)."""
+    complete = [p for _, p in step_dirs(checkpoints) if (p / "manifest.json").is_file()]
     for path in complete[keep:]:
         shutil.rmtree(path, ignore_errors=True)

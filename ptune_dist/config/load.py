@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ptune_dist.errors import ConfigError
+from ptune_dist.methods import METHODS
 
 from .schema import RunConfig
 
@@ -29,9 +30,9 @@ def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ())
     try:
         merged = OmegaConf.merge(*layers)
         for item in overrides:
-            key, value = item.split("=", 1)
-            # parse the value as YAML would (numbers, bools, [lists], {maps}); list items as `tasks.0.x`
-            OmegaConf.update(merged, key, _parse_value(value), merge=True)
+            key, value = item.split("=", 1)  # list items by index: tasks.0.template=...
+            OmegaConf.update(merged, key, _parse_value(value, OmegaConf.select(merged, key, default=None)),
+                             merge=True)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(_explain(e)) from None
@@ -41,13 +42,20 @@ def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ())
     return cfg
 
 
-def _parse_value(value: str):
-    """An override's value as YAML reads it (numbers, bools, [lists], {maps}); text YAML cannot read, such as
-    a template `{text}{answer}`, stays a string, and `key=` sets the empty string."""
-    if value == "":
-        return ""
+def _parse_value(value: str, current):
+    """An override's value for a key that now holds `current`.
+
+    A text key takes the text as written (`#`, `{...}`, `no` and `1e3` included); other keys take
+    YAML's structure ([lists], {maps}) with every scalar kept as text, which the schema then converts
+    to the field's type, so `labels=[yes, no]` stays two strings and `steps=5` becomes an int.
+    `null` or `~` alone is None.
+    """
+    if isinstance(current, str):
+        return value
+    if value in ("null", "~"):
+        return None
     try:
-        return OmegaConf.from_dotlist([f"v={value}"])["v"]
+        return yaml.load(value, Loader=yaml.BaseLoader) if value else value
     except yaml.YAMLError:
         return value
 
@@ -111,14 +119,15 @@ def validate(cfg: RunConfig) -> None:
     """Checks that need no model or data; model-dependent checks happen where the model is built."""
     _check_choices(cfg, "")
     m, d, t = cfg.method, cfg.data, cfg.train
-    prompt_method = m.name not in ("full_finetune", "prompt_design")
+    cls = METHODS[m.name]
+    prompt_method, deep = cls.depth != "none", cls.depth == "deep"
     if prompt_method:
         _positive(m.num_virtual_tokens, "method.num_virtual_tokens")
-    deep = m.name in ("prefix_tuning", "p_tuning_v2")
     if m.init == "text" and not m.init_text:
         raise ConfigError("method.init=text needs method.init_text")
-    if m.name == "p_tuning_v2" and m.init != "random" and not m.projection:
-        raise ConfigError(f"method.init={m.init!r}: p_tuning_v2 without projection learns the prefix "
+    projection = m.projection if m.projection is not None else getattr(cls, "default_projection", False)
+    if deep and m.init != "random" and not projection:
+        raise ConfigError(f"method.init={m.init!r}: {m.name} without projection learns the prefix "
                           "keys/values directly, which only init=random fills; set method.projection=true")
     if m.name == "p_tuning" and m.encoder_hidden_size < 0:
         raise ConfigError("method.encoder_hidden_size must be >= 0")
@@ -152,5 +161,5 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}.scoring={task.scoring!r}: token_classification needs scoring=head")
         if task.type == "generation" and task.scoring == "head":
             raise ConfigError(f"{key}.scoring=head: generation tasks are scored by the LM head")
-        if m.init == "labels" and task.type == "classification" and task.scoring == "head" and not task.labels:
-            raise ConfigError(f"method.init=labels needs label words: {key} has scoring=head and no labels")
+        if m.init == "labels" and task.type != "classification":
+            raise ConfigError(f"method.init=labels needs class labels; {key}.type is {task.type}")

@@ -36,6 +36,15 @@ def label_index(value, labels: list[str], where: str, key: str) -> int:
     raise DataError(f"{where}: label {value!r} is not one of {labels} (the labels of {key})")
 
 
+def _water_level(lengths: list[int], excess: int) -> int | None:
+    """The largest cap >= 1 such that cutting every field down to it removes at least `excess` tokens:
+    the longest fields shrink first and end equally long. None when even a cap of 1 is not enough."""
+    for cap in range(max(lengths, default=0), 0, -1):
+        if sum(max(0, n - cap) for n in lengths) >= excess:
+            return cap
+    return None
+
+
 class TaskEncoder:
     def __init__(self, spec: TaskSpec, task_cfg, tokenizer, kind: str, num_soft: int, budget: int,
                  truncation: str, task_id: int, key: str):
@@ -64,7 +73,21 @@ class TaskEncoder:
     def ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def encode(self, row: dict, where: str) -> Example:
+    @property
+    def target_fields(self) -> tuple[str, ...]:
+        """The fields that hold the answer: training needs them, prediction must not see them."""
+        if self.spec.type == "token_classification":
+            return (self.cfg.tags_field,)
+        if self.spec.type == "generation":
+            return (self.cfg.target_field if self.template else "output",)
+        return (self.cfg.label_field,)
+
+    def encode(self, row: dict, where: str, labelled: bool = True) -> Example:
+        """One example; `labelled` rows (training, evaluation) must carry their answer."""
+        missing = [f for f in self.target_fields if labelled and row.get(f) is None]
+        if missing:
+            raise DataError(f"{where} has no field {missing[0]!r} (the answer, which training and "
+                            f"evaluation need; {self.key} names it)")
         encode = {"classification": self._classification, "generation": self._generation,
                   "token_classification": self._tokens}[self.spec.type]
         return self._fit(encode, row, where)
@@ -77,27 +100,24 @@ class TaskEncoder:
         if self.truncation == "error":
             raise DataError(f"{where}: {len(ex.input_ids)} tokens > {self.budget} allowed (data.max_length, "
                             "virtual tokens included); raise data.max_length or set data.truncation=right|left")
-        row = dict(row)
-        for _ in range(8):  # shorten the longest input field by the excess, re-encode
-            fld = self._longest_field(row, where)
-            toks = self.ids(str(row[fld]))
-            cut = len(ex.input_ids) - self.budget
-            if cut >= len(toks):
-                break
-            kept = toks[:len(toks) - cut] if self.truncation == "right" else toks[cut:]
-            row[fld] = self.tok.decode(kept) if not isinstance(row[fld], list) else row[fld][:len(kept)]
-            ex = encode(row, where)
-            if len(ex.input_ids) <= self.budget:
-                return ex
-        raise DataError(f"{where}: cannot truncate to {self.budget} tokens (data.max_length): the parts "
-                        "that are not input fields are too long")
-
-    def _longest_field(self, row: dict, where: str) -> str:
         if self.spec.type == "token_classification":
             raise DataError(f"{where}: {len(row[self.cfg.tokens_field])} words do not fit in {self.budget} "
                             "tokens (data.max_length); token classification does not truncate")
-        names = self.template.fields if self.template else [f for f in ("input", "instruction") if row.get(f)]
-        return max(names, key=lambda f: len(str(row.get(f, ""))))
+        row = dict(row)
+        names = [f for f in (self.template.fields if self.template else ["input", "instruction"]) if row.get(f)]
+        for _ in range(4):  # re-tokenizing cut text can differ by a token or two: check and go again
+            fields = {f: self.ids(str(row[f])) for f in names}
+            cap = _water_level([len(t) for t in fields.values()], len(ex.input_ids) - self.budget)
+            if cap is None:
+                break
+            for f, toks in fields.items():
+                if len(toks) > cap:
+                    row[f] = self.tok.decode(toks[:cap] if self.truncation == "right" else toks[-cap:])
+            ex = encode(row, where)
+            if len(ex.input_ids) <= self.budget:
+                return ex
+        raise DataError(f"{where}: cannot truncate to {self.budget} tokens (data.max_length): what is not an "
+                        "input field (template text, virtual tokens, the answer) is too long")
 
     # -- the task types ------------------------------------------------------------------------
     def _slots(self, ids: list[int], soft: list[int]) -> None:
@@ -140,9 +160,11 @@ class TaskEncoder:
             if "instruction" not in row:
                 raise DataError(f"{where} has no field 'instruction' (instruction rows need instruction, "
                                 f"optional input, output; or set {self.key}.template)")
-            if self.num_soft:
-                self._slots(ids, soft)
-            ids.extend(self._instruction_prompt(row["instruction"], row.get("input") or ""))
+            prompt = self._instruction_prompt(row["instruction"], row.get("input") or "")
+            lead = len(self.lead) if prompt[:len(self.lead)] == self.lead else 0
+            ids.extend(prompt[:lead])
+            self._slots(ids, soft)  # virtual tokens after BOS, as everywhere
+            ids.extend(prompt[lead:])
             target = row.get("output")
         if target is None:  # prediction: the prompt alone
             return Example(ids, self.task_id, soft, None)
@@ -165,7 +187,8 @@ class TaskEncoder:
         return list(self.lead) + self.ids(text)
 
     def _tokens(self, row: dict, where: str) -> Example:
-        """Labels on each word's first sub-token; rows without tags (prediction) mark those positions with 0."""
+        """Labels on each word's first sub-token; rows without tags (prediction) mark those positions with 0,
+        so that prediction knows where each word starts."""
         if self.cfg.tokens_field not in row:
             raise DataError(f"{where} has no field {self.cfg.tokens_field!r} ({self.key}.tokens_field)")
         words, tags = row[self.cfg.tokens_field], row.get(self.cfg.tags_field)

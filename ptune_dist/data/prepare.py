@@ -75,9 +75,9 @@ def make_spec(task, tokenizer, key: str) -> TaskSpec:
 def check_lengths(data_cfg, info, num_virtual_tokens: int, depth: str) -> int:
     """The token budget of one example; the deep prefix also takes positions."""
     prefix = num_virtual_tokens if depth == "deep" else 0
-    if info.max_positions and data_cfg.max_length + prefix > info.max_positions:
-        raise ConfigError(f"data.max_length={data_cfg.max_length} plus {prefix} prefix positions exceeds the "
-                          f"model's {info.max_positions} position embeddings")
+    if info.max_positions and data_cfg.max_length > info.max_positions:
+        raise ConfigError(f"data.max_length={data_cfg.max_length} exceeds the model's {info.max_positions} "
+                          "positions (virtual tokens included)")
     if data_cfg.max_length <= prefix:
         raise ConfigError(f"data.max_length={data_cfg.max_length} leaves no room after {prefix} virtual tokens")
     return data_cfg.max_length - prefix

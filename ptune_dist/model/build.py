@@ -28,7 +28,7 @@ def build_model(cfg, specs, tokenizer, base=None) -> PromptModel:
             torch.manual_seed(seed)
             if cls.depth != "none":
                 ctx = InitContext(embed=lambda ids: embed(ids.to(embed.weight.device)), tokenizer=tokenizer,
-                                  label_words=[w for words in spec.label_words for w in words],
+                                  label_words=[w for words in spec.label_words for w in words] or spec.labels,
                                   generator=torch.Generator().manual_seed(seed))
                 prompts[spec.name] = cls(cfg.method, info, ctx)
             if spec.type == "token_classification":

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ptune_dist.data.task import TaskSpec
+from ptune_dist.errors import ConfigError
 
 from . import objectives
 from .attention import PrefixKV
@@ -31,6 +32,8 @@ class PromptModel(nn.Module):
         self.depth = depth
         self.attention_impl = attention_impl
         self.num_virtual_tokens = next(iter(prompts.values())).num_virtual_tokens if prompts else 0
+        if any(not spec.uses_head for spec in tasks):
+            self.lm_head  # noqa: B018  (fails now, naming the problem, rather than at the first batch)
         for i, spec in enumerate(tasks):
             self.register_buffer(f"_words_{i}", objectives.word_table(spec.label_word_ids).to(base.device),
                                  persistent=False)
@@ -45,7 +48,8 @@ class PromptModel(nn.Module):
         """The module that turns hidden states into vocabulary logits (lm_head for Llama, cls for BERT)."""
         heads = [m for name, m in self.base.named_children() if name != self.base.base_model_prefix]
         if self.info.kind == "encoder" or len(heads) != 1:
-            raise ValueError(f"{self.info.model_type} loaded as {self.info.kind} has no single LM head")
+            raise ConfigError(f"model: {self.info.model_type} loaded as {self.info.kind} has no single LM head "
+                              f"module (found {len(heads)}); score its tasks with a head (tasks.N.scoring=head)")
         return heads[0]
 
     def words(self, task_index: int) -> torch.Tensor:
@@ -73,9 +77,11 @@ class PromptModel(nn.Module):
         """
         ids, mask = batch["input_ids"], batch["attention_mask"]
         embeds = self.base.get_input_embeddings()(ids)
-        prompt = self.prompt_for(batch["task_ids"])
+        first_pass = past_key_values is None  # when decoding, shallow prompts are already in the cache
+        needed = self.depth == "deep" or (self.depth == "shallow" and first_pass)
+        prompt = self.prompt_for(batch["task_ids"]) if needed else None
         offset = self.num_virtual_tokens if self.depth == "deep" else 0
-        if self.depth == "shallow" and past_key_values is None:
+        if self.depth == "shallow" and first_pass:
             soft = prompt.to(embeds.dtype)
             soft = soft.expand(ids.shape[0], -1, -1) if soft.dim() == 2 else soft
             embeds = embeds.masked_scatter(batch["soft_mask"].unsqueeze(-1), soft)

@@ -10,8 +10,8 @@ from ptune_dist.launcher.env import DistEnv
 
 def init(env: DistEnv) -> None:
     if env.world > 1 and not tdist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        tdist.init_process_group(backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
+        # the plain engine keeps the model on the CPU, so gloo; GPU ranks come with the DeepSpeed engine
+        tdist.init_process_group("gloo", init_method=f"tcp://{env.master_addr}:{env.master_port}",
                                  rank=env.rank, world_size=env.world)
 
 

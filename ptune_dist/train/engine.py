@@ -23,14 +23,18 @@ class TorchEngine:
 
     def step(self) -> float:
         """Average gradients over ranks, clip, update, advance the schedule; returns the gradient norm."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if dist.active() and grads:
-            flat = torch.cat([g.reshape(-1) for g in grads])
+        if dist.active():
+            # every rank reduces every parameter in the same order: a task absent from one rank's
+            # batch contributes zeros there, not a shorter (or misaligned) buffer
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            flat = torch.cat([p.grad.reshape(-1) for p in self.params])
             dist.all_reduce_sum(flat).div_(torch.distributed.get_world_size())
             offset = 0
-            for g in grads:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                offset += g.numel()
+            for p in self.params:
+                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm if self.max_grad_norm > 0 else
                                               float("inf"))
         self.optimizer.step()

@@ -1,11 +1,14 @@
 """Where training reports go: metrics.jsonl (one JSON object per record), TensorBoard, a progress bar.
 
-Only the main rank writes; the others get a logger that does nothing.
+Only the main rank writes; the others get a logger that does nothing. A resumed run continues the
+same files: records of steps after the checkpoint (from the interrupted run) are dropped, in
+metrics.jsonl and in TensorBoard, so each file tells one history.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -17,11 +20,14 @@ class MetricsLogger:
         self.bar = self.tb = self.file = None
         if not enabled:
             return
-        self.file = open(Path(out_dir) / "metrics.jsonl", "a")
+        path = Path(out_dir) / "metrics.jsonl"
+        if start_step and path.exists():
+            _keep_until(path, start_step)
+        self.file = open(path, "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         if progress and total_steps:
             from tqdm.auto import tqdm
 
@@ -47,11 +53,12 @@ class MetricsLogger:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                  tok_s=f"{record['tokens_per_s']:.0f}")
 
-    def eval(self, step: int, results: dict) -> None:
+    def eval(self, step: int, results: dict, split: str = "eval") -> None:
+        """One record per task; split "baseline" is the frozen base without prompt."""
         for task, metrics in results.items():
-            self.write({"step": step, "split": "eval", "task": task, **metrics})
+            self.write({"step": step, "split": split, "task": task, **metrics})
         if self.bar is not None and results:
-            self.bar.write(f"step {step} eval: " + "; ".join(
+            self.bar.write(f"step {step} {split}: " + "; ".join(
                 f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
                 for t, m in results.items()))
 
@@ -66,3 +73,12 @@ class MetricsLogger:
             self.tb.close()
         if self.file is not None:
             self.file.close()
+
+
+def _keep_until(path: Path, step: int) -> None:
+    """Rewrite metrics.jsonl (atomically) without the records of steps after `step`."""
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)

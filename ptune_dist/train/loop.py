@@ -54,7 +54,7 @@ def train(cfg) -> dict:
         log.write({"event": "resume", "step": start})
     if t.eval_baseline and not start and model.depth != "none":
         results["baseline"] = run_eval(*baseline_view(s))
-        log.write({"event": "baseline", "step": 0, "metrics": results["baseline"]})
+        log.eval(0, results["baseline"], split="baseline")
     if t.eval_at_start and not start:
         log.eval(0, run_eval(model, s.tasks))
 
@@ -118,7 +118,7 @@ def make_loader(s: Session) -> TrainLoader:
 
 def save_checkpoint(s: Session, step: int, engine, loader) -> None:
     """Every rank calls this (the RNG states are gathered); the main rank writes."""
-    rngs = dist.gather_objects(torch.get_rng_state())
+    rngs = dist.gather_objects(ckpt.rng_state())
     if s.env.is_main:
         folder = Path(s.cfg.output_dir) / "checkpoints"
         ckpt.save(folder / f"step-{step}", s.model, to_yaml(s.cfg), optimizer=engine.optimizer,
