@@ -132,7 +132,7 @@ def main():
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--virtual", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5)
     p.add_argument("--labels", choices=["answer", "all"], default="answer")
     p.add_argument("--methods", default="prompt_tuning,prefix_tuning")
     p.add_argument("--out", default="")

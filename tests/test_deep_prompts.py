@@ -113,3 +113,15 @@ def test_prefix_changes_encoder_outputs_everywhere(mini):
         s.model.depth = "deep"
     real = batch["attention_mask"].bool()
     assert (with_prefix - without).norm(dim=-1)[real].min() > 1e-3
+
+
+def test_reference_and_sdpa_kernels_agree_in_the_model(smol):
+    results = {}
+    for impl in ("reference", "sdpa"):
+        s = session(["method.name=prefix_tuning", *SUPPORT, f"model.attention={impl}"], base=smol)
+        s.model.eval()
+        results[impl] = run(s, "left")
+    (ref_scores, ref_grads), (sdpa_scores, sdpa_grads) = results["reference"], results["sdpa"]
+    assert_close_rel(sdpa_scores, ref_scores, 1e-5)
+    for name in ref_grads:
+        assert_close_rel(sdpa_grads[name], ref_grads[name], 1e-4)

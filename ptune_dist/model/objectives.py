@@ -78,7 +78,8 @@ def generation(model, hidden, batch) -> Output:
     gold = target[keep]
     n = int(gold.numel())
     loss = F.cross_entropy(logits, gold, reduction="sum") / max(n, 1)
-    return Output(loss=loss, correct=int((logits.argmax(-1) == gold).sum()), count=n)
+    correct = 0 if torch.is_grad_enabled() else int((logits.argmax(-1) == gold).sum())  # for evaluation only
+    return Output(loss=loss, correct=correct, count=n)
 
 
 def token_classification(model, hidden, batch) -> Output:
