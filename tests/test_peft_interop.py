@@ -75,7 +75,7 @@ def test_ptune_to_peft(method, extra, smol, tmp_path):
     with torch.no_grad():  # move away from the initialisation so the test sees trained-like weights
         for p in s.model.trainable_parameters().values():
             p.add_(0.05 * torch.randn_like(p))
-    state.save(tmp_path / "run" / "final", s.model, to_yaml(s.cfg))
+    state.save(tmp_path / "run" / "final", to_yaml(s.cfg), state.trainable_state(s.model))
     export_peft(tmp_path / "run", tmp_path / "adapter")
     shallow = s.model.depth == "shallow"
     batch, enc = lm_batch(s.tokenizer, P if shallow else 0)

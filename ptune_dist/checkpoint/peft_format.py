@@ -138,5 +138,6 @@ def import_peft(adapter_dir, out, overrides=()) -> Path:
                               f"{cfg.model.name_or_path} ({tuple(param.shape)} expected for {method})")
     with torch.no_grad():
         param.copy_(emb)
-    state.save(Path(out) / "final", prompts, to_yaml(cfg), extra={"imported_from": str(d), "peft_type": peft_type})
+    state.save(Path(out) / "final", to_yaml(cfg), state.trainable_state(prompts),
+               extra={"imported_from": str(d), "peft_type": peft_type})
     return Path(out)

@@ -52,16 +52,25 @@ def optimizer_state(model, optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def load_optimizer_state(model, optimizer, tensors: dict, meta: dict, where: Path) -> None:
-    names = list(model.trainable_parameters())
+def check_optimizer_fits(where: Path, meta: dict, names: list[str]) -> None:
     saved = [n for g in meta["param_groups"] for n in g["params"]]
     if saved != names:
         raise CheckpointError(f"checkpoint {where}: its optimizer state is for parameters {saved[:3]}..., "
                               f"this model trains {names[:3]}... (a different method or tasks?)")
+
+
+def state_by_param(tensors: dict) -> dict[str, dict]:
+    """{param name: {slot: tensor}} from the state.<param name>.<slot> keys of optimizer.safetensors."""
     by_param: dict[str, dict] = {}
-    for key, value in tensors.items():  # state.<param name>.<slot>
+    for key, value in tensors.items():
         name, slot = key[len("state."):].rsplit(".", 1)
         by_param.setdefault(name, {})[slot] = value
+    return by_param
+
+
+def load_optimizer_state(model, optimizer, tensors: dict, meta: dict) -> None:
+    names = list(model.trainable_parameters())
+    by_param = state_by_param(tensors)
     state = {}
     for i, name in enumerate(names):
         slots = {**by_param.get(name, {}), **meta["scalars"].get(name, {})}
@@ -79,19 +88,22 @@ def rng_state():
     return torch.get_rng_state(), _jsonable(random.getstate())
 
 
-def save(folder: Path, model, config_yaml: str, *, optimizer=None, scheduler=None, loader=None, step: int = 0,
-         rng_states: list | None = None, extra: dict | None = None) -> Path:
-    """Write a checkpoint atomically (call on the writing rank only); rng_states: rng_state() of every rank."""
+def save(folder: Path, config_yaml: str, trainable: dict, *, optimizer: tuple | None = None,
+         training: dict | None = None, step: int = 0, rng_states: list | None = None, extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically (call on the writing rank only).
+
+    trainable: {name: full fp32 tensor}; optimizer: (tensors, meta) as optimizer_state() makes them;
+    training: {"scheduler": state, "loader": state}; rng_states: rng_state() of every rank.
+    """
     with atomic_dir(folder) as tmp:
-        save_file(trainable_state(model), tmp / "trainable.safetensors", metadata={"format": "ptune"})
+        save_file(trainable, tmp / "trainable.safetensors", metadata={"format": "ptune"})
         (tmp / "config.yaml").write_text(config_yaml)
         state = {"step": step, **(extra or {})}
         if optimizer is not None:
-            tensors, meta = optimizer_state(model, optimizer)
+            tensors, meta = optimizer
             save_file(tensors, tmp / "optimizer.safetensors")
             state["optimizer"] = meta
-            state["scheduler"] = scheduler.state_dict()
-            state["loader"] = loader.state_dict()
+            state.update(training)
             ranks = rng_states or [rng_state()]
             state["python_rng"] = [py for _, py in ranks]
             save_file({f"rank{r}": t for r, (t, _) in enumerate(ranks)}, tmp / "rng.safetensors")
@@ -122,36 +134,44 @@ def _load_tensors(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path.parent}: {path.name} unreadable ({e})") from None
 
 
-def load_weights(folder: Path, model) -> None:
-    """Copy a checkpoint's trainable weights into `model` (names and shapes must match)."""
-    folder = Path(folder)
-    verify(folder)
-    saved = _load_tensors(folder / "trainable.safetensors")
-    params = model.trainable_parameters()
-    missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+def check_fits(folder: Path, saved: dict, shapes: dict) -> None:
+    """The checkpoint's trainable tensors must be exactly the model's, name by name and shape by shape."""
+    missing, unexpected = sorted(set(shapes) - set(saved)), sorted(set(saved) - set(shapes))
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {folder} does not fit this model: missing {missing[:4]}, "
                               f"unexpected {unexpected[:4]} (another method, task list or base? to start "
                               "afresh use another output_dir or train.resume=never)")
+    for name, shape in shapes.items():
+        if tuple(saved[name].shape) != tuple(shape):
+            raise CheckpointError(f"checkpoint {folder}: {name} has shape {tuple(saved[name].shape)}, "
+                                  f"the model expects {tuple(shape)}")
+
+
+def load_weights(folder: Path, model) -> None:
+    """Copy a checkpoint's trainable weights into `model` (one process, no ZeRO partitioning)."""
+    folder = Path(folder)
+    verify(folder)
+    saved = _load_tensors(folder / "trainable.safetensors")
+    params = model.trainable_parameters()
+    check_fits(folder, saved, {n: p.shape for n, p in params.items()})
     with torch.no_grad():
         for name, p in params.items():
-            if saved[name].shape != p.shape:
-                raise CheckpointError(f"checkpoint {folder}: {name} has shape {tuple(saved[name].shape)}, "
-                                      f"the model expects {tuple(p.shape)}")
             p.copy_(saved[name])
 
 
-def load_training(folder: Path, model, optimizer, scheduler, loader, rank: int = 0) -> int:
-    """Restore everything a run needs to continue exactly; returns the step it was saved at."""
+def load_training(folder: Path, engine, loader, rank: int = 0) -> int:
+    """Restore everything a run needs to continue exactly (every rank calls it); returns the saved step."""
     folder = Path(folder)
     state = read_state(folder)
     if "optimizer" not in state:
         raise CheckpointError(f"checkpoint {folder} has no training state (a final/ export?); "
                               "it can be evaluated or exported, not resumed")
-    load_weights(folder, model)
-    load_optimizer_state(model, optimizer, _load_tensors(folder / "optimizer.safetensors"), state["optimizer"],
-                         folder)
-    scheduler.load_state_dict(state["scheduler"])
+    weights = _load_tensors(folder / "trainable.safetensors")
+    check_fits(folder, weights, engine.shapes())
+    opt_tensors = _load_tensors(folder / "optimizer.safetensors")
+    check_optimizer_fits(folder, state["optimizer"], list(engine.shapes()))
+    engine.load_state(weights, opt_tensors, state["optimizer"])
+    engine.scheduler.load_state_dict(state["scheduler"])
     try:
         loader.load_state_dict(state["loader"])
     except ValueError as e:

@@ -144,6 +144,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.betas={t.betas}: expected two numbers")
     if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
+    _check_distributed(cfg)
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed")
     names = [task.name for task in cfg.tasks]
@@ -163,3 +164,21 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}.scoring=head: generation tasks are scored by the LM head")
         if m.init == "labels" and task.type != "classification":
             raise ConfigError(f"method.init=labels needs class labels; {key}.type is {task.type}")
+
+
+def _check_distributed(cfg: RunConfig) -> None:
+    d = cfg.distributed
+    if d.engine != "deepspeed":
+        if d.zero_stage or d.offload_optimizer or d.offload_params:
+            raise ConfigError("distributed.zero_stage / offload_* need distributed.engine=deepspeed")
+        return
+    if d.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"distributed.zero_stage={d.zero_stage} is not one of 0, 1, 2, 3")
+    if d.offload_optimizer and d.zero_stage < 2:
+        raise ConfigError("distributed.offload_optimizer needs distributed.zero_stage 2 or 3")
+    if d.offload_params and d.zero_stage != 3:
+        raise ConfigError("distributed.offload_params needs distributed.zero_stage=3")
+    if cfg.train.optimizer != "adamw":
+        raise ConfigError(f"train.optimizer={cfg.train.optimizer}: with distributed.engine=deepspeed use adamw "
+                          "(ZeRO flattens the parameters, which undoes Adafactor's factored statistics)")
+    _positive(d.timeout_s, "distributed.timeout_s")

@@ -103,6 +103,15 @@ class TrainConfig:
 
 
 @dataclass
+class DistributedConfig:
+    engine: str = choice("torch", "deepspeed")  # torch: plain data parallel; deepspeed: ZeRO
+    zero_stage: int = 0  # 0-3, with engine=deepspeed
+    offload_optimizer: bool = False  # stages 2-3: optimizer state in CPU memory
+    offload_params: bool = False  # stage 3: parameters in CPU memory
+    timeout_s: int = 300  # a collective waiting longer ends the run (a dead rank must not hang the others)
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -110,3 +119,4 @@ class RunConfig:
     tasks: List[TaskConfig] = field(default_factory=lambda: [TaskConfig()])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)

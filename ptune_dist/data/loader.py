@@ -8,6 +8,8 @@ replay of the data before it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .collate import collate
@@ -56,7 +58,15 @@ class TrainLoader:
 
 def eval_batches(examples: list[Example], batch_size: int, pad_id: int, padding_side: str,
                  rank: int = 0, world: int = 1):
-    """This rank's share of the evaluation examples, in order, in batches."""
+    """This rank's share of the evaluation examples, in order, in batches.
+
+    Every rank yields the same number of batches, because a forward under ZeRO-3 is a collective: a
+    rank whose share has run out yields a stand-in batch marked "skip", to run and not to count.
+    """
     mine = examples[rank::world]
-    for i in range(0, len(mine), batch_size):
-        yield collate(mine[i:i + batch_size], pad_id, padding_side)
+    for i in range(math.ceil(math.ceil(len(examples) / world) / batch_size)):
+        chunk = mine[i * batch_size:(i + 1) * batch_size]
+        batch = collate(chunk or examples[:1], pad_id, padding_side)
+        if not chunk:
+            batch["skip"] = True
+        yield batch

@@ -33,7 +33,7 @@ class DeepPrefix(PromptMethod):
 
     def flat(self) -> torch.Tensor:
         """[P, L*2*Hkv*d]: PEFT's `prompt_embeddings` layout."""
-        return self.mlp(self.embedding) if self.projection else self.prefix
+        return self.mlp(self.embedding) if self.projection else self.prefix.clone()  # clone: see PromptTuning
 
     def forward(self) -> torch.Tensor:
         L, two, Hkv, d = self.shape

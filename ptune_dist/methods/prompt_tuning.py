@@ -19,4 +19,4 @@ class PromptTuning(PromptMethod):
         self.embedding = nn.Parameter(init)  # [P, H]
 
     def forward(self) -> torch.Tensor:
-        return self.embedding
+        return self.embedding.clone()  # a tensor of its own: ZeRO-3 frees a parameter's storage after forward

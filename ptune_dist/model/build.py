@@ -6,6 +6,8 @@ build identical prompts without talking to each other.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ptune_dist.methods import InitContext, method_class
@@ -20,6 +22,7 @@ def build_model(cfg, specs, tokenizer, base=None) -> PromptModel:
     cls = method_class(cfg.method.name)
     model, info = base or load_base(cfg.model, trainable=cls.trains_base)
     embed = model.get_input_embeddings()
+    lookup = gathered_lookup(embed)
     prompts, heads = {}, {}
     head_dropout = 0.1 if cfg.model.dropout is None else cfg.model.dropout
     for i, spec in enumerate(specs):
@@ -27,7 +30,7 @@ def build_model(cfg, specs, tokenizer, base=None) -> PromptModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if cls.depth != "none":
-                ctx = InitContext(embed=lambda ids: embed(ids.to(embed.weight.device)), tokenizer=tokenizer,
+                ctx = InitContext(embed=lookup, tokenizer=tokenizer,
                                   label_words=[w for words in spec.label_words for w in words] or spec.labels,
                                   generator=torch.Generator().manual_seed(seed))
                 prompts[spec.name] = cls(cfg.method, info, ctx)
@@ -38,3 +41,17 @@ def build_model(cfg, specs, tokenizer, base=None) -> PromptModel:
                                                               head_dropout)
     device = embed.weight.device
     return PromptModel(model, info, prompts, heads, specs, cls.depth, cfg.model.attention).to(device)
+
+
+def gathered_lookup(embed):
+    """ids -> embeddings, also when ZeRO-3 holds only a partition of the matrix on this rank (then every
+    rank must call it: gathering is a collective; all ranks build the same prompts, so they do)."""
+    def lookup(ids):
+        with contextlib.ExitStack() as stack:
+            if hasattr(embed.weight, "ds_id"):
+                import deepspeed
+
+                stack.enter_context(deepspeed.zero.GatheredParameters([embed.weight]))
+            return embed(ids.to(embed.weight.device))
+
+    return lookup

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from datetime import timedelta
+
 import torch
 import torch.distributed as tdist
 
+from ptune_dist import embedded
 from ptune_dist.launcher.env import DistEnv
 
 
-def init(env: DistEnv) -> None:
-    if env.world > 1 and not tdist.is_initialized():
-        # the plain engine keeps the model on the CPU, so gloo; GPU ranks come with the DeepSpeed engine
-        tdist.init_process_group("gloo", init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                                 rank=env.rank, world_size=env.world)
+def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300) -> None:
+    """Join the process group: always for DeepSpeed (it needs one, also alone), else when world > 1.
+    Models stay on the CPU here, so the backend is gloo."""
+    if tdist.is_initialized() or (engine == "torch" and env.world == 1):
+        return
+    timeout = timedelta(seconds=timeout_s)
+    if engine == "deepspeed":
+        import deepspeed
+
+        port = env.master_port if env.world > 1 else _free_port()
+        for key, value in (("RANK", env.rank), ("WORLD_SIZE", env.world), ("LOCAL_RANK", env.local_rank),
+                           ("MASTER_ADDR", env.master_addr), ("MASTER_PORT", port)):
+            os.environ.setdefault(key, str(value))
+        # DeepSpeed compiles a shared-memory op at first use (~30 s); keep it next to the models
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(embedded.home() / "torch_extensions"))
+        deepspeed.init_distributed(dist_backend="gloo", timeout=timeout, auto_mpi_discovery=False)
+        return
+    tdist.init_process_group("gloo", init_method=f"tcp://{env.master_addr}:{env.master_port}",
+                             rank=env.rank, world_size=env.world, timeout=timeout)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def active() -> bool:

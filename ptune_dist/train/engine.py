@@ -1,25 +1,36 @@
-"""The single-process engine (plain PyTorch) that the training loop drives.
+"""The plain-PyTorch engine the training loop drives (one process, or data parallel under torchrun).
 
-With several processes (torchrun) it averages the trainable gradients over the ranks with one
-all-reduce per step: the prompt is small, so that is all data parallelism needs here. The DeepSpeed
-engine offers the same four calls.
+An engine offers the same calls whatever runs underneath (see ds_engine.py for DeepSpeed):
+
+    forward(batch) -> Output        backward(loss) per micro-batch      step() -> grad norm, per update
+    lr                              shapes() {name: shape} of the trainable weights
+    full_weights() -> {name: fp32 tensor}, full_optimizer() -> (tensors, meta): every rank calls them
+    load_state(weights, optimizer tensors, meta)
+
+With several processes it averages the trainable gradients over the ranks with one all-reduce per
+update: the prompt is small, so that is all data parallelism needs.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ptune_dist.checkpoint import state as ckpt
+
 from . import dist
 
 
 class TorchEngine:
-    def __init__(self, model, optimizer, scheduler, max_grad_norm: float):
+    def __init__(self, model, optimizer, scheduler, max_grad_norm: float, grad_accum: int = 1):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm, self.grad_accum = max_grad_norm, grad_accum
         self.params = [p for p in model.parameters() if p.requires_grad]
 
+    def forward(self, batch):
+        return self.model(batch)
+
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        (loss / self.grad_accum).backward()
 
     def step(self) -> float:
         """Average gradients over ranks, clip, update, advance the schedule; returns the gradient norm."""
@@ -45,3 +56,18 @@ class TorchEngine:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    def shapes(self) -> dict:
+        return {n: tuple(p.shape) for n, p in self.model.trainable_parameters().items()}
+
+    def full_weights(self) -> dict:
+        return ckpt.trainable_state(self.model)
+
+    def full_optimizer(self) -> tuple[dict, dict]:
+        return ckpt.optimizer_state(self.model, self.optimizer)
+
+    def load_state(self, weights: dict, opt_tensors: dict, opt_meta: dict) -> None:
+        with torch.no_grad():
+            for name, p in self.model.trainable_parameters().items():
+                p.copy_(weights[name])
+        ckpt.load_optimizer_state(self.model, self.optimizer, opt_tensors, opt_meta)

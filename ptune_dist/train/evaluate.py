@@ -71,7 +71,10 @@ def evaluate(model, tasks, batch_size: int, pad_id: int, padding_side: str, rank
             continue
         sums = None
         for batch in eval_batches(t.eval, batch_size, pad_id, padding_side, rank, world):
-            s = batch_sums(t.spec, model(batch), batch)
+            out = model(batch)
+            if batch.get("skip"):
+                continue
+            s = batch_sums(t.spec, out, batch)
             sums = s if sums is None else sums + s
         if sums is None:  # this rank's share is empty
             size = 3 if t.spec.type == "generation" else 1 + len(t.spec.labels) ** 2

@@ -42,7 +42,7 @@ def train(cfg) -> dict:
         engine, loader = make_engine(s), make_loader(s)
         resume_from = ckpt.resume_point(t.resume, out / "checkpoints")
         if resume_from:
-            start = ckpt.load_training(resume_from, model, engine.optimizer, engine.scheduler, loader, env.rank)
+            start = ckpt.load_training(resume_from, engine, loader, env.rank)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
@@ -50,6 +50,8 @@ def train(cfg) -> dict:
     run_eval = partial(evaluate, batch_size=cfg.data.eval_batch_size, pad_id=s.pad_id,
                        padding_side=cfg.data.padding_side, rank=env.rank, world=env.world)
     results = {"method": cfg.method.name, "model": cfg.model.name_or_path}
+    held = dist.gather_objects(param_bytes(model))  # every rank: what it holds of the model
+    log.write({"event": "parameters", "step": start, "bytes_per_rank": [h for h, _ in held], "bytes_total": held[0][1]})
     if start:
         log.write({"event": "resume", "step": start})
     if t.eval_baseline and not start and model.depth != "none":
@@ -64,8 +66,9 @@ def train(cfg) -> dict:
     log.eval(t.steps, results["final"])
     if t.steps and start < t.steps:
         save_checkpoint(s, t.steps, engine, loader)
+    weights = engine.full_weights() if engine else ckpt.trainable_state(model)  # every rank: may gather
     if env.is_main:
-        ckpt.save(out / "final", model, to_yaml(cfg), step=t.steps, extra={"metrics": results["final"]})
+        ckpt.save(out / "final", to_yaml(cfg), weights, step=t.steps, extra={"metrics": results["final"]})
         write_json(out / "results.json", results)
     log.close()
     dist.barrier()
@@ -79,8 +82,8 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
     for step in range(start + 1, t.steps + 1):
         for _ in range(t.grad_accum):
             batch = next(batches)
-            loss = model(batch).loss
-            engine.backward(loss / t.grad_accum)
+            loss = engine.forward(batch).loss
+            engine.backward(loss)
             losses.append(loss.detach())
             tokens += int(batch["attention_mask"].sum())
         lr, grad_norm = engine.lr, engine.step()
@@ -97,12 +100,24 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
             save_checkpoint(s, step, engine, loader)
 
 
-def make_engine(s: Session) -> TorchEngine:
+def param_bytes(model) -> tuple[int, int]:
+    """(bytes of parameters this rank holds, bytes of the whole model): ZeRO-3 holds a partition each."""
+    held = sum((p.ds_tensor if hasattr(p, "ds_tensor") else p).numel() * p.element_size() for p in model.parameters())
+    total = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
+    return held, total
+
+
+def make_engine(s: Session):
     params = s.model.trainable_parameters()
     if not params:
         raise ConfigError(f"method.name={s.cfg.method.name} has nothing to train; set train.steps=0")
-    optimizer = build_optimizer(params.values(), s.cfg.train)
-    return TorchEngine(s.model, optimizer, build_scheduler(optimizer, s.cfg.train), s.cfg.train.max_grad_norm)
+    t = s.cfg.train
+    optimizer = build_optimizer(params.values(), t)
+    if s.cfg.distributed.engine == "deepspeed":
+        from .ds_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(s.model, optimizer, lambda opt: build_scheduler(opt, t), s.cfg, s.env.world)
+    return TorchEngine(s.model, optimizer, build_scheduler(optimizer, t), t.max_grad_norm, t.grad_accum)
 
 
 def make_loader(s: Session) -> TrainLoader:
@@ -117,12 +132,13 @@ def make_loader(s: Session) -> TrainLoader:
 
 
 def save_checkpoint(s: Session, step: int, engine, loader) -> None:
-    """Every rank calls this (the RNG states are gathered); the main rank writes."""
+    """Every rank calls this (weights, optimizer state and RNG states are gathered); the main rank writes."""
+    weights, optimizer = engine.full_weights(), engine.full_optimizer()
     rngs = dist.gather_objects(ckpt.rng_state())
     if s.env.is_main:
         folder = Path(s.cfg.output_dir) / "checkpoints"
-        ckpt.save(folder / f"step-{step}", s.model, to_yaml(s.cfg), optimizer=engine.optimizer,
-                  scheduler=engine.scheduler, loader=loader, step=step, rng_states=rngs)
+        ckpt.save(folder / f"step-{step}", to_yaml(s.cfg), weights, optimizer=optimizer, step=step, rng_states=rngs,
+                  training={"scheduler": engine.scheduler.state_dict(), "loader": loader.state_dict()})
         ckpt.prune(folder, s.cfg.train.keep_checkpoints)
     dist.barrier()
 

@@ -28,6 +28,7 @@ class Session:
     model: PromptModel
     tasks: list[TaskData]
     env: DistEnv
+    keepalive: object = None  # HfDeepSpeedConfig under ZeRO-3: from_pretrained shards while it lives
 
     @property
     def pad_id(self) -> int:
@@ -50,13 +51,20 @@ def prepare(cfg, splits=("train", "eval")):
 def build_session(cfg, splits=("train", "eval"), env: DistEnv | None = None, base=None) -> Session:
     """`base` = (hf_model, info) reuses a loaded base (tests, studies over many configs)."""
     env = env or DistEnv.from_environ()
-    dist.init(env)
+    dist.init(env, cfg.distributed.engine, cfg.distributed.timeout_s)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     cfg, tokenizer, _, data = prepare(cfg, splits)
+    keepalive = None
+    if cfg.distributed.engine == "deepspeed" and cfg.distributed.zero_stage == 3 and base is None:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        from .ds_engine import ds_config
+
+        keepalive = HfDeepSpeedConfig(ds_config(cfg, env.world))  # the base loads already partitioned
     base = base or load_base(cfg.model, trainable=method_class(cfg.method.name).trains_base)
     model = build_model(cfg, [d.spec for d in data], tokenizer, base=base)
-    return Session(cfg, tokenizer, model, data, env)
+    return Session(cfg, tokenizer, model, data, env, keepalive)
 
 
 def baseline_view(session: Session) -> tuple[PromptModel, list[TaskData]]:

@@ -1,0 +1,158 @@
+"""The DeepSpeed engine: ZeRO stages 0-3, optimizer offload (stages 2-3), parameter offload (stage 3).
+
+Same calls as TorchEngine (engine.py). The loop hands every micro-batch's loss to backward();
+DeepSpeed scales it by the accumulation steps and takes the update on the last micro-batch, which
+step() triggers. Checkpoints stay ptune's own format: the full fp32 weights and per-parameter
+optimizer state are gathered from the ZeRO partitions (deepspeed.utils.safe_get_full_*), so a run
+saved on 2 ranks resumes on 1 or 4, or with the plain engine, and exports to PEFT.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ptune_dist.checkpoint import state as ckpt
+
+
+def ds_config(cfg, world: int) -> dict:
+    """The DeepSpeed config of a run. fp32 as far as DeepSpeed knows: the base keeps the dtype it was loaded
+    in, the trainable weights are fp32 (so DeepSpeed keeps no second master copy)."""
+    d, t = cfg.distributed, cfg.train
+    zero = {"stage": d.zero_stage}
+    if d.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if d.offload_params:
+        zero["offload_param"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": cfg.data.batch_size * t.grad_accum * world,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,  # our torch optimizer also when offloading (no op build)
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _shape(p) -> tuple:
+    return tuple(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 parameter's local tensor is only its partition
+
+
+class DeepSpeedEngine:
+    def __init__(self, model, optimizer, scheduler_fn, cfg, world: int):
+        import deepspeed
+
+        self.model, self.stage = model, cfg.distributed.zero_stage
+        self.params = model.trainable_parameters()
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler_fn, config=ds_config(cfg, world),
+            model_parameters=list(self.params.values()))
+
+    def forward(self, batch):
+        return self.ds(batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+        if not self.ds.is_gradient_accumulation_boundary():
+            self.ds.step()  # a micro-step: DeepSpeed counts it and updates nothing
+
+    def step(self) -> float:
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def lr(self) -> float:
+        return float(self.ds.get_lr()[0])
+
+    def shapes(self) -> dict:
+        return {n: _shape(p) for n, p in self.params.items()}
+
+    @property
+    def _base(self):
+        """The torch optimizer that holds the state (of ZeRO's flat partitions when stage >= 1)."""
+        return self.optimizer if self.stage == 0 else self.optimizer.optimizer
+
+    def full_weights(self) -> dict:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        out = {}
+        for name, p in self.params.items():
+            full = safe_get_full_fp32_param(p) if self.stage else None  # a collective under ZeRO-3
+            out[name] = (p.detach() if full is None else full).float().reshape(_shape(p)).contiguous().cpu()
+        return out
+
+    def full_optimizer(self) -> tuple[dict, dict]:
+        if self.stage == 0:
+            return ckpt.optimizer_state(self.model, self.optimizer)
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        first = next(iter(self._base.state.values()))
+        slots = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
+        step = first["step"]
+        tensors = {}
+        for name, p in self.params.items():
+            for slot in slots:
+                tensors[f"state.{name}.{slot}"] = (
+                    safe_get_full_optimizer_state(p, slot).float().reshape(_shape(p)).contiguous().cpu())
+            tensors[f"state.{name}.step"] = torch.as_tensor(step, dtype=torch.float32).clone()
+        group = {k: v for k, v in self._base.param_groups[0].items() if k != "params"}
+        return tensors, {"param_groups": [{**group, "params": list(self.params)}], "scalars": {}}
+
+    def load_state(self, weights: dict, opt_tensors: dict, opt_meta: dict) -> None:
+        if self.stage == 0:
+            with torch.no_grad():
+                for name, p in self.params.items():
+                    p.copy_(weights[name])
+            ckpt.load_optimizer_state(self.model, self.optimizer, opt_tensors, opt_meta)
+            return
+        import deepspeed
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        self._materialize_state()
+        by_param = ckpt.state_by_param(opt_tensors)
+        for name, p in self.params.items():
+            safe_set_full_fp32_param(p, weights[name])
+            for slot, value in by_param.get(name, {}).items():
+                if value.dim() > 0:
+                    safe_set_full_optimizer_state(p, value, slot)
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0, enabled=self.stage == 3):
+                with torch.no_grad():
+                    p.data.copy_(weights[name].reshape(p.data.shape))  # the working copy the forward uses
+        step = next(iter(by_param.values()))["step"]
+        for st in self._base.state.values():
+            st["step"] = step.clone() if torch.is_tensor(st["step"]) else float(step)
+        saved_group = opt_meta["param_groups"][0]
+        for g in self._base.param_groups:  # the scheduled lr of the saved step (schedulers only set it on step)
+            g.update({k: saved_group[k] for k in ("lr", "initial_lr") if k in saved_group})
+
+    def _materialize_state(self) -> None:
+        """torch creates optimizer state at the first step. Before resuming, take one step with zero
+        gradients and lr 0 on the flat fp32 partitions ZeRO hands the optimizer, then (stages 1-2) let
+        ZeRO link its per-parameter views of that state. Relies on DeepSpeed 0.19's ZeRO internals
+        (pinned in constraints.txt; tests/test_deepspeed.py resumes every stage)."""
+        zo, base = self.optimizer, self._base
+        if self.stage == 3:
+            flat = list(zo.fp32_partitioned_groups_flat)
+            group_of = [zo.sub_group_to_group_id[i] for i in range(len(flat))]
+        else:
+            flat = list(zo.single_partition_of_fp32_groups)
+            group_of = list(range(len(flat)))
+        if all(base.state.get(fp) for fp in flat):
+            return
+        params, lrs, grads = [g["params"] for g in base.param_groups], [g["lr"] for g in base.param_groups], \
+            [fp.grad for fp in flat]
+        for g in base.param_groups:
+            g["params"], g["lr"] = [], 0.0
+        for fp, gid in zip(flat, group_of):
+            base.param_groups[gid]["params"].append(fp)
+            fp.grad = torch.zeros_like(fp)
+        base.step()
+        for g, ps, lr in zip(base.param_groups, params, lrs):
+            g["params"], g["lr"] = ps, lr
+        for fp, grad in zip(flat, grads):
+            fp.grad = grad
+        if self.stage < 3:
+            zo._lazy_init_hp_params_optimizer_state()

@@ -1,0 +1,104 @@
+"""DeepSpeed ZeRO 0-3 on 2 CPU ranks (gloo): the same loss curve as one process with the same global
+batch; ZeRO-3 shards the frozen base while it loads; a checkpoint saved by 2 ranks resumes on 1 rank
+and on 2 ranks and continues identically; offload settings train too."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import read_jsonl
+from safetensors.torch import load_file
+
+from ptune_dist.config import load_config
+from ptune_dist.train.loop import train
+
+QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+COMMON = ["method.num_virtual_tokens=4", "data.max_train_examples=32", "data.max_eval_examples=8", "train.steps=4",
+          "train.save_every=2", "train.keep_checkpoints=5", "train.log_every=1", "train.progress_bar=false",
+          "train.eval_baseline=false", "train.tensorboard=false"]
+METHODS = {"prompt_tuning": [], "p_tuning_v2": ["method.name=p_tuning_v2", "method.init=random", "train.lr=0.01"]}
+
+
+def torchrun(nproc: int, out: Path, args: list) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           "-m", "ptune_dist.cli", "train", QUICKSTART, f"output_dir={out}", *args],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def losses(out: Path) -> dict:
+    return {r["step"]: r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r and "split" not in r}
+
+
+def assert_same_curve(got: dict, want: dict, tol: float = 5e-5) -> None:
+    assert list(got) == list(want), (got, want)
+    for step in want:
+        assert abs(got[step] - want[step]) <= tol * max(1.0, abs(want[step])), (step, got, want)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The single-process reference (plain engine), global batch 8, per method."""
+    out = {}
+    for method, extra in METHODS.items():
+        d = tmp_path_factory.mktemp(f"one-{method}")
+        train(load_config([QUICKSTART], [f"output_dir={d}", "data.batch_size=8", *extra, *COMMON]))
+        out[method] = d
+    return out
+
+
+def ds_args(stage: int, *extra) -> list:
+    return ["data.batch_size=4", "distributed.engine=deepspeed", f"distributed.zero_stage={stage}", *extra, *COMMON]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_two_ranks_match_one_process(stage, method, one_process, tmp_path):
+    torchrun(2, tmp_path, ds_args(stage, *METHODS[method]))
+    assert_same_curve(losses(tmp_path), losses(one_process[method]))
+    final = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("split") == "eval"][-1]
+    want = [r for r in read_jsonl(one_process[method] / "metrics.jsonl") if r.get("split") == "eval"][-1]
+    assert final["accuracy"] == want["accuracy"] and abs(final["loss"] - want["loss"]) < 2e-4 * max(1, want["loss"])
+    held = next(r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "parameters")
+    shares = [b / held["bytes_total"] for b in held["bytes_per_rank"]]
+    if stage == 3:  # each rank holds about half of the model, the frozen base included
+        assert all(abs(s - 0.5) < 0.02 for s in shares), shares
+    else:
+        assert shares == [1.0, 1.0]
+    if stage == 3 and method == "prompt_tuning":
+        resume_on_one_and_two_ranks(tmp_path, stage)
+
+
+def resume_on_one_and_two_ranks(full: Path, stage: int) -> None:
+    """From the 2-rank run's step-2 checkpoint: 2 ranks continue exactly, 1 rank (plain engine, global
+    batch 8) to floating-point tolerance."""
+    runs = {}
+    for name in ("two", "one"):
+        d = full.parent / f"{full.name}-{name}"
+        (d / "checkpoints").mkdir(parents=True)
+        shutil.copytree(full / "checkpoints" / "step-2", d / "checkpoints" / "step-2")
+        runs[name] = d
+    torchrun(2, runs["two"], ds_args(stage))
+    train(load_config([QUICKSTART], [f"output_dir={runs['one']}", "data.batch_size=8", *COMMON]))
+    want = {s: v for s, v in losses(full).items() if s > 2}
+    assert losses(runs["two"]) == want
+    assert_same_curve(losses(runs["one"]), want)
+    w_full = load_file(full / "final" / "trainable.safetensors")
+    for name in ("two", "one"):
+        w = load_file(runs[name] / "final" / "trainable.safetensors")
+        for k in w_full:
+            assert (w[k] - w_full[k]).abs().max() < 1e-5, (name, k)
+
+
+def test_resume_after_zero2_and_offload(tmp_path):
+    """ZeRO-2 with the optimizer offloaded: trains like one process and resumes exactly on 2 ranks."""
+    torchrun(2, tmp_path, ds_args(2, "distributed.offload_optimizer=true"))
+    d = tmp_path.parent / f"{tmp_path.name}-two"
+    (d / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "checkpoints" / "step-2", d / "checkpoints" / "step-2")
+    torchrun(2, d, ds_args(2, "distributed.offload_optimizer=true"))
+    assert losses(d) == {s: v for s, v in losses(tmp_path).items() if s > 2}
