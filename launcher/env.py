@@ -7,6 +7,7 @@ a Slurm step, from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; a plain process 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 
@@ -34,3 +35,10 @@ class DistEnv:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is outside world size {world}")
         return cls(rank, world, local, env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for a rendezvous on this machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

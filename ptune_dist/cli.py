@@ -5,6 +5,11 @@
     ptune predict RUN_OR_CHECKPOINT --input FILE.jsonl [--output FILE.jsonl] [dotted.key=value ...]
     ptune export CHECKPOINT --format peft --out DIR [--task NAME]
     ptune import ADAPTER_DIR --out RUN_DIR [dotted.key=value ...]
+    ptune launch CONFIG.yaml [...] [dotted.key=value ...] [--dry-run]      (launch.backend=local|slurm)
+    ptune sweep CONFIG.yaml [...] [key=value ...] [--grid key=v1,v2 ...] [--dry-run]
+    ptune gather SWEEP_DIR
+    ptune status RUN_DIR|JOB_ID
+    ptune cancel RUN_DIR|JOB_ID
     ptune fetch-models [NAME ...]
 """
 
@@ -17,6 +22,7 @@ import sys
 
 import ptune_dist  # noqa: F401  (sets the oneDNN guard before torch loads)
 from ptune_dist.errors import PtuneError
+from ptune_dist.train.preempt import PREEMPTED, Preempted
 
 
 def _split(args: list[str]) -> tuple[list[str], list[str]]:
@@ -64,6 +70,61 @@ def cmd_import(ns) -> int:
     return 0
 
 
+def cmd_launch(ns) -> int:
+    from ptune_dist.launcher import launch
+
+    files, overrides = _split(ns.args)
+    if not files:
+        raise PtuneError("ptune launch: give at least one config file")
+    return launch(files, overrides, dry_run=ns.dry_run)
+
+
+def cmd_sweep(ns) -> int:
+    from ptune_dist.launcher import slurm, sweep
+
+    files, overrides = _split(ns.args)
+    cfg, sweep_dir, cells = sweep.prepare(files, overrides, ns.grid)
+    if ns.dry_run:
+        print(sweep.array_script(cfg, sweep_dir, len(cells)) if cfg.launch.backend == "slurm"
+              else "\n".join(" ".join(c["overrides"]) for c in cells))
+        return 0
+    if cfg.launch.backend == "local":
+        failed = sweep.run_locally(cfg, cells)
+        print(sweep.gather(sweep_dir))
+        return 1 if failed else 0
+    record = sweep.submit(cfg, sweep_dir, cells)
+    print(f"submitted array job {record['job_id']} ({len(cells)} cells) and gather job {record['gather_job_id']}; "
+          f"logs: {slurm.log_dir(cfg)}; table: {sweep_dir / 'results.md'}")
+    return 0
+
+
+def cmd_gather(ns) -> int:
+    from ptune_dist.launcher.sweep import gather
+
+    print(gather(ns.sweep_dir))
+    return 0
+
+
+def cmd_status(ns) -> int:
+    from ptune_dist.launcher import slurm
+
+    for job in slurm.job_id_of(ns.target):
+        state = slurm.job_state(job)
+        keys = ("JobState", "Reason", "Restarts", "NodeList", "ExitCode", "RunTime", "StdOut")
+        print(json.dumps({"job_id": job, **{k: state[k] for k in keys if k in state}} if state else
+                         {"job_id": job, "JobState": "UNKNOWN (no longer known to slurmctld)"}))
+    return 0
+
+
+def cmd_cancel(ns) -> int:
+    from ptune_dist.launcher import slurm
+
+    for job in slurm.job_id_of(ns.target):
+        slurm.cancel(job)
+        print(f"cancelled {job}")
+    return 0
+
+
 def cmd_fetch(ns) -> int:
     from ptune_dist import embedded
 
@@ -98,6 +159,24 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True)
     i.add_argument("overrides", nargs="*")
     i.set_defaults(fn=cmd_import)
+    la = sub.add_parser("launch", help="run training on N processes, nodes, or as a Slurm job")
+    la.add_argument("args", nargs="+")
+    la.add_argument("--dry-run", action="store_true", help="print the command or sbatch script, start nothing")
+    la.set_defaults(fn=cmd_launch)
+    sw = sub.add_parser("sweep", help="one run per cell of a grid: a Slurm job array plus a gathering job")
+    sw.add_argument("args", nargs="+")
+    sw.add_argument("--grid", action="append", default=[], help="dotted.key=value1,value2 (repeatable)")
+    sw.add_argument("--dry-run", action="store_true")
+    sw.set_defaults(fn=cmd_sweep)
+    ga = sub.add_parser("gather", help="collect a sweep's results into results.csv / results.md")
+    ga.add_argument("sweep_dir")
+    ga.set_defaults(fn=cmd_gather)
+    st = sub.add_parser("status", help="state of a submitted run (folder or job id)")
+    st.add_argument("target")
+    st.set_defaults(fn=cmd_status)
+    ca = sub.add_parser("cancel", help="cancel a submitted run (folder or job id)")
+    ca.add_argument("target")
+    ca.set_defaults(fn=cmd_cancel)
     f = sub.add_parser("fetch-models", help="download and convert the embedded models")
     f.add_argument("names", nargs="*")
     f.set_defaults(fn=cmd_fetch)
@@ -115,6 +194,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return ns.fn(ns)
+    except Preempted as e:
+        print(f"ptune {ns.command}: {e}", file=sys.stderr)
+        return PREEMPTED
     except PtuneError as e:
         message = " ".join(str(e).split("\n"))  # one line, whatever the message carries
         print(f"ptune {ns.command}: error: {message}", file=sys.stderr)

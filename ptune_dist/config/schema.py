@@ -112,6 +112,37 @@ class DistributedConfig:
 
 
 @dataclass
+class LaunchConfig:
+    backend: str = choice("local", "slurm")
+    launcher: str = choice("torchrun", "deepspeed")  # what starts the ranks of the local backend
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0  # local multi-node: this machine's place
+    rdzv_endpoint: str = ""  # local multi-node: host:port of node 0
+    threads_per_proc: int = 0  # OMP_NUM_THREADS of each rank; 0: the node's cores / processes
+    # Slurm (values are validated before they reach the script; see launcher/shell.py)
+    job_name: str = "ptune"
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time: str = "01:00:00"
+    gpus_per_node: int = 0
+    cpus_per_task: int = 0  # 0: threads_per_proc, or 1
+    mem: str = ""
+    constraint: str = ""
+    sbatch_extra: List[str] = field(default_factory=list)  # more sbatch options, e.g. --exclusive
+    setup: List[str] = field(default_factory=list)  # shell lines before the run, e.g. module load cuda/12.4
+    python: str = ""  # the interpreter on the nodes; "" = this one
+    signal_seconds: int = 120  # USR1 this long before the time limit: checkpoint, requeue, resume
+    log_dir: str = ""  # "" = output_dir/slurm
+
+
+@dataclass
+class SweepConfig:
+    grid: Dict[str, List[str]] = field(default_factory=dict)  # dotted key -> values, one cell per combination
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "runs/default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -120,3 +151,5 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
 
 from ptune_dist import embedded
-from ptune_dist.launcher.env import DistEnv
+from ptune_dist.launcher.env import DistEnv, free_port
 
 
 def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300) -> None:
@@ -22,7 +21,7 @@ def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300) -> None:
     if engine == "deepspeed":
         import deepspeed
 
-        port = env.master_port if env.world > 1 else _free_port()
+        port = env.master_port if env.world > 1 else free_port()
         for key, value in (("RANK", env.rank), ("WORLD_SIZE", env.world), ("LOCAL_RANK", env.local_rank),
                            ("MASTER_ADDR", env.master_addr), ("MASTER_PORT", port)):
             os.environ.setdefault(key, str(value))
@@ -33,11 +32,6 @@ def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300) -> None:
     tdist.init_process_group("gloo", init_method=f"tcp://{env.master_addr}:{env.master_port}",
                              rank=env.rank, world_size=env.world, timeout=timeout)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def active() -> bool:

@@ -28,6 +28,7 @@ from .engine import TorchEngine
 from .evaluate import evaluate
 from .logger import MetricsLogger
 from .optim import build_optimizer, build_scheduler
+from .preempt import Preempted, StopRequests
 from .session import Session, baseline_view, build_session
 
 
@@ -61,7 +62,8 @@ def train(cfg) -> dict:
         log.eval(0, run_eval(model, s.tasks))
 
     if engine is not None:
-        run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks))
+        with StopRequests() as stop:
+            run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks), stop)
     results["final"] = run_eval(model, s.tasks)
     log.eval(t.steps, results["final"])
     if t.steps and start < t.steps:
@@ -75,7 +77,7 @@ def train(cfg) -> dict:
     return results
 
 
-def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_eval) -> None:
+def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_eval, stop: StopRequests) -> None:
     model, t, world = s.model, s.cfg.train, s.env.world
     batches, losses, tokens, t0 = iter(loader), [], 0, time.perf_counter()
     model.train()
@@ -98,6 +100,11 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
             log.eval(step, run_eval())
         if t.save_every and step % t.save_every == 0 and step < t.steps:
             save_checkpoint(s, step, engine, loader)
+        if stop.agreed() and step < t.steps:  # USR1/TERM on any rank: all stop here, resumable
+            if not (t.save_every and step % t.save_every == 0):
+                save_checkpoint(s, step, engine, loader)
+            log.close()
+            raise Preempted(step)
 
 
 def param_bytes(model) -> tuple[int, int]:

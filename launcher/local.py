@@ -1,0 +1,50 @@
+"""The local backend: N ranks on this machine (or this node of several), started by torchrun or by the
+deepspeed launcher, each running `ptune train` on the same resolved config.
+
+torchrun watches its ranks: when one dies it stops the others and exits non-zero, so a failed rank
+ends the whole run instead of leaving the rest waiting in a collective. The deepspeed launcher does
+not set OMP_NUM_THREADS; we set it for both (cores / ranks unless launch.threads_per_proc says).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ptune_dist.errors import ConfigError
+
+from .env import free_port
+
+
+def command(cfg, config_path: Path) -> list[str]:
+    L = cfg.launch
+    train = ["-m", "ptune_dist.cli", "train", str(Path(config_path).resolve())]
+    if L.launcher == "deepspeed":
+        if L.nnodes > 1:
+            raise ConfigError("launch.launcher=deepspeed runs on one node here; use torchrun (rendezvous) or Slurm "
+                              "for several nodes")
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(L.nproc_per_node),
+                "--master_port", str(free_port()), "--module", *train[1:]]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={L.nproc_per_node}"]
+    if L.nnodes > 1:
+        if not L.rdzv_endpoint:
+            raise ConfigError("launch.nnodes > 1 needs launch.rdzv_endpoint=host:port (node 0's address)")
+        cmd += [f"--nnodes={L.nnodes}", f"--node_rank={L.node_rank}", "--rdzv_backend=static",
+                f"--master_addr={L.rdzv_endpoint.rsplit(':', 1)[0]}", f"--master_port={L.rdzv_endpoint.rsplit(':', 1)[1]}"]
+    else:
+        cmd += ["--standalone"]
+    return cmd + train
+
+
+def environment(cfg) -> dict:
+    L = cfg.launch
+    threads = L.threads_per_proc or max(1, (os.cpu_count() or 1) // max(1, L.nproc_per_node))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": str(threads)}
+
+
+def run(cfg, config_path: Path) -> int:
+    """Start the ranks and wait; returns the launcher's exit code (non-zero when a rank failed)."""
+    return subprocess.run(command(cfg, config_path), env=environment(cfg)).returncode

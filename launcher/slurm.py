@@ -1,0 +1,140 @@
+"""The Slurm backend: render an sbatch script from slurm/train.sbatch, submit it, remember the job.
+
+Inside the job, srun starts nproc_per_node ranks on each node; each reads its rank and world size
+from SLURM_PROCID / SLURM_NTASKS (launcher/env.py) and meets the others at MASTER_ADDR (the first
+host of the job) and MASTER_PORT (derived from the job id). A USR1 `launch.signal_seconds` before
+the time limit (or a TERM) makes the ranks agree to stop, save a checkpoint and exit with
+PREEMPTED; the script then requeues the job, which resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ptune_dist.errors import PtuneError
+from ptune_dist.slurm import template
+from ptune_dist.train.preempt import PREEMPTED
+
+from .shell import CONSTRAINT, quote, render, sbatch_option, sbatch_value, setup_line
+
+
+
+def log_dir(cfg) -> Path:
+    return Path(cfg.launch.log_dir or Path(cfg.output_dir) / "slurm").resolve()
+
+
+def common_values(cfg) -> dict:
+    """The validated #SBATCH extras and set-up lines every template shares."""
+    L = cfg.launch
+    lines = []
+    for key in ("partition", "account", "qos", "mem"):
+        if getattr(L, key):
+            lines.append(f"#SBATCH --{key}={sbatch_value(f'launch.{key}', getattr(L, key))}")
+    if L.constraint:
+        lines.append(f"#SBATCH --constraint={sbatch_value('launch.constraint', L.constraint, CONSTRAINT)}")
+    if L.gpus_per_node:
+        lines.append(f"#SBATCH --gpus-per-node={int(L.gpus_per_node)}")
+    lines += [f"#SBATCH {sbatch_option('launch.sbatch_extra', x)}" for x in L.sbatch_extra]
+    return {
+        "sbatch_lines": "\n".join(lines),
+        "setup": "\n".join(setup_line("launch.setup", x) for x in L.setup),
+        "python": quote(L.python or sys.executable),
+        "workdir": quote(os.getcwd()),
+    }
+
+
+def train_script(cfg, config_path: Path, job_name: str = "", log_name: str = "%x-%j.out", array: str = "",
+                 config_expr: str = "") -> str:
+    """The sbatch script of a training job; `array`/`config_expr` turn it into a sweep's job array."""
+    L = cfg.launch
+    threads = L.threads_per_proc or max(1, L.cpus_per_task or 1)
+    values = common_values(cfg)
+    if array:
+        values["sbatch_lines"] = f"#SBATCH --array={sbatch_value('array', array)}\n" + values["sbatch_lines"]
+    values.update({
+        "job_name": sbatch_value("launch.job_name", job_name or L.job_name),
+        "nnodes": str(int(L.nnodes)),
+        "nproc_per_node": str(int(L.nproc_per_node)),
+        "cpus_per_task": str(int(L.cpus_per_task or threads)),
+        "time": sbatch_value("launch.time", L.time),
+        "log": sbatch_value("launch.log_dir", log_dir(cfg) / log_name),
+        "signal_seconds": str(int(L.signal_seconds)),
+        "threads": str(int(threads)),
+        "config": config_expr or quote(Path(config_path).resolve()),
+        "preempted": str(PREEMPTED),
+    })
+    return render(template("train.sbatch"), values)
+
+
+def gather_script(cfg, sweep_dir: Path, after: str) -> str:
+    values = common_values(cfg)
+    values.update({
+        "job_name": sbatch_value("launch.job_name", cfg.launch.job_name + "-gather"),
+        "log": sbatch_value("launch.log_dir", log_dir(cfg) / "%x-%j.out"),
+        "after": sbatch_value("dependency", after),
+        "sweep_dir": quote(Path(sweep_dir).resolve()),
+    })
+    return render(template("gather.sbatch"), values)
+
+
+def sbatch(script_path: Path) -> str:
+    """Submit; returns the job id."""
+    done = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PtuneError(f"sbatch {script_path} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout.strip().split(";")[0]
+
+
+def write_record(folder: Path, record: dict) -> Path:
+    path = folder / "job.json"
+    path.write_text(json.dumps({**record, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+    return path
+
+
+def submit_train(cfg, config_path: Path) -> dict:
+    folder = log_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "train.sbatch"
+    script.write_text(train_script(cfg, config_path))
+    job = sbatch(script)
+    record = {"kind": "train", "job_id": job, "script": str(script), "log": str(folder / f"{cfg.launch.job_name}-{job}.out"),
+              "output_dir": str(Path(cfg.output_dir).resolve())}
+    write_record(folder, record)
+    return record
+
+
+def job_id_of(target: str) -> list[str]:
+    """Job ids from a run/sweep folder (its slurm/job.json) or given directly."""
+    p = Path(target)
+    for candidate in (p / "slurm" / "job.json", p / "job.json"):
+        if candidate.is_file():
+            rec = json.loads(candidate.read_text())
+            return [j for j in (rec.get("job_id"), rec.get("gather_job_id")) if j]
+    if target.replace("_", "").isdigit():
+        return [target]
+    raise PtuneError(f"{target}: neither a job id nor a folder with slurm/job.json")
+
+
+def job_state(job_id: str) -> dict:
+    """scontrol's view of a job: {JobState, Reason, RestartCnt, NodeList, ExitCode, ...} ({} once forgotten)."""
+    done = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {}
+    fields = {}
+    for line in done.stdout.splitlines()[:1]:
+        for item in line.split():
+            if "=" in item:
+                k, v = item.split("=", 1)
+                fields[k] = v
+    return fields
+
+
+def cancel(job_id: str) -> None:
+    done = subprocess.run(["scancel", str(job_id)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PtuneError(f"scancel {job_id} failed: {done.stderr.strip()}")
