@@ -74,3 +74,17 @@ def assert_close_rel(actual, expected, tol: float) -> None:
     scale = expected.abs().max().clamp(min=1e-12)
     err = (actual - expected).abs().max()
     assert err <= tol * scale, f"max difference {err:.3g} exceeds {tol} x {scale:.3g}"
+
+
+def rank_pid(config_path, env_entry: str) -> int:
+    """The PID of the training process started on `config_path` whose environment holds `env_entry`
+    (e.g. RANK=1 under torchrun, SLURM_PROCID=1 under srun)."""
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if str(config_path).encode() in cmd and b"train" in cmd and env_entry.encode() in env:
+            return int(pid)
+    raise AssertionError(f"no process with {env_entry} training on {config_path}")

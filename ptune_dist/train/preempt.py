@@ -37,7 +37,8 @@ class StopRequests:
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # once stopping, a repeated signal (Slurm may send more) must not kill the exit in progress
+            signal.signal(sig, signal.SIG_IGN if self.requested else handler)
         return False
 
     def _handle(self, signum, frame):

@@ -1,0 +1,141 @@
+"""The launcher without a cluster: commands, sbatch scripts, what config values may do in them, sweeps,
+and a run that stops on SIGUSR1 with a checkpoint and resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import read_jsonl
+
+from ptune_dist.config import load_config
+from ptune_dist.errors import ConfigError
+from ptune_dist.launcher import local, resolved, slurm, sweep
+from ptune_dist.train.preempt import PREEMPTED
+
+QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=32", "data.max_eval_examples=8", "data.batch_size=4",
+        "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false"]
+
+
+def test_local_commands(tmp_path):
+    cfg = load_config([], ["launch.nproc_per_node=2"])
+    cmd = local.command(cfg, tmp_path / "c.yaml")
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    assert cmd[-4:] == ["-m", "ptune_dist.cli", "train", str(tmp_path / "c.yaml")]
+    multi = local.command(load_config([], ["launch.nnodes=2", "launch.node_rank=1",
+                                           "launch.rdzv_endpoint=10.0.0.5:29400"]), tmp_path / "c.yaml")
+    assert {"--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.5", "--master_port=29400"} <= set(multi)
+    with pytest.raises(ConfigError, match="rdzv_endpoint"):
+        local.command(load_config([], ["launch.nnodes=2"]), tmp_path / "c.yaml")
+    ds = local.command(load_config([], ["launch.launcher=deepspeed", "launch.nproc_per_node=2"]), tmp_path / "c.yaml")
+    assert ds[1:3] == ["-m", "deepspeed.launcher.runner"] and "--num_gpus" in ds
+    assert local.environment(load_config([], ["launch.threads_per_proc=3"]))["OMP_NUM_THREADS"] == "3"
+
+
+def test_sbatch_script(tmp_path):
+    cfg = resolved([], [f"output_dir={tmp_path}", "launch.backend=slurm", "launch.nnodes=2", "launch.nproc_per_node=2",
+                        "launch.partition=gpu", "launch.account=proj-1", "launch.qos=high", "launch.mem=64G",
+                        "launch.constraint=a100&ib", "launch.gpus_per_node=4", "launch.time=2-00:00:00",
+                        "launch.sbatch_extra=[--exclusive, --gres=gpu:4]", "launch.setup=[module load cuda/12.4]",
+                        "launch.signal_seconds=300"])
+    script = slurm.train_script(cfg, tmp_path / "launch.yaml")
+    for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --partition=gpu",
+                 "#SBATCH --account=proj-1", "#SBATCH --qos=high", "#SBATCH --mem=64G", "#SBATCH --constraint=a100&ib",
+                 "#SBATCH --gpus-per-node=4", "#SBATCH --time=2-00:00:00", "#SBATCH --exclusive",
+                 "#SBATCH --gres=gpu:4", "#SBATCH --signal=USR1@300", "#SBATCH --requeue",
+                 f"#SBATCH --output={tmp_path}/slurm/%x-%j.out", "module load cuda/12.4",
+                 f"ptune_dist.cli train {tmp_path}/launch.yaml", f'if [ "$rc" -eq {PREEMPTED} ]; then',
+                 'scontrol requeue "$SLURM_JOB_ID"']:
+        assert line in script, line
+
+
+PAYLOADS = ["x;touch PWNED", "$(touch PWNED)", "`touch PWNED`", "x\ntouch PWNED", "x && touch PWNED", "x'y"]
+FIELDS = ["job_name", "partition", "account", "qos", "time", "mem", "constraint", "log_dir", "sbatch_extra", "setup",
+          "output_dir"]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize("field", FIELDS)
+def test_values_that_could_run_something_are_refused(field, payload, tmp_path):
+    cfg = load_config([], [f"output_dir={tmp_path}", "launch.backend=slurm"])
+    if field == "output_dir":  # the log folder derives from it and lands on an #SBATCH line, which cannot quote
+        cfg.output_dir, key = str(tmp_path / payload), "launch.log_dir"
+    else:
+        setattr(cfg.launch, field, [payload] if field in ("sbatch_extra", "setup") else payload)
+        key = f"launch.{field}"
+    with pytest.raises(ConfigError, match=key):
+        slurm.train_script(cfg, tmp_path / "launch.yaml")
+
+
+def test_quoted_paths_run_nothing(tmp_path):
+    """Paths in the script body are quoted: run the script with stand-ins for srun and scontrol from a
+    working folder and a config path full of shell syntax; nothing may be executed."""
+    evil = tmp_path / "w $(touch PWNED1); touch PWNED2 `touch PWNED3`"
+    evil.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done > "$ARGS_OUT"\n')
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho n1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    cfg = load_config([], [f"output_dir={tmp_path / 'run'}", "launch.backend=slurm"])
+    config_path = evil / "launch $(touch PWNED4).yaml"
+    old = os.getcwd()
+    os.chdir(evil)
+    try:
+        script = slurm.train_script(cfg, config_path)
+    finally:
+        os.chdir(old)
+    (tmp_path / "job.sh").write_text(script)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args"),
+           "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "7"}
+    subprocess.run(["bash", str(tmp_path / "job.sh")], env=env, check=True, cwd=tmp_path)
+    assert not list(tmp_path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[-1] == str(config_path)
+
+
+def test_sweep_cells_and_gather(tmp_path):
+    cfg, sweep_dir, cells = sweep.prepare([QUICKSTART], [f"output_dir={tmp_path}"],
+                                          ["method.num_virtual_tokens=4,8", "train.seed=0,1,2"])
+    assert len(cells) == 6 and cells[5]["overrides"] == ["method.num_virtual_tokens=8", "train.seed=2"]
+    cell = load_config([Path(cells[5]["dir"]) / "launch.yaml"])
+    assert (cell.method.num_virtual_tokens, cell.train.seed, cell.output_dir) == (8, 2, cells[5]["dir"])
+    assert cell.sweep.grid == {}
+    (Path(cells[0]["dir"]) / "results.json").write_text(
+        '{"final": {"support": {"accuracy": 0.5, "loss": 1.0}}, "baseline": {"support": {"accuracy": 0.25}}}')
+    sweep.gather(sweep_dir)
+    rows = (sweep_dir / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("cell,method.num_virtual_tokens,train.seed,status")
+    assert rows[1].startswith("000,4,0,done,support,0.5,1.0,0.25") and rows[2].startswith("001,4,1,failed")
+    array = sweep.array_script(cfg, sweep_dir, len(cells))
+    assert "#SBATCH --array=0-5" in array and '"$(printf %03d "$SLURM_ARRAY_TASK_ID")"/launch.yaml' in array
+    with pytest.raises(ConfigError, match="sweep.grid is empty"):
+        sweep.prepare([QUICKSTART], [f"output_dir={tmp_path / 'x'}"])
+
+
+def test_usr1_stops_at_a_checkpoint_and_the_rerun_resumes(tmp_path):
+    def command(steps):
+        return [sys.executable, "-m", "ptune_dist.cli", "train", QUICKSTART, f"output_dir={tmp_path}",
+                f"train.steps={steps}", "train.save_every=50", *TINY]
+
+    proc = subprocess.Popen(command(200), stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and sum(1 for _ in metrics.open()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == PREEMPTED, err[-2000:]
+    stopped = max(r["step"] for r in read_jsonl(metrics) if "loss" in r)
+    assert f"stopped on a signal after step {stopped}" in err
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == [f"step-{stopped}"]
+    done = subprocess.run(command(stopped + 2), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = [r for r in read_jsonl(metrics) if r.get("event") == "resume"]
+    assert [r["step"] for r in resumed] == [stopped]
+    assert max(r["step"] for r in read_jsonl(metrics) if "loss" in r) == stopped + 2

@@ -1,0 +1,126 @@
+"""Through a real Slurm (slurm/local-cluster.sh: slurmctld + nodes n1, n2 on this machine): a 2-node job
+trains to the end; a 3-cell sweep runs as a job array and a dependent job gathers the table; a
+preempted job checkpoints, requeues itself and resumes to the same final prompt as an uninterrupted
+run; a killed rank fails the job in bounded time and the rerun resumes from the last checkpoint."""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import rank_pid, read_jsonl
+from safetensors.torch import load_file
+
+from ptune_dist.checkpoint import state as ckpt
+from ptune_dist.cli import main
+from ptune_dist.launcher import slurm
+from ptune_dist.slurm import cluster_script
+
+QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=64", "data.max_eval_examples=8", "data.batch_size=4",
+        "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false"]
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
+
+
+def responsive() -> bool:
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and {"n1", "n2"} <= {line.split()[0] for line in out.stdout.splitlines()}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster runs slurmctld/slurmd as root (slurm/local-cluster.sh)")
+    started = not responsive()
+    if started:
+        subprocess.run(["bash", str(cluster_script()), "up"], check=True, timeout=600)
+    yield
+    if started:
+        subprocess.run(["bash", str(cluster_script()), "down"], timeout=120)
+
+
+def submit(out: Path, *extra) -> str:
+    assert main(["launch", QUICKSTART, "launch.backend=slurm", f"output_dir={out}", *TINY, *extra]) == 0
+    return json.loads((out / "slurm" / "job.json").read_text())["job_id"]
+
+
+def wait(job: str, timeout: float = 400) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = slurm.job_state(job)
+        if state.get("JobState") in ENDED:
+            return state
+        time.sleep(1)
+    raise AssertionError(f"job {job} did not end within {timeout} s: {slurm.job_state(job)}")
+
+
+def losses(out: Path) -> dict:
+    return {r["step"]: r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r and "split" not in r}
+
+
+def test_two_node_job_trains_to_the_end(cluster, tmp_path):
+    job = submit(tmp_path, "launch.nnodes=2", "train.steps=3")
+    state = wait(job)
+    log = (tmp_path / "slurm" / f"ptune-{job}.out").read_text()
+    assert state["JobState"] == "COMPLETED", log[-3000:]
+    assert state["NodeList"] == "n[1-2]" and "rendezvous n1:" in log
+    held = next(r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "parameters")
+    assert len(held["bytes_per_rank"]) == 2  # one rank per node
+    assert list(losses(tmp_path)) == [1, 2, 3] and (tmp_path / "final" / "trainable.safetensors").is_file()
+
+
+def test_sweep_is_a_job_array_with_a_gathered_table(cluster, tmp_path):
+    assert main(["sweep", QUICKSTART, "launch.backend=slurm", f"output_dir={tmp_path}", "train.steps=2", *TINY,
+                 "--grid", "train.seed=0,1,2"]) == 0
+    record = json.loads((tmp_path / "slurm" / "job.json").read_text())
+    state = wait(record["gather_job_id"])
+    assert state["JobState"] == "COMPLETED"
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(rows) == 4 and all(",done," in r for r in rows[1:]), rows
+    assert [r.split(",")[1] for r in rows[1:]] == ["0", "1", "2"]
+    for cell in ("000", "001", "002"):
+        assert (tmp_path / "cells" / cell / "final" / "trainable.safetensors").is_file()
+
+
+def test_preempted_job_requeues_and_resumes_to_the_same_prompt(cluster, tmp_path):
+    run = ["launch.nnodes=2", "train.steps=24", "train.save_every=10"]
+    job = submit(tmp_path / "slurm-run", *run)
+    metrics = tmp_path / "slurm-run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(losses(metrics.parent) if metrics.exists() else {}) < 4:
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@N sends before the limit
+    state = wait(job)
+    log = (tmp_path / "slurm-run" / "slurm" / f"ptune-{job}.out").read_text()
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", log[-3000:]
+    assert "requeueing" in log and "(restart 1)" in log
+    resumed = [r["step"] for r in read_jsonl(metrics) if r.get("event") == "resume"]
+    assert len(resumed) == 1 and 4 <= resumed[0] < 24
+    reference = tmp_path / "uninterrupted"
+    assert main(["launch", QUICKSTART, f"output_dir={reference}", "launch.nproc_per_node=2", *TINY, *run[1:]]) == 0
+    a = load_file(metrics.parent / "final" / "trainable.safetensors")
+    b = load_file(reference / "final" / "trainable.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_rank_fails_the_job_and_the_rerun_resumes(cluster, tmp_path):
+    job = submit(tmp_path, "launch.nnodes=2", "train.steps=400", "train.save_every=3")
+    deadline = time.time() + 300
+    while time.time() < deadline and ckpt.latest_complete(tmp_path / "checkpoints") is None:
+        time.sleep(0.5)
+    os.kill(rank_pid(tmp_path / "launch.yaml", "SLURM_PROCID=1"), 9)
+    killed = time.time()
+    state = wait(job, timeout=120)
+    assert state["JobState"] == "FAILED" and time.time() - killed < 60, state
+    newest = ckpt.latest_complete(tmp_path / "checkpoints")
+    ckpt.verify(newest)
+    saved = int(newest.name.split("-")[1])
+    rerun = submit(tmp_path, "launch.nnodes=2", f"train.steps={saved + 2}", "train.save_every=3")
+    assert wait(rerun)["JobState"] == "COMPLETED"
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "resume"][-1] == saved
