@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ptune_dist.errors import ConfigError
+from ptune_dist.runtime import allocator_env
 
 from .env import free_port
 
@@ -26,7 +27,7 @@ def command(cfg, config_path: Path) -> list[str]:
             raise ConfigError("launch.launcher=deepspeed runs on one node here; use torchrun (rendezvous) or Slurm "
                               "for several nodes")
         return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(L.nproc_per_node),
-                "--master_port", str(free_port()), "--module", *train[1:]]
+                "--master_port", str(free_port()), "--no_local_rank", "--module", *train[1:]]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={L.nproc_per_node}"]
     if L.nnodes > 1:
         if not L.rdzv_endpoint:
@@ -39,10 +40,12 @@ def command(cfg, config_path: Path) -> list[str]:
 
 
 def environment(cfg) -> dict:
+    """The ranks' environment: threads per rank, and the faster allocator the `ptune` command uses
+    (ptune_dist/runtime.py) when one is installed."""
     L = cfg.launch
     threads = L.threads_per_proc or max(1, (os.cpu_count() or 1) // max(1, L.nproc_per_node))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "OMP_NUM_THREADS": str(threads)}
+    return {**(allocator_env(env) or env), "OMP_NUM_THREADS": str(threads)}
 
 
 def run(cfg, config_path: Path) -> int:

@@ -102,3 +102,12 @@ def test_resume_after_zero2_and_offload(tmp_path):
     shutil.copytree(tmp_path / "checkpoints" / "step-2", d / "checkpoints" / "step-2")
     torchrun(2, d, ds_args(2, "distributed.offload_optimizer=true"))
     assert losses(d) == {s: v for s, v in losses(tmp_path).items() if s > 2}
+
+
+def test_deepspeed_launcher_starts_the_ranks(one_process, tmp_path):
+    """`launch.launcher=deepspeed` (DeepSpeed's own launcher instead of torchrun) trains the same."""
+    from ptune_dist.cli import main
+
+    assert main(["launch", QUICKSTART, f"output_dir={tmp_path}", "launch.launcher=deepspeed",
+                 "launch.nproc_per_node=2", *ds_args(1)]) == 0
+    assert_same_curve(losses(tmp_path), losses(one_process["prompt_tuning"]))

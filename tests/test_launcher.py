@@ -139,3 +139,12 @@ def test_usr1_stops_at_a_checkpoint_and_the_rerun_resumes(tmp_path):
     resumed = [r for r in read_jsonl(metrics) if r.get("event") == "resume"]
     assert [r["step"] for r in resumed] == [stopped]
     assert max(r["step"] for r in read_jsonl(metrics) if "loss" in r) == stopped + 2
+
+
+def test_local_sweep_runs_every_cell_and_gathers(tmp_path, capsys):
+    from ptune_dist.cli import main
+
+    assert main(["sweep", QUICKSTART, f"output_dir={tmp_path}", "train.steps=1", *TINY, "--grid", "train.seed=0,1"]) == 0
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",done," in r for r in rows[1:])
+    assert (tmp_path / "results.md").read_text().count("| done |") == 2

@@ -64,7 +64,7 @@ def losses(out: Path) -> dict:
     return {r["step"]: r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r and "split" not in r}
 
 
-def test_two_node_job_trains_to_the_end(cluster, tmp_path):
+def test_two_node_job_trains_to_the_end(cluster, tmp_path, capsys):
     job = submit(tmp_path, "launch.nnodes=2", "train.steps=3")
     state = wait(job)
     log = (tmp_path / "slurm" / f"ptune-{job}.out").read_text()
@@ -73,6 +73,17 @@ def test_two_node_job_trains_to_the_end(cluster, tmp_path):
     held = next(r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "parameters")
     assert len(held["bytes_per_rank"]) == 2  # one rank per node
     assert list(losses(tmp_path)) == [1, 2, 3] and (tmp_path / "final" / "trainable.safetensors").is_file()
+    assert main(["status", str(tmp_path)]) == 0
+    assert '"JobState": "COMPLETED"' in capsys.readouterr().out
+
+
+def test_cancel_a_submitted_run(cluster, tmp_path, capsys):
+    job = submit(tmp_path, "train.steps=400")
+    deadline = time.time() + 120
+    while time.time() < deadline and slurm.job_state(job).get("JobState") != "RUNNING":
+        time.sleep(0.5)
+    assert main(["cancel", str(tmp_path)]) == 0
+    assert wait(job, timeout=120)["JobState"] == "CANCELLED"
 
 
 def test_sweep_is_a_job_array_with_a_gathered_table(cluster, tmp_path):

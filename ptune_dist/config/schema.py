@@ -7,7 +7,7 @@ combinations that cannot work, and every error names the dotted key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ptune_dist.kernels import CHOICES as ATTENTION_IMPLS
 from ptune_dist.methods import METHODS
@@ -109,6 +109,9 @@ class DistributedConfig:
     offload_optimizer: bool = False  # stages 2-3: optimizer state in CPU memory
     offload_params: bool = False  # stage 3: parameters in CPU memory
     timeout_s: int = 300  # a collective waiting longer ends the run (a dead rank must not hang the others)
+    # more zero_optimization settings for DeepSpeed, e.g. {stage3_max_live_parameters: 1000000,
+    # stage3_max_reuse_distance: 0, stage3_prefetch_bucket_size: 0} to release gathered weights at once
+    zero_extra: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -10,6 +10,7 @@ saved on 2 ranks resumes on 1 or 4, or with the plain engine, and exports to PEF
 from __future__ import annotations
 
 import torch
+import yaml
 
 from ptune_dist.checkpoint import state as ckpt
 
@@ -18,7 +19,8 @@ def ds_config(cfg, world: int) -> dict:
     """The DeepSpeed config of a run. fp32 as far as DeepSpeed knows: the base keeps the dtype it was loaded
     in, the trainable weights are fp32 (so DeepSpeed keeps no second master copy)."""
     d, t = cfg.distributed, cfg.train
-    zero = {"stage": d.zero_stage}
+    # values typed on the command line arrive as text: read them as YAML scalars (numbers, booleans)
+    zero = {"stage": d.zero_stage, **{k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in d.zero_extra.items()}}
     if d.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
     if d.offload_params:

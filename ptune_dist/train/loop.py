@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import time
 from functools import partial
 from pathlib import Path
@@ -66,6 +67,8 @@ def train(cfg) -> dict:
             run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks), stop)
     results["final"] = run_eval(model, s.tasks)
     log.eval(t.steps, results["final"])
+    peaks = dist.gather_objects(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
+    log.write({"event": "memory", "step": t.steps, "peak_rss_bytes_per_rank": peaks})
     if t.steps and start < t.steps:
         save_checkpoint(s, t.steps, engine, loader)
     weights = engine.full_weights() if engine else ckpt.trainable_state(model)  # every rank: may gather
