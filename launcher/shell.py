@@ -12,15 +12,15 @@ import shlex
 
 from ptune_dist.errors import ConfigError
 
-VALUE = re.compile(r"^[A-Za-z0-9_.,:@%+=/-]+$")
-CONSTRAINT = re.compile(r"^[A-Za-z0-9_.,:@%+=/&|\[\]*-]+$")  # Slurm's feature expressions: a&b, [a|b]
-OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:@%+=/-]+)?$")
-SETUP = re.compile(r"^[A-Za-z0-9_./:=+,@%-]+( +[A-Za-z0-9_./:=+,@%-]+)*$")  # plain words: module load x/1.2
+VALUE = re.compile(r"[A-Za-z0-9_.,:@%+=/-]+")  # used with fullmatch: `$` would let a final newline through
+CONSTRAINT = re.compile(r"[A-Za-z0-9_.,:@%+=/&|\[\]*-]+")  # Slurm's feature expressions: a&b, [a|b]
+OPTION = re.compile(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:@%+=/-]+)?")
+SETUP = re.compile(r"[A-Za-z0-9_./:=+,@%-]+( +[A-Za-z0-9_./:=+,@%-]+)*")  # plain words: module load x/1.2
 
 
 def sbatch_value(key: str, value, pattern: re.Pattern = VALUE) -> str:
     text = str(value)
-    if not pattern.match(text):
+    if not pattern.fullmatch(text):
         raise ConfigError(f"{key}={text!r}: not allowed in an sbatch script (letters, digits and "
                           f"{'._,:@%+=/-&|[]*' if pattern is CONSTRAINT else '._,:@%+=/-'} only; no spaces, "
                           "quotes, ;, $, backticks or newlines)")
@@ -28,14 +28,14 @@ def sbatch_value(key: str, value, pattern: re.Pattern = VALUE) -> str:
 
 
 def sbatch_option(key: str, line: str) -> str:
-    if not OPTION.match(line):
+    if not OPTION.fullmatch(line):
         raise ConfigError(f"{key} entry {line!r}: expected one sbatch option like --exclusive or "
                           "--gres=gpu:4 (no spaces, quotes, ;, $, backticks or newlines)")
     return line
 
 
 def setup_line(key: str, line: str) -> str:
-    if not SETUP.match(line):
+    if not SETUP.fullmatch(line):
         raise ConfigError(f"{key} entry {line!r}: a set-up line is a plain command (e.g. `module load cuda/12.4`, "
                           "`source /opt/venv/bin/activate`): words of letters, digits and ._/:=+,@%- only; no "
                           ";, &, |, $, backticks, quotes, redirections or newlines")

@@ -3,8 +3,9 @@
 Inside the job, srun starts nproc_per_node ranks on each node; each reads its rank and world size
 from SLURM_PROCID / SLURM_NTASKS (launcher/env.py) and meets the others at MASTER_ADDR (the first
 host of the job) and MASTER_PORT (derived from the job id). A USR1 `launch.signal_seconds` before
-the time limit (or a TERM) makes the ranks agree to stop, save a checkpoint and exit with
-PREEMPTED; the script then requeues the job, which resumes from that checkpoint.
+the time limit (or a TERM) makes the ranks agree to stop, save a checkpoint and exit, the main rank
+leaving a marker file (train/preempt.py); the script then requeues the job, which resumes from that
+checkpoint (train.resume=auto on every restart).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from ptune_dist.slurm import template
 from ptune_dist.train.preempt import PREEMPTED
 
 from .shell import CONSTRAINT, quote, render, sbatch_option, sbatch_value, setup_line
-
 
 
 def log_dir(cfg) -> Path:
@@ -63,6 +63,7 @@ def train_script(cfg, config_path: Path, job_name: str = "", log_name: str = "%x
         "cpus_per_task": str(int(L.cpus_per_task or threads)),
         "time": sbatch_value("launch.time", L.time),
         "log": sbatch_value("launch.log_dir", log_dir(cfg) / log_name),
+        "marker_dir": quote(log_dir(cfg)),
         "signal_seconds": str(int(L.signal_seconds)),
         "threads": str(int(threads)),
         "config": config_expr or quote(Path(config_path).resolve()),

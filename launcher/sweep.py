@@ -33,8 +33,18 @@ def grid_cells(grid: dict) -> list[list[str]]:
     return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def prepare(files, overrides, grid_args=()) -> tuple[object, Path, list[dict]]:
-    """Resolve and write every cell's config; returns (base cfg, sweep folder, cells)."""
+def check_grid(grid: dict, backend: str) -> None:
+    for key in grid:
+        if key == "output_dir" or key.startswith("sweep."):
+            raise ConfigError(f"sweep.grid.{key}: not a per-cell setting (every cell gets its own folder)")
+        if backend == "slurm" and key.startswith("launch."):
+            raise ConfigError(f"sweep.grid.{key}: the cells of a Slurm sweep share one job array and its "
+                              "#SBATCH settings; set launch.* outside the grid (or run separate sweeps)")
+
+
+def prepare(files, overrides, grid_args=(), write: bool = True) -> tuple[object, Path, list[dict]]:
+    """Resolve every cell's config and (unless `write` is False: --dry-run) write them; returns
+    (base cfg, sweep folder, cells)."""
     cfg = load_config(files, overrides)
     grid = dict(cfg.sweep.grid)
     for item in grid_args:  # --grid key=v1,v2
@@ -42,18 +52,20 @@ def prepare(files, overrides, grid_args=()) -> tuple[object, Path, list[dict]]:
         if not key or not values:
             raise ConfigError(f"--grid {item!r}: expected dotted.key=value1,value2")
         grid[key] = values.split(",")
+    check_grid(grid, cfg.launch.backend)
     cfg = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, grid=grid))
     sweep_dir = Path(cfg.output_dir).resolve()
-    cells = []
-    for i, cell in enumerate(grid_cells(grid)):
+    cells, configs = [], []
+    for i, cell in enumerate(grid_cells(grid)):  # every cell validated before anything is written
         folder = sweep_dir / "cells" / f"{i:03d}"
         cell_cfg = load_config(files, list(overrides) + cell + [f"output_dir={folder}"])
-        cell_cfg = dataclasses.replace(cell_cfg, sweep=dataclasses.replace(cell_cfg.sweep, grid={}))
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "launch.yaml").write_text(to_yaml(cell_cfg))
+        configs.append(to_yaml(dataclasses.replace(cell_cfg, sweep=dataclasses.replace(cell_cfg.sweep, grid={}))))
         cells.append({"id": f"{i:03d}", "overrides": cell, "dir": str(folder)})
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "sweep.json").write_text(json.dumps({"grid": cfg.sweep.grid, "cells": cells}, indent=1))
+    if write:
+        for cell, text in zip(cells, configs):
+            Path(cell["dir"]).mkdir(parents=True, exist_ok=True)
+            (Path(cell["dir"]) / "launch.yaml").write_text(text)
+        (sweep_dir / "sweep.json").write_text(json.dumps({"grid": cfg.sweep.grid, "cells": cells}, indent=1))
     return cfg, sweep_dir, cells
 
 

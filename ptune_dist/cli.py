@@ -22,7 +22,7 @@ import sys
 
 import ptune_dist  # noqa: F401  (sets the oneDNN guard before torch loads)
 from ptune_dist.errors import PtuneError
-from ptune_dist.train.preempt import PREEMPTED, Preempted
+from ptune_dist.train.preempt import Preempted
 
 
 def _split(args: list[str]) -> tuple[list[str], list[str]]:
@@ -83,7 +83,7 @@ def cmd_sweep(ns) -> int:
     from ptune_dist.launcher import slurm, sweep
 
     files, overrides = _split(ns.args)
-    cfg, sweep_dir, cells = sweep.prepare(files, overrides, ns.grid)
+    cfg, sweep_dir, cells = sweep.prepare(files, overrides, ns.grid, write=not ns.dry_run)
     if ns.dry_run:
         print(sweep.array_script(cfg, sweep_dir, len(cells)) if cfg.launch.backend == "slurm"
               else "\n".join(" ".join(c["overrides"]) for c in cells))
@@ -119,9 +119,15 @@ def cmd_status(ns) -> int:
 def cmd_cancel(ns) -> int:
     from ptune_dist.launcher import slurm
 
-    for job in slurm.job_id_of(ns.target):
-        slurm.cancel(job)
-        print(f"cancelled {job}")
+    errors = []
+    for job in slurm.job_id_of(ns.target):  # each job, even when an earlier one fails (a sweep has two)
+        try:
+            slurm.cancel(job)
+            print(f"cancelled {job}")
+        except PtuneError as e:
+            errors.append(str(e))
+    if errors:
+        raise PtuneError("; ".join(errors))
     return 0
 
 
@@ -196,7 +202,7 @@ def main(argv=None) -> int:
         return ns.fn(ns)
     except Preempted as e:
         print(f"ptune {ns.command}: {e}", file=sys.stderr)
-        return PREEMPTED
+        return e.exit_code()
     except PtuneError as e:
         message = " ".join(str(e).split("\n"))  # one line, whatever the message carries
         print(f"ptune {ns.command}: error: {message}", file=sys.stderr)

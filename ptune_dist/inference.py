@@ -6,6 +6,7 @@ is used as it is. The config comes from the checkpoint's config.yaml, with overr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def load_session(path, overrides=(), splits=("eval",)):
     folder = resolve_checkpoint(path)
     cfg = load_config([folder / "config.yaml"], list(overrides))
+    # no optimizer, nothing to shard: evaluation and prediction run the plain engine on every rank
+    cfg = dataclasses.replace(cfg, distributed=dataclasses.replace(cfg.distributed, engine="torch"))
     s = build_session(cfg, splits=splits)
     ckpt.load_weights(folder, s.model)
     s.model.eval()

@@ -18,13 +18,14 @@ CPUS=${PTUNE_SLURM_CPUS:-2}
 CONF=$DIR/slurm.conf
 HOST=$(hostname -s)
 
-alive() {  # a PID from a file that runs and is not a zombie
-  local f=$1 pid state
+alive() {  # a PID from a file that runs, is not a zombie and is still the daemon (PIDs get reused)
+  local f=$1 pid state comm
   [ -s "$f" ] || return 1
   pid=$(cat "$f")
-  [ -r "/proc/$pid/stat" ] || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] && [ -r "/proc/$pid/stat" ] || return 1
   state=$(awk '{print $3}' "/proc/$pid/stat")
-  [ "$state" != Z ]
+  comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
+  [ "$state" != Z ] && case "$comm" in slurmctld|slurmd|munged) true ;; *) false ;; esac
 }
 
 stop_pidfile() {
@@ -48,16 +49,11 @@ install_packages() {
 
 node_names() { for i in $(seq "$NODES"); do echo "n$i"; done; }
 
-add_hosts() {  # the node names must resolve; /etc/hosts may be bind-mounted, so rewrite it in place
+add_hosts() {  # the node names must resolve; /etc/hosts may be bind-mounted (no sed -i): append only
   local missing=() n
   for n in $(node_names); do grep -qE "^127\.0\.0\.1[[:space:]].*\b$n\b" /etc/hosts || missing+=("$n"); done
   [ ${#missing[@]} -eq 0 ] && return 0
-  local tmp
-  tmp=$(mktemp)
-  cat /etc/hosts > "$tmp"
-  echo "127.0.0.1 ${missing[*]}  # ptune local Slurm" >> "$tmp"
-  cat "$tmp" > /etc/hosts
-  rm -f "$tmp"
+  echo "127.0.0.1 ${missing[*]}  # ptune local Slurm" >> /etc/hosts
 }
 
 write_conf() {
@@ -119,14 +115,14 @@ up() {
   write_conf
   start_munge
   export SLURM_CONF=$CONF
-  alive "$DIR/run/slurmctld.pid" || slurmctld -f "$CONF"
+  alive "$DIR/run/slurmctld.pid" || slurmctld -c -f "$CONF"  # -c: no jobs left over from an earlier cluster
   for n in $(node_names); do
     alive "$DIR/run/slurmd-$n.pid" || slurmd -f "$CONF" -N "$n"
   done
   local i
   for i in $(seq 60); do
-    if [ "$(sinfo -h -o '%t' 2>/dev/null | grep -cE '^(idle|mix|alloc)')" -ge 1 ] && \
-       [ "$(sinfo -h -N -o '%t' 2>/dev/null | grep -cE '^(idle|mix|alloc)')" -eq "$NODES" ]; then
+    # every node answering (a trailing * means not responding): exactly idle, mix or alloc
+    if [ "$(sinfo -h -N -o '%t' 2>/dev/null | grep -cE '^(idle|mix|alloc)$')" -eq "$NODES" ]; then
       echo "local-cluster: up ($NODES nodes; SLURM_CONF=$CONF)"
       return 0
     fi
@@ -138,7 +134,8 @@ up() {
 }
 
 down() {
-  for n in $(node_names); do stop_pidfile "$DIR/run/slurmd-$n.pid"; done
+  local f
+  for f in "$DIR"/run/slurmd-*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done  # every node started, however many
   stop_pidfile "$DIR/run/slurmctld.pid"
   if [ -e "$DIR/run/munged.ours" ]; then
     stop_pidfile /run/munge/munged.pid

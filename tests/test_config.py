@@ -55,6 +55,20 @@ def test_impossible_combinations():
         load_config([], ["method.name=p_tuning_v2", "method.init=vocab"])
 
 
+@pytest.mark.parametrize("overrides, match", [
+    (["distributed.zero_stage=3"], "need distributed.engine=deepspeed"),
+    (["distributed.engine=deepspeed", "distributed.zero_stage=4"], "zero_stage=4 is not one of"),
+    (["distributed.engine=deepspeed", "distributed.offload_optimizer=true"], "offload_optimizer needs"),
+    (["distributed.engine=deepspeed", "distributed.zero_stage=2", "distributed.offload_params=true"], "offload_params needs"),
+    (["distributed.engine=deepspeed", "distributed.zero_extra={stage: 3}"], r"zero_extra.stage: set distributed.zero_stage"),
+    (["distributed.engine=deepspeed", "distributed.zero_extra={offload_param: {device: cpu}}"], "distributed.offload_params"),
+    (["distributed.engine=deepspeed", "train.optimizer=adafactor"], "train.optimizer=adafactor"),
+])
+def test_distributed_settings_are_checked(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config([], overrides)
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config([tmp_path / "missing.yaml"])

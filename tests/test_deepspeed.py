@@ -111,3 +111,19 @@ def test_deepspeed_launcher_starts_the_ranks(one_process, tmp_path):
     assert main(["launch", QUICKSTART, f"output_dir={tmp_path}", "launch.launcher=deepspeed",
                  "launch.nproc_per_node=2", *ds_args(1)]) == 0
     assert_same_curve(losses(tmp_path), losses(one_process["prompt_tuning"]))
+
+
+def test_mixed_tasks_under_zero3(tmp_path):
+    """Two tasks in one run (32 + 4 examples), so a rank's rows often lack the task the other rank's rows
+    have: ZeRO-3 must still gather and reduce the same parameters on both ranks (no hang) and match one
+    process. 16 deep virtual tokens make each prompt larger than ZeRO-3's persistence threshold, so it
+    is partitioned and every use of it is a collective."""
+    from conftest import FIXTURES
+
+    rte = str(FIXTURES / "superglue" / "rte.jsonl")
+    tasks = [f"tasks=[{{name: support, preset: support}}, {{name: rte, preset: rte, train: '{rte}', eval: '{rte}'}}]",
+             *METHODS["p_tuning_v2"], "method.num_virtual_tokens=16", "distributed.timeout_s=120"]
+    one = tmp_path / "one"
+    train(load_config([QUICKSTART], [f"output_dir={one}", "data.batch_size=8", *COMMON, *tasks]))
+    torchrun(2, tmp_path / "two", [*ds_args(3), *tasks])
+    assert_same_curve(losses(tmp_path / "two"), losses(one))

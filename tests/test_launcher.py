@@ -48,12 +48,13 @@ def test_sbatch_script(tmp_path):
                  "#SBATCH --gpus-per-node=4", "#SBATCH --time=2-00:00:00", "#SBATCH --exclusive",
                  "#SBATCH --gres=gpu:4", "#SBATCH --signal=USR1@300", "#SBATCH --requeue",
                  f"#SBATCH --output={tmp_path}/slurm/%x-%j.out", "module load cuda/12.4",
-                 f"ptune_dist.cli train {tmp_path}/launch.yaml", f'if [ "$rc" -eq {PREEMPTED} ]; then',
+                 f"ptune_dist.cli train {tmp_path}/launch.yaml", f'[ "$rc" -eq {PREEMPTED} ]; then',
+                 "srun --kill-on-bad-exit=1 --cpus-per-task=1 ",
                  'scontrol requeue "$SLURM_JOB_ID"']:
         assert line in script, line
 
 
-PAYLOADS = ["x;touch PWNED", "$(touch PWNED)", "`touch PWNED`", "x\ntouch PWNED", "x && touch PWNED", "x'y"]
+PAYLOADS = ["x;touch PWNED", "$(touch PWNED)", "`touch PWNED`", "x\ntouch PWNED", "x\n", "x && touch PWNED", "x'y"]
 FIELDS = ["job_name", "partition", "account", "qos", "time", "mem", "constraint", "log_dir", "sbatch_extra", "setup",
           "output_dir"]
 
@@ -99,6 +100,31 @@ def test_quoted_paths_run_nothing(tmp_path):
     assert args[-1] == str(config_path)
 
 
+@pytest.mark.parametrize("restarts, marker, requeued", [(0, False, False), (1, True, True), (2, False, False)])
+def test_script_requeues_at_the_marker_and_resumes_after_a_restart(restarts, marker, requeued, tmp_path):
+    """The batch script with stand-ins for srun and scontrol: a restarted job adds train.resume=auto; the
+    marker the main rank leaves when it stopped at a checkpoint makes the script requeue the job."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    touch = 'touch "$PTUNE_PREEMPT_MARKER"\n' if marker else ""
+    (bin_dir / "srun").write_text(f'#!/bin/sh\nfor a in "$@"; do echo "$a"; done > "$ARGS_OUT"\n{touch}exit 0\n')
+    (bin_dir / "scontrol").write_text('#!/bin/sh\n[ "$1" = requeue ] && echo "$2" > "$REQUEUED" || echo n1\n')
+    for f in ("srun", "scontrol"):
+        (bin_dir / f).chmod(0o755)
+    cfg = load_config([], [f"output_dir={tmp_path / 'run'}", "launch.backend=slurm"])
+    (tmp_path / "job.sh").write_text(slurm.train_script(cfg, tmp_path / "launch.yaml"))
+    slurm.log_dir(cfg).mkdir(parents=True)  # as `ptune launch` makes it before it submits
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args"),
+           "REQUEUED": str(tmp_path / "requeued"), "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "7",
+           "SLURM_RESTART_COUNT": str(restarts)}
+    done = subprocess.run(["bash", str(tmp_path / "job.sh")], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    args = (tmp_path / "args").read_text().splitlines()
+    assert (args[-1] == "train.resume=auto") == (restarts > 0)
+    assert (tmp_path / "requeued").exists() == requeued
+    assert not list(slurm.log_dir(cfg).glob(".preempted-*"))  # the marker does not outlive the job
+
+
 def test_sweep_cells_and_gather(tmp_path):
     cfg, sweep_dir, cells = sweep.prepare([QUICKSTART], [f"output_dir={tmp_path}"],
                                           ["method.num_virtual_tokens=4,8", "train.seed=0,1,2"])
@@ -116,6 +142,22 @@ def test_sweep_cells_and_gather(tmp_path):
     assert "#SBATCH --array=0-5" in array and '"$(printf %03d "$SLURM_ARRAY_TASK_ID")"/launch.yaml' in array
     with pytest.raises(ConfigError, match="sweep.grid is empty"):
         sweep.prepare([QUICKSTART], [f"output_dir={tmp_path / 'x'}"])
+
+
+def test_sweep_grid_checks_and_dry_run_writes_nothing(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="sweep.grid.launch.nnodes: the cells of a Slurm sweep share one job array"):
+        sweep.prepare([QUICKSTART], [f"output_dir={tmp_path}", "launch.backend=slurm"], ["launch.nnodes=1,2"])
+    with pytest.raises(ConfigError, match="sweep.grid.output_dir"):
+        sweep.prepare([QUICKSTART], [f"output_dir={tmp_path}"], ["output_dir=a,b"])
+    with pytest.raises(ConfigError, match="method.name"):  # a bad cell is found before any cell is written
+        sweep.prepare([QUICKSTART], [f"output_dir={tmp_path}"], ["method.name=prompt_tuning,lora"])
+    assert not list(tmp_path.iterdir())
+    from ptune_dist.cli import main
+
+    assert main(["sweep", QUICKSTART, f"output_dir={tmp_path / 's'}", "launch.backend=slurm", "--dry-run",
+                 "--grid", "train.seed=0,1,2"]) == 0
+    assert "#SBATCH --array=0-2" in capsys.readouterr().out
+    assert not (tmp_path / "s").exists()
 
 
 def test_usr1_stops_at_a_checkpoint_and_the_rerun_resumes(tmp_path):

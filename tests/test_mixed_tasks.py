@@ -53,3 +53,23 @@ def test_mixed_task_prediction(smol):
             assert abs(m["scores"][k] - a["scores"][k]) < 1e-5
     with pytest.raises(Exception, match="task 'nope' is not one of"):
         predict_rows(s, [{"task": "nope", "text": "x"}], "rows")
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning_v2"])
+def test_training_step_touches_every_task(method, smol):
+    """In training every task's prompt takes part in every step (zero gradient when absent), so ranks whose
+    rows hold different tasks run the same ZeRO collectives; the present task's gradient is unchanged."""
+    s = session([TASKS, f"method.name={method}", "method.num_virtual_tokens=4", "data.max_train_examples=4"],
+                base=smol)
+    a = s.tasks[0].train[:2]
+    s.model.eval()
+    _, eval_grads = scores_and_grads(s, a)
+    s.model.train()
+    _, train_grads = scores_and_grads(s, a)
+    assert set(train_grads) == set(s.model.trainable_parameters())  # rte's prompt too
+    for name, g in train_grads.items():
+        if ".rte." in name:
+            assert not g.any(), name
+        else:
+            assert_close_rel(g, eval_grads[name], 1e-5)
+    assert set(eval_grads) < set(train_grads)

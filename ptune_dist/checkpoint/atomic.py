@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from ptune_dist.errors import CheckpointError
 
 MANIFEST = "manifest.json"
+LEFTOVER = re.compile(r"\.(.+)\.(?:old|tmp)-[0-9a-f]{8}")
 
 
 def _fsync(path: Path) -> None:
@@ -49,12 +51,21 @@ def recover(final: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def recover_all(parent: Path) -> None:
+    """`recover` every folder in `parent` that a crash left half-written or half-replaced."""
+    parent = Path(parent)
+    if parent.is_dir():
+        for name in sorted({m.group(1) for p in parent.iterdir() if (m := LEFTOVER.fullmatch(p.name))}):
+            recover(parent / name)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: Path):
     """Yields a temporary folder; on success it becomes `final` (replacing an older one).
 
     Only one writer per folder (the main rank). Between the two renames `final` is briefly absent;
-    `recover` (called by the next writer and by readers) puts the old one back if a crash hits there.
+    `recover` (called by the next writer, and by the main rank before a run resumes) puts the old one
+    back if a crash hits there. Readers never move anything: several ranks read at once.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -84,9 +95,10 @@ def atomic_dir(final: Path):
 def verify(folder: Path) -> None:
     """Raise CheckpointError unless every file the manifest lists is there, whole and unchanged."""
     folder = Path(folder)
-    recover(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"checkpoint {folder}: not a folder")
+        interrupted = " (a save was interrupted: `ptune train` on this run puts the previous one back)" \
+            if any(folder.parent.glob(f".{folder.name}.old-*")) else ""
+        raise CheckpointError(f"checkpoint {folder}: not a folder{interrupted}")
     try:
         manifest = json.loads((folder / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError) as e:

@@ -169,9 +169,14 @@ def validate(cfg: RunConfig) -> None:
 def _check_distributed(cfg: RunConfig) -> None:
     d = cfg.distributed
     if d.engine != "deepspeed":
-        if d.zero_stage or d.offload_optimizer or d.offload_params:
-            raise ConfigError("distributed.zero_stage / offload_* need distributed.engine=deepspeed")
+        if d.zero_stage or d.offload_optimizer or d.offload_params or d.zero_extra:
+            raise ConfigError("distributed.zero_stage / offload_* / zero_extra need distributed.engine=deepspeed")
         return
+    owned = {"stage": "zero_stage", "offload_optimizer": "offload_optimizer", "offload_param": "offload_params"}
+    for key in d.zero_extra:
+        if key in owned:
+            raise ConfigError(f"distributed.zero_extra.{key}: set distributed.{owned[key]} instead "
+                              "(ptune validates it and builds the DeepSpeed section)")
     if d.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"distributed.zero_stage={d.zero_stage} is not one of 0, 1, 2, 3")
     if d.offload_optimizer and d.zero_stage < 2:

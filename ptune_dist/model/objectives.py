@@ -29,10 +29,15 @@ def word_table(label_word_ids: list[list[int]]) -> torch.Tensor:
     return torch.tensor([ws + [-1] * (width - len(ws)) for ws in label_word_ids], dtype=torch.long)
 
 
-def groups(task_ids: torch.Tensor):
-    """(task index, row indices) for every task present in the batch."""
-    for t in task_ids.unique().tolist():
-        yield t, (task_ids == t).nonzero(as_tuple=True)[0]
+def groups(model, task_ids: torch.Tensor) -> list:
+    """(task index, row indices) for every task present in the batch; while training, for every task of
+    the batch's type (rows may be empty), so every rank calls every head and the same ZeRO collectives."""
+    if model.training and torch.is_grad_enabled():
+        kind = model.tasks[int(task_ids[0])].type
+        tasks = [i for i, spec in enumerate(model.tasks) if spec.type == kind]
+    else:
+        tasks = task_ids.unique().tolist()
+    return [(t, (task_ids == t).nonzero(as_tuple=True)[0]) for t in tasks]
 
 
 def text_mask(batch: dict) -> torch.Tensor:
@@ -51,12 +56,12 @@ def classification(model, hidden, batch) -> Output:
     B = hidden.shape[0]
     labels = batch.get("labels")
     out = Output(preds=[None] * B, scores=[None] * B, count=B)
-    logprobs = None
-    if any(not model.tasks[t].uses_head for t in batch["task_ids"].unique().tolist()):
+    logprobs, parts = None, groups(model, batch["task_ids"])
+    if any(not model.tasks[t].uses_head for t, _ in parts):
         answer = hidden[torch.arange(B, device=hidden.device), batch["answer_pos"]]
         logprobs = F.log_softmax(model.lm_head(answer).float(), dim=-1)
     loss = hidden.new_zeros((), dtype=torch.float32)
-    for t, rows in groups(batch["task_ids"]):
+    for t, rows in parts:
         spec = model.tasks[t]
         if spec.uses_head:
             scores = model.heads[spec.name](hidden[rows], text_mask(batch)[rows]).float()
@@ -87,7 +92,7 @@ def token_classification(model, hidden, batch) -> Output:
     B = hidden.shape[0]
     out = Output(preds=[None] * B)
     loss = hidden.new_zeros((), dtype=torch.float32)
-    for t, rows in groups(batch["task_ids"]):
+    for t, rows in groups(model, batch["task_ids"]):
         logits = model.heads[model.tasks[t].name](hidden[rows]).float()  # [n, T, C]
         if labels is not None:
             lab = labels[rows]

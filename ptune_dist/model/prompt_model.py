@@ -65,9 +65,17 @@ class PromptModel(nn.Module):
         ids = task_ids.tolist()
         present = sorted(set(ids))
         if len(present) == 1:
-            return self.prompts[self.tasks[present[0]].name]()
-        table = torch.stack([self.prompts[self.tasks[t].name]() for t in present])
-        return table[torch.tensor([present.index(t) for t in ids], device=table.device)]
+            prompt = self.prompts[self.tasks[present[0]].name]()
+        else:
+            table = torch.stack([self.prompts[self.tasks[t].name]() for t in present])
+            prompt = table[torch.tensor([present.index(t) for t in ids], device=table.device)]
+        if self.training and torch.is_grad_enabled():
+            # every prompt takes part in every training step (absent tasks with a zero gradient): each
+            # rank then runs the same ZeRO gathers and reductions, and AdamW treats a task the same
+            # whether or not this rank's rows had it, so results do not depend on the world size
+            absent = [self.prompts[spec.name]().sum() * 0 for i, spec in enumerate(self.tasks) if i not in present]
+            prompt = prompt + sum(absent) if absent else prompt
+        return prompt
 
     def encode(self, batch: dict, past_key_values=None, use_cache: bool = False):
         """Run the backbone; returns the HF output (last_hidden_state [B, T, H], past_key_values).

@@ -61,9 +61,13 @@ class DeepSpeedEngine:
             self.ds.step()  # a micro-step: DeepSpeed counts it and updates nothing
 
     def step(self) -> float:
+        """The update; returns the gradient norm before clipping (DeepSpeed's, or at stage 0 without
+        clipping, where DeepSpeed keeps none, our own over the already averaged gradients)."""
+        grads = [p.grad for p in self.params.values() if p.grad is not None] if self.stage == 0 else []
+        own = float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))) if grads else float("nan")
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return float(norm) if norm is not None else own
 
     @property
     def lr(self) -> float:

@@ -30,10 +30,16 @@ from .evaluate import evaluate
 from .logger import MetricsLogger
 from .optim import build_optimizer, build_scheduler
 from .preempt import Preempted, StopRequests
+from .resume import agreed_resume_point
 from .session import Session, baseline_view, build_session
 
 
 def train(cfg) -> dict:
+    with StopRequests() as stop:  # from the start: an early USR1 (Slurm sends it up to a minute early) must not kill a rank
+        return train_run(cfg, stop)
+
+
+def train_run(cfg, stop: StopRequests) -> dict:
     s = build_session(cfg)
     cfg, model, env, t = s.cfg, s.model, s.env, s.cfg.train
     out = Path(cfg.output_dir)
@@ -42,7 +48,7 @@ def train(cfg) -> dict:
     torch.manual_seed(t.seed + env.rank)
     if t.steps:
         engine, loader = make_engine(s), make_loader(s)
-        resume_from = ckpt.resume_point(t.resume, out / "checkpoints")
+        resume_from = agreed_resume_point(t.resume, out, env.is_main)
         if resume_from:
             start = ckpt.load_training(resume_from, engine, loader, env.rank)
     if env.is_main:
@@ -63,8 +69,7 @@ def train(cfg) -> dict:
         log.eval(0, run_eval(model, s.tasks))
 
     if engine is not None:
-        with StopRequests() as stop:
-            run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks), stop)
+        run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks), stop)
     results["final"] = run_eval(model, s.tasks)
     log.eval(t.steps, results["final"])
     peaks = dist.gather_objects(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
@@ -99,15 +104,14 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
                        "grad_norm": grad_norm, "epoch": loader.epoch})
             losses, tokens = [], 0
         log.advance()
+        if stop.agreed() and step < t.steps:  # USR1/TERM on any rank: all stop here, resumable
+            save_checkpoint(s, step, engine, loader)
+            log.close()
+            raise Preempted(step, s.env.is_main)
         if t.eval_every and step % t.eval_every == 0 and step < t.steps:
             log.eval(step, run_eval())
         if t.save_every and step % t.save_every == 0 and step < t.steps:
             save_checkpoint(s, step, engine, loader)
-        if stop.agreed() and step < t.steps:  # USR1/TERM on any rank: all stop here, resumable
-            if not (t.save_every and step % t.save_every == 0):
-                save_checkpoint(s, step, engine, loader)
-            log.close()
-            raise Preempted(step)
 
 
 def param_bytes(model) -> tuple[int, int]:

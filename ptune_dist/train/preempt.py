@@ -2,11 +2,14 @@
 
 A handler only raises a flag. At the end of every optimizer step the ranks agree (one all-reduce)
 whether any of them got a signal, so they all stop at the same step, save the same checkpoint and
-exit with PREEMPTED, which the Slurm script answers with a requeue.
+exit with PREEMPTED. Inside a Slurm job (which sets PTUNE_PREEMPT_MARKER) the ranks exit 0 instead,
+since srun --kill-on-bad-exit would kill the ranks still exiting, and the main rank leaves the marker
+file; the batch script answers either with a requeue.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -18,10 +21,22 @@ PREEMPTED = 99
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
+MARKER_ENV = "PTUNE_PREEMPT_MARKER"
+
+
 class Preempted(Exception):
-    def __init__(self, step: int):
+    def __init__(self, step: int, is_main: bool = True):
         super().__init__(f"stopped on a signal after step {step}; checkpoint saved, resume with the same command")
-        self.step = step
+        self.step, self.is_main = step, is_main
+
+    def exit_code(self) -> int:
+        marker = os.environ.get(MARKER_ENV)
+        if not marker:
+            return PREEMPTED
+        if self.is_main:
+            with open(marker, "w") as f:
+                f.write(f"{self.step}\n")
+        return 0
 
 
 class StopRequests:

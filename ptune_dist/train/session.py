@@ -56,7 +56,8 @@ def build_session(cfg, splits=("train", "eval"), env: DistEnv | None = None, bas
         torch.set_num_threads(cfg.train.threads)
     cfg, tokenizer, _, data = prepare(cfg, splits)
     keepalive = None
-    if cfg.distributed.engine == "deepspeed" and cfg.distributed.zero_stage == 3 and base is None:
+    sharded = cfg.distributed.engine == "deepspeed" and cfg.distributed.zero_stage == 3
+    if sharded and base is None and cfg.train.steps and "train" in splits:  # only a DeepSpeed engine gathers it
         from transformers.integrations import HfDeepSpeedConfig
 
         from .ds_engine import ds_config
