@@ -1,0 +1,38 @@
+"""`impl="auto"`: the implementation that runs a call, by device, dtype and shape.
+
+The rule (measurements: bench/attention.py, tables in docs/bench_attention.md):
+
+- CPU: `sdpa`. On the 2-core CPU this was measured on, PyTorch's fused CPU flash-attention kernel with
+  the prefix concatenated (the baseline) was never clearly beaten on forward+backward time: `split`
+  runs the same fused kernel twice (prefix part, sequence part), which makes its forward faster or
+  equal but its backward slower (two kernel launches, two zero-filled gradient buffers, one merge):
+  per-cell median 1.05x the baseline's time (0.8x-1.55x in a noisy run), never reliably below 1.
+  `split` holds 0.3x-0.6x the memory for the backward, so choose it by name when activation memory
+  is what limits the batch. The Triton kernels run on CPU
+  only in the interpreter (a test tool, orders of magnitude slower): never chosen here.
+- CUDA, float16/bfloat16: `triton` (the fused kernel reads a shared prefix once per row with stride 0
+  over the batch and never materialises it per row) when triton is installed and the head dim is
+  <= 256; otherwise `flash` when flash-attn is installed; otherwise `sdpa`. Pending a GPU run of the
+  benchmark (none was available when this was written), this order follows the design, not a table.
+- CUDA, float32: `sdpa` (flash-attn has no fp32; the Triton kernel's fp32 path uses full-precision
+  dots, without tensor cores).
+- Attention dropout (dropout_p > 0): `flash` on CUDA fp16/bf16 when installed, else `sdpa`; the
+  `split` and `triton` paths implement no dropout.
+- Anything else (other devices, float64): `sdpa`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import dispatch
+
+
+def choose(q: torch.Tensor, prefix_k=None, key_padding_mask=None, causal=True, dropout_p: float = 0.0) -> str:
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        return "sdpa"
+    order = ("flash",) if dropout_p > 0.0 else ("triton", "flash")
+    for name in order:
+        if dispatch.unavailable(name, q, dropout_p) is None:
+            return name
+    return "sdpa"

@@ -1,0 +1,120 @@
+"""One entry point, `prefix_attention`, and the table of implementations behind it.
+
+Each implementation lives in its own module and exposes
+    prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p)
+with inputs already checked by `check_inputs` (prefix None when P = 0, scale a float). An
+implementation that cannot run the call (missing package, wrong device or dtype) says why through
+`unavailable(name, q, ...)`; asking for it by name then raises ImplUnavailable with that reason,
+while "auto" (kernels/auto.py) only picks implementations that are available.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from . import reference, sdpa, split
+
+NAMES = ("reference", "sdpa", "split", "triton", "flash")
+CHOICES = ("auto", *NAMES)
+
+
+class ImplUnavailable(RuntimeError):
+    """The requested implementation cannot run this call here (the message says why)."""
+
+
+def _triton_module():
+    # Imported on first use: importing triton is slow, and whether its kernels run compiled or in the
+    # interpreter is decided (by TRITON_INTERPRET) when the kernel module is imported.
+    from . import triton_impl
+
+    return triton_impl
+
+
+def unavailable(name: str, q: torch.Tensor, dropout_p: float = 0.0) -> str | None:
+    """Why implementation `name` cannot run on tensors like `q` (None when it can)."""
+    if name not in NAMES:
+        raise ValueError(f"attention impl {name!r} is not one of {list(CHOICES)}")
+    if name in ("reference", "sdpa"):
+        return None
+    if name == "split":
+        return split.unavailable(q, dropout_p)
+    if name == "flash":
+        from . import flash
+
+        return flash.unavailable(q, dropout_p)
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton; Linux only)"
+    return _triton_module().unavailable(q, dropout_p)
+
+
+def available(q: torch.Tensor, dropout_p: float = 0.0) -> list[str]:
+    """The implementations that can run on tensors like `q`, in NAMES order."""
+    return [n for n in NAMES if unavailable(n, q, dropout_p) is None]
+
+
+def implementation(name: str):
+    if name == "triton":
+        return _triton_module().prefix_attention
+    if name == "flash":
+        from . import flash
+
+        return flash.prefix_attention
+    return {"reference": reference.prefix_attention, "sdpa": sdpa.prefix_attention,
+            "split": split.prefix_attention}[name]
+
+
+def check_inputs(q, k, v, prefix_k, prefix_v, key_padding_mask, causal):
+    """Raise ValueError naming the offending argument when the shapes do not fit together."""
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError(f"prefix_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: "
+                         "expected q [B, Hq, Tq, d] and k, v [B, Hkv, Tk, d]")
+    B, Hq, Tq, d = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    if k.shape[0] != B or k.shape[3] != d or Hq % Hkv or (causal and Tq > Tk):
+        raise ValueError(f"prefix_attention: q {tuple(q.shape)} does not fit k {tuple(k.shape)} "
+                         "(same B and d, Hq a multiple of Hkv, causal queries no more than keys)")
+    if (prefix_k is None) != (prefix_v is None):
+        raise ValueError("prefix_attention: give both prefix_k and prefix_v or neither")
+    if prefix_k is not None:
+        want = (Hkv, d) if prefix_k.dim() == 3 else (B, Hkv, d)
+        got = (*prefix_k.shape[:-2], prefix_k.shape[-1])
+        if prefix_k.dim() not in (3, 4) or got != want or prefix_v.shape != prefix_k.shape:
+            raise ValueError(f"prefix_attention: prefix_k {tuple(prefix_k.shape)}, prefix_v "
+                             f"{tuple(prefix_v.shape)}: expected [Hkv={Hkv}, P, d={d}] or [B={B}, Hkv, P, d]")
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (B, Tk):
+        raise ValueError(f"prefix_attention: key_padding_mask {tuple(key_padding_mask.shape)}, expected ({B}, {Tk})")
+    if key_padding_mask is not None and (key_padding_mask.is_floating_point() or key_padding_mask.is_complex()):
+        raise ValueError(f"prefix_attention: key_padding_mask has dtype {key_padding_mask.dtype}; expected bool "
+                         "(True = real token) or 0/1 integers, not an additive float mask")
+
+
+def resolve_impl(impl: str, q: torch.Tensor, prefix_k=None, key_padding_mask=None, causal=True,
+                 dropout_p: float = 0.0) -> str:
+    """The implementation `impl` stands for on this call ("auto" picks one; see kernels/auto.py)."""
+    if impl == "auto":
+        from .auto import choose
+
+        return choose(q, prefix_k, key_padding_mask, causal, dropout_p)
+    if impl not in NAMES:
+        raise ValueError(f"attention impl {impl!r} is not one of {list(CHOICES)}")
+    why = unavailable(impl, q, dropout_p)
+    if why is not None:
+        raise ImplUnavailable(f"attention impl {impl!r} cannot run here: {why}")
+    return impl
+
+
+def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, *, causal, key_padding_mask=None, scale=None,
+                     dropout_p=0.0, impl="auto"):
+    """Attention of q over [prefix keys; sequence keys]; see the package docstring for the contract."""
+    check_inputs(q, k, v, prefix_k, prefix_v, key_padding_mask, causal)
+    if prefix_k is not None and prefix_k.shape[-2] == 0:
+        prefix_k = prefix_v = None
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        key_padding_mask = key_padding_mask.to(torch.bool)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    name = resolve_impl(impl, q, prefix_k, key_padding_mask, causal, dropout_p)
+    return implementation(name)(q, k, v, prefix_k, prefix_v, causal=causal, key_padding_mask=key_padding_mask,
+                                scale=float(scale), dropout_p=dropout_p)

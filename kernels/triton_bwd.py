@@ -1,0 +1,170 @@
+"""Fused backward kernels of prefix attention (Triton), FlashAttention-2 style, without atomics.
+
+With p = exp(s - lse) recomputed from the forward's log-sum-exp and delta = rowsum(dO * O):
+    dV = p^T dO,  dS = p * (dO V^T - delta),  dQ = scale * dS K,  dK = scale * dS^T Q.
+
+`prefix_attention_bwd_dq`: one program per (BLOCK_M queries, row, query head); loops over the prefix and
+the sequence keys, like the forward.
+`prefix_attention_bwd_dkdv`: one program per (BLOCK_N keys, row group, KV head). It loops over the GROUP
+query heads that share the KV head and over the query blocks, so every key block is owned by exactly
+one program and written once. It serves both key sets:
+  - the sequence keys (ROWS = 1: one program per row; causal and padding masks apply);
+  - the prefix keys (no mask). A per-row prefix uses ROWS = 1 and writes its gradient directly. A shared
+    prefix is read with batch stride 0 and its program sums ROWS consecutive batch rows in a fixed
+    order into a partial [ceil(B/ROWS), Hkv, P, D] fp32 buffer, which the caller sums over its first
+    axis: deterministic, no atomic adds whose order changes the result.
+"""
+
+import triton
+import triton.language as tl
+
+from .triton_fwd import LOG2E, load_tile
+
+
+@triton.jit
+def probabilities(q, k, lse2, visible, qk_scale, DOT_PRECISION: tl.constexpr):
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    return tl.where(visible, tl.exp2(s - lse2[:, None]), 0.0)
+
+
+@triton.jit
+def load_row_stats(LSE, DELTA, row, offs_m, m_ok):
+    """log2-unit lse (+inf for a query that sees nothing, so its p is 0) and delta of BLOCK_M queries."""
+    lse = tl.load(LSE + row + offs_m, mask=m_ok, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+    delta = tl.load(DELTA + row + offs_m, mask=m_ok, other=0.0)
+    return lse2, delta
+
+
+@triton.jit
+def dq_step(dq, q, do, k, v, lse2, delta, visible, qk_scale, DOT_PRECISION: tl.constexpr):
+    p = probabilities(q, k, lse2, visible, qk_scale, DOT_PRECISION)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def prefix_attention_bwd_dq(
+    Q, K, V, PK, PV, KPM, DO, LSE, DELTA, DQ,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_pkb, stride_pkh, stride_pkt,
+    stride_pvb, stride_pvh, stride_pvt,
+    stride_mb,
+    stride_dob, stride_doh, stride_dot,
+    stride_dqb, stride_dqh, stride_dqt,
+    H, GROUP, Tq, Tk, P, D, scale,
+    CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < Tq
+    d_ok = offs_d < D
+    qk_scale = scale * LOG2E
+
+    q = load_tile(Q + b * stride_qb + h * stride_qh, offs_m, stride_qt, offs_d, m_ok, d_ok, UPCAST)
+    do = load_tile(DO + b * stride_dob + h * stride_doh, offs_m, stride_dot, offs_d, m_ok, d_ok, UPCAST)
+    lse2, delta = load_row_stats(LSE, DELTA, pid_bh * Tq, offs_m, m_ok)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    pk_base = PK + b * stride_pkb + hk * stride_pkh
+    pv_base = PV + b * stride_pvb + hk * stride_pvh
+    for start in range(0, P, BLOCK_N):
+        n = start + offs_n
+        n_ok = n < P
+        k = load_tile(pk_base, n, stride_pkt, offs_d, n_ok, d_ok, UPCAST)
+        v = load_tile(pv_base, n, stride_pvt, offs_d, n_ok, d_ok, UPCAST)
+        dq = dq_step(dq, q, do, k, v, lse2, delta, m_ok[:, None] & n_ok[None, :], qk_scale, DOT_PRECISION)
+
+    shift = Tk - Tq
+    hi = Tk
+    if CAUSAL:
+        hi = tl.minimum(Tk, (pid_m + 1) * BLOCK_M + shift)
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    for start in range(0, hi, BLOCK_N):
+        n = start + offs_n
+        n_ok = n < Tk
+        k = load_tile(k_base, n, stride_kt, offs_d, n_ok, d_ok, UPCAST)
+        v = load_tile(v_base, n, stride_vt, offs_d, n_ok, d_ok, UPCAST)
+        visible = m_ok[:, None] & n_ok[None, :]
+        if CAUSAL:
+            visible = visible & (n[None, :] <= offs_m[:, None] + shift)
+        if HAS_KPM:
+            real = tl.load(KPM + b * stride_mb + n, mask=n_ok, other=0) != 0
+            visible = visible & real[None, :]
+        dq = dq_step(dq, q, do, k, v, lse2, delta, visible, qk_scale, DOT_PRECISION)
+
+    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :]
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def prefix_attention_bwd_dkdv(
+    Q, K, V, KPM, DO, LSE, DELTA, DK, DV,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt,
+    stride_mb,
+    stride_dob, stride_doh, stride_dot,
+    stride_dkb, stride_dkh, stride_dkt,
+    stride_dvb, stride_dvh, stride_dvt,
+    B, H, GROUP, Tq, N, SHIFT, D, scale, ROWS,
+    CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Gradients of N keys (K/V strides over the batch are 0 for a shared prefix); SHIFT = Tk - Tq."""
+    pid_n = tl.program_id(0)
+    hk = tl.program_id(1)
+    pid_b = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < N
+    d_ok = offs_d < D
+    qk_scale = scale * LOG2E
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    # the first query that can see this key block (causal); earlier query blocks are skipped
+    lo = 0
+    if CAUSAL:
+        lo = tl.maximum(pid_n * BLOCK_N - SHIFT, 0) // BLOCK_M * BLOCK_M
+    for b in range(pid_b * ROWS, tl.minimum(B, pid_b * ROWS + ROWS)):
+        k = load_tile(K + b * stride_kb + hk * stride_kh, offs_n, stride_kt, offs_d, n_ok, d_ok, UPCAST)
+        v = load_tile(V + b * stride_vb + hk * stride_vh, offs_n, stride_vt, offs_d, n_ok, d_ok, UPCAST)
+        key_ok = n_ok
+        if HAS_KPM:
+            key_ok = key_ok & (tl.load(KPM + b * stride_mb + offs_n, mask=n_ok, other=0) != 0)
+        for g in range(0, GROUP):
+            h = hk * GROUP + g
+            row = (b * H + h) * Tq
+            for start in range(lo, Tq, BLOCK_M):
+                m = start + offs_m
+                m_ok = m < Tq
+                q = load_tile(Q + b * stride_qb + h * stride_qh, m, stride_qt, offs_d, m_ok, d_ok, UPCAST)
+                do = load_tile(DO + b * stride_dob + h * stride_doh, m, stride_dot, offs_d, m_ok, d_ok, UPCAST)
+                lse2, delta = load_row_stats(LSE, DELTA, row, m, m_ok)
+                visible = m_ok[:, None] & key_ok[None, :]
+                if CAUSAL:
+                    visible = visible & (offs_n[None, :] <= m[:, None] + SHIFT)
+                p = probabilities(q, k, lse2, visible, qk_scale, DOT_PRECISION)           # [BLOCK_M, BLOCK_N]
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+                dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+                ds = p * (dp - delta[:, None])
+                dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+
+    tile = offs_n[:, None] * stride_dkt + offs_d[None, :]
+    ok = n_ok[:, None] & d_ok[None, :]
+    tl.store(DK + pid_b * stride_dkb + hk * stride_dkh + tile, (dk * scale).to(DK.dtype.element_ty), mask=ok)
+    tile = offs_n[:, None] * stride_dvt + offs_d[None, :]
+    tl.store(DV + pid_b * stride_dvb + hk * stride_dvh + tile, dv.to(DV.dtype.element_ty), mask=ok)

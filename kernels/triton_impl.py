@@ -1,0 +1,166 @@
+"""The Triton implementation: launches triton_fwd / triton_bwd inside a torch.autograd.Function.
+
+Compiled on a CUDA GPU. On CPU the kernels run only in Triton's interpreter, which is chosen when the
+kernel modules are imported, so TRITON_INTERPRET=1 must be in the environment before the first call
+of `prefix_attention(..., impl="triton")` (the tests set it at import). In the interpreter, tiles are
+upcast to fp32 before `tl.dot` (its bf16 dot gives wrong results, triton issue 11584); accumulation
+is fp32 everywhere.
+
+Block sizes are arguments of `prefix_attention` (defaults: 16 in the interpreter, where small blocks
+make odd lengths cross block edges in tests; 64 x 64 on a GPU, 64 x 32 for head dims above 64).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.runtime.interpreter import InterpretedFunction
+
+from .triton_bwd import prefix_attention_bwd_dkdv, prefix_attention_bwd_dq
+from .triton_fwd import prefix_attention_fwd
+
+INTERPRETED = isinstance(prefix_attention_fwd, InterpretedFunction)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 256
+
+
+def unavailable(q: torch.Tensor, dropout_p: float = 0.0) -> str | None:
+    if dropout_p > 0.0:
+        return "the Triton kernels do not implement attention dropout (impl='sdpa' does; 'auto' picks it)"
+    if q.dtype not in DTYPES:
+        return f"the Triton kernels take float32, float16 or bfloat16, not {q.dtype}"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"the Triton kernels take head dims up to {MAX_HEAD_DIM}, not {q.shape[-1]}"
+    if INTERPRETED:
+        return None if q.device.type == "cpu" else "the Triton interpreter (TRITON_INTERPRET=1) runs on CPU tensors"
+    if q.device.type != "cuda":
+        return (f"Triton compiles for a GPU and the tensors are on {q.device.type}; on CPU it runs only in its "
+                "interpreter: set TRITON_INTERPRET=1 before the kernels are first imported (slow; for tests)")
+    return None
+
+
+def _blocks(d, block_m, block_n):
+    if INTERPRETED:
+        return block_m or 16, block_n or 16
+    return block_m or 64, block_n or (64 if d <= 64 else 32)
+
+
+def _opts(dtype):
+    """Launch options: fp32 tiles in the interpreter (triton issue 11584), IEEE dots for fp32 inputs."""
+    opts = dict(UPCAST=INTERPRETED, DOT_PRECISION="ieee" if dtype == torch.float32 or INTERPRETED else "tf32")
+    if not INTERPRETED:
+        opts["num_warps"] = 4
+    return opts
+
+
+def _strides3(x):
+    """(batch, head, time) strides of a [B, H, T, D] tensor, or (0, head, time) for a shared [H, T, D] one."""
+    return (0, *x.stride()[:2]) if x.dim() == 3 else tuple(x.stride()[:3])
+
+
+def rows_per_program(B, Hkv, P, block_n, target_programs=128):
+    """Batch rows one program sums for a shared prefix's gradient: enough programs to fill a GPU
+    (about `target_programs`), as few partial sums as that allows."""
+    tiles = triton.cdiv(P, block_n) * Hkv
+    groups = max(1, min(B, triton.cdiv(target_programs, tiles)))
+    return triton.cdiv(B, groups)
+
+
+class _TritonPrefixAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, pk, pv, kpm, causal, scale, block_m, block_n, prefix_rows):
+        B, H, Tq, D = q.shape
+        Hkv, Tk = k.shape[1], k.shape[2]
+        P = pk.shape[-2]
+        BM, BN = _blocks(D, block_m, block_n)
+        BD = max(16, triton.next_power_of_2(D))
+        o = torch.empty_like(q)
+        lse = torch.empty(B, H, Tq, device=q.device, dtype=torch.float32)
+        has_kpm = kpm is not None
+        kpm_arg = kpm if has_kpm else q
+        grid = (triton.cdiv(Tq, BM), B * H)
+        prefix_attention_fwd[grid](
+            q, k, v, pk, pv, kpm_arg, o, lse,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides3(pk), *_strides3(pv),
+            kpm.stride(0) if has_kpm else 0, *o.stride()[:3],
+            H, H // Hkv, Tq, Tk, P, D, scale,
+            CAUSAL=causal, HAS_KPM=has_kpm, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **_opts(q.dtype),
+        )
+        ctx.save_for_backward(q, k, v, pk, pv, kpm, o, lse)
+        ctx.args = (causal, scale, BM, BN, BD, prefix_rows)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, pk, pv, kpm, o, lse = ctx.saved_tensors
+        causal, scale, BM, BN, BD, prefix_rows = ctx.args
+        B, H, Tq, D = q.shape
+        Hkv, Tk = k.shape[1], k.shape[2]
+        P = pk.shape[-2]
+        do = do.contiguous()
+        delta = (do.float() * o.float()).sum(-1)
+        has_kpm = kpm is not None
+        kpm_arg = kpm if has_kpm else q
+        kpm_stride = kpm.stride(0) if has_kpm else 0
+        opts = dict(BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **_opts(q.dtype))
+
+        dq = torch.empty_like(q)
+        prefix_attention_bwd_dq[(triton.cdiv(Tq, BM), B * H)](
+            q, k, v, pk, pv, kpm_arg, do, lse, delta, dq,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides3(pk), *_strides3(pv), kpm_stride,
+            *do.stride()[:3], *dq.stride()[:3],
+            H, H // Hkv, Tq, Tk, P, D, scale, CAUSAL=causal, HAS_KPM=has_kpm, **opts,
+        )
+
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        prefix_attention_bwd_dkdv[(triton.cdiv(Tk, BN), Hkv, B)](
+            q, k, v, kpm_arg, do, lse, delta, dk, dv,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], kpm_stride, *do.stride()[:3],
+            *dk.stride()[:3], *dv.stride()[:3],
+            B, H, H // Hkv, Tq, Tk, Tk - Tq, D, scale, 1, CAUSAL=causal, HAS_KPM=has_kpm, **opts,
+        )
+
+        dpk = dpv = None
+        if P:
+            shared = pk.dim() == 3
+            rows = (prefix_rows or rows_per_program(B, Hkv, P, BN)) if shared else 1
+            groups = triton.cdiv(B, rows)
+            if shared:  # per-group partial sums in fp32, added up below in a fixed order
+                dpk_buf = torch.empty(groups, Hkv, P, D, device=q.device, dtype=torch.float32)
+                dpv_buf = torch.empty_like(dpk_buf)
+            else:
+                dpk_buf, dpv_buf = torch.empty_like(pk), torch.empty_like(pv)
+            prefix_attention_bwd_dkdv[(triton.cdiv(P, BN), Hkv, groups)](
+                q, pk, pv, kpm_arg, do, lse, delta, dpk_buf, dpv_buf,
+                *q.stride()[:3], *_strides3(pk), *_strides3(pv), 0, *do.stride()[:3],
+                *dpk_buf.stride()[:3], *dpv_buf.stride()[:3],
+                B, H, H // Hkv, Tq, P, 0, D, scale, rows, CAUSAL=False, HAS_KPM=False, **opts,
+            )
+            if shared:
+                dpk, dpv = dpk_buf.sum(0).to(pk.dtype), dpv_buf.sum(0).to(pv.dtype)
+            else:
+                dpk, dpv = dpk_buf, dpv_buf
+        return dq, dk, dv, dpk, dpv, None, None, None, None, None, None
+
+
+def _last_dim_contiguous(x):
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p=0.0,
+                     block_m=None, block_n=None, prefix_rows_per_program=None):
+    why = unavailable(q, dropout_p)
+    if why is not None:
+        raise RuntimeError(why)
+    dtype = q.dtype
+    k, v = k.to(dtype), v.to(dtype)
+    if prefix_k is None:
+        prefix_k = prefix_v = q.new_empty(k.shape[1], 0, q.shape[-1])
+    prefix_k, prefix_v = prefix_k.to(dtype), prefix_v.to(dtype)
+    kpm = None if key_padding_mask is None else key_padding_mask.to(torch.uint8).contiguous()
+    q, k, v, prefix_k, prefix_v = map(_last_dim_contiguous, (q, k, v, prefix_k, prefix_v))
+    for name, x in (("block_m", block_m), ("block_n", block_n)):
+        if x is not None and (x < 16 or x & (x - 1)):
+            raise ValueError(f"triton prefix attention: {name}={x} must be a power of two >= 16")
+    return _TritonPrefixAttention.apply(q, k, v, prefix_k, prefix_v, kpm, bool(causal), float(scale),
+                                        block_m, block_n, prefix_rows_per_program)

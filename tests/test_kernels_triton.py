@@ -1,0 +1,120 @@
+"""The fused Triton kernels against the float64 reference, forward and backward.
+
+Without a GPU the kernels run in Triton's interpreter, which has to be chosen before the kernel module
+is imported: this module sets TRITON_INTERPRET=1 at import (collection), before any test runs. The
+interpreter is slow, so the shapes are tiny (T <= 20, d <= 16, B <= 2) with 16-wide blocks, which
+still puts odd lengths across block edges.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton", reason="triton is not installed (Linux only: pip install triton)")
+
+from hypothesis import given, settings  # noqa: E402
+from test_kernels_props import assert_matches_reference, build, cases, run  # noqa: E402
+
+from ptune_dist.kernels import prefix_attention, triton_impl, unavailable  # noqa: E402
+
+DEVICE = "cpu" if triton_impl.INTERPRETED else "cuda"
+pytestmark = pytest.mark.skipif(
+    unavailable("triton", torch.empty(1, device=DEVICE)) is not None,
+    reason=f"triton cannot run here: {unavailable('triton', torch.empty(1, device=DEVICE))}")
+
+FP32 = dict(rtol=2e-5, atol=2e-5)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(cases(max_t=20, max_b=2, dims=(8, 16)))
+def test_triton_fp32_matches_reference(case):
+    assert_matches_reference(case, "triton", dtype=torch.float32, **FP32)
+
+
+CORNERS = {
+    # decoding one token against a cache (Tq = 1 < Tk), shared prefix longer than the sequence, GQA 8
+    "decode_step": dict(B=2, Hq=8, Hkv=1, Tq=1, Tk=19, P=23, d=16, per_row=False, pad="left", causal=True, seed=1),
+    # no prefix, left padding: early queries see no key at all and must return zeros (and zero grads)
+    "no_prefix_empty_rows": dict(B=2, Hq=3, Hkv=1, Tq=17, Tk=17, P=0, d=8, per_row=False, pad="left",
+                                 causal=True, seed=2),
+    # per-row prefix, right padding, bidirectional, Tq < Tk, head dim padded from 12 to 16
+    "per_row_bidirectional": dict(B=2, Hq=6, Hkv=2, Tq=5, Tk=18, P=7, d=12, per_row=True, pad="right",
+                                  causal=False, seed=3),
+    # lengths one past a block edge everywhere
+    "block_edges": dict(B=1, Hq=3, Hkv=3, Tq=17, Tk=17, P=17, d=16, per_row=False, pad="scattered",
+                        causal=True, seed=4),
+}
+
+
+@pytest.mark.parametrize("name", CORNERS)
+def test_triton_corner_cases(name):
+    assert_matches_reference(CORNERS[name], "triton", dtype=torch.float32, **FP32)
+
+
+# fp16 keeps 11 significant bits, bf16 8: q, k, v are rounded to those before the fp32 accumulation,
+# so outputs and gradients differ from float64 by a few of those units.
+LOW = {torch.float16: dict(rtol=2e-2, atol=2e-2), torch.bfloat16: dict(rtol=1e-1, atol=1e-1)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["decode_step", "per_row_bidirectional", "block_edges"])
+def test_triton_low_precision(name, dtype):
+    assert_matches_reference(CORNERS[name], "triton", dtype=dtype, **LOW[dtype])
+
+
+def test_bf16_is_not_run_through_the_interpreters_bf16_dot():
+    """Upcasting tiles is what makes bf16 right in the interpreter (triton issue 11584); this pins that the
+    kernel result is the fp32 computation on bf16-rounded inputs, to fp32 accuracy before the output rounding."""
+    tensors, mask, up = build(**CORNERS["block_edges"])
+    rounded = [t.to(torch.bfloat16).double() for t in tensors]
+    got = run("triton", tensors, mask, up, True, torch.bfloat16)[0]
+    want = run("reference", rounded, mask, up, True, torch.float64)[0]
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)  # bf16 output rounding only
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_shared_prefix_gradient_is_deterministic_and_summed_over_rows(rows):
+    """Partial sums over `rows` batch rows per program, added up in torch: same bits on every run, and the
+    batch sum of what each row would get with its own copy of the prefix."""
+    case = dict(B=3, Hq=4, Hkv=2, Tq=9, Tk=9, P=5, d=8, per_row=False, pad="left", causal=True, seed=5)
+    tensors, mask, up = build(**case)
+    first = run("triton", tensors, mask, up, True, torch.float32, prefix_rows_per_program=rows,
+                fn=triton_impl.prefix_attention)
+    again = run("triton", tensors, mask, up, True, torch.float32, prefix_rows_per_program=rows,
+                fn=triton_impl.prefix_attention)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    per_row = [t if i < 3 else t.expand(3, -1, -1, -1) for i, t in enumerate(tensors)]
+    rows_grads = run("triton", per_row, mask, up, True, torch.float32)
+    torch.testing.assert_close(first[4], rows_grads[4].sum(0), **FP32)
+    torch.testing.assert_close(first[5], rows_grads[5].sum(0), **FP32)
+
+
+@pytest.mark.parametrize("blocks", [(16, 32), (32, 16)])
+def test_block_sizes_are_parameters(blocks):
+    case = dict(B=1, Hq=2, Hkv=1, Tq=20, Tk=20, P=9, d=8, per_row=False, pad="right", causal=True, seed=6)
+    assert_matches_reference(case, "triton", dtype=torch.float32, fn=triton_impl.prefix_attention,
+                             block_m=blocks[0], block_n=blocks[1], **FP32)
+
+
+def test_bad_block_size_and_dropout_are_refused():
+    q = torch.zeros(1, 2, 3, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="block_m=24"):
+        triton_impl.prefix_attention(q, q, q, None, None, causal=True, key_padding_mask=None, scale=1.0, block_m=24)
+    with pytest.raises(RuntimeError, match="dropout"):
+        prefix_attention(q, q, q, causal=True, dropout_p=0.1, impl="triton")
+    with pytest.raises(RuntimeError, match="float64"):
+        prefix_attention(q.double(), q.double(), q.double(), causal=True, impl="triton")
+
+
+@pytest.mark.skipif(not triton_impl.INTERPRETED, reason="checks the CPU interpreter path")
+def test_auto_never_picks_the_interpreter():
+    q = torch.zeros(1, 2, 3, 8)
+    from ptune_dist.kernels import resolve_impl
+
+    assert resolve_impl("auto", q) == "sdpa"
