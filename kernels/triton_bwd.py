@@ -18,7 +18,7 @@ one program and written once. It serves both key sets:
 import triton
 import triton.language as tl
 
-from .triton_fwd import LOG2E, load_tile
+from .triton_fwd import LOG2E, load_tile, sequence_end, sequence_visible
 
 
 @triton.jit
@@ -85,23 +85,14 @@ def prefix_attention_bwd_dq(
         v = load_tile(pv_base, n, stride_pvt, offs_d, n_ok, d_ok, UPCAST)
         dq = dq_step(dq, q, do, k, v, lse2, delta, m_ok[:, None] & n_ok[None, :], qk_scale, DOT_PRECISION)
 
-    shift = Tk - Tq
-    hi = Tk
-    if CAUSAL:
-        hi = tl.minimum(Tk, (pid_m + 1) * BLOCK_M + shift)
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
-    for start in range(0, hi, BLOCK_N):
+    for start in range(0, sequence_end(pid_m, Tq, Tk, CAUSAL, BLOCK_M), BLOCK_N):
         n = start + offs_n
         n_ok = n < Tk
         k = load_tile(k_base, n, stride_kt, offs_d, n_ok, d_ok, UPCAST)
         v = load_tile(v_base, n, stride_vt, offs_d, n_ok, d_ok, UPCAST)
-        visible = m_ok[:, None] & n_ok[None, :]
-        if CAUSAL:
-            visible = visible & (n[None, :] <= offs_m[:, None] + shift)
-        if HAS_KPM:
-            real = tl.load(KPM + b * stride_mb + n, mask=n_ok, other=0) != 0
-            visible = visible & real[None, :]
+        visible = sequence_visible(offs_m, m_ok, n, n_ok, Tk - Tq, KPM + b * stride_mb, CAUSAL, HAS_KPM)
         dq = dq_step(dq, q, do, k, v, lse2, delta, visible, qk_scale, DOT_PRECISION)
 
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :]

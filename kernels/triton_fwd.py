@@ -28,6 +28,26 @@ def load_tile(base, offs_t, stride_t, offs_d, t_ok, d_ok, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def sequence_end(pid_m, Tq, Tk, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One past the last sequence key any query of block pid_m may see."""
+    if CAUSAL:
+        return tl.minimum(Tk, (pid_m + 1) * BLOCK_M + Tk - Tq)
+    return Tk
+
+
+@triton.jit
+def sequence_visible(offs_m, m_ok, n, n_ok, shift, kpm_row, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr):
+    """[BLOCK_M, BLOCK_N]: which sequence keys n each query offs_m sees (bottom-right causal with
+    shift = Tk - Tq, and not padding: kpm_row points at the row's key-padding mask)."""
+    visible = m_ok[:, None] & n_ok[None, :]
+    if CAUSAL:
+        visible = visible & (n[None, :] <= offs_m[:, None] + shift)
+    if HAS_KPM:
+        visible = visible & (tl.load(kpm_row + n, mask=n_ok, other=0) != 0)[None, :]
+    return visible
+
+
+@triton.jit
 def online_softmax_step(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_PRECISION: tl.constexpr):
     """Fold one block of keys into the running (acc, max, sum); scores in log2 units."""
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
@@ -84,23 +104,14 @@ def prefix_attention_fwd(
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_PRECISION)
 
     # the sequence: query i (of the last Tq positions) sees key j <= i + Tk - Tq when causal
-    shift = Tk - Tq
-    hi = Tk
-    if CAUSAL:
-        hi = tl.minimum(Tk, (pid_m + 1) * BLOCK_M + shift)
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
-    for start in range(0, hi, BLOCK_N):
+    for start in range(0, sequence_end(pid_m, Tq, Tk, CAUSAL, BLOCK_M), BLOCK_N):
         n = start + offs_n
         n_ok = n < Tk
         k = load_tile(k_base, n, stride_kt, offs_d, n_ok, d_ok, UPCAST)
         v = load_tile(v_base, n, stride_vt, offs_d, n_ok, d_ok, UPCAST)
-        visible = m_ok[:, None] & n_ok[None, :]
-        if CAUSAL:
-            visible = visible & (n[None, :] <= offs_m[:, None] + shift)
-        if HAS_KPM:
-            real = tl.load(KPM + b * stride_mb + n, mask=n_ok, other=0) != 0
-            visible = visible & real[None, :]
+        visible = sequence_visible(offs_m, m_ok, n, n_ok, Tk - Tq, KPM + b * stride_mb, CAUSAL, HAS_KPM)
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_PRECISION)
 
     seen = l_i > 0.0
