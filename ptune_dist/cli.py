@@ -11,6 +11,7 @@
     ptune status RUN_DIR|JOB_ID
     ptune cancel RUN_DIR|JOB_ID
     ptune fetch-models [NAME ...]
+    ptune plan model=NAME|FOLDER|CONFIG.yaml method=NAME hardware.gpus=N hardware.gpu_mem=24GB [key=value ...]
 """
 
 from __future__ import annotations
@@ -138,6 +139,13 @@ def cmd_fetch(ns) -> int:
     return 0
 
 
+def cmd_plan(ns) -> int:
+    from ptune_dist.plan import run
+
+    print(run(list(ns.overrides)))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ptune", description="Soft-prompt tuning of frozen Hugging Face models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -186,6 +194,9 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch-models", help="download and convert the embedded models")
     f.add_argument("names", nargs="*")
     f.set_defaults(fn=cmd_fetch)
+    pl = sub.add_parser("plan", help="setups that fit a GPU's memory, with predicted peak memory per device")
+    pl.add_argument("overrides", nargs="*", help="model=... method=... hardware.gpus=N hardware.gpu_mem=24GB key=value ...")
+    pl.set_defaults(fn=cmd_plan)
     return p
 
 

@@ -127,3 +127,14 @@ def test_mixed_tasks_under_zero3(tmp_path):
     train(load_config([QUICKSTART], [f"output_dir={one}", "data.batch_size=8", *COMMON, *tasks]))
     torchrun(2, tmp_path / "two", [*ds_args(3), *tasks])
     assert_same_curve(losses(tmp_path / "two"), losses(one))
+
+
+def test_zero3_keeps_a_bfloat16_base_in_bfloat16(one_process, tmp_path):
+    """zero.Init casts what it partitions to the dtype the DeepSpeed config enables: a bf16 base must
+    stay bf16 (half the bytes of fp32), still split between the ranks."""
+    torchrun(2, tmp_path, [*ds_args(3), "model.dtype=bfloat16", "train.steps=1", "train.save_every=0",
+                           "data.max_eval_examples=4"])
+    held = next(r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "parameters")
+    fp32 = next(r for r in read_jsonl(one_process["prompt_tuning"] / "metrics.jsonl") if r.get("event") == "parameters")
+    assert abs(held["bytes_total"] / fp32["bytes_total"] - 0.5) < 0.01, (held, fp32)
+    assert all(abs(b / held["bytes_total"] - 0.5) < 0.02 for b in held["bytes_per_rank"]), held

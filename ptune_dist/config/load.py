@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import METHODS
+from ptune_dist.model import quant
 
 from .schema import RunConfig
 
@@ -145,6 +146,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
     _check_distributed(cfg)
+    quant.validate(cfg.model, cls.trains_base, m.name, cfg.distributed)
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed")
     names = [task.name for task in cfg.tasks]

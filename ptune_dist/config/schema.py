@@ -29,6 +29,13 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     lean_activations: bool = True  # gated-SiLU MLPs keep 2 activations instead of 3 (same results)
     dropout: Optional[float] = None  # None keeps the model's dropout; a number sets every dropout
+    # frozen base through bitsandbytes (docs/quant.md): the transformer blocks' linear layers are
+    # quantised; embeddings, the output head and the soft prompt stay in `dtype` / fp32
+    quant: str = choice("none", "int8", "nf4", "fp4")
+    quant_double: bool = False  # 4-bit: quantise the block scales too (~0.4 bit/weight less)
+    quant_compute_dtype: str = choice("float32", "bfloat16", "float16")  # 4-bit matmul dtype
+    # 4-bit: dtype of the tensors holding the packed weights; bfloat16 is the QLoRA recipe for ZeRO-3/FSDP
+    quant_storage: str = choice("uint8", "bfloat16", "float16", "float32")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from ptune_dist import embedded
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import BaseInfo
 
+from . import quant
 from .attention import register
 from .lean import apply_lean_mlp
 
@@ -61,8 +62,17 @@ def load_base(model_cfg, trainable: bool = False):
                           "ptune's prefix attention supports full attention only")
     kind = infer_kind(hf_config) if model_cfg.kind == "auto" else model_cfg.kind
     transformers.utils.logging.disable_progress_bar()
+    extra = {}
+    if model_cfg.quant != "none":
+        if trainable:
+            raise ConfigError(f"model.quant={model_cfg.quant}: a quantised base cannot be trained; "
+                              "use model.quant=none for a method that trains the base")
+        extra["quantization_config"] = quant.bnb_config(model_cfg, quant.skip_modules(CLASSES[kind], hf_config))
     model = CLASSES[kind].from_pretrained(
-        resolve_path(model_cfg.name_or_path), dtype=DTYPES[model_cfg.dtype], attn_implementation=register())
+        resolve_path(model_cfg.name_or_path), dtype=DTYPES[model_cfg.dtype], attn_implementation=register(),
+        **extra)
+    if model_cfg.quant != "none":
+        quant.prepare_loaded(model)
     model.requires_grad_(trainable)
     if model_cfg.lean_activations:
         apply_lean_mlp(model)

@@ -62,7 +62,10 @@ def build_session(cfg, splits=("train", "eval"), env: DistEnv | None = None, bas
 
         from .ds_engine import ds_config
 
-        keepalive = HfDeepSpeedConfig(ds_config(cfg, env.world))  # the base loads already partitioned
+        # the base loads already partitioned, in its own dtype: zero.Init casts to the dtype the config
+        # enables (fp32 when none), so name it here; the engine's config stays fp32 (trainables are fp32)
+        half = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype)
+        keepalive = HfDeepSpeedConfig({**ds_config(cfg, env.world), **({half: {"enabled": True}} if half else {})})
     base = base or load_base(cfg.model, trainable=method_class(cfg.method.name).trains_base)
     model = build_model(cfg, [d.spec for d in data], tokenizer, base=base)
     return Session(cfg, tokenizer, model, data, env, keepalive)

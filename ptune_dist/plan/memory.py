@@ -1,0 +1,366 @@
+"""Per-device peak memory of one training setup, as a breakdown, from the model's shapes alone.
+
+The terms (bytes per device):
+
+- frozen weights: the base in its dtype, or the blocks' linear layers packed by bitsandbytes (int8:
+  1 byte a weight + one fp32 scale per output row; nf4/fp4: half a byte + one fp32 absmax per block
+  of 64, or with double quantisation an 8-bit absmax plus one fp32 per 256 blocks); embeddings, the
+  output head and the norms stay in the dtype. ZeRO-3 partitions them over the world; with
+  parameter offload they live in host memory.
+- ZeRO-3 gathered weights: what stage 3 holds gathered at once. DeepSpeed releases a gathered
+  parameter only when more than `stage3_max_live_parameters` (default 1e9) are live and the next
+  use is farther than `stage3_max_reuse_distance` (default 1e9); a frozen base is used again in the
+  backward pass, so with the defaults everything up to 1e9 parameters stays gathered, plus one
+  prefetch bucket (`stage3_prefetch_bucket_size`, default 5e7). Set both to small numbers
+  (distributed.zero_extra) and only the largest module plus a bucket is live.
+- trainable weights + optimizer: the prompt (and its encoder / projection) in fp32 master weights,
+  its gradient and AdamW's two fp32 moments (16 bytes a parameter); ZeRO stages 1/2/3 partition the
+  optimizer state / gradients / weights (DeepSpeed also keeps an fp32 copy of each partition), and
+  optimizer offload moves that state to the host.
+- activations: what autograd keeps for the backward pass when only the inputs need gradients (the
+  base is frozen, so no linear layer keeps its input). Per layer: the two RMSNorm inputs in fp32,
+  the rotated queries and the attention output, the keys/values the kernel sees (with `sdpa` the
+  prefix is concatenated in front of every row's keys; the split/flash kernels keep it shared), the
+  softmax log-sum-exp, and the MLP's gate and up projections (three intermediate-sized tensors
+  without lean activations). bitsandbytes' int8 matmul keeps its input even for a frozen weight
+  (the attention, o_proj, MLP and down_proj inputs); the 4-bit matmul does not. With gradient checkpointing each layer keeps only its input, and the
+  backward pass recomputes one layer at a time.
+- logits: the LM head runs on labelled positions only (classification: the answer position;
+  generation: the label tokens), [rows, vocab] in fp32, kept twice (head output and log-softmax)
+  plus their gradient.
+- workspace: the transient tensors of the backward pass of one layer (the SwiGLU backward builds
+  about six intermediate-sized tensors; measured with the profiler on SmolLM2).
+- runtime: what the process holds besides tensors (CUDA context and library workspaces on a GPU;
+  on this CPU the calibrated constant of docs/plan.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from ptune_dist.errors import ConfigError
+
+from .arch import Arch
+
+GiB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+QUANTS = ("none", "int8", "nf4", "fp4")
+DEEP = ("prefix_tuning", "p_tuning_v2")
+SHALLOW = ("prompt_tuning", "p_tuning")
+METHOD_NAMES = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "full_finetune", "prompt_design")
+# DeepSpeed's zero_optimization defaults (deepspeed/runtime/zero/config.py)
+ZERO_DEFAULTS = {"stage3_max_live_parameters": 1e9, "stage3_max_reuse_distance": 1e9,
+                 "stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5}
+SHARED_PREFIX_KERNELS = ("split", "flash", "triton")  # keep the prefix [Hkv, P, d] shared, no per-row copy
+BACKWARD_WORKSPACE = 6  # intermediate-sized [tokens, I] tensors alive in one layer's backward (measured)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One way of running a method on a model: what decides the memory of a device."""
+
+    method: str = "prompt_tuning"
+    num_virtual_tokens: int = 20
+    encoder: str = "mlp"  # p_tuning
+    encoder_hidden_size: int = 0  # 0: hidden size
+    projection: bool | None = None  # deep prompts: None = the method's default
+    projection_hidden_size: int = 512
+    task: str = "classification"  # classification | generation | token_classification
+    label_tokens: int = 1  # positions per row that reach the LM head (classification: 1)
+    head_classes: int = 0  # a classification head (scoring=head) instead of the LM head
+    batch_size: int = 8  # micro-batch per device
+    grad_accum: int = 1
+    max_length: int = 256  # tokens per row, virtual tokens included
+    dtype: str = "float32"
+    quant: str = "none"
+    quant_double: bool = False
+    quant_storage: str = "uint8"  # 4-bit: the float dtype ZeRO-3 partitions the packed weights in
+    gradient_checkpointing: bool = False
+    lean_activations: bool = True
+    attention: str = "sdpa"  # the kernel: sdpa copies the prefix into every row's keys/values
+    optimizer: str = "adamw"
+    engine: str = "torch"
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    world: int = 1  # ranks (GPUs) in all
+    zero_extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def zero(self) -> int:
+        return self.zero_stage if self.engine == "deepspeed" else 0
+
+
+@dataclass
+class Breakdown:
+    frozen_weights: float = 0.0
+    zero3_gathered: float = 0.0
+    trainable: float = 0.0  # weights + gradients
+    optimizer: float = 0.0
+    activations: float = 0.0
+    logits: float = 0.0
+    workspace: float = 0.0
+    runtime: float = 0.0
+    host: float = 0.0  # host memory for offloaded parts (not in the total)
+    trainable_params: int = 0
+
+    PARTS = ("frozen_weights", "zero3_gathered", "trainable", "optimizer", "activations", "logits", "workspace",
+             "runtime")
+
+    @property
+    def tensors(self) -> float:
+        return sum(getattr(self, p) for p in self.PARTS if p != "runtime")
+
+    @property
+    def total(self) -> float:
+        return self.tensors + self.runtime
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "tensors": self.tensors, "total": self.total}
+
+
+# -- parameters -----------------------------------------------------------------------------
+def _lstm_params(inp: int, hidden: int, layers: int = 2, bidirectional: bool = True) -> int:
+    dirs = 2 if bidirectional else 1
+    n = 0
+    for layer in range(layers):
+        i = inp if layer == 0 else hidden * dirs
+        n += dirs * (4 * hidden * i + 4 * hidden * hidden + 2 * 4 * hidden)
+    return n
+
+
+def trainable_params(arch: Arch, s: Setup) -> int:
+    """Trainable parameters of one task's prompt (as ptune_dist.methods builds it), plus a head if any."""
+    P, H = s.num_virtual_tokens, arch.hidden_size
+    head = (H * s.head_classes + s.head_classes) if s.head_classes else 0
+    if s.method == "prompt_tuning":
+        return P * H + head
+    if s.method == "p_tuning":
+        h = s.encoder_hidden_size or H
+        if s.encoder == "lstm":
+            mlp = (2 * h) * (2 * h) + 2 * h + (2 * h) * H + H
+            return P * H + _lstm_params(H, h) + mlp + head
+        return P * H + (H * h + h) + (h * h + h) + (h * H + H) + head
+    if s.method in DEEP:
+        projection = (s.method == "prefix_tuning") if s.projection is None else s.projection
+        if projection:
+            ph = s.projection_hidden_size
+            return P * H + (H * ph + ph) + (ph * arch.kv_width + arch.kv_width) + head
+        return P * arch.kv_width + head
+    if s.method == "full_finetune":
+        return arch.total_params + head
+    if s.method == "prompt_design":
+        return head
+    raise ConfigError(f"method.name={s.method!r} is not one of {list(METHOD_NAMES)}")
+
+
+# -- weights --------------------------------------------------------------------------------
+def linear_weight_bytes(arch: Arch, s: Setup) -> float:
+    """Bytes of the blocks' linear weights (+ biases) as stored: dtype, int8 or 4-bit packed."""
+    n, e = arch.block_linear_params, DTYPE_BYTES[s.dtype]
+    biases = arch.block_linear_out_features * e if arch.bias else 0
+    if s.quant == "none":
+        return n * e + biases
+    if s.quant == "int8":
+        return n * 1 + arch.block_linear_out_features * 4 + biases  # int8 weights + fp32 row scales (SCB)
+    blocks = n / 64
+    scales = blocks * 1 + (blocks / 256) * 4 + 16 * arch.block_linear_count if s.quant_double else blocks * 4
+    return n * 0.5 + scales + biases
+
+
+def frozen_bytes_total(arch: Arch, s: Setup) -> float:
+    """The whole frozen base as stored (full fine-tuning: nothing is frozen)."""
+    if s.method == "full_finetune":
+        return 0.0
+    e = DTYPE_BYTES[s.dtype]
+    other = arch.other_params - (arch.block_linear_out_features if arch.bias else 0)
+    return linear_weight_bytes(arch, s) + other * e
+
+
+def zero_setting(s: Setup, key: str) -> float:
+    value = s.zero_extra.get(key, ZERO_DEFAULTS[key])
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"distributed.zero_extra.{key}={value!r}: expected a number") from None
+
+
+def _zero3_gathered(arch: Arch, s: Setup, stored: float) -> float:
+    """Bytes of gathered (full) frozen parameters live at once under ZeRO-3 (see the module docstring).
+
+    DeepSpeed counts parameters by the elements of their stored tensors: a 4-bit base stored in a
+    2-byte float (`quant_storage=bfloat16`) holds 4 weights per element."""
+    if s.quant == "none":
+        per_elem = stored / arch.total_params
+        largest = max(arch.embedding_params, max(i * o for i, o in arch.linear_shapes())) * per_elem
+    else:
+        per_elem = {"uint8": 1, "bfloat16": 2, "float16": 2, "float32": 4}.get(s.quant_storage, 2)
+        largest = arch.embedding_params * DTYPE_BYTES[s.dtype]  # the unquantised embedding is the largest
+    live = zero_setting(s, "stage3_max_live_parameters")
+    reuse = zero_setting(s, "stage3_max_reuse_distance")
+    bucket = zero_setting(s, "stage3_prefetch_bucket_size")
+    # a frozen base is used again in the backward pass: unless the reuse distance is short, nothing is
+    # released before `live` parameters are gathered
+    keep = live if reuse >= arch.layer_params else min(live, reuse)
+    return min(stored, max(largest, (keep + bucket) * per_elem))
+
+
+# -- activations ----------------------------------------------------------------------------
+def sequence(s: Setup) -> tuple[int, int, int]:
+    """(tokens per row the model runs on, keys per row, prefix length held as keys)."""
+    P = s.num_virtual_tokens
+    if s.method in DEEP:
+        if s.max_length <= P:
+            raise ConfigError(f"data.max_length={s.max_length} leaves no room after {P} virtual tokens")
+        return s.max_length - P, s.max_length, P
+    return s.max_length, s.max_length, 0
+
+
+def layer_activation_bytes(arch: Arch, s: Setup) -> float:
+    """What autograd keeps of one transformer block for a frozen base (no checkpointing)."""
+    B, e = s.batch_size, DTYPE_BYTES[s.dtype]
+    T, Tk, P = sequence(s)
+    N = B * T
+    H, I, d = arch.hidden_size, arch.intermediate_size, arch.head_dim
+    norms = 2 * N * H * 4 + 2 * N * 4  # RMSNorm keeps its input in fp32 (and the 1/rms)
+    keys = Tk if (P and s.attention not in SHARED_PREFIX_KERNELS) else T
+    attn = (2 * N * arch.num_heads * d * e  # rotated queries, attention output
+            + 2 * B * arch.num_kv_heads * keys * d * e  # keys and values as the kernel sees them
+            + N * arch.num_heads * 4)  # log-sum-exp
+    if arch.gated_mlp:
+        mlp_tensors = 2 if s.lean_activations else 3
+    else:
+        mlp_tensors = 1  # GELU's input
+    mlp = mlp_tensors * N * I * e
+    kept_inputs = 0
+    if s.quant == "int8":
+        # bitsandbytes' int8 matmuls (MatMul8bitFp on CPU, MatMul8bitLt on GPU) keep their input A for
+        # the backward pass even when the weight is frozen: the attention and MLP inputs (one tensor
+        # each, shared by q/k/v and by gate/up), the o_proj input and the down_proj input.
+        # The 4-bit matmul keeps only the packed weight.
+        kept_inputs = N * (2 * H + arch.num_heads * d + I) * e
+    return norms + attn + mlp + kept_inputs
+
+
+def activation_bytes(arch: Arch, s: Setup) -> float:
+    T, _, _ = sequence(s)
+    N, e = s.batch_size * T, DTYPE_BYTES[s.dtype]
+    layer = layer_activation_bytes(arch, s)
+    final_norm = N * arch.hidden_size * 4
+    if s.gradient_checkpointing:
+        kept = arch.num_layers * N * arch.hidden_size * e  # each block's input
+        return kept + layer + final_norm  # + the one block recomputed in the backward pass
+    return arch.num_layers * layer + final_norm + method_activation_bytes(arch, s)
+
+
+def method_activation_bytes(arch: Arch, s: Setup) -> float:
+    P = s.num_virtual_tokens
+    if s.method in DEEP:
+        return 4 * P * (arch.kv_width + s.projection_hidden_size)
+    if s.method == "p_tuning":
+        return 4 * P * 4 * (s.encoder_hidden_size or arch.hidden_size)
+    return 0.0
+
+
+def logit_rows(s: Setup) -> int:
+    T, _, _ = sequence(s)
+    if s.task == "classification" or s.head_classes:
+        return s.batch_size
+    return s.batch_size * min(s.label_tokens, T)
+
+
+def logits_bytes(arch: Arch, s: Setup) -> float:
+    width = s.head_classes or arch.vocab_size
+    return 3 * logit_rows(s) * width * 4
+
+
+def workspace_bytes(arch: Arch, s: Setup) -> float:
+    T, _, _ = sequence(s)
+    N, e = s.batch_size * T, DTYPE_BYTES[s.dtype]
+    width = max(arch.intermediate_size, arch.hidden_size)
+    ws = BACKWARD_WORKSPACE * N * width * e
+    if s.quant != "none":
+        # bitsandbytes dequantises a linear layer's weight to the compute dtype for every matmul
+        ws += max(i * o for i, o in arch.linear_shapes()) * DTYPE_BYTES[s.dtype]
+    return ws
+
+
+# -- the whole device -----------------------------------------------------------------------
+def check(arch: Arch, s: Setup) -> None:
+    if s.method not in METHOD_NAMES:
+        raise ConfigError(f"method.name={s.method!r} is not one of {list(METHOD_NAMES)}")
+    if s.dtype not in DTYPE_BYTES:
+        raise ConfigError(f"model.dtype={s.dtype!r} is not one of {list(DTYPE_BYTES)}")
+    if s.quant not in QUANTS:
+        raise ConfigError(f"model.quant={s.quant!r} is not one of {list(QUANTS)}")
+    if s.batch_size < 1:
+        raise ConfigError(f"data.batch_size={s.batch_size} must be > 0")
+    if s.max_length < 1:
+        raise ConfigError(f"data.max_length={s.max_length} must be > 0")
+    if s.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"distributed.zero_stage={s.zero_stage} must be 0-3")
+    if s.offload_params and s.zero != 3:
+        raise ConfigError("distributed.offload_params needs distributed.engine=deepspeed and zero_stage=3")
+    if s.offload_optimizer and s.zero < 2:
+        raise ConfigError("distributed.offload_optimizer needs distributed.engine=deepspeed and zero_stage 2 or 3")
+    if arch.max_positions and s.max_length > arch.max_positions:
+        raise ConfigError(f"data.max_length={s.max_length} exceeds the model's {arch.max_positions} positions")
+
+
+def predict(arch: Arch, s: Setup, runtime: float = 0.0) -> Breakdown:
+    """Predicted peak memory of one device (bytes), by part. `runtime`: the non-tensor overhead."""
+    check(arch, s)
+    w = max(1, s.world)
+    zero = s.zero
+    out = Breakdown(runtime=runtime)
+    # frozen base
+    stored = frozen_bytes_total(arch, s)
+    if zero == 3:
+        out.frozen_weights = 0.0 if s.offload_params else stored / w
+        out.zero3_gathered = _zero3_gathered(arch, s, stored) if stored else 0.0
+        out.host += stored / w if s.offload_params else 0.0
+    else:
+        out.frozen_weights = stored
+    # trainable weights, gradients, optimizer state
+    n = trainable_params(arch, s)
+    out.trainable_params = n
+    if s.method == "full_finetune":
+        pw = DTYPE_BYTES[s.dtype]  # the base trains in its own dtype
+        state = 2 * pw if s.optimizer == "adamw" else 0.5
+    else:
+        pw, state = 4, (8 if s.optimizer == "adamw" else 0.5)  # fp32 master weights; AdamW: two fp32 moments
+    if zero == 0:
+        out.trainable = n * 2 * pw
+        out.optimizer = n * state
+    else:
+        weights = n * pw / (w if zero == 3 else 1)
+        grads = n * pw / (w if zero >= 2 else 1)
+        opt = n * (state + 4) / w  # DeepSpeed keeps an fp32 copy of its partition besides the moments
+        if zero == 3 and s.offload_params:
+            out.host += weights
+            weights = 0.0
+        if s.offload_optimizer:
+            out.host += opt
+            opt = 0.0
+        out.trainable, out.optimizer = weights + grads, opt
+        if zero == 3 and n:  # the trainable parameters are gathered for use like the base
+            out.zero3_gathered += n * pw * (1 - 1 / w) if s.method != "full_finetune" else 0.0
+    # activations, logits, workspace (one micro-batch; accumulation adds nothing)
+    out.activations = activation_bytes(arch, s)
+    if s.method == "full_finetune":
+        out.activations += _full_finetune_extra(arch, s)
+    out.logits = logits_bytes(arch, s)
+    out.workspace = workspace_bytes(arch, s)
+    return out
+
+
+def _full_finetune_extra(arch: Arch, s: Setup) -> float:
+    """Trained weights also need every linear layer's input (one [tokens, H] or [tokens, I] each)."""
+    T, _, _ = sequence(s)
+    N, e = s.batch_size * T, DTYPE_BYTES[s.dtype]
+    per_layer = sum(i for i, _ in arch.linear_shapes()) * N * e
+    layers = 1 if s.gradient_checkpointing else arch.num_layers
+    return layers * per_layer
+
+
+__all__ = ["Setup", "Breakdown", "predict", "trainable_params", "frozen_bytes_total", "activation_bytes"]

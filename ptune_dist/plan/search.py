@@ -1,0 +1,390 @@
+"""`ptune plan`: read the request, enumerate setups, predict each, print those that fit.
+
+    ptune plan model=<built-in | embedded:NAME | HF folder | run config .yaml> method=NAME \
+        hardware.gpus=1 hardware.gpu_mem=24GB [hardware.nodes=1] [run-config key=value ...] [plan.* ...]
+
+Keys given on the command line are kept as given; the planner varies the rest of what decides
+memory: the base (bf16, fp32, int8, nf4), gradient checkpointing, the micro-batch (with gradient
+accumulation keeping `data.batch_size` the batch per device and step), and the engine (plain, ZeRO-3,
+ZeRO-3 with offload; ZeRO-1/2 too for full fine-tuning).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ptune_dist.errors import ConfigError
+
+from .arch import Arch, resolve_arch
+from .memory import GiB, Breakdown, Setup, predict
+
+GPU_RUNTIME = 1.0 * GiB  # CUDA context, cuBLAS/cuDNN workspaces, allocator slack: an assumption, see docs/plan.md
+# This CPU (2 cores, torch 2.13, tcmalloc): what a `ptune train` process holds besides the tensors of the
+# model, measured once by bench/memory_plan.py (calibration cell) and written into docs/plan.md
+CPU_RUNTIME = 71 * 2**20
+HARDWARE_KEYS = {"gpus": "GPUs per node", "nodes": "nodes", "gpu_mem": "memory of one GPU, e.g. 24GB",
+                 "device": "gpu | cpu (cpu: one process per 'GPU', memory = RAM per process)",
+                 "runtime": "non-tensor memory per process, e.g. 1GB (default: 1GB on a GPU, calibrated on CPU)"}
+PLAN_KEYS = {"label_tokens": "labelled tokens per row that reach the LM head (generation; default max_length/4)",
+             "all": "true: every micro-batch and also the setups that do not fit",
+             "top": "how many setups to print (default 20)"}
+BASES_GPU = [("bfloat16", "none"), ("float32", "none"), ("bfloat16", "int8"), ("bfloat16", "nf4")]
+BASES_CPU = [("float32", "none"), ("bfloat16", "none"), ("float32", "int8"), ("float32", "nf4")]
+HUB_IDS = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B", "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+           "llama-2-7b": "meta-llama/Llama-2-7b-hf", "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+           "llama-2-13b": "meta-llama/Llama-2-13b-hf", "llama-65b": "huggyllama/llama-65b",
+           "llama-2-70b": "meta-llama/Llama-2-70b-hf", "llama-3.1-70b": "meta-llama/Llama-3.1-70B",
+           "chatglm-6b": "THUDM/chatglm-6b"}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str, key: str) -> float:
+    """'24GB', '80GiB', '24000MB', '1.5T' -> bytes. GB and GiB both mean 2**30 (a '24 GB' GPU has 24 GiB)."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ConfigError(f"{key}={text!r}: expected a size such as 24GB, 80GiB, 24000MB or 1.5TB")
+    unit = (m.group(2) or "b").lower().rstrip("b").rstrip("i") or "b"
+    scale = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit]
+    return float(m.group(1)) * scale
+
+
+@dataclass
+class Hardware:
+    gpus: int = 1
+    nodes: int = 1
+    gpu_mem: float = 24 * GiB
+    device: str = "gpu"
+    runtime: float | None = None
+
+    @property
+    def world(self) -> int:
+        return self.gpus * self.nodes
+
+    @property
+    def runtime_bytes(self) -> float:
+        if self.runtime is not None:
+            return self.runtime
+        return GPU_RUNTIME if self.device == "gpu" else CPU_RUNTIME
+
+
+@dataclass
+class Request:
+    arch: Arch
+    base: Setup  # from the run config (file + overrides)
+    fixed: set  # dotted keys the user gave on the command line
+    hardware: Hardware
+    config_file: str = ""
+    model_override: str = ""  # model.name_or_path to put in the commands
+    show_all: bool = False
+    top: int = 20
+
+
+@dataclass
+class Row:
+    setup: Setup
+    breakdown: Breakdown
+    fits: bool
+    overrides: list
+
+    @property
+    def peak(self) -> float:
+        return self.breakdown.total
+
+
+# -- the request ----------------------------------------------------------------------------
+def _int(value: str, key: str, minimum: int = 1) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: expected a whole number") from None
+    if n < minimum:
+        raise ConfigError(f"{key}={n} must be >= {minimum}")
+    return n
+
+
+def _bool(value: str, key: str) -> bool:
+    if value.lower() in ("true", "yes", "1", "on"):
+        return True
+    if value.lower() in ("false", "no", "0", "off"):
+        return False
+    raise ConfigError(f"{key}={value!r}: expected true or false")
+
+
+def parse_request(args: list[str]) -> Request:
+    from ptune_dist.config import load_config
+
+    hw, plan, overrides, model, config_file = Hardware(), {}, [], "", ""
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"ptune plan: {arg!r}: expected key=value (model=..., method=..., hardware.gpus=...)")
+        key, value = arg.split("=", 1)
+        if key == "model":
+            if value.endswith((".yaml", ".yml")):
+                if not Path(value).is_file():
+                    raise ConfigError(f"model={value!r}: config file not found")
+                config_file = value
+            else:
+                model = value
+        elif key == "method":
+            overrides.append(f"method.name={value}")
+        elif key.startswith("hardware."):
+            name = key.split(".", 1)[1]
+            if name not in HARDWARE_KEYS:
+                raise ConfigError(f"config key {key} is unknown; allowed here: "
+                                  + ", ".join(f"hardware.{k}" for k in HARDWARE_KEYS))
+            if name in ("gpus", "nodes"):
+                setattr(hw, name, _int(value, key))
+            elif name == "gpu_mem":
+                hw.gpu_mem = parse_size(value, key)
+                if hw.gpu_mem <= 0:
+                    raise ConfigError(f"{key}={value!r} must be > 0")
+            elif name == "runtime":
+                hw.runtime = parse_size(value, key)
+            elif value not in ("gpu", "cpu"):
+                raise ConfigError(f"{key}={value!r} is not allowed; choose one of ['gpu', 'cpu']")
+            else:
+                hw.device = value
+        elif key.startswith("plan."):
+            name = key.split(".", 1)[1]
+            if name not in PLAN_KEYS:
+                raise ConfigError(f"config key {key} is unknown; allowed here: "
+                                  + ", ".join(f"plan.{k}" for k in PLAN_KEYS))
+            plan[name] = value
+        else:
+            overrides.append(arg)
+    if not model and not config_file:
+        raise ConfigError("ptune plan: give model=<built-in name | embedded:NAME | HF folder | run config .yaml>")
+    arch = resolve_arch(model) if model else None
+    if model:
+        overrides.insert(0, f"model.name_or_path={model}")
+    cfg = load_config([config_file] if config_file else [], _config_overrides(overrides, model))
+    if arch is None:
+        arch = resolve_arch(cfg.model.name_or_path, key="model.name_or_path")
+    fixed = {o.split("=", 1)[0] for o in overrides}
+    base = setup_from_config(cfg, arch, plan)
+    return Request(arch=arch, base=base, fixed=fixed, hardware=hw, config_file=config_file,
+                   model_override=HUB_IDS.get(arch.name, model) if model else "",
+                   show_all=_bool(plan.get("all", "false"), "plan.all"),
+                   top=_int(plan.get("top", "20"), "plan.top"))
+
+
+def _config_overrides(overrides: list[str], model: str) -> list[str]:
+    """The run config cannot load a built-in planner name as a model; keep it out of validation."""
+    if model and not (model.startswith("embedded:") or Path(model).expanduser().exists()):
+        return [o for o in overrides if not o.startswith("model.name_or_path=")]
+    return overrides
+
+
+def setup_from_config(cfg, arch: Arch, plan: dict) -> Setup:
+    m, d, dist = cfg.model, cfg.data, cfg.distributed
+    task = cfg.tasks[0] if cfg.tasks else None
+    ttype = task.type if task else "classification"
+    head = len(task.labels) if task and task.scoring == "head" else 0
+    label_tokens = _int(plan["label_tokens"], "plan.label_tokens") if "label_tokens" in plan else \
+        (1 if ttype == "classification" else max(1, d.max_length // 4))
+    if ttype == "token_classification":
+        head, label_tokens = max(head, 2), d.max_length
+    return Setup(
+        method=cfg.method.name, num_virtual_tokens=cfg.method.num_virtual_tokens, encoder=cfg.method.encoder,
+        encoder_hidden_size=cfg.method.encoder_hidden_size, projection=cfg.method.projection,
+        projection_hidden_size=cfg.method.projection_hidden_size, task=ttype, label_tokens=label_tokens,
+        head_classes=head, batch_size=d.batch_size, grad_accum=cfg.train.grad_accum, max_length=d.max_length,
+        dtype=m.dtype, quant=getattr(m, "quant", "none"), quant_double=getattr(m, "quant_double", False),
+        quant_storage=getattr(m, "quant_storage", "uint8"),
+        gradient_checkpointing=m.gradient_checkpointing, lean_activations=m.lean_activations,
+        attention="sdpa" if m.attention in ("auto", "reference") else m.attention, optimizer=cfg.train.optimizer,
+        engine=dist.engine, zero_stage=dist.zero_stage, offload_optimizer=dist.offload_optimizer,
+        offload_params=dist.offload_params, world=1, zero_extra=dict(dist.zero_extra))
+
+
+# -- enumeration ----------------------------------------------------------------------------
+def _micro_batches(target: int) -> list[int]:
+    out = {target}
+    b = 1
+    while b < target:
+        if target % b == 0:
+            out.add(b)
+        b *= 2
+    return sorted(out, reverse=True)
+
+
+def _engines(req: Request) -> list[dict]:
+    f, base, world = req.fixed, req.base, req.hardware.world
+    if f & {"distributed.engine", "distributed.zero_stage", "distributed.offload_optimizer",
+            "distributed.offload_params"}:
+        return [dict(engine=base.engine, zero_stage=base.zero_stage, offload_optimizer=base.offload_optimizer,
+                     offload_params=base.offload_params)]
+    plain = dict(engine="torch", zero_stage=0, offload_optimizer=False, offload_params=False)
+    z3 = dict(engine="deepspeed", zero_stage=3, offload_optimizer=False, offload_params=False)
+    z3off = dict(engine="deepspeed", zero_stage=3, offload_optimizer=True, offload_params=True)
+    out = [plain] + ([z3] if world > 1 else []) + [z3off]
+    if base.method == "full_finetune" and world > 1:
+        out[1:1] = [dict(engine="deepspeed", zero_stage=s, offload_optimizer=False, offload_params=False)
+                    for s in (1, 2)]
+    return out
+
+
+def _bases(req: Request) -> list[tuple[str, str]]:
+    b, f = req.base, req.fixed
+    options = BASES_GPU if req.hardware.device == "gpu" else BASES_CPU
+    if "model.dtype" in f:
+        options = [(b.dtype, q) for _, q in options]
+    if "model.quant" in f:
+        options = [(dt, b.quant) for dt, _ in options]
+    if b.method == "full_finetune":
+        options = [(dt, q) for dt, q in options if q == "none"]
+    return list(dict.fromkeys(options))
+
+
+def enumerate_setups(req: Request) -> list[Setup]:
+    b, f = req.base, req.fixed
+    ckpts = [b.gradient_checkpointing] if "model.gradient_checkpointing" in f else [False, True]
+    target = b.batch_size
+    micros = [b.batch_size] if "train.grad_accum" in f else _micro_batches(target)
+    out = []
+    for dtype, quant in _bases(req):
+        for eng in _engines(req):
+            if eng["zero_stage"] == 3 and quant == "int8":
+                continue  # bitsandbytes' int8 weights cannot be partitioned by ZeRO-3
+            for ckpt in ckpts:
+                for micro in micros:
+                    storage = "bfloat16" if eng["zero_stage"] == 3 and quant in ("nf4", "fp4") else b.quant_storage
+                    out.append(replace(b, dtype=dtype, quant=quant, quant_storage=storage, gradient_checkpointing=ckpt, batch_size=micro,
+                                       grad_accum=b.grad_accum * max(1, target // micro), world=req.hardware.world,
+                                       **eng))
+    return out
+
+
+def overrides_for(s: Setup, req: Request) -> list[str]:
+    o = []
+    if req.model_override:
+        o.append(f"model.name_or_path={req.model_override}")
+    if not req.config_file or "method.name" in req.fixed:
+        o.append(f"method.name={s.method}")
+    o.append(f"model.dtype={s.dtype}")
+    if s.quant != "none":
+        o.append(f"model.quant={s.quant}")
+        if s.quant in ("nf4", "fp4") and s.dtype != "float32":
+            o.append(f"model.quant_compute_dtype={s.dtype}")
+        if s.quant in ("nf4", "fp4") and s.zero == 3:
+            o.append(f"model.quant_storage={s.quant_storage}")  # packed weights in a float dtype: ZeRO-3 can partition them
+    if s.gradient_checkpointing:
+        o.append("model.gradient_checkpointing=true")
+    o.append(f"data.batch_size={s.batch_size}")
+    if s.grad_accum > 1:
+        o.append(f"train.grad_accum={s.grad_accum}")
+    if s.engine == "deepspeed":
+        o += ["distributed.engine=deepspeed", f"distributed.zero_stage={s.zero_stage}"]
+        if s.offload_optimizer:
+            o.append("distributed.offload_optimizer=true")
+        if s.offload_params:
+            o.append("distributed.offload_params=true")
+    return o
+
+
+def command_for(s: Setup, req: Request) -> str:
+    cfg = req.config_file or "CONFIG.yaml"
+    hw = req.hardware
+    if hw.world == 1 and s.engine == "torch":
+        head = f"ptune train {cfg}"
+    else:
+        head = f"ptune launch {cfg} launch.nproc_per_node={hw.gpus}"
+        if hw.nodes > 1:
+            head += f" launch.nnodes={hw.nodes}"
+    return " ".join([head, *overrides_for(s, req)])
+
+
+def plan(req: Request) -> list[Row]:
+    rows = []
+    for s in enumerate_setups(req):
+        b = predict(req.arch, s, runtime=req.hardware.runtime_bytes)
+        rows.append(Row(s, b, b.total <= req.hardware.gpu_mem, overrides_for(s, req)))
+    return rows
+
+
+BASE_ORDER = ["bf16", "fp16", "fp32", "int8", "nf4", "nf4+dq", "fp4", "fp4+dq"]
+
+
+def _rank(row: Row) -> tuple:
+    """Fewest compromises first: no offload, no ZeRO-3, an unquantised base (bf16 before fp32), no
+    checkpointing, then the largest micro-batch."""
+    s = row.setup
+    name = _base_name(s)
+    base = BASE_ORDER.index(name) if name in BASE_ORDER else len(BASE_ORDER)
+    return (s.offload_optimizer or s.offload_params, s.zero, base, s.gradient_checkpointing, -s.batch_size)
+
+
+def select(rows: list[Row], show_all: bool = False) -> list[Row]:
+    """The fitting setups, best first; per (engine, base, checkpointing) only the largest micro-batch."""
+    if show_all:
+        return sorted(rows, key=lambda r: (not r.fits, _rank(r)))
+    best = {}
+    for r in sorted((r for r in rows if r.fits), key=_rank):
+        s = r.setup
+        key = (s.engine, s.zero_stage, s.offload_params, s.offload_optimizer, s.dtype, s.quant, s.gradient_checkpointing)
+        best.setdefault(key, r)
+    return list(best.values())
+
+
+def _base_name(s: Setup) -> str:
+    if s.quant == "none":
+        return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[s.dtype]
+    return s.quant + ("+dq" if s.quant_double else "")
+
+
+def _engine_name(s: Setup, world: int) -> str:
+    if s.engine == "torch":
+        return "plain" if world == 1 else f"DDP x{world}"
+    name = f"ZeRO-{s.zero_stage}"
+    if s.offload_params or s.offload_optimizer:
+        name += " offload" + ("" if s.offload_params and s.offload_optimizer else
+                              " params" if s.offload_params else " opt")
+    return name + (f" x{world}" if world > 1 else "")
+
+
+def render(req: Request, rows: list[Row]) -> str:
+    a, b, hw = req.arch, req.base, req.hardware
+    shown = select(rows, req.show_all)
+    fitting = sum(r.fits for r in rows)
+    where = f"{hw.gpus} x {hw.gpu_mem / GiB:g} GB" + (f" x {hw.nodes} nodes" if hw.nodes > 1 else "")
+    device = "GPU" if hw.device == "gpu" else "process (CPU)"
+    lines = [
+        f"model: {a.name} ({a.total_params / 1e9:.2f}B parameters, {a.num_layers} layers, hidden {a.hidden_size}, "
+        f"heads {a.num_heads}/{a.num_kv_heads} kv, vocab {a.vocab_size}; from {a.source or 'built-in'})",
+        f"method: {b.method}, {b.num_virtual_tokens} virtual tokens, {rows[0].breakdown.trainable_params:,} "
+        f"trainable parameters; batch {b.batch_size} x {b.max_length} tokens per {device}, {b.task} "
+        f"({'LM head on ' + str(b.label_tokens) + ' labelled token(s) per row' if not b.head_classes else 'head'})",
+        f"hardware: {where} ({hw.world} {device}{'s' if hw.world > 1 else ''}), runtime overhead "
+        f"{hw.runtime_bytes / GiB:.2f} GB per {device}",
+        f"{fitting} of {len(rows)} setups fit" + ("" if req.show_all else
+                                                  "; best first, the largest micro-batch of each kind")
+        + ". Predicted peak per " + device + " in GB = weights + ZeRO-3 gathered + prompt/grad/optimizer "
+        "+ activations + logits + workspace + runtime.",
+        "",
+    ]
+    if not shown:
+        smallest = min(rows, key=lambda r: r.peak)
+        lines.append(f"nothing fits in {hw.gpu_mem / GiB:g} GB; the smallest setup needs "
+                     f"{smallest.peak / GiB:.1f} GB per {device}: {' '.join(smallest.overrides)}")
+        return "\n".join(lines)
+    header = f"{'#':>3} {'fits':4} {'base':6} {'ckpt':4} {'micro x accum':13} {'engine':22} {'peak GB':>8}  breakdown"
+    lines.append(header)
+    for i, r in enumerate(shown[:req.top], 1):
+        s, d = r.setup, r.breakdown
+        parts = "+".join(f"{x / GiB:.2f}" for x in (d.frozen_weights, d.zero3_gathered, d.trainable + d.optimizer,
+                                                     d.activations, d.logits, d.workspace, d.runtime))
+        host = f" (host {d.host / GiB:.1f} GB)" if d.host else ""
+        lines.append(f"{i:>3} {'yes' if r.fits else 'no':4} {_base_name(s):6} {'on' if s.gradient_checkpointing else 'off':4} "
+                     f"{f'{s.batch_size} x {s.grad_accum}':13} {_engine_name(s, hw.world):22} {r.peak / GiB:8.2f}  "
+                     f"{parts}{host}")
+        lines.append(f"      {command_for(s, req)}")
+    if len(shown) > req.top:
+        lines.append(f"... {len(shown) - req.top} more (plan.top=N)")
+    return "\n".join(lines)
+
+
+def run(args: list[str]) -> str:
+    req = parse_request(args)
+    return render(req, plan(req))

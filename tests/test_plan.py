@@ -1,0 +1,239 @@
+"""The memory planner (`ptune plan`): parameter counts against the real modules, the activation model
+against what autograd really keeps, the direction of every knob, and the command's output and errors.
+No weights load: models are built on the meta device from the real config.json."""
+
+import dataclasses
+import json
+import types
+
+import pytest
+import torch
+from conftest import SMOL
+
+from ptune_dist import embedded
+from ptune_dist.cli import main
+from ptune_dist.methods import METHODS, BaseInfo, InitContext
+from ptune_dist.plan import BUILTIN, Setup, parse_size, predict, resolve_arch, trainable_params
+from ptune_dist.plan.memory import activation_bytes, layer_activation_bytes
+
+GiB = 2**30
+
+
+def smol_config() -> dict:
+    return json.loads((embedded.model_dir("smollm2-135m-instruct") / "config.json").read_text())
+
+
+def meta_model(config_dict: dict):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**{k: v for k, v in config_dict.items() if not k.startswith("_")})
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def test_parameter_count_of_smollm2_equals_the_real_model():
+    arch = resolve_arch(SMOL)
+    model = meta_model(smol_config())
+    assert arch.total_params == sum(p.numel() for p in model.parameters())  # tied head counted once
+    linear = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and ".layers." in n)
+    assert arch.block_linear_params == linear
+
+
+def test_parameter_count_of_a_builtin_llama_equals_transformers():
+    arch = BUILTIN["llama-2-7b"]
+    cfg = {"model_type": "llama", "hidden_size": arch.hidden_size, "intermediate_size": arch.intermediate_size,
+           "num_hidden_layers": arch.num_layers, "num_attention_heads": arch.num_heads,
+           "num_key_value_heads": arch.num_kv_heads, "vocab_size": arch.vocab_size, "tie_word_embeddings": False}
+    assert arch.total_params == sum(p.numel() for p in meta_model(cfg).parameters())
+    assert 6.7e9 < arch.total_params < 6.8e9  # "7B"
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("prompt_tuning", {}), ("p_tuning", {}), ("p_tuning", {"encoder": "lstm", "encoder_hidden_size": 64}),
+    ("prefix_tuning", {}), ("p_tuning_v2", {}), ("prefix_tuning", {"projection": False}),
+])
+def test_trainable_parameters_equal_the_method_modules(method, extra):
+    from transformers import AutoConfig
+
+    hf = AutoConfig.for_model(**{k: v for k, v in smol_config().items() if not k.startswith("_")})
+    info = BaseInfo.from_config(hf, "causal_lm")
+    cfg = types.SimpleNamespace(num_virtual_tokens=7, init="random", init_text="", init_scale=0.5, encoder="mlp",
+                                encoder_hidden_size=0, projection=None, projection_hidden_size=96)
+    for k, v in extra.items():
+        setattr(cfg, k, v)
+    ctx = InitContext(embed=None, tokenizer=None, label_words=[], generator=torch.Generator().manual_seed(0))
+    module = METHODS[method](cfg, info, ctx)
+    setup = Setup(method=method, **{k: getattr(cfg, k) for k in ("num_virtual_tokens", "encoder",
+                                                                  "encoder_hidden_size", "projection",
+                                                                  "projection_hidden_size")})
+    assert trainable_params(resolve_arch(SMOL), setup) == sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("dtype,prefix,checkpointing", [
+    ("float32", 0, False), ("float32", 6, False), ("bfloat16", 6, False), ("float32", 6, True)])
+def test_activation_model_matches_what_autograd_keeps(dtype, prefix, checkpointing):
+    """A 2-layer SmolLM2-shaped model (real widths, small vocabulary) with ptune's attention and lean
+    MLP: the bytes of the tensors autograd saves equal the planner's activation term."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ptune_dist.model.attention import PrefixKV, register
+    from ptune_dist.model.lean import apply_lean_mlp
+
+    cfg = {**smol_config(), "num_hidden_layers": 2, "vocab_size": 512}
+    hf = AutoConfig.for_model(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+    hf._attn_implementation = register()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(hf).to(getattr(torch, dtype))
+    model.requires_grad_(False)
+    apply_lean_mlp(model)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    arch = dataclasses.replace(resolve_arch(SMOL), num_layers=2, vocab_size=512)
+    B, T = 3, 10
+    P = prefix
+    leaf = torch.randn(B, T, arch.hidden_size, dtype=getattr(torch, dtype), requires_grad=True)
+    embeds = leaf * 1  # not a leaf, as the embedding output of a real run
+    kv = torch.randn(2, 2, arch.num_kv_heads, P, arch.head_dim, requires_grad=True) if P else None
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    if kv is not None:
+        params.add(kv.untyped_storage().data_ptr())
+    params.add(leaf.untyped_storage().data_ptr())
+    saved = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params and st.nbytes() > 64 * 4:  # skip index/shape scalars
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    positions = torch.arange(P, P + T).expand(B, -1)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model.model(inputs_embeds=embeds, position_ids=positions,
+                          ptune_prefix=PrefixKV(kv, "sdpa")).last_hidden_state
+        out.float().sum().backward()
+    setup = Setup(method="prefix_tuning" if P else "prompt_tuning", num_virtual_tokens=P, batch_size=B,
+                  max_length=T + P if P else T, dtype=dtype, gradient_checkpointing=checkpointing)
+    predicted = activation_bytes(arch, setup) - (4 * P * (arch.kv_width + 512) if P and not checkpointing else 0)
+    if checkpointing:  # autograd sees the kept inputs; the recomputed block is live only in backward
+        predicted -= layer_activation_bytes(arch, setup)
+    measured = sum(saved.values())
+    assert measured == pytest.approx(predicted, rel=0.02), (measured, predicted)
+
+
+def test_memory_grows_with_batch_and_checkpointing_shrinks_activations():
+    arch = resolve_arch("llama-7b")
+    base = Setup(method="prefix_tuning", dtype="bfloat16", max_length=512)
+    totals = [predict(arch, dataclasses.replace(base, batch_size=b)).total for b in (1, 2, 4, 8, 16)]
+    assert totals == sorted(totals) and totals[0] < totals[-1]
+    plain = predict(arch, base)
+    ckpt = predict(arch, dataclasses.replace(base, gradient_checkpointing=True))
+    assert ckpt.activations < plain.activations / 4
+    assert ckpt.frozen_weights == plain.frozen_weights
+
+
+def test_zero3_divides_the_frozen_weights_by_the_world_size():
+    arch = resolve_arch("llama-70b")
+    one = predict(arch, Setup(dtype="float32"))
+    for world in (2, 8):
+        z3 = predict(arch, Setup(dtype="float32", engine="deepspeed", zero_stage=3, world=world))
+        assert z3.frozen_weights == pytest.approx(one.frozen_weights / world)
+        assert 0 < z3.zero3_gathered < one.frozen_weights  # DeepSpeed's live-parameter limit
+    offload = predict(arch, Setup(dtype="bfloat16", engine="deepspeed", zero_stage=3, world=8, offload_params=True,
+                                  offload_optimizer=True))
+    assert offload.frozen_weights == 0 and offload.host > 0
+    # a bf16 base stays bf16 under ZeRO-3 (tests/test_deepspeed.py checks the engine does this)
+    bf16 = predict(arch, Setup(dtype="bfloat16", engine="deepspeed", zero_stage=3, world=8))
+    assert bf16.frozen_weights == pytest.approx(one.frozen_weights / 16)
+    nf4 = predict(arch, Setup(dtype="bfloat16", quant="nf4", quant_storage="bfloat16", engine="deepspeed",
+                              zero_stage=3, world=8))
+    assert nf4.frozen_weights < bf16.frozen_weights / 2
+
+
+def test_quantised_bases_are_smaller_nf4_int8_bf16_fp32():
+    arch = resolve_arch("llama-13b")
+    w = {q: predict(arch, Setup(dtype=dt, quant=q)).frozen_weights
+         for dt, q in [("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int8"), ("bfloat16", "nf4")]}
+    assert w["nf4"] < w["int8"] < w["none"]
+    assert w["none"] == pytest.approx(2 * arch.total_params)
+    assert w["int8"] == pytest.approx(arch.block_linear_params + 2 * arch.other_params, rel=0.01)
+    double = predict(arch, Setup(dtype="bfloat16", quant="nf4", quant_double=True)).frozen_weights
+    assert double < w["nf4"]
+    assert w["nf4"] == pytest.approx(arch.block_linear_params * (0.5 + 4 / 64) + 2 * arch.other_params)
+
+
+def test_loss_only_on_labels_keeps_logits_small():
+    arch = resolve_arch("llama-3.1-8b")
+    cls = predict(arch, Setup(task="classification", batch_size=4, max_length=1024))
+    gen = predict(arch, Setup(task="generation", label_tokens=64, batch_size=4, max_length=1024))
+    everything = predict(arch, Setup(task="generation", label_tokens=1024, batch_size=4, max_length=1024))
+    assert cls.logits < gen.logits < everything.logits
+    assert everything.logits == pytest.approx(64 * cls.logits * 16)
+
+
+def test_sizes_parse_and_bad_sizes_name_the_key():
+    assert parse_size("24GB", "k") == 24 * GiB == parse_size("24 GiB", "k") == parse_size("24g", "k")
+    assert parse_size("512MB", "k") == 512 * 2**20
+    with pytest.raises(ValueError, match="hardware.gpu_mem='24GX'"):
+        parse_size("24GX", "hardware.gpu_mem")
+
+
+def plan_cli(capsys, *args):
+    code = main(["plan", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_lists_setups_that_fit_with_their_commands(capsys):
+    code, out, _ = plan_cli(capsys, "model=llama-7b", "method=prefix_tuning", "hardware.gpus=1",
+                            "hardware.gpu_mem=24GB")
+    assert code == 0
+    assert "llama-2-7b" in out and "setups fit" in out
+    assert "ptune train CONFIG.yaml model.name_or_path=meta-llama/Llama-2-7b-hf" in out
+    lines = [x for x in out.splitlines() if x.strip().startswith(("1 ", "2 "))]
+    assert lines, out
+    rows = [x.split() for x in out.splitlines() if x[:4].strip().isdigit()]
+    peaks = [float(r[next(i for i, t in enumerate(r) if "+" in t) - 1]) for r in rows]
+    assert peaks and max(peaks) <= 24.0
+    assert "model.dtype=float32 data.batch_size=8\n" not in out  # fp32 7B does not fit 24 GB without offload
+
+
+def test_cli_multi_gpu_offers_zero3_with_launch(capsys):
+    code, out, _ = plan_cli(capsys, "model=llama-70b", "method=prompt_tuning", "hardware.gpus=2",
+                            "hardware.gpu_mem=24GB", "data.max_length=512")
+    assert code == 0
+    assert "ptune launch CONFIG.yaml launch.nproc_per_node=2" in out and "distributed.zero_stage=3" in out
+    assert "model.quant=nf4" in out and "model.quant_storage=bfloat16" in out
+
+
+def test_cli_reads_a_run_config_and_keeps_given_keys(capsys, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {{name_or_path: '{SMOL}'}}\nmethod: {{name: p_tuning_v2}}\ndata: {{batch_size: 4}}\n")
+    code, out, _ = plan_cli(capsys, f"model={cfg}", "hardware.gpu_mem=8GB", "model.dtype=float32",
+                            "model.gradient_checkpointing=true")
+    assert code == 0
+    assert f"ptune train {cfg}" in out and "p_tuning_v2" in out
+    rows = [x for x in out.splitlines() if x[:4].strip().isdigit()]
+    assert rows and all(" on " in r for r in rows)  # checkpointing stays as given
+    assert "bf16" not in out
+
+
+@pytest.mark.parametrize("args,key", [
+    (["model=llama-7b", "hardware.gpu_mem=24GX"], "hardware.gpu_mem"),
+    (["model=no-such-model", "hardware.gpu_mem=24GB"], "model="),
+    (["model=llama-7b", "hardware.gpux=2"], "hardware.gpux"),
+    (["model=llama-7b", "hardware.gpus=zero"], "hardware.gpus"),
+    (["model=llama-7b", "data.batch_sise=4"], "data.batch_sise"),
+    (["model=llama-7b", "method=prefix"], "method.name"),
+    (["model=llama-7b", "plan.colour=red"], "plan.colour"),
+    (["method=prefix_tuning"], "model="),
+])
+def test_cli_errors_name_the_key(capsys, args, key):
+    code, out, err = plan_cli(capsys, *args)
+    assert code == 2 and key in err and "Traceback" not in err, err
+
+
+def test_nothing_fits_says_what_the_smallest_needs(capsys):
+    code, out, _ = plan_cli(capsys, "model=llama-70b", "hardware.gpu_mem=2GB", "hardware.gpus=1")
+    assert code == 0 and "nothing fits in 2 GB" in out
