@@ -21,7 +21,7 @@ HOST=$(hostname -s)
 alive() {  # a PID from a file that runs, is not a zombie and is still the daemon (PIDs get reused)
   local f=$1 pid state comm
   [ -s "$f" ] || return 1
-  pid=$(cat "$f")
+  pid=$(cat "$f" 2>/dev/null) || return 1  # a daemon removes its file as it exits
   [[ "$pid" =~ ^[0-9]+$ ]] && [ -r "/proc/$pid/stat" ] || return 1
   state=$(awk '{print $3}' "/proc/$pid/stat")
   comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
@@ -31,7 +31,7 @@ alive() {  # a PID from a file that runs, is not a zombie and is still the daemo
 stop_pidfile() {
   local f=$1 pid i
   alive "$f" || { rm -f "$f"; return 0; }
-  pid=$(cat "$f")
+  pid=$(cat "$f" 2>/dev/null) || return 0
   kill "$pid" 2>/dev/null || true
   for i in $(seq 50); do alive "$f" || break; sleep 0.2; done
   alive "$f" && kill -9 "$pid" 2>/dev/null || true

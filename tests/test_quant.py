@@ -252,6 +252,21 @@ METHODS = {  # method -> (extra overrides, learning rate)
 }
 
 
+def train_steps(s, lr: float, steps: int = 5) -> list[float]:
+    """AdamW on the prompt over one fixed batch of 4 rows; the loss of every step."""
+    opt = torch.optim.AdamW(s.model.trainable_parameters().values(), lr=lr)
+    batch = collate(s.tasks[0].train[:4], s.pad_id, "right")
+    s.model.train()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = s.model(batch).loss
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("q", ["int8", "nf4"])
 @pytest.mark.parametrize("method", list(METHODS))
@@ -262,16 +277,7 @@ def test_every_method_learns_on_a_quantised_base(method, q, request):
     params = s.model.trainable_parameters()
     assert params and all(p.dtype == torch.float32 for p in params.values())  # fp32 master weights
     frozen = next(iter(quant.quantised_layers(base[0]).values())).weight.detach().clone()
-    opt = torch.optim.AdamW(params.values(), lr=lr)
-    batch = collate(s.tasks[0].train[:4], s.pad_id, "right")
-    s.model.train()
-    losses = []
-    for _ in range(5):
-        opt.zero_grad(set_to_none=True)
-        loss = s.model(batch).loss
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = train_steps(s, lr)
     assert losses[-1] < 0.7 * losses[0], losses
     assert torch.equal(next(iter(quant.quantised_layers(base[0]).values())).weight, frozen)
 
@@ -283,16 +289,7 @@ def test_an_encoder_base_quantises_and_learns():
                  "method.name=p_tuning_v2", "model.quant=nf4", *SUPPORT])
     base = s.model.base
     assert len(quant.quantised_layers(base)) == 6 * 6 and type(base.pooler.dense) is torch.nn.Linear
-    opt = torch.optim.AdamW(s.model.trainable_parameters().values(), lr=0.01)
-    batch = collate(s.tasks[0].train[:4], s.pad_id, "right")
-    s.model.train()
-    losses = []
-    for _ in range(5):
-        opt.zero_grad(set_to_none=True)
-        loss = s.model(batch).loss
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = train_steps(s, 0.01)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
