@@ -71,8 +71,9 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
     if not torch.equal(run, real):
         raise ValueError("impl='flash' needs each row's real tokens to be one contiguous run (left or right "
                          "padding); use impl='triton', 'split' or 'sdpa' for other masks")
-    q_pos = pos[Tk - Tq:]
-    q_real = real[:, Tk - Tq:]
+    # queries are the last Tq sequence positions when causal (Tq <= Tk); a bidirectional query sees the
+    # same keys wherever it sits (and Tq may exceed Tk), so all of them go the "real query" way
+    q_real = real[:, Tk - Tq:] if causal else real.new_ones(B, Tq)
     ones = real.new_ones(B, P)
     out = torch.zeros_like(qt)
 
@@ -89,7 +90,7 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
     # padded queries: non-causal over the prefix ("before" the real run, when causal) or over the prefix and
     # every real key ("after" it, or any padded query when bidirectional)
     padded = ~q_real
-    before = padded & (q_pos[None, :] < start[:, None]) if causal else torch.zeros_like(padded)
+    before = padded & (pos[None, Tk - Tq:] < start[:, None]) if causal else torch.zeros_like(padded)
     after = padded & ~before
     if P == 0:
         before = torch.zeros_like(before)  # sees no key: stays 0

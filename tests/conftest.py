@@ -16,6 +16,11 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if not torch.cuda.is_available():
+    # Triton's kernels (ours and DeepSpeed's, which test modules import) choose the interpreter when
+    # triton is first imported: set it before any test module can import triton
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from ptune_dist import embedded  # noqa: E402
 from ptune_dist.config import load_config  # noqa: E402
 

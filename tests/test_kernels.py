@@ -207,9 +207,18 @@ def fake_flash_installed():
     mod.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None)
     for name in ("__version__", "flash_attn_func", "flash_attn_varlen_func"):
         setattr(mod, name, getattr(FakeFlashAttn, name))
-    with mock.patch.dict(sys.modules, {"flash_attn": mod}), \
-            mock.patch.object(flash_impl, "unavailable", lambda q, dropout_p=0.0: None):
-        yield
+    # only the one entry: patch.dict(sys.modules) would also drop every module first imported inside
+    # the block (torch imports some lazily, and importing those twice fails)
+    saved = sys.modules.get("flash_attn")
+    sys.modules["flash_attn"] = mod
+    try:
+        with mock.patch.object(flash_impl, "unavailable", lambda q, dropout_p=0.0: None):
+            yield
+    finally:
+        if saved is None:
+            sys.modules.pop("flash_attn", None)
+        else:
+            sys.modules["flash_attn"] = saved
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
@@ -218,6 +227,16 @@ def test_flash_wrapper_packs_prefix_and_padding_right(case):
     """keys = [prefix; real keys] per row, real queries causal (bottom-right), padded queries as the reference."""
     if case["pad"] == "scattered":  # flash takes one run of real tokens per row
         case = case | {"pad": "left"}
+    with fake_flash_installed():
+        assert_matches_reference(case, "flash", fn=flash_impl.prefix_attention)
+
+
+@pytest.mark.parametrize("case", [
+    dict(B=1, Hq=1, Hkv=1, Tq=2, Tk=1, P=0, d=4, per_row=False, pad="left", causal=False, seed=2),
+    dict(B=2, Hq=3, Hkv=1, Tq=7, Tk=3, P=2, d=4, per_row=True, pad="right", causal=False, seed=5),
+])
+def test_flash_wrapper_bidirectional_queries_beyond_the_keys(case):
+    """More bidirectional queries than keys, with padding (found by hypothesis): each sees every real key."""
     with fake_flash_installed():
         assert_matches_reference(case, "flash", fn=flash_impl.prefix_attention)
 
