@@ -70,7 +70,7 @@ def _prefix_scores(q, prefix_k, scale, work):
     Hkv = prefix_k.shape[-3]
     qr = _fold(q.to(work), Hkv, shared)
     kr = prefix_k.to(work).reshape(-1, *prefix_k.shape[-2:])
-    return qr, torch.bmm(qr, kr.transpose(1, 2)).mul_(scale)
+    return torch.bmm(qr, kr.transpose(1, 2)).mul_(scale)
 
 
 def _additive_mask(B, Tq, Tk, causal, key_padding_mask, dtype, device):
@@ -152,18 +152,15 @@ def _split_math(q, k, v, prefix_k, prefix_v, causal, key_padding_mask, scale):
         seen = seen.unsqueeze(2)
         s = s.masked_fill(~seen, torch.finfo(work).min)
     lse = torch.logsumexp(s, -1, keepdim=True).reshape(B, Hq, Tq, 1)
-    parts = [(s, v.to(work).unsqueeze(2), seen)]
     if prefix_k is not None:
         shared = prefix_k.dim() == 3
-        _, sp = _prefix_scores(q, prefix_k, scale, work)
+        sp = _prefix_scores(q, prefix_k, scale, work)
         lse_p = _unfold(torch.logsumexp(sp, -1, keepdim=True), B, Hq, Tq, shared)
         lse = torch.logaddexp(lse, lse_p)
-    out = 0
-    for scores, values, seen in parts:
-        p = torch.exp(scores - lse.reshape(B, Hkv, g, Tq, 1))
-        if seen is not None:
-            p = p * seen  # a query that sees no key gets zeros
-        out = out + torch.matmul(p, values).reshape(B, Hq, Tq, d)
+    p = torch.exp(s - lse.reshape(B, Hkv, g, Tq, 1))
+    if seen is not None:
+        p = p * seen  # a query that sees no key gets zeros
+    out = torch.matmul(p, v.to(work).unsqueeze(2)).reshape(B, Hq, Tq, d)
     if prefix_k is not None:
         p = torch.exp(sp - _fold(lse, Hkv, shared))
         out = out + _unfold(torch.bmm(p, prefix_v.to(work).reshape(-1, *prefix_v.shape[-2:])), B, Hq, Tq, shared)

@@ -78,25 +78,19 @@ def validate(model_cfg, trains_base: bool, method_name: str, distributed=None) -
     """Config-only checks of the model.quant* keys (called by config validation)."""
     q = model_cfg.quant
     four_bit = q in ("nf4", "fp4")
-    if q == "none":
-        for key, value, default in (("quant_double", model_cfg.quant_double, False),
-                                    ("quant_compute_dtype", model_cfg.quant_compute_dtype, "float32"),
-                                    ("quant_storage", model_cfg.quant_storage, "uint8")):
+    if not four_bit:  # the 4-bit settings must keep their defaults
+        for key, default in (("quant_double", False), ("quant_compute_dtype", "float32"), ("quant_storage", "uint8")):
+            value = getattr(model_cfg, key)
             if value != default:
-                raise ConfigError(f"model.{key}={value!r} has no effect without model.quant (nf4 or fp4); "
-                                  "set model.quant or remove the key")
+                why = "has no effect without model.quant" if q == "none" else \
+                    f"applies to 4-bit bases only and model.quant={q} ignores it"
+                raise ConfigError(f"model.{key}={value!r} {why} (nf4 or fp4); set model.quant or remove the key")
+    if q == "none":
         return
     if trains_base:
         raise ConfigError(f"model.quant={q}: method.name={method_name} trains the base weights, which a "
                           "quantised base cannot (bitsandbytes layers have no weight gradient); use "
                           "model.quant=none or a prompt method")
-    if not four_bit:
-        for key, value, default in (("quant_double", model_cfg.quant_double, False),
-                                    ("quant_compute_dtype", model_cfg.quant_compute_dtype, "float32"),
-                                    ("quant_storage", model_cfg.quant_storage, "uint8")):
-            if value != default:
-                raise ConfigError(f"model.{key}={value!r} applies to 4-bit bases only (model.quant=nf4 or fp4); "
-                                  f"model.quant={q} ignores it, so remove it")
     if q == "int8" and distributed is not None and distributed.engine == "deepspeed" and distributed.zero_stage == 3:
         raise ConfigError("model.quant=int8 with distributed.zero_stage=3: bitsandbytes' Linear8bitLt keeps a second "
                           "reference to its whole int8 weight (weight.CB, then state.CB), so ZeRO-3 cannot free the "
@@ -144,18 +138,21 @@ def skip_modules(model_class, hf_config) -> list[str]:
     return sorted(set(get_keys_to_not_convert(skeleton)) | set(HEAD_MODULES))
 
 
-def quantised_layers(model: nn.Module) -> dict[str, nn.Module]:
+def layer_types() -> tuple[type, ...]:
+    """bitsandbytes' quantised linear layers (imported on first use: importing bitsandbytes is slow)."""
     import bitsandbytes as bnb
 
-    return {n: m for n, m in model.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+    return bnb.nn.Linear4bit, bnb.nn.Linear8bitLt
+
+
+def quantised_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, layer_types())}
 
 
 def check_unquantised_ends(model: nn.Module) -> None:
     """The embeddings and the output head must be plain modules: the prompt inits read the embedding
     matrix and the soft prompt's gradient runs through the head."""
-    import bitsandbytes as bnb
-
-    bnb_types = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    bnb_types = layer_types()
     for what, module in (("input embeddings", model.get_input_embeddings()),
                          ("output head", getattr(model, "get_output_embeddings", lambda: None)())):
         if module is not None and isinstance(module, bnb_types):
@@ -221,11 +218,10 @@ def own_unquantised(model: nn.Module) -> None:
     A tensor loaded in the file's own dtype is a view into the mapping, which keeps the whole file
     mapped; the pages read while quantising the other layers then stay resident (measured on
     SmolLM2-135M with an fp32 rest: 524 MiB of file pages next to 66 MiB of 4-bit weights)."""
-    import bitsandbytes as bnb
-
+    bnb_types = layer_types()
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
+            if isinstance(module, bnb_types):
                 continue
             for p in module.parameters(recurse=False):
                 p.data = p.data.clone()
@@ -256,7 +252,7 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
         return t.numel() * t.element_size()
 
     for module in model.modules():
-        quantised = isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
+        quantised = isinstance(module, layer_types())
         size = 0
         for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
             size += count(t)

@@ -11,7 +11,7 @@ norms, biases), which stays in the model's dtype.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ptune_dist.errors import ConfigError
@@ -179,7 +179,3 @@ def resolve_arch(name_or_path: str, key: str = "model") -> Arch:
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{key}={name_or_path!r}: cannot read {config} ({e})") from None
     return from_hf_config(cfg, name=name_or_path, source=str(config))
-
-
-def with_(arch: Arch, **changes) -> Arch:
-    return replace(arch, **changes)

@@ -36,7 +36,7 @@ The terms (bytes per device):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from ptune_dist.errors import ConfigError
 
