@@ -7,8 +7,8 @@ rows of a synthetic classification task, data.max_length 64 with 20 virtual toke
 `ptune train` / `ptune launch` start it (under tcmalloc when installed; 2-rank cells with torchrun,
 gloo, one thread per rank). The grid: base (fp32, bf16, int8, nf4) x gradient checkpointing (off, on)
 x batch per rank (4, 16) on one process; on 2 ranks fp32 with ZeRO-0 and ZeRO-3 at batch 4 and 16 per
-rank, and bf16 and nf4 (packed weights stored as float32 so ZeRO-3 partitions them) with ZeRO-3 at
-batch 4. `--cells` runs part of the grid, `--replay a.json,b.json` merges parts into one table.
+rank, bf16 and nf4 (packed weights stored as float32 so ZeRO-3 partitions them) with ZeRO-3 at
+batch 4, and fp32 and bf16 with ZeRO-3 keeping at most 1M gathered parameters live (`-live1m`). `--cells` runs part of the grid, `--replay a.json,b.json` merges parts into one table.
 
     python bench/memory_plan.py --models-table    # the planner's tables for 1B-70B Llama models (no runs)
 
@@ -129,6 +129,9 @@ def cell_overrides(cell: dict) -> list[str]:
             o.append("model.quant_storage=float32")
     if cell.get("zero") is not None:
         o += ["distributed.engine=deepspeed", f"distributed.zero_stage={cell['zero']}"]
+    if cell.get("bounded"):  # DeepSpeed keeps at most 1M gathered parameters live (default 1e9: all of them)
+        o.append("distributed.zero_extra={stage3_max_live_parameters: 1000000, stage3_max_reuse_distance: 0, "
+                 "stage3_prefetch_bucket_size: 1000000}")
     return o
 
 
@@ -192,9 +195,10 @@ def grid(quant: bool) -> list[dict]:
     cells.append(dict(base="bf16", ckpt=False, batch=4, ranks=2, zero=3))
     if quant:
         cells.append(dict(base="nf4", ckpt=False, batch=4, ranks=2, zero=3))
+    cells += [dict(base=b, ckpt=False, batch=4, ranks=2, zero=3, bounded=True) for b in ("fp32", "bf16")]
     for c in cells:
         c["name"] = f"{c['base']}-b{c['batch']}-ckpt{int(c['ckpt'])}-r{c['ranks']}" + (
-            f"-z{c['zero']}" if "zero" in c else "")
+            f"-z{c['zero']}" if "zero" in c else "") + ("-live1m" if c.get("bounded") else "")
     return cells
 
 
@@ -293,7 +297,7 @@ def table(rows: list[dict], runtime: float) -> list[str]:
            "| measured GB | error | RSS after load GB (parameters held GB) | measured - load residue GB (error) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        engine = "plain" if "zero" not in r else f"ZeRO-{r['zero']}"
+        engine = "plain" if "zero" not in r else f"ZeRO-{r['zero']}" + (" (1M live)" if r.get("bounded") else "")
         if "error" in r:
             out.append(f"| {r['name']} | {r['base']} | {'on' if r['ckpt'] else 'off'} | {r['batch']} | {r['ranks']} | "
                        f"{engine} | {r['pred']['tensors'] / GiB:.3f} | {r['pred']['total'] / GiB:.3f} | did not run: "

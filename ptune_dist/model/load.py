@@ -9,6 +9,7 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from ptune_dist import embedded
+from ptune_dist.runtime import release_free_memory
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import BaseInfo
 
@@ -73,6 +74,7 @@ def load_base(model_cfg, trainable: bool = False):
         **extra)
     if model_cfg.quant != "none":
         quant.prepare_loaded(model)
+    release_free_memory()
     model.requires_grad_(trainable)
     if model_cfg.lean_activations:
         apply_lean_mlp(model)
