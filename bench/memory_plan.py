@@ -1,6 +1,6 @@
 """The memory planner (`ptune plan`) against measured peak memory of `ptune train` on this CPU.
 
-    python bench/memory_plan.py [--out docs/plan_measured.md] [--steps 2] [--cells fp32-b4-ckpt0-z-,...]
+    python bench/memory_plan.py [--out docs/plan_measured.md] [--steps 2] [--cells fp32-b4-ckpt0-r1,...] [--release-layers]
 
 Every cell is one real training run of prefix tuning on SmolLM2-135M-Instruct (2 steps, fixed-length
 rows of a synthetic classification task, data.max_length 64 with 20 virtual tokens), started the way
@@ -60,7 +60,21 @@ def _status(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def child(args: list[str], record: str) -> int:
+def release_after_every_layer(model) -> None:
+    """Diagnostic: hand the allocator's free pages back after each decoder layer's forward and backward,
+    so the high-water mark counts what live objects hold rather than what the allocator keeps."""
+    from ptune_dist.runtime import release_free_memory
+
+    def release(*_):
+        release_free_memory()  # a forward hook's return value would replace the layer's output
+
+    for module in model.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            module.register_forward_hook(release)
+            module.register_full_backward_hook(release)
+
+
+def child(args: list[str], record: str, release: bool = False) -> int:
     import deepspeed  # noqa: F401  (in every cell's baseline, whatever the engine)
     import torch  # noqa: F401
     import transformers  # noqa: F401
@@ -81,6 +95,8 @@ def child(args: list[str], record: str) -> int:
         marks["load_hwm"] = _status("VmHWM")
         Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts from the current RSS
         marks["reset_to"] = _status("VmHWM")
+        if release:
+            release_after_every_layer(s.model)
         return original_engine(s)
 
     session.load_base, loop.make_engine = load_base, make_engine
@@ -135,7 +151,7 @@ def cell_overrides(cell: dict) -> list[str]:
     return o
 
 
-def run_cell(cell: dict, task: Path, work: Path) -> dict:
+def run_cell(cell: dict, task: Path, work: Path, release: bool = False) -> dict:
     from ptune_dist.runtime import allocator_env
 
     name = cell["name"]
@@ -146,7 +162,7 @@ def run_cell(cell: dict, task: Path, work: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env = {**(allocator_env(env) or env), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks)),
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    me = [str(Path(__file__).resolve()), "--child", str(record), "--"]
+    me = [str(Path(__file__).resolve()), "--child", str(record), *(["--release-layers"] if release else []), "--"]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *me, *args]
            if ranks > 1 else [sys.executable, *me, *args])
     t0 = time.time()
@@ -286,29 +302,23 @@ def quant_available() -> bool:
         return False
 
 
-def residue(r: dict) -> float:
-    """Host memory a load leaves behind that is no parameter: RSS after loading beyond the parameters held
-    (0 when the base is memory-mapped and paged in later, as a plain fp32 base is)."""
-    return max(0.0, r["weights_measured"] - r.get("held", 0))
-
-
 def table(rows: list[dict], runtime: float) -> list[str]:
     out = ["| cell | base | ckpt | batch/rank | ranks | engine | predicted tensors GB | + runtime = predicted GB "
-           "| measured GB | error | RSS after load GB (parameters held GB) | measured - load residue GB (error) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| measured GB | error | RSS after load GB (parameters held GB) | measured, free pages released after "
+           "every layer GB (error) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         engine = "plain" if "zero" not in r else f"ZeRO-{r['zero']}" + (" (1M live)" if r.get("bounded") else "")
+        head = f"| {r['name']} | {r['base']} | {'on' if r['ckpt'] else 'off'} | {r['batch']} | {r['ranks']} | {engine} | "
+        p = r["pred"]
         if "error" in r:
-            out.append(f"| {r['name']} | {r['base']} | {'on' if r['ckpt'] else 'off'} | {r['batch']} | {r['ranks']} | "
-                       f"{engine} | {r['pred']['tensors'] / GiB:.3f} | {r['pred']['total'] / GiB:.3f} | did not run: "
+            out.append(head + f"{p['tensors'] / GiB:.3f} | {p['total'] / GiB:.3f} | did not run: "
                        f"{r['error'].replace('|', '/')} | | | |")
             continue
-        p, m = r["pred"], r["measured"]
-        err = (p["total"] - m) / m
-        out.append(f"| {r['name']} | {r['base']} | {'on' if r['ckpt'] else 'off'} | {r['batch']} | {r['ranks']} | "
-                   f"{engine} | {p['tensors'] / GiB:.3f} | {p['total'] / GiB:.3f} | {m / GiB:.3f} | {err:+.1%} | "
-                   f"{r['weights_measured'] / GiB:.3f} ({r.get('held', 0) / GiB:.3f}) | "
-                   f"{(m - residue(r)) / GiB:.3f} ({(p['total'] - m + residue(r)) / (m - residue(r)):+.1%}) |")
+        m, released = r["measured"], r.get("measured_released")
+        diag = f"{released / GiB:.3f} ({(p['total'] - released) / released:+.1%})" if released else ""
+        out.append(head + f"{p['tensors'] / GiB:.3f} | {p['total'] / GiB:.3f} | {m / GiB:.3f} | "
+                   f"{(p['total'] - m) / m:+.1%} | {r['weights_measured'] / GiB:.3f} ({r.get('held', 0) / GiB:.3f}) | "
+                   f"{diag} |")
     return out
 
 
@@ -320,12 +330,15 @@ def main() -> int:
     p.add_argument("--cells", default="", help="comma-separated cell names (default: the whole grid)")
     p.add_argument("--no-quant", action="store_true", help="leave out the int8/nf4 cells")
     p.add_argument("--keep", default="", help="keep the runs in this folder")
+    p.add_argument("--release-layers", action="store_true", help="run each cell a second time handing the "
+                   "allocator's free pages back after every layer (a diagnostic column)")
     p.add_argument("--replay", default="", help="comma-separated .json files this script wrote (--out X.md writes "
-                   "X.json; --keep DIR writes DIR/progress.json): predict again, run nothing")
+                   "X.json; --keep DIR writes DIR/progress.json): predict again, run nothing; a cell in several "
+                   "files: the last file's")
     p.add_argument("--models-table", action="store_true", help="print the planner's big-model tables (runs nothing)")
     args, rest = p.parse_known_args()
     if args.child:
-        return child([a for a in rest if a != "--"], args.child)
+        return child([a for a in rest if a != "--"], args.child, args.release_layers)
     import ptune_dist  # noqa: F401  (the oneDNN guard before torch)
 
     if args.models_table:
@@ -339,8 +352,8 @@ def main() -> int:
         files = [json.loads(Path(f).read_text()) for f in args.replay.split(",")]
         calib, minutes = files[0]["calibration"], sum(f.get("minutes", 0.0) for f in files)
         names = [c["name"] for c in grid(True)]
-        rows = sorted((r for f in files for r in f["rows"]), key=lambda r: names.index(r["name"])
-                      if r["name"] in names else len(names))
+        latest = {r["name"]: r for f in files for r in f["rows"]}  # a cell measured again: the later file's
+        rows = sorted(latest.values(), key=lambda r: names.index(r["name"]) if r["name"] in names else len(names))
         others = [f["calibration"]["measured"] for f in files[1:]]
         if others:
             print(f"calibration cells of the other files measured {[round(m / GiB, 3) for m in others]} GB "
@@ -368,6 +381,9 @@ def main() -> int:
         for cell in cells:
             cell["steps"], cell["task"] = args.steps, str(task)
             rows.append(run_cell(cell, task, work))
+            if args.release_layers and "error" not in rows[-1]:
+                again = run_cell({**cell, "name": cell["name"] + "-released"}, task, work, release=True)
+                rows[-1]["measured_released"] = again.get("measured")
             r = rows[-1]
             (work / "progress.json").write_text(json.dumps({"calibration": calib, "rows": rows}, default=str))
             print(f"{cell['name']:28s} " + (f"failed: {r['error']}" if "error" in r else

@@ -347,3 +347,57 @@ def test_quantised_run_evaluates_exports_and_shards_under_zero3(tmp_path, capsys
     got_eval, want_eval = last_eval(zero3), last_eval(want)
     assert got_eval["accuracy"] == want_eval["accuracy"]
     assert abs(got_eval["loss"] - want_eval["loss"]) < 2e-4 * max(1, want_eval["loss"])
+
+
+class _KeepsInputOnContext(torch.autograd.Function):
+    """What bitsandbytes' int8 matmuls do: the input is an attribute of the context, not a saved tensor,
+    so backward does not free it; only dropping the graph does."""
+
+    @staticmethod
+    def forward(ctx, a, w):
+        ctx.A, ctx.w = a, w
+        return a @ w
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad @ ctx.w.t(), None
+
+
+def test_a_step_graph_is_gone_before_the_next_forward():
+    """The training loop drops each micro-step's graph after its backward: with int8 it holds every
+    layer's input, which measured 0.21 GB at batch 16 on SmolLM2 while the next forward ran."""
+    import types
+    import weakref
+
+    from ptune_dist.train.loop import run_steps
+
+    prompt, w = torch.nn.Parameter(torch.ones(2, 3)), torch.ones(3, 3)
+    inputs, alive_at_forward = [], []
+
+    class Engine:
+        lr = 0.0
+
+        def forward(self, batch):
+            alive_at_forward.append([r() is not None for r in inputs])
+            a = prompt * 2
+            inputs.append(weakref.ref(a))
+            return types.SimpleNamespace(loss=_KeepsInputOnContext.apply(a, w).sum())
+
+        def backward(self, loss):
+            loss.backward()
+
+        def step(self):
+            return 0.0
+
+    batch = {"attention_mask": torch.ones(2, 3)}
+    cfg = types.SimpleNamespace(train=types.SimpleNamespace(steps=3, grad_accum=2, log_every=100, eval_every=0,
+                                                            save_every=0))
+    s = types.SimpleNamespace(model=torch.nn.Linear(1, 1), cfg=cfg, env=types.SimpleNamespace(world=1))
+
+    class Loader(list):
+        epoch = 0
+
+    log = types.SimpleNamespace(train=lambda record: None, advance=lambda: None)
+    run_steps(s, Engine(), Loader([batch] * 6), 0, log, None, types.SimpleNamespace(agreed=lambda: False))
+    assert len(alive_at_forward) == 6
+    assert not any(any(x) for x in alive_at_forward), alive_at_forward

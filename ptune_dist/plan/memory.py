@@ -22,9 +22,10 @@ The terms (bytes per device):
   the rotated queries and the attention output, the keys/values the kernel sees (with `sdpa` the
   prefix is concatenated in front of every row's keys; the split/flash kernels keep it shared), the
   softmax log-sum-exp, and the MLP's gate and up projections (three intermediate-sized tensors
-  without lean activations). bitsandbytes' int8 matmul keeps its input even for a frozen weight
-  (the attention, o_proj, MLP and down_proj inputs); the 4-bit matmul does not. With gradient checkpointing each layer keeps only its input, and the
-  backward pass recomputes one layer at a time.
+  without lean activations). With gradient checkpointing each layer keeps only its input, and the
+  backward pass recomputes one layer at a time. bitsandbytes' int8 matmul keeps its input even for a
+  frozen weight (the attention, o_proj, MLP and down_proj inputs), outside autograd's saved tensors,
+  so for every layer with checkpointing too; the 4-bit matmul keeps only its packed weight.
 - logits: the LM head runs on labelled positions only (classification: the answer position;
   generation: the label tokens), [rows, vocab] in fp32, kept twice (head output and log-softmax)
   plus their gradient.
@@ -232,14 +233,22 @@ def layer_activation_bytes(arch: Arch, s: Setup) -> float:
     else:
         mlp_tensors = 1  # GELU's input
     mlp = mlp_tensors * N * I * e
-    kept_inputs = 0
-    if s.quant == "int8":
-        # bitsandbytes' int8 matmuls (MatMul8bitFp on CPU, MatMul8bitLt on GPU) keep their input A for
-        # the backward pass even when the weight is frozen: the attention and MLP inputs (one tensor
-        # each, shared by q/k/v and by gate/up), the o_proj input and the down_proj input.
-        # The 4-bit matmul keeps only the packed weight.
-        kept_inputs = N * (2 * H + arch.num_heads * d + I) * e
-    return norms + attn + mlp + kept_inputs
+    return norms + attn + mlp + int8_kept_input_bytes(arch, s)
+
+
+def int8_kept_input_bytes(arch: Arch, s: Setup, checkpointed: bool = False) -> float:
+    """bitsandbytes' int8 matmuls (MatMul8bitFp on CPU, MatMul8bitLt on GPU) keep their input A for the
+    backward pass even when the weight is frozen: the attention and MLP inputs (one tensor each, shared
+    by q/k/v and by gate/up), the down_proj input and the o_proj input, per layer. The o_proj input is
+    the attention output, which the attention's backward keeps anyway, except in a checkpointed layer.
+    They are kept as attributes of the autograd context (`ctx.A`, `ctx.tensors`), not through
+    save_for_backward, so checkpointing's saved-tensor hooks never see them: with checkpointing they
+    stay for every layer. The 4-bit matmul keeps only the packed weight."""
+    if s.quant != "int8":
+        return 0.0
+    T, _, _ = sequence(s)
+    width = 2 * arch.hidden_size + arch.intermediate_size + (arch.num_heads * arch.head_dim if checkpointed else 0)
+    return s.batch_size * T * width * DTYPE_BYTES[s.dtype]
 
 
 def activation_bytes(arch: Arch, s: Setup) -> float:
@@ -249,7 +258,8 @@ def activation_bytes(arch: Arch, s: Setup) -> float:
     final_norm = N * arch.hidden_size * 4
     if s.gradient_checkpointing:
         kept = arch.num_layers * N * arch.hidden_size * e  # each block's input
-        return kept + layer + final_norm  # + the one block recomputed in the backward pass
+        escaped = (arch.num_layers - 1) * int8_kept_input_bytes(arch, s, checkpointed=True)  # not freed
+        return kept + escaped + layer + final_norm  # + the one block recomputed in the backward pass
     return arch.num_layers * layer + final_norm + method_activation_bytes(arch, s)
 
 

@@ -24,6 +24,10 @@ GPU_RUNTIME = 1.0 * GiB  # CUDA context, cuBLAS/cuDNN workspaces, allocator slac
 # This CPU (2 cores, torch 2.13, tcmalloc): what a `ptune train` process holds besides the tensors of the
 # model, measured once by bench/memory_plan.py (calibration cell) and written into docs/plan.md
 CPU_RUNTIME = 71 * 2**20
+CPU_ZERO3_NOTE = (
+    "note: on a CPU, ZeRO-3 rows are a lower bound: measured peaks were 1.3-1.8x the prediction, because the "
+    "allocator keeps the memory freed while DeepSpeed gathers the base again every step and gloo's gathers "
+    "stage their output (docs/plan.md)")
 HARDWARE_KEYS = {"gpus": "GPUs per node", "nodes": "nodes", "gpu_mem": "memory of one GPU, e.g. 24GB",
                  "device": "gpu | cpu (cpu: one process per 'GPU', memory = RAM per process)",
                  "runtime": "non-tensor memory per process, e.g. 1GB (default: 1GB on a GPU, calibrated on CPU)"}
@@ -382,6 +386,8 @@ def render(req: Request, rows: list[Row]) -> str:
         lines.append(f"      {command_for(s, req)}")
     if len(shown) > req.top:
         lines.append(f"... {len(shown) - req.top} more (plan.top=N)")
+    if hw.device == "cpu" and any(r.setup.engine == "deepspeed" and r.setup.zero_stage == 3 for r in shown[:req.top]):
+        lines.append(CPU_ZERO3_NOTE)
     return "\n".join(lines)
 
 

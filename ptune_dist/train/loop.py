@@ -95,6 +95,7 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
             loss = engine.forward(batch).loss
             engine.backward(loss)
             losses.append(loss.detach())
+            del loss  # its graph would live through the next forward, with what bitsandbytes int8 keeps on it
             tokens += int(batch["attention_mask"].sum())
         lr, grad_norm = engine.lr, engine.step()
         if step % t.log_every == 0 or step == t.steps:
