@@ -293,13 +293,9 @@ def published_table() -> list[str]:
 
 
 def quant_available() -> bool:
-    try:
-        from ptune_dist.config.schema import ModelConfig
-        import importlib.util
+    import importlib.util
 
-        return "quant" in ModelConfig.__dataclass_fields__ and importlib.util.find_spec("bitsandbytes") is not None
-    except ImportError:
-        return False
+    return importlib.util.find_spec("bitsandbytes") is not None
 
 
 def table(rows: list[dict], runtime: float) -> list[str]:

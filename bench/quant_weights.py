@@ -58,19 +58,21 @@ def measure(model_name: str, overrides: list[str]) -> dict:
     cfg = load_config([], [f"model.name_or_path={model_name}", *overrides])
     import bitsandbytes  # noqa: F401  (its import is not part of the weights)
 
-    import ctypes
     import gc
+
+    from ptune_dist.runtime import release_free_memory
 
     def settled_rss() -> int:
         gc.collect()
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give back what loading freed (glibc keeps it otherwise)
+        release_free_memory()  # give back what loading freed (the allocator keeps it otherwise)
         return rss()
 
     before = settled_rss()
     model, _ = load_base(cfg.model)
     with torch.no_grad():  # page in every tensor: unconverted weights stay memory-mapped from the file until read
         for t in list(model.parameters()) + list(model.buffers()):
-            t.view(-1)[:: max(1, 4096 // t.element_size())].sum() if t.numel() else None
+            if t.numel():
+                t.view(-1)[:: max(1, 4096 // t.element_size())].sum()
     after = settled_rss()
     sizes = weight_bytes(model)
     if not sizes["quantised"]:  # unquantised: the same split, the block linears vs the rest

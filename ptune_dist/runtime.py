@@ -57,7 +57,7 @@ def release_free_memory() -> bool:
     Loading a quantised or ZeRO-3-partitioned base on the CPU allocates every weight in fp32 and frees
     it once packed or partitioned. The allocator keeps those pages, and training does not reuse them
     (they lie between the small packed weights): on SmolLM2-135M nf4 the peak of a training run fell
-    from 0.90 to 0.49 GB when they were released (docs/plan.md). Called once after the base is loaded;
+    from 0.90 to 0.50 GB when they were released (docs/plan.md). Called once after the base is loaded;
     it costs milliseconds."""
     if sys.platform != "linux":
         return False

@@ -9,9 +9,9 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from ptune_dist import embedded
-from ptune_dist.runtime import release_free_memory
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import BaseInfo
+from ptune_dist.runtime import release_free_memory
 
 from . import quant
 from .attention import register
@@ -64,10 +64,7 @@ def load_base(model_cfg, trainable: bool = False):
     kind = infer_kind(hf_config) if model_cfg.kind == "auto" else model_cfg.kind
     transformers.utils.logging.disable_progress_bar()
     extra = {}
-    if model_cfg.quant != "none":
-        if trainable:
-            raise ConfigError(f"model.quant={model_cfg.quant}: a quantised base cannot be trained; "
-                              "use model.quant=none for a method that trains the base")
+    if model_cfg.quant != "none":  # config validation refuses a quantised base for a method that trains it
         extra["quantization_config"] = quant.bnb_config(model_cfg, quant.skip_modules(CLASSES[kind], hf_config))
     model = CLASSES[kind].from_pretrained(
         resolve_path(model_cfg.name_or_path), dtype=DTYPES[model_cfg.dtype], attn_implementation=register(),

@@ -244,6 +244,7 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
 
     seen: set[int] = set()
     out = {"quantised": 0, "other": 0}
+    bnb_types = layer_types()
 
     def count(t) -> int:
         if t is None or id(t) in seen or t.device.type == "meta":
@@ -252,7 +253,7 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
         return t.numel() * t.element_size()
 
     for module in model.modules():
-        quantised = isinstance(module, layer_types())
+        quantised = isinstance(module, bnb_types)
         size = 0
         for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
             size += count(t)

@@ -73,10 +73,8 @@ class Arch:
         """Everything but the blocks' linear weights: embeddings, output head, norms, biases."""
         H = self.hidden_size
         per_norm = H if self.norm == "rms" else 2 * H
-        norms = self.num_layers * 2 * per_norm + (per_norm if self.model_type != "bert" else 0)
+        norms = (self.num_layers * 2 + 1) * per_norm  # + the final norm (decoders) or the embeddings' (BERT)
         emb = self.embedding_params + (self.position_embeddings + self.type_vocab_size) * H
-        if self.model_type == "bert":
-            norms += per_norm  # the embeddings' LayerNorm
         head = 0 if self.tied_embeddings else self.embedding_params
         biases = self.block_linear_out_features if self.bias else 0
         return emb + norms + head + biases

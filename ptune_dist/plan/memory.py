@@ -45,6 +45,7 @@ from .arch import Arch
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+STORAGE_BYTES = {"uint8": 1, **DTYPE_BYTES}  # model.quant_storage: the tensors holding packed 4-bit weights
 QUANTS = ("none", "int8", "nf4", "fp4")
 DEEP = ("prefix_tuning", "p_tuning_v2")
 SHALLOW = ("prompt_tuning", "p_tuning")
@@ -195,7 +196,7 @@ def _zero3_gathered(arch: Arch, s: Setup, stored: float) -> float:
         per_elem = stored / arch.total_params
         largest = max(arch.embedding_params, max(i * o for i, o in arch.linear_shapes())) * per_elem
     else:
-        per_elem = {"uint8": 1, "bfloat16": 2, "float16": 2, "float32": 4}.get(s.quant_storage, 2)
+        per_elem = STORAGE_BYTES[s.quant_storage]
         largest = arch.embedding_params * DTYPE_BYTES[s.dtype]  # the unquantised embedding is the largest
     live = zero_setting(s, "stage3_max_live_parameters")
     reuse = zero_setting(s, "stage3_max_reuse_distance")

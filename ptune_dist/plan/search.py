@@ -195,8 +195,7 @@ def setup_from_config(cfg, arch: Arch, plan: dict) -> Setup:
         encoder_hidden_size=cfg.method.encoder_hidden_size, projection=cfg.method.projection,
         projection_hidden_size=cfg.method.projection_hidden_size, task=ttype, label_tokens=label_tokens,
         head_classes=head, batch_size=d.batch_size, grad_accum=cfg.train.grad_accum, max_length=d.max_length,
-        dtype=m.dtype, quant=getattr(m, "quant", "none"), quant_double=getattr(m, "quant_double", False),
-        quant_storage=getattr(m, "quant_storage", "uint8"),
+        dtype=m.dtype, quant=m.quant, quant_double=m.quant_double, quant_storage=m.quant_storage,
         gradient_checkpointing=m.gradient_checkpointing, lean_activations=m.lean_activations,
         attention="sdpa" if m.attention in ("auto", "reference") else m.attention, optimizer=cfg.train.optimizer,
         engine=dist.engine, zero_stage=dist.zero_stage, offload_optimizer=dist.offload_optimizer,
@@ -252,12 +251,13 @@ def enumerate_setups(req: Request) -> list[Setup]:
         for eng in _engines(req):
             if eng["zero_stage"] == 3 and quant == "int8":
                 continue  # bitsandbytes' int8 weights cannot be partitioned by ZeRO-3
+            # ZeRO-3 partitions 4-bit weights packed in a float dtype (QLoRA's recipe)
+            storage = "bfloat16" if eng["zero_stage"] == 3 and quant in ("nf4", "fp4") else b.quant_storage
             for ckpt in ckpts:
                 for micro in micros:
-                    storage = "bfloat16" if eng["zero_stage"] == 3 and quant in ("nf4", "fp4") else b.quant_storage
-                    out.append(replace(b, dtype=dtype, quant=quant, quant_storage=storage, gradient_checkpointing=ckpt, batch_size=micro,
-                                       grad_accum=b.grad_accum * max(1, target // micro), world=req.hardware.world,
-                                       **eng))
+                    out.append(replace(b, dtype=dtype, quant=quant, quant_storage=storage, gradient_checkpointing=ckpt,
+                                       batch_size=micro, grad_accum=b.grad_accum * max(1, target // micro),
+                                       world=req.hardware.world, **eng))
     return out
 
 
