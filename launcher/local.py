@@ -4,6 +4,9 @@ deepspeed launcher, each running `ptune train` on the same resolved config.
 torchrun watches its ranks: when one dies it stops the others and exits non-zero, so a failed rank
 ends the whole run instead of leaving the rest waiting in a collective. The deepspeed launcher does
 not set OMP_NUM_THREADS; we set it for both (cores / ranks unless launch.threads_per_proc says).
+
+On a machine with GPUs each rank takes one of them (ptune_dist/device.py), so a run on GPUs starts at
+most as many ranks as this machine shows GPUs; `check_gpus` says so before anything starts.
 """
 
 from __future__ import annotations
@@ -19,8 +22,30 @@ from ptune_dist.runtime import allocator_env
 from .env import free_port
 
 
+def check_gpus(cfg) -> None:
+    """Refuse, before any rank starts, what each rank would refuse at its start: more ranks than GPUs
+    when train.device is auto or cuda, or train.device=cuda without a GPU."""
+    L, device = cfg.launch, cfg.train.device
+    if L.gpus_per_node:
+        raise ConfigError(f"launch.gpus_per_node={L.gpus_per_node} is what a Slurm job asks for "
+                          "(launch.backend=slurm); the local backend gives each of launch.nproc_per_node ranks one of "
+                          "this machine's GPUs: set launch.nproc_per_node and leave launch.gpus_per_node=0")
+    if device == "cpu":
+        return
+    from ptune_dist.device import gpu_count  # imports torch: only when a launch needs to know
+
+    count = gpu_count()
+    if count == 0 and device == "cuda":
+        raise ConfigError("train.device=cuda, but this machine shows no CUDA GPU; use train.device=auto or cpu")
+    if count and L.nproc_per_node > count:
+        raise ConfigError(f"launch.nproc_per_node={L.nproc_per_node}, but this machine shows {count} GPU(s) and "
+                          f"train.device={device} gives each rank a GPU of its own: start at most {count} ranks per "
+                          "node, or set train.device=cpu")
+
+
 def command(cfg, config_path: Path) -> list[str]:
     L = cfg.launch
+    check_gpus(cfg)
     train = ["-m", "ptune_dist.cli", "train", str(Path(config_path).resolve())]
     if L.launcher == "deepspeed":
         if L.nnodes > 1:

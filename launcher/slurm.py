@@ -6,6 +6,10 @@ host of the job) and MASTER_PORT (derived from the job id). A USR1 `launch.signa
 the time limit (or a TERM) makes the ranks agree to stop, save a checkpoint and exit, the main rank
 leaving a marker file (train/preempt.py); the script then requeues the job, which resumes from that
 checkpoint (train.resume=auto on every restart).
+
+GPUs (launch.gpus_per_node > 0): the job asks for them with --gpus-per-node, one per rank, and srun
+hands every rank of a node all of that node's GPUs; each rank takes its own, cuda:SLURM_LOCALID
+(ptune_dist/device.py). With no GPUs the script has no GPU line at all.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ptune_dist.errors import PtuneError
+from ptune_dist.errors import ConfigError, PtuneError
 from ptune_dist.slurm import template
 from ptune_dist.train.preempt import PREEMPTED
 
@@ -28,17 +32,44 @@ def log_dir(cfg) -> Path:
     return Path(cfg.launch.log_dir or Path(cfg.output_dir) / "slurm").resolve()
 
 
-def common_values(cfg) -> dict:
-    """The validated #SBATCH extras and set-up lines every template shares."""
+# srun options of a GPU job. No per-task binding, on purpose: srun(1) says "By default every spawned
+# task can access every GPU allocated to the step", and a step gets all of the job's GPUs. Binding one
+# GPU to each task (--gpus-per-task=1, or --gpu-bind=single:1) instead puts each task in a device cgroup
+# of its own where cgroup.conf has ConstrainDevices=yes: NCCL then cannot see the node's other GPUs and
+# silently drops NVLink for slower paths (NVIDIA/nccl#1066: "NCCL needs to see all GPUs on the same node
+# for all NVLink detection to work properly"), and DeepSpeed's engine calls set_device(LOCAL_RANK), an
+# index that exists only when the rank sees the node's GPUs. --gpu-bind=none ("turns off binding if
+# --gpus-per-task is requested") keeps every GPU visible even where a site default or sbatch_extra binds.
+SRUN_GPU_OPTIONS = "--gpu-bind=none"
+
+
+def gpus_per_node(cfg) -> int:
+    """launch.gpus_per_node, checked: one rank per GPU, and GPUs only for a run that uses them."""
     L = cfg.launch
+    n = int(L.gpus_per_node)
+    if n < 0:
+        raise ConfigError(f"launch.gpus_per_node={n} must be >= 0 (0: a CPU job)")
+    if n and n != L.nproc_per_node:
+        raise ConfigError(f"launch.gpus_per_node={n} must equal launch.nproc_per_node={L.nproc_per_node}: ptune runs "
+                          f"one rank per GPU; set launch.nproc_per_node={n} (or launch.gpus_per_node=0 for a CPU job)")
+    if n and cfg.train.device == "cpu":
+        raise ConfigError(f"launch.gpus_per_node={n} with train.device=cpu: the job would hold GPUs it never uses; "
+                          "set train.device=auto or cuda, or launch.gpus_per_node=0")
+    return n
+
+
+def common_values(cfg, gpus: bool = True) -> dict:
+    """The validated #SBATCH extras and set-up lines every template shares (the GPU request only where
+    `gpus`: the gathering job reads JSON files)."""
+    L, gpus = cfg.launch, gpus_per_node(cfg) if gpus else 0
     lines = []
     for key in ("partition", "account", "qos", "mem"):
         if getattr(L, key):
             lines.append(f"#SBATCH --{key}={sbatch_value(f'launch.{key}', getattr(L, key))}")
     if L.constraint:
         lines.append(f"#SBATCH --constraint={sbatch_value('launch.constraint', L.constraint, CONSTRAINT)}")
-    if L.gpus_per_node:
-        lines.append(f"#SBATCH --gpus-per-node={int(L.gpus_per_node)}")
+    if gpus:
+        lines.append(f"#SBATCH --gpus-per-node={gpus}")
     lines += [f"#SBATCH {sbatch_option('launch.sbatch_extra', x)}" for x in L.sbatch_extra]
     return {
         "sbatch_lines": "\n".join(lines),
@@ -68,12 +99,13 @@ def train_script(cfg, config_path: Path, job_name: str = "", log_name: str = "%x
         "threads": str(int(threads)),
         "config": config_expr or quote(Path(config_path).resolve()),
         "preempted": str(PREEMPTED),
+        "srun_gpus": f" {SRUN_GPU_OPTIONS}" if gpus_per_node(cfg) else "",
     })
     return render(template("train.sbatch"), values)
 
 
 def gather_script(cfg, sweep_dir: Path, after: str) -> str:
-    values = common_values(cfg)
+    values = common_values(cfg, gpus=False)
     values.update({
         "job_name": sbatch_value("launch.job_name", cfg.launch.job_name + "-gather"),
         "log": sbatch_value("launch.log_dir", log_dir(cfg) / "%x-%j.out"),

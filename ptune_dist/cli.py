@@ -11,7 +11,7 @@
     ptune status RUN_DIR|JOB_ID
     ptune cancel RUN_DIR|JOB_ID
     ptune fetch-models [NAME ...]
-    ptune plan model=NAME|FOLDER|CONFIG.yaml method=NAME hardware.gpus=N hardware.gpu_mem=24GB [key=value ...]
+    ptune plan CONFIG.yaml [...] [key=value ...] [hardware.gpus=N hardware.gpu_mem=24GB]   (or model=NAME ...)
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("names", nargs="*")
     f.set_defaults(fn=cmd_fetch)
     pl = sub.add_parser("plan", help="setups that fit a GPU's memory, with predicted peak memory per device")
-    pl.add_argument("overrides", nargs="*", help="model=... method=... hardware.gpus=N hardware.gpu_mem=24GB key=value ...")
+    pl.add_argument("overrides", nargs="*", help="CONFIG.yaml [...] or model=... method=..., then hardware.gpus=N "
+                    "hardware.gpu_mem=24GB key=value ...")
     pl.set_defaults(fn=cmd_plan)
     return p
 

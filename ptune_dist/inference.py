@@ -17,6 +17,7 @@ from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.checkpoint.atomic import verify
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
+from ptune_dist.device import to_device
 from ptune_dist.errors import CheckpointError, DataError
 from ptune_dist.model.generate import greedy
 from ptune_dist.train.evaluate import evaluate
@@ -53,7 +54,7 @@ def evaluate_checkpoint(path, overrides=()) -> dict:
     if not any(t.eval for t in s.tasks):
         raise DataError("tasks.*.eval: no evaluation data configured (set tasks.N.eval=...)")
     return evaluate(s.model, s.tasks, s.cfg.data.eval_batch_size, s.pad_id, s.cfg.data.padding_side,
-                    s.env.rank, s.env.world)
+                    s.env.rank, s.env.world, s.device)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -97,7 +98,7 @@ def predict_rows(s, rows: list[dict], where: str) -> list[dict]:
 def _predict_batch(s, chunk) -> list[dict]:
     spec0 = s.tasks[chunk[0].task_id].spec
     if spec0.type == "generation":
-        batch = collate(chunk, s.pad_id, "left")
+        batch = to_device(collate(chunk, s.pad_id, "left"), s.device)
         limits = [s.tasks[ex.task_id].spec.max_new_tokens for ex in chunk]
         out = greedy(s.model, batch, max(limits), s.tokenizer.eos_token_id)
         return [{"task": s.tasks[ex.task_id].spec.name,
@@ -107,7 +108,7 @@ def _predict_batch(s, chunk) -> list[dict]:
     batch = collate(chunk, s.pad_id, side)
     batch.pop("labels", None)
     with torch.no_grad():
-        out = s.model(batch)
+        out = s.model(to_device(batch, s.device))
     results = []
     for i, ex in enumerate(chunk):
         spec = s.tasks[ex.task_id].spec

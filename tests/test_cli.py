@@ -38,7 +38,13 @@ def test_train_writes_config_metrics_checkpoints_and_final(run):
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"step-2", "step-4"}
     assert {p.name for p in (run / "final").iterdir()} == {"config.yaml", "manifest.json", "state.json",
                                                           "trainable.safetensors"}
-    assert json.loads((run / "results.json").read_text())["final"]["support"]["examples"] == 16
+    results = json.loads((run / "results.json").read_text())
+    assert results["final"]["support"]["examples"] == 16
+    # which device ran, in the log and the results (no GPU here: train.device=auto is the CPU)
+    ran = next(r for r in records if r.get("event") == "device")
+    assert (ran["device"], ran["backend"], ran["per_rank"]) == ("cpu", "gloo", ["cpu"])
+    assert results["device"]["device"] == "cpu"
+    assert "peak_gpu_bytes_per_rank" not in next(r for r in records if r.get("event") == "memory")
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
 
 

@@ -2,6 +2,7 @@
 and a run that stops on SIGUSR1 with a checkpoint and resumes."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import read_jsonl
 
 from ptune_dist.config import load_config
@@ -21,7 +23,14 @@ TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=32", "data.max_e
         "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false"]
 
 
-def test_local_commands(tmp_path):
+def gpus(monkeypatch, count: int) -> None:
+    """This machine, as the launcher sees it, with `count` CUDA GPUs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_local_commands(tmp_path, monkeypatch):
+    gpus(monkeypatch, 0)
     cfg = load_config([], ["launch.nproc_per_node=2"])
     cmd = local.command(cfg, tmp_path / "c.yaml")
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
@@ -39,19 +48,85 @@ def test_local_commands(tmp_path):
 def test_sbatch_script(tmp_path):
     cfg = resolved([], [f"output_dir={tmp_path}", "launch.backend=slurm", "launch.nnodes=2", "launch.nproc_per_node=2",
                         "launch.partition=gpu", "launch.account=proj-1", "launch.qos=high", "launch.mem=64G",
-                        "launch.constraint=a100&ib", "launch.gpus_per_node=4", "launch.time=2-00:00:00",
+                        "launch.constraint=a100&ib", "launch.gpus_per_node=2", "launch.time=2-00:00:00",
                         "launch.sbatch_extra=[--exclusive, --gres=gpu:4]", "launch.setup=[module load cuda/12.4]",
                         "launch.signal_seconds=300"])
     script = slurm.train_script(cfg, tmp_path / "launch.yaml")
     for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --partition=gpu",
                  "#SBATCH --account=proj-1", "#SBATCH --qos=high", "#SBATCH --mem=64G", "#SBATCH --constraint=a100&ib",
-                 "#SBATCH --gpus-per-node=4", "#SBATCH --time=2-00:00:00", "#SBATCH --exclusive",
+                 "#SBATCH --gpus-per-node=2", "#SBATCH --time=2-00:00:00", "#SBATCH --exclusive",
                  "#SBATCH --gres=gpu:4", "#SBATCH --signal=USR1@300", "#SBATCH --requeue",
                  f"#SBATCH --output={tmp_path}/slurm/%x-%j.out", "module load cuda/12.4",
                  f"ptune_dist.cli train {tmp_path}/launch.yaml", f'[ "$rc" -eq {PREEMPTED} ]; then',
-                 "srun --kill-on-bad-exit=1 --cpus-per-task=1 ",
+                 "srun --kill-on-bad-exit=1 --cpus-per-task=1 --gpu-bind=none ",
                  'scontrol requeue "$SLURM_JOB_ID"']:
         assert line in script, line
+
+
+def fake_srun(tmp_path) -> dict:
+    """The environment that runs a batch script with stand-ins for srun (writes its arguments, one a line,
+    to $ARGS_OUT) and scontrol."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done > "$ARGS_OUT"\n')
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho n1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args"),
+            "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "7"}
+
+
+def test_gpu_job_asks_one_gpu_per_rank_and_leaves_every_gpu_visible(tmp_path):
+    """2 nodes x 2 GPUs: the job asks for the GPUs, srun gets them unbound (each rank sees its node's GPUs
+    and takes cuda:SLURM_LOCALID); a sweep's array asks the same. A CPU job's script has no GPU in it."""
+    common = [f"output_dir={tmp_path / 'run'}", "launch.backend=slurm", "launch.nnodes=2", "launch.nproc_per_node=2"]
+    cfg = resolved([], [*common, "launch.gpus_per_node=2"])
+    script = slurm.train_script(cfg, tmp_path / "launch.yaml")
+    lines = script.splitlines()
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --gpus-per-node=2"} <= set(lines)
+    assert re.findall(r"--gpu[\w-]*=\S*", script) == ["--gpus-per-node=2", "--gpu-bind=none"]  # nothing else
+    (tmp_path / "job.sh").write_text(script)
+    subprocess.run(["bash", str(tmp_path / "job.sh")], env=fake_srun(tmp_path), check=True, cwd=tmp_path)
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:3] == ["--kill-on-bad-exit=1", "--cpus-per-task=1", "--gpu-bind=none"]
+    array = sweep.array_script(cfg, tmp_path / "sweep", 2)
+    assert "#SBATCH --gpus-per-node=2" in array and " --gpu-bind=none " in array
+    assert "--gpus" not in slurm.gather_script(cfg, tmp_path / "sweep", "123")  # it only reads results files
+    cpu = slurm.train_script(resolved([], common), tmp_path / "launch.yaml")
+    assert not re.findall(r"gpu", cpu.replace(str(tmp_path), ""), re.IGNORECASE)
+    assert f"--cpus-per-task=1 {sys.executable} -m ptune_dist.cli train" in cpu
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["launch.gpus_per_node=4", "launch.nproc_per_node=2"],
+     "launch.gpus_per_node=4 must equal launch.nproc_per_node=2: ptune runs one rank per GPU"),
+    (["launch.gpus_per_node=2"], "launch.gpus_per_node=2 must equal launch.nproc_per_node=1"),
+    (["launch.gpus_per_node=-1"], "launch.gpus_per_node=-1 must be >= 0"),
+    (["launch.gpus_per_node=2", "launch.nproc_per_node=2", "train.device=cpu"],
+     "launch.gpus_per_node=2 with train.device=cpu"),
+])
+def test_gpu_requests_that_cannot_work_are_refused(overrides, message, tmp_path):
+    cfg = resolved([], [f"output_dir={tmp_path}", "launch.backend=slurm", *overrides])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        slurm.train_script(cfg, tmp_path / "launch.yaml")
+
+
+def test_local_launch_gives_each_rank_a_gpu_of_its_own(tmp_path, monkeypatch):
+    """On a machine with 2 GPUs the local backend starts at most 2 ranks on them; a CPU run or a machine
+    without GPUs is not limited; launch.gpus_per_node belongs to Slurm."""
+    path = tmp_path / "c.yaml"
+    gpus(monkeypatch, 2)
+    assert "--nproc_per_node=2" in local.command(load_config([], ["launch.nproc_per_node=2"]), path)
+    for device in ("auto", "cuda"):
+        with pytest.raises(ConfigError, match=r"launch.nproc_per_node=3, but this machine shows 2 GPU\(s\)"):
+            local.command(load_config([], ["launch.nproc_per_node=3", f"train.device={device}"]), path)
+    assert "--nproc_per_node=3" in local.command(load_config([], ["launch.nproc_per_node=3", "train.device=cpu"]), path)
+    with pytest.raises(ConfigError, match="launch.gpus_per_node=2 is what a Slurm job asks for"):
+        local.command(load_config([], ["launch.nproc_per_node=2", "launch.gpus_per_node=2"]), path)
+    gpus(monkeypatch, 0)
+    assert "--nproc_per_node=3" in local.command(load_config([], ["launch.nproc_per_node=3"]), path)
+    with pytest.raises(ConfigError, match="train.device=cuda, but this machine shows no CUDA GPU"):
+        local.command(load_config([], ["train.device=cuda"]), path)
 
 
 PAYLOADS = ["x;touch PWNED", "$(touch PWNED)", "`touch PWNED`", "x\ntouch PWNED", "x\n", "x && touch PWNED", "x'y"]
@@ -77,12 +152,6 @@ def test_quoted_paths_run_nothing(tmp_path):
     working folder and a config path full of shell syntax; nothing may be executed."""
     evil = tmp_path / "w $(touch PWNED1); touch PWNED2 `touch PWNED3`"
     evil.mkdir()
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done > "$ARGS_OUT"\n')
-    (bin_dir / "scontrol").write_text("#!/bin/sh\necho n1\n")
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
     cfg = load_config([], [f"output_dir={tmp_path / 'run'}", "launch.backend=slurm"])
     config_path = evil / "launch $(touch PWNED4).yaml"
     old = os.getcwd()
@@ -92,9 +161,7 @@ def test_quoted_paths_run_nothing(tmp_path):
     finally:
         os.chdir(old)
     (tmp_path / "job.sh").write_text(script)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args"),
-           "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "7"}
-    subprocess.run(["bash", str(tmp_path / "job.sh")], env=env, check=True, cwd=tmp_path)
+    subprocess.run(["bash", str(tmp_path / "job.sh")], env=fake_srun(tmp_path), check=True, cwd=tmp_path)
     assert not list(tmp_path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
     args = (tmp_path / "args").read_text().splitlines()
     assert args[-1] == str(config_path)

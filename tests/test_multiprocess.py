@@ -31,3 +31,4 @@ def test_two_ranks_match_one_rank(tmp_path):
     assert ev(two)["examples"] == ev(one)["examples"] == 20
     assert abs(ev(two)["accuracy"] - ev(one)["accuracy"]) < 1e-9
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-2", "step-3"]
+    assert next(r for r in two if r.get("event") == "device")["per_rank"] == ["cpu", "cpu"]

@@ -5,6 +5,7 @@ No weights load: models are built on the meta device from the real config.json."
 import dataclasses
 import json
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -249,6 +250,96 @@ def test_cpu_zero3_rows_carry_the_measured_caveat(capsys):
     assert "ZeRO-3" in gpu and "lower bound" not in gpu
     _, plain, _ = plan_cli(capsys, *base[:4], "hardware.device=cpu", "distributed.engine=torch")
     assert "lower bound" not in plain
+
+
+QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
+
+
+def rows_and_commands(out: str) -> list[tuple[list[str], list[str]]]:
+    """(table row, command) pairs of `ptune plan`'s output."""
+    lines = out.splitlines()
+    return [(line.split(), lines[i + 1].split()) for i, line in enumerate(lines) if line[:4].strip().isdigit()]
+
+
+def test_cli_plans_the_run_a_config_file_describes(capsys, tmp_path):
+    """`ptune plan CONFIG.yaml`: the file's method, batch, length, quantisation, checkpointing, engine and
+    ranks are the run's, kept as set; `model=CONFIG.yaml` only starts from the file and varies them."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {{name_or_path: '{SMOL}', quant: nf4, gradient_checkpointing: true}}\n"
+                   "method: {name: p_tuning_v2}\ndata: {batch_size: 8, max_length: 128}\n"
+                   "distributed: {engine: deepspeed, zero_stage: 3}\nlaunch: {nproc_per_node: 2}\n")
+    code, out, err = plan_cli(capsys, str(cfg), "hardware.gpu_mem=8GB", "train.grad_accum=2")
+    assert code == 0, err
+    assert "p_tuning_v2" in out and "batch 8 x 128 tokens per GPU" in out and "hardware: 2 x 8 GB (2 GPUs)" in out
+    found = rows_and_commands(out)
+    assert found
+    for row, command in found:
+        assert row[2:7] == ["nf4", "on", "8", "x", "2"] and "ZeRO-3" in row, row
+        assert command[:4] == ["ptune", "launch", str(cfg), "launch.nproc_per_node=2"]
+        assert "train.grad_accum=2" in command and not any(c.startswith("model.name_or_path") for c in command)
+    _, explored, _ = plan_cli(capsys, f"model={cfg}", "hardware.gpu_mem=8GB")
+    bases = {row[2] for row, _ in rows_and_commands(explored)}
+    assert {"bf16", "nf4"} <= bases and "DDP x2" in explored  # varied: the file is only where it starts
+
+
+def test_cli_plans_quickstart_with_overrides_and_its_commands_load(capsys):
+    """configs/quickstart.yaml plus key=value: the batch and length as overridden; each printed command
+    names the config and loads as the setup of its row."""
+    from ptune_dist.config import load_config
+
+    code, out, err = plan_cli(capsys, QUICKSTART, "data.batch_size=32", "data.max_length=96", "hardware.gpus=1",
+                              "hardware.gpu_mem=24GB")
+    assert code == 0, err
+    assert "smollm2-135m-instruct" in out and "prompt_tuning" in out and "batch 32 x 96 tokens per GPU" in out
+    found = rows_and_commands(out)
+    assert found
+    for row, command in found:
+        assert command[1:3] == ["launch" if "ZeRO" in row[7] else "train", QUICKSTART], command
+        assert "data.max_length=96" in command
+        cfg = load_config([QUICKSTART], command[3:])
+        assert cfg.distributed.engine == ("deepspeed" if "ZeRO" in row[7] else "torch")
+        micro, accum = int(row[4]), int(row[6])
+        assert (cfg.data.batch_size, cfg.train.grad_accum, cfg.data.max_length) == (micro, accum, 96)
+        assert micro * accum == 32 and cfg.model.gradient_checkpointing == (row[3] == "on")
+
+
+def test_cli_hardware_follows_the_config_and_this_machines_gpu(capsys, tmp_path, monkeypatch):
+    """GPUs per node and nodes from launch.*, a CPU run from train.device=cpu; without hardware.gpu_mem the
+    memory of the smallest GPU this machine shows. A Slurm GPU job's commands keep one GPU per rank."""
+    from ptune_dist.config import load_config
+    from ptune_dist.launcher import slurm
+
+    cfg = tmp_path / "slurm.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'run'}\nmodel: {{name_or_path: '{SMOL}'}}\n"
+                   "launch: {backend: slurm, nnodes: 2, nproc_per_node: 2, gpus_per_node: 2}\n")
+    memory = {0: 80 * GiB, 1: 40 * GiB}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(total_memory=memory[i], name=f"Fake GPU {i}"))
+    code, out, err = plan_cli(capsys, str(cfg))
+    assert code == 0, err
+    assert "hardware: 2 x 40 GB x 2 nodes (4 GPUs; the memory of this machine's Fake GPU 1" in out
+    found = rows_and_commands(out)
+    assert found
+    for _, command in found:
+        assert command[:6] == ["ptune", "launch", str(cfg), "launch.nproc_per_node=2", "launch.gpus_per_node=2",
+                               "launch.nnodes=2"]
+        slurm.train_script(load_config([str(cfg)], command[3:]), tmp_path / "launch.yaml")  # the launcher accepts it
+    _, given, _ = plan_cli(capsys, str(cfg), "hardware.gpu_mem=24GB")
+    assert "2 x 24 GB x 2 nodes (4 GPUs)" in given and "Fake GPU" not in given
+    _, cpu, _ = plan_cli(capsys, str(cfg), "launch.gpus_per_node=0", "train.device=cpu")
+    assert "(4 process (CPU)s)" in cpu and "Fake GPU" not in cpu
+
+
+def test_cli_config_file_errors_name_the_file_or_key(capsys, tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("data: {batch_sise: 4}\n")
+    for args, named in [([str(tmp_path / "missing.yaml")], "missing.yaml"), ([str(typo)], "data.batch_sise"),
+                        (["llama-7b"], "'llama-7b': expected a run config"),
+                        ([QUICKSTART, f"model={QUICKSTART}"], "model=")]:
+        code, _, err = plan_cli(capsys, *args)
+        assert code == 2 and named in err and "Traceback" not in err, (args, err)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

@@ -3,7 +3,7 @@
     trainable.safetensors   every trainable weight (prompts, prompt encoders, MLPs, heads) in fp32
     optimizer.safetensors   the optimizer's tensor state, keyed state.<param name>.<slot>
     state.json              step, optimizer hyper-parameters and scalars, scheduler, data position, RNG
-    rng.safetensors         torch RNG state of every rank
+    rng.safetensors         torch RNG state of every rank (rankN; rankN.cuda: its GPU's, when it ran on one)
     config.yaml             the resolved run config
     manifest.json           sizes and checksums (see atomic.py)
 
@@ -84,8 +84,9 @@ def load_optimizer_state(model, optimizer, tensors: dict, meta: dict) -> None:
 
 
 def rng_state():
-    """This rank's random state: (torch, python)."""
-    return torch.get_rng_state(), _jsonable(random.getstate())
+    """This rank's random state: (torch CPU, python, torch CUDA of the current GPU or None)."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), _jsonable(random.getstate()), cuda
 
 
 def save(folder: Path, config_yaml: str, trainable: dict, *, optimizer: tuple | None = None,
@@ -105,8 +106,13 @@ def save(folder: Path, config_yaml: str, trainable: dict, *, optimizer: tuple | 
             state["optimizer"] = meta
             state.update(training)
             ranks = rng_states or [rng_state()]
-            state["python_rng"] = [py for _, py in ranks]
-            save_file({f"rank{r}": t for r, (t, _) in enumerate(ranks)}, tmp / "rng.safetensors")
+            state["python_rng"] = [py for _, py, *_ in ranks]
+            tensors = {}
+            for r, (cpu, _, *cuda) in enumerate(ranks):
+                tensors[f"rank{r}"] = cpu
+                if cuda and cuda[0] is not None:
+                    tensors[f"rank{r}.cuda"] = cuda[0]
+            save_file(tensors, tmp / "rng.safetensors")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     return folder
 
@@ -180,6 +186,8 @@ def load_training(folder: Path, engine, loader, rank: int = 0) -> int:
     if f"rank{rank}" in rngs:
         torch.set_rng_state(rngs[f"rank{rank}"])
         random.setstate(_tupled(state["python_rng"][rank]))
+        if f"rank{rank}.cuda" in rngs and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.set_rng_state(rngs[f"rank{rank}.cuda"])  # a GPU run resumed on a GPU (the CPU has none)
     else:  # saved by fewer ranks: a fresh stream of its own, reproducible from the step
         torch.manual_seed(1_000_003 * int(state["step"]) + rank)
         random.seed(1_000_003 * int(state["step"]) + rank)

@@ -107,6 +107,8 @@ class TrainConfig:
     progress_bar: bool = True
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    # where this rank runs: auto = its own GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU
+    device: str = choice("auto", "cpu", "cuda")
 
 
 @dataclass

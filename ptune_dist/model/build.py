@@ -17,10 +17,12 @@ from .load import load_base
 from .prompt_model import PromptModel
 
 
-def build_model(cfg, specs, tokenizer, base=None) -> PromptModel:
-    """`base` = (hf_model, info) reuses an already loaded base (tests, scale studies)."""
+def build_model(cfg, specs, tokenizer, base=None, device: torch.device | None = None) -> PromptModel:
+    """`base` = (hf_model, info) reuses an already loaded base (tests, scale studies). The prompts are
+    made on the CPU (the same numbers on every device), then moved with the heads to `device` (default:
+    where the base's embeddings are) in fp32: master weights whatever the base's dtype."""
     cls = method_class(cfg.method.name)
-    model, info = base or load_base(cfg.model, trainable=cls.trains_base)
+    model, info = base or load_base(cfg.model, trainable=cls.trains_base, device=device)
     embed = model.get_input_embeddings()
     lookup = gathered_lookup(embed)
     prompts, heads = {}, {}
@@ -39,8 +41,10 @@ def build_model(cfg, specs, tokenizer, base=None) -> PromptModel:
             elif spec.uses_head:
                 heads[spec.name] = SequenceClassificationHead(info.hidden_size, len(spec.labels), spec.pooling,
                                                               head_dropout)
-    device = embed.weight.device
-    return PromptModel(model, info, prompts, heads, specs, cls.depth, cfg.model.attention).to(device)
+    device = device or embed.weight.device
+    for module in (*prompts.values(), *heads.values()):
+        module.to(device)
+    return PromptModel(model, info, prompts, heads, specs, cls.depth, cfg.model.attention, device)
 
 
 def gathered_lookup(embed):
@@ -52,6 +56,6 @@ def gathered_lookup(embed):
                 import deepspeed
 
                 stack.enter_context(deepspeed.zero.GatheredParameters([embed.weight]))
-            return embed(ids.to(embed.weight.device))
+            return embed(ids.to(embed.weight.device)).cpu()
 
     return lookup

@@ -19,9 +19,11 @@ def greedy(model, batch: dict, max_new_tokens: int, eos_id: int) -> list[list[in
     for _ in range(max_new_tokens):
         nxt = model.lm_head(hidden).argmax(-1)
         done |= nxt == eos_id
-        for i in (~done).nonzero(as_tuple=True)[0].tolist():
-            tokens[i].append(int(nxt[i]))
-        if bool(done.all()):
+        finished = done.tolist()  # copies to the host once per step, not once per row
+        for i, token in enumerate(nxt.tolist()):
+            if not finished[i]:
+                tokens[i].append(token)
+        if all(finished):
             break
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=1)
         step = {"input_ids": nxt[:, None], "attention_mask": mask, "task_ids": batch["task_ids"]}

@@ -10,10 +10,10 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     """[B, T, H] -> [B, H]. mask [B, T] marks the tokens to pool (real text, no padding, no virtual tokens)."""
     if how == "cls":
         first = mask.float().argmax(dim=1)
-        return hidden[torch.arange(hidden.shape[0]), first]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
     if how == "last":
         last = mask.shape[1] - 1 - mask.flip(1).float().argmax(dim=1)
-        return hidden[torch.arange(hidden.shape[0]), last]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     weights = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 

@@ -55,8 +55,11 @@ def load_tokenizer(name_or_path: str, padding_side: str = "right"):
     return tokenizer
 
 
-def load_base(model_cfg, trainable: bool = False):
-    """(model, info): the HF model with every parameter frozen unless `trainable`."""
+def load_base(model_cfg, trainable: bool = False, device: torch.device | None = None):
+    """(model, info): the HF model on `device` (default: the CPU), every parameter frozen unless `trainable`.
+
+    The weights go from the file straight to the device (no full CPU copy first); under ZeRO-3
+    (a live HfDeepSpeedConfig) DeepSpeed places each rank's partition on the current device instead."""
     hf_config = load_hf_config(model_cfg.name_or_path)
     if getattr(hf_config, "sliding_window", None) and getattr(hf_config, "use_sliding_window", True):
         raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r} uses sliding-window attention; "
@@ -66,6 +69,9 @@ def load_base(model_cfg, trainable: bool = False):
     extra = {}
     if model_cfg.quant != "none":  # config validation refuses a quantised base for a method that trains it
         extra["quantization_config"] = quant.bnb_config(model_cfg, quant.skip_modules(CLASSES[kind], hf_config))
+    placement = device_map(device)
+    if placement:
+        extra["device_map"] = placement
     model = CLASSES[kind].from_pretrained(
         resolve_path(model_cfg.name_or_path), dtype=DTYPES[model_cfg.dtype], attn_implementation=register(),
         **extra)
@@ -80,6 +86,16 @@ def load_base(model_cfg, trainable: bool = False):
     if model_cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model, BaseInfo.from_config(model.config, kind)
+
+
+def device_map(device: torch.device | None) -> dict | None:
+    """from_pretrained's placement: everything on the rank's GPU; None on the CPU (transformers' default)
+    and under ZeRO-3, where DeepSpeed places the partitions and transformers refuses a device_map."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if device is None or device.type == "cpu" or is_deepspeed_zero3_enabled():
+        return None
+    return {"": device}
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> None:

@@ -69,7 +69,7 @@ def classification(model, hidden, batch) -> Output:
             scores = label_scores(logprobs[rows], model.words(t))
         if labels is not None:
             loss = loss + F.cross_entropy(scores, labels[rows], reduction="sum")
-        for r, s in zip(rows.tolist(), scores.detach()):
+        for r, s in zip(rows.tolist(), scores.detach().cpu()):  # one copy to the host, not one per row
             out.preds[r], out.scores[r] = int(s.argmax()), s.tolist()
     out.loss = loss / B if labels is not None else None
     return out
@@ -97,8 +97,8 @@ def token_classification(model, hidden, batch) -> Output:
         if labels is not None:
             lab = labels[rows]
             loss = loss + F.cross_entropy(logits[lab != -100], lab[lab != -100], reduction="sum")
-        for r, row_logits in zip(rows.tolist(), logits.detach()):
-            out.preds[r] = row_logits.argmax(-1).tolist()
+        for r, row_preds in zip(rows.tolist(), logits.detach().argmax(-1).tolist()):
+            out.preds[r] = row_preds
     if labels is not None:
         out.count = int((labels != -100).sum())
         out.loss = loss / max(out.count, 1)

@@ -22,7 +22,7 @@ from .attention import PrefixKV
 
 class PromptModel(nn.Module):
     def __init__(self, base: nn.Module, info, prompts: dict[str, nn.Module], heads: dict[str, nn.Module],
-                 tasks: list[TaskSpec], depth: str, attention_impl: str = "auto"):
+                 tasks: list[TaskSpec], depth: str, attention_impl: str = "auto", device: torch.device | None = None):
         super().__init__()
         self.base = base
         self.info = info
@@ -31,11 +31,12 @@ class PromptModel(nn.Module):
         self.tasks = tasks
         self.depth = depth
         self.attention_impl = attention_impl
+        self.device = torch.device(device) if device is not None else base.get_input_embeddings().weight.device
         self.num_virtual_tokens = next(iter(prompts.values())).num_virtual_tokens if prompts else 0
         if any(not spec.uses_head for spec in tasks):
             self.lm_head  # noqa: B018  (fails now, naming the problem, rather than at the first batch)
         for i, spec in enumerate(tasks):
-            self.register_buffer(f"_words_{i}", objectives.word_table(spec.label_word_ids).to(base.device),
+            self.register_buffer(f"_words_{i}", objectives.word_table(spec.label_word_ids).to(self.device),
                                  persistent=False)
 
     # the parts of the HF model, found the same way for every architecture

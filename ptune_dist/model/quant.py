@@ -224,7 +224,8 @@ def own_unquantised(model: nn.Module) -> None:
             if isinstance(module, bnb_types):
                 continue
             for p in module.parameters(recurse=False):
-                p.data = p.data.clone()
+                if p.device.type == "cpu":  # on a GPU the weights were copied out of the file already
+                    p.data = p.data.clone()
 
 
 def prepare_loaded(model: nn.Module) -> int:

@@ -1,18 +1,23 @@
 """`ptune plan`: read the request, enumerate setups, predict each, print those that fit.
 
+    ptune plan CONFIG.yaml [MORE.yaml ...] [dotted.key=value ...] [hardware.* ...] [plan.* ...]
     ptune plan model=<built-in | embedded:NAME | HF folder | run config .yaml> method=NAME \
         hardware.gpus=1 hardware.gpu_mem=24GB [hardware.nodes=1] [run-config key=value ...] [plan.* ...]
 
-Keys given on the command line are kept as given; the planner varies the rest of what decides
-memory: the base (bf16, fp32, int8, nf4), gradient checkpointing, the micro-batch (with gradient
+Keys given on the command line are kept as given, and so are the keys that config files given as
+CONFIG.yaml set (they describe the run: its quantisation, checkpointing, accumulation, engine);
+`model=CONFIG.yaml` only starts from the file. The planner varies the rest of what decides memory:
+the base (bf16, fp32, int8, nf4), gradient checkpointing, the micro-batch (with gradient
 accumulation keeping `data.batch_size` the batch per device and step), and the engine (plain, ZeRO-3,
-ZeRO-3 with offload; ZeRO-1/2 too for full fine-tuning).
+ZeRO-3 with offload; ZeRO-1/2 too for full fine-tuning). Hardware not given follows the run config
+(launch.nproc_per_node GPUs per node, launch.nnodes nodes, train.device=cpu a CPU run) and, on a
+machine with a GPU, takes that GPU's memory (24GB without one).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ptune_dist.errors import ConfigError
@@ -61,6 +66,7 @@ class Hardware:
     gpu_mem: float = 24 * GiB
     device: str = "gpu"
     runtime: float | None = None
+    detected: str = ""  # the GPU of this machine whose memory gpu_mem is, when it was not given
 
     @property
     def world(self) -> int:
@@ -77,10 +83,13 @@ class Hardware:
 class Request:
     arch: Arch
     base: Setup  # from the run config (file + overrides)
-    fixed: set  # dotted keys the user gave on the command line
+    fixed: set  # dotted keys the planner keeps: given on the command line or set by a CONFIG.yaml
     hardware: Hardware
-    config_file: str = ""
+    config_file: str = ""  # the config file(s) of the commands
     model_override: str = ""  # model.name_or_path to put in the commands
+    overrides: list = field(default_factory=list)  # the command line's run-config key=value, for the commands
+    backend: str = "local"  # the config's launch.backend
+    slurm_gpus: bool = False  # the config asks Slurm for GPUs (launch.gpus_per_node), one per rank
     show_all: bool = False
     top: int = 20
 
@@ -119,16 +128,20 @@ def _bool(value: str, key: str) -> bool:
 def parse_request(args: list[str]) -> Request:
     from ptune_dist.config import load_config
 
-    hw, plan, overrides, model, config_file = Hardware(), {}, [], "", ""
+    hardware, plan, overrides, model, files, model_file = {}, {}, [], "", [], ""
     for arg in args:
         if "=" not in arg:
-            raise ConfigError(f"ptune plan: {arg!r}: expected key=value (model=..., method=..., hardware.gpus=...)")
+            if not arg.endswith((".yaml", ".yml")) and not Path(arg).is_file():
+                raise ConfigError(f"{arg!r}: expected a run config (CONFIG.yaml) or key=value "
+                                  "(model=..., method=..., hardware.gpus=...)")
+            files.append(arg)
+            continue
         key, value = arg.split("=", 1)
         if key == "model":
             if value.endswith((".yaml", ".yml")):
                 if not Path(value).is_file():
                     raise ConfigError(f"model={value!r}: config file not found")
-                config_file = value
+                model_file = value
             else:
                 model = value
         elif key == "method":
@@ -138,18 +151,7 @@ def parse_request(args: list[str]) -> Request:
             if name not in HARDWARE_KEYS:
                 raise ConfigError(f"config key {key} is unknown; allowed here: "
                                   + ", ".join(f"hardware.{k}" for k in HARDWARE_KEYS))
-            if name in ("gpus", "nodes"):
-                setattr(hw, name, _int(value, key))
-            elif name == "gpu_mem":
-                hw.gpu_mem = parse_size(value, key)
-                if hw.gpu_mem <= 0:
-                    raise ConfigError(f"{key}={value!r} must be > 0")
-            elif name == "runtime":
-                hw.runtime = parse_size(value, key)
-            elif value not in ("gpu", "cpu"):
-                raise ConfigError(f"{key}={value!r} is not allowed; choose one of ['gpu', 'cpu']")
-            else:
-                hw.device = value
+            hardware[name] = value
         elif key.startswith("plan."):
             name = key.split(".", 1)[1]
             if name not in PLAN_KEYS:
@@ -158,20 +160,80 @@ def parse_request(args: list[str]) -> Request:
             plan[name] = value
         else:
             overrides.append(arg)
-    if not model and not config_file:
-        raise ConfigError("ptune plan: give model=<built-in name | embedded:NAME | HF folder | run config .yaml>")
+    if files and model_file:
+        raise ConfigError(f"model={model_file!r}: the run config is already given ({' '.join(files)}); give it once")
+    if not (model or files or model_file):
+        raise ConfigError("give a run config (CONFIG.yaml) or model=<built-in name | embedded:NAME | "
+                          "HF folder | run config .yaml>")
     arch = resolve_arch(model) if model else None
     if model:
         overrides.insert(0, f"model.name_or_path={model}")
-    cfg = load_config([config_file] if config_file else [], _config_overrides(overrides, model))
+    cfg = load_config(files or ([model_file] if model_file else []), _config_overrides(overrides, model))
     if arch is None:
         arch = resolve_arch(cfg.model.name_or_path, key="model.name_or_path")
-    fixed = {o.split("=", 1)[0] for o in overrides}
+    fixed = {o.split("=", 1)[0] for o in overrides} | _keys_set_in(files)
     base = setup_from_config(cfg, arch, plan)
-    return Request(arch=arch, base=base, fixed=fixed, hardware=hw, config_file=config_file,
+    return Request(arch=arch, base=base, fixed=fixed, hardware=_hardware(hardware, cfg),
+                   config_file=" ".join(files) or model_file,
                    model_override=HUB_IDS.get(arch.name, model) if model else "",
+                   overrides=[o for o in overrides if o.split("=", 1)[0] not in PLANNED_KEYS],
+                   backend=cfg.launch.backend, slurm_gpus=cfg.launch.gpus_per_node > 0,
                    show_all=_bool(plan.get("all", "false"), "plan.all"),
                    top=_int(plan.get("top", "20"), "plan.top"))
+
+
+def _keys_set_in(files: list[str]) -> set[str]:
+    """The dotted keys that YAML files set (load_config has read them already)."""
+    import yaml
+
+    keys = set()
+
+    def walk(node: dict, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                keys.add(f"{prefix}{k}")
+
+    for f in files:
+        walk(yaml.safe_load(Path(f).read_text()) or {}, "")
+    return keys
+
+
+def _hardware(given: dict, cfg) -> Hardware:
+    """hardware.* as given; the rest from the run config and, on a GPU, this machine's GPU memory."""
+    hw = Hardware(gpus=cfg.launch.nproc_per_node, nodes=cfg.launch.nnodes,
+                  device="cpu" if cfg.train.device == "cpu" else "gpu")
+    for name, value in given.items():
+        key = f"hardware.{name}"
+        if name in ("gpus", "nodes"):
+            setattr(hw, name, _int(value, key))
+        elif name == "gpu_mem":
+            hw.gpu_mem = parse_size(value, key)
+            if hw.gpu_mem <= 0:
+                raise ConfigError(f"{key}={value!r} must be > 0")
+        elif name == "runtime":
+            hw.runtime = parse_size(value, key)
+        elif value not in ("gpu", "cpu"):
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of ['gpu', 'cpu']")
+        else:
+            hw.device = value
+    if "gpu_mem" not in given and hw.device == "gpu":
+        local = local_gpu()
+        if local:
+            hw.gpu_mem, hw.detected = local
+    return hw
+
+
+def local_gpu() -> tuple[float, str] | None:
+    """(memory in bytes, name) of the smallest GPU this machine shows; None without one."""
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        return None
+    props = min((torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())),
+                key=lambda p: p.total_memory)
+    return float(props.total_memory), props.name
 
 
 def _config_overrides(overrides: list[str], model: str) -> list[str]:
@@ -261,12 +323,20 @@ def enumerate_setups(req: Request) -> list[Setup]:
     return out
 
 
+# keys the commands set from the planned setup; the command line's other run-config keys go in as given
+PLANNED_KEYS = {"model.name_or_path", "model.dtype", "model.quant", "model.quant_compute_dtype",
+                "model.quant_storage", "model.gradient_checkpointing", "data.batch_size", "train.grad_accum",
+                "distributed.engine", "distributed.zero_stage", "distributed.offload_optimizer",
+                "distributed.offload_params", "launch.nproc_per_node", "launch.nnodes", "launch.gpus_per_node"}
+
+
 def overrides_for(s: Setup, req: Request) -> list[str]:
     o = []
     if req.model_override:
         o.append(f"model.name_or_path={req.model_override}")
-    if not req.config_file or "method.name" in req.fixed:
-        o.append(f"method.name={s.method}")
+    if not req.config_file and "method.name" not in req.fixed:
+        o.append(f"method.name={s.method}")  # CONFIG.yaml stands for any config: say the method planned
+    o += req.overrides
     o.append(f"model.dtype={s.dtype}")
     if s.quant != "none":
         o.append(f"model.quant={s.quant}")
@@ -291,10 +361,12 @@ def overrides_for(s: Setup, req: Request) -> list[str]:
 def command_for(s: Setup, req: Request) -> str:
     cfg = req.config_file or "CONFIG.yaml"
     hw = req.hardware
-    if hw.world == 1 and s.engine == "torch":
+    if hw.world == 1 and s.engine == "torch" and req.backend == "local":
         head = f"ptune train {cfg}"
     else:
         head = f"ptune launch {cfg} launch.nproc_per_node={hw.gpus}"
+        if req.slurm_gpus:  # one GPU per rank (launcher/slurm.py)
+            head += f" launch.gpus_per_node={hw.gpus}"
         if hw.nodes > 1:
             head += f" launch.nnodes={hw.nodes}"
     return " ".join([head, *overrides_for(s, req)])
@@ -360,8 +432,9 @@ def render(req: Request, rows: list[Row]) -> str:
         f"method: {b.method}, {b.num_virtual_tokens} virtual tokens, {rows[0].breakdown.trainable_params:,} "
         f"trainable parameters; batch {b.batch_size} x {b.max_length} tokens per {device}, {b.task} "
         f"({'LM head on ' + str(b.label_tokens) + ' labelled token(s) per row' if not b.head_classes else 'head'})",
-        f"hardware: {where} ({hw.world} {device}{'s' if hw.world > 1 else ''}), runtime overhead "
-        f"{hw.runtime_bytes / GiB:.2f} GB per {device}",
+        f"hardware: {where} ({hw.world} {device}{'s' if hw.world > 1 else ''}"
+        + (f"; the memory of this machine's {hw.detected}, hardware.gpu_mem=... for another" if hw.detected else "")
+        + f"), runtime overhead {hw.runtime_bytes / GiB:.2f} GB per {device}",
         f"{fitting} of {len(rows)} setups fit" + ("" if req.show_all else
                                                   "; best first, the largest micro-batch of each kind")
         + ". Predicted peak per " + device + " in GB = weights + ZeRO-3 gathered + prompt/grad/optimizer "

@@ -8,30 +8,36 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 
+from ptune_dist.device import backend
 from ptune_dist import embedded
 from ptune_dist.launcher.env import DistEnv, free_port
 
 
-def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300) -> None:
+def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300, device: torch.device | None = None) -> None:
     """Join the process group: always for DeepSpeed (it needs one, also alone), else when world > 1.
-    Models stay on the CPU here, so the backend is gloo."""
+    The backend follows the rank's device (device.backend): NCCL for GPU tensors with gloo beside it,
+    gloo alone on CPUs. The group is made here for both engines; DeepSpeed then adopts it."""
     if tdist.is_initialized() or (engine == "torch" and env.world == 1):
         return
-    timeout = timedelta(seconds=timeout_s)
+    device = device or torch.device("cpu")
+    port = env.master_port if env.world > 1 else free_port()
+    extra = {}
+    if device.type == "cuda" and env.world > 1:
+        extra["device_id"] = device  # binds NCCL to this rank's GPU at once (eager init)
+    tdist.init_process_group(backend(device), init_method=f"tcp://{env.master_addr}:{port}",
+                             rank=env.rank, world_size=env.world, timeout=timedelta(seconds=timeout_s), **extra)
     if engine == "deepspeed":
         import deepspeed
 
-        port = env.master_port if env.world > 1 else free_port()
-        for key, value in (("RANK", env.rank), ("WORLD_SIZE", env.world), ("LOCAL_RANK", env.local_rank),
+        # DeepSpeed makes LOCAL_RANK its current device: the GPU index (0 when a launcher bound one GPU to the task)
+        local = device.index if device.type == "cuda" else env.local_rank
+        for key, value in (("RANK", env.rank), ("WORLD_SIZE", env.world), ("LOCAL_RANK", local),
                            ("MASTER_ADDR", env.master_addr), ("MASTER_PORT", port)):
             os.environ.setdefault(key, str(value))
-        # DeepSpeed compiles a shared-memory op at first use (~30 s); keep it next to the models
+        # DeepSpeed compiles a shared-memory op at first use on CPUs (~30 s); keep it next to the models
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(embedded.home() / "torch_extensions"))
-        deepspeed.init_distributed(dist_backend="gloo", timeout=timeout, auto_mpi_discovery=False)
-        return
-    tdist.init_process_group("gloo", init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                             rank=env.rank, world_size=env.world, timeout=timeout)
-
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                                   timeout=timedelta(seconds=timeout_s), auto_mpi_discovery=False)
 
 
 def active() -> bool:

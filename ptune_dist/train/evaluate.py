@@ -11,6 +11,7 @@ import math
 import torch
 
 from ptune_dist.data.loader import eval_batches
+from ptune_dist.device import to_device
 
 from . import dist
 
@@ -61,8 +62,11 @@ def metrics_from(spec, sums: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, tasks, batch_size: int, pad_id: int, padding_side: str, rank: int = 0, world: int = 1) -> dict:
-    """{task name: metrics} for every task with evaluation data. Every rank must call it."""
+def evaluate(model, tasks, batch_size: int, pad_id: int, padding_side: str, rank: int = 0, world: int = 1,
+             device: torch.device | None = None) -> dict:
+    """{task name: metrics} for every task with evaluation data, the batches run on `device` (default: the
+    model's). Every rank must call it."""
+    device = device or model.device
     was_training = model.training
     model.eval()
     results = {}
@@ -71,7 +75,7 @@ def evaluate(model, tasks, batch_size: int, pad_id: int, padding_side: str, rank
             continue
         sums = None
         for batch in eval_batches(t.eval, batch_size, pad_id, padding_side, rank, world):
-            out = model(batch)
+            out = model(to_device(batch, device))
             if batch.get("skip"):
                 continue
             s = batch_sums(t.spec, out, batch)

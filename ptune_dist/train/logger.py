@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -61,6 +62,15 @@ class MetricsLogger:
             self.bar.write(f"step {step} {split}: " + "; ".join(
                 f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
                 for t, m in results.items()))
+
+    def say(self, line: str) -> None:
+        """A line for the person watching (above the progress bar), not for metrics.jsonl."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def advance(self) -> None:
         if self.bar is not None:

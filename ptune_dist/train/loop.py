@@ -22,6 +22,7 @@ import torch
 from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.config import to_yaml
 from ptune_dist.data.loader import TrainLoader
+from ptune_dist.device import describe, peak_bytes, to_device
 from ptune_dist.errors import ConfigError
 
 from . import dist
@@ -56,8 +57,11 @@ def train_run(cfg, stop: StopRequests) -> dict:
         (out / "config.yaml").write_text(to_yaml(cfg))
     log = MetricsLogger(out, env.is_main, t.steps, start, t.progress_bar, t.tensorboard)
     run_eval = partial(evaluate, batch_size=cfg.data.eval_batch_size, pad_id=s.pad_id,
-                       padding_side=cfg.data.padding_side, rank=env.rank, world=env.world)
-    results = {"method": cfg.method.name, "model": cfg.model.name_or_path}
+                       padding_side=cfg.data.padding_side, rank=env.rank, world=env.world, device=s.device)
+    ran_on = describe(s.device)
+    results = {"method": cfg.method.name, "model": cfg.model.name_or_path, "device": ran_on}
+    log.write({"event": "device", "step": start, **ran_on, "per_rank": dist.gather_objects(str(s.device))})
+    log.say(f"ptune: rank 0 of {env.world} trains on {ran_on['device']}" + (f" ({ran_on['name']})" if "name" in ran_on else ""))
     held = dist.gather_objects(param_bytes(model))  # every rank: what it holds of the model
     log.write({"event": "parameters", "step": start, "bytes_per_rank": [h for h, _ in held], "bytes_total": held[0][1]})
     if start:
@@ -72,8 +76,10 @@ def train_run(cfg, stop: StopRequests) -> dict:
         run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks), stop)
     results["final"] = run_eval(model, s.tasks)
     log.eval(t.steps, results["final"])
-    peaks = dist.gather_objects(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
-    log.write({"event": "memory", "step": t.steps, "peak_rss_bytes_per_rank": peaks})
+    peaks = dist.gather_objects((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+                                 peak_bytes(s.device)))
+    log.write({"event": "memory", "step": t.steps, "peak_rss_bytes_per_rank": [rss for rss, _ in peaks],
+               **({"peak_gpu_bytes_per_rank": [gpu for _, gpu in peaks]} if peaks[0][1] is not None else {})})
     if t.steps and start < t.steps:
         save_checkpoint(s, t.steps, engine, loader)
     weights = engine.full_weights() if engine else ckpt.trainable_state(model)  # every rank: may gather
@@ -91,12 +97,12 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
     model.train()
     for step in range(start + 1, t.steps + 1):
         for _ in range(t.grad_accum):
-            batch = next(batches)
-            loss = engine.forward(batch).loss
+            batch = next(batches)  # built on the CPU
+            tokens += int(batch["attention_mask"].sum())
+            loss = engine.forward(to_device(batch, s.device)).loss
             engine.backward(loss)
             losses.append(loss.detach())
             del loss  # its graph would live through the next forward, with what bitsandbytes int8 keeps on it
-            tokens += int(batch["attention_mask"].sum())
         lr, grad_norm = engine.lr, engine.step()
         if step % t.log_every == 0 or step == t.steps:
             mean_loss = float(dist.all_reduce_sum(torch.stack(losses).mean().float())) / world

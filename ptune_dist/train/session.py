@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ptune_dist.data.prepare import TaskData, prepare_tasks, resolve_task
+from ptune_dist.device import choose
+from ptune_dist.errors import ConfigError
 from ptune_dist.launcher.env import DistEnv
 from ptune_dist.methods import BaseInfo, method_class
 from ptune_dist.model.build import build_model
@@ -28,6 +30,7 @@ class Session:
     model: PromptModel
     tasks: list[TaskData]
     env: DistEnv
+    device: torch.device  # this rank's, chosen once (ptune_dist.device.choose)
     keepalive: object = None  # HfDeepSpeedConfig under ZeRO-3: from_pretrained shards while it lives
 
     @property
@@ -51,7 +54,11 @@ def prepare(cfg, splits=("train", "eval")):
 def build_session(cfg, splits=("train", "eval"), env: DistEnv | None = None, base=None) -> Session:
     """`base` = (hf_model, info) reuses a loaded base (tests, studies over many configs)."""
     env = env or DistEnv.from_environ()
-    dist.init(env, cfg.distributed.engine, cfg.distributed.timeout_s)
+    device = choose(cfg.train.device, env.local_rank)
+    if base is not None and base[0].device.type != device.type:
+        raise ConfigError(f"train.device={cfg.train.device} chose {device}, but the base handed in is on "
+                          f"{base[0].device}; load it with load_base(..., device=...) or set train.device")
+    dist.init(env, cfg.distributed.engine, cfg.distributed.timeout_s, device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     cfg, tokenizer, _, data = prepare(cfg, splits)
@@ -66,9 +73,9 @@ def build_session(cfg, splits=("train", "eval"), env: DistEnv | None = None, bas
         # enables (fp32 when none), so name it here; the engine's config stays fp32 (trainables are fp32)
         half = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype)
         keepalive = HfDeepSpeedConfig({**ds_config(cfg, env.world), **({half: {"enabled": True}} if half else {})})
-    base = base or load_base(cfg.model, trainable=method_class(cfg.method.name).trains_base)
-    model = build_model(cfg, [d.spec for d in data], tokenizer, base=base)
-    return Session(cfg, tokenizer, model, data, env, keepalive)
+    base = base or load_base(cfg.model, trainable=method_class(cfg.method.name).trains_base, device=device)
+    model = build_model(cfg, [d.spec for d in data], tokenizer, base=base, device=device)
+    return Session(cfg, tokenizer, model, data, env, device, keepalive)
 
 
 def baseline_view(session: Session) -> tuple[PromptModel, list[TaskData]]:
@@ -76,6 +83,6 @@ def baseline_view(session: Session) -> tuple[PromptModel, list[TaskData]]:
     the untuned (prompt design) number a prompt method should beat."""
     s = session
     m = s.model
-    view = PromptModel(m.base, m.info, {}, dict(m.heads.items()), m.tasks, "none", m.attention_impl)
+    view = PromptModel(m.base, m.info, {}, dict(m.heads.items()), m.tasks, "none", m.attention_impl, s.device)
     data = prepare_tasks(s.cfg.tasks, s.cfg.data, s.tokenizer, m.info, 0, "none", splits=("eval",))
     return view, data

@@ -1,0 +1,83 @@
+"""The device of this rank, chosen once, and what follows from it (see docs/device.md).
+
+    choose(setting, local_rank)  -> torch.device   train.device: auto | cpu | cuda; binds the GPU
+    backend(device)              -> the process-group backend: gloo, or NCCL for GPU tensors with
+                                    gloo beside it for the CPU-side collectives (objects, barriers)
+    to_device(batch, device)     -> the batch on the device (pinned host memory, non-blocking copy)
+    describe(device)             -> what the metrics log says about the device
+    peak_bytes(device)           -> the allocator's peak on a GPU (None on the CPU)
+
+Everything else receives the device as an argument; nothing else asks torch.cuda where to run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ptune_dist.errors import ConfigError
+
+SETTINGS = ("auto", "cpu", "cuda")
+
+
+def gpu_count(cuda=torch.cuda) -> int:
+    return cuda.device_count() if cuda.is_available() else 0
+
+
+def gpu_index(local_rank: int, count: int, environ=os.environ) -> int:
+    """The GPU of the rank with this local rank: its own of the node's GPUs, or the one GPU a launcher
+    bound to the task (srun --gpus-per-task=1 leaves one device in CUDA_VISIBLE_DEVICES)."""
+    if local_rank < count:
+        return local_rank
+    visible = environ.get("CUDA_VISIBLE_DEVICES", "")
+    if count == 1 and visible and "," not in visible:
+        return 0
+    raise ConfigError(f"train.device: the rank with local rank {local_rank} needs a GPU of its own, but this "
+                      f"process sees {count} GPU(s) (CUDA_VISIBLE_DEVICES={visible or 'unset'}); start at most "
+                      f"{count} ranks per node (launch.nproc_per_node) or set train.device=cpu")
+
+
+def choose(setting: str, local_rank: int = 0, cuda=torch.cuda, environ=os.environ) -> torch.device:
+    """This rank's device; on a GPU also makes it the current CUDA device (before any process group,
+    so NCCL and every later allocation use it)."""
+    if setting not in SETTINGS:
+        raise ConfigError(f"train.device={setting!r} is not allowed; choose one of {list(SETTINGS)}")
+    if setting == "cpu":
+        return torch.device("cpu")
+    count = gpu_count(cuda)
+    if count == 0:
+        if setting == "cuda":
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ConfigError(f"train.device=cuda, but no CUDA GPU is visible (torch {torch.__version__}, {build}); "
+                              "use train.device=auto or cpu")
+        return torch.device("cpu")
+    device = torch.device("cuda", gpu_index(local_rank, count, environ))
+    cuda.set_device(device)
+    return device
+
+
+def backend(device: torch.device) -> str:
+    """NCCL moves the GPU tensors; gloo beside it keeps object collectives and barriers on the CPU."""
+    return "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on `device`: copied from pinned host memory without blocking the host, so
+    the copy overlaps the work already queued on the GPU. Non-tensors stay as they are."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def describe(device: torch.device) -> dict:
+    out = {"device": str(device), "backend": backend(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        out.update(name=props.name, memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}",
+                   torch_cuda=torch.version.cuda)
+    return out
+
+
+def peak_bytes(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
