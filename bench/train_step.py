@@ -32,33 +32,50 @@ MODEL = "embedded:smollm2-135m-instruct"
 ANSWER = 16
 
 
-def batch_tensors(args):
+def batch_tensors(batch: int, seq: int, labels: str = "answer", high: int = 40000):
+    """The same token ids for every system: [batch, seq] from a fixed seed; labels on the last ANSWER
+    tokens of each row (`answer`) or on every token (`all`)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, 40000, (args.batch, args.seq), generator=g)
-    labels = ids.clone()
-    if args.labels == "answer":
-        labels[:, :-ANSWER] = -100
-    return ids, labels
+    ids = torch.randint(100, high, (batch, seq), generator=g)
+    targets = ids.clone()
+    if labels == "answer":
+        targets[:, :-ANSWER] = -100
+    return ids, targets
 
 
-def run_peft(args, method):
+def peft_config(method: str, virtual: int):
+    from peft import PrefixTuningConfig, PromptTuningConfig, TaskType
+
+    return (PromptTuningConfig if method == "prompt_tuning" else PrefixTuningConfig)(
+        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=virtual)
+
+
+def ptune_batch(model, ids, labels) -> dict:
+    """The batch as ptune's data pipeline lays it out: shallow prompts get P placeholder slots in front
+    of the tokens (`soft_mask`), deep prompts none; every row is task 0."""
     import torch
-    from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM
 
-    from ptune_dist.model.load import resolve_path
+    B, P = ids.shape[0], model.num_virtual_tokens if model.depth == "shallow" else 0
+    batch = {"input_ids": torch.cat([torch.zeros(B, P, dtype=torch.long), ids], 1),
+             "labels": torch.cat([torch.full((B, P), -100), labels], 1),
+             "task_ids": torch.zeros(B, dtype=torch.long)}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    if P:
+        batch["soft_mask"] = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+        batch["soft_mask"][:, :P] = True
+    return batch
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_path(MODEL), attn_implementation="sdpa")
-    cfg = (PromptTuningConfig if method == "prompt_tuning" else PrefixTuningConfig)(
-        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.virtual)
-    model = get_peft_model(model, cfg).train()
-    ids, labels = batch_tensors(args)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+def adamw_step(loss_fn, params):
+    """One training step: loss, backward, AdamW, zero the gradients; returns the loss."""
+    import torch
+
+    opt = torch.optim.AdamW(list(params), lr=1e-3)
 
     def step():
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+        loss = loss_fn()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -67,9 +84,22 @@ def run_peft(args, method):
     return step
 
 
-def run_ptune(args, method):
+def run_peft(args, method):
     import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
 
+    from ptune_dist.model.load import resolve_path
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_path(MODEL), attn_implementation="sdpa")
+    model = get_peft_model(model, peft_config(method, args.virtual)).train()
+    ids, labels = batch_tensors(args.batch, args.seq, args.labels)
+    mask = torch.ones_like(ids)
+    return adamw_step(lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss,
+                      [p for p in model.parameters() if p.requires_grad])
+
+
+def run_ptune(args, method):
     from ptune_dist.config import load_config
     from ptune_dist.data.task import TaskSpec
     from ptune_dist.model.build import build_model
@@ -78,25 +108,8 @@ def run_ptune(args, method):
     cfg = load_config([], [f"method.name={method}", f"method.num_virtual_tokens={args.virtual}",
                            "method.projection=false", f"model.name_or_path={MODEL}"])
     model = build_model(cfg, [TaskSpec(name="bench", type="generation")], load_tokenizer(MODEL)).train()
-    ids, labels = batch_tensors(args)
-    B, P = ids.shape[0], args.virtual if model.depth == "shallow" else 0
-    batch = {"input_ids": torch.cat([torch.zeros(B, P, dtype=torch.long), ids], 1),
-             "labels": torch.cat([torch.full((B, P), -100), labels], 1),
-             "task_ids": torch.zeros(B, dtype=torch.long)}
-    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
-    if P:
-        batch["soft_mask"] = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
-        batch["soft_mask"][:, :P] = True
-    opt = torch.optim.AdamW(model.trainable_parameters().values(), lr=1e-3)
-
-    def step():
-        loss = model(batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+    batch = ptune_batch(model, *batch_tensors(args.batch, args.seq, args.labels))
+    return adamw_step(lambda: model(batch).loss, model.trainable_parameters().values())
 
 
 def child(args) -> dict:
