@@ -5,25 +5,39 @@
                               [--batch 1 8 32] [--prefix 16 64 256] [--seq 128 512]
                               [--heads 9 3] [--dim 64] [--reps 5] [--impls sdpa split auto]
                               [--threads 2] [--out docs/bench_attention.md]
+    python bench/attention.py --device cuda [--out docs/bench_attention_gpu.md]   (see "On CUDA" below)
 
-Shapes follow SmolLM2 (9 query heads over 3 KV heads, head dim 64): q [B, 9, T, 64], k/v [B, 3, T, 64],
+On CPU: shapes follow SmolLM2 (9 query heads over 3 KV heads, head dim 64): q [B, 9, T, 64], k/v [B, 3, T, 64],
 a prefix [3, P, 64] shared by the batch, causal, everything requiring grad (as in prompt training,
 where the gradient flows through q/k/v into the frozen model and into the prefix). One warm-up call,
 then --reps timed forward+backward calls; the median is reported.
 
-Memory. On CUDA: torch.cuda.max_memory_allocated during forward+backward, above what was allocated
-before it. On CPU, PyTorch's allocator keeps no statistics (and tracemalloc does not see it), so the
+Memory. On CPU, PyTorch's allocator keeps no statistics (and tracemalloc does not see it), so the
 measure is the bytes the forward leaves alive for the backward: every tensor autograd saves (captured
 with torch.autograd.graph.saved_tensors_hooks, each storage counted once), minus the storages of the
 inputs themselves, which every implementation keeps anyway. That is the attention's activation memory,
 the part that grows with the batch in training; transient buffers inside one kernel call are not in it.
 
 Ratios are implementation / baseline: below 1 is faster or smaller.
+
+On CUDA (`gpu_main`) the defaults become Llama-like shapes (Hq 32 over Hkv 8, d 64 and 128), B 4,
+T 1024 and 4096, P 20 and 128, bfloat16, and the peers are measured in the same run: `fa2` (the prefix
+concatenated per row, SDPA with a bottom-right causal bias: FlashAttention-2's own causal alignment,
+so SDPA runs its flash kernel where the shape allows), `sdpa-mask` (the baseline above: a boolean
+mask, no flash kernel) and `flex` (torch.compile'd flex_attention with a block mask "prefix visible,
+sequence causal"). Time: median of --reps CUDA-event timings after warm-up calls (which compile
+Triton and flex kernels). Memory: torch.cuda.max_memory_allocated during one forward+backward, above
+what was allocated before it. The table (--out, e.g. docs/bench_attention_gpu.md) names the GPU,
+date and versions, and gives TFLOP/s and time/memory ratios against `fa2` (or `sdpa-mask` where the
+flash kernel does not apply), and each output's largest difference from `sdpa-mask`'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
+import itertools
 import os
 import platform
 import statistics
@@ -86,29 +100,15 @@ def saved_bytes(fn, xs):
     return total
 
 
-def measure(fn, xs, grad, reps, device):
-    run_once(fn, xs, grad)  # warm-up (and compilation on a GPU)
+def measure(fn, xs, grad, reps):
+    """(median seconds, bytes saved for backward) of forward+backward on the CPU."""
+    run_once(fn, xs, grad)  # warm-up
     times = []
     for _ in range(reps):
-        if device == "cuda":
-            torch.cuda.synchronize()
         t0 = time.perf_counter()
         run_once(fn, xs, grad)
-        if device == "cuda":
-            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    if device == "cuda":
-        for x in xs:
-            x.grad = None
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        run_once(fn, xs, grad)
-        torch.cuda.synchronize()
-        mem = torch.cuda.max_memory_allocated() - before
-    else:
-        mem = saved_bytes(fn, xs)
-    return statistics.median(times), mem
+    return statistics.median(times), saved_bytes(fn, xs)
 
 
 def cpu_name():
@@ -121,20 +121,200 @@ def cpu_name():
     return platform.processor() or "unknown CPU"
 
 
+# ---- CUDA: peers in the same run, CUDA-event timing, TFLOP/s; the table of docs/bench_attention_gpu.md ----
+
+GPU_MODELS = {"llama-1b": (32, 8, 64), "llama-8b": (32, 8, 128)}  # (Hq, Hkv, d) of Llama-3.2-1B, Llama-3.1-8B
+GPU_WARMUP = 3
+
+
+def concat_prefix(k, v, prefix_k, prefix_v):
+    B = k.shape[0]
+    return (torch.cat([prefix_k.expand(B, -1, -1, -1), k], dim=2),
+            torch.cat([prefix_v.expand(B, -1, -1, -1), v], dim=2))
+
+
+def fa2_peer(q, k, v, prefix_k, prefix_v):
+    """[prefix; sequence] keys, SDPA with a bottom-right causal bias: query i sees keys j <= i + P, i.e. the
+    whole prefix and the sequence causally. That is FlashAttention-2's own causal alignment, so SDPA runs
+    its flash kernel when the shape allows (`fa2_applies`), otherwise its memory-efficient one."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    k, v = concat_prefix(k, v, prefix_k, prefix_v)
+    bias = causal_lower_right(q.shape[2], k.shape[2])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def fa2_applies(q, k):
+    """Whether SDPA can run its FlashAttention-2 kernel on q and the concatenated keys (with GQA)."""
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+    return can_use_flash_attention(SDPAParams(q, k, k, None, 0.0, False, q.shape[1] != k.shape[1]), False)
+
+
+_compiled_flex = None
+
+
+def flex_peer(T, P, device):
+    """torch.compile'd flex_attention on [prefix; sequence] keys with a block mask built once per shape
+    (as a model would, once for all its layers): the prefix visible to every query, the sequence causal."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention)
+    block_mask = create_block_mask(lambda b, h, q_idx, kv_idx: (kv_idx < P) | (kv_idx - P <= q_idx),
+                                   None, None, T, P + T, device=device)
+
+    def fn(q, k, v, prefix_k, prefix_v):
+        k, v = concat_prefix(k, v, prefix_k, prefix_v)
+        return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+    return fn
+
+
+def attention_flops(B, Hq, T, P, d):
+    """Forward+backward FLOPs of the visible (query, key) pairs (causal, Tq = Tk = T): 4·d per pair forward
+    (two matrix products), 2.5x that backward (five), FlashAttention's convention."""
+    pairs = T * P + T * (T + 1) // 2
+    return 3.5 * 4 * d * pairs * B * Hq
+
+
+def gpu_measure(fn, xs, grad, reps, truth):
+    """(median seconds, peak bytes, output error vs `truth`) of forward+backward on CUDA."""
+    def step():
+        run_once(fn, xs, grad)
+
+    for _ in range(GPU_WARMUP):  # the first call compiles (Triton, flex)
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    for x in xs:
+        x.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    with torch.no_grad():
+        out = fn(*[x.detach() for x in xs]).float()
+    err = ((out - truth).abs().max() / truth.abs().max()).item()
+    return statistics.median(times), peak, err
+
+
+def _version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def gpu_main(args):
+    dtype = getattr(torch, args.dtype or "bfloat16")
+    models = GPU_MODELS if args.heads is None and args.dim is None else {
+        "custom": (*(args.heads or (32, 8)), args.dim or 64)}
+    batches, seqs, prefixes = args.batch or [4], args.seq or [1024, 4096], args.prefix or [20, 128]
+    reps = args.reps or 20
+    ours, probe = [], torch.empty(1, 8, 1, 64, device=args.device, dtype=dtype)
+    for name in args.impls or ["triton", "flash"]:
+        why = None if name == "auto" else unavailable(name, probe)
+        if why:
+            print(f"# skipping {name}: {why}", file=sys.stderr)
+        else:
+            ours.append(name)
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    lines = [
+        "# Prefix attention on a GPU: our kernels against FlashAttention-2 and flex_attention", "",
+        f"Produced by `python bench/attention.py {' '.join(args.argv)}` (gpu_main).", "",
+        f"Machine: {props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB); "
+        f"{datetime.date.today().isoformat()}; torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"triton {_version('triton')}, flash-attn {_version('flash-attn')}.", "",
+        f"{args.dtype or 'bfloat16'}; q [B, Hq, T, d], k/v [B, Hkv, T, d], a prefix [Hkv, P, d] shared by the batch; "
+        "causal over the sequence, every query sees the whole prefix; no padding; everything requires grad. "
+        f"Time: forward+backward, median of {reps} CUDA-event timings after {GPU_WARMUP} warm-up calls. "
+        "Memory: peak allocated during one forward+backward above what was allocated before it. TFLOP/s: "
+        "visible (query, key) pairs only, 4·d FLOPs each forward, 2.5x that backward. Ratios: / `fa2` "
+        "(or / `sdpa-mask` where SDPA's flash kernel does not apply; the `peer` column says which); below 1 "
+        "is faster or smaller. err: largest |out - sdpa-mask's out| / largest |sdpa-mask's out|.", "",
+        "Peers: `fa2` = prefix concatenated per row, SDPA with a bottom-right causal bias (FlashAttention-2); "
+        "`sdpa-mask` = prefix concatenated per row, SDPA with a boolean mask; `flex` = torch.compile'd "
+        "flex_attention, block mask \"prefix visible, sequence causal\". Ours: " + ", ".join(ours) + ".", "",
+        "| model | B | T | P | impl | ms | TFLOP/s | time x peer | peak MiB | mem x peer | peer | err |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
+    for (model, (Hq, Hkv, d)), B, T, P in itertools.product(models.items(), batches, seqs, prefixes):
+        xs = inputs(B, P, T, Hq, Hkv, d, dtype, args.device)
+        grad = torch.randn(B, Hq, T, d, generator=torch.Generator().manual_seed(1)).to(xs[0])
+        with torch.no_grad():
+            truth = baseline(*[x.detach() for x in xs]).float()
+        fa2 = fa2_applies(xs[0], concat_prefix(*xs[1:])[0])
+        fns = {"fa2": fa2_peer, "sdpa-mask": baseline}
+        try:
+            fns["flex"] = flex_peer(T, P, args.device)
+        except Exception as e:  # noqa: BLE001 -- reported in the table
+            print(f"# flex unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+        for name in ours:
+            fns[name] = lambda q, k, v, pk, pv, _impl=name: prefix_attention(q, k, v, pk, pv, causal=True, impl=_impl)
+        results = {}
+        for name, fn in fns.items():
+            try:
+                results[name] = gpu_measure(fn, xs, grad, reps, truth)
+            except Exception as e:  # noqa: BLE001 -- an OOM or an unsupported shape is a result too
+                results[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                torch.cuda.empty_cache()
+        flops = attention_flops(B, Hq, T, P, d)
+        peer = "fa2" if fa2 and not isinstance(results["fa2"], str) else "sdpa-mask"
+        base = results[peer]
+        for name, r in results.items():
+            head = f"| {model} | {B} | {T} | {P} | {name}"
+            if isinstance(r, str):
+                line = f"{head} | {r} | | | | | {peer} | |"
+            else:
+                t, m, err = r
+                ratio = (f"{t / base[0]:.2f} | {m / 2**20:.0f} | {m / max(base[1], 1):.2f}" if not isinstance(base, str)
+                         else f"- | {m / 2**20:.0f} | -")
+                line = f"{head} | {t * 1e3:.2f} | {flops / t / 1e12:.0f} | {ratio} | {peer} | {err:.1e} |"
+            lines.append(line)
+            print(line, flush=True)
+        del xs, grad, truth, fns, results
+        torch.cuda.empty_cache()
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--prefix", type=int, nargs="+", default=[16, 64, 256])
-    ap.add_argument("--seq", type=int, nargs="+", default=[128, 512])
-    ap.add_argument("--heads", type=int, nargs=2, default=[9, 3], metavar=("HQ", "HKV"))
-    ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--impls", nargs="+", default=["sdpa", "split", "triton", "flash", "auto"])
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="default: float32 (CPU), bfloat16 (CUDA)")
+    ap.add_argument("--batch", type=int, nargs="+", default=None, help="default: 1 8 32 (CPU), 4 (CUDA)")
+    ap.add_argument("--prefix", type=int, nargs="+", default=None, help="default: 16 64 256 (CPU), 20 128 (CUDA)")
+    ap.add_argument("--seq", type=int, nargs="+", default=None, help="default: 128 512 (CPU), 1024 4096 (CUDA)")
+    ap.add_argument("--heads", type=int, nargs=2, default=None, metavar=("HQ", "HKV"),
+                    help="default: 9 3 (CPU); on CUDA the GPU_MODELS shapes unless --heads/--dim are given")
+    ap.add_argument("--dim", type=int, default=None, help="default: 64 (with --heads on CUDA)")
+    ap.add_argument("--reps", type=int, default=None, help="default: 5 (CPU), 20 (CUDA)")
+    ap.add_argument("--impls", nargs="+", default=None,
+                    help="default: sdpa split triton flash auto (CPU), triton flash (CUDA; the peers always run)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = ap.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    if args.device == "cuda":
+        return gpu_main(args)
+    for name, default in (("dtype", "float32"), ("batch", [1, 8, 32]), ("prefix", [16, 64, 256]),
+                          ("seq", [128, 512]), ("heads", [9, 3]), ("dim", 64), ("reps", 5),
+                          ("impls", ["sdpa", "split", "triton", "flash", "auto"])):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -152,9 +332,8 @@ def main(argv=None):
         else:
             impls.append(name)
 
-    device_name = (torch.cuda.get_device_name() if args.device == "cuda"
-                   else f"{cpu_name()}, {torch.get_num_threads()} threads")
-    mem_what = "peak CUDA memory" if args.device == "cuda" else "bytes saved for backward beyond the inputs"
+    device_name = f"{cpu_name()}, {torch.get_num_threads()} threads"
+    mem_what = "bytes saved for backward beyond the inputs"
     head = ["B", "P", "T", "baseline ms", "baseline MB"]
     for name in impls:
         head += [f"{name} time x", f"{name} mem x"]
@@ -168,7 +347,7 @@ def main(argv=None):
             for T in args.seq:
                 xs = inputs(B, P, T, Hq, Hkv, args.dim, dtype, args.device)
                 grad = torch.randn(B, Hq, T, args.dim, generator=torch.Generator().manual_seed(1)).to(xs[0])
-                t_base, m_base = measure(baseline, xs, grad, args.reps, args.device)
+                t_base, m_base = measure(baseline, xs, grad, args.reps)
                 row = [str(B), str(P), str(T), f"{t_base * 1e3:.1f}", f"{m_base / 2**20:.1f}"]
                 for name in impls:
                     label = name
@@ -178,7 +357,7 @@ def main(argv=None):
                     def fn(q, k, v, pk, pv, _impl=name):
                         return prefix_attention(q, k, v, pk, pv, causal=True, impl=_impl)
 
-                    t, m = measure(fn, xs, grad, args.reps, args.device)
+                    t, m = measure(fn, xs, grad, args.reps)
                     row += [f"{t / t_base:.2f}" + (f" ({label})" if name == "auto" else ""),
                             f"{m / m_base:.2f}" if m_base else "-"]
                 line = "| " + " | ".join(row) + " |"

@@ -1,6 +1,7 @@
 """`impl="auto"`: the implementation that runs a call, by device, dtype and shape.
 
-The rule (measurements: bench/attention.py, tables in docs/bench_attention.md):
+The rule (measurements: bench/attention.py; CPU tables in docs/bench_attention.md, the GPU table,
+pending a GPU run, in docs/bench_attention_gpu.md):
 
 - CPU: `sdpa`. On the 2-core CPU this was measured on, PyTorch's fused CPU flash-attention kernel with
   the prefix concatenated (the baseline) was never clearly beaten on forward+backward time: `split`
@@ -12,8 +13,11 @@ The rule (measurements: bench/attention.py, tables in docs/bench_attention.md):
   only in the interpreter (a test tool, orders of magnitude slower): never chosen here.
 - CUDA, float16/bfloat16: `triton` (the fused kernel reads a shared prefix once per row with stride 0
   over the batch and never materialises it per row) when triton is installed and the head dim is
-  <= 256; otherwise `flash` when flash-attn is installed; otherwise `sdpa`. Pending a GPU run of the
-  benchmark (none was available when this was written), this order follows the design, not a table.
+  <= 256; otherwise `flash` when flash-attn is installed; otherwise `sdpa`. This order follows the
+  design, not a table: it is pending the measured one (`python bench/attention.py --device cuda
+  --out docs/bench_attention_gpu.md`, against SDPA/FlashAttention-2 in the same run; none was
+  available when this was written). `split` is CPU-only: its math path on CUDA was 15-50x slower
+  than torch's FlashAttention with ~10 GB of intermediates at Llama-8B shapes, so it refuses CUDA.
 - CUDA, float32: `sdpa` (flash-attn has no fp32; the Triton kernel's fp32 path uses full-precision
   dots, without tensor cores).
 - Attention dropout (dropout_p > 0): `flash` on CUDA fp16/bf16 when installed, else `sdpa`; the

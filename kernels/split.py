@@ -12,7 +12,9 @@ backward is written out in `_SplitCPU`: each part's flash backward kernel is han
 and log-sum-exp, which makes it return exactly that part's share of the gradients; the shared prefix's
 per-row gradients are summed over the batch by torch (a fixed order: deterministic). On other devices,
 a plain autograd math path (`backend="math"`) computes the same thing, with the queries of every row
-folded into one matrix product per KV head against the shared prefix.
+folded into one matrix product per KV head against the shared prefix. `unavailable` refuses CUDA
+tensors: there that math path is 15-50x slower than torch's FlashAttention, with ~10 GB of
+intermediates at Llama-8B shapes; the fused paths (triton, flash, sdpa) are the ones for a GPU.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def unavailable(q: torch.Tensor, dropout_p: float = 0.0) -> str | None:
         return "split does not implement attention dropout (impl='sdpa' does; 'auto' picks it)"
     if not q.is_floating_point():
         return f"split needs floating-point tensors, got {q.dtype}"
+    if q.device.type == "cuda":
+        return ("split is CPU-only: on CUDA its math path is 15-50x slower than torch's FlashAttention and holds "
+                "~10 GB at Llama-8B shapes; use impl='triton' (fused, fp16/bf16), 'flash', 'sdpa' or 'auto'")
     return None
 
 

@@ -14,8 +14,10 @@ to BLOCK_D (a power of two >= 16) by masked loads.
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
-LN2: tl.constexpr = 0.6931471805599453
+# constexpr instances, not annotated globals: the compiler refuses `X: tl.constexpr = ...` inside @triton.jit
+# (the interpreter accepts it; tests/test_kernels_triton_aot.py compiles the kernels to catch that)
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit

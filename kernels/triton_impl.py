@@ -8,9 +8,15 @@ is fp32 everywhere.
 
 Block sizes are arguments of `prefix_attention` (defaults: 16 in the interpreter, where small blocks
 make odd lengths cross block edges in tests; 64 x 64 on a GPU, 64 x 32 for head dims above 64).
+
+Each kernel's argument list is written once, in `forward_launch` / `backward_launches` (a `Launch` per
+kernel call); kernels/triton_aot.py compiles those same launches for sm_80/sm_90 without a GPU, since
+the interpreter accepts code the compiler refuses.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -66,80 +72,105 @@ def rows_per_program(B, Hkv, P, block_n, target_programs=128):
     return triton.cdiv(B, groups)
 
 
+class Launch(NamedTuple):
+    """One kernel launch: kernel[grid](*args, **meta). The launches below are the only place their
+    argument lists are written; kernels/triton_aot.py compiles them ahead of time from the same tuples."""
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    meta: dict
+
+    def run(self):
+        self.kernel[self.grid](*self.args, **self.meta)
+
+
+def tiles(D, block_m=None, block_n=None):
+    """(BLOCK_M, BLOCK_N, BLOCK_D) for head dim D: BLOCK_D pads D to a power of two >= 16."""
+    return (*_blocks(D, block_m, block_n), max(16, triton.next_power_of_2(D)))
+
+
+def forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks):
+    """The output and log-sum-exp buffers, and the forward kernel's launch that fills them."""
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    BM, BN, BD = blocks
+    o = torch.empty_like(q)
+    lse = torch.empty(B, H, Tq, device=q.device, dtype=torch.float32)
+    has_kpm = kpm is not None
+    args = (q, k, v, pk, pv, kpm if has_kpm else q, o, lse,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides3(pk), *_strides3(pv),
+            kpm.stride(0) if has_kpm else 0, *o.stride()[:3],
+            H, H // Hkv, Tq, Tk, pk.shape[-2], D, scale)
+    meta = dict(CAUSAL=causal, HAS_KPM=has_kpm, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **_opts(q.dtype))
+    return (o, lse), Launch(prefix_attention_fwd, (triton.cdiv(Tq, BM), B * H), args, meta)
+
+
+def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks, prefix_rows):
+    """The gradient buffers (dq, dk, dv, prefix ones: per-row, or [groups, Hkv, P, D] fp32 partial sums
+    for a shared prefix) and the backward kernels' launches that fill them."""
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    P = pk.shape[-2]
+    BM, BN, BD = blocks
+    delta = (do.float() * o.float()).sum(-1)
+    has_kpm = kpm is not None
+    kpm_arg = kpm if has_kpm else q
+    kpm_stride = kpm.stride(0) if has_kpm else 0
+    meta = dict(BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **_opts(q.dtype))
+
+    dq = torch.empty_like(q)
+    launches = [Launch(prefix_attention_bwd_dq, (triton.cdiv(Tq, BM), B * H), (
+        q, k, v, pk, pv, kpm_arg, do, lse, delta, dq,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides3(pk), *_strides3(pv), kpm_stride,
+        *do.stride()[:3], *dq.stride()[:3],
+        H, H // Hkv, Tq, Tk, P, D, scale), dict(CAUSAL=causal, HAS_KPM=has_kpm, **meta))]
+
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    launches.append(Launch(prefix_attention_bwd_dkdv, (triton.cdiv(Tk, BN), Hkv, B), (
+        q, k, v, kpm_arg, do, lse, delta, dk, dv,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], kpm_stride, *do.stride()[:3],
+        *dk.stride()[:3], *dv.stride()[:3],
+        B, H, H // Hkv, Tq, Tk, Tk - Tq, D, scale, 1), dict(CAUSAL=causal, HAS_KPM=has_kpm, **meta)))
+
+    dpk_buf = dpv_buf = None
+    if P:
+        shared = pk.dim() == 3
+        rows = (prefix_rows or rows_per_program(B, Hkv, P, BN)) if shared else 1
+        groups = triton.cdiv(B, rows)
+        if shared:  # per-group partial sums in fp32, added up by the caller in a fixed order
+            dpk_buf = torch.empty(groups, Hkv, P, D, device=q.device, dtype=torch.float32)
+            dpv_buf = torch.empty_like(dpk_buf)
+        else:
+            dpk_buf, dpv_buf = torch.empty_like(pk), torch.empty_like(pv)
+        launches.append(Launch(prefix_attention_bwd_dkdv, (triton.cdiv(P, BN), Hkv, groups), (
+            q, pk, pv, kpm_arg, do, lse, delta, dpk_buf, dpv_buf,
+            *q.stride()[:3], *_strides3(pk), *_strides3(pv), 0, *do.stride()[:3],
+            *dpk_buf.stride()[:3], *dpv_buf.stride()[:3],
+            B, H, H // Hkv, Tq, P, 0, D, scale, rows), dict(CAUSAL=False, HAS_KPM=False, **meta)))
+    return (dq, dk, dv, dpk_buf, dpv_buf), launches
+
+
 class _TritonPrefixAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, pk, pv, kpm, causal, scale, block_m, block_n, prefix_rows):
-        B, H, Tq, D = q.shape
-        Hkv, Tk = k.shape[1], k.shape[2]
-        P = pk.shape[-2]
-        BM, BN = _blocks(D, block_m, block_n)
-        BD = max(16, triton.next_power_of_2(D))
-        o = torch.empty_like(q)
-        lse = torch.empty(B, H, Tq, device=q.device, dtype=torch.float32)
-        has_kpm = kpm is not None
-        kpm_arg = kpm if has_kpm else q
-        grid = (triton.cdiv(Tq, BM), B * H)
-        prefix_attention_fwd[grid](
-            q, k, v, pk, pv, kpm_arg, o, lse,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides3(pk), *_strides3(pv),
-            kpm.stride(0) if has_kpm else 0, *o.stride()[:3],
-            H, H // Hkv, Tq, Tk, P, D, scale,
-            CAUSAL=causal, HAS_KPM=has_kpm, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **_opts(q.dtype),
-        )
+        blocks = tiles(q.shape[-1], block_m, block_n)
+        (o, lse), launch = forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks)
+        launch.run()
         ctx.save_for_backward(q, k, v, pk, pv, kpm, o, lse)
-        ctx.args = (causal, scale, BM, BN, BD, prefix_rows)
+        ctx.args = (causal, scale, blocks, prefix_rows)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, pk, pv, kpm, o, lse = ctx.saved_tensors
-        causal, scale, BM, BN, BD, prefix_rows = ctx.args
-        B, H, Tq, D = q.shape
-        Hkv, Tk = k.shape[1], k.shape[2]
-        P = pk.shape[-2]
-        do = do.contiguous()
-        delta = (do.float() * o.float()).sum(-1)
-        has_kpm = kpm is not None
-        kpm_arg = kpm if has_kpm else q
-        kpm_stride = kpm.stride(0) if has_kpm else 0
-        opts = dict(BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **_opts(q.dtype))
-
-        dq = torch.empty_like(q)
-        prefix_attention_bwd_dq[(triton.cdiv(Tq, BM), B * H)](
-            q, k, v, pk, pv, kpm_arg, do, lse, delta, dq,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides3(pk), *_strides3(pv), kpm_stride,
-            *do.stride()[:3], *dq.stride()[:3],
-            H, H // Hkv, Tq, Tk, P, D, scale, CAUSAL=causal, HAS_KPM=has_kpm, **opts,
-        )
-
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
-        prefix_attention_bwd_dkdv[(triton.cdiv(Tk, BN), Hkv, B)](
-            q, k, v, kpm_arg, do, lse, delta, dk, dv,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], kpm_stride, *do.stride()[:3],
-            *dk.stride()[:3], *dv.stride()[:3],
-            B, H, H // Hkv, Tq, Tk, Tk - Tq, D, scale, 1, CAUSAL=causal, HAS_KPM=has_kpm, **opts,
-        )
-
-        dpk = dpv = None
-        if P:
-            shared = pk.dim() == 3
-            rows = (prefix_rows or rows_per_program(B, Hkv, P, BN)) if shared else 1
-            groups = triton.cdiv(B, rows)
-            if shared:  # per-group partial sums in fp32, added up below in a fixed order
-                dpk_buf = torch.empty(groups, Hkv, P, D, device=q.device, dtype=torch.float32)
-                dpv_buf = torch.empty_like(dpk_buf)
-            else:
-                dpk_buf, dpv_buf = torch.empty_like(pk), torch.empty_like(pv)
-            prefix_attention_bwd_dkdv[(triton.cdiv(P, BN), Hkv, groups)](
-                q, pk, pv, kpm_arg, do, lse, delta, dpk_buf, dpv_buf,
-                *q.stride()[:3], *_strides3(pk), *_strides3(pv), 0, *do.stride()[:3],
-                *dpk_buf.stride()[:3], *dpv_buf.stride()[:3],
-                B, H, H // Hkv, Tq, P, 0, D, scale, rows, CAUSAL=False, HAS_KPM=False, **opts,
-            )
-            if shared:
-                dpk, dpv = dpk_buf.sum(0).to(pk.dtype), dpv_buf.sum(0).to(pv.dtype)
-            else:
-                dpk, dpv = dpk_buf, dpv_buf
+        causal, scale, blocks, prefix_rows = ctx.args
+        (dq, dk, dv, dpk, dpv), launches = backward_launches(q, k, v, pk, pv, kpm, o, lse, do.contiguous(),
+                                                             causal, scale, blocks, prefix_rows)
+        for launch in launches:
+            launch.run()
+        if dpk is not None and pk.dim() == 3:  # a shared prefix: the partial sums, added in a fixed order
+            dpk, dpv = dpk.sum(0).to(pk.dtype), dpv.sum(0).to(pv.dtype)
         return dq, dk, dv, dpk, dpv, None, None, None, None, None, None
 
 

@@ -12,15 +12,17 @@
 #
 # Stages, each under its own time limit (seconds; all capped by a deadline of TOTAL after the start); a stage
 # that fails or runs out of time does not stop the next:
-#   setup        nvidia-smi, versions, wheels + ptune installed, bitsandbytes' CUDA kernel tried        40
-#   deepspeed    its sdist built (DS_BUILD_OPS=0) in the background while the benches run             (overlaps)
-#   train_step   bench/train_step_gpu.py: ptune vs PEFT, bf16, TinyLlama-1.1B and Llama-3-8B shapes   155
-#   consumer     bench/consumer_gpu.py: 8B nf4 + checkpointing at 16 x 2048, PEFT peer, ptune plan      120
-#   tests        pytest -m gpu over tests/ (after waiting up to 30 s for deepspeed)                       125
+#   setup        nvidia-smi, versions, wheels + ptune installed, bitsandbytes' CUDA kernel tried        35
+#   deepspeed    its sdist built (DS_BUILD_OPS=0) in the background during setup (waited for up to)    20
+#   tests        pytest -m gpu over tests/: training on cuda, compiled Triton kernels                   140
+#   attention    bench/attention.py: prefix attention kernels against FlashAttention/FlexAttention     45
+#   train_step   bench/train_step_gpu.py: ptune vs PEFT, bf16, TinyLlama-1.1B and Llama-3-8B shapes    95
+#   consumer     bench/consumer_gpu.py: 8B nf4 + checkpointing at 16 x 2048, PEFT peer, ptune plan      70
+#   plan         bench/memory_plan_gpu.py: ptune plan against CUDA peaks on a 1B grid                  55
 #   summary      the stages and the main numbers, printed last (and in summary.md)
 # Files back under $OUT (the device tool returns at most 8): logs.txt (everything printed), summary.md,
-# docs/bench_train_step_gpu.md, docs/bench_consumer_gpu.md, raw/train_step_gpu.json, raw/consumer_gpu.json,
-# raw/pytest.xml.
+# docs/bench_attention_gpu.md, docs/bench_train_step_gpu.md, docs/bench_consumer_gpu.md,
+# docs/plan_measured_gpu.md, raw.tar.gz (the JSON results and pytest's junit XML).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -33,7 +35,7 @@ export PY=${PY:-python3}
 START=$(date +%s)
 TOTAL=${GPU_CHECK_TOTAL_S:-470}
 DEADLINE=$((START + TOTAL))
-B_SETUP=40 B_TRAIN=155 B_CONSUMER=120 B_TESTS=125 B_DS_WAIT=30
+B_SETUP=35 B_DS_WAIT=20 B_TESTS=140 B_ATTENTION=45 B_TRAIN=95 B_CONSUMER=70 B_PLAN=55
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PTUNE_HOME=$ROOT/.gpu/ptune_home
@@ -124,6 +126,16 @@ stage_train_step() {
     --out "$OUT/docs/bench_train_step_gpu.md" --json "$OUT/raw/train_step_gpu.json"
 }
 
+stage_attention() {
+  cd "$WORK" && $PY bench/attention.py --device cuda --dtype bfloat16 --seq 1024 4096 --prefix 128 --reps 10 \
+    --out "$OUT/docs/bench_attention_gpu.md"
+}
+
+stage_plan() {
+  cd "$WORK" && $PY bench/memory_plan_gpu.py --base-dir "$BASES" --budget-s $((STAGE_LIMIT - 6)) \
+    --out "$OUT/docs/plan_measured_gpu.md" --json "$OUT/raw/plan_measured_gpu.json"
+}
+
 stage_consumer() {
   cd "$WORK" && $PY bench/consumer_gpu.py --base-dir "$BASES" --budget-s $((STAGE_LIMIT - 8)) \
     --out "$OUT/docs/bench_consumer_gpu.md" --json "$OUT/raw/consumer_gpu.json"
@@ -136,22 +148,19 @@ stage_tests() {
     -p no:cacheprovider --continue-on-collection-errors -v -rfEs --durations=15 \
     --junitxml "$OUT/raw/pytest.xml" "${extra[@]}"
 }
-export -f stage_setup stage_train_step stage_consumer stage_tests
+export -f stage_setup stage_tests stage_attention stage_train_step stage_consumer stage_plan
 
 # -- run ----------------------------------------------------------------------------------------------------
+# The tests come first: they are what the issue's "done when" rests on; the benches take what time is left.
 log "gpu-check: $(date -u +%Y-%m-%dT%H:%M:%SZ), budget ${TOTAL} s, OUT=$OUT"
-run_stage setup "$B_SETUP" stage_setup
-
 DS_LOG=/tmp/ptune-ds-install.log
 ds_t0=$(date +%s)
-(
+(  # deepspeed's sdist builds (no ops) while the rest is set up
   DS_BUILD_OPS=0 timeout $((DEADLINE - ds_t0)) $PY -m pip install -q --no-index --no-deps --no-build-isolation \
     --no-compile --no-cache-dir --target "$SITE_DS" .whl/deepspeed-*.tar.gz >"$DS_LOG" 2>&1
   echo "exit $?" >>"$DS_LOG"
 ) &
-
-run_stage train_step "$B_TRAIN" stage_train_step
-run_stage consumer "$B_CONSUMER" stage_consumer
+run_stage setup "$B_SETUP" stage_setup
 
 # deepspeed: wait (bounded) for the background build, then try it
 waited=0
@@ -173,7 +182,10 @@ else
 fi
 
 run_stage tests "$B_TESTS" stage_tests
-
+run_stage attention "$B_ATTENTION" stage_attention
+run_stage train_step "$B_TRAIN" stage_train_step
+run_stage consumer "$B_CONSUMER" stage_consumer
+run_stage plan "$B_PLAN" stage_plan
 # -- summary (printed last) -----------------------------------------------------------------------------------
 log "== summary after $(($(date +%s) - START)) s"
 $PY - "$OUT" "${STAGES[@]}" <<'EOF' 2>&1 | tee "$OUT/summary.md" | tee -a "$LOG" >/dev/null
@@ -223,6 +235,8 @@ except Exception as exc:  # noqa: BLE001
     lines += ["", f"consumer: no results ({type(exc).__name__})"]
 print("\n".join(lines))
 EOF
+# the machine-readable results in one file (the device tool brings back at most 8)
+tar -czf "$OUT/raw.tar.gz" -C "$OUT" raw && rm -rf "$OUT/raw"
 cat "$OUT/summary.md"
 bad=0
 for s in "${STAGES[@]}"; do [[ $s == *"|ok|"* ]] || bad=1; done

@@ -98,6 +98,7 @@ from test_kernels_props import assert_matches_reference, cases  # noqa: E402
 
 from ptune_dist.kernels import CHOICES, ImplUnavailable, available, resolve_impl  # noqa: E402
 from ptune_dist.kernels import flash as flash_impl  # noqa: E402
+from ptune_dist.kernels import split as split_impl  # noqa: E402
 
 
 def test_every_implementation_is_a_config_choice():
@@ -162,6 +163,18 @@ def test_split_shared_prefix_gradient_is_deterministic():
         prefix_attention(q, k, v, pk, pv, causal=True, key_padding_mask=mask, impl="split").sum().backward()
         runs.append(pk.grad.clone())
     assert torch.equal(*runs)
+
+
+def test_split_refuses_cuda_and_names_what_to_use():
+    """On CUDA split's math path is far slower than the fused kernels: refused, naming them."""
+    if torch.cuda.is_available():
+        q = torch.zeros(1, 2, 3, 8, device="cuda")
+    else:  # what unavailable() reads of a CUDA tensor
+        q = types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32, is_floating_point=lambda: True)
+    why = split_impl.unavailable(q)
+    assert why and "CPU-only" in why and all(name in why for name in ("triton", "sdpa", "flash", "auto"))
+    with pytest.raises(ImplUnavailable, match="CPU-only"):
+        resolve_impl("split", q)
 
 
 # ---- flash: the real library needs CUDA; its wrapper's packing logic is checked against an emulation ----

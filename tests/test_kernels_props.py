@@ -53,9 +53,12 @@ def build(B, Hq, Hkv, Tq, Tk, P, d, per_row, pad, causal, seed):
     return tensors, mask, upstream
 
 
-def run(impl, tensors, mask, upstream, causal, dtype, **kw):
-    """Output and gradients (q, k, v, prefix_k, prefix_v) as float64, the inputs cast to `dtype` first."""
-    xs = [t.detach().to(dtype, copy=True).requires_grad_() for t in tensors]
+def run(impl, tensors, mask, upstream, causal, dtype, device="cpu", **kw):
+    """Output and gradients (q, k, v, prefix_k, prefix_v) as float64 CPU tensors, the inputs cast to `dtype`
+    and moved to `device` first (the cases are built on the CPU)."""
+    xs = [t.detach().to(device=device, dtype=dtype, copy=True).requires_grad_() for t in tensors]
+    mask = None if mask is None else mask.to(device)
+    upstream = upstream.to(device)
     q, k, v, pk, pv = xs
     if pk.shape[-2] == 0 and kw.pop("none_for_empty", True):
         pk = pv = None
@@ -67,16 +70,17 @@ def run(impl, tensors, mask, upstream, causal, dtype, **kw):
     assert out.dtype == dtype and out.shape == q.shape
     (out.double() * upstream).sum().backward()
     grads = [x.grad.double() if x.grad is not None else torch.zeros_like(x, dtype=torch.float64) for x in xs]
-    return [out.detach().double(), *grads]
+    return [t.cpu() for t in (out.detach().double(), *grads)]
 
 
 NAMES = ("out", "dq", "dk", "dv", "dprefix_k", "dprefix_v")
 
 
-def assert_matches_reference(case, impl, dtype=torch.float64, rtol=1e-9, atol=1e-9, **kw):
+def assert_matches_reference(case, impl, dtype=torch.float64, rtol=1e-9, atol=1e-9, device="cpu", **kw):
+    """`impl` on `device` in `dtype` against the float64 reference computed on the CPU."""
     tensors, mask, upstream = build(**case)
     want = run("reference", tensors, mask, upstream, case["causal"], torch.float64)
-    got = run(impl, tensors, mask, upstream, case["causal"], dtype, **kw)
+    got = run(impl, tensors, mask, upstream, case["causal"], dtype, device=device, **kw)
     for name, a, b in zip(NAMES, got, want):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{impl} {name} {case}: {m}")
 
@@ -94,7 +98,7 @@ def test_split_matches_reference(case):
 @SETTINGS
 @given(cases())
 def test_split_math_backend_matches_reference(case):
-    """The device-independent path of `split` (used off CPU), checked here on CPU."""
+    """The device-independent path of `split` (backend "math", for devices other than CPU), checked on CPU."""
     from ptune_dist.kernels import split
 
     assert_matches_reference(case, "split", fn=split.prefix_attention, backend="math")

@@ -1,9 +1,10 @@
-"""The fused Triton kernels against the float64 reference, forward and backward.
+"""The fused Triton kernels against the float64 reference (computed on the CPU), forward and backward.
 
 Without a GPU the kernels run in Triton's interpreter, which has to be chosen before the kernel module
 is imported: this module sets TRITON_INTERPRET=1 at import (collection), before any test runs. The
 interpreter is slow, so the shapes are tiny (T <= 20, d <= 16, B <= 2) with 16-wide blocks, which
-still puts odd lengths across block edges.
+still puts odd lengths across block edges. With CUDA the same cases run compiled on the GPU, and the
+tests marked `gpu` add GPU-sized bf16 shapes (they skip on the CPU).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton", reason="triton is not installed (Linux only: pip install triton)")
 
 from hypothesis import given, settings  # noqa: E402
-from test_kernels_props import assert_matches_reference, build, cases, run  # noqa: E402
+from test_kernels_props import NAMES, assert_matches_reference, build, cases, run  # noqa: E402
 
 from ptune_dist.kernels import prefix_attention, triton_impl, unavailable  # noqa: E402
 
-DEVICE = "cpu" if triton_impl.INTERPRETED else "cuda"
+# the compiled kernels take CUDA tensors, the interpreter CPU ones
+DEVICE = "cuda" if not triton_impl.INTERPRETED and torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
     unavailable("triton", torch.empty(1, device=DEVICE)) is not None,
     reason=f"triton cannot run here: {unavailable('triton', torch.empty(1, device=DEVICE))}")
@@ -34,7 +36,7 @@ FP32 = dict(rtol=2e-5, atol=2e-5)
 @settings(max_examples=25, deadline=None, derandomize=True, database=None)
 @given(cases(max_t=20, max_b=2, dims=(8, 16)))
 def test_triton_fp32_matches_reference(case):
-    assert_matches_reference(case, "triton", dtype=torch.float32, **FP32)
+    assert_matches_reference(case, "triton", dtype=torch.float32, device=DEVICE, **FP32)
 
 
 CORNERS = {
@@ -54,7 +56,7 @@ CORNERS = {
 
 @pytest.mark.parametrize("name", CORNERS)
 def test_triton_corner_cases(name):
-    assert_matches_reference(CORNERS[name], "triton", dtype=torch.float32, **FP32)
+    assert_matches_reference(CORNERS[name], "triton", dtype=torch.float32, device=DEVICE, **FP32)
 
 
 # fp16 keeps 11 significant bits, bf16 8: q, k, v are rounded to those before the fp32 accumulation,
@@ -65,7 +67,7 @@ LOW = {torch.float16: dict(rtol=2e-2, atol=2e-2), torch.bfloat16: dict(rtol=1e-1
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", ["decode_step", "per_row_bidirectional", "block_edges"])
 def test_triton_low_precision(name, dtype):
-    assert_matches_reference(CORNERS[name], "triton", dtype=dtype, **LOW[dtype])
+    assert_matches_reference(CORNERS[name], "triton", dtype=dtype, device=DEVICE, **LOW[dtype])
 
 
 def test_bf16_is_not_run_through_the_interpreters_bf16_dot():
@@ -73,7 +75,7 @@ def test_bf16_is_not_run_through_the_interpreters_bf16_dot():
     kernel result is the fp32 computation on bf16-rounded inputs, to fp32 accuracy before the output rounding."""
     tensors, mask, up = build(**CORNERS["block_edges"])
     rounded = [t.to(torch.bfloat16).double() for t in tensors]
-    got = run("triton", tensors, mask, up, True, torch.bfloat16)[0]
+    got = run("triton", tensors, mask, up, True, torch.bfloat16, device=DEVICE)[0]
     want = run("reference", rounded, mask, up, True, torch.float64)[0]
     torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)  # bf16 output rounding only
 
@@ -84,13 +86,13 @@ def test_shared_prefix_gradient_is_deterministic_and_summed_over_rows(rows):
     batch sum of what each row would get with its own copy of the prefix."""
     case = dict(B=3, Hq=4, Hkv=2, Tq=9, Tk=9, P=5, d=8, per_row=False, pad="left", causal=True, seed=5)
     tensors, mask, up = build(**case)
-    first = run("triton", tensors, mask, up, True, torch.float32, prefix_rows_per_program=rows,
+    first = run("triton", tensors, mask, up, True, torch.float32, device=DEVICE, prefix_rows_per_program=rows,
                 fn=triton_impl.prefix_attention)
-    again = run("triton", tensors, mask, up, True, torch.float32, prefix_rows_per_program=rows,
+    again = run("triton", tensors, mask, up, True, torch.float32, device=DEVICE, prefix_rows_per_program=rows,
                 fn=triton_impl.prefix_attention)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     per_row = [t if i < 3 else t.expand(3, -1, -1, -1) for i, t in enumerate(tensors)]
-    rows_grads = run("triton", per_row, mask, up, True, torch.float32)
+    rows_grads = run("triton", per_row, mask, up, True, torch.float32, device=DEVICE)
     torch.testing.assert_close(first[4], rows_grads[4].sum(0), **FP32)
     torch.testing.assert_close(first[5], rows_grads[5].sum(0), **FP32)
 
@@ -98,7 +100,7 @@ def test_shared_prefix_gradient_is_deterministic_and_summed_over_rows(rows):
 @pytest.mark.parametrize("blocks", [(16, 32), (32, 16)])
 def test_block_sizes_are_parameters(blocks):
     case = dict(B=1, Hq=2, Hkv=1, Tq=20, Tk=20, P=9, d=8, per_row=False, pad="right", causal=True, seed=6)
-    assert_matches_reference(case, "triton", dtype=torch.float32, fn=triton_impl.prefix_attention,
+    assert_matches_reference(case, "triton", dtype=torch.float32, device=DEVICE, fn=triton_impl.prefix_attention,
                              block_m=blocks[0], block_n=blocks[1], **FP32)
 
 
@@ -118,3 +120,51 @@ def test_auto_never_picks_the_interpreter():
     from ptune_dist.kernels import resolve_impl
 
     assert resolve_impl("auto", q) == "sdpa"
+
+
+# ---- GPU-sized shapes (CUDA only): Llama-1B/8B-like heads, long sequences, bf16 as in training ----
+
+requires_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA: the Triton kernels run compiled only on "
+                                   "a GPU (here they run in the CPU interpreter, far too slow for these shapes)")
+GPU_CASES = {
+    # Llama-3.2-1B heads (32 over 8, d 64), T 2048, a shared prefix, left padding
+    "llama1b_shared_prefix": dict(B=2, Hq=32, Hkv=8, Tq=2048, Tk=2048, P=64, d=64, per_row=False, pad="left",
+                                  causal=True, seed=21),
+    # Llama-3.1-8B heads (d 128: 64 x 32 blocks), a per-row prefix, right padding
+    "llama8b_per_row_prefix": dict(B=2, Hq=32, Hkv=8, Tq=1024, Tk=1024, P=20, d=128, per_row=True, pad="right",
+                                   causal=True, seed=22),
+    # lengths off every block edge, Tq < Tk, bidirectional, scattered padding, GQA 4
+    "odd_lengths_bidirectional": dict(B=3, Hq=8, Hkv=2, Tq=777, Tk=1000, P=128, d=128, per_row=False,
+                                      pad="scattered", causal=False, seed=23),
+    # one query against a long cache, GQA 8, a per-row prefix
+    "decode_step": dict(B=4, Hq=32, Hkv=4, Tq=1, Tk=2047, P=100, d=64, per_row=True, pad="left", causal=True,
+                        seed=24),
+}
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("name", GPU_CASES)
+def test_triton_bf16_at_gpu_sizes(name):
+    """bf16 inputs (and upstream gradient) against float64 on the same bf16-rounded values, so what is left
+    is the kernel's own rounding (bf16 probabilities into the dots, bf16 outputs): within 1e-2 of each
+    tensor's largest magnitude."""
+    case = GPU_CASES[name]
+    tensors, mask, up = build(**case)
+    rounded = [t.to(torch.bfloat16).double() for t in tensors]
+    up = up.to(torch.bfloat16).double()
+    got = run("triton", rounded, mask, up, case["causal"], torch.bfloat16, device=DEVICE)
+    want = run("reference", rounded, mask, up, case["causal"], torch.float64, device=DEVICE)
+    for what, a, b in zip(NAMES, got, want):
+        err, scale = (a - b).abs().max().item(), b.abs().max().item()
+        assert torch.isfinite(a).all() and err <= 1e-2 * scale, f"{name} {what}: error {err:.3g}, max |ref| {scale:.3g}"
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_auto_picks_triton_for_bf16_on_cuda():
+    from ptune_dist.kernels import resolve_impl
+
+    q = torch.zeros(1, 4, 8, 64, device=DEVICE, dtype=torch.bfloat16)
+    assert resolve_impl("auto", q) == "triton"
+    assert resolve_impl("auto", q.float()) == "sdpa"

@@ -61,7 +61,7 @@ def train_run(cfg, stop: StopRequests) -> dict:
     ran_on = describe(s.device)
     results = {"method": cfg.method.name, "model": cfg.model.name_or_path, "device": ran_on}
     log.write({"event": "device", "step": start, **ran_on, "per_rank": dist.gather_objects(str(s.device))})
-    log.say(f"ptune: rank 0 of {env.world} trains on {ran_on['device']}" + (f" ({ran_on['name']})" if "name" in ran_on else ""))
+    log.say(f"ptune: rank 0 of {env.world} trains on {ran_on['device']} {ran_on.get('name', '')}".rstrip())
     held = dist.gather_objects(param_bytes(model))  # every rank: what it holds of the model
     log.write({"event": "parameters", "step": start, "bytes_per_rank": [h for h, _ in held], "bytes_total": held[0][1]})
     if start:
