@@ -12,13 +12,13 @@
 #
 # Stages, each under its own time limit (seconds; all capped by a deadline of TOTAL after the start); a stage
 # that fails or runs out of time does not stop the next:
-#   setup        nvidia-smi, versions, wheels + ptune installed, bitsandbytes' CUDA kernel tried        35
+#   setup        nvidia-smi, versions, wheels + ptune installed, bitsandbytes' CUDA kernel tried       35
 #   deepspeed    its sdist built (DS_BUILD_OPS=0) in the background during setup (waited for up to)    20
-#   tests        pytest -m gpu over tests/: training on cuda, compiled Triton kernels                   140
-#   attention    bench/attention.py: prefix attention kernels against FlashAttention/FlexAttention     45
-#   train_step   bench/train_step_gpu.py: ptune vs PEFT, bf16, TinyLlama-1.1B and Llama-3-8B shapes    95
-#   consumer     bench/consumer_gpu.py: 8B nf4 + checkpointing at 16 x 2048, PEFT peer, ptune plan      70
-#   plan         bench/memory_plan_gpu.py: ptune plan against CUDA peaks on a 1B grid                  55
+#   tests        pytest -m gpu over tests/: training on cuda, compiled Triton kernels                 190
+#   attention    bench/attention.py: prefix attention kernels against FlashAttention/FlexAttention     40
+#   train_step   bench/train_step_gpu.py: ptune vs PEFT, bf16, TinyLlama-1.1B and Llama-3-8B shapes    80
+#   consumer     bench/consumer_gpu.py: 8B nf4 + checkpointing at 16 x 2048, PEFT peer, ptune plan     60
+#   plan         bench/memory_plan_gpu.py: ptune plan against CUDA peaks on a 1B grid                  45
 #   summary      the stages and the main numbers, printed last (and in summary.md)
 # Files back under $OUT (the device tool returns at most 8): logs.txt (everything printed), summary.md,
 # docs/bench_attention_gpu.md, docs/bench_train_step_gpu.md, docs/bench_consumer_gpu.md,
@@ -33,9 +33,9 @@ export LOG=$OUT/logs.txt
 export ROOT WORK=/tmp/ptune-gpu-work SITE=/tmp/site SITE_DS=/tmp/site-ds PTUNE=/tmp/ptune BASES=/tmp/ptune-bench-bases
 export PY=${PY:-python3}
 START=$(date +%s)
-TOTAL=${GPU_CHECK_TOTAL_S:-470}
+TOTAL=${GPU_CHECK_TOTAL_S:-475}
 DEADLINE=$((START + TOTAL))
-B_SETUP=35 B_DS_WAIT=20 B_TESTS=140 B_ATTENTION=45 B_TRAIN=95 B_CONSUMER=70 B_PLAN=55
+B_SETUP=35 B_DS_WAIT=20 B_TESTS=190 B_ATTENTION=40 B_TRAIN=80 B_CONSUMER=60 B_PLAN=45
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PTUNE_HOME=$ROOT/.gpu/ptune_home
