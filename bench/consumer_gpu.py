@@ -38,10 +38,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from train_step import ANSWER, adamw_step, batch_tensors, peft_config, ptune_batch  # noqa: E402  (bench/ on sys.path)
+from train_step import ANSWER, adamw_step, batch_tensors, peft_config  # noqa: E402  (bench/ on sys.path)
 from train_step_gpu import (  # noqa: E402
-    SHAPES, Budget, base_folder, child_prepare, fmt, gib, machine_info, machine_lines, measure, memory_now, ratio,
-    run_child)
+    SHAPES, Budget, base_folder, child_prepare, fmt, gib, machine_info, machine_lines, measure, memory_now,
+    ptune_rows, ratio, run_child, write_results)
 
 GiB = 2**30
 GOAL_GIB = 22.0
@@ -77,37 +77,11 @@ def ptune_common(spec: dict, B: int, T: int, P: int) -> list[str]:
 
 
 def child_ptune(spec: dict) -> dict:
-    import torch
-
-    from ptune_dist.config import load_config
-    from ptune_dist.data.task import TaskSpec
-    from ptune_dist.device import choose, to_device
-    from ptune_dist.model.build import build_model
-    from ptune_dist.model.load import load_base
-
     B, T, P = spec["batch"], spec["seq"], spec["virtual"]
-    common = ptune_common(spec, B, T, P)
-    device = choose(spec["device"])
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    base = load_base(load_config([], common).model, trainable=False, device=device)
-    load_s, base_bytes = time.perf_counter() - t0, memory_now(device)
-    ids, labels = batch_tensors(B, T, "answer", high=spec["vocab"])
-    rows = []
-    for method in spec["methods"]:
-        cfg = load_config([], [*common, f"method.name={method}"])
-
-        def build(cfg=cfg):
-            model = build_model(cfg, [TaskSpec(name="bench", type="generation")], None, base=base,
-                                device=device).train()
-            batch = to_device(ptune_batch(model, ids, labels), device)
-            return adamw_step(lambda: model(batch).loss, model.trainable_parameters().values())
-
-        row = measure(build, device, spec["warmup"], spec["steps"], B * T)
-        args = plan_args(spec["folder"], method, B, T, P, spec["dtype"])
-        rows.append({"system": "ptune", "method": method, "batch": B, "seq": T, "load_s": load_s,
-                     "base_bytes": base_bytes, **row, **plan_prediction(args),
-                     "plan_command": "ptune plan " + " ".join(args)})
+    rows = ptune_rows(spec, ptune_common(spec, B, T, P), {m: m for m in spec["methods"]}, B, T, spec["vocab"])
+    for row in rows:
+        args = plan_args(spec["folder"], row["method"], B, T, P, spec["dtype"])
+        row.update(plan_prediction(args), plan_command="ptune plan " + " ".join(args))
     return {"rows": rows, "machine": machine_info(spec["device"])}
 
 
@@ -260,15 +234,7 @@ def main(argv=None):
             what = r["error"] if "error" in r else (f"{r['tokens_per_s']:8.0f} tokens/s, peak "
                                                     f"{gib(r['peak_bytes'])} GiB, loss {r['loss']:.3f}")
             print(f"{kind:5s} {r['method']:13s} B{r.get('batch', '?')}: {what}", flush=True)
-    text = report(args, machine, rows)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    return 1 if any("error" in r for r in rows) else 0
+    return write_results(args, report(args, machine, rows), machine, rows)
 
 
 if __name__ == "__main__":

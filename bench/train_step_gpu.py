@@ -187,8 +187,9 @@ def child_prepare(spec: dict) -> dict:
     return {"machine": info, "made_s": made}
 
 
-def child_ptune(spec: dict) -> dict:
-    """ptune's public path: load_config -> device.choose -> load_base -> build_model(base=...) per method."""
+def ptune_rows(spec: dict, common: list[str], methods: dict, B: int, T: int, vocab: int) -> list[dict]:
+    """ptune's public path: load_config -> device.choose -> load_base once -> build_model(base=...) and a
+    measured step per method; `methods` maps the row's method name to ptune's method.name."""
     import torch
 
     from ptune_dist.config import load_config
@@ -197,22 +198,15 @@ def child_ptune(spec: dict) -> dict:
     from ptune_dist.model.build import build_model
     from ptune_dist.model.load import load_base
 
-    shape = SHAPES[spec["shape"]]
-    B, T, P = spec.get("batch") or shape["batch"], spec.get("seq") or shape["seq"], spec["virtual"]
-    common = [f"model.name_or_path={spec['folder']}", f"model.dtype={spec['dtype']}",
-              f"train.device={spec['device']}", f"method.num_virtual_tokens={P}", "tasks.0.type=generation",
-              f"data.batch_size={B}", f"data.max_length={T + P}", *spec.get("overrides", [])]
     device = choose(spec["device"])
-    made_s = make_base(spec["shape"], Path(spec["folder"]), spec["device"], spec["dtype"])  # once per shape
-    free_memory()
     torch.manual_seed(0)
     t0 = time.perf_counter()
     base = load_base(load_config([], common).model, trainable=False, device=device)
     load_s, base_bytes = time.perf_counter() - t0, memory_now(device)
-    ids, labels = batch_tensors(B, T, "answer", high=shape["config"]["vocab_size"])
+    ids, labels = batch_tensors(B, T, "answer", high=vocab)
     rows = []
-    for method in spec["methods"]:
-        cfg = load_config([], [*common, f"method.name={PTUNE_METHOD.get(method, method)}"])
+    for method, name in methods.items():
+        cfg = load_config([], [*common, f"method.name={name}"])
 
         def build(cfg=cfg):
             model = build_model(cfg, [TaskSpec(name="bench", type="generation")], None, base=base,
@@ -222,8 +216,21 @@ def child_ptune(spec: dict) -> dict:
 
         row = measure(build, device, spec["warmup"], spec["steps"], B * T)
         rows.append({"system": "ptune", "method": method, "batch": B, "seq": T, "load_s": load_s,
-                     "base_bytes": base_bytes, "base_made_s": made_s, **row})
-    return {"rows": rows}
+                     "base_bytes": base_bytes, **row})
+    return rows
+
+
+def child_ptune(spec: dict) -> dict:
+    shape = SHAPES[spec["shape"]]
+    B, T, P = spec.get("batch") or shape["batch"], spec.get("seq") or shape["seq"], spec["virtual"]
+    common = [f"model.name_or_path={spec['folder']}", f"model.dtype={spec['dtype']}",
+              f"train.device={spec['device']}", f"method.num_virtual_tokens={P}", "tasks.0.type=generation",
+              f"data.batch_size={B}", f"data.max_length={T + P}", *spec.get("overrides", [])]
+    made_s = make_base(spec["shape"], Path(spec["folder"]), spec["device"], spec["dtype"])  # once per shape
+    free_memory()
+    methods = {m: PTUNE_METHOD.get(m, m) for m in spec["methods"]}
+    rows = ptune_rows(spec, common, methods, B, T, shape["config"]["vocab_size"])
+    return {"rows": [{**r, "base_made_s": made_s} for r in rows]}
 
 
 def child_peft(spec: dict) -> dict:
@@ -488,14 +495,18 @@ def main(argv=None):
     bases = ("random-init, made once on the GPU and saved with save_pretrained (config.json + safetensors) to "
              "a local folder, then loaded by each system's own loader in its own process" if not args.tiny else
              "random-init, saved with save_pretrained and loaded by each system's loader")
-    text = report(args, prep.get("machine", {}), rows, bases)
+    return write_results(args, report(args, prep.get("machine", {}), rows, bases), prep.get("machine"), rows)
+
+
+def write_results(args, text: str, machine, rows: list[dict]) -> int:
+    """Print the table, write it to --out and the rows to --json; exit status 1 when a row failed."""
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": prep.get("machine"), "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     return 1 if any("error" in r for r in rows) else 0
 
 
