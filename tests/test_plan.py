@@ -400,3 +400,21 @@ def test_int8_kept_inputs_match_a_real_bitsandbytes_model(tmp_path, checkpointin
     assert only_contexts, "bitsandbytes no longer keeps inputs outside saved tensors: update the planner"
     assert measured == pytest.approx(predicted, rel=0.02), (measured, predicted, sum(only_contexts.values()))
     del out
+
+
+def test_the_planned_kernel_is_the_one_auto_runs_on_each_device():
+    """kernels/auto.py: Triton (prefix shared, never copied per row) on a GPU in fp16/bf16, SDPA elsewhere; the
+    planner sizes the per-row prefix copy only where SDPA runs."""
+    from ptune_dist.plan.memory import Setup, predict
+    from ptune_dist.plan.search import parse_request, planned_kernel, resolve_arch
+
+    assert planned_kernel("auto", "bfloat16", "gpu") == "triton" and planned_kernel("auto", "float32", "gpu") == "sdpa"
+    assert planned_kernel("auto", "bfloat16", "cpu") == "sdpa" and planned_kernel("split", "bfloat16", "gpu") == "split"
+    req = parse_request(["model=llama-3.1-8b", "method=p_tuning_v2", "hardware.gpus=1", "model.dtype=bfloat16"])
+    assert req.base.attention == "triton"
+    cpu = parse_request(["model=llama-3.1-8b", "method=p_tuning_v2", "hardware.device=cpu", "model.dtype=bfloat16"])
+    assert cpu.base.attention == "sdpa"
+    arch = resolve_arch("llama-3.1-8b")
+    deep = dict(method="p_tuning_v2", num_virtual_tokens=128, dtype="bfloat16", batch_size=16, max_length=2048)
+    copied, shared = (predict(arch, Setup(**deep, attention=a)).activations for a in ("sdpa", "triton"))
+    assert copied > shared  # the per-row copy of a 128-token prefix is counted only for SDPA

@@ -90,6 +90,7 @@ class Request:
     overrides: list = field(default_factory=list)  # the command line's run-config key=value, for the commands
     backend: str = "local"  # the config's launch.backend
     slurm_gpus: bool = False  # the config asks Slurm for GPUs (launch.gpus_per_node), one per rank
+    attention: str = "auto"  # the config's model.attention: the planned kernel follows each setup's dtype
     show_all: bool = False
     top: int = 20
 
@@ -172,8 +173,9 @@ def parse_request(args: list[str]) -> Request:
     if arch is None:
         arch = resolve_arch(cfg.model.name_or_path, key="model.name_or_path")
     fixed = {o.split("=", 1)[0] for o in overrides} | _keys_set_in(files)
-    base = setup_from_config(cfg, arch, plan)
-    return Request(arch=arch, base=base, fixed=fixed, hardware=_hardware(hardware, cfg),
+    hw = _hardware(hardware, cfg)
+    base = setup_from_config(cfg, arch, plan, hw.device)
+    return Request(arch=arch, base=base, fixed=fixed, hardware=hw, attention=cfg.model.attention,
                    config_file=" ".join(files) or model_file,
                    model_override=HUB_IDS.get(arch.name, model) if model else "",
                    overrides=[o for o in overrides if o.split("=", 1)[0] not in PLANNED_KEYS],
@@ -243,7 +245,21 @@ def _config_overrides(overrides: list[str], model: str) -> list[str]:
     return overrides
 
 
-def setup_from_config(cfg, arch: Arch, plan: dict) -> Setup:
+def planned_kernel(attention: str, dtype: str, device: str) -> str:
+    """The prefix-attention kernel a run will use (kernels/auto.py's rule): with `auto`, the shared-prefix
+    Triton kernel on a GPU in fp16/bf16, else SDPA (the prefix copied into every row's keys/values)."""
+    if attention == "auto" and device == "gpu" and dtype in ("bfloat16", "float16"):
+        return "triton"
+    return "sdpa" if attention in ("auto", "reference") else attention
+
+
+def setup_from_config(cfg, arch: Arch, plan: dict, device: str | None = None) -> Setup:
+    """The Setup a run config describes; `device` (gpu | cpu) decides the `auto` attention kernel (default:
+    the CPU for train.device=cpu or a machine without CUDA, else a GPU)."""
+    if device is None:
+        import torch
+
+        device = "gpu" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
     m, d, dist = cfg.model, cfg.data, cfg.distributed
     task = cfg.tasks[0] if cfg.tasks else None
     ttype = task.type if task else "classification"
@@ -259,7 +275,7 @@ def setup_from_config(cfg, arch: Arch, plan: dict) -> Setup:
         head_classes=head, batch_size=d.batch_size, grad_accum=cfg.train.grad_accum, max_length=d.max_length,
         dtype=m.dtype, quant=m.quant, quant_double=m.quant_double, quant_storage=m.quant_storage,
         gradient_checkpointing=m.gradient_checkpointing, lean_activations=m.lean_activations,
-        attention="sdpa" if m.attention in ("auto", "reference") else m.attention, optimizer=cfg.train.optimizer,
+        attention=planned_kernel(m.attention, m.dtype, device), optimizer=cfg.train.optimizer,
         engine=dist.engine, zero_stage=dist.zero_stage, offload_optimizer=dist.offload_optimizer,
         offload_params=dist.offload_params, world=1, zero_extra=dict(dist.zero_extra))
 
@@ -319,7 +335,8 @@ def enumerate_setups(req: Request) -> list[Setup]:
                 for micro in micros:
                     out.append(replace(b, dtype=dtype, quant=quant, quant_storage=storage, gradient_checkpointing=ckpt,
                                        batch_size=micro, grad_accum=b.grad_accum * max(1, target // micro),
-                                       world=req.hardware.world, **eng))
+                                       world=req.hardware.world,
+                                       attention=planned_kernel(req.attention, dtype, req.hardware.device), **eng))
     return out
 
 
