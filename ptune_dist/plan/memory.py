@@ -54,7 +54,10 @@ METHOD_NAMES = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "fu
 ZERO_DEFAULTS = {"stage3_max_live_parameters": 1e9, "stage3_max_reuse_distance": 1e9,
                  "stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5}
 SHARED_PREFIX_KERNELS = ("split", "flash", "triton")  # keep the prefix [Hkv, P, d] shared, no per-row copy
-BACKWARD_WORKSPACE = 6  # intermediate-sized [tokens, I] tensors alive in one layer's backward (measured)
+# intermediate-sized [tokens, I] tensors alive in one layer's backward: the incoming gradient, the gate and up
+# gradients and the temporaries of the SwiGLU backward. Measured (RSS of one MLP backward): HF's MLP or the
+# earlier lean backward 6; model/lean.py's in-place backward keeps one temporary (the sigmoid): 3
+BACKWARD_WORKSPACE = {True: 3, False: 6}  # by Setup.lean_activations
 
 
 @dataclass(frozen=True)
@@ -289,7 +292,7 @@ def workspace_bytes(arch: Arch, s: Setup) -> float:
     T, _, _ = sequence(s)
     N, e = s.batch_size * T, DTYPE_BYTES[s.dtype]
     width = max(arch.intermediate_size, arch.hidden_size)
-    ws = BACKWARD_WORKSPACE * N * width * e
+    ws = BACKWARD_WORKSPACE[s.lean_activations] * N * width * e
     if s.quant != "none":
         # bitsandbytes dequantises a linear layer's weight to the compute dtype for every matmul
         ws += max(i * o for i, o in arch.linear_shapes()) * DTYPE_BYTES[s.dtype]
