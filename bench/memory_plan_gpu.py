@@ -220,11 +220,6 @@ def load_shared_base(folder: Path, bases: dict, base: str, task: Path, device):
     return load_base(cfg.model, trainable=False, device=device)
 
 
-def enable_checkpointing(hf_model) -> None:
-    """What load_base does for model.gradient_checkpointing=true (ptune_dist/model/load.py)."""
-    hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-
-
 def predict_cell(cfg, folder: Path, task: str, seq: int) -> dict:
     from ptune_dist.plan.arch import resolve_arch
     from ptune_dist.plan.memory import predict
@@ -440,6 +435,7 @@ def main(argv=None) -> int:
 
     from ptune_dist.config import load_config
     from ptune_dist.device import choose
+    from ptune_dist.model.load import enable_checkpointing
 
     shape_name = "tiny" if args.tiny else "1b"
     shape = SHAPES[shape_name]

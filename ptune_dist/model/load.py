@@ -84,8 +84,18 @@ def load_base(model_cfg, trainable: bool = False, device: torch.device | None = 
     if model_cfg.dropout is not None:
         set_dropout(model, model_cfg.dropout)
     if model_cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     return model, BaseInfo.from_config(model.config, kind)
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each layer in the backward (non-reentrant, so prefixes and quantised layers work).
+    transformers 5.23 names it activation_checkpointing_enable; before (5.17, on the GPU machine this was
+    written for) only gradient_checkpointing_enable, now its deprecated alias."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def device_map(device: torch.device | None) -> dict | None:
