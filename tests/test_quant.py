@@ -244,11 +244,14 @@ def test_without_the_guard_the_prompt_gradient_is_wrong(smol_nf4):
         quant.guard_cpu_repack(unguarded[0])
 
 
-METHODS = {  # method -> (extra overrides, learning rate)
-    "prompt_tuning": (["method.init=vocab"], 0.1),  # also reads the (unquantised) embeddings for its init
-    "p_tuning": (["method.encoder=mlp"], 0.01),
-    "prefix_tuning": ([], 0.001),
-    "p_tuning_v2": ([], 0.01),
+METHODS = {  # method -> (extra overrides, learning rate, steps)
+    "prompt_tuning": (["method.init=vocab"], 0.1, 5),  # also reads the (unquantised) embeddings for its init
+    # the MLP encoder amplifies each update: at lr 0.01 its 5-step losses bounced and the last one hung on
+    # rounding (int8: ... 2.49, 3.36; after a rounding-only change of the SwiGLU backward, 2.60 against a
+    # bound of 2.61); at 0.001 over 8 steps, seeds 0-2 on int8 and nf4 all end at 0.13-0.62 of the first
+    "p_tuning": (["method.encoder=mlp"], 0.001, 8),
+    "prefix_tuning": ([], 0.001, 5),
+    "p_tuning_v2": ([], 0.01, 5),
 }
 
 
@@ -272,12 +275,12 @@ def train_steps(s, lr: float, steps: int = 5) -> list[float]:
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_learns_on_a_quantised_base(method, q, request):
     base = request.getfixturevalue(f"smol_{q}")
-    extra, lr = METHODS[method]
+    extra, lr, steps = METHODS[method]
     s = session([f"method.name={method}", *SUPPORT, *extra], base=base)
     params = s.model.trainable_parameters()
     assert params and all(p.dtype == torch.float32 for p in params.values())  # fp32 master weights
     frozen = next(iter(quant.quantised_layers(base[0]).values())).weight.detach().clone()
-    losses = train_steps(s, lr)
+    losses = train_steps(s, lr, steps)
     assert losses[-1] < 0.7 * losses[0], losses
     assert torch.equal(next(iter(quant.quantised_layers(base[0]).values())).weight, frozen)
 
@@ -392,7 +395,8 @@ def test_a_step_graph_is_gone_before_the_next_forward():
     batch = {"attention_mask": torch.ones(2, 3)}
     cfg = types.SimpleNamespace(train=types.SimpleNamespace(steps=3, grad_accum=2, log_every=100, eval_every=0,
                                                             save_every=0))
-    s = types.SimpleNamespace(model=torch.nn.Linear(1, 1), cfg=cfg, env=types.SimpleNamespace(world=1))
+    s = types.SimpleNamespace(model=torch.nn.Linear(1, 1), cfg=cfg, env=types.SimpleNamespace(world=1),
+                              device=torch.device("cpu"))
 
     class Loader(list):
         epoch = 0
