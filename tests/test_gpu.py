@@ -99,6 +99,38 @@ def test_minilm_ptuning_v2_on_the_gpu_reaches_the_cpu_accuracy(tmp_path):
         assert memory["peak_gpu_bytes_per_rank"][0] > 0
 
 
+@pytest.mark.parametrize("method", ["p_tuning_v2", "prompt_tuning"])
+def test_kernels_match_the_reference_inside_the_model(tiny_llama, method):
+    """The model-level equivalence on the device: fp32 loss and prompt gradients of a left-padded batch
+    with every kernel that runs there against `reference` (GQA 8/2, deep or shallow prompt)."""
+    from conftest import assert_close_rel, grads, session
+
+    from ptune_dist.data.collate import collate
+    from ptune_dist.device import to_device
+    from ptune_dist.kernels import unavailable
+
+    def run(impl):
+        s = session([f"model.name_or_path={tiny_llama}", "tasks.0.type=generation",
+                     f"tasks.0.train={FIXTURES / 'instructions.jsonl'}", f"method.name={method}",
+                     "method.num_virtual_tokens=8", "model.dropout=0.0", f"model.attention={impl}",
+                     f"train.device={DEVICE}"], splits=("train",))
+        batch = collate(s.tasks[0].train[:4], s.pad_id, "left")
+        assert not batch["attention_mask"].bool().all(), "the batch should be padded"
+        out = s.model(to_device(batch, s.device))
+        out.loss.backward()
+        return out.loss.detach().cpu(), {n: g.cpu() for n, g in grads(s.model).items()}
+
+    want_loss, want_grads = run("reference")
+    probe = torch.empty(1, device=DEVICE)
+    impls = [i for i in ("sdpa", "triton", "flash") if unavailable(i, probe) is None]
+    assert DEVICE == "cpu" or "triton" in impls, "the compiled Triton kernels should run on a GPU"
+    for impl in impls:
+        loss, got = run(impl)
+        assert_close_rel(loss, want_loss, 1e-4)
+        for name in want_grads:
+            assert_close_rel(got[name], want_grads[name], 1e-3)
+
+
 def test_zero3_trains_on_the_gpu(tiny_llama, tmp_path):
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
     train(instruct(tiny_llama, tmp_path, "model.dtype=bfloat16", "method.name=p_tuning_v2",
