@@ -40,7 +40,6 @@ what it measured.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -51,6 +50,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from train_step_gpu import free_memory, save_random_llama  # noqa: E402  (bench/ on sys.path)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -96,32 +97,13 @@ def make_tokenizer():
 
 def make_base(shape: str, folder: Path, device, dtype: str) -> float:
     """The random-init base as a HF folder (config.json + safetensors + tokenizer); a no-op when READY exists.
-    Built on `device` (fast init), written to a temporary folder, renamed. Returns the seconds it took."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-    from transformers.utils import logging
-
-    folder = Path(folder)
-    if (folder / "READY").exists():
-        return 0.0
-    logging.disable_progress_bar()
-    t0 = time.perf_counter()
+    Returns the seconds it took."""
     tok = make_tokenizer()
-    cfg = LlamaConfig(**SHAPES[shape]["config"], pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, max_shard_size="5GB")
-    tok.save_pretrained(tmp)
-    (tmp / "READY").write_text(f"{SHAPES[shape]['label']}, random init, {dtype}\n")
-    del model
+    config = {**SHAPES[shape]["config"], "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+              "eos_token_id": tok.eos_token_id}
+    made = save_random_llama(folder, config, SHAPES[shape]["label"], device, dtype, tokenizer=tok)
     free_memory()
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return time.perf_counter() - t0
+    return made
 
 
 # -- the data -----------------------------------------------------------------------------------------------
@@ -196,15 +178,6 @@ def cell_overrides(cell: dict, folder: Path, bases: dict, shape: dict, device: s
 
 
 # -- measuring ------------------------------------------------------------------------------------------
-def free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-
-
 def allocated(device) -> int | None:
     import torch
 

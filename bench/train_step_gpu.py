@@ -82,8 +82,15 @@ def base_folder(base_dir, shape: str, dtype: str) -> Path:
 
 
 def make_base(shape: str, folder: Path, device: str, dtype: str) -> float:
-    """A random-init Llama of `shape` saved as a HF folder (config.json + safetensors); a no-op when the
-    folder is complete (READY). Built on `device` (fast init), written to a temporary folder, renamed."""
+    """A random-init Llama of `shape` saved as a HF folder (config.json + safetensors)."""
+    config = {**SHAPES[shape]["config"], "tie_word_embeddings": False}
+    return save_random_llama(folder, config, SHAPES[shape]["label"], device, dtype)
+
+
+def save_random_llama(folder: Path, config: dict, label: str, device: str, dtype: str, tokenizer=None) -> float:
+    """A random-init Llama (LlamaConfig(**config)) saved as a HF folder, with `tokenizer` when given; a no-op
+    when the folder is complete (READY). Built on `device` (fast init), written to a temporary folder,
+    renamed. Returns the seconds it took."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
     from transformers.utils import logging
@@ -93,14 +100,15 @@ def make_base(shape: str, folder: Path, device: str, dtype: str) -> float:
         return 0.0
     logging.disable_progress_bar()
     t0 = time.perf_counter()
-    cfg = LlamaConfig(**SHAPES[shape]["config"], tie_word_embeddings=False)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**config), dtype=getattr(torch, dtype))
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, max_shard_size="5GB")
-    (tmp / "READY").write_text(f"{SHAPES[shape]['label']}, random init, {dtype}\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    (tmp / "READY").write_text(f"{label}, random init, {dtype}\n")
     del model
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
