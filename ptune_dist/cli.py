@@ -2,9 +2,9 @@
 
     ptune train CONFIG.yaml [MORE.yaml ...] [dotted.key=value ...]
     ptune eval RUN_OR_CHECKPOINT [dotted.key=value ...]
-    ptune predict RUN_OR_CHECKPOINT --input FILE.jsonl [--output FILE.jsonl] [dotted.key=value ...]
-    ptune export CHECKPOINT --format peft --out DIR [--task NAME]
-    ptune import ADAPTER_DIR --out RUN_DIR [dotted.key=value ...]
+    ptune predict RUN_OR_CHECKPOINT --input FILE.jsonl [--output FILE.jsonl [--force]] [dotted.key=value ...]
+    ptune export CHECKPOINT --format peft --out DIR [--task NAME] [--force]
+    ptune import ADAPTER_DIR --out RUN_DIR [--force] [dotted.key=value ...]
     ptune launch CONFIG.yaml [...] [dotted.key=value ...] [--dry-run]      (launch.backend=local|slurm)
     ptune sweep CONFIG.yaml [...] [key=value ...] [--grid key=v1,v2 ...] [--dry-run]
     ptune gather SWEEP_DIR
@@ -12,6 +12,9 @@
     ptune cancel RUN_DIR|JOB_ID
     ptune fetch-models [NAME ...]
     ptune plan CONFIG.yaml [...] [key=value ...] [hardware.gpus=N hardware.gpu_mem=24GB]   (or model=NAME ...)
+
+Nothing a command did not create is deleted or replaced without --force (checkpoint/target.py), and
+one `ptune train` at a time writes an output_dir (train/run_lock.py).
 """
 
 from __future__ import annotations
@@ -53,21 +56,21 @@ def cmd_eval(ns) -> int:
 def cmd_predict(ns) -> int:
     from ptune_dist.inference import predict_file
 
-    predict_file(ns.checkpoint, ns.input, ns.output, ns.overrides)
+    predict_file(ns.checkpoint, ns.input, ns.output, ns.overrides, force=ns.force)
     return 0
 
 
 def cmd_export(ns) -> int:
     from ptune_dist.checkpoint.peft_format import export_peft
 
-    print(export_peft(ns.checkpoint, ns.out, task=ns.task))
+    print(export_peft(ns.checkpoint, ns.out, task=ns.task, force=ns.force))
     return 0
 
 
 def cmd_import(ns) -> int:
     from ptune_dist.checkpoint.peft_format import import_peft
 
-    print(import_peft(ns.adapter, ns.out, ns.overrides))
+    print(import_peft(ns.adapter, ns.out, ns.overrides, force=ns.force))
     return 0
 
 
@@ -161,17 +164,20 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", required=True)
     pr.add_argument("--output", default="-", help="JSONL output (default: stdout)")
     pr.add_argument("overrides", nargs="*")
+    pr.add_argument("--force", action="store_true", help="replace an existing --output file")
     pr.set_defaults(fn=cmd_predict)
     x = sub.add_parser("export", help="write a checkpoint as a PEFT adapter")
     x.add_argument("checkpoint")
     x.add_argument("--format", choices=["peft"], default="peft")
     x.add_argument("--out", required=True)
     x.add_argument("--task", default=None, help="which task's prompt (default: the only one)")
+    x.add_argument("--force", action="store_true", help="replace what --out holds (never the input itself)")
     x.set_defaults(fn=cmd_export)
     i = sub.add_parser("import", help="turn a PEFT prompt adapter into a ptune run folder")
     i.add_argument("adapter")
     i.add_argument("--out", required=True)
     i.add_argument("overrides", nargs="*")
+    i.add_argument("--force", action="store_true", help="replace the run's existing final/")
     i.set_defaults(fn=cmd_import)
     la = sub.add_parser("launch", help="run training on N processes, nodes, or as a Slurm job")
     la.add_argument("args", nargs="+")

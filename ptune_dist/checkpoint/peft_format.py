@@ -20,12 +20,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ptune_dist.config import load_config, to_yaml
-from ptune_dist.errors import CheckpointError, ConfigError
+from ptune_dist.errors import CheckpointError, ConfigError, PtuneError
 from ptune_dist.methods import BaseInfo, InitContext, method_class
 from ptune_dist.model.load import infer_kind, load_hf_config, resolve_path
 
 from . import state
 from .atomic import atomic_dir
+from .target import check_target, say_replaced
 
 PEFT_TYPES = {"prompt_tuning": "PROMPT_TUNING", "p_tuning": "P_TUNING", "prefix_tuning": "PREFIX_TUNING",
               "p_tuning_v2": "PREFIX_TUNING"}
@@ -74,10 +75,11 @@ def peft_config(method: str, cfg, info: BaseInfo, P: int):
                               prefix_projection=False, **common)
 
 
-def export_peft(checkpoint, out, task: str | None = None) -> Path:
+def export_peft(checkpoint, out, task: str | None = None, force: bool = False) -> Path:
     from ptune_dist.inference import resolve_checkpoint
 
     folder = resolve_checkpoint(checkpoint)
+    replaces = check_target(out, [folder, checkpoint], force)
     cfg = load_config([folder / "config.yaml"])
     if cfg.method.name not in PEFT_TYPES:
         raise ConfigError(f"method.name={cfg.method.name}: PEFT has no prompt format for it; "
@@ -98,14 +100,20 @@ def export_peft(checkpoint, out, task: str | None = None) -> Path:
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {folder}: prompt weights do not fit {cfg.method.name} ({e})") from None
     module = prompts.prompts[task]
+    if replaces and not Path(out).is_dir():
+        Path(out).unlink()  # --force over a file: atomic_dir replaces folders
     with atomic_dir(Path(out)) as tmp:
         peft_config(cfg.method.name, cfg, info, module.num_virtual_tokens).save_pretrained(str(tmp))
         save_file({"prompt_embeddings": flat_prompt(module)}, tmp / "adapter_model.safetensors")
+    say_replaced("export", replaces)
     return Path(out)
 
 
-def import_peft(adapter_dir, out, overrides=()) -> Path:
+def import_peft(adapter_dir, out, overrides=(), force: bool = False) -> Path:
     d = Path(adapter_dir)
+    if Path(out).is_file():
+        raise PtuneError(f"--out {out}: a file, not a run folder (nothing was written)")
+    replaces = check_target(Path(out) / "final", [d], force)
     try:
         meta = json.loads((d / "adapter_config.json").read_text())
     except (OSError, ValueError) as e:
@@ -140,4 +148,5 @@ def import_peft(adapter_dir, out, overrides=()) -> Path:
         param.copy_(emb)
     state.save(Path(out) / "final", to_yaml(cfg), state.trainable_state(prompts),
                extra={"imported_from": str(d), "peft_type": peft_type})
+    say_replaced("import", replaces)
     return Path(out)

@@ -16,6 +16,7 @@ import json
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -95,7 +96,11 @@ def save(folder: Path, config_yaml: str, trainable: dict, *, optimizer: tuple | 
 
     trainable: {name: full fp32 tensor}; optimizer: (tensors, meta) as optimizer_state() makes them;
     training: {"scheduler": state, "loader": state}; rng_states: rng_state() of every rank.
+    Non-finite weights are refused before anything is written: a good folder is never replaced by them.
     """
+    bad = nonfinite(trainable)
+    if bad:
+        raise CheckpointError(f"not saving {folder}: {bad}; the previous one stays")
     with atomic_dir(folder) as tmp:
         save_file(trainable, tmp / "trainable.safetensors", metadata={"format": "ptune"})
         (tmp / "config.yaml").write_text(config_yaml)
@@ -125,19 +130,35 @@ def _tupled(x):
     return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
 
 
+class CheckpointDamaged(CheckpointError):
+    """The folder is complete (its manifest holds) but what it holds cannot be a ptune checkpoint."""
+
+    def __init__(self, folder, what: str):
+        super().__init__(f"checkpoint {folder} is damaged: {what}")
+
+
+def nonfinite(tensors: dict) -> str:
+    """'' when every tensor is finite, else which are not."""
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return f"{len(bad)} tensor(s) hold NaN or inf ({', '.join(bad[:3])})" if bad else ""
+
+
 def read_state(folder: Path) -> dict:
     verify(folder)
     try:
-        return json.loads((Path(folder) / "state.json").read_text())
+        state = json.loads((Path(folder) / "state.json").read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {folder}: state.json unreadable ({e})") from None
+        raise CheckpointDamaged(folder, f"state.json unreadable ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise CheckpointDamaged(folder, "state.json has no step (a whole number >= 0)")
+    return state
 
 
 def _load_tensors(path: Path) -> dict:
     try:
         return load_file(path)
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path.parent}: {path.name} unreadable ({e})") from None
+        raise CheckpointDamaged(path.parent, f"{path.name} unreadable ({e})") from None
 
 
 def check_fits(folder: Path, saved: dict, shapes: dict) -> None:
@@ -151,6 +172,9 @@ def check_fits(folder: Path, saved: dict, shapes: dict) -> None:
         if tuple(saved[name].shape) != tuple(shape):
             raise CheckpointError(f"checkpoint {folder}: {name} has shape {tuple(saved[name].shape)}, "
                                   f"the model expects {tuple(shape)}")
+    bad = nonfinite(saved)
+    if bad:
+        raise CheckpointDamaged(folder, bad)
 
 
 def load_weights(folder: Path, model) -> None:
@@ -165,33 +189,79 @@ def load_weights(folder: Path, model) -> None:
             p.copy_(saved[name])
 
 
-def load_training(folder: Path, engine, loader, rank: int = 0) -> int:
-    """Restore everything a run needs to continue exactly (every rank calls it); returns the saved step."""
+# state.json of a resumable checkpoint: key -> the type it must have
+TRAINING_KEYS = {"optimizer": dict, "scheduler": dict, "loader": dict, "python_rng": list}
+
+
+@dataclass
+class Training:
+    """A resumable checkpoint read and checked whole, before anything of the run is touched."""
+    folder: Path
+    state: dict
+    weights: dict
+    optimizer: dict
+    rngs: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def read_training(folder: Path, shapes: dict) -> Training:
+    """Everything a run needs to continue from `folder`, checked: CheckpointDamaged when it cannot be a
+    ptune checkpoint (resume=auto then falls back to an older one), CheckpointError when it is whole
+    but for another model or method."""
     folder = Path(folder)
     state = read_state(folder)
     if "optimizer" not in state:
         raise CheckpointError(f"checkpoint {folder} has no training state (a final/ export?); "
                               "it can be evaluated or exported, not resumed")
+    for key, kind in TRAINING_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            raise CheckpointDamaged(folder, f"state.json key {key!r} is {type(state.get(key)).__name__}, "
+                                            f"expected {kind.__name__}")
+    meta = state["optimizer"]
+    if not isinstance(meta.get("param_groups"), list) or not isinstance(meta.get("scalars"), dict):
+        raise CheckpointDamaged(folder, "state.json optimizer lacks param_groups (a list) or scalars (a map)")
     weights = _load_tensors(folder / "trainable.safetensors")
-    check_fits(folder, weights, engine.shapes())
-    opt_tensors = _load_tensors(folder / "optimizer.safetensors")
-    check_optimizer_fits(folder, state["optimizer"], list(engine.shapes()))
-    engine.load_state(weights, opt_tensors, state["optimizer"])
-    engine.scheduler.load_state_dict(state["scheduler"])
+    check_fits(folder, weights, shapes)
+    optimizer = _load_tensors(folder / "optimizer.safetensors")
     try:
+        check_optimizer_fits(folder, meta, list(shapes))
+        by_param = state_by_param(optimizer)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointDamaged(folder, f"optimizer state unreadable ({type(e).__name__}: {e})") from None
+    for name, slots in by_param.items():
+        for slot, t in slots.items():
+            if t.dim() > 0 and tuple(t.shape) != tuple(shapes.get(name, ())):
+                raise CheckpointDamaged(folder, f"optimizer state {name}.{slot} has shape {tuple(t.shape)}, "
+                                                f"its parameter {tuple(shapes.get(name, ()))}")
+    bad = nonfinite(optimizer)
+    if bad:
+        raise CheckpointDamaged(folder, f"optimizer state: {bad}")
+    return Training(folder, state, weights, optimizer, _load_tensors(folder / "rng.safetensors"))
+
+
+def load_training(folder: Path, engine, loader, rank: int = 0) -> Training:
+    """Restore everything a run needs to continue exactly (every rank calls it); returns what it read."""
+    saved = read_training(folder, engine.shapes())
+    state, folder = saved.state, saved.folder
+    engine.load_state(saved.weights, saved.optimizer, state["optimizer"])
+    try:
+        engine.scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
-    except ValueError as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {folder}: {e}") from None
-    rngs = _load_tensors(folder / "rng.safetensors")
-    if f"rank{rank}" in rngs:
+    rngs = saved.rngs
+    if f"rank{rank}" in rngs and rank < len(state["python_rng"]):
         torch.set_rng_state(rngs[f"rank{rank}"])
         random.setstate(_tupled(state["python_rng"][rank]))
         if f"rank{rank}.cuda" in rngs and torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.set_rng_state(rngs[f"rank{rank}.cuda"])  # a GPU run resumed on a GPU (the CPU has none)
     else:  # saved by fewer ranks: a fresh stream of its own, reproducible from the step
-        torch.manual_seed(1_000_003 * int(state["step"]) + rank)
-        random.seed(1_000_003 * int(state["step"]) + rank)
-    return int(state["step"])
+        torch.manual_seed(1_000_003 * saved.step + rank)
+        random.seed(1_000_003 * saved.step + rank)
+    return saved
 
 
 def step_dirs(checkpoints: Path) -> list[tuple[int, Path]]:

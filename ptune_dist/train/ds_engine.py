@@ -14,6 +14,8 @@ import yaml
 
 from ptune_dist.checkpoint import state as ckpt
 
+from . import dist
+
 
 def ds_config(cfg, world: int) -> dict:
     """The DeepSpeed config of a run. fp32 as far as DeepSpeed knows: the base keeps the dtype it was loaded
@@ -60,14 +62,21 @@ class DeepSpeedEngine:
         if not self.ds.is_gradient_accumulation_boundary():
             self.ds.step()  # a micro-step: DeepSpeed counts it and updates nothing
 
-    def step(self) -> float:
+    def step(self, loss: torch.Tensor | None = None) -> float:
         """The update; returns the gradient norm before clipping (DeepSpeed's, or at stage 0 without
-        clipping, where DeepSpeed keeps none, our own over the already averaged gradients)."""
+        clipping, where DeepSpeed keeps none, our own over the already averaged gradients), or NaN when the
+        loss or the gradient was not finite on any rank. DeepSpeed has applied that update by then: the run
+        must stop (train.on_nonfinite=stop, the only policy config/load.py allows with DeepSpeed)."""
         grads = [p.grad for p in self.params.values() if p.grad is not None] if self.stage == 0 else []
         own = float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))) if grads else float("nan")
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
-        return float(norm) if norm is not None else own
+        norm = float(norm) if norm is not None else own
+        if loss is not None:
+            bad = (~torch.isfinite(loss.detach().float())).float().reshape(()).cpu()
+            if float(dist.all_reduce_sum(bad)) > 0:  # every rank, so all stop together
+                return float("nan")
+        return norm
 
     @property
     def lr(self) -> float:

@@ -2,7 +2,9 @@
 
 An engine offers the same calls whatever runs underneath (see ds_engine.py for DeepSpeed):
 
-    forward(batch) -> Output        backward(loss) per micro-batch      step() -> grad norm, per update
+    forward(batch) -> Output        backward(loss) per micro-batch
+    step(loss) -> grad norm, per update (loss: the update's summed micro-batch losses); NaN when the loss
+                  or a gradient was not finite on any rank, and then nothing was updated (see nonfinite.py)
     lr                              shapes() {name: shape} of the trainable weights
     full_weights() -> {name: fp32 tensor}, full_optimizer() -> (tensors, meta): every rank calls them
     load_state(weights, optimizer tensors, meta)
@@ -32,26 +34,32 @@ class TorchEngine:
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.grad_accum).backward()
 
-    def step(self) -> float:
-        """Average gradients over ranks, clip, update, advance the schedule; returns the gradient norm."""
+    def step(self, loss: torch.Tensor | None = None) -> float:
+        """Average gradients over ranks, clip, update (when finite), advance the schedule; returns the gradient
+        norm, or NaN for an update skipped as non-finite. One host sync, as before: the returned norm."""
+        loss = torch.zeros((), device=self.params[0].device) if loss is None else loss.detach().float().reshape(())
         if dist.active():
             # every rank reduces every parameter in the same order: a task absent from one rank's
             # batch contributes zeros there, not a shorter (or misaligned) buffer
             for p in self.params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
-            flat = torch.cat([p.grad.reshape(-1) for p in self.params])
+            # the loss rides along as the last element, so every rank sees any rank's non-finite loss
+            flat = torch.cat([p.grad.reshape(-1) for p in self.params] + [loss.reshape(1).to(self.params[0].grad)])
             dist.all_reduce_sum(flat).div_(torch.distributed.get_world_size())
+            loss = flat[-1]
             offset = 0
             for p in self.params:
                 p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
                 offset += p.numel()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm if self.max_grad_norm > 0 else
                                               float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
+        finite = bool(torch.isfinite(norm) & torch.isfinite(loss))
+        if finite:
+            self.optimizer.step()
+        self.scheduler.step()  # a skipped update still takes its step of the schedule: lr stays a function of the step
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return float(norm) if finite else float("nan")
 
     @property
     def lr(self) -> float:

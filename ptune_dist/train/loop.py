@@ -24,19 +24,25 @@ from ptune_dist.config import to_yaml
 from ptune_dist.data.loader import TrainLoader
 from ptune_dist.device import describe, peak_bytes, to_device
 from ptune_dist.errors import ConfigError
+from ptune_dist.launcher.env import DistEnv
 
 from . import dist
 from .engine import TorchEngine
 from .evaluate import evaluate
 from .logger import MetricsLogger
 from .optim import build_optimizer, build_scheduler
+from .nonfinite import NonFiniteGuard
 from .preempt import Preempted, StopRequests
-from .resume import agreed_resume_point
+from .resume import agreed_resume_point, config_changes
+from .run_lock import RunLock
 from .session import Session, baseline_view, build_session
 
+CARRIED = ("baseline",)  # results measured once, before step 1, that checkpoints keep for a resumed run
 
 def train(cfg) -> dict:
-    with StopRequests() as stop:  # from the start: an early USR1 (Slurm sends it up to a minute early) must not kill a rank
+    # signals from the start: an early USR1 (Slurm sends it up to a minute early) must not kill a rank;
+    # the lock before any work: a second run on this output_dir stops here, touching nothing
+    with StopRequests() as stop, RunLock(cfg.output_dir, held=DistEnv.from_environ().is_main):
         return train_run(cfg, stop)
 
 
@@ -44,36 +50,44 @@ def train_run(cfg, stop: StopRequests) -> dict:
     s = build_session(cfg)
     cfg, model, env, t = s.cfg, s.model, s.env, s.cfg.train
     out = Path(cfg.output_dir)
-    engine, loader, start = None, None, 0
+    engine, loader, start, changes = None, None, 0, {}
+    results = {"method": cfg.method.name, "model": cfg.model.name_or_path, "device": describe(s.device)}
     random.seed(t.seed + env.rank)  # dropout and anything else random: reproducible per rank
     torch.manual_seed(t.seed + env.rank)
     if t.steps:
         engine, loader = make_engine(s), make_loader(s)
-        resume_from = agreed_resume_point(t.resume, out, env.is_main)
+        resume_from = agreed_resume_point(t.resume, out, env.is_main, engine.shapes())
         if resume_from:
-            start = ckpt.load_training(resume_from, engine, loader, env.rank)
+            changes = config_changes(resume_from, cfg)  # refuses before anything is loaded
+            saved = ckpt.load_training(resume_from, engine, loader, env.rank)
+            start = saved.step
+            results.update({k: saved.state[k] for k in CARRIED if k in saved.state})
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(to_yaml(cfg))
     log = MetricsLogger(out, env.is_main, t.steps, start, t.progress_bar, t.tensorboard)
     run_eval = partial(evaluate, batch_size=cfg.data.eval_batch_size, pad_id=s.pad_id,
                        padding_side=cfg.data.padding_side, rank=env.rank, world=env.world, device=s.device)
-    ran_on = describe(s.device)
-    results = {"method": cfg.method.name, "model": cfg.model.name_or_path, "device": ran_on}
+    ran_on = results["device"]
     log.write({"event": "device", "step": start, **ran_on, "per_rank": dist.gather_objects(str(s.device))})
     log.say(f"ptune: rank 0 of {env.world} trains on {ran_on['device']} {ran_on.get('name', '')}".rstrip())
     held = dist.gather_objects(param_bytes(model))  # every rank: what it holds of the model
     log.write({"event": "parameters", "step": start, "bytes_per_rank": [h for h, _ in held], "bytes_total": held[0][1]})
     if start:
         log.write({"event": "resume", "step": start})
+    if changes:
+        log.write({"event": "config_changed", "step": start, "applied": {k: list(v) for k, v in changes.items()}})
+        log.say("ptune: resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     if t.eval_baseline and not start and model.depth != "none":
         results["baseline"] = run_eval(*baseline_view(s))
         log.eval(0, results["baseline"], split="baseline")
     if t.eval_at_start and not start:
         log.eval(0, run_eval(model, s.tasks))
 
+    save = partial(save_checkpoint, s, engine=engine, loader=loader,
+                   extra={k: results[k] for k in CARRIED if k in results})
     if engine is not None:
-        run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks), stop)
+        run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks), stop, save)
     results["final"] = run_eval(model, s.tasks)
     log.eval(t.steps, results["final"])
     peaks = dist.gather_objects((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
@@ -81,7 +95,7 @@ def train_run(cfg, stop: StopRequests) -> dict:
     log.write({"event": "memory", "step": t.steps, "peak_rss_bytes_per_rank": [rss for rss, _ in peaks],
                **({"peak_gpu_bytes_per_rank": [gpu for _, gpu in peaks]} if peaks[0][1] is not None else {})})
     if t.steps and start < t.steps:
-        save_checkpoint(s, t.steps, engine, loader)
+        save(t.steps)
     weights = engine.full_weights() if engine else ckpt.trainable_state(model)  # every rank: may gather
     if env.is_main:
         ckpt.save(out / "final", to_yaml(cfg), weights, step=t.steps, extra={"metrics": results["final"]})
@@ -91,34 +105,41 @@ def train_run(cfg, stop: StopRequests) -> dict:
     return results
 
 
-def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_eval, stop: StopRequests) -> None:
+def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_eval, stop: StopRequests, save) -> None:
     model, t, world = s.model, s.cfg.train, s.env.world
     batches, losses, tokens, t0 = iter(loader), [], 0, time.perf_counter()
+    guard = NonFiniteGuard(t.on_nonfinite, t.max_skipped_steps, log)
+    if stop.agreed():  # a signal while the run was loading: stop before the first step, resumable
+        raise Preempted(start, s.env.is_main)
     model.train()
     for step in range(start + 1, t.steps + 1):
+        step_losses = []
         for _ in range(t.grad_accum):
             batch = next(batches)  # built on the CPU
             tokens += int(batch["attention_mask"].sum())
             loss = engine.forward(to_device(batch, s.device)).loss
             engine.backward(loss)
-            losses.append(loss.detach())
+            step_losses.append(loss.detach())
             del loss  # its graph would live through the next forward, with what bitsandbytes int8 keeps on it
-        lr, grad_norm = engine.lr, engine.step()
-        if step % t.log_every == 0 or step == t.steps:
+        lr, step_loss = engine.lr, torch.stack(step_losses).sum()
+        grad_norm = engine.step(step_loss)  # NaN: non-finite, nothing updated
+        if guard.check(step, grad_norm, step_loss):
+            losses += step_losses
+        if (step % t.log_every == 0 or step == t.steps) and losses:
             mean_loss = float(dist.all_reduce_sum(torch.stack(losses).mean().float())) / world
             elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
             log.train({"step": step, "loss": mean_loss, "lr": lr, "tokens_per_s": tokens * world / elapsed,
                        "grad_norm": grad_norm, "epoch": loader.epoch})
             losses, tokens = [], 0
         log.advance()
-        if stop.agreed() and step < t.steps:  # USR1/TERM on any rank: all stop here, resumable
-            save_checkpoint(s, step, engine, loader)
+        if stop.agreed() and step < t.steps:  # USR1/TERM/INT on any rank: all stop here, resumable
+            save(step)
             log.close()
             raise Preempted(step, s.env.is_main)
         if t.eval_every and step % t.eval_every == 0 and step < t.steps:
             log.eval(step, run_eval())
         if t.save_every and step % t.save_every == 0 and step < t.steps:
-            save_checkpoint(s, step, engine, loader)
+            save(step)
 
 
 def param_bytes(model) -> tuple[int, int]:
@@ -152,14 +173,15 @@ def make_loader(s: Session) -> TrainLoader:
         raise ConfigError(f"data.batch_size: {e}") from None
 
 
-def save_checkpoint(s: Session, step: int, engine, loader) -> None:
-    """Every rank calls this (weights, optimizer state and RNG states are gathered); the main rank writes."""
+def save_checkpoint(s: Session, step: int, engine, loader, extra: dict) -> None:
+    """Every rank calls this (weights, optimizer state and RNG states are gathered); the main rank writes.
+    `extra`: results a resumed run carries on (the baseline)."""
     weights, optimizer = engine.full_weights(), engine.full_optimizer()
     rngs = dist.gather_objects(ckpt.rng_state())
     if s.env.is_main:
         folder = Path(s.cfg.output_dir) / "checkpoints"
         ckpt.save(folder / f"step-{step}", to_yaml(s.cfg), weights, optimizer=optimizer, step=step, rng_states=rngs,
-                  training={"scheduler": engine.scheduler.state_dict(), "loader": loader.state_dict()})
+                  training={"scheduler": engine.scheduler.state_dict(), "loader": loader.state_dict()}, extra=extra)
         ckpt.prune(folder, s.cfg.train.keep_checkpoints)
     dist.barrier()
 

@@ -1,32 +1,113 @@
-"""Where a run continues from, decided once by the main rank and shared with every rank.
+"""Where a run continues from, decided once by the main rank and shared with every rank, and which of
+the config's changes since that checkpoint the resumed run takes.
 
 Only the main rank repairs folders a crash left half-replaced and reads the checkpoint list, so ranks
 cannot race on the same renames or see different "newest" checkpoints while one is being written.
+train.resume=never refuses a folder that holds an earlier run's checkpoints or final/ (a fresh start would
+prune and replace them). With train.resume=auto a checkpoint that is complete but damaged (state.json lacking a key, tensors of
+the wrong shape, NaN weights) is reported and the one before it is used; a named one must be whole.
+
+Changed settings, by one rule: a setting that says how long the run goes, how it is watched or where
+it runs (RESUMABLE below) is applied and reported; one that shapes the training itself (the model,
+method, data, optimizer, schedule, seed...) is refused, naming every difference, since the
+checkpoint's optimizer state, schedule and data order belong to the old values.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ptune_dist.checkpoint import state as ckpt
-from ptune_dist.checkpoint.atomic import recover_all
-from ptune_dist.errors import CheckpointError
+from ptune_dist.checkpoint.atomic import is_valid, recover_all
+from ptune_dist.config import from_yaml
+from ptune_dist.errors import CheckpointError, ConfigError
 
 from . import dist
 
+RESUMABLE = (
+    "output_dir", "train.steps", "train.log_every", "train.eval_every", "train.eval_at_start", "train.eval_baseline",
+    "train.save_every", "train.keep_checkpoints", "train.resume", "train.progress_bar", "train.tensorboard",
+    "train.threads", "train.device", "train.on_nonfinite", "train.max_skipped_steps", "data.eval_batch_size",
+    "data.max_eval_examples", "tasks.*.eval", "tasks.*.eval_split", "tasks.*.max_new_tokens", "model.attention",
+    "model.gradient_checkpointing", "model.lean_activations", "distributed.*", "launch.*", "sweep.*")
 
-def agreed_resume_point(resume: str, out: Path, is_main: bool) -> Path | None:
-    """train.resume resolved on the main rank (auto: the newest complete checkpoint); its answer, or its
-    error, on every rank. A collective: every rank calls it."""
+
+def agreed_resume_point(resume: str, out: Path, is_main: bool, shapes: dict) -> Path | None:
+    """train.resume resolved on the main rank (auto: the newest whole checkpoint); its answer, or its
+    error, on every rank. A collective: every rank calls it. `shapes`: the model's trainable shapes."""
     answer = None
     if is_main:
         try:
             for folder in (out, out / "checkpoints"):
                 recover_all(folder)
-            answer = ("ok", ckpt.resume_point(resume, out / "checkpoints"))
+            answer = ("ok", _choose(resume, out / "checkpoints", shapes))
         except CheckpointError as e:
             answer = ("error", str(e))
     kind, value = dist.broadcast_object(answer)
     if kind == "error":
         raise CheckpointError(value)
     return value
+
+
+def _choose(resume: str, checkpoints: Path, shapes: dict) -> Path | None:
+    if resume == "never":
+        held = [p.name for _, p in ckpt.step_dirs(checkpoints)] + ["final"] * (checkpoints.parent / "final").exists()
+        if held:  # a fresh run would prune and replace them: an earlier run's results, lost
+            raise CheckpointError(f"train.resume=never, but output_dir={str(checkpoints.parent)!r} holds an earlier "
+                                  f"run ({', '.join(held[:4])}) that a fresh start would replace; choose another "
+                                  "output_dir, or remove that run yourself")
+        return None
+    if resume != "auto":
+        ckpt.read_training(Path(resume), shapes)  # a named checkpoint must be whole: its error otherwise
+        return Path(resume)
+    damaged = []
+    for _, folder in ckpt.step_dirs(checkpoints):
+        if not is_valid(folder):  # incomplete (a save was interrupted): not a checkpoint at all
+            continue
+        try:
+            ckpt.read_training(folder, shapes)
+        except ckpt.CheckpointDamaged as e:
+            print(f"ptune: {e}; trying the checkpoint before it", file=sys.stderr, flush=True)
+            damaged.append(str(e))
+            continue
+        return folder
+    if damaged:
+        raise CheckpointError(f"every checkpoint in {checkpoints} is damaged ({'; '.join(damaged)}); to start "
+                              "afresh set train.resume=never (the damaged folders are left as they are)")
+    return None
+
+
+def _flat(obj, prefix: str = "") -> dict:
+    """{dotted key: value} of a config: sections and lists of tasks are opened, other values kept whole."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            out.update(_flat(value, key + "."))
+        elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            for i, item in enumerate(value):
+                out.update(_flat(item, f"{key}.{i}."))
+        else:
+            out[key] = value
+    return out
+
+
+def config_changes(folder: Path, cfg) -> dict[str, tuple]:
+    """{dotted key: (checkpoint's value, this config's value)} for the settings the resumed run applies;
+    raises ConfigError naming every setting that shapes training and differs."""
+    try:
+        saved = from_yaml((Path(folder) / "config.yaml").read_text())
+    except (OSError, ConfigError) as e:
+        raise CheckpointError(f"checkpoint {folder}: config.yaml unreadable ({e})") from None
+    old, new = _flat(saved), _flat(cfg)
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    refused = {k: v for k, v in changed.items() if not any(fnmatchcase(k, pat) for pat in RESUMABLE)}
+    if refused:
+        diffs = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in refused.items())
+        raise ConfigError(f"train.resume: {folder} was trained with other settings ({diffs}). These shape the "
+                          "training itself, so a resumed run cannot take them: put the old values back, or "
+                          "start afresh (another output_dir, or train.resume=never)")
+    return changed
