@@ -2,13 +2,23 @@
 
 A run folder resolves to its final/ weights (or its newest complete checkpoint); a checkpoint folder
 is used as it is. The config comes from the checkpoint's config.yaml, with overrides on top.
+
+`predict` reads its --input JSONL like a task's JSONL file (ptune_dist.data.sources: UTF-8, one
+object per line, errors name the line) and checks every row as training does (ptune_dist.data.rows),
+but a row that does not fit is always an error, whatever data.on_bad_row says: the output has one
+line per input row. --output is checked before the model loads (not a folder, not the input, its
+folder writable; an existing non-empty file only with force, which says on stderr what it replaced)
+and written atomically: a temporary file in the same folder, then os.replace, so a failure never
+leaves half a file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +27,8 @@ from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.checkpoint.atomic import verify
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
+from ptune_dist.data.rows import Rows
+from ptune_dist.data.sources import decode, parse_jsonl
 from ptune_dist.device import to_device
 from ptune_dist.errors import CheckpointError, DataError
 from ptune_dist.model.generate import greedy
@@ -57,36 +69,33 @@ def evaluate_checkpoint(path, overrides=()) -> dict:
                     s.env.rank, s.env.world, s.device)
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> Rows:
+    """The rows of a predict --input file, each named by its line."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"--input {path} is a folder, not a JSONL file")
     if not path.is_file():
         raise DataError(f"--input {path}: file not found")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"--input {path} line {i + 1}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"--input {path} line {i + 1}: expected a JSON object")
-        rows.append(row)
+    name = f"--input {path}"
+    rows, lines = parse_jsonl(decode(path.read_bytes(), name), name)
     if not rows:
-        raise DataError(f"--input {path}: no rows")
-    return rows
+        raise DataError(f"{name}: no rows")
+    return Rows(rows, name, lines)
 
 
 def predict_rows(s, rows: list[dict], where: str) -> list[dict]:
-    """One result per row; rows may name their task (`task`), so one batch can mix tasks."""
+    """One result per row; rows may name their task (`task`), so one batch can mix tasks. A Rows names
+    each row by its line in errors, a plain list by `where` and its index."""
     names = [t.spec.name for t in s.tasks]
     examples = []
     for i, row in enumerate(rows):
+        at = rows.where(i) if isinstance(rows, Rows) else f"{where} row {i}"
         name = row.get("task", names[0] if len(names) == 1 else None)
-        if name not in names:
-            raise DataError(f"{where} row {i}: task {name!r} is not one of {names}")
+        if not isinstance(name, str) or name not in names:
+            raise DataError(f"{at}: task {name!r} is not one of {names}")
         t = s.tasks[names.index(name)]
         fields = {k: v for k, v in row.items() if k != "task" and k not in t.encoder.target_fields}
-        examples.append(t.encoder.encode(fields, f"{where} row {i}", labelled=False))
+        examples.append(t.encoder.encode(fields, at, labelled=False))
     results = []
     bs = s.cfg.data.eval_batch_size
     for start in range(0, len(examples), bs):
@@ -123,11 +132,71 @@ def _predict_batch(s, chunk) -> list[dict]:
     return results
 
 
-def predict_file(path, input_file, output: str, overrides=()) -> None:
+def check_output(output: str, input_file, force: bool = False) -> str:
+    """Raise unless predict may write `output`. Returns how: "stream" (stdout, /dev/null, a pipe: written
+    as they are), "new" (a file to create, or an empty one) or "replace" (a non-empty file, with force)."""
+    if output == "-":
+        return "stream"
+    out = Path(output)
+    if out.is_dir():
+        raise DataError(f"--output {out} is a folder; give a file name (nothing was written)")
+    if out.exists() and Path(input_file).exists() and os.path.samefile(out, input_file):
+        raise DataError(f"--output {out} is the --input file; a command never writes into its own input "
+                        "(nothing was written)")
+    if out.exists() and not out.is_file():  # a device or a pipe: replacing it would be wrong
+        return "stream"
+    folder = out.absolute().parent
+    if not folder.is_dir():
+        raise DataError(f"--output {out}: {folder} is not an existing folder (nothing was written)")
+    replaces = out.exists() and out.stat().st_size > 0
+    if replaces and not force:
+        raise DataError(f"--output {out} already exists ({out.stat().st_size} bytes); choose a new --output, or "
+                        "pass --force to replace it (nothing was written)")
+    try:  # can we create a file there? permissions, a read-only disk: better now than after the predictions
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataError(f"--output {out}: cannot write in {folder} ({e.strerror}) (nothing was written)") from None
+    return "replace" if replaces else "new"
+
+
+def write_atomic(out: Path, text: str) -> None:
+    """`text` into `out` through a temporary file in the same folder and os.replace: all or nothing."""
+    mode = out.stat().st_mode & 0o777 if out.exists() else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=out.absolute().parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes 0600; the file should look like any other the user writes
+        os.replace(tmp, out)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(f"--output {out}: cannot write ({e.strerror}); {out} was left as it was") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def predict_file(path, input_file, output: str, overrides=(), force: bool = False) -> None:
+    """Predict for the rows of `input_file` into `output` ("-": stdout); an existing non-empty `output` is
+    replaced only with `force`."""
+    how = check_output(output, input_file, force)
+    rows = read_jsonl(Path(input_file))
     s = load_session(path, overrides, splits=())
-    results = predict_rows(s, read_jsonl(Path(input_file)), f"--input {input_file}")
+    results = predict_rows(s, rows, f"--input {input_file}")
     text = "".join(json.dumps(r) + "\n" for r in results)
     if output == "-":
         sys.stdout.write(text)
+    elif how == "stream":
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
     else:
-        Path(output).write_text(text)
+        write_atomic(Path(output), text)
+        if how == "replace":
+            print(f"ptune predict: replaced the file {output} (--force)", file=sys.stderr)

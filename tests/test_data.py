@@ -112,7 +112,7 @@ def test_token_classification_labels_first_subtokens():
 def test_truncation(tmp_path):
     rows = [{"text": "word " * 200, "label": "billing"}]
     f = write_jsonl(tmp_path / "long.jsonl", rows)
-    with pytest.raises(DataError, match=r"row 0: \d+ tokens > 40 allowed"):
+    with pytest.raises(DataError, match=r"long.jsonl' line 1: \d+ tokens > 40 allowed"):
         prep("tasks.0.preset=support", f"tasks.0.train={f}", "data.max_length=40")
     _, tok, data = prep("tasks.0.preset=support", f"tasks.0.train={f}", "data.max_length=40",
                         "data.truncation=right")
@@ -121,7 +121,7 @@ def test_truncation(tmp_path):
 
 def test_labels_and_verbalizer_errors(tmp_path):
     f = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "billing"}, {"text": "b", "label": "refunds"}])
-    with pytest.raises(DataError, match=r"row 1: label 'refunds' is not one of"):
+    with pytest.raises(DataError, match=r"d.jsonl' line 2: label 'refunds' is not one of"):
         prep("tasks.0.preset=support", f"tasks.0.train={f}")
     with pytest.raises(ConfigError, match="same token"):
         prep(f"tasks.0.train={f}", "tasks.0.verbalizer={billing: [' bill'], account: [' bill']}")
@@ -151,7 +151,7 @@ def test_truncation_shortens_several_fields(tmp_path):
 
 def test_labelled_splits_need_the_answer_and_prediction_drops_it(tmp_path):
     f = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "billing"}, {"text": "b"}])
-    with pytest.raises(DataError, match="row 1 has no field 'label'"):
+    with pytest.raises(DataError, match="d.jsonl' line 2 has no field 'label'"):
         prep("tasks.0.preset=support", f"tasks.0.train={f}")
     _, tok, data = prep("tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl")
     enc = data[0].encoder

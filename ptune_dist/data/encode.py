@@ -4,6 +4,10 @@
 Shallow methods reserve `num_soft` placeholder slots that the model fills with the virtual tokens
 (positions in `soft`); they go where the template says `{soft}`, else right after the tokenizer's
 leading special tokens. `budget` is the most tokens an example may have.
+
+Every row goes through the task's RowCheck (ptune_dist.data.rows) first: a row that does not fit its
+task (a field missing or not text, a label unknown, tokens and tags that do not match) raises BadRow
+naming the row and the field, and the encoders below see text fields as str only.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ptune_dist.errors import ConfigError, DataError
 
+from .rows import BadRow, RowCheck
 from .task import TaskSpec
 from .template import Template
 
@@ -28,12 +33,20 @@ class Example:
 
 
 def label_index(value, labels: list[str], where: str, key: str) -> int:
-    name = str(value).lower() if isinstance(value, bool) else str(value)
-    if name in labels:
-        return labels.index(name)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
-        return value
-    raise DataError(f"{where}: label {value!r} is not one of {labels} (the labels of {key})")
+    if isinstance(value, (str, int)):  # bool is an int; None, floats, lists and dicts are no label
+        name = str(value).lower() if isinstance(value, bool) else str(value)
+        if name in labels:
+            return labels.index(name)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
+            return value
+    raise BadRow(where, f"label {value!r} is not one of {labels} (the labels of {key})")
+
+
+def task_template(task_cfg, key: str) -> Template | None:
+    """The task's template; a classification task without one reads the `text` field."""
+    if task_cfg.template:
+        return Template(task_cfg.template, f"{key}.template")
+    return Template("{text}", f"{key}.template") if task_cfg.type == "classification" else None
 
 
 def _water_level(lengths: list[int], excess: int) -> int | None:
@@ -57,9 +70,9 @@ class TaskEncoder:
         self.lead, self.trail = framed[:at], framed[at + len(probe):]
         if kind == "causal_lm":
             self.trail = []  # the answer (or the output) follows the text directly
-        self.template = Template(task_cfg.template, f"{key}.template") if task_cfg.template else None
+        self.template = task_template(task_cfg, key)
+        self.check = RowCheck(task_cfg, self.template, key)
         if spec.type == "classification":
-            self.template = self.template or Template("{text}", f"{key}.template")
             self._check_answer_slot()
 
     def _check_answer_slot(self):
@@ -83,11 +96,9 @@ class TaskEncoder:
         return (self.cfg.label_field,)
 
     def encode(self, row: dict, where: str, labelled: bool = True) -> Example:
-        """One example; `labelled` rows (training, evaluation) must carry their answer."""
-        missing = [f for f in self.target_fields if labelled and row.get(f) is None]
-        if missing:
-            raise DataError(f"{where} has no field {missing[0]!r} (the answer, which training and "
-                            f"evaluation need; {self.key} names it)")
+        """One example; `labelled` rows (training, evaluation) must carry their answer. A row that does
+        not fit the task raises BadRow."""
+        row = self.check(row, where, labelled)
         encode = {"classification": self._classification, "generation": self._generation,
                   "token_classification": self._tokens}[self.spec.type]
         return self._fit(encode, row, where)
@@ -157,9 +168,6 @@ class TaskEncoder:
             self._render(row, where, ids, soft)
             target = row.get(self.cfg.target_field)
         else:
-            if "instruction" not in row:
-                raise DataError(f"{where} has no field 'instruction' (instruction rows need instruction, "
-                                f"optional input, output; or set {self.key}.template)")
             prompt = self._instruction_prompt(row["instruction"], row.get("input") or "")
             lead = len(self.lead) if prompt[:len(self.lead)] == self.lead else 0
             ids.extend(prompt[:lead])
@@ -168,7 +176,7 @@ class TaskEncoder:
             target = row.get("output")
         if target is None:  # prediction: the prompt alone
             return Example(ids, self.task_id, soft, None)
-        out = self.ids(str(target)) + [self.tok.eos_token_id]
+        out = self.ids(target) + [self.tok.eos_token_id]
         return Example(ids + out, self.task_id, soft, [IGNORE] * len(ids) + out)
 
     def _use_chat(self) -> bool:
@@ -189,12 +197,8 @@ class TaskEncoder:
     def _tokens(self, row: dict, where: str) -> Example:
         """Labels on each word's first sub-token; rows without tags (prediction) mark those positions with 0,
         so that prediction knows where each word starts."""
-        if self.cfg.tokens_field not in row:
-            raise DataError(f"{where} has no field {self.cfg.tokens_field!r} ({self.key}.tokens_field)")
-        words, tags = row[self.cfg.tokens_field], row.get(self.cfg.tags_field)
-        if tags is not None and len(words) != len(tags):
-            raise DataError(f"{where}: {len(words)} tokens but {len(tags)} tags")
-        enc = self.tok([str(w) for w in words], is_split_into_words=True)
+        words, tags = row[self.cfg.tokens_field], row.get(self.cfg.tags_field)  # checked: str words, as many tags
+        enc = self.tok(words, is_split_into_words=True)
         ids, labels, seen = list(enc["input_ids"]), [], set()
         for w in enc.word_ids():
             if w is None or w in seen:

@@ -2,16 +2,23 @@
 
 `resolve_tasks` fills in what the config leaves implicit (preset values, the label list, pooling)
 so that the saved config.yaml of a run says exactly what eval and predict must use.
+
+A row that does not fit its task (ptune_dist.data.rows) stops with an error naming it, or with
+data.on_bad_row=skip is left out: one line on stderr per split says how many and why the first was,
+and a split left with no row is still an error. Labels are inferred from the rows that fit only.
+data.max_*_examples counts the rows read, before any is left out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 
 from ptune_dist.errors import ConfigError, DataError
 
-from .encode import Example, TaskEncoder
+from .encode import Example, TaskEncoder, task_template
+from .rows import BadRow, RowCheck, Rows
 from .presets import apply_preset
 from .sources import load_rows
 from .task import TaskSpec, label_word_ids
@@ -25,14 +32,22 @@ class TaskData:
     eval: list[Example]
 
 
-def _inferred_labels(task, rows: list[dict], key: str) -> list[str]:
+def _inferred_labels(task, rows: Rows, key: str) -> list[str]:
+    """The labels of the training rows that fit the task; the others are reported (or left out) when
+    prepare_tasks encodes the same rows, so that data.on_bad_row decides there, once."""
     field = task.tags_field if task.type == "token_classification" else task.label_field
-    values = set()
+    check = RowCheck(task, task_template(task, key), key)
+    values, first = set(), None
     for i, row in enumerate(rows):
-        if field not in row:
-            raise DataError(f"{key}.train row {i} has no field {field!r}")
+        try:
+            row = check(row, rows.where(i))
+        except BadRow as e:
+            first = first or e
+            continue
         vals = row[field] if task.type == "token_classification" else [row[field]]
         values.update(str(v).lower() if isinstance(v, bool) else str(v) for v in vals)
+    if not values:
+        raise first or DataError(f"{rows.name}: no labels to infer {key}.labels from")
     return sorted(values)
 
 
@@ -83,8 +98,35 @@ def check_lengths(data_cfg, info, num_virtual_tokens: int, depth: str) -> int:
     return data_cfg.max_length - prefix
 
 
-def encode_rows(encoder: TaskEncoder, rows: list[dict], key: str) -> list[Example]:
-    return [encoder.encode(row, f"{key} row {i}") for i, row in enumerate(rows)]
+_said: set[str] = set()  # skip reports already printed: the baseline view encodes the eval split again
+
+
+def encode_rows(encoder: TaskEncoder, rows: list[dict], key: str, on_bad_row: str = "error") -> list[Example]:
+    """The examples of `rows` (a Rows names each row by its line; a plain list by `key` and index)."""
+    out, bad = [], []
+    for i, row in enumerate(rows):
+        where = rows.where(i) if isinstance(rows, Rows) else f"{key} row {i}"
+        try:
+            out.append(encoder.encode(row, where))
+        except BadRow as e:
+            if on_bad_row != "skip":
+                raise
+            bad.append(e)
+    if not bad:
+        return out
+    name = rows.name if isinstance(rows, Rows) else key
+    first = bad[0].short(name)
+    if not out:
+        raise DataError(f"{name}: none of the {len(rows)} rows fits the task (data.on_bad_row=skip left them "
+                        f"all out); the first: {first}")
+    line = (f"ptune: {name}: left out {len(bad)} of {len(rows)} rows that do not fit the task "
+            f"(data.on_bad_row=skip); the first: {first}")
+    from ptune_dist.launcher.env import DistEnv
+
+    if line not in _said and DistEnv.from_environ().is_main:  # every rank encodes the same rows: say it once
+        _said.add(line)
+        print(line, file=sys.stderr, flush=True)
+    return out
 
 
 def prepare_tasks(tasks, data_cfg, tokenizer, info, num_virtual_tokens: int, depth: str,
@@ -104,6 +146,6 @@ def prepare_tasks(tasks, data_cfg, tokenizer, info, num_virtual_tokens: int, dep
                 parts[split] = []
                 continue
             rows = load_rows(source, hub_split, f"{key}.{split}", limit)
-            parts[split] = encode_rows(enc, rows, f"{key}.{split}={source!r}")
+            parts[split] = encode_rows(enc, rows, f"{key}.{split}={source!r}", data_cfg.on_bad_row)
         out.append(TaskData(spec, enc, parts["train"], parts["eval"]))
     return out

@@ -6,6 +6,7 @@
 methods; without it they go first), `{answer}` is the answer slot: a mask token for masked LMs, the
 end of the text for causal LMs (it must end the template there). `{{` and `}}` are literal braces.
 The text between slots is tokenized as one string, so tokenization matches the plain text.
+A field must hold text (ptune_dist.data.rows says what counts); anything else is a BadRow.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-from ptune_dist.errors import ConfigError, DataError
+from ptune_dist.errors import ConfigError
+
+from .rows import text
 
 SLOTS = ("soft", "answer")
 
@@ -62,10 +65,7 @@ class Template:
                 out.append((part.kind, ""))
                 continue
             if part.kind == "field":
-                if part.value not in row:
-                    raise DataError(f"{where} has no field {part.value!r} used by {self.key} "
-                                    f"(fields: {sorted(row)})")
-                piece = str(row[part.value])
+                piece = text(row, part.value, where, self.key)  # never str(None) or a dict's repr
             else:
                 piece = part.value
             if out and out[-1][0] == "text":
