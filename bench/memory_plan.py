@@ -178,7 +178,8 @@ def run_cell(cell: dict, task: Path, work: Path, release: bool = False) -> dict:
     result["weights_measured"] = max(m["after_load"] - m["baseline"] for m in marks)
     result["load_peak"] = max(m["load_hwm"] - m["baseline"] for m in marks)
     result["baseline"] = max(m["baseline"] for m in marks)
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    from ptune_dist.train.metrics_file import read_metrics  # one history, resumes counted once
+    records = read_metrics(out / "metrics.jsonl")
     result["held"] = max(next(x for x in records if x.get("event") == "parameters")["bytes_per_rank"])
     return result
 
@@ -394,7 +395,8 @@ def main() -> int:
         if "held" not in r and "task" in r:
             metrics = Path(r["task"]).parent / r["name"] / "metrics.jsonl"
             if metrics.is_file():
-                records = [json.loads(x) for x in metrics.read_text().splitlines()]
+                from ptune_dist.train.metrics_file import read_metrics  # one history, resumes counted once
+                records = read_metrics(metrics)
                 r["held"] = max(next(x for x in records if x.get("event") == "parameters")["bytes_per_rank"])
     lines = [f"Machine: {os.cpu_count()} CPU cores ({platform.machine()}, {platform.processor() or 'cpu'}), "
              f"Python {platform.python_version()}, torch {__import__('torch').__version__}, "

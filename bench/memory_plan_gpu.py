@@ -243,7 +243,8 @@ def run_cell(cell: dict, cfg, base, base_bytes, device) -> dict:
     finally:
         loop.build_session, loop.make_engine, dispatch.implementation = original_build, original_engine, original_impl
     out = {"seconds": time.perf_counter() - t0, **seen, "kernels": sorted(kernels)}
-    records = [json.loads(x) for x in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    from ptune_dist.train.metrics_file import read_metrics  # one history, resumes counted once
+    records = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
     memory = next(r for r in records if r.get("event") == "memory")
     losses = [r["loss"] for r in records if "loss" in r and "split" not in r]
     out.update(memory_record=memory, losses=losses, ran_on=results.get("device", {}).get("device"),

@@ -13,7 +13,6 @@ the same ranks, measured in the same run of this script.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -21,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from ptune_dist.train.metrics_file import read_metrics  # one history, resumes counted once
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
 CONFIGS = {
@@ -47,7 +48,7 @@ def run(name: str, extra: list, args, work: Path) -> dict:
            "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false",
            "data.max_eval_examples=16", *extra]
     subprocess.run(cmd, check=True, capture_output=True)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(out / "metrics.jsonl")
     times = [b["time"] - a["time"] for a, b in zip(records, records[1:]) if "loss" in a and "loss" in b]
     held = next(r for r in records if r.get("event") == "parameters")
     peak = next(r for r in records if r.get("event") == "memory")

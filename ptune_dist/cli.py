@@ -26,7 +26,7 @@ import sys
 
 import ptune_dist  # noqa: F401  (sets the oneDNN guard before torch loads)
 from ptune_dist.errors import PtuneError
-from ptune_dist.train.preempt import Preempted
+from ptune_dist.train.preempt import Preempted, catch_early, release_early
 
 
 def _split(args: list[str]) -> tuple[list[str], list[str]]:
@@ -216,6 +216,8 @@ def main(argv=None) -> int:
     if extra:  # key=value overrides may also follow the options
         ns.overrides = list(ns.overrides) + extra
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if ns.command == "train":
+        catch_early()  # from here a USR1/TERM/INT is recorded, not fatal: training adopts it (train/preempt.py)
     try:
         return ns.fn(ns)
     except Preempted as e:
@@ -225,6 +227,8 @@ def main(argv=None) -> int:
         message = " ".join(str(e).split("\n"))  # one line, whatever the message carries
         print(f"ptune {ns.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        release_early()  # a no-op once training took the handlers over; an in-process caller gets its own back
 
 
 def entry() -> None:

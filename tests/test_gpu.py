@@ -22,6 +22,7 @@ from ptune_dist import embedded
 from ptune_dist.cli import main
 from ptune_dist.config import load_config
 from ptune_dist.train.loop import train
+from ptune_dist.train.metrics_file import read_metrics
 
 DEVICE = os.environ.get("PTUNE_GPU_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
@@ -57,7 +58,7 @@ def instruct(folder, out, *extra, device=DEVICE):
 
 
 def train_losses(out) -> list[float]:
-    return [r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r and "split" not in r]
+    return [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r and "split" not in r]
 
 
 def ran_on(out) -> dict:

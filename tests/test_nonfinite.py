@@ -53,8 +53,8 @@ def test_skip_leaves_the_update_out_and_goes_on(tmp_path, monkeypatch):
     loop.train(cfg)
     records = read_jsonl(tmp_path / "metrics.jsonl")
     skipped = [r for r in records if r.get("event") == "skipped_step"]
-    assert [(r["step"], r["loss"]) for r in skipped] == [(2, "nan")]
-    train = {r["step"]: r for r in records if "loss" in r and "split" not in r and "event" not in r}
+    assert [(r["step"], r["step_loss"]) for r in skipped] == [(2, "nan")]
+    train = {r["step"]: r for r in records if "loss" in r and "split" not in r}
     assert 2 not in train and all(math.isfinite(r["loss"]) for r in train.values())
     assert finite(tmp_path / "final")
 

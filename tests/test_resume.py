@@ -1,6 +1,9 @@
-"""Checkpoints: exact resume after a crash, atomic writes, damaged checkpoints skipped or refused."""
+"""Checkpoints: exact resume after a crash, atomic writes, damaged checkpoints skipped or refused,
+files with the umask's mode."""
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,10 +11,12 @@ from conftest import MINI, read_jsonl
 from safetensors.torch import load_file
 
 from ptune_dist.checkpoint import state
-from ptune_dist.config import load_config
+from ptune_dist.checkpoint.peft_format import Prompts, base_info, export_peft
+from ptune_dist.config import load_config, to_yaml
 from ptune_dist.errors import CheckpointError
 from ptune_dist.train import loop
 from ptune_dist.train.engine import TorchEngine
+from ptune_dist.train.metrics_file import read_metrics
 
 QUIET = ["train.progress_bar=false", "train.tensorboard=false", "train.log_every=1"]
 RUNS = {
@@ -32,18 +37,18 @@ class Crash(Exception):
 
 
 def losses(run_dir):
-    return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r and "split" not in r}
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r and "split" not in r}
 
 
 def crash_in_step(monkeypatch, step):
     """The process dies inside optimizer step `step` (after steps before it were logged)."""
     real, calls = TorchEngine.step, []
 
-    def step_or_crash(self):
+    def step_or_crash(self, *args):
         calls.append(1)
         if len(calls) == step:
             raise Crash(f"killed in step {step}")
-        return real(self)
+        return real(self, *args)
 
     monkeypatch.setattr(TorchEngine, "step", step_or_crash)
 
@@ -59,9 +64,11 @@ def test_resume_continues_exactly(which, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert [p.name for _, p in state.step_dirs(tmp_path / "b" / "checkpoints")] == ["step-3"]
     assert list(losses(tmp_path / "b")) == [1, 2, 3, 4]  # step 4 was logged, then lost with the crash
+    crashed = (tmp_path / "b" / "metrics.jsonl").read_bytes()
     loop.train(load_config([], b_args))
+    assert (tmp_path / "b" / "metrics.jsonl").read_bytes().startswith(crashed)  # appended to, never rewritten
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
-    steps = [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl") if "loss" in r and "split" not in r]
+    steps = [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "loss" in r and "split" not in r]
     assert list(a) == [1, 2, 3, 4, 5, 6] and steps == [1, 2, 3, 4, 5, 6]  # one history, no repeats
     for step in (4, 5, 6):
         assert b[step] == a[step], (step, a[step], b[step])
@@ -108,3 +115,24 @@ def test_damaged_checkpoints_are_skipped_on_resume_and_refused_by_name(tmp_path)
     with pytest.raises(CheckpointError, match="manifest"):
         state.load_weights(ckpts / "step-9", None)
     shutil.rmtree(ckpts / "step-9")
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_checkpoint_final_and_export_files_take_the_umask_mode(tmp_path, mask):
+    """safetensors creates its files 0600; everything of a run gets 0o666 & ~umask instead."""
+    quickstart = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
+    cfg = load_config([quickstart], ["method.num_virtual_tokens=4", f"output_dir={tmp_path}"])
+    weights = {k: v.detach() for k, v in Prompts(cfg, base_info(cfg)).state_dict().items()}
+    old = os.umask(mask)
+    try:
+        state.save(tmp_path / "checkpoints" / "step-1", to_yaml(cfg), weights, step=1,
+                   optimizer=({"0.exp_avg": torch.zeros(2)}, {"param_groups": []}),
+                   training={"scheduler": {}, "loader": {}})
+        state.save(tmp_path / "final", to_yaml(cfg), weights, step=1)
+        export_peft(tmp_path / "final", tmp_path / "adapter")
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "checkpoints" / "step-1", tmp_path / "final", tmp_path / "adapter"):
+        modes = {p.name: p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]}
+        assert modes == {p.name: (0o777 if p.is_dir() else 0o666) & ~mask for p in [folder, *folder.rglob("*")]}
+        assert any(name.endswith(".safetensors") for name in modes)

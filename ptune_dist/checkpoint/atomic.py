@@ -3,6 +3,10 @@
 The last file written is manifest.json (every file's size and SHA-256). A folder without a valid
 manifest is not a checkpoint: resume skips it and a user who names it gets a CheckpointError. A
 crash at any moment leaves either the previous folder or the new complete one, never half of one.
+
+Every file and folder of it gets the mode the umask gives a plain new file (0o666 & ~umask, folders
+0o777 & ~umask), like everything else a run writes: safetensors creates its files 0600, which
+would leave the weights, alone, unreadable to the group that can read the rest of the run.
 """
 
 from __future__ import annotations
@@ -36,6 +40,29 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (/proc, since 4.7);
+    elsewhere set and restored, which races with a thread creating a file in between."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_modes(folder: Path) -> None:
+    """chmod `folder` and everything in it to what the umask gives new files and folders."""
+    mask = umask()
+    for p in [folder, *folder.rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def recover(final: Path) -> None:
@@ -74,6 +101,7 @@ def atomic_dir(final: Path):
     tmp.mkdir()
     try:
         yield tmp
+        _plain_modes(tmp)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
         (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=1))

@@ -233,13 +233,18 @@ def read_training(folder: Path, shapes: dict) -> Training:
         raise CheckpointDamaged(folder, f"optimizer state unreadable ({type(e).__name__}: {e})") from None
     for name, slots in by_param.items():
         for slot, t in slots.items():
-            if t.dim() > 0 and tuple(t.shape) != tuple(shapes.get(name, ())):
+            if t.dim() > 0 and not _fits_param(tuple(t.shape), tuple(shapes.get(name, ()))):
                 raise CheckpointDamaged(folder, f"optimizer state {name}.{slot} has shape {tuple(t.shape)}, "
                                                 f"its parameter {tuple(shapes.get(name, ()))}")
     bad = nonfinite(optimizer)
     if bad:
         raise CheckpointDamaged(folder, f"optimizer state: {bad}")
     return Training(folder, state, weights, optimizer, _load_tensors(folder / "rng.safetensors"))
+
+
+def _fits_param(slot: tuple, param: tuple) -> bool:
+    """An optimizer slot is shaped like its parameter, or factored (Adafactor: a 1 in place of a dim)."""
+    return len(slot) == len(param) and all(s in (p, 1) for s, p in zip(slot, param))
 
 
 def load_training(folder: Path, engine, loader, rank: int = 0) -> Training:

@@ -1,17 +1,19 @@
 """Where training reports go: metrics.jsonl (one JSON object per record), TensorBoard, a progress bar.
 
 Only the main rank writes; the others get a logger that does nothing. A resumed run continues the
-same files: records of steps after the checkpoint (from the interrupted run) are dropped, in
-metrics.jsonl and in TensorBoard, so each file tells one history.
+same files. metrics.jsonl is append-only: the logger marks where the run resumed and
+`metrics_file.read_metrics` drops the records the resumed run does again (the file's rules are in
+metrics_file.py). TensorBoard drops them itself (purge_step), so each tells one history.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from .metrics_file import NAME, open_metrics
 
 
 class MetricsLogger:
@@ -21,10 +23,7 @@ class MetricsLogger:
         self.bar = self.tb = self.file = None
         if not enabled:
             return
-        path = Path(out_dir) / "metrics.jsonl"
-        if start_step and path.exists():
-            _keep_until(path, start_step)
-        self.file = open(path, "a")
+        self.file = open_metrics(Path(out_dir) / NAME, start_step)  # writes the resume marker
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -83,12 +82,3 @@ class MetricsLogger:
             self.tb.close()
         if self.file is not None:
             self.file.close()
-
-
-def _keep_until(path: Path, step: int) -> None:
-    """Rewrite metrics.jsonl (atomically) without the records of steps after `step`."""
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)

@@ -42,7 +42,10 @@ CARRIED = ("baseline",)  # results measured once, before step 1, that checkpoint
 def train(cfg) -> dict:
     # signals from the start: an early USR1 (Slurm sends it up to a minute early) must not kill a rank;
     # the lock before any work: a second run on this output_dir stops here, touching nothing
-    with StopRequests() as stop, RunLock(cfg.output_dir, held=DistEnv.from_environ().is_main):
+    is_main = DistEnv.from_environ().is_main
+    with StopRequests() as stop, RunLock(cfg.output_dir, held=is_main):
+        if stop.requested:  # a signal during the imports (preempt.catch_early): leave before loading anything
+            raise Preempted(None, is_main, stop.signum)
         return train_run(cfg, stop)
 
 
@@ -73,8 +76,6 @@ def train_run(cfg, stop: StopRequests) -> dict:
     log.say(f"ptune: rank 0 of {env.world} trains on {ran_on['device']} {ran_on.get('name', '')}".rstrip())
     held = dist.gather_objects(param_bytes(model))  # every rank: what it holds of the model
     log.write({"event": "parameters", "step": start, "bytes_per_rank": [h for h, _ in held], "bytes_total": held[0][1]})
-    if start:
-        log.write({"event": "resume", "step": start})
     if changes:
         log.write({"event": "config_changed", "step": start, "applied": {k: list(v) for k, v in changes.items()}})
         log.say("ptune: resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
@@ -110,7 +111,8 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
     batches, losses, tokens, t0 = iter(loader), [], 0, time.perf_counter()
     guard = NonFiniteGuard(t.on_nonfinite, t.max_skipped_steps, log)
     if stop.agreed():  # a signal while the run was loading: stop before the first step, resumable
-        raise Preempted(start, s.env.is_main)
+        log.close()
+        raise Preempted(start, s.env.is_main, stop.signum)
     model.train()
     for step in range(start + 1, t.steps + 1):
         step_losses = []
@@ -135,7 +137,7 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
         if stop.agreed() and step < t.steps:  # USR1/TERM/INT on any rank: all stop here, resumable
             save(step)
             log.close()
-            raise Preempted(step, s.env.is_main)
+            raise Preempted(step, s.env.is_main, stop.signum)
         if t.eval_every and step % t.eval_every == 0 and step < t.steps:
             log.eval(step, run_eval())
         if t.save_every and step % t.save_every == 0 and step < t.steps:

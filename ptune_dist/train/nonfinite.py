@@ -40,7 +40,8 @@ class NonFiniteGuard:
                                     "checkpoint and final/ are untouched). Lower train.lr, check the data and "
                                     "model.dtype, or set train.on_nonfinite=skip to skip such steps")
         value = float(loss)  # JSON has no NaN: a non-finite loss is written as text
-        self.log.write({"event": "skipped_step", "step": step, "loss": value if math.isfinite(value) else str(value),
+        self.log.write({"event": "skipped_step", "step": step,
+                        "step_loss": value if math.isfinite(value) else str(value),
                         "in_a_row": self.in_a_row,
                         "skipped_total": self.total})
         self.log.say(f"ptune: {what}; update skipped (train.on_nonfinite=skip)")

@@ -17,7 +17,7 @@ from ptune_dist.errors import ConfigError
 from ptune_dist.launcher.env import DistEnv
 from ptune_dist.methods import BaseInfo, method_class
 from ptune_dist.model.build import build_model
-from ptune_dist.model.load import infer_kind, load_base, load_hf_config, load_tokenizer
+from ptune_dist.model.load import load_base, load_hf_config, load_tokenizer, resolve_kind
 from ptune_dist.model.prompt_model import PromptModel
 
 from . import dist
@@ -42,7 +42,7 @@ def prepare(cfg, splits=("train", "eval")):
     """(resolved cfg, tokenizer, base info, task data): everything but the model weights."""
     cls = method_class(cfg.method.name)
     hf_config = load_hf_config(cfg.model.name_or_path)
-    kind = infer_kind(hf_config) if cfg.model.kind == "auto" else cfg.model.kind
+    kind = resolve_kind(hf_config, cfg.model.kind, cfg.model.name_or_path)
     info = BaseInfo.from_config(hf_config, kind)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.data.padding_side)
     tasks = [resolve_task(t, kind, f"tasks.{i}", cfg.data.max_train_examples) for i, t in enumerate(cfg.tasks)]

@@ -1,0 +1,80 @@
+"""metrics.jsonl: append-only, one JSON object per line; `read_metrics` turns it into one history.
+
+Writing (`open_metrics`): the file is never rewritten, so whatever a run wrote stays byte for byte.
+A run that continues a file first ends a torn last line (a record cut by a kill mid-write) with a
+newline, then writes a resume marker {"event": "resume", "step": N}: "the history goes on from step
+N". N is the checkpoint's step; 0 when a run starts over in a folder that already has a log.
+
+Reading (`read_metrics`):
+- a resume marker at step N drops the records before it with step > N (the interrupted part after
+  the checkpoint, which the resumed run does again); a marker at step 0 drops everything before it.
+  Records at step <= N stay, so each step appears once.
+- a line that is not JSON is skipped when it is torn: the last line of the file without its newline,
+  or a line the writer followed with a resume marker (it resumed after the cut). Any other bad line
+  raises MetricsFileError naming the file and line: that is damage, not an interrupted write.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ptune_dist.errors import PtuneError
+
+NAME = "metrics.jsonl"
+
+
+class MetricsFileError(PtuneError, ValueError):
+    pass
+
+
+def open_metrics(path: Path, start_step: int):
+    """The file opened for appending, ready for the next record (call on the writing rank only)."""
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    f = open(path, "a")
+    if size:
+        with open(path, "rb") as tail:
+            tail.seek(size - 1)
+            if tail.read(1) != b"\n":
+                f.write("\n")  # a torn last line: the next record must stand on a line of its own
+    if size or start_step:
+        f.write(json.dumps({"time": round(time.time(), 3), "event": "resume", "step": start_step}) + "\n")
+        f.flush()
+    return f
+
+
+def _is_resume(line: str) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and record.get("event") == "resume"
+
+
+def read_metrics(path) -> list[dict]:
+    """The records of `path` as one history (see the module's rules)."""
+    path = Path(path)
+    text = path.read_text(errors="replace")  # a torn line may end inside a multi-byte character
+    lines = text.split("\n")  # the last item is what follows the last newline ("" when the file ends whole)
+    history: list[dict] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            torn = i == len(lines) - 1 or (i + 1 < len(lines) and _is_resume(lines[i + 1]))
+            if torn:
+                continue
+            raise MetricsFileError(f"{path}: line {i + 1} is not a JSON record ({e}); "
+                                   "the file is damaged, not just cut by an interrupted write") from None
+        if record.get("event") == "resume":
+            n = record.get("step", 0)
+            history = [r for r in history if n and r.get("step", 0) <= n]
+        history.append(record)
+    return history
+
