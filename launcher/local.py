@@ -7,6 +7,9 @@ not set OMP_NUM_THREADS; we set it for both (cores / ranks unless launch.threads
 
 On a machine with GPUs each rank takes one of them (ptune_dist/device.py), so a run on GPUs starts at
 most as many ranks as this machine shows GPUs; `check_gpus` says so before anything starts.
+
+The command is a list of arguments (no shell runs it); `ptune launch --dry-run` prints it quoted
+(shlex.join), so what it prints runs as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ptune_dist.config.load import rdzv_address
 from ptune_dist.errors import ConfigError
 from ptune_dist.runtime import allocator_env
 
@@ -57,8 +61,9 @@ def command(cfg, config_path: Path) -> list[str]:
     if L.nnodes > 1:
         if not L.rdzv_endpoint:
             raise ConfigError("launch.nnodes > 1 needs launch.rdzv_endpoint=host:port (node 0's address)")
+        host, port = rdzv_address(L.rdzv_endpoint)  # validated again: a config may be built by hand; [IPv6] unbracketed
         cmd += [f"--nnodes={L.nnodes}", f"--node_rank={L.node_rank}", "--rdzv_backend=static",
-                f"--master_addr={L.rdzv_endpoint.rsplit(':', 1)[0]}", f"--master_port={L.rdzv_endpoint.rsplit(':', 1)[1]}"]
+                f"--master_addr={host}", f"--master_port={port}"]
     else:
         cmd += ["--standalone"]
     return cmd + train

@@ -10,12 +10,16 @@ checkpoint (train.resume=auto on every restart).
 GPUs (launch.gpus_per_node > 0): the job asks for them with --gpus-per-node, one per rank, and srun
 hands every rank of a node all of that node's GPUs; each rank takes its own, cuda:SLURM_LOCALID
 (ptune_dist/device.py). With no GPUs the script has no GPU line at all.
+
+Job ids (`ptune status|cancel RUN_DIR|JOB_ID`, slurm/job.json, sbatch's answer) are checked before they
+reach scontrol or scancel: digits, or digits_digits for an array task (check_job_id).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -115,12 +119,28 @@ def gather_script(cfg, sweep_dir: Path, after: str) -> str:
     return render(template("gather.sbatch"), values)
 
 
+# a job id as Slurm writes it: digits, with `_digits` for one task of a job array. Every id that reaches
+# sbatch, scontrol or scancel is checked against it, typed or read back from a file: those commands take
+# any argument starting with `-` as an option (an id `--user=root` would cancel someone else's jobs)
+JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
+
+
+def check_job_id(value, where: str) -> str:
+    """`value` as a job id, or a PtuneError naming `where` it came from and the bad value."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not JOB_ID.fullmatch(value):
+        raise PtuneError(f"{where}: {value!r} is not a Slurm job id (digits, or digits_digits for an array task)")
+    return value
+
+
 def sbatch(script_path: Path) -> str:
     """Submit; returns the job id."""
     done = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True)
     if done.returncode != 0:
         raise PtuneError(f"sbatch {script_path} failed: {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout.strip().split(";")[0]
+    # --parsable prints `id` or `id;cluster`; the id goes into job.json and a dependency line
+    return check_job_id(done.stdout.strip().split(";")[0], f"sbatch --parsable {script_path} printed")
 
 
 def write_record(folder: Path, record: dict) -> Path:
@@ -142,20 +162,32 @@ def submit_train(cfg, config_path: Path) -> dict:
 
 
 def job_id_of(target: str) -> list[str]:
-    """Job ids from a run/sweep folder (its slurm/job.json) or given directly."""
+    """Job ids from a run/sweep folder (its slurm/job.json) or given directly, each checked (check_job_id)."""
     p = Path(target)
     for candidate in (p / "slurm" / "job.json", p / "job.json"):
         if candidate.is_file():
-            rec = json.loads(candidate.read_text())
-            return [j for j in (rec.get("job_id"), rec.get("gather_job_id")) if j]
-    if target.replace("_", "").isdigit():
+            try:
+                rec = json.loads(candidate.read_text())
+            except (OSError, ValueError) as e:
+                raise PtuneError(f"{candidate}: not a readable job record ({type(e).__name__}: {e})") from None
+            if not isinstance(rec, dict):
+                raise PtuneError(f"{candidate}: not a job record (expected a JSON object with job_id)")
+            ids = [check_job_id(rec[k], f"{candidate}: {k}") for k in ("job_id", "gather_job_id") if rec.get(k)]
+            if not ids:
+                raise PtuneError(f"{candidate}: no job_id in it")
+            return ids
+    if JOB_ID.fullmatch(target):
         return [target]
-    raise PtuneError(f"{target}: neither a job id nor a folder with slurm/job.json")
+    if p.is_dir():
+        raise PtuneError(f"{target}: a folder without slurm/job.json (no job was submitted from it)")
+    raise PtuneError(f"{target!r}: neither a Slurm job id (digits, or digits_digits for an array task) nor a folder "
+                     "with slurm/job.json")
 
 
 def job_state(job_id: str) -> dict:
     """scontrol's view of a job: {JobState, Reason, RestartCnt, NodeList, ExitCode, ...} ({} once forgotten)."""
-    done = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
+    done = subprocess.run(["scontrol", "show", "job", "-o", check_job_id(job_id, "job id")], capture_output=True,
+                          text=True)
     if done.returncode != 0:
         return {}
     fields = {}
@@ -168,6 +200,6 @@ def job_state(job_id: str) -> dict:
 
 
 def cancel(job_id: str) -> None:
-    done = subprocess.run(["scancel", str(job_id)], capture_output=True, text=True)
+    done = subprocess.run(["scancel", check_job_id(job_id, "job id")], capture_output=True, text=True)
     if done.returncode != 0:
         raise PtuneError(f"scancel {job_id} failed: {done.stderr.strip()}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 import ptune_dist  # noqa: F401  (sets the oneDNN guard before torch loads)
@@ -90,7 +91,7 @@ def cmd_sweep(ns) -> int:
     cfg, sweep_dir, cells = sweep.prepare(files, overrides, ns.grid, write=not ns.dry_run)
     if ns.dry_run:
         print(sweep.array_script(cfg, sweep_dir, len(cells)) if cfg.launch.backend == "slurm"
-              else "\n".join(" ".join(c["overrides"]) for c in cells))
+              else "\n".join(shlex.join(c["overrides"]) for c in cells))
         return 0
     if cfg.launch.backend == "local":
         failed = sweep.run_locally(cfg, cells)

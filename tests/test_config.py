@@ -1,8 +1,13 @@
 """Config loading: YAML + overrides onto the schema; every error names the key and what is allowed."""
 
+import dataclasses
+import math
+import typing
+
 import pytest
 
-from ptune_dist.config import load_config, to_yaml, from_yaml
+from ptune_dist.config import RunConfig, load_config, to_yaml, from_yaml
+from ptune_dist.config.load import rdzv_address
 from ptune_dist.errors import ConfigError
 
 
@@ -57,7 +62,7 @@ def test_impossible_combinations():
 
 @pytest.mark.parametrize("overrides, match", [
     (["distributed.zero_stage=3"], "need distributed.engine=deepspeed"),
-    (["distributed.engine=deepspeed", "distributed.zero_stage=4"], "zero_stage=4 is not one of"),
+    (["distributed.engine=deepspeed", "distributed.zero_stage=4"], "zero_stage=4 must be in"),
     (["distributed.engine=deepspeed", "distributed.offload_optimizer=true"], "offload_optimizer needs"),
     (["distributed.engine=deepspeed", "distributed.zero_stage=2", "distributed.offload_params=true"], "offload_params needs"),
     (["distributed.engine=deepspeed", "distributed.zero_extra={stage: 3}"], r"zero_extra.stage: set distributed.zero_stage"),
@@ -85,11 +90,170 @@ def test_bad_files(tmp_path):
 def test_overrides_keep_text_as_written():
     cfg = load_config([], ["tasks.0.template=Q #1: {text}{answer}", "tasks.0.labels=[yes, no]", "method.init_text=no",
                            "tasks.0.name=1e3", "tasks.0.verbalizer={yes: [' yes'], no: [' no']}", "model.dropout=null",
-                           "train.steps=5", "train.betas=[0.8, 0.99]", "train.tensorboard=false", "output_dir="])
+                           "train.steps=5", "train.betas=[0.8, 0.99]", "train.tensorboard=false", "output_dir=#1"])
     t = cfg.tasks[0]
     assert t.template == "Q #1: {text}{answer}" and t.labels == ["yes", "no"] and t.name == "1e3"
     assert cfg.method.init_text == "no" and t.verbalizer == {"yes": [" yes"], "no": [" no"]}
     assert cfg.model.dropout is None and cfg.train.steps == 5 and cfg.train.betas == [0.8, 0.99]
-    assert cfg.train.tensorboard is False and cfg.output_dir == ""
+    assert cfg.train.tensorboard is False and cfg.output_dir == "#1"
     cfg = load_config([], ["tasks=[{name: a, labels: [true, false]}, {name: b}]"])
     assert cfg.tasks[0].labels == ["true", "false"] and cfg.tasks[1].name == "b"
+
+
+NUMERIC = {int, float, typing.Optional[int], typing.Optional[float], typing.List[int], typing.List[float]}
+
+
+def schema_fields(cls, prefix=""):
+    """(dotted key, type, field) of every field of the schema, task fields as tasks.N.*"""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from schema_fields(tp, f"{prefix}{f.name}.")
+        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            yield from schema_fields(typing.get_args(tp)[0], f"{prefix}{f.name}.N.")
+        else:
+            yield f"{prefix}{f.name}", tp, f
+
+
+def test_every_numeric_key_declares_its_domain():
+    """A new int/float key must say what it accepts (schema.number / numbers), or this fails."""
+    numeric = [(key, f) for key, tp, f in schema_fields(RunConfig) if tp in NUMERIC]
+    assert len(numeric) > 30
+    missing = [key for key, f in numeric if "domain" not in f.metadata]
+    assert not missing, f"numeric config keys without a domain (schema.number): {missing}"
+    unknown = [key for key, tp, f in schema_fields(RunConfig) if tp not in NUMERIC and "domain" in f.metadata]
+    assert not unknown  # a domain on a non-numeric field would never be checked as meant
+
+
+def test_every_default_is_in_its_domain():
+    cfg = load_config([], [])
+    for key, tp, f in schema_fields(RunConfig):
+        if "domain" in f.metadata and ".N." not in key:
+            value = cfg
+            for part in key.split("."):
+                value = getattr(value, part)
+            for v in value if isinstance(value, list) else [value]:
+                assert v is None or f.metadata["domain"].problem(v) is None, key
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=inf", "train.lr=inf must be a finite number"),
+    ("train.lr=nan", "train.lr=nan must be a finite number"),
+    ("train.lr=-inf", "train.lr=-inf must be a finite number"),
+    ("train.max_grad_norm=nan", "train.max_grad_norm=nan must be a finite number"),
+    ("model.dropout=inf", "model.dropout=inf must be a finite number"),
+    ("train.betas=[0.9, nan]", "train.betas=[0.9, nan]: every value must be a finite number"),
+    ("train.betas=[0.9, 1.0]", "train.betas=[0.9, 1.0]: every value must be in [0, 1)"),
+    ("train.betas=[-0.1, 0.9]", "train.betas=[-0.1, 0.9]: every value must be in [0, 1)"),
+    ("train.save_every=-1", "train.save_every=-1 must be >= 0 (0: only at the end)"),
+    ("train.max_grad_norm=-1", "train.max_grad_norm=-1.0 must be >= 0 (0: no clipping)"),
+    ("train.weight_decay=-0.1", "train.weight_decay=-0.1 must be >= 0"),
+    ("train.threads=-2", "train.threads=-2 must be >= 0"),
+    ("train.seed=-1", "train.seed=-1 must be in [0, 4294967295]"),
+    ("train.max_skipped_steps=0", "train.max_skipped_steps=0 must be > 0"),
+    ("data.max_train_examples=-5", "data.max_train_examples=-5 must be >= 0 (0: all)"),
+    ("tasks.0.max_new_tokens=0", "tasks.0.max_new_tokens=0 must be > 0"),
+    ("method.init_scale=0", "method.init_scale=0.0 must be > 0"),
+    ("launch.nproc_per_node=0", "launch.nproc_per_node=0 must be > 0"),
+    ("launch.nnodes=0", "launch.nnodes=0 must be > 0"),
+    ("launch.signal_seconds=-1", "launch.signal_seconds=-1 must be in [0, 65535]"),
+    ("distributed.timeout_s=0", "distributed.timeout_s=0 must be > 0"),
+])
+def test_numbers_outside_their_domain(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config([], [override])
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_zero_keeps_its_meaning():
+    cfg = load_config([], ["train.save_every=0", "train.max_grad_norm=0", "data.max_train_examples=0", "train.threads=0",
+                           "train.weight_decay=0", "train.betas=[0, 0]", "launch.signal_seconds=0", "train.steps=0"])
+    assert cfg.train.max_grad_norm == 0.0 and cfg.train.betas == [0.0, 0.0]
+    assert not math.isnan(cfg.train.lr)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["output_dir="], "output_dir is empty"),
+    (["output_dir=  "], "output_dir is empty"),
+    (["tasks.0.name="], "tasks.0.name='': a task name is letters, digits, _ and - only"),
+    (["tasks.0.name=a.b"], "tasks.0.name='a.b'"),
+    (["tasks.0.name=a/b"], "tasks.0.name='a/b'"),
+    (["tasks.0.name=a b"], "tasks.0.name='a b'"),
+    (["tasks=[{name: ok-1}, {name: 'x:y'}]"], "tasks.1.name='x:y'"),
+    (["launch.nnodes=2", "launch.node_rank=2", "launch.rdzv_endpoint=h:1"], "launch.node_rank=2 must be < launch.nnodes=2"),
+    (["launch.node_rank=1"], "launch.node_rank=1 must be < launch.nnodes=1"),
+    (["launch.nnodes=2"], "launch.rdzv_endpoint is empty, but launch.nnodes=2 on the local backend"),
+    (["launch.rdzv_endpoint=node0"], "launch.rdzv_endpoint='node0': expected host:port"),
+])
+def test_other_values_checked_before_any_model(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config([], overrides)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("endpoint, address", [
+    ("10.0.0.5:29400", ("10.0.0.5", 29400)), ("node-0.cluster.local:1", ("node-0.cluster.local", 1)),
+    ("[fd00::5]:65535", ("fd00::5", 65535)), ("[fe80::1%eth0]:29400", ("fe80::1%eth0", 29400)), ("n1:29400", ("n1", 29400)),
+])
+def test_rdzv_endpoints_accepted(endpoint, address):
+    assert rdzv_address(endpoint) == address
+
+
+@pytest.mark.parametrize("endpoint", [
+    "10.0.0.5", "10.0.0.5:0", "10.0.0.5:65536", "10.0.0.5:-1", "10.0.0.5:http", "999.0.0.1:29400", ":29400",
+    "fd00::5:29400", "[fd00::zz]:29400", "[fe80::1%a;b]:1", "-host:1", "host_name:1", "a b:1", "h:1\n", "h;rm -rf:1",
+    "$(id):1", "h:１２",
+])
+def test_rdzv_endpoints_refused(endpoint):
+    with pytest.raises(ConfigError, match="launch.rdzv_endpoint="):
+        rdzv_address(endpoint)
+    with pytest.raises(ConfigError, match="launch.rdzv_endpoint="):
+        load_config([], ["launch.nnodes=2", f"launch.rdzv_endpoint={endpoint}"])
+
+
+TEXT = ["${HOME}", "${oc.env:USER}", "${oc.env:NO_SUCH_VARIABLE_PTUNE}", "${nothing.here}", "x ${", "a\\${b}", "\\${c}\\",
+        "${{x}}", "$${y}", "???", "${tasks.0.name}"]
+
+
+@pytest.mark.parametrize("value", TEXT)
+def test_free_text_is_literal_through_overrides_files_and_saved_configs(value, tmp_path, monkeypatch):
+    """${...} in a template, label words, labels and method.init_text stays exactly as written: from an
+    override, from a YAML file, and through to_yaml -> load_config / from_yaml (eval and predict re-read it)."""
+    monkeypatch.setenv("USER", "someone")
+    overrides = [f"tasks.0.template={value} {{text}}{{answer}}", f"method.init_text={value}",
+                 f"tasks.0.labels=['{value}', b]", f"tasks.0.verbalizer={{a: [' {value}'], b: [' b']}}"]
+    by_override = load_config([], overrides)
+    t = by_override.tasks[0]
+    assert t.template == f"{value} {{text}}{{answer}}" and by_override.method.init_text == value
+    assert t.labels == [value, "b"] and t.verbalizer == {"a": [f" {value}"], "b": [" b"]}
+    f = tmp_path / "t.yaml"
+    f.write_text(yaml_dump({"method": {"init_text": value}, "tasks": [{"name": "default", "template": t.template,
+                            "labels": t.labels, "verbalizer": t.verbalizer}]}))
+    assert load_config([f]) == by_override
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(by_override))
+    assert load_config([saved]) == by_override and from_yaml(to_yaml(by_override)) == by_override
+    assert load_config([saved], ["tasks.0.name=other"]).tasks[0].template == t.template
+
+
+def yaml_dump(data) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def test_interpolation_still_works_in_other_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("PTUNE_TEST_RUNS", str(tmp_path))
+    cfg = load_config([], ["output_dir=${oc.env:PTUNE_TEST_RUNS}/${method.name}", "tasks.0.template=${method.name}"])
+    assert cfg.output_dir == f"{tmp_path}/prompt_tuning" and cfg.tasks[0].template == "${method.name}"
+    f = tmp_path / "a.yaml"
+    f.write_text("train:\n  steps: 7\n  warmup_steps: ${train.steps}\ntasks:\n  - template: '${train.steps}'\n")
+    cfg = load_config([f])
+    assert cfg.train.warmup_steps == 7 and cfg.tasks[0].template == "${train.steps}"
+
+
+def test_errors_show_free_text_as_written():
+    with pytest.raises(ConfigError) as e:
+        load_config([], ["tasks.0.verbalizer={a: '${HOME}'}"])
+    assert "ptune-literal" not in str(e.value) and "\ue000" not in str(e.value)

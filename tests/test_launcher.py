@@ -3,6 +3,7 @@ and a run that stops on SIGUSR1 with a checkpoint and resumes."""
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -43,6 +44,24 @@ def test_local_commands(tmp_path, monkeypatch):
     ds = local.command(load_config([], ["launch.launcher=deepspeed", "launch.nproc_per_node=2"]), tmp_path / "c.yaml")
     assert ds[1:3] == ["-m", "deepspeed.launcher.runner"] and "--num_gpus" in ds
     assert local.environment(load_config([], ["launch.threads_per_proc=3"]))["OMP_NUM_THREADS"] == "3"
+
+
+def test_rendezvous_endpoint_and_a_dry_run_prints_a_quoted_command(tmp_path, monkeypatch, capsys):
+    """[IPv6]:port reaches torchrun without brackets; --dry-run prints the command shell-quoted, so a path
+    with spaces or shell syntax prints as one word that runs nothing."""
+    gpus(monkeypatch, 0)
+    cfg = load_config([], ["launch.nnodes=2", "launch.node_rank=1", "launch.rdzv_endpoint=[fd00::5]:29400"])
+    cmd = local.command(cfg, tmp_path / "c.yaml")
+    assert {"--master_addr=fd00::5", "--master_port=29400"} <= set(cmd)
+    out_dir = tmp_path / "a b; touch PWNED $(id)"
+    from ptune_dist.cli import main
+
+    assert main(["launch", QUICKSTART, f"output_dir={out_dir}", "launch.nproc_per_node=2", "--dry-run"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert shlex.split(printed) == local.command(resolved([QUICKSTART], [f"output_dir={out_dir}",
+                                                                         "launch.nproc_per_node=2"]),
+                                                 out_dir / "launch.yaml")
+    assert f"'{out_dir}/launch.yaml'" in printed and not out_dir.exists()
 
 
 def test_sbatch_script(tmp_path):
@@ -106,9 +125,9 @@ def test_gpu_job_asks_one_gpu_per_rank_and_leaves_every_gpu_visible(tmp_path):
      "launch.gpus_per_node=2 with train.device=cpu"),
 ])
 def test_gpu_requests_that_cannot_work_are_refused(overrides, message, tmp_path):
-    cfg = resolved([], [f"output_dir={tmp_path}", "launch.backend=slurm", *overrides])
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        slurm.train_script(cfg, tmp_path / "launch.yaml")
+    with pytest.raises(ConfigError, match=re.escape(message)):  # a negative count already in load_config
+        slurm.train_script(resolved([], [f"output_dir={tmp_path}", "launch.backend=slurm", *overrides]),
+                           tmp_path / "launch.yaml")
 
 
 def test_local_launch_gives_each_rank_a_gpu_of_its_own(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.cli import main
+from ptune_dist.errors import PtuneError
 from ptune_dist.launcher import slurm
 from ptune_dist.slurm import cluster_script
 
@@ -62,6 +63,60 @@ def wait(job: str, timeout: float = 400) -> dict:
 
 def losses(out: Path) -> dict:
     return {r["step"]: r["loss"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r and "split" not in r}
+
+
+@pytest.fixture
+def no_slurm(monkeypatch):
+    """subprocess.run that records Slurm commands instead of running them."""
+    calls = []
+
+    def run(cmd, *args, **kwargs):
+        calls.append(list(cmd))
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(slurm.subprocess, "run", run)
+    return calls
+
+
+@pytest.mark.parametrize("record, bad", [
+    ({"job_id": "--user=root"}, "job_id: '--user=root'"), ({"job_id": "12", "gather_job_id": "-a"}, "gather_job_id: '-a'"),
+    ({"job_id": "12 13"}, "job_id: '12 13'"), ({"job_id": "12\n"}, "job_id: '12\\n'"), ({"job_id": True}, "job_id: True"),
+    ({"job_id": ["1"]}, "job_id: ['1']"), ({"job_id": "\uff11"}, "job_id: '\uff11'"),
+])
+def test_job_ids_read_back_from_disk_are_checked(record, bad, tmp_path, no_slurm):
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "job.json").write_text(json.dumps(record))
+    with pytest.raises(PtuneError) as e:
+        slurm.job_id_of(str(tmp_path))
+    assert str(e.value).startswith(f"{tmp_path / 'slurm' / 'job.json'}: {bad} is not a Slurm job id"), str(e.value)
+    assert main(["cancel", str(tmp_path)]) == 2 and main(["status", str(tmp_path)]) == 2
+    assert no_slurm == []
+
+
+def test_good_job_ids_reach_scontrol_and_scancel_as_they_are(tmp_path, no_slurm):
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "job.json").write_text(json.dumps({"job_id": "12", "gather_job_id": 13}))
+    assert slurm.job_id_of(str(tmp_path)) == ["12", "13"]
+    assert slurm.job_id_of("7_3") == ["7_3"] and slurm.job_id_of("42") == ["42"]
+    for typed in ("-1", "1_", "_1", "1_2_3", "1;2", "--user=root", "\uff11"):
+        with pytest.raises(PtuneError, match="neither a Slurm job id"):
+            slurm.job_id_of(typed)
+    slurm.cancel("12")
+    slurm.job_state("7_3")
+    assert no_slurm == [["scancel", "12"], ["scontrol", "show", "job", "-o", "7_3"]]
+    for call in (slurm.cancel, slurm.job_state):
+        with pytest.raises(PtuneError, match="is not a Slurm job id"):
+            call("--me")
+    assert len(no_slurm) == 2
+
+
+def test_sbatch_answer_is_checked(tmp_path, monkeypatch):
+    answers = iter(["123;cluster\n", "--dependency=x\n"])
+    monkeypatch.setattr(slurm.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout=next(answers), stderr=""))
+    assert slurm.sbatch(tmp_path / "a.sbatch") == "123"
+    with pytest.raises(PtuneError, match="printed: '--dependency=x' is not a Slurm job id"):
+        slurm.sbatch(tmp_path / "a.sbatch")
 
 
 def test_two_node_job_trains_to_the_end(cluster, tmp_path, capsys):

@@ -22,7 +22,7 @@ from torch import nn
 from ptune_dist.config import load_config, to_yaml
 from ptune_dist.errors import CheckpointError, ConfigError, PtuneError
 from ptune_dist.methods import BaseInfo, InitContext, method_class
-from ptune_dist.model.load import infer_kind, load_hf_config, resolve_path
+from ptune_dist.model.load import load_hf_config, resolve_kind, resolve_path
 
 from . import state
 from .atomic import atomic_dir
@@ -49,7 +49,7 @@ class Prompts(nn.Module):
 
 def base_info(cfg) -> BaseInfo:
     hf_config = load_hf_config(cfg.model.name_or_path)
-    return BaseInfo.from_config(hf_config, infer_kind(hf_config) if cfg.model.kind == "auto" else cfg.model.kind)
+    return BaseInfo.from_config(hf_config, resolve_kind(hf_config, cfg.model.kind, cfg.model.name_or_path))
 
 
 def flat_prompt(module) -> torch.Tensor:

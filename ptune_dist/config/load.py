@@ -1,16 +1,30 @@
 """Load a run config: YAML files merged in order onto the dataclass schema, then `key=value` overrides.
 
 Every problem becomes a ConfigError whose message starts with the dotted key and says what is allowed.
+The schema declares each field's domain (schema.py: `choice`, `number`, `text`); `validate` checks
+every field against it by walking the dataclass tree, then the combinations that cannot work.
+
+Free text (fields declared with `text()`: templates, verbalizer words, labels, method.init_text) is
+taken exactly as written. OmegaConf would expand a `${...}` in it (an environment variable in a
+prompt) or fail on it, so that text never reaches OmegaConf: as each YAML file, override or saved
+config.yaml is read, every string under a free-text field is swapped for a token OmegaConf carries as
+a plain string, and the text is put back once the config is built (`_Literals`). Interpolation in the
+other keys works as OmegaConf does it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
+import re
+import typing
 from pathlib import Path
 from typing import Iterable
 
 import yaml
 from omegaconf import OmegaConf
+from omegaconf._utils import get_omega_conf_dumper
 from omegaconf.errors import OmegaConfBaseException
 
 from ptune_dist.errors import ConfigError
@@ -19,11 +33,19 @@ from ptune_dist.model import quant
 
 from .schema import RunConfig
 
+try:  # the loader OmegaConf.load uses (its float forms, duplicate-key and alias checks); moved in 2.4
+    from omegaconf.omegaconf import get_yaml_loader
+except ImportError:  # pragma: no cover
+    from omegaconf._utils import get_yaml_loader
+
+TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")  # names become metric keys and file names
+
 
 def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> RunConfig:
+    literals = _Literals()
     layers = [OmegaConf.structured(RunConfig)]
     for f in files:
-        layers.append(_read_yaml(Path(f)))
+        layers.append(_read_yaml(Path(f), literals))
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item:
@@ -32,13 +54,14 @@ def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ())
         merged = OmegaConf.merge(*layers)
         for item in overrides:
             key, value = item.split("=", 1)  # list items by index: tasks.0.template=...
-            OmegaConf.update(merged, key, _parse_value(value, OmegaConf.select(merged, key, default=None)),
-                             merge=True)
+            value = _parse_value(value, OmegaConf.select(merged, key, default=None))
+            OmegaConf.update(merged, key, literals.protect(value, _path(key)), merge=True)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise ConfigError(_explain(e)) from None
+        raise ConfigError(literals.text(_explain(e))) from None
     except (TypeError, ValueError, IndexError) as e:
-        raise ConfigError(f"config: cannot merge ({e})") from None
+        raise ConfigError(literals.text(f"config: cannot merge ({e})")) from None
+    literals.restore(cfg)
     validate(cfg)
     return cfg
 
@@ -61,18 +84,32 @@ def _parse_value(value: str, current):
         return value
 
 
-def _read_yaml(path: Path):
+def _read_yaml(path: Path, literals: "_Literals"):
     if not path.is_file():
         raise ConfigError(f"config file {path}: not found")
     try:
-        loaded = OmegaConf.load(path)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path}: cannot read it ({e})") from None
+    return _layer(text, f"config file {path}", literals)
+
+
+def _layer(text: str, where: str, literals: "_Literals"):
+    """One YAML document as an OmegaConf layer, its free text swapped for tokens."""
+    try:
+        loaded = yaml.load(text, Loader=get_yaml_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"config file {path}: not valid YAML ({where}{getattr(e, 'problem', None) or e})") from None
-    if not OmegaConf.is_dict(loaded):
-        raise ConfigError(f"config file {path}: expected a mapping of config keys at the top level")
-    return loaded
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{where}: not valid YAML ({at}{getattr(e, 'problem', None) or e})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys at the top level")
+    try:
+        return OmegaConf.create(literals.protect(loaded, ()))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{literals.text(_explain(e))} ({where})") from None
 
 
 def _explain(e: OmegaConfBaseException) -> str:
@@ -86,29 +123,132 @@ def _explain(e: OmegaConfBaseException) -> str:
 
 
 def to_yaml(cfg: RunConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The config as YAML (OmegaConf's layout) that load_config and from_yaml read back to the same config,
+    free text included as written (dumped from the dataclasses: OmegaConf would parse a `${` in it)."""
+    return yaml.dump(dataclasses.asdict(cfg), Dumper=get_omega_conf_dumper(), default_flow_style=False,
+                     allow_unicode=True, sort_keys=False)
 
 
 def from_yaml(text: str) -> RunConfig:
+    literals = _Literals()
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text)))
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), _layer(text, "config", literals)))
     except OmegaConfBaseException as e:
-        raise ConfigError(_explain(e)) from None
+        raise ConfigError(literals.text(_explain(e))) from None
+    literals.restore(cfg)
+    return cfg
 
 
-def _check_choices(obj, prefix: str) -> None:
+# ---- free text, kept away from OmegaConf -------------------------------------------------------
+
+def _literal_paths(cls, prefix: tuple = ()):
+    """Paths of the schema's free-text fields, `*` for a list index: ("tasks", "*", "template"), ..."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path, tp = prefix + (f.name,), hints[f.name]
+        if f.metadata.get("literal"):
+            yield path
+        elif dataclasses.is_dataclass(tp):
+            yield from _literal_paths(tp, path)
+        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            yield from _literal_paths(typing.get_args(tp)[0], path + ("*",))
+
+
+LITERAL_PATHS = tuple(_literal_paths(RunConfig))
+
+
+def _path(key: str) -> tuple:
+    """An override's dotted key as a path (`tasks.0.template`, `tasks[0].template`: tasks, *, template)."""
+    return tuple("*" if part.isdigit() else part for part in re.split(r"[.\[\]]+", key) if part)
+
+
+def _under_literal(path: tuple) -> bool:
+    return any(len(path) >= len(p) and all(a == b for a, b in zip(p, path)) for p in LITERAL_PATHS)
+
+
+class _Literals:
+    """Free text swapped for tokens while OmegaConf holds the config, and put back after."""
+
+    TOKEN = "\ue000ptune-literal-{}\ue000"  # a private-use character: no text a user writes holds it
+
+    def __init__(self):
+        self.table: dict[str, str] = {}
+
+    def protect(self, value, path: tuple):
+        """`value` as found at `path`, each string under a free-text field swapped for a token."""
+        if _under_literal(path):
+            return self._swap(value)
+        if isinstance(value, dict):
+            return {k: self.protect(v, path + (str(k),)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.protect(v, path + ("*",)) for v in value]
+        return value
+
+    def _swap(self, value):
+        if isinstance(value, str):
+            token = self.TOKEN.format(len(self.table))
+            self.table[token] = value
+            return token
+        if isinstance(value, dict):
+            return {k: self._swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._swap(v) for v in value]
+        return value
+
+    def _back(self, value):
+        if isinstance(value, str):
+            return self.table.get(value, value)
+        if isinstance(value, dict):
+            return {k: self._back(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._back(v) for v in value]
+        return value
+
+    def restore(self, obj) -> None:
+        """Put the text back into the built config (a dataclass tree), in place."""
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("literal"):
+                setattr(obj, f.name, self._back(value))
+            elif dataclasses.is_dataclass(value):
+                self.restore(value)
+            elif isinstance(value, list):
+                for item in value:
+                    if dataclasses.is_dataclass(item):
+                        self.restore(item)
+
+    def text(self, message: str) -> str:
+        """An error message with the text in place of its tokens."""
+        for token, value in self.table.items():
+            message = message.replace(token, value).replace(token.encode("unicode_escape").decode(), value)
+        return message
+
+
+# ---- validation -----------------------------------------------------------------------------------
+
+def _check_fields(obj, prefix: str) -> None:
+    """Every field against what its declaration allows (choices, numeric domain), the whole tree down."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(choices)}")
+        domain = f.metadata.get("domain")
+        if domain is not None and value is not None:
+            for item in value if isinstance(value, list) else [value]:
+                problem = domain.problem(item)
+                if problem:
+                    raise ConfigError(f"{key}={value}: every value {problem}" if isinstance(value, list)
+                                      else f"{key}={value} {problem}")
+        elif isinstance(value, float) and not math.isfinite(value):  # a float without a declared domain too
+            raise ConfigError(f"{key}={value} must be a finite number")
         if dataclasses.is_dataclass(value):
-            _check_choices(value, key + ".")
+            _check_fields(value, key + ".")
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 if dataclasses.is_dataclass(item):
-                    _check_choices(item, f"{key}.{i}.")
+                    _check_fields(item, f"{key}.{i}.")
 
 
 def _positive(value, key: str, zero_ok: bool = False) -> None:
@@ -116,10 +256,42 @@ def _positive(value, key: str, zero_ok: bool = False) -> None:
         raise ConfigError(f"{key}={value} must be {'>= 0' if zero_ok else '> 0'}")
 
 
+HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def rdzv_address(endpoint: str, key: str = "launch.rdzv_endpoint") -> tuple[str, int]:
+    """(host, port) of `host:port`, host a hostname, an IPv4 address or an [IPv6 address] (returned
+    without its brackets); anything else is a ConfigError."""
+    host, sep, port = endpoint.rpartition(":")
+    ok = bool(sep) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        address, percent, zone = host.partition("%")  # a zone (fe80::1%eth0): a plain interface name
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            ok = False
+        ok = ok and (not percent or bool(re.fullmatch(r"[A-Za-z0-9_.-]+", zone)))
+    elif re.fullmatch(r"[0-9.]+", host):  # all digits and dots: an IPv4 address, not a hostname
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            ok = False
+    else:
+        ok = ok and len(host) <= 253 and bool(HOSTNAME.fullmatch(host))
+    if not ok:
+        raise ConfigError(f"{key}={endpoint!r}: expected host:port, the host a hostname, an IPv4 address or an "
+                          "[IPv6 address] and the port 1-65535, e.g. 10.0.0.5:29400 or [fd00::5]:29400")
+    return host, int(port)
+
+
 def validate(cfg: RunConfig) -> None:
     """Checks that need no model or data; model-dependent checks happen where the model is built."""
-    _check_choices(cfg, "")
-    m, d, t = cfg.method, cfg.data, cfg.train
+    _check_fields(cfg, "")
+    if not cfg.output_dir.strip():
+        raise ConfigError("output_dir is empty: give the run's folder (an empty one would write the run into "
+                          "the current folder)")
+    m, t = cfg.method, cfg.train
     cls = METHODS[m.name]
     prompt_method, deep = cls.depth != "none", cls.depth == "deep"
     if prompt_method:
@@ -130,26 +302,18 @@ def validate(cfg: RunConfig) -> None:
     if deep and m.init != "random" and not projection:
         raise ConfigError(f"method.init={m.init!r}: {m.name} without projection learns the prefix "
                           "keys/values directly, which only init=random fills; set method.projection=true")
-    if m.name == "p_tuning" and m.encoder_hidden_size < 0:
-        raise ConfigError("method.encoder_hidden_size must be >= 0")
-    _positive(d.max_length, "data.max_length")
-    _positive(d.batch_size, "data.batch_size")
-    _positive(d.eval_batch_size, "data.eval_batch_size")
-    _positive(t.steps, "train.steps", zero_ok=True)
-    _positive(t.grad_accum, "train.grad_accum")
-    _positive(t.lr, "train.lr")
-    _positive(t.log_every, "train.log_every")
-    _positive(t.warmup_steps, "train.warmup_steps", zero_ok=True)
-    _positive(t.keep_checkpoints, "train.keep_checkpoints")
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas={t.betas}: expected two numbers")
-    if cfg.model.dropout is not None and not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
     _check_distributed(cfg)
+    _check_launch(cfg)
     quant.validate(cfg.model, cls.trains_base, m.name, cfg.distributed)
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed")
     names = [task.name for task in cfg.tasks]
+    for i, name in enumerate(names):
+        if not TASK_NAME.fullmatch(name):
+            raise ConfigError(f"tasks.{i}.name={name!r}: a task name is letters, digits, _ and - only, not empty "
+                              "(it becomes metric keys and file names)")
     if len(set(names)) != len(names):
         raise ConfigError(f"tasks: names must be unique, got {names}")
     types = {task.type for task in cfg.tasks}
@@ -179,8 +343,9 @@ def _check_distributed(cfg: RunConfig) -> None:
         if key in owned:
             raise ConfigError(f"distributed.zero_extra.{key}: set distributed.{owned[key]} instead "
                               "(ptune validates it and builds the DeepSpeed section)")
-    if d.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"distributed.zero_stage={d.zero_stage} is not one of 0, 1, 2, 3")
+    if cfg.train.on_nonfinite == "skip":
+        raise ConfigError("train.on_nonfinite=skip needs distributed.engine=torch: DeepSpeed applies an update "
+                          "before ptune can see it is non-finite, so only train.on_nonfinite=stop is safe there")
     if d.offload_optimizer and d.zero_stage < 2:
         raise ConfigError("distributed.offload_optimizer needs distributed.zero_stage 2 or 3")
     if d.offload_params and d.zero_stage != 3:
@@ -188,4 +353,15 @@ def _check_distributed(cfg: RunConfig) -> None:
     if cfg.train.optimizer != "adamw":
         raise ConfigError(f"train.optimizer={cfg.train.optimizer}: with distributed.engine=deepspeed use adamw "
                           "(ZeRO flattens the parameters, which undoes Adafactor's factored statistics)")
-    _positive(d.timeout_s, "distributed.timeout_s")
+
+
+def _check_launch(cfg: RunConfig) -> None:
+    L = cfg.launch
+    if L.node_rank >= L.nnodes:
+        raise ConfigError(f"launch.node_rank={L.node_rank} must be < launch.nnodes={L.nnodes} (node ranks count "
+                          "from 0)")
+    if L.rdzv_endpoint:
+        rdzv_address(L.rdzv_endpoint)
+    elif L.nnodes > 1 and L.backend == "local":
+        raise ConfigError(f"launch.rdzv_endpoint is empty, but launch.nnodes={L.nnodes} on the local backend needs "
+                          "node 0's host:port (e.g. launch.rdzv_endpoint=10.0.0.5:29400)")

@@ -1,11 +1,20 @@
 """The run configuration: dataclasses that omegaconf merges with YAML files and key=value overrides.
 
-A field with `choices` metadata accepts only those strings; `load.validate` checks them and the
-combinations that cannot work, and every error names the dotted key.
+Every field says what it accepts, next to its declaration, and `load.validate` checks it by walking the
+dataclass tree:
+
+- `choice(default, ...)`: only those strings;
+- `number(default, ge=/gt=/le=/lt=)` (or `numbers(factory, ...)` for a list): the number's domain;
+  a float is also refused as NaN or +-inf. Every int/float field has one (tests/test_config.py checks);
+- `text(...)` / `literal=True` metadata: free text taken exactly as written; OmegaConf's `${...}`
+  interpolation does not apply there (load.py keeps those values out of its reach).
+
+`load.validate` then checks the combinations that cannot work; every error names the dotted key.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -17,6 +26,54 @@ def choice(default: str, *choices: str):
     return field(default=default, metadata={"choices": (default, *[c for c in choices if c != default])})
 
 
+@dataclass(frozen=True)
+class Domain:
+    """Where a number may lie: bounds that are None are open ends. `meaning` says what a special value
+    does (e.g. "0: only at the end"), for the error message."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    meaning: str = ""
+
+    def problem(self, value) -> str | None:
+        """None when `value` is allowed, else what it must be."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, {self}"
+        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        return None if ok else f"must be {self}"
+
+    def __str__(self) -> str:
+        low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else None
+        high = f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else None
+        if low and high:
+            text = f"in {low}, {high}"
+        elif low:
+            text = f">= {self.ge}" if self.ge is not None else f"> {self.gt}"
+        elif high:
+            text = f"<= {self.le}" if self.le is not None else f"< {self.lt}"
+        else:
+            text = "any finite number"
+        return f"{text} ({self.meaning})" if self.meaning else text
+
+
+def number(default, *, ge=None, gt=None, le=None, lt=None, meaning: str = ""):
+    """A numeric field with its domain (None as a default: an Optional field, None always allowed)."""
+    return field(default=default, metadata={"domain": Domain(ge, gt, le, lt, meaning)})
+
+
+def numbers(factory, *, ge=None, gt=None, le=None, lt=None, meaning: str = ""):
+    """A list of numbers, each in the domain."""
+    return field(default_factory=factory, metadata={"domain": Domain(ge, gt, le, lt, meaning)})
+
+
+def text(default: str = "", factory=None):
+    """Free text (or a list/map of it): taken literally, `${...}` included."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"literal": True})
+    return field(default=default, metadata={"literal": True})
 
 
 @dataclass
@@ -28,7 +85,8 @@ class ModelConfig:
     attention: str = choice(*ATTENTION_IMPLS)  # kernels implementation for prefix attention
     gradient_checkpointing: bool = False
     lean_activations: bool = True  # gated-SiLU MLPs keep 2 activations instead of 3 (same results)
-    dropout: Optional[float] = None  # None keeps the model's dropout; a number sets every dropout
+    # None keeps the model's dropout; a number sets every dropout
+    dropout: Optional[float] = number(None, ge=0, lt=1)
     # frozen base through bitsandbytes (docs/quant.md): the transformer blocks' linear layers are
     # quantised; embeddings, the output head and the soft prompt stay in `dtype` / fp32
     quant: str = choice("none", "int8", "nf4", "fp4")
@@ -41,29 +99,29 @@ class ModelConfig:
 @dataclass
 class MethodConfig:
     name: str = choice("prompt_tuning", *METHODS)
-    num_virtual_tokens: int = 20
+    num_virtual_tokens: int = number(20, ge=0)  # > 0 for the prompt methods (validate)
     # shallow prompts and the prefix-tuning embedding: random | vocab (sampled) | text | labels
     init: str = choice("random", "vocab", "text", "labels")
-    init_text: str = ""
-    init_scale: float = 0.5  # uniform range for random token embeddings; std for random deep prefixes
+    init_text: str = text()
+    init_scale: float = number(0.5, gt=0)  # uniform range for random token embeddings; std for random deep prefixes
     encoder: str = choice("mlp", "lstm")  # P-tuning's prompt encoder
-    encoder_hidden_size: int = 0  # 0: the model's hidden size
+    encoder_hidden_size: int = number(0, ge=0, meaning="0: the model's hidden size")
     projection: Optional[bool] = None  # deep prompts through an MLP (None: prefix_tuning yes, p_tuning_v2 no)
-    projection_hidden_size: int = 512
+    projection_hidden_size: int = number(512, gt=0)
 
 
 @dataclass
 class TaskConfig:
-    name: str = "default"
+    name: str = "default"  # letters, digits, _ and - (it names metric keys and files)
     type: str = choice("classification", "generation", "token_classification")
     preset: str = ""  # built-in task or dataset format: see ptune_dist.data.presets
     train: str = ""  # file (.json/.jsonl/.csv/.parquet), `hub:<name>[:<config>]` or `builtin:<name>`
     eval: str = ""
     train_split: str = "train"
     eval_split: str = "validation"
-    template: str = ""  # `{field}` inputs, `{soft}` virtual tokens, `{answer}` the answer slot
-    verbalizer: Dict[str, List[str]] = field(default_factory=dict)  # label -> label words
-    labels: List[str] = field(default_factory=list)  # label names, in order (head and token tasks)
+    template: str = text()  # `{field}` inputs, `{soft}` virtual tokens, `{answer}` the answer slot
+    verbalizer: Dict[str, List[str]] = text(factory=dict)  # label -> label words
+    labels: List[str] = text(factory=list)  # label names, in order (head and token tasks)
     label_field: str = "label"
     scoring: str = choice("verbalizer", "head")
     pooling: str = choice("auto", "cls", "mean", "last")  # sequence-classification head input
@@ -71,42 +129,50 @@ class TaskConfig:
     tags_field: str = "tags"
     target_field: str = "output"  # generation with a template
     chat_template: str = choice("auto", "always", "never")  # generation without a template
-    max_new_tokens: int = 32
+    max_new_tokens: int = number(32, gt=0)
 
 
 @dataclass
 class DataConfig:
-    max_length: int = 256  # tokens per example, virtual tokens included
+    max_length: int = number(256, gt=0)  # tokens per example, virtual tokens included
     truncation: str = choice("error", "right", "left")  # what an over-long input field gets
     padding_side: str = choice("right", "left")
-    batch_size: int = 8  # per process and micro-batch
-    eval_batch_size: int = 16
-    max_train_examples: int = 0  # 0: all
-    max_eval_examples: int = 0
+    batch_size: int = number(8, gt=0)  # per process and micro-batch
+    eval_batch_size: int = number(16, gt=0)
+    max_train_examples: int = number(0, ge=0, meaning="0: all")
+    max_eval_examples: int = number(0, ge=0, meaning="0: all")
+    # a row that does not fit its task (a field missing, not text, a label unknown): error names the file,
+    # line and field; skip leaves it out and reports how many were left out
+    on_bad_row: str = choice("error", "skip")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 100  # optimizer steps
+    steps: int = number(100, ge=0, meaning="0: evaluate only")  # optimizer steps
     optimizer: str = choice("adamw", "adafactor")
-    lr: float = 3e-2
-    weight_decay: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    # the bound only catches typos: beyond ~1e37 AdamW's step size overflows fp32 with a raw error
+    lr: float = number(3e-2, gt=0, le=1e3)
+    weight_decay: float = number(0.0, ge=0)
+    betas: List[float] = numbers(lambda: [0.9, 0.999], ge=0, lt=1)  # AdamW's (beta1, beta2)
     schedule: str = choice("linear", "constant", "cosine")
-    warmup_steps: int = 0
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 0  # 0: only at the end
+    warmup_steps: int = number(0, ge=0)
+    grad_accum: int = number(1, gt=0)
+    max_grad_norm: float = number(1.0, ge=0, meaning="0: no clipping")
+    seed: int = number(0, ge=0, le=2**32 - 1)  # torch and Python generators; within what every one of them takes
+    log_every: int = number(10, gt=0)
+    eval_every: int = number(0, ge=0, meaning="0: only at the end")
     eval_at_start: bool = False  # evaluate the initial prompt before step 1
     eval_baseline: bool = False  # evaluate the frozen base without any prompt (the untuned number) first
-    save_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 2
+    save_every: int = number(0, ge=0, meaning="0: only at the end")
+    keep_checkpoints: int = number(2, gt=0)
     resume: str = "auto"  # auto (newest complete checkpoint in output_dir) | never | a checkpoint folder
     progress_bar: bool = True
     tensorboard: bool = True
-    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    threads: int = number(0, ge=0, meaning="0: torch's default")  # torch intra-op threads
+    # a non-finite loss or gradient: stop the run with an error (nothing non-finite is saved), or skip
+    # that update (counted in metrics.jsonl) and stop only after train.max_skipped_steps in a row
+    on_nonfinite: str = choice("stop", "skip")
+    max_skipped_steps: int = number(10, gt=0)
     # where this rank runs: auto = its own GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU
     device: str = choice("auto", "cpu", "cuda")
 
@@ -114,10 +180,10 @@ class TrainConfig:
 @dataclass
 class DistributedConfig:
     engine: str = choice("torch", "deepspeed")  # torch: plain data parallel; deepspeed: ZeRO
-    zero_stage: int = 0  # 0-3, with engine=deepspeed
+    zero_stage: int = number(0, ge=0, le=3)  # with engine=deepspeed
     offload_optimizer: bool = False  # stages 2-3: optimizer state in CPU memory
     offload_params: bool = False  # stage 3: parameters in CPU memory
-    timeout_s: int = 300  # a collective waiting longer ends the run (a dead rank must not hang the others)
+    timeout_s: int = number(300, gt=0)  # a collective waiting longer ends the run (a dead rank must not hang the others)
     # more zero_optimization settings for DeepSpeed, e.g. {stage3_max_live_parameters: 1000000,
     # stage3_max_reuse_distance: 0, stage3_prefetch_bucket_size: 0} to release gathered weights at once
     zero_extra: Dict[str, Any] = field(default_factory=dict)
@@ -127,25 +193,28 @@ class DistributedConfig:
 class LaunchConfig:
     backend: str = choice("local", "slurm")
     launcher: str = choice("torchrun", "deepspeed")  # what starts the ranks of the local backend
-    nproc_per_node: int = 1
-    nnodes: int = 1
-    node_rank: int = 0  # local multi-node: this machine's place
-    rdzv_endpoint: str = ""  # local multi-node: host:port of node 0
-    threads_per_proc: int = 0  # OMP_NUM_THREADS of each rank; 0: the node's cores / processes
+    nproc_per_node: int = number(1, gt=0)
+    nnodes: int = number(1, gt=0)
+    node_rank: int = number(0, ge=0)  # local multi-node: this machine's place (< nnodes, validate)
+    # local multi-node: host:port of node 0 (hostname, IPv4 or [IPv6]); needed when nnodes > 1
+    rdzv_endpoint: str = ""
+    # OMP_NUM_THREADS of each rank
+    threads_per_proc: int = number(0, ge=0, meaning="0: the node's cores / processes")
     # Slurm (values are validated before they reach the script; see launcher/shell.py)
     job_name: str = "ptune"
     partition: str = ""
     account: str = ""
     qos: str = ""
     time: str = "01:00:00"
-    gpus_per_node: int = 0
-    cpus_per_task: int = 0  # 0: threads_per_proc, or 1
+    gpus_per_node: int = number(0, ge=0, meaning="0: a CPU job")
+    cpus_per_task: int = number(0, ge=0, meaning="0: threads_per_proc, or 1")
     mem: str = ""
     constraint: str = ""
     sbatch_extra: List[str] = field(default_factory=list)  # more sbatch options, e.g. --exclusive
     setup: List[str] = field(default_factory=list)  # shell lines before the run, e.g. module load cuda/12.4
     python: str = ""  # the interpreter on the nodes; "" = this one
-    signal_seconds: int = 120  # USR1 this long before the time limit: checkpoint, requeue, resume
+    # USR1 this long before the time limit: checkpoint, requeue, resume (Slurm's --signal takes 0-65535)
+    signal_seconds: int = number(120, ge=0, le=65535)
     log_dir: str = ""  # "" = output_dir/slurm
 
 
@@ -156,7 +225,7 @@ class SweepConfig:
 
 @dataclass
 class RunConfig:
-    output_dir: str = "runs/default"
+    output_dir: str = "runs/default"  # not empty (validate)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     tasks: List[TaskConfig] = field(default_factory=lambda: [TaskConfig()])

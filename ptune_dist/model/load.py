@@ -47,6 +47,41 @@ def infer_kind(hf_config) -> str:
     return "causal_lm" if getattr(hf_config, "is_decoder", False) else "encoder"
 
 
+def model_kinds(hf_config) -> list[str]:
+    """The kinds (model.kind) this model has: those whose Auto class (CLASSES) has a model for its config.
+
+    Bidirectional encoders (BERT, RoBERTa, ...) also have a causal-LM class in transformers, for use as a
+    decoder: it needs decoder-trained weights (is_decoder, or a *ForCausalLM / *LMHeadModel checkpoint);
+    an encoder checkpoint there would predict masked tokens as if they were the next one, so it does
+    not count as causal_lm."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING, MODEL_MAPPING
+
+    cls = type(hf_config)
+    kinds = []
+    decoder = cls not in MODEL_FOR_MASKED_LM_MAPPING or infer_kind(hf_config) == "causal_lm"
+    if cls in MODEL_FOR_CAUSAL_LM_MAPPING and decoder:
+        kinds.append("causal_lm")
+    if cls in MODEL_FOR_MASKED_LM_MAPPING:
+        kinds.append("masked_lm")
+    if cls in MODEL_MAPPING:
+        kinds.append("encoder")
+    return kinds
+
+
+def resolve_kind(hf_config, setting: str, name: str = "") -> str:
+    """model.kind for this model: `auto` infers it; an explicit kind the model does not have is a
+    ConfigError naming the kinds it has (before any weights load)."""
+    if setting == "auto":
+        return infer_kind(hf_config)
+    kinds = model_kinds(hf_config)
+    if setting not in kinds:
+        model = f"{name} ({type(hf_config).__name__})" if name else type(hf_config).__name__
+        has = ", ".join(kinds) if kinds else "none that ptune loads"
+        raise ConfigError(f"model.kind={setting}: {model} has no {setting} model; the kinds it has: {has} "
+                          "(or model.kind=auto)")
+    return setting
+
+
 def load_tokenizer(name_or_path: str, padding_side: str = "right"):
     tokenizer = AutoTokenizer.from_pretrained(resolve_path(name_or_path))
     if tokenizer.pad_token_id is None:
@@ -64,7 +99,7 @@ def load_base(model_cfg, trainable: bool = False, device: torch.device | None = 
     if getattr(hf_config, "sliding_window", None) and getattr(hf_config, "use_sliding_window", True):
         raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r} uses sliding-window attention; "
                           "ptune's prefix attention supports full attention only")
-    kind = infer_kind(hf_config) if model_cfg.kind == "auto" else model_cfg.kind
+    kind = resolve_kind(hf_config, model_cfg.kind, model_cfg.name_or_path)
     transformers.utils.logging.disable_progress_bar()
     extra = {}
     if model_cfg.quant != "none":  # config validation refuses a quantised base for a method that trains it

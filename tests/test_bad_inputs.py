@@ -1,0 +1,197 @@
+"""Bad inputs, one row each: what a user gives `ptune`, and what the one-line error must say.
+
+A row of CASES is `(argv, fragment)`:
+
+- `argv`: the arguments of `ptune`, run in-process through `ptune_dist.cli.main(argv)`, from an empty
+  temporary working folder (a run that wrongly starts writes there, not into the repository).
+  `QUICKSTART` / `MINILM` are the shipped configs. `Dir("name")` in argv stands for a folder prepared
+  from FOLDERS["name"] (relative file path -> file text), written under tmp_path before the row runs;
+  `Dir("name", "sub/file")` is a path inside it, `Dir(..., key="tasks.0.train")` the override `key=PATH`. Add a folder to FOLDERS to give rows files of their own
+  (a data file, a checkpoint, a job record).
+- `fragment`: text the error must contain (stderr).
+
+Every row must exit with status 2 (a PtuneError, or argparse's usage error), print the fragment on
+stderr, and print no traceback. No row may start a Slurm command (sbatch, scontrol, scancel, srun:
+`no_slurm_commands` fails the row) or load model weights: a config value is refused by load_config, a
+model.kind from the model's config.json, a job id before scontrol/scancel, so the whole table runs in
+seconds. Adding a case is one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ptune_dist.cli import main
+
+ROOT = Path(__file__).parents[1]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+MINILM = str(ROOT / "configs" / "minilm_ptuning_v2.yaml")
+
+
+@dataclass(frozen=True)
+class Dir:
+    """A folder prepared from FOLDERS[name] (or a path inside it), put in argv when the row runs;
+    with `key`, the argument is `key=PATH` (an override naming a file: tasks.0.train=...)."""
+    name: str
+    inside: str = ""
+    key: str = ""
+
+
+def checkpoint(files: dict) -> dict:
+    """A complete checkpoint folder's files: `files` plus the manifest that lists them (atomic.py)."""
+    listed = {name: {"bytes": len(text.encode()), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+              for name, text in files.items()}
+    return {**files, "manifest.json": json.dumps({"files": listed})}
+
+
+BILLING = '{"text": "a", "label": "billing"}\n'
+
+
+FOLDERS = {
+    "job_option": {"slurm/job.json": '{"kind": "train", "job_id": "--user=root"}'},
+    "gather_option": {"slurm/job.json": '{"kind": "sweep", "job_id": "12", "gather_job_id": "-u root"}'},
+    "job_newline": {"job.json": '{"job_id": "12\\n13"}'},
+    "job_number_list": {"slurm/job.json": '{"job_id": ["12"]}'},
+    "job_not_json": {"slurm/job.json": '{"job_id": '},
+    "job_not_object": {"slurm/job.json": '["12"]'},
+    "job_without_id": {"slurm/job.json": '{"kind": "train"}'},
+    "no_job": {"config.yaml": "output_dir: x\n"},
+    # a run with a final/ checkpoint (only its config: the rows fail before the weights are read)
+    "run": {f"final/{k}": v for k, v in checkpoint({"config.yaml": "output_dir: x\n"}).items()},
+    "mine": {"notes.txt": "my notes"},
+    "rows": {"in.jsonl": '{"text": "hello"}\n'},
+    # data files that do not fit the task, named by file and line
+    "null_text": {"train.jsonl": BILLING + '{"text": null, "label": "billing"}\n'},
+    "broken_line": {"train.jsonl": BILLING + "\n" + '{"text": oops}\n'},
+    "all_bad": {"train.jsonl": '{"label": "billing"}\n{"text": ["a"], "label": "billing"}\n'},
+}
+
+CASES = [
+    # numbers outside their domain (schema.number), named by their dotted key
+    (["train", QUICKSTART, "train.lr=inf"], "train.lr=inf must be a finite number"),
+    (["train", QUICKSTART, "train.lr=nan"], "train.lr=nan must be a finite number"),
+    (["train", QUICKSTART, "train.lr=-inf"], "train.lr=-inf must be a finite number"),
+    (["train", QUICKSTART, "train.lr=0"], "train.lr=0.0 must be in (0, 1000.0]"),
+    (["train", QUICKSTART, "train.save_every=-1"], "train.save_every=-1 must be >= 0"),
+    (["train", QUICKSTART, "train.max_grad_norm=-1"], "train.max_grad_norm=-1.0 must be >= 0 (0: no clipping)"),
+    (["train", QUICKSTART, "train.max_grad_norm=nan"], "train.max_grad_norm=nan must be a finite number"),
+    (["train", QUICKSTART, "train.weight_decay=-0.01"], "train.weight_decay=-0.01 must be >= 0"),
+    (["train", QUICKSTART, "train.betas=[0.9, 1.0]"], "train.betas=[0.9, 1.0]: every value must be in [0, 1)"),
+    (["train", QUICKSTART, "train.betas=[-0.1, 0.999]"], "train.betas=[-0.1, 0.999]: every value must be in [0, 1)"),
+    (["train", QUICKSTART, "train.betas=[0.9, inf]"], "train.betas=[0.9, inf]: every value must be a finite number"),
+    (["train", QUICKSTART, "train.threads=-1"], "train.threads=-1 must be >= 0"),
+    (["train", QUICKSTART, "train.seed=-1"], "train.seed=-1 must be in [0, 4294967295]"),
+    (["train", QUICKSTART, "train.max_skipped_steps=0"], "train.max_skipped_steps=0 must be > 0"),
+    (["train", QUICKSTART, "train.keep_checkpoints=0"], "train.keep_checkpoints=0 must be > 0"),
+    (["train", QUICKSTART, "data.max_train_examples=-1"], "data.max_train_examples=-1 must be >= 0 (0: all)"),
+    (["train", QUICKSTART, "data.max_eval_examples=-1"], "data.max_eval_examples=-1 must be >= 0 (0: all)"),
+    (["train", QUICKSTART, "model.dropout=nan"], "model.dropout=nan must be a finite number"),
+    (["train", QUICKSTART, "method.init_scale=-0.5"], "method.init_scale=-0.5 must be > 0"),
+    (["train", QUICKSTART, "tasks.0.max_new_tokens=0"], "tasks.0.max_new_tokens=0 must be > 0"),
+    (["train", QUICKSTART, "distributed.timeout_s=0"], "distributed.timeout_s=0 must be > 0"),
+    (["train", QUICKSTART, "launch.nproc_per_node=0"], "launch.nproc_per_node=0 must be > 0"),
+    (["train", QUICKSTART, "launch.nnodes=0"], "launch.nnodes=0 must be > 0"),
+    (["train", QUICKSTART, "launch.signal_seconds=-5"], "launch.signal_seconds=-5 must be in [0, 65535]"),
+    (["train", QUICKSTART, "launch.gpus_per_node=-1"], "launch.gpus_per_node=-1 must be >= 0"),
+    (["launch", QUICKSTART, "launch.nproc_per_node=0", "--dry-run"], "launch.nproc_per_node=0 must be > 0"),
+    (["launch", QUICKSTART, "launch.nnodes=2", "launch.node_rank=2", "launch.rdzv_endpoint=n0:29400", "--dry-run"],
+     "launch.node_rank=2 must be < launch.nnodes=2"),
+    # other values, before any model loads
+    (["train", QUICKSTART, "output_dir="], "output_dir is empty"),
+    (["train", QUICKSTART, "tasks.0.name="], "tasks.0.name='': a task name is letters, digits, _ and - only"),
+    (["train", QUICKSTART, "tasks.0.name=sup.port"], "tasks.0.name='sup.port'"),
+    (["train", QUICKSTART, "tasks.0.name=../x"], "tasks.0.name='../x'"),
+    (["train", QUICKSTART, "tasks.0.name=a b"], "tasks.0.name='a b'"),
+    # a model kind the model does not have: from its config.json, before the weights
+    (["train", QUICKSTART, "model.kind=masked_lm"], "model.kind=masked_lm: embedded:smollm2-135m-instruct (LlamaConfig) "
+                                                   "has no masked_lm model; the kinds it has: causal_lm, encoder"),
+    (["train", MINILM, "model.kind=causal_lm"], "model.kind=causal_lm: embedded:all-minilm-l6-v2 (BertConfig) has no "
+                                               "causal_lm model; the kinds it has: masked_lm, encoder"),
+    # the rendezvous endpoint: host:port, validated with the config
+    (["launch", QUICKSTART, "launch.nnodes=2", "--dry-run"], "launch.rdzv_endpoint is empty, but launch.nnodes=2"),
+    (["launch", QUICKSTART, "launch.nnodes=2", "launch.rdzv_endpoint=$(id):29400", "--dry-run"],
+     "launch.rdzv_endpoint='$(id):29400': expected host:port"),
+    (["launch", QUICKSTART, "launch.nnodes=2", "launch.rdzv_endpoint=10.0.0.5", "--dry-run"],
+     "launch.rdzv_endpoint='10.0.0.5': expected host:port"),
+    (["launch", QUICKSTART, "launch.nnodes=2", "launch.rdzv_endpoint=10.0.0.5:70000", "--dry-run"],
+     "launch.rdzv_endpoint='10.0.0.5:70000'"),
+    (["launch", QUICKSTART, "launch.nnodes=2", "launch.rdzv_endpoint=fd00::5:29400", "--dry-run"],
+     "launch.rdzv_endpoint='fd00::5:29400'"),
+    (["train", QUICKSTART, "launch.rdzv_endpoint=h;touch x:1"], "launch.rdzv_endpoint='h;touch x:1'"),
+    # job ids: typed or read back from job.json, checked before scontrol / scancel see them
+    (["cancel", Dir("job_option")], "slurm/job.json: job_id: '--user=root' is not a Slurm job id"),
+    (["status", Dir("job_option")], "slurm/job.json: job_id: '--user=root' is not a Slurm job id"),
+    (["cancel", Dir("gather_option")], "slurm/job.json: gather_job_id: '-u root' is not a Slurm job id"),
+    (["status", Dir("job_newline")], "job.json: job_id: '12\\n13' is not a Slurm job id"),
+    (["status", Dir("job_number_list")], "job.json: job_id: ['12'] is not a Slurm job id"),
+    (["status", Dir("job_not_json")], "slurm/job.json: not a readable job record"),
+    (["status", Dir("job_not_object")], "slurm/job.json: not a job record"),
+    (["cancel", Dir("job_without_id")], "slurm/job.json: no job_id in it"),
+    (["status", Dir("no_job")], "a folder without slurm/job.json"),
+    (["cancel", "12;id"], "'12;id': neither a Slurm job id"),
+    (["cancel", "1_2_3"], "neither a Slurm job id"),
+    (["status", "12_"], "neither a Slurm job id"),
+    (["status", "\uff11\uff12"], "neither a Slurm job id"),  # full-width digits: str.isdigit() says yes
+    (["train", QUICKSTART, "train.lr=1e38"], "train.lr=1e+38 must be in (0, 1000.0]"),
+    (["train", QUICKSTART, "train.on_nonfinite=skip", "distributed.engine=deepspeed"],
+     "train.on_nonfinite=skip needs distributed.engine=torch"),
+    # data rows that do not fit the task: the file, the line, the field (data/rows.py)
+    (["train", QUICKSTART, Dir("null_text", "train.jsonl", key="tasks.0.train")], "line 2: field 'text' holds null"),
+    (["train", QUICKSTART, Dir("broken_line", "train.jsonl", key="tasks.0.train")], "line 3: not valid JSON"),
+    (["train", QUICKSTART, Dir("all_bad", "train.jsonl", key="tasks.0.train"), "data.on_bad_row=skip"],
+     "none of the 2 rows fits the task"),
+    # what a command writes: never its own input, nothing existing without --force (checkpoint/target.py)
+    (["export", Dir("run"), "--out", Dir("run")], "holds the input"),
+    (["export", Dir("run"), "--out", Dir("run", "final"), "--force"], "is the input"),
+    (["export", Dir("run"), "--out", Dir("mine")], "already exists; choose a new --out, or pass --force"),
+    (["import", Dir("run", "final"), "--out", Dir("run"), "--force"], "is the input"),
+    (["predict", Dir("run"), "--input", Dir("rows", "in.jsonl"), "--output", Dir("mine")], "--output"),
+    (["predict", Dir("run"), "--input", Dir("rows", "in.jsonl"), "--output", Dir("mine", "notes.txt")],
+     "already exists"),
+]
+
+
+def prepare(arg, tmp_path: Path) -> str:
+    if not isinstance(arg, Dir):
+        return arg
+    folder = tmp_path / "folders" / arg.name
+    for rel, text in FOLDERS[arg.name].items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    path = str(folder / arg.inside) if arg.inside else str(folder)
+    return f"{arg.key}={path}" if arg.key else path
+
+
+@pytest.fixture
+def no_slurm_commands(monkeypatch):
+    real = subprocess.run
+
+    def run(cmd, *args, **kwargs):
+        if isinstance(cmd, (list, tuple)) and cmd and Path(str(cmd[0])).name in ("sbatch", "scontrol", "scancel", "srun"):
+            pytest.fail(f"a bad input reached {cmd!r}")
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", run)
+
+
+@pytest.mark.parametrize("argv, fragment", CASES, ids=[" ".join(map(str, a[1:])) if a[0] in ("train", "launch")
+                                                     else " ".join(map(str, a)) for a, _ in CASES])
+def test_bad_input_is_one_clear_error(argv, fragment, tmp_path, monkeypatch, capsys, no_slurm_commands):
+    argv = [prepare(a, tmp_path) for a in argv]
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    assert code == 2, f"exit {code}; stderr: {err[-2000:]}"
+    assert fragment in err, err
+    assert "Traceback" not in out + err
