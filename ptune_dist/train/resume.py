@@ -30,7 +30,9 @@ from . import dist
 RESUMABLE = (
     "output_dir", "train.steps", "train.log_every", "train.eval_every", "train.eval_at_start", "train.eval_baseline",
     "train.save_every", "train.keep_checkpoints", "train.resume", "train.progress_bar", "train.tensorboard",
-    "train.threads", "train.device", "train.on_nonfinite", "train.max_skipped_steps", "data.eval_batch_size",
+    "train.threads", "train.device", "train.on_nonfinite", "train.max_skipped_steps",
+    "data.batch_size",  # per rank: with another number of ranks; the loader checks the global batch stays
+    "data.eval_batch_size",
     "data.max_eval_examples", "tasks.*.eval", "tasks.*.eval_split", "tasks.*.max_new_tokens", "model.attention",
     "model.gradient_checkpointing", "model.lean_activations", "distributed.*", "launch.*", "sweep.*")
 
