@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ptune_dist.config.load import rdzv_address
+from ptune_dist.config.validate import rdzv_address
 from ptune_dist.errors import ConfigError
 from ptune_dist.runtime import allocator_env
 

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.checkpoint.atomic import verify
+from ptune_dist.checkpoint.target import check_output, write_atomic
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
 from ptune_dist.data.rows import Rows
@@ -130,57 +129,6 @@ def _predict_batch(s, chunk) -> list[dict]:
             first = [p + off for p, lab in enumerate(ex.labels) if lab != -100]
             results.append({"task": spec.name, "tags": [spec.labels[out.preds[i][p]] for p in first]})
     return results
-
-
-def check_output(output: str, input_file, force: bool = False) -> str:
-    """Raise unless predict may write `output`. Returns how: "stream" (stdout, /dev/null, a pipe: written
-    as they are), "new" (a file to create, or an empty one) or "replace" (a non-empty file, with force)."""
-    if output == "-":
-        return "stream"
-    out = Path(output)
-    if out.is_dir():
-        raise DataError(f"--output {out} is a folder; give a file name (nothing was written)")
-    if out.exists() and Path(input_file).exists() and os.path.samefile(out, input_file):
-        raise DataError(f"--output {out} is the --input file; a command never writes into its own input "
-                        "(nothing was written)")
-    if out.exists() and not out.is_file():  # a device or a pipe: replacing it would be wrong
-        return "stream"
-    folder = out.absolute().parent
-    if not folder.is_dir():
-        raise DataError(f"--output {out}: {folder} is not an existing folder (nothing was written)")
-    replaces = out.exists() and out.stat().st_size > 0
-    if replaces and not force:
-        raise DataError(f"--output {out} already exists ({out.stat().st_size} bytes); choose a new --output, or "
-                        "pass --force to replace it (nothing was written)")
-    try:  # can we create a file there? permissions, a read-only disk: better now than after the predictions
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise DataError(f"--output {out}: cannot write in {folder} ({e.strerror}) (nothing was written)") from None
-    return "replace" if replaces else "new"
-
-
-def write_atomic(out: Path, text: str) -> None:
-    """`text` into `out` through a temporary file in the same folder and os.replace: all or nothing."""
-    mode = out.stat().st_mode & 0o777 if out.exists() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(dir=out.absolute().parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes 0600; the file should look like any other the user writes
-        os.replace(tmp, out)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise DataError(f"--output {out}: cannot write ({e.strerror}); {out} was left as it was") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def predict_file(path, input_file, output: str, overrides=(), force: bool = False) -> None:

@@ -7,7 +7,7 @@ import typing
 import pytest
 
 from ptune_dist.config import RunConfig, load_config, to_yaml, from_yaml
-from ptune_dist.config.load import rdzv_address
+from ptune_dist.config.validate import rdzv_address
 from ptune_dist.errors import ConfigError
 
 

@@ -389,12 +389,12 @@ def test_a_step_graph_is_gone_before_the_next_forward():
         def backward(self, loss):
             loss.backward()
 
-        def step(self):
+        def step(self, loss=None):
             return 0.0
 
     batch = {"attention_mask": torch.ones(2, 3)}
     cfg = types.SimpleNamespace(train=types.SimpleNamespace(steps=3, grad_accum=2, log_every=100, eval_every=0,
-                                                            save_every=0))
+                                                            save_every=0, on_nonfinite="stop", max_skipped_steps=1))
     s = types.SimpleNamespace(model=torch.nn.Linear(1, 1), cfg=cfg, env=types.SimpleNamespace(world=1),
                               device=torch.device("cpu"))
 
@@ -402,6 +402,6 @@ def test_a_step_graph_is_gone_before_the_next_forward():
         epoch = 0
 
     log = types.SimpleNamespace(train=lambda record: None, advance=lambda: None)
-    run_steps(s, Engine(), Loader([batch] * 6), 0, log, None, types.SimpleNamespace(agreed=lambda: False))
+    run_steps(s, Engine(), Loader([batch] * 6), 0, log, None, types.SimpleNamespace(agreed=lambda: False), None)
     assert len(alive_at_forward) == 6
     assert not any(any(x) for x in alive_at_forward), alive_at_forward

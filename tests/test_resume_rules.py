@@ -11,7 +11,7 @@ import torch
 from conftest import read_jsonl
 from safetensors.torch import load_file, save_file
 
-from ptune_dist.checkpoint import atomic, state
+from ptune_dist.checkpoint import atomic
 from ptune_dist.config import load_config
 from ptune_dist.errors import CheckpointError, ConfigError
 from ptune_dist.train import loop

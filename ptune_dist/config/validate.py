@@ -1,0 +1,162 @@
+"""What a run config may hold, checked before any model or data loads; every error names the dotted key.
+
+Each field is checked against its declaration (schema.py: `choice`, `number`, `numbers`) by one walk
+of the dataclass tree; then the combinations that cannot work. Model-dependent checks happen where
+the model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import re
+
+from ptune_dist.errors import ConfigError
+from ptune_dist.methods import METHODS
+from ptune_dist.model import quant
+
+from .schema import RunConfig
+
+TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")  # names become metric keys and file names
+
+
+def _check_fields(obj, prefix: str) -> None:
+    """Every field against what its declaration allows (choices, numeric domain), the whole tree down."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(choices)}")
+        domain = f.metadata.get("domain")
+        if domain is not None and value is not None:
+            for item in value if isinstance(value, list) else [value]:
+                problem = domain.problem(item)
+                if problem:
+                    raise ConfigError(f"{key}={value}: every value {problem}" if isinstance(value, list)
+                                      else f"{key}={value} {problem}")
+        elif isinstance(value, float) and not math.isfinite(value):  # a float without a declared domain too
+            raise ConfigError(f"{key}={value} must be a finite number")
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, key + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _check_fields(item, f"{key}.{i}.")
+
+
+def _positive(value, key: str, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"{key}={value} must be {'>= 0' if zero_ok else '> 0'}")
+
+
+HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def rdzv_address(endpoint: str, key: str = "launch.rdzv_endpoint") -> tuple[str, int]:
+    """(host, port) of `host:port`, host a hostname, an IPv4 address or an [IPv6 address] (returned
+    without its brackets); anything else is a ConfigError."""
+    host, sep, port = endpoint.rpartition(":")
+    ok = bool(sep) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        address, percent, zone = host.partition("%")  # a zone (fe80::1%eth0): a plain interface name
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            ok = False
+        ok = ok and (not percent or bool(re.fullmatch(r"[A-Za-z0-9_.-]+", zone)))
+    elif re.fullmatch(r"[0-9.]+", host):  # all digits and dots: an IPv4 address, not a hostname
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            ok = False
+    else:
+        ok = ok and len(host) <= 253 and bool(HOSTNAME.fullmatch(host))
+    if not ok:
+        raise ConfigError(f"{key}={endpoint!r}: expected host:port, the host a hostname, an IPv4 address or an "
+                          "[IPv6 address] and the port 1-65535, e.g. 10.0.0.5:29400 or [fd00::5]:29400")
+    return host, int(port)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks that need no model or data; model-dependent checks happen where the model is built."""
+    _check_fields(cfg, "")
+    if not cfg.output_dir.strip():
+        raise ConfigError("output_dir is empty: give the run's folder (an empty one would write the run into "
+                          "the current folder)")
+    m, t = cfg.method, cfg.train
+    cls = METHODS[m.name]
+    prompt_method, deep = cls.depth != "none", cls.depth == "deep"
+    if prompt_method:
+        _positive(m.num_virtual_tokens, "method.num_virtual_tokens")
+    if m.init == "text" and not m.init_text:
+        raise ConfigError("method.init=text needs method.init_text")
+    projection = m.projection if m.projection is not None else getattr(cls, "default_projection", False)
+    if deep and m.init != "random" and not projection:
+        raise ConfigError(f"method.init={m.init!r}: {m.name} without projection learns the prefix "
+                          "keys/values directly, which only init=random fills; set method.projection=true")
+    if len(t.betas) != 2:
+        raise ConfigError(f"train.betas={t.betas}: expected two numbers")
+    _check_distributed(cfg)
+    _check_launch(cfg)
+    quant.validate(cfg.model, cls.trains_base, m.name, cfg.distributed)
+    if not cfg.tasks:
+        raise ConfigError("tasks: at least one task is needed")
+    names = [task.name for task in cfg.tasks]
+    for i, name in enumerate(names):
+        if not TASK_NAME.fullmatch(name):
+            raise ConfigError(f"tasks.{i}.name={name!r}: a task name is letters, digits, _ and - only, not empty "
+                              "(it becomes metric keys and file names)")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"tasks: names must be unique, got {names}")
+    types = {task.type for task in cfg.tasks}
+    if len(types) > 1:
+        raise ConfigError(f"tasks: one batch mixes tasks of one type only, got types {sorted(types)}")
+    for i, task in enumerate(cfg.tasks):
+        key = f"tasks.{i}"
+        if "{soft}" in task.template and not (prompt_method and not deep):
+            raise ConfigError(f"{key}.template places {{soft}}, but method.name={m.name} has no virtual "
+                              "input tokens (deep prompts sit in every layer); remove {soft}")
+        if task.type == "token_classification" and task.scoring != "head":
+            raise ConfigError(f"{key}.scoring={task.scoring!r}: token_classification needs scoring=head")
+        if task.type == "generation" and task.scoring == "head":
+            raise ConfigError(f"{key}.scoring=head: generation tasks are scored by the LM head")
+        if m.init == "labels" and task.type != "classification":
+            raise ConfigError(f"method.init=labels needs class labels; {key}.type is {task.type}")
+
+
+def _check_distributed(cfg: RunConfig) -> None:
+    d = cfg.distributed
+    if d.engine != "deepspeed":
+        if d.zero_stage or d.offload_optimizer or d.offload_params or d.zero_extra:
+            raise ConfigError("distributed.zero_stage / offload_* / zero_extra need distributed.engine=deepspeed")
+        return
+    owned = {"stage": "zero_stage", "offload_optimizer": "offload_optimizer", "offload_param": "offload_params"}
+    for key in d.zero_extra:
+        if key in owned:
+            raise ConfigError(f"distributed.zero_extra.{key}: set distributed.{owned[key]} instead "
+                              "(ptune validates it and builds the DeepSpeed section)")
+    if cfg.train.on_nonfinite == "skip":
+        raise ConfigError("train.on_nonfinite=skip needs distributed.engine=torch: DeepSpeed applies an update "
+                          "before ptune can see it is non-finite, so only train.on_nonfinite=stop is safe there")
+    if d.offload_optimizer and d.zero_stage < 2:
+        raise ConfigError("distributed.offload_optimizer needs distributed.zero_stage 2 or 3")
+    if d.offload_params and d.zero_stage != 3:
+        raise ConfigError("distributed.offload_params needs distributed.zero_stage=3")
+    if cfg.train.optimizer != "adamw":
+        raise ConfigError(f"train.optimizer={cfg.train.optimizer}: with distributed.engine=deepspeed use adamw "
+                          "(ZeRO flattens the parameters, which undoes Adafactor's factored statistics)")
+
+
+def _check_launch(cfg: RunConfig) -> None:
+    L = cfg.launch
+    if L.node_rank >= L.nnodes:
+        raise ConfigError(f"launch.node_rank={L.node_rank} must be < launch.nnodes={L.nnodes} (node ranks count "
+                          "from 0)")
+    if L.rdzv_endpoint:
+        rdzv_address(L.rdzv_endpoint)
+    elif L.nnodes > 1 and L.backend == "local":
+        raise ConfigError(f"launch.rdzv_endpoint is empty, but launch.nnodes={L.nnodes} on the local backend needs "
+                          "node 0's host:port (e.g. launch.rdzv_endpoint=10.0.0.5:29400)")
