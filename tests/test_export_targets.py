@@ -6,7 +6,9 @@ base's config is read, no weights)."""
 import hashlib
 
 import pytest
+import torch
 from conftest import SMOL
+from safetensors.torch import save_file
 
 from ptune_dist.checkpoint import state
 from ptune_dist.checkpoint.peft_format import Prompts, base_info
@@ -77,3 +79,58 @@ def test_import_refuses_an_existing_final_unless_forced(run, tmp_path, capsys):
     assert "replaced the folder" in capsys.readouterr().err
     assert main(["import", str(run / "final"), "--out", str(run), "--force"]) == 2  # its own input
     assert "the input" in capsys.readouterr().err
+
+
+def test_export_refuses_links_the_current_folder_and_places_it_cannot_write(run, tmp_path, monkeypatch, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.txt").write_text("keep")
+    (tmp_path / "link").symlink_to(other)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for out, words in [(tmp_path / "link", "is a symbolic link"), (tmp_path / "dangling", "is a symbolic link"),
+                       (".", "the current folder"), ("", "the current folder"),
+                       (tmp_path / "file" / "sub", "is a file, not a folder"),
+                       ("/sys/ptune-test-export", "cannot write there")]:  # refused even to root
+        assert export(run, out, "--force") == 2, out
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, (out, err)
+    assert (other / "data.txt").read_text() == "keep" and (work / "mine.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "file", "link", "other", "run", "work"]
+
+
+def adapter(tmp_path, config, embeddings) -> str:
+    d = tmp_path / "adapter"
+    d.mkdir(exist_ok=True)
+    (d / "adapter_config.json").write_text(config)
+    save_file({"prompt_embeddings": embeddings}, d / "adapter_model.safetensors")
+    return str(d)
+
+
+GOOD = '{"peft_type": "PROMPT_TUNING", "base_model_name_or_path": "%s"}' % SMOL
+
+
+@pytest.mark.parametrize("config, embeddings, extra, words", [
+    ("[1]", torch.zeros(3, 576), [], "expected a JSON object"),
+    (GOOD, torch.tensor(1.0), [], "a prompt is [virtual tokens >= 1, width]"),
+    (GOOD, torch.zeros(0, 576), [], "a prompt is [virtual tokens >= 1, width]"),
+    (GOOD, torch.full((3, 576), float("nan")), [], "hold NaN or inf"),
+    ('{"peft_type": "PROMPT_TUNING"}', torch.zeros(3, 576), [], "names no base model"),
+    (GOOD, torch.zeros(3, 576), ["output_dir=elsewhere"], "the run folder is --out"),
+])
+def test_import_names_what_is_wrong_with_the_adapter(tmp_path, capsys, config, embeddings, extra, words):
+    assert main(["import", adapter(tmp_path, config, embeddings), "--out", str(tmp_path / "new"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_import_refuses_a_folder_holding_another_runs_checkpoints(tmp_path, capsys):
+    (tmp_path / "run" / "checkpoints" / "step-2").mkdir(parents=True)
+    source = adapter(tmp_path, GOOD, torch.zeros(3, 576))
+    assert main(["import", source, "--out", str(tmp_path / "run"), "--force", "tasks.0.preset=support"]) == 2
+    assert "checkpoints/" in capsys.readouterr().err and not (tmp_path / "run" / "final").exists()

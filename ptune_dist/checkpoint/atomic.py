@@ -129,7 +129,10 @@ def verify(folder: Path) -> None:
         raise CheckpointError(f"checkpoint {folder}: not a folder{interrupted}")
     try:
         manifest = json.loads((folder / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError) as e:
+        if not all(isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
+                   for m in manifest.values()):
+            raise ValueError("an entry lacks its bytes or sha256")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {folder}: no readable {MANIFEST} ({type(e).__name__}); "
                               "it is incomplete or not a ptune checkpoint") from None
     for name, meta in manifest.items():

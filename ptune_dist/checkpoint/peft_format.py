@@ -26,7 +26,7 @@ from ptune_dist.model.load import load_hf_config, resolve_kind, resolve_path
 
 from . import state
 from .atomic import atomic_dir
-from .target import check_target, say_replaced
+from .target import cannot_write, check_target, say_replaced
 
 PEFT_TYPES = {"prompt_tuning": "PROMPT_TUNING", "p_tuning": "P_TUNING", "prefix_tuning": "PREFIX_TUNING",
               "p_tuning_v2": "PREFIX_TUNING"}
@@ -100,41 +100,66 @@ def export_peft(checkpoint, out, task: str | None = None, force: bool = False) -
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {folder}: prompt weights do not fit {cfg.method.name} ({e})") from None
     module = prompts.prompts[task]
-    if replaces and not Path(out).is_dir():
-        Path(out).unlink()  # --force over a file: atomic_dir replaces folders
-    with atomic_dir(Path(out)) as tmp:
-        peft_config(cfg.method.name, cfg, info, module.num_virtual_tokens).save_pretrained(str(tmp))
-        save_file({"prompt_embeddings": flat_prompt(module)}, tmp / "adapter_model.safetensors")
+    try:
+        if replaces and not Path(out).is_dir():
+            Path(out).unlink()  # --force over a file: atomic_dir replaces folders
+        with atomic_dir(Path(out)) as tmp:
+            peft_config(cfg.method.name, cfg, info, module.num_virtual_tokens).save_pretrained(str(tmp))
+            save_file({"prompt_embeddings": flat_prompt(module)}, tmp / "adapter_model.safetensors")
+    except OSError as e:
+        raise cannot_write(out, e) from None
     say_replaced("export", replaces)
     return Path(out)
 
 
-def import_peft(adapter_dir, out, overrides=(), force: bool = False) -> Path:
-    d = Path(adapter_dir)
-    if Path(out).is_file():
-        raise PtuneError(f"--out {out}: a file, not a run folder (nothing was written)")
-    replaces = check_target(Path(out) / "final", [d], force)
+def read_adapter(d: Path) -> tuple[dict, torch.Tensor]:
+    """(adapter_config.json, prompt_embeddings [P, D]) of a PEFT prompt adapter, checked."""
     try:
         meta = json.loads((d / "adapter_config.json").read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{d}: no readable adapter_config.json ({type(e).__name__})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{d}/adapter_config.json: expected a JSON object, found {type(meta).__name__}")
     weights = d / "adapter_model.safetensors"
     if not weights.is_file():
         extra = " (adapter_model.bin is a pickle; ptune reads safetensors only)" if (d / "adapter_model.bin").exists() else ""
         raise CheckpointError(f"{d}: adapter_model.safetensors not found{extra}")
-    peft_type = meta.get("peft_type")
-    if peft_type not in FROM_PEFT:
-        raise CheckpointError(f"{d}: peft_type {peft_type!r} is not a prompt method ptune imports {sorted(FROM_PEFT)}")
+    if meta.get("peft_type") not in FROM_PEFT:
+        raise CheckpointError(f"{d}: peft_type {meta.get('peft_type')!r} is not a prompt method ptune imports "
+                              f"{sorted(FROM_PEFT)}")
     try:
         emb = load_file(weights)["prompt_embeddings"].float()
     except (SafetensorError, OSError, KeyError) as e:
         raise CheckpointError(f"{weights}: no readable prompt_embeddings ({type(e).__name__}: {e})") from None
-    method = FROM_PEFT[peft_type]
+    if emb.dim() != 2 or emb.shape[0] == 0:
+        raise CheckpointError(f"{weights}: prompt_embeddings has shape {tuple(emb.shape)}; a prompt is "
+                              "[virtual tokens >= 1, width]")
+    if not bool(torch.isfinite(emb).all()):
+        raise CheckpointError(f"{weights}: prompt_embeddings hold NaN or inf; nothing to import")
+    return meta, emb
+
+
+def import_peft(adapter_dir, out, overrides=(), force: bool = False) -> Path:
+    d, out = Path(adapter_dir), Path(out)
+    if out.is_file():
+        raise PtuneError(f"--out {out}: a file, not a run folder (nothing was written)")
+    if (out / "checkpoints").exists():
+        raise PtuneError(f"--out {out} holds a training run's checkpoints/; an imported final/ beside them would "
+                         "mix two runs: import into a new folder (nothing was written)")
+    overrides = list(overrides)
+    if any(o.split("=", 1)[0] == "output_dir" for o in overrides):
+        raise ConfigError("ptune import: the run folder is --out; drop the output_dir= override")
+    replaces = check_target(out / "final", [d], force)
+    meta, emb = read_adapter(d)
+    if not meta.get("base_model_name_or_path") and not any(o.startswith("model.name_or_path=") for o in overrides):
+        raise ConfigError(f"{d}/adapter_config.json names no base model (base_model_name_or_path): pass "
+                          "model.name_or_path=... (a local folder, embedded:<name> or a hub id)")
+    method = FROM_PEFT[meta["peft_type"]]
     defaults = [f"method.name={method}", f"method.num_virtual_tokens={emb.shape[0]}", f"output_dir={out}",
                 f"model.name_or_path={meta.get('base_model_name_or_path')}"]
     if method == "prefix_tuning":
         defaults.append("method.projection=false")
-    cfg = load_config([], defaults + list(overrides))
+    cfg = load_config([], defaults + overrides)
     if len(cfg.tasks) != 1 or any(t.scoring == "head" or t.type == "token_classification" for t in cfg.tasks):
         raise ConfigError("ptune import: the adapter holds one prompt and no task head; configure one task "
                           "scored by the LM (tasks.0.*)")
@@ -142,11 +167,14 @@ def import_peft(adapter_dir, out, overrides=(), force: bool = False) -> Path:
     prompts = Prompts(cfg, info)
     (name, param), = prompts.named_parameters()
     if tuple(param.shape) != tuple(emb.shape):
-        raise CheckpointError(f"{weights}: prompt_embeddings {tuple(emb.shape)} do not fit "
+        raise CheckpointError(f"{d}/adapter_model.safetensors: prompt_embeddings {tuple(emb.shape)} do not fit "
                               f"{cfg.model.name_or_path} ({tuple(param.shape)} expected for {method})")
     with torch.no_grad():
         param.copy_(emb)
-    state.save(Path(out) / "final", to_yaml(cfg), state.trainable_state(prompts),
-               extra={"imported_from": str(d), "peft_type": peft_type})
+    try:
+        state.save(out / "final", to_yaml(cfg), state.trainable_state(prompts),
+                   extra={"imported_from": str(d), "peft_type": meta["peft_type"]})
+    except OSError as e:
+        raise cannot_write(out, e) from None
     say_replaced("import", replaces)
-    return Path(out)
+    return out

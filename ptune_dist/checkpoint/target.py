@@ -7,8 +7,12 @@ from destroying what they did not create.
     - Anything else (a folder holding files, a plain file, an earlier export) is refused unless the user
       says `--force`; then it is replaced and the command says what it replaced (one line on stderr).
 
+A target that is a symbolic link is refused (replacing it would replace the link, not what it points
+to), so is one that holds the folder the command runs in, and one below a plain file.
+
 `predict --output` is a file, checked the same way before the model loads (`check_output`) and written
-atomically (`write_atomic`: a temporary file in the same folder, then os.replace).
+atomically (`write_atomic`: a temporary file in the same folder, then os.replace); a device or a pipe
+(/dev/null, /dev/stdout) is written as it is.
 """
 
 from __future__ import annotations
@@ -35,19 +39,41 @@ def describe(path: Path) -> str:
     return f"the folder {path} ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown})"
 
 
+def _not_into_inputs(out: Path, inputs, option: str) -> None:
+    """Refuse a target that is, is inside, or holds an input, or holds the current folder (a rename
+    of it away would fail half-way). Compared with links resolved."""
+    real = out.resolve()
+    named = [(Path(given).resolve(), f"the input {Path(given).resolve()}") for given in inputs]
+    for source, what in [*named, (Path.cwd().resolve(), "the current folder")]:
+        where = ("is" if real == source else "is inside" if _inside(real, source) else
+                 "holds" if _inside(source, real) else None)
+        if where == "is inside" and what == "the current folder":
+            continue  # a new folder below the one the command runs in: the usual case
+        if where:
+            raise PtuneError(f"{option} {out} {where} {what}: a command never writes into its own input or "
+                             "over the folder it runs in; choose another path (nothing was written)")
+
+
+def _writable_place(out: Path, option: str) -> None:
+    """The nearest existing folder above `out` must be a folder (not a file)."""
+    above = out.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise PtuneError(f"{option} {out}: {above} is a file, not a folder (nothing was written)")
+
+
 def check_target(out, inputs, force: bool, option: str = "--out") -> str | None:
     """Raise unless `out` may be written; returns what writing it will replace (None: nothing)."""
-    out = Path(out).resolve()
-    for given in inputs:
-        source = Path(given).resolve()
-        where = ("is" if out == source else "is inside" if _inside(out, source) else
-                 "holds" if _inside(source, out) else None)
-        if where:
-            raise PtuneError(f"{option} {out} {where} the input {source}: a command never writes into its own "
-                             "input; choose another folder (nothing was written)")
-    if not (out.exists() or out.is_symlink()):
+    out = Path(os.path.abspath(out))
+    if out.is_symlink():  # replacing would replace the link, not what it points to: never what was meant
+        raise PtuneError(f"{option} {out} is a symbolic link (to {os.readlink(out)}); give the real path "
+                         "(nothing was written)")
+    _not_into_inputs(out, list(inputs), option)
+    _writable_place(out, option)
+    if not out.exists():
         return None
-    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+    if out.is_dir() and not any(out.iterdir()):
         return None
     what = describe(out)
     if not force:
@@ -56,25 +82,38 @@ def check_target(out, inputs, force: bool, option: str = "--out") -> str | None:
     return what
 
 
+def cannot_write(out, e: OSError, option: str = "--out") -> PtuneError:
+    """The error for a write the operating system refused (a read-only disk, /proc, permissions)."""
+    return PtuneError(f"{option} {out}: cannot write there ({e.strerror or e}); what was there is unchanged")
+
+
 def say_replaced(command: str, what: str | None) -> None:
     if what:
         print(f"ptune {command}: replaced {what}", file=sys.stderr)
 
 
-def check_output(output: str, input_file, force: bool = False) -> str:
-    """Raise unless predict may write `output`. Returns how: "stream" (stdout, /dev/null, a pipe: written
-    as they are), "new" (a file to create, or an empty one) or "replace" (a non-empty file, with force)."""
+def check_output(output: str, input_file, force: bool = False, inputs=()) -> str:
+    """Raise unless predict may write `output` (`inputs`: the run or checkpoint it reads). Returns how:
+    "stream" (stdout, /dev/null, a pipe: written as they are), "new" (a file to create, or an empty one)
+    or "replace" (a non-empty file, with force)."""
     if output == "-":
         return "stream"
-    out = Path(output)
+    out = Path(os.path.abspath(output))
+    if out.exists() and not out.is_file() and not out.is_dir():  # a device or a pipe: written, never replaced
+        return "stream"
+    if out.is_symlink():
+        raise DataError(f"--output {out} is a symbolic link (to {os.readlink(out)}); give the real path "
+                        "(nothing was written)")
     if out.is_dir():
         raise DataError(f"--output {out} is a folder; give a file name (nothing was written)")
     if out.exists() and Path(input_file).exists() and os.path.samefile(out, input_file):
         raise DataError(f"--output {out} is the --input file; a command never writes into its own input "
                         "(nothing was written)")
-    if out.exists() and not out.is_file():  # a device or a pipe: replacing it would be wrong
-        return "stream"
-    folder = out.absolute().parent
+    try:
+        _not_into_inputs(out, list(inputs), "--output")
+    except PtuneError as e:
+        raise DataError(str(e)) from None
+    folder = out.parent
     if not folder.is_dir():
         raise DataError(f"--output {out}: {folder} is not an existing folder (nothing was written)")
     replaces = out.exists() and out.stat().st_size > 0
