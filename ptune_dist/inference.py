@@ -4,18 +4,21 @@ A run folder resolves to its final/ weights (or its newest complete checkpoint);
 is used as it is. The config comes from the checkpoint's config.yaml, with overrides on top.
 
 `predict` reads its --input JSONL like a task's JSONL file (ptune_dist.data.sources: UTF-8, one
-object per line, errors name the line) and checks every row as training does (ptune_dist.data.rows),
-but a row that does not fit is always an error, whatever data.on_bad_row says: the output has one
-line per input row. --output is checked before the model loads (not a folder, not the input, its
-folder writable; an existing non-empty file only with force, which says on stderr what it replaced)
-and written atomically: a temporary file in the same folder, then os.replace, so a failure never
-leaves half a file.
+object per line, errors name the line; a pipe is read too, /dev/null holds no rows) and checks every
+row as training does (ptune_dist.data.rows), but a row that does not fit is always an error, whatever
+data.on_bad_row says: the output has one line per input row. --output is checked before the model
+loads (not a folder, not the input, its folder writable; an existing non-empty file only with force,
+which says on stderr what it replaced) and written atomically: a temporary file in the same folder,
+then os.replace, so a failure never leaves half a file. A device or a pipe (/dev/null, /dev/full) and
+stdout ("-") are written as they are: a write error is a DataError naming --output, except that a
+reader of stdout that stops early (`| head`) ends the command quietly, as Unix tools do.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -69,16 +72,21 @@ def evaluate_checkpoint(path, overrides=()) -> dict:
 
 
 def read_jsonl(path: Path) -> Rows:
-    """The rows of a predict --input file, each named by its line."""
+    """The rows of a predict --input file, each named by its line. It is read once, so a pipe or a device
+    is read as it is (`--input <(zcat in.jsonl.gz)`); /dev/null holds no rows."""
     path = Path(path)
-    if path.is_dir():
-        raise DataError(f"--input {path} is a folder, not a JSONL file")
-    if not path.is_file():
-        raise DataError(f"--input {path}: file not found")
     name = f"--input {path}"
-    rows, lines = parse_jsonl(decode(path.read_bytes(), name), name)
+    if path.is_dir():
+        raise DataError(f"{name} is a folder, not a JSONL file")
+    if not path.exists():
+        raise DataError(f"{name}: file not found")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{name}: cannot read ({e.strerror})") from None
+    rows, lines = parse_jsonl(decode(data, name), name)
     if not rows:
-        raise DataError(f"{name}: no rows")
+        raise DataError(f"{name}: no rows ({'the file is empty' if not data else 'only blank lines'})")
     return Rows(rows, name, lines)
 
 
@@ -134,17 +142,35 @@ def _predict_batch(s, chunk) -> list[dict]:
 def predict_file(path, input_file, output: str, overrides=(), force: bool = False) -> None:
     """Predict for the rows of `input_file` into `output` ("-": stdout); an existing non-empty `output` is
     replaced only with `force`."""
-    how = check_output(output, input_file, force)
+    how = check_output(output, input_file, force, inputs=[path])  # never into the run it reads
     rows = read_jsonl(Path(input_file))
     s = load_session(path, overrides, splits=())
     results = predict_rows(s, rows, f"--input {input_file}")
     text = "".join(json.dumps(r) + "\n" for r in results)
     if output == "-":
-        sys.stdout.write(text)
+        _to_stdout(text)
     elif how == "stream":
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise DataError(f"--output {output}: cannot write ({e.strerror or e})") from None
     else:
         write_atomic(Path(output), text)
         if how == "replace":
             print(f"ptune predict: replaced the file {output} (--force)", file=sys.stderr)
+
+
+def _to_stdout(text: str) -> None:
+    """`text` on stdout. A reader that stops early (`| head`) ends the command quietly, as Unix tools do;
+    other write errors (a full disk) are a DataError."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        try:  # what is still buffered would fail again when Python exits: send it nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # no file descriptor (a test's capture)
+            pass
+    except OSError as e:
+        raise DataError(f"--output -: cannot write to stdout ({e.strerror or e})") from None

@@ -70,6 +70,18 @@ FOLDERS = {
     "null_text": {"train.jsonl": BILLING + '{"text": null, "label": "billing"}\n'},
     "broken_line": {"train.jsonl": BILLING + "\n" + '{"text": oops}\n'},
     "all_bad": {"train.jsonl": '{"label": "billing"}\n{"text": ["a"], "label": "billing"}\n'},
+    "json_numbers": {"d.json": "[1, 2, 3]"},
+    "csv_header_only": {"d.csv": "text,label\n"},
+    "csv_wide_row": {"d.csv": "text,label\na,billing\nhello,a,extra,more\n"},
+    "csv_repeated_column": {"d.csv": "text,text,label\na,b,billing\n"},
+    "data_folder": {"d.jsonl/x.jsonl": BILLING},
+    "text_parquet": {"d.parquet": "text,label\nhello,billing\n"},
+    # config files of the wrong shape
+    "shape_train": {"c.yaml": "train: 5\n"},
+    "shape_tasks": {"c.yaml": "tasks: {name: x}\n"},
+    "wrong_type": {"c.yaml": "train: {steps: 1e3}\n"},
+    # a checkpoint whose manifest is JSON of the wrong shape
+    "bad_manifest": {"final/config.yaml": "output_dir: x\n", "final/manifest.json": '{"files": []}'},
 }
 
 CASES = [
@@ -154,6 +166,32 @@ CASES = [
     (["predict", Dir("run"), "--input", Dir("rows", "in.jsonl"), "--output", Dir("mine")], "--output"),
     (["predict", Dir("run"), "--input", Dir("rows", "in.jsonl"), "--output", Dir("mine", "notes.txt")],
      "already exists"),
+    (["predict", Dir("run"), "--input", Dir("rows", "in.jsonl"), "--output", Dir("run", "final/preds.jsonl"),
+      "--force"], "is inside the input"),
+    (["predict", Dir("run"), "--input", "/dev/null"], "--input /dev/null: no rows (the file is empty)"),
+    (["eval", Dir("bad_manifest")], "no readable manifest.json"),
+    # data files: parsed by ptune, named by file and line (data/sources.py)
+    (["train", QUICKSTART, Dir("json_numbers", "d.json", key="tasks.0.train")],
+     "d.json row 0 (line 1): expected a JSON object"),
+    (["train", QUICKSTART, Dir("csv_header_only", "d.csv", key="tasks.0.train")], "d.csv: no rows, only a header"),
+    (["train", QUICKSTART, Dir("csv_wide_row", "d.csv", key="tasks.0.train")],
+     "d.csv line 3 has 4 fields, the header has 2"),
+    (["train", QUICKSTART, Dir("csv_repeated_column", "d.csv", key="tasks.0.train")], "names the column 'text' twice"),
+    (["train", QUICKSTART, Dir("data_folder", "d.jsonl", key="tasks.0.train")], "d.jsonl is a folder; give a file"),
+    (["train", QUICKSTART, Dir("text_parquet", "d.parquet", key="tasks.0.train")], "d.parquet: not a Parquet file"),
+    (["train", QUICKSTART, "tasks.0.train=/dev/null"], "data file /dev/null is not a regular file"),
+    # config files and overrides: shape, keys, text kept as written (config/shape.py, load.py)
+    (["train", QUICKSTART, Dir("shape_train", "c.yaml")], "c.yaml: train must be a mapping of train.* keys, found 5"),
+    (["train", QUICKSTART, Dir("shape_tasks", "c.yaml")], "tasks must be a list of mappings"),
+    (["train", QUICKSTART, Dir("wrong_type", "c.yaml")], "config key train.steps: Value '1e3'"),
+    (["train", QUICKSTART, Dir("mine")], "is a folder, not a YAML file"),
+    (["train", QUICKSTART, "=x"], "override '=x': the key before '=' is empty"),
+    (["train", QUICKSTART, "tasks.5.name=x"], "tasks.5: the config has 1 task (tasks.0)"),
+    (["launch", QUICKSTART, "launch.setup=[a: b]", "--dry-run"], "launch.setup.0 must be text, found a mapping"),
+    (["train", QUICKSTART, "tasks.0.verbalizer={a: [], b: [' no']}"], "tasks.0.verbalizer.a: no label words"),
+    (["train", QUICKSTART, "train.threads=1099511627776"], "train.threads=1099511627776 must be <= 65536"),
+    (["train", QUICKSTART, "distributed.timeout_s=" + str(10**30)], "must be <= 2592000 (30 days"),
+    (["train", QUICKSTART, "train.resume=Never"], "train.resume='Never': no such folder (did you mean never?)"),
 ]
 
 

@@ -57,7 +57,7 @@ def test_numbers_become_text_and_a_json_array_names_the_row(tmp_path):
     assert [tok.decode(ex.input_ids[2:]) for ex in data[0].train] == ["1234", "2.5"]
     arr = tmp_path / "a.json"
     arr.write_text(json.dumps([GOOD, {"text": None, "label": "billing"}]))
-    with pytest.raises(DataError, match=r"a\.json' row 1: field 'text' holds null"):
+    with pytest.raises(DataError, match=r"a\.json' row 1 \(line 1\): field 'text' holds null"):
         prep("tasks.0.preset=support", f"tasks.0.train={arr}")
 
 
@@ -130,6 +130,89 @@ def test_csv_rows_are_named_by_their_line(tmp_path):
     f = tmp_path / "d.csv"
     f.write_text('text,label\n"two\nlines",billing\n\nfine,shipping\n,billing\n')
     with pytest.raises(DataError, match=r"d\.csv' line 6: field 'text' holds null"):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}")
+
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2, 3]", r"a\.json row 0 \(line 1\): expected a JSON object .*found int"),  # datasets made up `text`
+    ('[["hello", "a"]]', r"a\.json row 0 \(line 1\): expected a JSON object .*found list"),
+    ('[\n  {"text": "a", "label": "billing"},\n  null\n]', r"a\.json row 1 \(line 3\): expected .*found null"),
+    ('[\n  {"text": "a", "label": "billing"}\n  {"text": "b"}\n]', r"a\.json line 3: not valid JSON \(Expecting ',' "
+                                                                   r"delimiter at column 3\)"),
+    ('[{"text": "a", "label": "billing"}] []', r"a\.json line 1: not valid JSON \(Extra data at column 37\)"),
+    ('[{"text": "a", "text": "b", "label": "billing"}]', r"row 0 \(line 1\): an object names the field 'text' twice"),
+    ('{\n  "text": ["a", "b"],\n  "label": ["billing", "account"]\n}', r"a\.json: one JSON object over 4 lines; "
+                                                                       r"expected an array of objects"),
+    ('{"text": "a", "label": "billing"}\n\n"b"\n', r"a\.json line 3: expected a JSON object .*found str"),
+])
+def test_a_json_file_holds_objects_named_by_index_and_line(tmp_path, text, message):
+    f = tmp_path / "a.json"
+    f.write_text(text)
+    with pytest.raises(DataError, match=r"tasks\.0\.train: cannot read .*" + message):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}")
+
+
+def test_json_lines_in_a_json_file_are_named_by_line(tmp_path):
+    f = tmp_path / "a.json"
+    f.write_text(json.dumps(GOOD) + "\n\n" + json.dumps({"text": ["a"], "label": "billing"}) + "\n")
+    with pytest.raises(DataError, match=r"a\.json' line 3: field 'text' holds a list"):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("text,label\n", r"d\.csv: no rows, only a header \(text,label\)"),
+    ("text,label\n\n", r"d\.csv: no rows, only a header"),
+    ("text,label\nfine,billing\nhello,a,extra,more\n", r"d\.csv line 3 has 4 fields, the header has 2 \(text, label\); "
+                                                       r"quote a value that holds a comma"),
+    ("text,label\nlonely\n", r"d\.csv line 2 has 1 field, the header has 2"),
+    ("text,text,label\na,b,billing\n", r"d\.csv line 1: the header names the column 'text' twice"),
+    ('text,label\nfine,billing\n"never closed,billing\n', r"d\.csv line 3: not valid CSV \(a quoted value is never "
+                                                          r"closed\)"),
+    ('text,label\n"a"b,billing\n', r"d\.csv line 2: not valid CSV"),
+])
+def test_a_csv_file_has_rows_as_wide_as_its_header(tmp_path, text, message):
+    f = tmp_path / "d.csv"
+    f.write_text(text)
+    with pytest.raises(DataError, match=r"tasks\.0\.train: cannot read .*" + message):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}")
+
+
+def test_csv_cells_stay_the_text_written(tmp_path):
+    """pandas made 007 into 7.0, "NA" and "None" into null, and a label column with a blank cell into floats
+    (the error then blamed the first row's label 0.0)."""
+    f = tmp_path / "d.csv"
+    f.write_text("text,label\n007,0\nNA,1\nNone,2\n2.50,3\n")
+    _, tok, data = prep("tasks.0.preset=support", f"tasks.0.train={f}", "method.num_virtual_tokens=1")
+    assert [tok.decode(ex.input_ids[1:]) for ex in data[0].train] == ["007", "NA", "None", "2.50"]
+    assert [ex.labels for ex in data[0].train] == [0, 1, 2, 3]  # an integer column: label indices
+    f.write_text("text,label\nseven,0\neight,\n")
+    with pytest.raises(DataError, match=r"d\.csv' line 3: field 'label' holds null"):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}")
+
+
+def test_a_data_file_that_is_a_folder_or_a_device(tmp_path):
+    (tmp_path / "d.jsonl").mkdir()
+    with pytest.raises(DataError, match=rf"tasks\.0\.train: data file {tmp_path}/d\.jsonl is a folder; give a file"):
+        prep("tasks.0.preset=support", f"tasks.0.train={tmp_path / 'd.jsonl'}")
+    with pytest.raises(DataError, match=r"data file /dev/null is not a regular file"):
+        prep("tasks.0.preset=support", "tasks.0.train=/dev/null")
+
+
+def test_a_parquet_file_that_is_not_parquet_or_cut_short(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    f = tmp_path / "d.parquet"
+    f.write_text("text,label\nhello,billing\n")
+    with pytest.raises(DataError, match=rf"cannot read {f}: not a Parquet file \(.*begins with b'text,label"):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}")
+    pq.write_table(pa.table({"text": ["a", None], "label": ["billing", "account"]}), f)
+    with pytest.raises(DataError, match=r"d\.parquet' row 1: field 'text' holds null"):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}")
+    f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(DataError, match=rf"cannot read {f}: a Parquet file cut short"):
+        prep("tasks.0.preset=support", f"tasks.0.train={f}")
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), f)
+    with pytest.raises(DataError, match=r"d\.parquet': the dataset is empty"):  # was ArrowInvalid: BatchSize
         prep("tasks.0.preset=support", f"tasks.0.train={f}")
 
 
@@ -255,3 +338,38 @@ def test_fixture_files_still_read(tmp_path):
     """The JSONL reader keeps what the datasets reader gave for well-formed files."""
     rows = read_jsonl(FIXTURES / "ner.jsonl")
     assert rows[0]["tokens"][0] == "Alice" and rows.where(1).endswith("line 2")
+
+
+def test_predict_input_dev_null_holds_no_rows():
+    with pytest.raises(DataError, match=r"--input /dev/null: no rows \(the file is empty\)"):
+        read_jsonl("/dev/null")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_predict_output_device_write_error_names_output(tmp_path, fake_predict):
+    f = lines(tmp_path / "in.jsonl", {"text": "a"})
+    with pytest.raises(DataError, match=r"--output /dev/full: cannot write \(No space left on device\)"):
+        predict_file("run", f, "/dev/full")
+
+
+class BrokenStdout:
+    def __init__(self, error):
+        self.error = error
+
+    def write(self, text):
+        raise self.error
+
+    def flush(self):
+        pass
+
+    def fileno(self):
+        raise ValueError("no file descriptor")
+
+
+def test_predict_stdout_closed_early_ends_quietly_and_a_full_disk_is_named(tmp_path, fake_predict, monkeypatch):
+    f = lines(tmp_path / "in.jsonl", {"text": "a"})
+    monkeypatch.setattr("sys.stdout", BrokenStdout(BrokenPipeError(32, "Broken pipe")))
+    predict_file("run", f, "-")  # `| head`: the reader has what it wanted
+    monkeypatch.setattr("sys.stdout", BrokenStdout(OSError(28, "No space left on device")))
+    with pytest.raises(DataError, match=r"--output -: cannot write to stdout \(No space left on device\)"):
+        predict_file("run", f, "-")

@@ -3,10 +3,11 @@
 import dataclasses
 import math
 import typing
+from pathlib import Path
 
 import pytest
 
-from ptune_dist.config import RunConfig, load_config, to_yaml, from_yaml
+from ptune_dist.config import RunConfig, from_yaml, load_config, to_yaml, validate
 from ptune_dist.config.validate import rdzv_address
 from ptune_dist.errors import ConfigError
 
@@ -257,3 +258,206 @@ def test_errors_show_free_text_as_written():
     with pytest.raises(ConfigError) as e:
         load_config([], ["tasks.0.verbalizer={a: '${HOME}'}"])
     assert "ptune-literal" not in str(e.value) and "\ue000" not in str(e.value)
+
+
+# --- YAML files keep text as written; shapes, override keys and values are checked before anything runs ---
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+SHIPPED = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("**/*.yaml"))
+
+
+@pytest.mark.parametrize("text, key, value", [
+    ("launch: {time: 90:00}", "launch.time", "90:00"),  # YAML 1.1: base 60, 5400 (Slurm: 90 hours)
+    ("launch: {job_name: 0x10}", "launch.job_name", "0x10"),
+    ("launch: {python: 010}", "launch.python", "010"),
+    ("launch: {partition: 1e3}", "launch.partition", "1e3"),
+    ("tasks: [{name: 007}]", "tasks.0.name", "007"),
+    ("model: {name_or_path: 1.10}", "model.name_or_path", "1.10"),
+    ("output_dir: 1_000", "output_dir", "1_000"),
+    ("launch: {account: no, qos: on}", "launch.account", "no"),
+    ("tasks: [{labels: [yes, no, 1.0, 'null']}]", "tasks.0.labels", ["yes", "no", "1.0", "null"]),
+    ("tasks: [{verbalizer: {yes: [' y'], no: [' n'], 1: [' 1']}}]", "tasks.0.verbalizer",
+     {"yes": [" y"], "no": [" n"], "1": [" 1"]}),
+    ("sweep: {grid: {train.lr: [1e-3, 0.10]}}", "sweep.grid", {"train.lr": ["1e-3", "0.10"]}),
+])
+def test_yaml_text_is_kept_as_written(text, key, value, tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text(text + "\n")
+    for cfg in (load_config([f]), from_yaml(f.read_text())):
+        got = cfg
+        for part in key.split("."):
+            got = got[int(part)] if part.isdigit() else getattr(got, part)
+        assert got == value
+
+
+def test_yaml_text_converts_to_each_fields_type(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text("train: {steps: 7, lr: 1e-3, betas: [0.8, .99], tensorboard: no, progress_bar: off,\n"
+                 "        eval_at_start: yes, eval_baseline: true}\n"
+                 "model: {dropout: ~, gradient_checkpointing: 1}\nmethod: {projection: null}\n"
+                 "distributed: {engine: deepspeed, zero_stage: 3, zero_extra: {stage3_max_live_parameters: 1e6,\n"
+                 "  stage3_prefetch_bucket_size: 0, sub: {buffer_count: 5, device: cpu, pin: yes}}}\n")
+    cfg = load_config([f])
+    t = cfg.train
+    assert (t.steps, t.lr, t.betas) == (7, 0.001, [0.8, 0.99]) and type(t.steps) is int and type(t.lr) is float
+    assert (t.tensorboard, t.progress_bar, t.eval_at_start, t.eval_baseline) == (False, False, True, True)
+    assert cfg.model.dropout is None and cfg.model.gradient_checkpointing is True and cfg.method.projection is None
+    # settings passed on to DeepSpeed take YAML's own types, nested ones too
+    assert cfg.distributed.zero_extra == {"stage3_max_live_parameters": 1e6, "stage3_prefetch_bucket_size": 0,
+                                          "sub": {"buffer_count": 5, "device": "cpu", "pin": True}}
+    assert from_yaml(to_yaml(cfg)) == cfg and load_config([], ["distributed.engine=deepspeed",
+        "distributed.zero_extra={sub: {buffer_count: 5}}"]).distributed.zero_extra == {"sub": {"buffer_count": 5}}
+    f.write_text("train:\n  steps: 1\n  steps: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key steps"):
+        load_config([f])
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_read_back_the_same(name, tmp_path):
+    cfg = load_config([CONFIGS / name])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert from_yaml(saved.read_text()) == cfg and load_config([saved]) == cfg
+
+
+def test_shipped_numbers_keep_their_types():
+    cfg = load_config([CONFIGS / "quickstart.yaml", CONFIGS / "methods" / "full_finetune.yaml"])
+    t = cfg.train
+    assert (t.lr, t.steps, t.eval_baseline, t.max_grad_norm, cfg.method.name) == (2e-05, 60, True, 1.0, "full_finetune")
+    assert type(t.lr) is float and type(t.steps) is int and type(t.max_grad_norm) is float
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train: {steps: abc}", "config key train.steps: Value 'abc'"),
+    ("launch: {time: [1]}", "launch.time must be text, found a list ['1']"),
+    ("train: 5", "train must be a mapping of train.* keys, found 5"),
+    ("train:", "train cannot be null"),
+    ("tasks: {name: x}", "tasks must be a list of mappings, one per item (tasks.N.* keys), found a mapping"),
+    ("tasks: [{name: a}, 3]", "tasks.1 must be a mapping of tasks.1.* keys, found 3"),
+    ("tasks: [{labels: a}]", "tasks.0.labels must be a list of text values, found a"),
+    ("tasks: [{verbalizer: {a: b}}]", "tasks.0.verbalizer.a must be a list of text values, found b"),
+    ("tasks: [{verbalizer: [a]}]", "tasks.0.verbalizer must be a mapping of names to lists of text values"),
+    ("launch: {setup: [a: b]}", "launch.setup.0 must be text, found a mapping {'a': 'b'} (quote it"),
+    ("distributed: {zero_extra: 5}", "distributed.zero_extra must be a mapping, found 5"),
+    ("train: {steps: {a: 1}}", "train.steps must be a whole number, found a mapping"),
+    ("launch: {partition: }", "launch.partition cannot be null"),
+])
+def test_yaml_errors_name_the_key_and_the_file(text, message, tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text(text + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([f])
+    assert message in str(e.value) and str(f) in str(e.value), str(e.value)
+
+
+def test_a_folder_is_not_a_config_file(tmp_path):
+    with pytest.raises(ConfigError, match=f"config file {tmp_path}: is a folder, not a YAML file"):
+        load_config([tmp_path])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["=x"], "override '=x': the key before '=' is empty"),
+    (["="], "override '=': the key before '=' is empty"),
+    ([".=x"], "override '.=x': the key before '=' is empty"),
+    (["train..steps=1"], "override 'train..steps=1': the key 'train..steps' has an empty part"),
+    (["tasks.5.name=x"], "tasks.5: the config has 1 task (tasks.0); tasks are added in a YAML file or with tasks=["),
+    (["tasks.1.name=x"], "tasks.1: the config has 1 task (tasks.0)"),
+    (["tasks[1].template=x"], "tasks.1: the config has 1 task (tasks.0)"),
+    (["tasks.-1.name=x"], "tasks.-1: the config has 1 task (tasks.0)"),
+    (["tasks=[{name: a}, {name: b}]", "tasks.2.name=c"], "tasks.2: the config has 2 tasks (tasks.0, tasks.1)"),
+    (["train.betas.2=0.5"], "train.betas.2: train.betas has 2 items (train.betas.0, train.betas.1); set the whole"),
+    (["train.steps.x=1"], "train.steps.x: train.steps is a single value"),
+    (["train=5"], "train must be a mapping of train.* keys, found 5"),
+    (["tasks={name: x}"], "tasks must be a list of mappings"),
+    (["tasks.0=5"], "tasks.0 must be a mapping of tasks.0.* keys, found 5"),
+    (["launch.setup=[a: b]"], "launch.setup.0 must be text, found a mapping {'a': 'b'}"),
+    (["launch.sbatch_extra=[{x: 1}]"], "launch.sbatch_extra.0 must be text, found a mapping"),
+    (["launch.sbatch_extra=[[--a]]"], "launch.sbatch_extra.0 must be text, found a list ['--a']"),
+    (["tasks.0.labels=[a, [b]]"], "tasks.0.labels.1 must be text"),
+    (["sweep.grid={train.lr: [{a: 1}]}"], "sweep.grid.train.lr.0 must be text"),
+])
+def test_override_keys_and_shapes(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config([], overrides)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_override_indexes_that_exist():
+    cfg = load_config([], ["tasks=[{name: a}, {name: b}]", "tasks.1.preset=support", "tasks[0].name=x",
+                           "train.betas.1=0.5"])
+    assert [t.name for t in cfg.tasks] == ["x", "b"] and cfg.tasks[1].preset == "support"
+    assert cfg.train.betas == [0.9, 0.5]
+
+
+@pytest.mark.parametrize("field, value, key", [
+    ("setup", [{"a": "b"}], "launch.setup.0"), ("sbatch_extra", ["--x", ["--a"]], "launch.sbatch_extra.1"),
+    ("job_name", {"a": 1}, "launch.job_name"),
+])
+def test_validate_checks_text_leaves(field, value, key):
+    """A config built in code (not through load_config) is held to the same: text where text is declared."""
+    cfg = RunConfig()
+    setattr(cfg.launch, field, value)
+    with pytest.raises(ConfigError, match=rf"^{key} must be text"):
+        validate(cfg)
+    cfg = RunConfig()
+    cfg.tasks[0].verbalizer = {"a": [" a", 3]}
+    with pytest.raises(ConfigError, match=r"^tasks.0.verbalizer.a.1 must be text"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["tasks.0.verbalizer={a: [], b: [' no']}"], "tasks.0.verbalizer.a: no label words"),
+    (["tasks.0.verbalizer={a: [' a', ''], b: [' no']}"], "tasks.0.verbalizer.a.1: an empty label word"),
+    (["train.threads=1099511627776"], "train.threads=1099511627776 must be <= 65536 ("),
+    (["train.threads=65537"], "train.threads=65537 must be <= 65536"),
+    (["launch.threads_per_proc=70000"], "launch.threads_per_proc=70000 must be <= 65536"),
+    (["launch.cpus_per_task=70000"], "launch.cpus_per_task=70000 must be <= 65536"),
+    (["distributed.timeout_s=" + str(10**30)], f"distributed.timeout_s={10**30} must be <= 2592000 (30 days"),
+    (["launch.nproc_per_node=1025"], "launch.nproc_per_node=1025 must be <= 1024"),
+    (["launch.nnodes=100001"], "launch.nnodes=100001 must be <= 100000"),
+    (["train.steps=2147483648"], "train.steps=2147483648 must be <= 2147483647 (2**31-1"),
+    (["train.save_every=2147483648"], "train.save_every=2147483648 must be <= 2147483647"),
+    (["train.eval_every=2147483648"], "train.eval_every=2147483648 must be <= 2147483647"),
+    (["train.log_every=2147483648"], "train.log_every=2147483648 must be <= 2147483647"),
+    (["train.keep_checkpoints=2147483648"], "train.keep_checkpoints=2147483648 must be <= 2147483647"),
+    (["data.max_train_examples=2147483648"], "data.max_train_examples=2147483648 must be <= 2147483647"),
+    (["train.resume=Never"], "train.resume='Never': no such folder (did you mean never?); choose auto"),
+    (["train.resume="], "train.resume is empty; choose auto"),
+    (["train.resume=no/such/checkpoint"], "train.resume='no/such/checkpoint': no such folder; choose auto"),
+])
+def test_values_that_cannot_work(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config([], overrides)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_limits_themselves_are_allowed(tmp_path):
+    cfg = load_config([], ["train.threads=65536", "distributed.timeout_s=2592000", "launch.nproc_per_node=1024",
+                           "train.steps=2147483647", "train.warmup_steps=2147483647", "train.steps=0",
+                           "train.warmup_steps=5", "train.resume=never", f"train.resume={tmp_path}"])
+    assert cfg.train.resume == str(tmp_path) and cfg.train.warmup_steps == 5
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="train.resume='.*file': not a folder; choose auto"):
+        load_config([], [f"train.resume={tmp_path / 'file'}"])
+
+
+def test_a_runs_saved_config_may_name_a_checkpoint_pruned_since(tmp_path):
+    """eval / predict / export read a checkpoint's config.yaml back; the checkpoint that run resumed from
+    may be gone by then, which is no reason to refuse it."""
+    folder = tmp_path / "run" / "final"
+    folder.mkdir(parents=True)
+    cfg = load_config([], [f"train.resume={tmp_path}"])
+    cfg.train.resume = str(tmp_path / "run" / "checkpoints" / "step-10")
+    (folder / "config.yaml").write_text(to_yaml(cfg))
+    with pytest.raises(ConfigError, match="train.resume="):
+        load_config([folder / "config.yaml"])
+    (folder / "manifest.json").write_text("{}")
+    assert load_config([folder / "config.yaml"]) == cfg
+
+
+def test_every_int_key_has_an_upper_end():
+    """A count without a natural end says where it stops (schema.number(most=...)): a huge value would
+    otherwise fail deep inside torch, Python or Slurm."""
+    ints = [(key, f) for key, tp, f in schema_fields(RunConfig) if tp in (int, typing.Optional[int])]
+    d = {key: f.metadata["domain"] for key, f in ints}
+    assert not [key for key, dom in d.items() if dom.le is None and dom.lt is None and dom.most is None]

@@ -161,3 +161,28 @@ def test_labelled_splits_need_the_answer_and_prediction_drops_it(tmp_path):
     assert ex.labels is None and tok.decode(ex.input_ids).endswith("assistant\n")
     with pytest.raises(DataError, match="has no field 'output'"):
         enc.encode(row, "row")
+
+
+def test_every_local_format_reads_the_same_rows(tmp_path):
+    """JSON lines, a JSON array, JSON lines in a .json file, CSV and Parquet: the same rows, named by line
+    (JSONL, CSV), by index and line (a JSON array) or by index (Parquet)."""
+    import json
+
+    from ptune_dist.data.sources import load_rows
+
+    rows = [{"text": "a, \"quoted\"\nsecond line", "label": 1, "gold": True},
+            {"text": "007", "label": 0, "gold": False}, {"text": "é", "label": 2, "gold": None}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "lines.json").write_text("\n\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "d.json").write_text(json.dumps(rows, indent=1))
+    (tmp_path / "d.csv").write_text('\ufefftext,label,gold\n"a, ""quoted""\nsecond line",1,true\n\n007,0,FALSE\n'
+                                    "é,2,\n", encoding="utf-8")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pytest.importorskip("pyarrow").Table.from_pylist(rows), tmp_path / "d.parquet")
+    where = {"d.jsonl": "line 3", "lines.json": "line 5", "d.json": "row 2 (line 12)", "d.csv": "line 6",
+             "d.parquet": "row 2"}
+    for name, last in where.items():
+        got = load_rows(str(tmp_path / name), "train", "tasks.0.train")
+        assert list(got) == rows, name
+        assert got.where(2) == f"tasks.0.train={str(tmp_path / name)!r} {last}"
+        assert got.head(1).where(0) == got.where(0) and len(got.head(1)) == 1

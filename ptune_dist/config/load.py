@@ -1,6 +1,17 @@
 """Load a run config: YAML files merged in order onto the dataclass schema, then `key=value` overrides.
 
-Every problem becomes a ConfigError whose message starts with the dotted key and says what is allowed.
+Every problem becomes a ConfigError whose message starts with the dotted key (and names the file for
+a YAML file's problems) and says what is allowed:
+
+- YAML files, overrides and saved config.yaml read by `from_yaml` keep every plain scalar as the text
+  written (`90:00`, `0x10`, `007`, `1.10`, `yes` stay text; YAML 1.1 would retype them): only `~`,
+  `null` and an empty value are None, and the schema converts text to each field's type (`5` to an
+  int, `yes` / `true` to a bool). Values under a `Dict[str, Any]` field (distributed.zero_extra,
+  settings passed on to DeepSpeed) take YAML's own types.
+- Before anything merges, a file's or override's structure is checked against the schema: a section
+  is a mapping, `tasks` a list of mappings, a list field a list, a single value neither; an override
+  names an existing list item (tasks.0, not tasks.5 of one task).
+
 The built config is checked by validate.py; free text (templates, label words) is kept away from
 OmegaConf's `${...}` interpolation by literal.py.
 """
@@ -8,8 +19,9 @@ OmegaConf's `${...}` interpolation by literal.py.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import yaml
 from omegaconf import OmegaConf
@@ -19,37 +31,45 @@ from omegaconf.errors import OmegaConfBaseException
 from ptune_dist.errors import ConfigError
 
 from .literal import Literals, key_path
+from .shape import TextLoader, shaped, unwrap
 from .schema import RunConfig
 from .validate import validate
 
-try:  # the loader OmegaConf.load uses (its float forms, duplicate-key and alias checks); moved in 2.4
-    from omegaconf.omegaconf import get_yaml_loader
-except ImportError:  # pragma: no cover
-    from omegaconf._utils import get_yaml_loader
-
-
 def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> RunConfig:
     literals = Literals()
-    layers = [OmegaConf.structured(RunConfig)]
-    for f in files:
-        layers.append(_read_yaml(Path(f), literals))
+    merged = OmegaConf.structured(RunConfig)
+    files = [Path(f) for f in files]
+    for path in files:
+        where = f"config file {path}"
+        layer = _read_yaml(path, literals)
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{literals.text(_explain(e))} ({where})") from None
+        except (TypeError, ValueError, IndexError) as e:
+            raise ConfigError(literals.text(f"{where}: cannot merge ({e})")) from None
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
     try:
-        merged = OmegaConf.merge(*layers)
         for item in overrides:
             key, value = item.split("=", 1)  # list items by index: tasks.0.template=...
+            key, tp = _override_target(item, key, merged)
             value = _parse_value(value, OmegaConf.select(merged, key, default=None))
+            if tp is not None:
+                value = shaped(value, tp, key, "")
             OmegaConf.update(merged, key, literals.protect(value, key_path(key)), merge=True)
         cfg = OmegaConf.to_object(merged)
+    except ConfigError:  # ours (a ValueError too), already naming the key
+        raise
     except OmegaConfBaseException as e:
         raise ConfigError(literals.text(_explain(e))) from None
     except (TypeError, ValueError, IndexError) as e:
         raise ConfigError(literals.text(f"config: cannot merge ({e})")) from None
     literals.restore(cfg)
-    validate(cfg)
+    # a run's own saved config (eval, predict, export read it back) may name a checkpoint pruned since
+    validate(cfg, check_paths=not any((path.parent / "manifest.json").is_file() for path in files))
     return cfg
 
 
@@ -57,21 +77,64 @@ def _parse_value(value: str, current):
     """An override's value for a key that now holds `current`.
 
     A text key takes the text as written (`#`, `{...}`, `no` and `1e3` included); other keys take
-    YAML's structure ([lists], {maps}) with every scalar kept as text, which the schema then converts
-    to the field's type, so `labels=[yes, no]` stays two strings and `steps=5` becomes an int.
-    `null` or `~` alone is None.
+    YAML's structure ([lists], {maps}) with every scalar kept as text, as in a YAML file, which the
+    schema then converts to the field's type, so `labels=[yes, no]` stays two strings and `steps=5`
+    becomes an int. `null` or `~` alone is None.
     """
     if isinstance(current, str):
         return value
-    if value in ("null", "~"):
-        return None
     try:
-        return yaml.load(value, Loader=yaml.BaseLoader) if value else value
+        return yaml.load(value, Loader=TextLoader) if value else value
     except yaml.YAMLError:
         return value
 
 
+def _override_target(item: str, key: str, merged) -> tuple[str, Any]:
+    """An override's key in dots (tasks[0].x: tasks.0.x) and the schema type it sets; None where the
+    schema does not say (an unknown key: OmegaConf's error lists the keys allowed there). An index
+    must name an item the list has: tasks are added by a YAML file or tasks=[...], not by an index."""
+    dotted = key.strip().replace("[", ".").replace("]", "")
+    parts = dotted.split(".")
+    if not dotted.strip("."):
+        raise ConfigError(f"override {item!r}: the key before '=' is empty; expected dotted.key=value, "
+                          "e.g. train.steps=5")
+    if "" in parts:
+        raise ConfigError(f"override {item!r}: the key {key!r} has an empty part; expected dotted.key=value, "
+                          "e.g. train.steps=5")
+    tp: Any = RunConfig
+    for i, part in enumerate(parts):
+        here, tp = ".".join(parts[:i]), unwrap(tp)
+        if dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp).get(part)
+            if tp is None:
+                return dotted, None
+        elif typing.get_origin(tp) is list:
+            _check_index(here, part, OmegaConf.select(merged, here, default=None))
+            tp = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+            if i < len(parts) - 1 and tp is not Any:
+                return dotted, None  # inside a mapping's value: OmegaConf's checks
+        elif tp is not Any:
+            raise ConfigError(f"{dotted}: {here} is a single value; there are no keys under it")
+    return dotted, tp
+
+
+def _check_index(key: str, part: str, current) -> None:
+    n = len(current) if isinstance(current, typing.Sized) else None
+    if n is None or (part.isascii() and part.isdigit() and int(part) < n):
+        return
+    items = ", ".join(f"{key}.{i}" for i in range(min(n, 3))) + (f" ... {key}.{n - 1}" if n > 3 else "")
+    if key == "tasks":
+        raise ConfigError(f"tasks.{part}: the config has {n} task{'s' * (n != 1)} ({items or 'none'}); tasks are "
+                          "added in a YAML file or with tasks=[...]")
+    raise ConfigError(f"{key}.{part}: {key} has {n} item{'s' * (n != 1)} ({items or 'none'}); set the whole list "
+                      f"with {key}=[...]")
+
+
 def _read_yaml(path: Path, literals: Literals):
+    if path.is_dir():
+        raise ConfigError(f"config file {path}: is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path}: not found")
     try:
@@ -82,9 +145,9 @@ def _read_yaml(path: Path, literals: Literals):
 
 
 def _layer(text: str, where: str, literals: Literals):
-    """One YAML document as an OmegaConf layer, its free text swapped for tokens."""
+    """One YAML document as an OmegaConf layer, its shape checked and its free text swapped for tokens."""
     try:
-        loaded = yaml.load(text, Loader=get_yaml_loader())
+        loaded = yaml.load(text, Loader=TextLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -93,6 +156,7 @@ def _layer(text: str, where: str, literals: Literals):
         loaded = {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys at the top level")
+    loaded = shaped(loaded, RunConfig, "", f"{where}: ")
     try:
         return OmegaConf.create(literals.protect(loaded, ()))
     except OmegaConfBaseException as e:

@@ -5,11 +5,13 @@ dataclass tree:
 
 - `choice(default, ...)`: only those strings;
 - `number(default, ge=/gt=/le=/lt=)` (or `numbers(factory, ...)` for a list): the number's domain;
-  a float is also refused as NaN or +-inf. Every int/float field has one (tests/test_config.py checks);
+  a float is also refused as NaN or +-inf. Every int/float field has one, and every int an upper end
+  (`le`, or `most=` one of the limits below, with why; tests/test_config.py checks both);
 - `text(...)` / `literal=True` metadata: free text taken exactly as written; OmegaConf's `${...}`
   interpolation does not apply there (load.py keeps those values out of its reach).
 
-`load.validate` then checks the combinations that cannot work; every error names the dotted key.
+`load.validate` then checks the combinations that cannot work; every error names the dotted key. Every
+str / List[str] / Dict[str, List[str]] field holds text only (validate checks the leaves).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Domain:
     le: float | None = None
     lt: float | None = None
     meaning: str = ""
+    most: tuple | None = None  # (limit, why): a practical ceiling, reported on its own as "must be <= limit (why)"
 
     def problem(self, value) -> str | None:
         """None when `value` is allowed, else what it must be."""
@@ -43,7 +46,11 @@ class Domain:
             return f"must be a finite number, {self}"
         ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
               and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
-        return None if ok else f"must be {self}"
+        if not ok:
+            return f"must be {self}"
+        if self.most is not None and value > self.most[0]:
+            return f"must be <= {self.most[0]} ({self.most[1]})"
+        return None
 
     def __str__(self) -> str:
         low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else None
@@ -59,9 +66,20 @@ class Domain:
         return f"{text} ({self.meaning})" if self.meaning else text
 
 
-def number(default, *, ge=None, gt=None, le=None, lt=None, meaning: str = ""):
-    """A numeric field with its domain (None as a default: an Optional field, None always allowed)."""
-    return field(default=default, metadata={"domain": Domain(ge, gt, le, lt, meaning)})
+# Upper limits for counts that have no natural one: beyond them a value is a typo that would fail deep
+# inside torch, Python or Slurm with a raw error (torch.set_num_threads takes a C int, timedelta overflows).
+INT32 = (2**31 - 1, "2**31-1, the int32 range: counts, sizes and indices end up in torch tensors and arrays")
+THREADS = (65536, "more threads than any machine has cores")
+NODE_PROCS = (1024, "processes on one node: more than any node has GPUs or cores")
+GPUS = (1024, "GPUs on one node: more than any node has")
+NODES = (100000, "nodes in one job: more than any cluster has")
+TIMEOUT = (30 * 24 * 3600, "30 days: a collective waiting longer is a hung run")
+
+
+def number(default, *, ge=None, gt=None, le=None, lt=None, meaning: str = "", most: tuple | None = None):
+    """A numeric field with its domain (None as a default: an Optional field, None always allowed);
+    `most`: (limit, why) for a count whose end is practical (INT32, THREADS...), not part of its meaning."""
+    return field(default=default, metadata={"domain": Domain(ge, gt, le, lt, meaning, most)})
 
 
 def numbers(factory, *, ge=None, gt=None, le=None, lt=None, meaning: str = ""):
@@ -99,15 +117,15 @@ class ModelConfig:
 @dataclass
 class MethodConfig:
     name: str = choice("prompt_tuning", *METHODS)
-    num_virtual_tokens: int = number(20, ge=0)  # > 0 for the prompt methods (validate)
+    num_virtual_tokens: int = number(20, ge=0, most=INT32)  # > 0 for the prompt methods (validate)
     # shallow prompts and the prefix-tuning embedding: random | vocab (sampled) | text | labels
     init: str = choice("random", "vocab", "text", "labels")
     init_text: str = text()
     init_scale: float = number(0.5, gt=0)  # uniform range for random token embeddings; std for random deep prefixes
     encoder: str = choice("mlp", "lstm")  # P-tuning's prompt encoder
-    encoder_hidden_size: int = number(0, ge=0, meaning="0: the model's hidden size")
+    encoder_hidden_size: int = number(0, ge=0, meaning="0: the model's hidden size", most=INT32)
     projection: Optional[bool] = None  # deep prompts through an MLP (None: prefix_tuning yes, p_tuning_v2 no)
-    projection_hidden_size: int = number(512, gt=0)
+    projection_hidden_size: int = number(512, gt=0, most=INT32)
 
 
 @dataclass
@@ -129,18 +147,18 @@ class TaskConfig:
     tags_field: str = "tags"
     target_field: str = "output"  # generation with a template
     chat_template: str = choice("auto", "always", "never")  # generation without a template
-    max_new_tokens: int = number(32, gt=0)
+    max_new_tokens: int = number(32, gt=0, most=INT32)
 
 
 @dataclass
 class DataConfig:
-    max_length: int = number(256, gt=0)  # tokens per example, virtual tokens included
+    max_length: int = number(256, gt=0, most=INT32)  # tokens per example, virtual tokens included
     truncation: str = choice("error", "right", "left")  # what an over-long input field gets
     padding_side: str = choice("right", "left")
-    batch_size: int = number(8, gt=0)  # per process and micro-batch
-    eval_batch_size: int = number(16, gt=0)
-    max_train_examples: int = number(0, ge=0, meaning="0: all")
-    max_eval_examples: int = number(0, ge=0, meaning="0: all")
+    batch_size: int = number(8, gt=0, most=INT32)  # per process and micro-batch
+    eval_batch_size: int = number(16, gt=0, most=INT32)
+    max_train_examples: int = number(0, ge=0, meaning="0: all", most=INT32)
+    max_eval_examples: int = number(0, ge=0, meaning="0: all", most=INT32)
     # a row that does not fit its task (a field missing, not text, a label unknown): error names the file,
     # line and field; skip leaves it out and reports how many were left out
     on_bad_row: str = choice("error", "skip")
@@ -148,31 +166,32 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = number(100, ge=0, meaning="0: evaluate only")  # optimizer steps
+    steps: int = number(100, ge=0, meaning="0: evaluate only", most=INT32)  # optimizer steps
     optimizer: str = choice("adamw", "adafactor")
     # the bound only catches typos: beyond ~1e37 AdamW's step size overflows fp32 with a raw error
     lr: float = number(3e-2, gt=0, le=1e3)
     weight_decay: float = number(0.0, ge=0)
     betas: List[float] = numbers(lambda: [0.9, 0.999], ge=0, lt=1)  # AdamW's (beta1, beta2)
     schedule: str = choice("linear", "constant", "cosine")
-    warmup_steps: int = number(0, ge=0)
-    grad_accum: int = number(1, gt=0)
+    warmup_steps: int = number(0, ge=0, most=INT32)  # <= steps (validate)
+    grad_accum: int = number(1, gt=0, most=INT32)
     max_grad_norm: float = number(1.0, ge=0, meaning="0: no clipping")
     seed: int = number(0, ge=0, le=2**32 - 1)  # torch and Python generators; within what every one of them takes
-    log_every: int = number(10, gt=0)
-    eval_every: int = number(0, ge=0, meaning="0: only at the end")
+    log_every: int = number(10, gt=0, most=INT32)
+    eval_every: int = number(0, ge=0, meaning="0: only at the end", most=INT32)
     eval_at_start: bool = False  # evaluate the initial prompt before step 1
     eval_baseline: bool = False  # evaluate the frozen base without any prompt (the untuned number) first
-    save_every: int = number(0, ge=0, meaning="0: only at the end")
-    keep_checkpoints: int = number(2, gt=0)
-    resume: str = "auto"  # auto (newest complete checkpoint in output_dir) | never | a checkpoint folder
+    save_every: int = number(0, ge=0, meaning="0: only at the end", most=INT32)
+    keep_checkpoints: int = number(2, gt=0, most=INT32)
+    # auto (newest complete checkpoint in output_dir) | never | a checkpoint folder (validate: it exists)
+    resume: str = "auto"
     progress_bar: bool = True
     tensorboard: bool = True
-    threads: int = number(0, ge=0, meaning="0: torch's default")  # torch intra-op threads
+    threads: int = number(0, ge=0, meaning="0: torch's default", most=THREADS)  # torch intra-op threads
     # a non-finite loss or gradient: stop the run with an error (nothing non-finite is saved), or skip
     # that update (counted in metrics.jsonl) and stop only after train.max_skipped_steps in a row
     on_nonfinite: str = choice("stop", "skip")
-    max_skipped_steps: int = number(10, gt=0)
+    max_skipped_steps: int = number(10, gt=0, most=INT32)
     # where this rank runs: auto = its own GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU
     device: str = choice("auto", "cpu", "cuda")
 
@@ -183,7 +202,8 @@ class DistributedConfig:
     zero_stage: int = number(0, ge=0, le=3)  # with engine=deepspeed
     offload_optimizer: bool = False  # stages 2-3: optimizer state in CPU memory
     offload_params: bool = False  # stage 3: parameters in CPU memory
-    timeout_s: int = number(300, gt=0)  # a collective waiting longer ends the run (a dead rank must not hang the others)
+    # a collective waiting longer ends the run (a dead rank must not hang the others)
+    timeout_s: int = number(300, gt=0, most=TIMEOUT)
     # more zero_optimization settings for DeepSpeed, e.g. {stage3_max_live_parameters: 1000000,
     # stage3_max_reuse_distance: 0, stage3_prefetch_bucket_size: 0} to release gathered weights at once
     zero_extra: Dict[str, Any] = field(default_factory=dict)
@@ -193,21 +213,21 @@ class DistributedConfig:
 class LaunchConfig:
     backend: str = choice("local", "slurm")
     launcher: str = choice("torchrun", "deepspeed")  # what starts the ranks of the local backend
-    nproc_per_node: int = number(1, gt=0)
-    nnodes: int = number(1, gt=0)
-    node_rank: int = number(0, ge=0)  # local multi-node: this machine's place (< nnodes, validate)
+    nproc_per_node: int = number(1, gt=0, most=NODE_PROCS)
+    nnodes: int = number(1, gt=0, most=NODES)
+    node_rank: int = number(0, ge=0, most=NODES)  # local multi-node: this machine's place (< nnodes, validate)
     # local multi-node: host:port of node 0 (hostname, IPv4 or [IPv6]); needed when nnodes > 1
     rdzv_endpoint: str = ""
     # OMP_NUM_THREADS of each rank
-    threads_per_proc: int = number(0, ge=0, meaning="0: the node's cores / processes")
+    threads_per_proc: int = number(0, ge=0, meaning="0: the node's cores / processes", most=THREADS)
     # Slurm (values are validated before they reach the script; see launcher/shell.py)
     job_name: str = "ptune"
     partition: str = ""
     account: str = ""
     qos: str = ""
     time: str = "01:00:00"
-    gpus_per_node: int = number(0, ge=0, meaning="0: a CPU job")
-    cpus_per_task: int = number(0, ge=0, meaning="0: threads_per_proc, or 1")
+    gpus_per_node: int = number(0, ge=0, meaning="0: a CPU job", most=GPUS)
+    cpus_per_task: int = number(0, ge=0, meaning="0: threads_per_proc, or 1", most=THREADS)
     mem: str = ""
     constraint: str = ""
     sbatch_extra: List[str] = field(default_factory=list)  # more sbatch options, e.g. --exclusive

@@ -1,8 +1,10 @@
 """What a run config may hold, checked before any model or data loads; every error names the dotted key.
 
-Each field is checked against its declaration (schema.py: `choice`, `number`, `numbers`) by one walk
-of the dataclass tree; then the combinations that cannot work. Model-dependent checks happen where
-the model is built.
+Each field is checked against its declaration (schema.py: `choice`, `number`, `numbers`) and its type
+hint (text fields hold text only, down to every list item) by one walk of the dataclass tree; then the
+values and combinations that cannot work (empty label words, a
+train.resume that is neither auto, never nor a folder). Model-dependent checks happen where the model
+is built.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import dataclasses
 import ipaddress
 import math
 import re
+import typing
+from pathlib import Path
 
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import METHODS
@@ -22,10 +26,12 @@ TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")  # names become metric keys and file n
 
 
 def _check_fields(obj, prefix: str) -> None:
-    """Every field against what its declaration allows (choices, numeric domain), the whole tree down."""
+    """Every field against what its declaration allows (choices, numeric domain, text), the whole tree down."""
+    hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
+        _check_text(value, hints[f.name], key)
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(choices)}")
@@ -44,6 +50,25 @@ def _check_fields(obj, prefix: str) -> None:
             for i, item in enumerate(value):
                 if dataclasses.is_dataclass(item):
                     _check_fields(item, f"{key}.{i}.")
+
+
+def _check_text(value, tp, key: str) -> None:
+    """A str / List[str] / Dict[str, List[str]] field holds text at every leaf (a YAML `[a: b]` item is a
+    mapping, not the line `a: b`); other leaf types are OmegaConf's to convert."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is str and not isinstance(value, str):
+        kind = "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list) else "not text"
+        raise ConfigError(f"{key} must be text, found {kind}: {value!r} (quote it to keep it as written)")
+    if origin is list and args[0] is str:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list of text, found {value!r}")
+        for i, item in enumerate(value):
+            _check_text(item, str, f"{key}.{i}")
+    elif origin is dict and args[1] is not typing.Any:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, found {value!r}")
+        for k, item in value.items():
+            _check_text(item, args[1], f"{key}.{k}")
 
 
 def _positive(value, key: str, zero_ok: bool = False) -> None:
@@ -80,8 +105,10 @@ def rdzv_address(endpoint: str, key: str = "launch.rdzv_endpoint") -> tuple[str,
     return host, int(port)
 
 
-def validate(cfg: RunConfig) -> None:
-    """Checks that need no model or data; model-dependent checks happen where the model is built."""
+def validate(cfg: RunConfig, check_paths: bool = True) -> None:
+    """Checks that need no model or data; model-dependent checks happen where the model is built.
+    `check_paths=False` for a run's saved config read back (eval, predict, export): its train.resume
+    records where that run started, a checkpoint that may have been pruned since."""
     _check_fields(cfg, "")
     if not cfg.output_dir.strip():
         raise ConfigError("output_dir is empty: give the run's folder (an empty one would write the run into "
@@ -99,6 +126,7 @@ def validate(cfg: RunConfig) -> None:
                           "keys/values directly, which only init=random fills; set method.projection=true")
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas={t.betas}: expected two numbers")
+    _check_resume(t.resume, check_paths)
     _check_distributed(cfg)
     _check_launch(cfg)
     quant.validate(cfg.model, cls.trains_base, m.name, cfg.distributed)
@@ -125,6 +153,30 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}.scoring=head: generation tasks are scored by the LM head")
         if m.init == "labels" and task.type != "classification":
             raise ConfigError(f"method.init=labels needs class labels; {key}.type is {task.type}")
+        for label, words in task.verbalizer.items():
+            if not words:
+                raise ConfigError(f"{key}.verbalizer.{label}: no label words; give at least one (e.g. "
+                                  f"{label}: [' {label}']), or its score would be -infinity")
+            if "" in words:
+                raise ConfigError(f"{key}.verbalizer.{label}.{words.index('')}: an empty label word; a word "
+                                  "needs at least one character (a leading space included: ' yes')")
+
+
+def _check_resume(resume: str, check_paths: bool) -> None:
+    """auto, never, or a checkpoint folder that is there (a typo would fail only after the model loads)."""
+    if resume in ("auto", "never"):
+        return
+    choose = ("choose auto (the newest complete checkpoint in output_dir), never (start afresh) or the path "
+              "of a checkpoint folder (output_dir/checkpoints/step-N)")
+    if not resume.strip():
+        raise ConfigError(f"train.resume is empty; {choose}")
+    path = Path(resume)
+    if not check_paths or path.is_dir():
+        return
+    found = "not a folder" if path.exists() else "no such folder"
+    if resume.strip().lower() in ("auto", "never"):
+        found += f" (did you mean {resume.strip().lower()}?)"
+    raise ConfigError(f"train.resume={resume!r}: {found}; {choose}")
 
 
 def _check_distributed(cfg: RunConfig) -> None:

@@ -13,8 +13,9 @@ A row fits its task when
   - token rows: tokens a non-empty list of words (text as above), tags a list of labels as long.
 
 A row that does not fit raises BadRow, a DataError naming where the row is and the field: the file
-and 1-based line for JSONL and CSV (the header is line 1), "row N" (0-based) for JSON arrays,
-Parquet, the hub and built-ins. With data.on_bad_row=skip the caller leaves it out and counts it.
+and 1-based line for JSONL and CSV (the header is line 1), "row N (line L)" for JSON arrays (the
+0-based index, then the line the object starts on), "row N" (0-based) for Parquet, the hub and
+built-ins. With data.on_bad_row=skip the caller leaves it out and counts it.
 """
 
 from __future__ import annotations
@@ -39,17 +40,20 @@ class BadRow(DataError):
 
 class Rows(list):
     """Rows of one source; `name` says which (`tasks.0.train='d.jsonl'`, `--input d.jsonl`) and `lines`,
-    when known, the 1-based line in the file that each row starts on."""
+    when known, the 1-based line in the file that each row starts on; `indexed` rows (a JSON array's) are
+    named by their index first, since several may start on one line."""
 
-    def __init__(self, rows, name: str, lines: list[int] | None = None):
+    def __init__(self, rows, name: str, lines: list[int] | None = None, indexed: bool = False):
         super().__init__(rows)
-        self.name, self.lines = name, lines
+        self.name, self.lines, self.indexed = name, lines, indexed
 
     def where(self, i: int) -> str:
-        return f"{self.name} line {self.lines[i]}" if self.lines else f"{self.name} row {i}"
+        if not self.lines:
+            return f"{self.name} row {i}"
+        return f"{self.name} row {i} (line {self.lines[i]})" if self.indexed else f"{self.name} line {self.lines[i]}"
 
     def head(self, limit: int) -> Rows:
-        return Rows(self[:limit], self.name, self.lines[:limit] if self.lines else None)
+        return Rows(self[:limit], self.name, self.lines[:limit] if self.lines else None, self.indexed)
 
 
 def describe(value) -> str:
