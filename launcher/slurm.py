@@ -13,6 +13,15 @@ hands every rank of a node all of that node's GPUs; each rank takes its own, cud
 
 Job ids (`ptune status|cancel RUN_DIR|JOB_ID`, slurm/job.json, sbatch's answer) are checked before they
 reach scontrol or scancel: digits, or digits_digits for an array task (check_job_id).
+
+Slurm's commands fail in words: a missing command, an unreachable slurmctld or a refused submission is
+a PtuneError carrying what the command said, never a traceback and never a silent answer. Only
+scontrol's "Invalid job id specified" means the job is gone (slurmctld forgets ended jobs after
+MinJobAge): `job_state` answers {} for it and raises for every other failure.
+
+A log folder's job.json is replaced only by a submission of the same kind for the same output_dir
+(`check_record`): the record of another run or sweep sharing launch.log_dir is kept, and the submission
+refused before anything is written.
 """
 
 from __future__ import annotations
@@ -29,7 +38,10 @@ from ptune_dist.errors import ConfigError, PtuneError
 from ptune_dist.slurm import template
 from ptune_dist.train.preempt import PREEMPTED
 
+from . import make_dir, write_file
 from .shell import CONSTRAINT, quote, render, sbatch_option, sbatch_value, setup_line
+
+INVALID_JOB = "Invalid job id specified"  # scontrol's words for a job slurmctld no longer knows
 
 
 def log_dir(cfg) -> Path:
@@ -134,26 +146,56 @@ def check_job_id(value, where: str) -> str:
     return value
 
 
+def run_slurm(cmd: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a Slurm command, capturing its output; a missing command or a timeout is a PtuneError."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except OSError as e:
+        raise PtuneError(f"{cmd[0]}: cannot run it ({e.strerror}); Slurm's commands must be on PATH "
+                         "(run this on a login node of the cluster)") from None
+    except subprocess.TimeoutExpired:
+        raise PtuneError(f"{' '.join(cmd)}: no answer within {timeout:g} s (is slurmctld reachable?); "
+                         "try again later") from None
+
+
 def sbatch(script_path: Path) -> str:
     """Submit; returns the job id."""
-    done = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True)
+    done = run_slurm(["sbatch", "--parsable", str(script_path)])
     if done.returncode != 0:
         raise PtuneError(f"sbatch {script_path} failed: {done.stderr.strip() or done.stdout.strip()}")
     # --parsable prints `id` or `id;cluster`; the id goes into job.json and a dependency line
     return check_job_id(done.stdout.strip().split(";")[0], f"sbatch --parsable {script_path} printed")
 
 
-def write_record(folder: Path, record: dict) -> Path:
-    path = folder / "job.json"
-    path.write_text(json.dumps({**record, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
+def check_record(cfg, kind: str) -> Path:
+    """The log folder's job.json path, after refusing one that records another run or sweep."""
+    path = log_dir(cfg) / "job.json"
+    if not path.exists():
+        return path
+    out = str(Path(cfg.output_dir).resolve())
+    try:
+        rec = json.loads(path.read_text())
+        theirs = (rec["kind"], rec["output_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PtuneError(f"{path}: not a job record ptune can read, and a submission would replace it; remove it "
+                         "if it is yours, or set launch.log_dir to another folder") from None
+    if theirs != (kind, out):
+        raise PtuneError(f"{path} records the {theirs[0]} job of output_dir={theirs[1]!r}; submitting this {kind} "
+                         f"(output_dir={out!r}) would replace it: set launch.log_dir to another folder, or choose "
+                         "another output_dir")
     return path
 
 
+def write_record(folder: Path, record: dict) -> Path:
+    text = json.dumps({**record, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1)
+    return write_file(folder / "job.json", text, "launch.log_dir")
+
+
 def submit_train(cfg, config_path: Path) -> dict:
-    folder = log_dir(cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    script = folder / "train.sbatch"
-    script.write_text(train_script(cfg, config_path))
+    check_record(cfg, "train")
+    script_text = train_script(cfg, config_path)
+    folder = make_dir(log_dir(cfg), "launch.log_dir")
+    script = write_file(folder / "train.sbatch", script_text, "launch.log_dir")
     job = sbatch(script)
     record = {"kind": "train", "job_id": job, "script": str(script), "log": str(folder / f"{cfg.launch.job_name}-{job}.out"),
               "output_dir": str(Path(cfg.output_dir).resolve())}
@@ -185,11 +227,16 @@ def job_id_of(target: str) -> list[str]:
 
 
 def job_state(job_id: str) -> dict:
-    """scontrol's view of a job: {JobState, Reason, RestartCnt, NodeList, ExitCode, ...} ({} once forgotten)."""
-    done = subprocess.run(["scontrol", "show", "job", "-o", check_job_id(job_id, "job id")], capture_output=True,
-                          text=True)
+    """scontrol's view of a job: {JobState, Reason, RestartCnt, NodeList, ExitCode, ...}; {} once slurmctld
+    has forgotten it ("Invalid job id specified"). Any other failure (slurmctld unreachable, no scontrol)
+    is a PtuneError with scontrol's own words: an unknown state is never reported as a forgotten job."""
+    done = run_slurm(["scontrol", "show", "job", "-o", check_job_id(job_id, "job id")], timeout=120)
     if done.returncode != 0:
-        return {}
+        said = done.stderr.strip() or done.stdout.strip()
+        if INVALID_JOB in said:
+            return {}
+        raise PtuneError(f"scontrol show job {job_id} failed (exit {done.returncode}): "
+                         f"{said or 'no message'}; the job's state is unknown, try again once slurmctld answers")
     fields = {}
     for line in done.stdout.splitlines()[:1]:
         for item in line.split():
@@ -200,6 +247,6 @@ def job_state(job_id: str) -> dict:
 
 
 def cancel(job_id: str) -> None:
-    done = subprocess.run(["scancel", check_job_id(job_id, "job id")], capture_output=True, text=True)
+    done = run_slurm(["scancel", check_job_id(job_id, "job id")])
     if done.returncode != 0:
         raise PtuneError(f"scancel {job_id} failed: {done.stderr.strip()}")

