@@ -14,43 +14,27 @@ resolve to the same config (0.1 and 0.10). A grid varies what each cell trains, 
 started: output_dir, sweep.* and launch.* are refused on either backend, since the cells share one
 launch (on Slurm one job array with one set of #SBATCH lines).
 
-The folder. Nothing is written before every cell's config, the command or the sbatch scripts and the
-folder itself have been checked. A folder that holds a sweep.json is reused only for the same sweep:
-the same grid and cells, and cell configs that differ from the ones written before only in what a
-resumed run may change (train/resume.py's RESUMABLE: steps, logging, where it runs). Rerunning a sweep
-that way retries it: each cell's `ptune train` resumes from its own checkpoints (train.resume=auto) and
-`gather` reads whatever results.json each cell holds. Another sweep there is refused, naming what
-differs, since its cells' results would be gathered under this sweep's values; so is a folder without
-sweep.json that holds cells/ or a results table, and a cell that a `ptune train` is running in.
-
 Writing. The cells' launch.yaml first, sweep.json last, each file atomically; on Slurm the jobs are
 submitted after that. A failed sbatch leaves a complete sweep that was not submitted (the same command
 submits it); a gathering job refused after the array was submitted leaves the array recorded in
 job.json, and the error says so.
 
-Gathering. A sweep.json that is not what `ptune sweep` writes is one error naming the file. A cell
-without results.json is a `failed` row; one whose results.json is damaged is a `damaged` row with a
-note (and a line on stderr), and the other cells are gathered. An unwritable table is one error.
+The folder rules are in sweep_folder.py; gathering the table in gather.py.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
-import json
-import sys
-from fnmatch import fnmatchcase
 from pathlib import Path
 
-from ptune_dist.config import from_yaml, load_config, to_yaml
+from ptune_dist.config import load_config, to_yaml
 from ptune_dist.errors import ConfigError, PtuneError
 
 from . import check_dir, local, make_dir, slurm, write_file
+from .gather import gather  # noqa: F401  (ptune sweep prints the table it gathers)
+from .sweep_folder import check_folder, write_sweep
 
-TABLES = ("results.csv", "results.md")
-NEW_OUTPUT_DIR = "choose another output_dir (nothing was written)"
 
 
 # -- the grid --------------------------------------------------------------------------------
@@ -135,70 +119,6 @@ def check_launch(cfg, sweep_dir: Path, cells: list[dict], configs: list) -> None
     slurm.check_record(cfg, "sweep")
 
 
-# -- the folder ------------------------------------------------------------------------------
-def check_folder(sweep_dir: Path, grid: dict, cells: list[dict], configs: list) -> None:
-    """Raise unless this sweep may be written into sweep_dir, a folder or none yet (see the module's rules)."""
-    meta_path = sweep_dir / "sweep.json"
-    if meta_path.exists():
-        differs = differences(read_meta(meta_path), grid, cells)
-        if differs:
-            raise ConfigError(f"output_dir={str(sweep_dir)!r} holds another sweep ({differs}); its cells' results "
-                              f"would be gathered under this sweep's values: {NEW_OUTPUT_DIR}")
-        for cell, cell_cfg in zip(cells, configs):
-            check_cell_config(sweep_dir, cell, cell_cfg)
-    else:
-        held = [name for name in ("cells", *TABLES) if (sweep_dir / name).exists()]
-        if held:
-            raise ConfigError(f"output_dir={str(sweep_dir)!r} holds {', '.join(held)} but no sweep.json: not a sweep "
-                              f"this command can reuse, and its files would be mixed with this one's: {NEW_OUTPUT_DIR}")
-
-
-def differences(old: dict, grid: dict, cells: list[dict]) -> str:
-    """What tells the sweep in sweep.json from this one ("" when they are the same sweep)."""
-    if list(old["grid"]) != list(grid):
-        return f"grid keys {', '.join(old['grid'])} there, {', '.join(grid)} here"
-    changed = [f"{k}: {','.join(old['grid'][k])} there, {','.join(grid[k])} here"
-               for k in grid if old["grid"][k] != grid[k]]
-    if changed:
-        reordered = all(sorted(old["grid"][k]) == sorted(grid[k]) for k in grid)
-        return "; ".join(changed) + (" (the order of the values numbers the cells)" if reordered else "")
-    mine = [(c["id"], c["overrides"]) for c in cells]
-    theirs = [(c["id"], c["overrides"]) for c in old["cells"]]
-    if mine != theirs:
-        return f"other cells: {len(theirs)} there, {len(mine)} here"
-    return ""
-
-
-def check_cell_config(sweep_dir: Path, cell: dict, cfg) -> None:
-    """A cell written before may come back with the changes a resumed run takes, nothing else."""
-    from ptune_dist.train.resume import RESUMABLE
-    from ptune_dist.train.resume import _flat as flat
-
-    path = Path(cell["dir"]) / "launch.yaml"
-    if not path.exists():
-        return
-    try:
-        old = flat(from_yaml(path.read_text()))
-    except (OSError, ConfigError) as e:
-        raise ConfigError(f"output_dir={str(sweep_dir)!r}: {path} is not a readable cell config ({e}); "
-                          f"{NEW_OUTPUT_DIR}") from None
-    new = flat(cfg)
-    refused = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k) and not any(fnmatchcase(k, pat) for pat in RESUMABLE)]
-    if refused:
-        raise ConfigError(f"output_dir={str(sweep_dir)!r} holds this sweep's cell {cell['id']} with other settings "
-                          f"({'; '.join(refused[:4])}{'; ...' if len(refused) > 4 else ''}); its results belong to "
-                          f"those: put the old values back, or {NEW_OUTPUT_DIR}")
-
-
-def write_sweep(sweep_dir: Path, grid: dict, cells: list[dict], configs: list) -> None:
-    """Cells first, sweep.json last: a sweep.json always describes cells that are all there."""
-    for cell, cfg in zip(cells, configs):
-        folder = make_dir(cell["dir"], "output_dir")
-        write_file(folder / "launch.yaml", to_yaml(cfg), "output_dir")
-    write_file(sweep_dir / "sweep.json", json.dumps({"grid": grid, "cells": cells}, indent=1), "output_dir")
-
-
 def prepare(files, overrides, grid_args=(), write: bool = True) -> tuple[object, Path, list[dict]]:
     """Resolve and check every cell's config and the sweep folder, then (unless `write` is False:
     --dry-run, which checks the same) write them; returns (base cfg, sweep folder, cells)."""
@@ -257,113 +177,3 @@ def run_locally(cfg, cells: list[dict]) -> int:
     return failed
 
 
-# -- gathering -------------------------------------------------------------------------------
-def read_meta(path: Path) -> dict:
-    """sweep.json as `ptune sweep` writes it, or a ConfigError naming the file and what is wrong."""
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path.parent}: no readable sweep.json ({type(e).__name__}); not a sweep folder") from None
-    problem = meta_problem(meta)
-    if problem:
-        raise ConfigError(f"{path}: {problem}; not the sweep description `ptune sweep` writes (damaged or edited): "
-                          "restore it, or run the sweep again into another output_dir")
-    return meta
-
-
-def meta_problem(meta) -> str:
-    if not isinstance(meta, dict):
-        return "expected a JSON object with grid and cells"
-    grid, cells = meta.get("grid"), meta.get("cells")
-    if not isinstance(grid, dict) or not grid or not all(
-            isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in grid.values()):
-        return '"grid" is not {"dotted.key": ["value", ...]}'
-    if not isinstance(cells, list) or not cells:
-        return '"cells" is not a list of cells'
-    for i, cell in enumerate(cells):
-        problem = cell_problem(cell, grid)
-        if problem:
-            return f"cells[{i}]: {problem}"
-    ids = [c["id"] for c in cells]
-    if len(set(ids)) != len(ids):
-        return "two cells with one id"
-    return ""
-
-
-def cell_problem(cell, grid: dict) -> str:
-    if not isinstance(cell, dict):
-        return "not a JSON object"
-    for key in ("id", "dir"):
-        if not isinstance(cell.get(key), str) or not cell[key]:
-            return f'no "{key}"'
-    overrides = cell.get("overrides")
-    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
-        return '"overrides" is not a list of "key=value"'
-    values = dict(o.split("=", 1) for o in overrides)
-    if sorted(values) != sorted(grid) or len(values) != len(overrides):
-        return f"overrides {overrides} do not set each of the grid's keys ({', '.join(grid)}) once"
-    wrong = [f"{k}={v}" for k, v in values.items() if v not in grid[k]]
-    return f"{wrong[0]} is not one of the grid's values" if wrong else ""
-
-
-def results_problem(results) -> str:
-    """What keeps a cell's results.json from being rows ("" when nothing)."""
-    metrics = '{"task": {"metric": value}}'
-    if not isinstance(results, dict):
-        return "not a JSON object"
-    final = results.get("final")
-    if not isinstance(final, dict) or not final or not all(isinstance(m, dict) for m in final.values()):
-        return f'"final" is not {metrics}'
-    baseline = results.get("baseline", {})
-    if not isinstance(baseline, dict) or not all(isinstance(m, dict) for m in baseline.values()):
-        return f'"baseline" is not {metrics}'
-    return ""
-
-
-def cell_rows(sweep_dir: Path, cell: dict, keys: list[str]) -> list[dict]:
-    """A cell's rows: one per task of its results.json, or one marked failed (no results) or damaged."""
-    values = dict(item.split("=", 1) for item in cell["overrides"])
-    base = {"cell": cell["id"], **{k: values[k] for k in keys}}
-    path = sweep_dir / cell["dir"] / "results.json"  # an absolute dir (as written) stays as it is
-    if not path.exists():
-        return [{**base, "status": "failed"}]
-    try:
-        results = json.loads(path.read_text())
-        problem = results_problem(results)
-    except (OSError, ValueError) as e:
-        problem = f"not readable as JSON ({type(e).__name__})"
-    if problem:
-        print(f"ptune gather: cell {cell['id']}: {path}: {problem}; its row says damaged", file=sys.stderr)
-        return [{**base, "status": "damaged", "note": f"results.json: {problem}"}]
-    rows = []
-    for task, metrics in results["final"].items():
-        row = {**base, "status": "done", "task": task}
-        row.update({k if k not in row else f"metric_{k}": v for k, v in metrics.items()})
-        for k, v in results.get("baseline", {}).get(task, {}).items():
-            row[f"baseline_{k}"] = v
-        rows.append(row)
-    return rows
-
-
-def gather(sweep_dir) -> Path:
-    """Collect every cell's results.json into results.csv and results.md (a missing one is a failed row,
-    a damaged one a damaged row)."""
-    sweep_dir = Path(sweep_dir)
-    meta = read_meta(sweep_dir / "sweep.json")
-    keys = list(meta["grid"])
-    rows = [row for cell in meta["cells"] for row in cell_rows(sweep_dir, cell, keys)]
-    columns = list(dict.fromkeys(k for r in rows for k in r if k != "note"))
-    columns += ["note"] if any("note" in r for r in rows) else []  # why a row is damaged: last
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    md += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    for name in TABLES:  # both written, or neither
-        if (sweep_dir / name).is_dir():
-            raise PtuneError(f"{sweep_dir / name} is a folder, not a file; move it away (nothing was written)")
-    for name, text in zip(TABLES, (buf.getvalue(), "\n".join(md) + "\n")):
-        write_file(sweep_dir / name, text)
-    return sweep_dir / "results.csv"

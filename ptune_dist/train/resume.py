@@ -82,16 +82,16 @@ def _choose(resume: str, checkpoints: Path, shapes: dict) -> Path | None:
     return None
 
 
-def _flat(obj, prefix: str = "") -> dict:
+def flat_config(obj, prefix: str = "") -> dict:
     """{dotted key: value} of a config: sections and lists of tasks are opened, other values kept whole."""
     out = {}
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), prefix + f.name
         if dataclasses.is_dataclass(value):
-            out.update(_flat(value, key + "."))
+            out.update(flat_config(value, key + "."))
         elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
             for i, item in enumerate(value):
-                out.update(_flat(item, f"{key}.{i}."))
+                out.update(flat_config(item, f"{key}.{i}."))
         else:
             out[key] = value
     return out
@@ -104,7 +104,7 @@ def config_changes(folder: Path, cfg) -> dict[str, tuple]:
         saved = from_yaml((Path(folder) / "config.yaml").read_text())
     except (OSError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {folder}: config.yaml unreadable ({e})") from None
-    old, new = _flat(saved), _flat(cfg)
+    old, new = flat_config(saved), flat_config(cfg)
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     refused = {k: v for k, v in changed.items() if not any(fnmatchcase(k, pat) for pat in RESUMABLE)}
     if refused:

@@ -5,7 +5,8 @@ looks, to the other run, like a crash's leftover). The lock is an flock(2) on th
 drops it when the holder exits or is killed, so a lock left by a killed run is stale by construction
 and the next run takes it; the file only says who holds it now (pid, host, start time, command) for
 the message the second run prints. Taking it also proves the folder is writable, before any work.
-`ptune launch` checks it before starting ranks (`check_free`).
+`ptune launch` checks it before starting ranks (`check_free`). flock(2) holds across machines where
+the filesystem honours it (local disks, NFSv4; some parallel filesystems need a `flock` mount option).
 """
 
 from __future__ import annotations

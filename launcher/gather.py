@@ -1,0 +1,131 @@
+"""`ptune gather`: every cell's results.json of a sweep folder into results.csv and results.md.
+
+A sweep.json that is not what `ptune sweep` writes is one error naming the file. A cell
+without results.json is a `failed` row; one whose results.json is damaged is a `damaged` row with a
+note (and a line on stderr), and the other cells are gathered. An unwritable table is one error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from ptune_dist.errors import ConfigError, PtuneError
+
+from . import write_file
+
+TABLES = ("results.csv", "results.md")
+
+
+def read_meta(path: Path) -> dict:
+    """sweep.json as `ptune sweep` writes it, or a ConfigError naming the file and what is wrong."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path.parent}: no readable sweep.json ({type(e).__name__}); not a sweep folder") from None
+    problem = meta_problem(meta)
+    if problem:
+        raise ConfigError(f"{path}: {problem}; not the sweep description `ptune sweep` writes (damaged or edited): "
+                          "restore it, or run the sweep again into another output_dir")
+    return meta
+
+
+def meta_problem(meta) -> str:
+    if not isinstance(meta, dict):
+        return "expected a JSON object with grid and cells"
+    grid, cells = meta.get("grid"), meta.get("cells")
+    if not isinstance(grid, dict) or not grid or not all(
+            isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in grid.values()):
+        return '"grid" is not {"dotted.key": ["value", ...]}'
+    if not isinstance(cells, list) or not cells:
+        return '"cells" is not a list of cells'
+    for i, cell in enumerate(cells):
+        problem = cell_problem(cell, grid)
+        if problem:
+            return f"cells[{i}]: {problem}"
+    ids = [c["id"] for c in cells]
+    if len(set(ids)) != len(ids):
+        return "two cells with one id"
+    return ""
+
+
+def cell_problem(cell, grid: dict) -> str:
+    if not isinstance(cell, dict):
+        return "not a JSON object"
+    for key in ("id", "dir"):
+        if not isinstance(cell.get(key), str) or not cell[key]:
+            return f'no "{key}"'
+    overrides = cell.get("overrides")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        return '"overrides" is not a list of "key=value"'
+    values = dict(o.split("=", 1) for o in overrides)
+    if sorted(values) != sorted(grid) or len(values) != len(overrides):
+        return f"overrides {overrides} do not set each of the grid's keys ({', '.join(grid)}) once"
+    wrong = [f"{k}={v}" for k, v in values.items() if v not in grid[k]]
+    return f"{wrong[0]} is not one of the grid's values" if wrong else ""
+
+
+def results_problem(results) -> str:
+    """What keeps a cell's results.json from being rows ("" when nothing)."""
+    metrics = '{"task": {"metric": value}}'
+    if not isinstance(results, dict):
+        return "not a JSON object"
+    final = results.get("final")
+    if not isinstance(final, dict) or not final or not all(isinstance(m, dict) for m in final.values()):
+        return f'"final" is not {metrics}'
+    baseline = results.get("baseline", {})
+    if not isinstance(baseline, dict) or not all(isinstance(m, dict) for m in baseline.values()):
+        return f'"baseline" is not {metrics}'
+    return ""
+
+
+def cell_rows(sweep_dir: Path, cell: dict, keys: list[str]) -> list[dict]:
+    """A cell's rows: one per task of its results.json, or one marked failed (no results) or damaged."""
+    values = dict(item.split("=", 1) for item in cell["overrides"])
+    base = {"cell": cell["id"], **{k: values[k] for k in keys}}
+    path = sweep_dir / cell["dir"] / "results.json"  # an absolute dir (as written) stays as it is
+    if not path.exists():
+        return [{**base, "status": "failed"}]
+    try:
+        results = json.loads(path.read_text())
+        problem = results_problem(results)
+    except (OSError, ValueError) as e:
+        problem = f"not readable as JSON ({type(e).__name__})"
+    if problem:
+        print(f"ptune gather: cell {cell['id']}: {path}: {problem}; its row says damaged", file=sys.stderr)
+        return [{**base, "status": "damaged", "note": f"results.json: {problem}"}]
+    rows = []
+    for task, metrics in results["final"].items():
+        row = {**base, "status": "done", "task": task}
+        row.update({k if k not in row else f"metric_{k}": v for k, v in metrics.items()})
+        for k, v in results.get("baseline", {}).get(task, {}).items():
+            row[f"baseline_{k}"] = v
+        rows.append(row)
+    return rows
+
+
+def gather(sweep_dir) -> Path:
+    """Collect every cell's results.json into results.csv and results.md (a missing one is a failed row,
+    a damaged one a damaged row)."""
+    sweep_dir = Path(sweep_dir)
+    meta = read_meta(sweep_dir / "sweep.json")
+    keys = list(meta["grid"])
+    rows = [row for cell in meta["cells"] for row in cell_rows(sweep_dir, cell, keys)]
+    columns = list(dict.fromkeys(k for r in rows for k in r if k != "note"))
+    columns += ["note"] if any("note" in r for r in rows) else []  # why a row is damaged: last
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    for name in TABLES:  # both written, or neither
+        if (sweep_dir / name).is_dir():
+            raise PtuneError(f"{sweep_dir / name} is a folder, not a file; move it away (nothing was written)")
+    for name, text in zip(TABLES, (buf.getvalue(), "\n".join(md) + "\n")):
+        write_file(sweep_dir / name, text)
+    return sweep_dir / "results.csv"

@@ -1,0 +1,91 @@
+"""Whether a sweep may be written into a folder, and writing it.
+
+Nothing is written before every cell's config, the command or the sbatch scripts and the
+folder itself have been checked. A folder that holds a sweep.json is reused only for the same sweep:
+the same grid and cells, and cell configs that differ from the ones written before only in what a
+resumed run may change (train/resume.py's RESUMABLE: steps, logging, where it runs). Rerunning a sweep
+that way retries it: each cell's `ptune train` resumes from its own checkpoints (train.resume=auto) and
+`gather` reads whatever results.json each cell holds. Another sweep there is refused, naming what
+differs, since its cells' results would be gathered under this sweep's values; so is a folder without
+sweep.json that holds cells/ or a results table, and a cell that a `ptune train` is running in.
+
+Writing: the cells' launch.yaml first, sweep.json last, each file atomically, so a sweep.json always
+describes cells that are all there.
+"""
+
+from __future__ import annotations
+
+import json
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from ptune_dist.config import from_yaml, to_yaml
+from ptune_dist.errors import ConfigError
+
+from . import make_dir, write_file
+from .gather import TABLES, read_meta
+
+NEW_OUTPUT_DIR = "choose another output_dir (nothing was written)"
+
+
+def check_folder(sweep_dir: Path, grid: dict, cells: list[dict], configs: list) -> None:
+    """Raise unless this sweep may be written into sweep_dir, a folder or none yet (see the module's rules)."""
+    meta_path = sweep_dir / "sweep.json"
+    if meta_path.exists():
+        differs = differences(read_meta(meta_path), grid, cells)
+        if differs:
+            raise ConfigError(f"output_dir={str(sweep_dir)!r} holds another sweep ({differs}); its cells' results "
+                              f"would be gathered under this sweep's values: {NEW_OUTPUT_DIR}")
+        for cell, cell_cfg in zip(cells, configs):
+            check_cell_config(sweep_dir, cell, cell_cfg)
+    else:
+        held = [name for name in ("cells", *TABLES) if (sweep_dir / name).exists()]
+        if held:
+            raise ConfigError(f"output_dir={str(sweep_dir)!r} holds {', '.join(held)} but no sweep.json: not a sweep "
+                              f"this command can reuse, and its files would be mixed with this one's: {NEW_OUTPUT_DIR}")
+
+
+def differences(old: dict, grid: dict, cells: list[dict]) -> str:
+    """What tells the sweep in sweep.json from this one ("" when they are the same sweep)."""
+    if list(old["grid"]) != list(grid):
+        return f"grid keys {', '.join(old['grid'])} there, {', '.join(grid)} here"
+    changed = [f"{k}: {','.join(old['grid'][k])} there, {','.join(grid[k])} here"
+               for k in grid if old["grid"][k] != grid[k]]
+    if changed:
+        reordered = all(sorted(old["grid"][k]) == sorted(grid[k]) for k in grid)
+        return "; ".join(changed) + (" (the order of the values numbers the cells)" if reordered else "")
+    mine = [(c["id"], c["overrides"]) for c in cells]
+    theirs = [(c["id"], c["overrides"]) for c in old["cells"]]
+    if mine != theirs:
+        return f"other cells: {len(theirs)} there, {len(mine)} here"
+    return ""
+
+
+def check_cell_config(sweep_dir: Path, cell: dict, cfg) -> None:
+    """A cell written before may come back with the changes a resumed run takes, nothing else."""
+    from ptune_dist.train.resume import RESUMABLE
+    from ptune_dist.train.resume import flat_config as flat
+
+    path = Path(cell["dir"]) / "launch.yaml"
+    if not path.exists():
+        return
+    try:
+        old = flat(from_yaml(path.read_text()))
+    except (OSError, ConfigError) as e:
+        raise ConfigError(f"output_dir={str(sweep_dir)!r}: {path} is not a readable cell config ({e}); "
+                          f"{NEW_OUTPUT_DIR}") from None
+    new = flat(cfg)
+    refused = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and not any(fnmatchcase(k, pat) for pat in RESUMABLE)]
+    if refused:
+        raise ConfigError(f"output_dir={str(sweep_dir)!r} holds this sweep's cell {cell['id']} with other settings "
+                          f"({'; '.join(refused[:4])}{'; ...' if len(refused) > 4 else ''}); its results belong to "
+                          f"those: put the old values back, or {NEW_OUTPUT_DIR}")
+
+
+def write_sweep(sweep_dir: Path, grid: dict, cells: list[dict], configs: list) -> None:
+    """Cells first, sweep.json last: a sweep.json always describes cells that are all there."""
+    for cell, cfg in zip(cells, configs):
+        folder = make_dir(cell["dir"], "output_dir")
+        write_file(folder / "launch.yaml", to_yaml(cfg), "output_dir")
+    write_file(sweep_dir / "sweep.json", json.dumps({"grid": grid, "cells": cells}, indent=1), "output_dir")
