@@ -30,14 +30,15 @@ from . import dist
 from .engine import TorchEngine
 from .evaluate import evaluate
 from .logger import MetricsLogger
-from .optim import build_optimizer, build_scheduler
 from .nonfinite import NonFiniteGuard
+from .optim import build_optimizer, build_scheduler
 from .preempt import Preempted, StopRequests
 from .resume import agreed_resume_point, config_changes
 from .run_lock import RunLock
 from .session import Session, baseline_view, build_session
 
 CARRIED = ("baseline",)  # results measured once, before step 1, that checkpoints keep for a resumed run
+
 
 def train(cfg) -> dict:
     # signals from the start: an early USR1 (Slurm sends it up to a minute early) must not kill a rank;
