@@ -205,6 +205,8 @@ def submit_train(cfg, config_path: Path) -> dict:
 
 def job_id_of(target: str) -> list[str]:
     """Job ids from a run/sweep folder (its slurm/job.json) or given directly, each checked (check_job_id)."""
+    if not target.strip():
+        raise PtuneError("give a run folder or a Slurm job id (the argument is empty)")
     p = Path(target)
     for candidate in (p / "slurm" / "job.json", p / "job.json"):
         if candidate.is_file():

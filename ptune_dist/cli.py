@@ -41,7 +41,7 @@ def cmd_train(ns) -> int:
 
     files, overrides = _split(ns.args)
     if not files:
-        raise PtuneError("ptune train: give at least one config file")
+        raise PtuneError("give at least one config file")
     results = train(load_config(files, overrides))
     print(json.dumps({k: v for k, v in results.items() if k in ("baseline", "final")}, indent=1))
     return 0
@@ -80,7 +80,7 @@ def cmd_launch(ns) -> int:
 
     files, overrides = _split(ns.args)
     if not files:
-        raise PtuneError("ptune launch: give at least one config file")
+        raise PtuneError("give at least one config file")
     return launch(files, overrides, dry_run=ns.dry_run)
 
 
@@ -211,11 +211,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     p = parser()
     ns, extra = p.parse_known_args(argv)
-    bad = [a for a in extra if "=" not in a or a.startswith("-") or not hasattr(ns, "overrides")]
+    field = "overrides" if hasattr(ns, "overrides") else "args" if hasattr(ns, "args") else None
+    bad = [a for a in extra if "=" not in a or a.startswith("-") or field is None]
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:  # key=value overrides may also follow the options
-        ns.overrides = list(ns.overrides) + extra
+        setattr(ns, field, list(getattr(ns, field)) + extra)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if ns.command == "train":
         catch_early()  # from here a USR1/TERM/INT is recorded, not fatal: training adopts it (train/preempt.py)

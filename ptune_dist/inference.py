@@ -26,7 +26,7 @@ import torch
 
 from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.checkpoint.atomic import verify
-from ptune_dist.checkpoint.target import check_output, write_atomic
+from ptune_dist.checkpoint.target import check_output, run_of, write_atomic
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
 from ptune_dist.data.rows import Rows
@@ -142,7 +142,7 @@ def _predict_batch(s, chunk) -> list[dict]:
 def predict_file(path, input_file, output: str, overrides=(), force: bool = False) -> None:
     """Predict for the rows of `input_file` into `output` ("-": stdout); an existing non-empty `output` is
     replaced only with `force`."""
-    how = check_output(output, input_file, force, inputs=[path])  # never into the run it reads
+    how = check_output(output, input_file, force, inputs=[path, run_of(path)])  # never into the run it reads
     rows = read_jsonl(Path(input_file))
     s = load_session(path, overrides, splits=())
     results = predict_rows(s, rows, f"--input {input_file}")

@@ -121,6 +121,7 @@ GOOD = '{"peft_type": "PROMPT_TUNING", "base_model_name_or_path": "%s"}' % SMOL
     (GOOD, torch.full((3, 576), float("nan")), [], "hold NaN or inf"),
     ('{"peft_type": "PROMPT_TUNING"}', torch.zeros(3, 576), [], "names no base model"),
     (GOOD, torch.zeros(3, 576), ["output_dir=elsewhere"], "the run folder is --out"),
+    (GOOD, torch.zeros(3, 576), ["method.name=prefix_tuning"], "imports as method.name=prompt_tuning"),
 ])
 def test_import_names_what_is_wrong_with_the_adapter(tmp_path, capsys, config, embeddings, extra, words):
     assert main(["import", adapter(tmp_path, config, embeddings), "--out", str(tmp_path / "new"), *extra]) == 2

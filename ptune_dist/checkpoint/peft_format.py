@@ -26,7 +26,7 @@ from ptune_dist.model.load import load_hf_config, resolve_kind, resolve_path
 
 from . import state
 from .atomic import atomic_dir
-from .target import cannot_write, check_target, say_replaced
+from .target import cannot_write, check_target, run_of, say_replaced
 
 PEFT_TYPES = {"prompt_tuning": "PROMPT_TUNING", "p_tuning": "P_TUNING", "prefix_tuning": "PREFIX_TUNING",
               "p_tuning_v2": "PREFIX_TUNING"}
@@ -79,7 +79,7 @@ def export_peft(checkpoint, out, task: str | None = None, force: bool = False) -
     from ptune_dist.inference import resolve_checkpoint
 
     folder = resolve_checkpoint(checkpoint)
-    replaces = check_target(out, [folder, checkpoint], force)
+    replaces = check_target(out, [folder, checkpoint, run_of(folder)], force)
     cfg = load_config([folder / "config.yaml"])
     if cfg.method.name not in PEFT_TYPES:
         raise ConfigError(f"method.name={cfg.method.name}: PEFT has no prompt format for it; "
@@ -148,7 +148,7 @@ def import_peft(adapter_dir, out, overrides=(), force: bool = False) -> Path:
                          "mix two runs: import into a new folder (nothing was written)")
     overrides = list(overrides)
     if any(o.split("=", 1)[0] == "output_dir" for o in overrides):
-        raise ConfigError("ptune import: the run folder is --out; drop the output_dir= override")
+        raise ConfigError("output_dir: the run folder is --out; drop the output_dir= override")
     replaces = check_target(out / "final", [d], force)
     meta, emb = read_adapter(d)
     if not meta.get("base_model_name_or_path") and not any(o.startswith("model.name_or_path=") for o in overrides):
@@ -160,8 +160,12 @@ def import_peft(adapter_dir, out, overrides=(), force: bool = False) -> Path:
     if method == "prefix_tuning":
         defaults.append("method.projection=false")
     cfg = load_config([], defaults + overrides)
+    if cfg.method.name != method or (method == "prefix_tuning" and cfg.method.projection):
+        raise ConfigError(f"method.name={cfg.method.name}: the adapter is PEFT's {meta['peft_type']}, which imports as "
+                          f"method.name={method}" + (" with method.projection=false" if method == "prefix_tuning"
+                                                      else "") + "; drop the method.* override")
     if len(cfg.tasks) != 1 or any(t.scoring == "head" or t.type == "token_classification" for t in cfg.tasks):
-        raise ConfigError("ptune import: the adapter holds one prompt and no task head; configure one task "
+        raise ConfigError("tasks: the adapter holds one prompt and no task head; configure one task "
                           "scored by the LM (tasks.0.*)")
     info = base_info(cfg)
     prompts = Prompts(cfg, info)

@@ -39,6 +39,14 @@ def describe(path: Path) -> str:
     return f"the folder {path} ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'}: {shown})"
 
 
+def run_of(checkpoint) -> Path:
+    """The run folder a checkpoint belongs to (RUN for RUN/final and RUN/checkpoints/step-N)."""
+    p = Path(checkpoint).resolve()
+    if p.name == "final" or p.parent.name == "checkpoints":
+        return p.parent if p.name == "final" else p.parent.parent
+    return p
+
+
 def _not_into_inputs(out: Path, inputs, option: str) -> None:
     """Refuse a target that is, is inside, or holds an input, or holds the current folder (a rename
     of it away would fail half-way). Compared with links resolved."""

@@ -113,6 +113,8 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     if not cfg.output_dir.strip():
         raise ConfigError("output_dir is empty: give the run's folder (an empty one would write the run into "
                           "the current folder)")
+    if not cfg.model.name_or_path.strip():
+        raise ConfigError("model.name_or_path is empty: give a local HF folder, embedded:<name> or a hub id")
     m, t = cfg.method, cfg.train
     cls = METHODS[m.name]
     prompt_method, deep = cls.depth != "none", cls.depth == "deep"
@@ -139,6 +141,11 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
                               "(it becomes metric keys and file names)")
     if len(set(names)) != len(names):
         raise ConfigError(f"tasks: names must be unique, got {names}")
+    for i, task in enumerate(cfg.tasks):
+        twice = sorted({lab for lab in task.labels if task.labels.count(lab) > 1})
+        if twice:
+            raise ConfigError(f"tasks.{i}.labels={task.labels}: {', '.join(map(repr, twice))} given twice; "
+                              "each label once (its place is its class index)")
     types = {task.type for task in cfg.tasks}
     if len(types) > 1:
         raise ConfigError(f"tasks: one batch mixes tasks of one type only, got types {sorted(types)}")

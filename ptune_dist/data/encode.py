@@ -45,7 +45,11 @@ def label_index(value, labels: list[str], where: str, key: str) -> int:
 def task_template(task_cfg, key: str) -> Template | None:
     """The task's template; a classification task without one reads the `text` field."""
     if task_cfg.template:
-        return Template(task_cfg.template, f"{key}.template")
+        template = Template(task_cfg.template, f"{key}.template")
+        if not template.fields:
+            raise ConfigError(f"{key}.template={task_cfg.template!r} uses no field of the rows ({{text}}, "
+                              "{question}, ...): the model would never see the input")
+        return template
     return Template("{text}", f"{key}.template") if task_cfg.type == "classification" else None
 
 

@@ -253,6 +253,8 @@ def _hub(name: str, split: str, key: str) -> list[dict]:
     import datasets
 
     repo, _, config = name.partition(":")  # hub:<name>[:<config>], e.g. hub:aps/super_glue:rte
+    if not repo.strip():
+        raise DataError(f"{key}='hub:{name}': no dataset name after hub: (hub:<name>[:<config>])")
     try:
         ds = datasets.load_dataset(repo, config or None, split=split)
     except Exception as e:
