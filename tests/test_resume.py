@@ -121,18 +121,19 @@ def test_damaged_checkpoints_are_skipped_on_resume_and_refused_by_name(tmp_path)
 def test_checkpoint_final_and_export_files_take_the_umask_mode(tmp_path, mask):
     """safetensors creates its files 0600; everything of a run gets 0o666 & ~umask instead."""
     quickstart = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
-    cfg = load_config([quickstart], ["method.num_virtual_tokens=4", f"output_dir={tmp_path}"])
+    run, adapter = tmp_path / "run", tmp_path / "adapter"  # an export goes outside the run it reads
+    cfg = load_config([quickstart], ["method.num_virtual_tokens=4", f"output_dir={run}"])
     weights = {k: v.detach() for k, v in Prompts(cfg, base_info(cfg)).state_dict().items()}
     old = os.umask(mask)
     try:
-        state.save(tmp_path / "checkpoints" / "step-1", to_yaml(cfg), weights, step=1,
+        state.save(run / "checkpoints" / "step-1", to_yaml(cfg), weights, step=1,
                    optimizer=({"0.exp_avg": torch.zeros(2)}, {"param_groups": []}),
                    training={"scheduler": {}, "loader": {}})
-        state.save(tmp_path / "final", to_yaml(cfg), weights, step=1)
-        export_peft(tmp_path / "final", tmp_path / "adapter")
+        state.save(run / "final", to_yaml(cfg), weights, step=1)
+        export_peft(run / "final", adapter)
     finally:
         os.umask(old)
-    for folder in (tmp_path / "checkpoints" / "step-1", tmp_path / "final", tmp_path / "adapter"):
+    for folder in (run / "checkpoints" / "step-1", run / "final", adapter):
         modes = {p.name: p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]}
         assert modes == {p.name: (0o777 if p.is_dir() else 0o666) & ~mask for p in [folder, *folder.rglob("*")]}
         assert any(name.endswith(".safetensors") for name in modes)
