@@ -18,6 +18,7 @@ import os
 import shlex
 from pathlib import Path
 
+from ptune_dist.checkpoint.target import existing_above
 from ptune_dist.config import load_config, to_yaml
 from ptune_dist.errors import PtuneError
 
@@ -33,9 +34,7 @@ def check_dir(path, key: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise PtuneError(f"{key}={str(path)!r} is a file, not a folder; choose another {key}")
-    above = path.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
+    above = existing_above(path)
     if not above.is_dir():
         raise PtuneError(f"{key}={str(path)!r}: {above} is a file, not a folder; choose another {key}")
     return path

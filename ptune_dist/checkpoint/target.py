@@ -62,11 +62,17 @@ def _not_into_inputs(out: Path, inputs, option: str) -> None:
                              "over the folder it runs in; choose another path (nothing was written)")
 
 
-def _writable_place(out: Path, option: str) -> None:
-    """The nearest existing folder above `out` must be a folder (not a file)."""
-    above = out.parent
+def existing_above(path: Path) -> Path:
+    """The nearest path above `path` that exists (a folder, or a file a path cannot be made under)."""
+    above = Path(path).parent
     while not above.exists() and above != above.parent:
         above = above.parent
+    return above
+
+
+def _writable_place(out: Path, option: str) -> None:
+    """The nearest existing folder above `out` must be a folder (not a file)."""
+    above = existing_above(out)
     if not above.is_dir():
         raise PtuneError(f"{option} {out}: {above} is a file, not a folder (nothing was written)")
 
