@@ -21,9 +21,8 @@ from pathlib import Path
 
 from ptune_dist.config.validate import rdzv_address
 from ptune_dist.errors import ConfigError
+from ptune_dist.rank_env import free_port
 from ptune_dist.runtime import allocator_env
-
-from .env import free_port
 
 
 def check_gpus(cfg) -> None:

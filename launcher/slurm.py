@@ -1,7 +1,7 @@
 """The Slurm backend: render an sbatch script from slurm/train.sbatch, submit it, remember the job.
 
 Inside the job, srun starts nproc_per_node ranks on each node; each reads its rank and world size
-from SLURM_PROCID / SLURM_NTASKS (launcher/env.py) and meets the others at MASTER_ADDR (the first
+from SLURM_PROCID / SLURM_NTASKS (ptune_dist/rank_env.py) and meets the others at MASTER_ADDR (the first
 host of the job) and MASTER_PORT (derived from the job id). A USR1 `launch.signal_seconds` before
 the time limit (or a TERM) makes the ranks agree to stop, save a checkpoint and exit, the main rank
 leaving a marker file (train/preempt.py); the script then requeues the job, which resumes from that

@@ -25,31 +25,17 @@ from pathlib import Path
 import torch
 
 from ptune_dist.checkpoint import state as ckpt
-from ptune_dist.checkpoint.atomic import verify
+from ptune_dist.checkpoint.locate import resolve_checkpoint
 from ptune_dist.checkpoint.target import check_output, run_of, write_atomic
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
 from ptune_dist.data.rows import Rows
 from ptune_dist.data.sources import decode, parse_jsonl
 from ptune_dist.device import to_device
-from ptune_dist.errors import CheckpointError, DataError
+from ptune_dist.errors import DataError
 from ptune_dist.model.generate import greedy
 from ptune_dist.train.evaluate import evaluate
 from ptune_dist.train.session import build_session
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    p = Path(path)
-    if (p / "manifest.json").exists() or (p / "trainable.safetensors").exists():
-        verify(p)
-        return p
-    if (p / "final").is_dir():
-        verify(p / "final")
-        return p / "final"
-    latest = ckpt.latest_complete(p / "checkpoints")
-    if latest is None:
-        raise CheckpointError(f"{p}: neither a checkpoint nor a run folder with final/ or a complete checkpoint")
-    return latest
 
 
 def load_session(path, overrides=(), splits=("eval",)):

@@ -11,7 +11,7 @@ from conftest import FIXTURES, MINI, session
 from ptune_dist import device as dev
 from ptune_dist.config import load_config
 from ptune_dist.errors import ConfigError
-from ptune_dist.launcher.env import DistEnv
+from ptune_dist.rank_env import DistEnv
 from ptune_dist.model.load import device_map
 from ptune_dist.train import dist
 

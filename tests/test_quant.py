@@ -83,7 +83,8 @@ def test_missing_bitsandbytes_says_how_to_install(monkeypatch):
 
 
 def test_bnb_config_keeps_head_and_tied_embeddings_unquantised():
-    from ptune_dist.model.load import CLASSES, load_hf_config
+    from ptune_dist.model.inspect import load_hf_config
+    from ptune_dist.model.load import CLASSES
 
     hf = load_hf_config(SMOL)
     skip = quant.skip_modules(CLASSES["causal_lm"], hf)

@@ -22,10 +22,11 @@ from torch import nn
 from ptune_dist.config import load_config, to_yaml
 from ptune_dist.errors import CheckpointError, ConfigError, PtuneError
 from ptune_dist.methods import BaseInfo, InitContext, method_class
-from ptune_dist.model.load import load_hf_config, resolve_kind, resolve_path
+from ptune_dist.model.inspect import InspectedBase, inspect_base
 
 from . import state
 from .atomic import atomic_dir
+from .locate import resolve_checkpoint
 from .target import cannot_write, check_target, run_of, say_replaced
 
 PEFT_TYPES = {"prompt_tuning": "PROMPT_TUNING", "p_tuning": "P_TUNING", "prefix_tuning": "PREFIX_TUNING",
@@ -48,8 +49,7 @@ class Prompts(nn.Module):
 
 
 def base_info(cfg) -> BaseInfo:
-    hf_config = load_hf_config(cfg.model.name_or_path)
-    return BaseInfo.from_config(hf_config, resolve_kind(hf_config, cfg.model.kind, cfg.model.name_or_path))
+    return inspect_base(cfg.model).info
 
 
 def flat_prompt(module) -> torch.Tensor:
@@ -59,12 +59,13 @@ def flat_prompt(module) -> torch.Tensor:
     return out.detach().float().contiguous()
 
 
-def peft_config(method: str, cfg, info: BaseInfo, P: int):
+def peft_config(method: str, cfg, base: InspectedBase, P: int):
     from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 
+    info = base.info
     common = dict(task_type="CAUSAL_LM" if info.kind == "causal_lm" else "FEATURE_EXTRACTION",
                   num_virtual_tokens=P, num_transformer_submodules=1, num_layers=info.num_layers,
-                  base_model_name_or_path=resolve_path(cfg.model.name_or_path), inference_mode=True)
+                  base_model_name_or_path=base.path, inference_mode=True)
     if method == "prompt_tuning":
         return PromptTuningConfig(token_dim=info.hidden_size, num_attention_heads=info.num_heads, **common)
     if method == "p_tuning":
@@ -76,8 +77,6 @@ def peft_config(method: str, cfg, info: BaseInfo, P: int):
 
 
 def export_peft(checkpoint, out, task: str | None = None, force: bool = False) -> Path:
-    from ptune_dist.inference import resolve_checkpoint
-
     folder = resolve_checkpoint(checkpoint)
     replaces = check_target(out, [folder, checkpoint, run_of(folder)], force)
     cfg = load_config([folder / "config.yaml"])
@@ -88,8 +87,8 @@ def export_peft(checkpoint, out, task: str | None = None, force: bool = False) -
     task = task or (names[0] if len(names) == 1 else None)
     if task not in names:
         raise ConfigError(f"--task: choose one of the run's tasks {names}")
-    info = base_info(cfg)
-    prompts = Prompts(cfg, info)
+    base = inspect_base(cfg.model)
+    prompts = Prompts(cfg, base.info)
     try:
         saved = load_file(folder / "trainable.safetensors")
     except (SafetensorError, OSError) as e:
@@ -104,7 +103,7 @@ def export_peft(checkpoint, out, task: str | None = None, force: bool = False) -
         if replaces and not Path(out).is_dir():
             Path(out).unlink()  # --force over a file: atomic_dir replaces folders
         with atomic_dir(Path(out)) as tmp:
-            peft_config(cfg.method.name, cfg, info, module.num_virtual_tokens).save_pretrained(str(tmp))
+            peft_config(cfg.method.name, cfg, base, module.num_virtual_tokens).save_pretrained(str(tmp))
             save_file({"prompt_embeddings": flat_prompt(module)}, tmp / "adapter_model.safetensors")
     except OSError as e:
         raise cannot_write(out, e) from None
@@ -167,8 +166,7 @@ def import_peft(adapter_dir, out, overrides=(), force: bool = False) -> Path:
     if len(cfg.tasks) != 1 or any(t.scoring == "head" or t.type == "token_classification" for t in cfg.tasks):
         raise ConfigError("tasks: the adapter holds one prompt and no task head; configure one task "
                           "scored by the LM (tasks.0.*)")
-    info = base_info(cfg)
-    prompts = Prompts(cfg, info)
+    prompts = Prompts(cfg, base_info(cfg))
     (name, param), = prompts.named_parameters()
     if tuple(param.shape) != tuple(emb.shape):
         raise CheckpointError(f"{d}/adapter_model.safetensors: prompt_embeddings {tuple(emb.shape)} do not fit "

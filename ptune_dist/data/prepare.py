@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from ptune_dist.errors import ConfigError, DataError
+from ptune_dist.rank_env import DistEnv
 
 from .encode import Example, TaskEncoder, task_template
 from .rows import BadRow, RowCheck, Rows
@@ -121,8 +122,6 @@ def encode_rows(encoder: TaskEncoder, rows: list[dict], key: str, on_bad_row: st
                         f"all out); the first: {first}")
     line = (f"ptune: {name}: left out {len(bad)} of {len(rows)} rows that do not fit the task "
             f"(data.on_bad_row=skip); the first: {first}")
-    from ptune_dist.launcher.env import DistEnv
-
     if line not in _said and DistEnv.from_environ().is_main:  # every rank encodes the same rows: say it once
         _said.add(line)
         print(line, file=sys.stderr, flush=True)

@@ -10,7 +10,7 @@ import torch.distributed as tdist
 
 from ptune_dist.device import backend
 from ptune_dist import embedded
-from ptune_dist.launcher.env import DistEnv, free_port
+from ptune_dist.rank_env import DistEnv, free_port
 
 
 def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300, device: torch.device | None = None) -> None:

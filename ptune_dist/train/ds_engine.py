@@ -13,14 +13,15 @@ import torch
 import yaml
 
 from ptune_dist.checkpoint import state as ckpt
+from ptune_dist.config.schema import DistributedConfig, TrainConfig
 
 from . import dist
 
 
-def ds_config(cfg, world: int) -> dict:
-    """The DeepSpeed config of a run. fp32 as far as DeepSpeed knows: the base keeps the dtype it was loaded
-    in, the trainable weights are fp32 (so DeepSpeed keeps no second master copy)."""
-    d, t = cfg.distributed, cfg.train
+def ds_config(d: DistributedConfig, t: TrainConfig, batch_size: int, world: int) -> dict:
+    """The DeepSpeed config of a run (`batch_size`: data.batch_size, per rank). fp32 as far as DeepSpeed
+    knows: the base keeps the dtype it was loaded in, the trainable weights are fp32 (so DeepSpeed keeps
+    no second master copy)."""
     # values typed on the command line arrive as text: read them as YAML scalars (numbers, booleans)
     zero = {"stage": d.zero_stage, **{k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in d.zero_extra.items()}}
     if d.offload_optimizer:
@@ -28,9 +29,9 @@ def ds_config(cfg, world: int) -> dict:
     if d.offload_params:
         zero["offload_param"] = {"device": "cpu"}
     return {
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "train_micro_batch_size_per_gpu": batch_size,
         "gradient_accumulation_steps": t.grad_accum,
-        "train_batch_size": cfg.data.batch_size * t.grad_accum * world,
+        "train_batch_size": batch_size * t.grad_accum * world,
         "gradient_clipping": t.max_grad_norm,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
@@ -45,13 +46,14 @@ def _shape(p) -> tuple:
 
 
 class DeepSpeedEngine:
-    def __init__(self, model, optimizer, scheduler_fn, cfg, world: int):
+    def __init__(self, model, optimizer, scheduler_fn, config: dict):
+        """`config`: ds_config(...) of the run."""
         import deepspeed
 
-        self.model, self.stage = model, cfg.distributed.zero_stage
+        self.model, self.stage = model, config["zero_optimization"]["stage"]
         self.params = model.trainable_parameters()
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler_fn, config=ds_config(cfg, world),
+            model=model, optimizer=optimizer, lr_scheduler=scheduler_fn, config=config,
             model_parameters=list(self.params.values()))
 
     def forward(self, batch):

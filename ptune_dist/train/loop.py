@@ -24,7 +24,7 @@ from ptune_dist.config import to_yaml
 from ptune_dist.data.loader import TrainLoader
 from ptune_dist.device import describe, peak_bytes, to_device
 from ptune_dist.errors import ConfigError
-from ptune_dist.launcher.env import DistEnv
+from ptune_dist.rank_env import DistEnv
 
 from . import dist
 from .engine import TorchEngine
@@ -159,9 +159,10 @@ def make_engine(s: Session):
     t = s.cfg.train
     optimizer = build_optimizer(params.values(), t)
     if s.cfg.distributed.engine == "deepspeed":
-        from .ds_engine import DeepSpeedEngine
+        from .ds_engine import DeepSpeedEngine, ds_config
 
-        return DeepSpeedEngine(s.model, optimizer, lambda opt: build_scheduler(opt, t), s.cfg, s.env.world)
+        config = ds_config(s.cfg.distributed, t, s.cfg.data.batch_size, s.env.world)
+        return DeepSpeedEngine(s.model, optimizer, lambda opt: build_scheduler(opt, t), config)
     return TorchEngine(s.model, optimizer, build_scheduler(optimizer, t), t.max_grad_norm, t.grad_accum)
 
 

@@ -14,10 +14,11 @@ import torch
 from ptune_dist.data.prepare import TaskData, prepare_tasks, resolve_task
 from ptune_dist.device import choose
 from ptune_dist.errors import ConfigError
-from ptune_dist.launcher.env import DistEnv
-from ptune_dist.methods import BaseInfo, method_class
+from ptune_dist.rank_env import DistEnv
+from ptune_dist.methods import method_class
 from ptune_dist.model.build import build_model
-from ptune_dist.model.load import load_base, load_hf_config, load_tokenizer, resolve_kind
+from ptune_dist.model.inspect import InspectedBase, inspect_base
+from ptune_dist.model.load import load_base, load_tokenizer
 from ptune_dist.model.prompt_model import PromptModel
 
 from . import dist
@@ -38,12 +39,12 @@ class Session:
         return self.tokenizer.pad_token_id
 
 
-def prepare(cfg, splits=("train", "eval")):
-    """(resolved cfg, tokenizer, base info, task data): everything but the model weights."""
+def prepare(cfg, splits=("train", "eval"), inspected: InspectedBase | None = None):
+    """(resolved cfg, tokenizer, base info, task data): everything but the model weights. `inspected`: the
+    run's inspect_base(cfg.model) (read here when not given)."""
     cls = method_class(cfg.method.name)
-    hf_config = load_hf_config(cfg.model.name_or_path)
-    kind = resolve_kind(hf_config, cfg.model.kind, cfg.model.name_or_path)
-    info = BaseInfo.from_config(hf_config, kind)
+    inspected = inspected or inspect_base(cfg.model)
+    info, kind = inspected.info, inspected.kind
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.data.padding_side)
     tasks = [resolve_task(t, kind, f"tasks.{i}", cfg.data.max_train_examples) for i, t in enumerate(cfg.tasks)]
     cfg = dataclasses.replace(cfg, tasks=tasks)
@@ -61,7 +62,8 @@ def build_session(cfg, splits=("train", "eval"), env: DistEnv | None = None, bas
     dist.init(env, cfg.distributed.engine, cfg.distributed.timeout_s, device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    cfg, tokenizer, _, data = prepare(cfg, splits)
+    inspected = inspect_base(cfg.model) if base is None else None  # the base's config, read once for the run
+    cfg, tokenizer, _, data = prepare(cfg, splits, inspected or _handed(base))
     keepalive = None
     sharded = cfg.distributed.engine == "deepspeed" and cfg.distributed.zero_stage == 3
     if sharded and base is None and cfg.train.steps and "train" in splits:  # only a DeepSpeed engine gathers it
@@ -72,10 +74,17 @@ def build_session(cfg, splits=("train", "eval"), env: DistEnv | None = None, bas
         # the base loads already partitioned, in its own dtype: zero.Init casts to the dtype the config
         # enables (fp32 when none), so name it here; the engine's config stays fp32 (trainables are fp32)
         half = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype)
-        keepalive = HfDeepSpeedConfig({**ds_config(cfg, env.world), **({half: {"enabled": True}} if half else {})})
-    base = base or load_base(cfg.model, trainable=method_class(cfg.method.name).trains_base, device=device)
+        keepalive = HfDeepSpeedConfig({**ds_config(cfg.distributed, cfg.train, cfg.data.batch_size, env.world), **({half: {"enabled": True}} if half else {})})
+    base = base or load_base(cfg.model, trainable=method_class(cfg.method.name).trains_base, device=device,
+                             inspected=inspected)
     model = build_model(cfg, [d.spec for d in data], tokenizer, base=base, device=device)
     return Session(cfg, tokenizer, model, data, env, device, keepalive)
+
+
+def _handed(base) -> InspectedBase:
+    """The InspectedBase of a base handed in as (hf_model, info): its loaded config, not read again."""
+    model, info = base
+    return InspectedBase(model.name_or_path, model.name_or_path, model.config, info.kind, info)
 
 
 def baseline_view(session: Session) -> tuple[PromptModel, list[TaskData]]:

@@ -1,4 +1,5 @@
-"""Where this process stands in a job: rank, world size, local rank and rendezvous address.
+"""Where this process stands in a job: rank, world size, local rank and rendezvous address (below both
+the launcher, which starts ranks, and the trainer, which runs as one).
 
 Read from torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or, inside
 a Slurm step, from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; a plain process is rank 0 of 1.
