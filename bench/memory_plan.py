@@ -80,11 +80,11 @@ def child(args: list[str], record: str, release: bool = False) -> int:
     import transformers  # noqa: F401
 
     import ptune_dist.train.loop as loop
-    import ptune_dist.train.session as session
+    import ptune_dist.train.placement as placement
     from ptune_dist import cli
 
     marks = {}
-    original_load, original_engine = session.load_base, loop.make_engine
+    original_load, original_engine = placement.load_base, loop.make_engine
 
     def load_base(*a, **k):
         marks["baseline"] = _status("VmRSS")
@@ -99,7 +99,7 @@ def child(args: list[str], record: str, release: bool = False) -> int:
             release_after_every_layer(s.model)
         return original_engine(s)
 
-    session.load_base, loop.make_engine = load_base, make_engine
+    placement.load_base, loop.make_engine = load_base, make_engine
     code = cli.main(["train", *args])
     marks["train_hwm"] = _status("VmHWM")
     rank = int(os.environ.get("RANK", "0"))

@@ -107,7 +107,7 @@ def run_ptune(args, method):
 
     cfg = load_config([], [f"method.name={method}", f"method.num_virtual_tokens={args.virtual}",
                            "method.projection=false", f"model.name_or_path={MODEL}"])
-    model = build_model(cfg, [TaskSpec(name="bench", type="generation")], load_tokenizer(MODEL)).train()
+    model = build_model(cfg.method, cfg.model, cfg.train.seed, [TaskSpec(name="bench", type="generation")], load_tokenizer(MODEL)).train()
     batch = ptune_batch(model, *batch_tensors(args.batch, args.seq, args.labels))
     return adamw_step(lambda: model(batch).loss, model.trainable_parameters().values())
 

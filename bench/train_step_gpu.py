@@ -217,7 +217,7 @@ def ptune_rows(spec: dict, common: list[str], methods: dict, B: int, T: int, voc
         cfg = load_config([], [*common, f"method.name={name}"])
 
         def build(cfg=cfg):
-            model = build_model(cfg, [TaskSpec(name="bench", type="generation")], None, base=base,
+            model = build_model(cfg.method, cfg.model, cfg.train.seed, [TaskSpec(name="bench", type="generation")], None, base=base,
                                 device=device).train()
             batch = to_device(ptune_batch(model, ids, labels), device)
             return adamw_step(lambda: model(batch).loss, model.trainable_parameters().values())

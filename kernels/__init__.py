@@ -18,9 +18,10 @@ Implementations (`impl`), one module each:
     triton     triton_impl.py fused forward/backward Triton kernels (triton_fwd.py, triton_bwd.py);
                               compiled on a GPU, interpreted on CPU when TRITON_INTERPRET=1
     flash      flash.py       flash-attn (CUDA, fp16/bf16) with keys = [prefix; sequence]
-    auto       auto.py        picks per device, dtype and shape
+    auto       auto.py        picks per device, dtype and shape, among what available.py says can run
 """
 
-from .dispatch import CHOICES, NAMES, ImplUnavailable, available, prefix_attention, resolve_impl, unavailable
+from .available import CHOICES, NAMES, ImplUnavailable, available, unavailable
+from .dispatch import prefix_attention, resolve_impl
 
 __all__ = ["CHOICES", "NAMES", "ImplUnavailable", "available", "prefix_attention", "resolve_impl", "unavailable"]

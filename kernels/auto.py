@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
+from .available import unavailable
 
 
 def choose(q: torch.Tensor, prefix_k=None, key_padding_mask=None, causal=True, dropout_p: float = 0.0) -> str:
@@ -37,6 +37,6 @@ def choose(q: torch.Tensor, prefix_k=None, key_padding_mask=None, causal=True, d
         return "sdpa"
     order = ("flash",) if dropout_p > 0.0 else ("triton", "flash")
     for name in order:
-        if dispatch.unavailable(name, q, dropout_p) is None:
+        if unavailable(name, q, dropout_p) is None:
             return name
     return "sdpa"

@@ -10,53 +10,16 @@ while "auto" (kernels/auto.py) only picks implementations that are available.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from . import reference, sdpa, split
-
-NAMES = ("reference", "sdpa", "split", "triton", "flash")
-CHOICES = ("auto", *NAMES)
-
-
-class ImplUnavailable(RuntimeError):
-    """The requested implementation cannot run this call here (the message says why)."""
-
-
-def _triton_module():
-    # Imported on first use: importing triton is slow, and whether its kernels run compiled or in the
-    # interpreter is decided (by TRITON_INTERPRET) when the kernel module is imported.
-    from . import triton_impl
-
-    return triton_impl
-
-
-def unavailable(name: str, q: torch.Tensor, dropout_p: float = 0.0) -> str | None:
-    """Why implementation `name` cannot run on tensors like `q` (None when it can)."""
-    if name not in NAMES:
-        raise ValueError(f"attention impl {name!r} is not one of {list(CHOICES)}")
-    if name in ("reference", "sdpa"):
-        return None
-    if name == "split":
-        return split.unavailable(q, dropout_p)
-    if name == "flash":
-        from . import flash
-
-        return flash.unavailable(q, dropout_p)
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install triton; Linux only)"
-    return _triton_module().unavailable(q, dropout_p)
-
-
-def available(q: torch.Tensor, dropout_p: float = 0.0) -> list[str]:
-    """The implementations that can run on tensors like `q`, in NAMES order."""
-    return [n for n in NAMES if unavailable(n, q, dropout_p) is None]
+from .auto import choose
+from .available import CHOICES, NAMES, ImplUnavailable, triton_module, unavailable
 
 
 def implementation(name: str):
     if name == "triton":
-        return _triton_module().prefix_attention
+        return triton_module().prefix_attention
     if name == "flash":
         from . import flash
 
@@ -94,8 +57,6 @@ def resolve_impl(impl: str, q: torch.Tensor, prefix_k=None, key_padding_mask=Non
                  dropout_p: float = 0.0) -> str:
     """The implementation `impl` stands for on this call ("auto" picks one; see kernels/auto.py)."""
     if impl == "auto":
-        from .auto import choose
-
         return choose(q, prefix_k, key_padding_mask, causal, dropout_p)
     if impl not in NAMES:
         raise ValueError(f"attention impl {impl!r} is not one of {list(CHOICES)}")

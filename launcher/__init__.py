@@ -1,95 +1,11 @@
 """How a job is spread over processes and nodes (imported as ptune_dist.launcher).
 
-`launch()` resolves the config once, writes it to output_dir/launch.yaml, and starts the ranks: on
-this machine (local.py: torchrun or the deepspeed launcher) or as a Slurm job (slurm.py). A dry run
-prints the command shell-quoted (shlex.join) or the sbatch script, and starts nothing.
-
-Folders and files it writes (output_dir, launch.yaml, the Slurm log folder) go through `check_dir`,
-`make_dir` and `write_file`: a path that is a file where a folder belongs (or below a file), or a place
-that cannot be written, is one error naming the config key and the path, never a traceback. A dry run
-checks the same, and writes nothing.
+`launch()` (launch.py) resolves the config once, writes it to output_dir/launch.yaml, and starts the ranks:
+on this machine (local.py: torchrun or the deepspeed launcher) or as a Slurm job (slurm.py); `ptune sweep`
+runs a grid of them (sweep.py). What it writes goes through files.py.
 """
 
-from __future__ import annotations
+from .files import resolved
+from .launch import launch
 
-import contextlib
-import dataclasses
-import os
-import shlex
-from pathlib import Path
-
-from ptune_dist.checkpoint.target import existing_above
-from ptune_dist.config import load_config, to_yaml
-from ptune_dist.errors import PtuneError
-
-
-def resolved(files, overrides):
-    """The run config with an absolute output_dir (ranks and Slurm jobs may start elsewhere)."""
-    cfg = load_config(files, overrides)
-    return dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).resolve()))
-
-
-def check_dir(path, key: str) -> Path:
-    """Raise unless `path` is a folder or can be made one: not a file, not below a file."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise PtuneError(f"{key}={str(path)!r} is a file, not a folder; choose another {key}")
-    above = existing_above(path)
-    if not above.is_dir():
-        raise PtuneError(f"{key}={str(path)!r}: {above} is a file, not a folder; choose another {key}")
-    return path
-
-
-def make_dir(path, key: str) -> Path:
-    """`path` as a folder (made with its parents when missing), or a PtuneError naming `key`."""
-    path = check_dir(path, key)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PtuneError(f"{key}={str(path)!r}: cannot make that folder ({e.strerror}); choose another {key}") from None
-    return path
-
-
-def write_file(path, text: str, key: str = "") -> Path:
-    """Write `text` to `path` atomically (a temporary file beside it, then a rename); an error names the
-    path and the config key that chose it."""
-    path = Path(path)
-    remedy = f", or choose another {key}" if key else ""
-    if path.is_dir():
-        raise PtuneError(f"{path} is a folder, not a file; move it away{remedy}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise PtuneError(f"cannot write {path} ({e.strerror}){remedy.replace(', or', ';')}") from None
-    return path
-
-
-def launch(files, overrides, dry_run: bool = False) -> int:
-    from ptune_dist.train.run_lock import check_free
-
-    from . import local, slurm
-
-    cfg = resolved(files, overrides)
-    check_dir(cfg.output_dir, "output_dir")
-    config_path = Path(cfg.output_dir) / "launch.yaml"
-    # the command or the script, rendered (and so validated) before anything is written
-    shown = (shlex.join(local.command(cfg, config_path)) if cfg.launch.backend == "local"
-             else slurm.train_script(cfg, config_path))
-    if cfg.launch.backend == "slurm":
-        check_dir(slurm.log_dir(cfg), "launch.log_dir")
-        slurm.check_record(cfg, "train")
-    if dry_run:
-        print(shown)
-        return 0
-    check_free(cfg.output_dir)  # a run in progress there reads launch.yaml again when it restarts: keep it
-    make_dir(cfg.output_dir, "output_dir")
-    write_file(config_path, to_yaml(cfg), "output_dir")
-    if cfg.launch.backend == "local":
-        return local.run(cfg, config_path)
-    record = slurm.submit_train(cfg, config_path)
-    print(f"submitted job {record['job_id']}; log: {record['log']}; follow with `ptune status {cfg.output_dir}`")
-    return 0
+__all__ = ["launch", "resolved"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ptune_dist.errors import ConfigError, PtuneError
 
-from . import write_file
+from .files import write_file
 
 TABLES = ("results.csv", "results.md")
 

@@ -19,13 +19,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ptune_dist.config.schema import RunConfig
 from ptune_dist.config.validate import rdzv_address
 from ptune_dist.errors import ConfigError
 from ptune_dist.rank_env import free_port
 from ptune_dist.runtime import allocator_env
 
 
-def check_gpus(cfg) -> None:
+def check_gpus(cfg: RunConfig) -> None:
     """Refuse, before any rank starts, what each rank would refuse at its start: more ranks than GPUs
     when train.device is auto or cuda, or train.device=cuda without a GPU."""
     L, device = cfg.launch, cfg.train.device
@@ -46,7 +47,7 @@ def check_gpus(cfg) -> None:
                           "node, or set train.device=cpu")
 
 
-def command(cfg, config_path: Path) -> list[str]:
+def command(cfg: RunConfig, config_path: Path) -> list[str]:
     L = cfg.launch
     check_gpus(cfg)
     train = ["-m", "ptune_dist.cli", "train", str(Path(config_path).resolve())]
@@ -68,7 +69,7 @@ def command(cfg, config_path: Path) -> list[str]:
     return cmd + train
 
 
-def environment(cfg) -> dict:
+def environment(cfg: RunConfig) -> dict:
     """The ranks' environment: threads per rank, and the faster allocator the `ptune` command uses
     (ptune_dist/runtime.py) when one is installed."""
     L = cfg.launch
@@ -77,6 +78,6 @@ def environment(cfg) -> dict:
     return {**(allocator_env(env) or env), "OMP_NUM_THREADS": str(threads)}
 
 
-def run(cfg, config_path: Path) -> int:
+def run(cfg: RunConfig, config_path: Path) -> int:
     """Start the ranks and wait; returns the launcher's exit code (non-zero when a rank failed)."""
     return subprocess.run(command(cfg, config_path), env=environment(cfg)).returncode

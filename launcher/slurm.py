@@ -34,17 +34,18 @@ import sys
 import time
 from pathlib import Path
 
+from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError, PtuneError
 from ptune_dist.slurm import template
 from ptune_dist.train.preempt import PREEMPTED
 
-from . import make_dir, write_file
+from .files import make_dir, write_file
 from .shell import CONSTRAINT, quote, render, sbatch_option, sbatch_value, setup_line
 
 INVALID_JOB = "Invalid job id specified"  # scontrol's words for a job slurmctld no longer knows
 
 
-def log_dir(cfg) -> Path:
+def log_dir(cfg: RunConfig) -> Path:
     return Path(cfg.launch.log_dir or Path(cfg.output_dir) / "slurm").resolve()
 
 
@@ -59,7 +60,7 @@ def log_dir(cfg) -> Path:
 SRUN_GPU_OPTIONS = "--gpu-bind=none"
 
 
-def gpus_per_node(cfg) -> int:
+def gpus_per_node(cfg: RunConfig) -> int:
     """launch.gpus_per_node, checked: one rank per GPU, and GPUs only for a run that uses them."""
     L = cfg.launch
     n = int(L.gpus_per_node)
@@ -74,7 +75,7 @@ def gpus_per_node(cfg) -> int:
     return n
 
 
-def common_values(cfg, gpus: bool = True) -> dict:
+def common_values(cfg: RunConfig, gpus: bool = True) -> dict:
     """The validated #SBATCH extras and set-up lines every template shares (the GPU request only where
     `gpus`: the gathering job reads JSON files)."""
     L, gpus = cfg.launch, gpus_per_node(cfg) if gpus else 0
@@ -95,7 +96,7 @@ def common_values(cfg, gpus: bool = True) -> dict:
     }
 
 
-def train_script(cfg, config_path: Path, job_name: str = "", log_name: str = "%x-%j.out", array: str = "",
+def train_script(cfg: RunConfig, config_path: Path, job_name: str = "", log_name: str = "%x-%j.out", array: str = "",
                  config_expr: str = "") -> str:
     """The sbatch script of a training job; `array`/`config_expr` turn it into a sweep's job array."""
     L = cfg.launch
@@ -120,7 +121,7 @@ def train_script(cfg, config_path: Path, job_name: str = "", log_name: str = "%x
     return render(template("train.sbatch"), values)
 
 
-def gather_script(cfg, sweep_dir: Path, after: str) -> str:
+def gather_script(cfg: RunConfig, sweep_dir: Path, after: str) -> str:
     values = common_values(cfg, gpus=False)
     values.update({
         "job_name": sbatch_value("launch.job_name", cfg.launch.job_name + "-gather"),
@@ -167,7 +168,7 @@ def sbatch(script_path: Path) -> str:
     return check_job_id(done.stdout.strip().split(";")[0], f"sbatch --parsable {script_path} printed")
 
 
-def check_record(cfg, kind: str) -> Path:
+def check_record(cfg: RunConfig, kind: str) -> Path:
     """The log folder's job.json path, after refusing one that records another run or sweep."""
     path = log_dir(cfg) / "job.json"
     if not path.exists():
@@ -191,7 +192,7 @@ def write_record(folder: Path, record: dict) -> Path:
     return write_file(folder / "job.json", text, "launch.log_dir")
 
 
-def submit_train(cfg, config_path: Path) -> dict:
+def submit_train(cfg: RunConfig, config_path: Path) -> dict:
     check_record(cfg, "train")
     script_text = train_script(cfg, config_path)
     folder = make_dir(log_dir(cfg), "launch.log_dir")

@@ -29,9 +29,11 @@ import itertools
 from pathlib import Path
 
 from ptune_dist.config import load_config, to_yaml
+from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError, PtuneError
 
-from . import check_dir, local, make_dir, slurm, write_file
+from . import local, slurm
+from .files import check_dir, make_dir, write_file
 from .gather import gather  # noqa: F401  (ptune sweep prints the table it gathers)
 from .sweep_folder import check_folder, write_sweep
 
@@ -41,7 +43,7 @@ from .sweep_folder import check_folder, write_sweep
 def grid_cells(grid: dict) -> list[list[str]]:
     """Every combination of the grid's values as a list of key=value overrides."""
     if not grid:
-        raise ConfigError("sweep.grid is empty: give keys and values, e.g. --grid method.name=prompt_tuning,prefix_tuning")
+        raise ConfigError("sweep.grid is empty: give keys and values, e.g. --grid train.lr=0.01,0.03")
     keys = list(grid)
     return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*(grid[k] for k in keys))]
 
@@ -107,7 +109,7 @@ def resolve_cells(files, overrides, grid: dict, sweep_dir: Path) -> tuple[list[d
     return cells, configs
 
 
-def check_launch(cfg, sweep_dir: Path, cells: list[dict], configs: list) -> None:
+def check_launch(cfg: RunConfig, sweep_dir: Path, cells: list[dict], configs: list) -> None:
     """What run_locally or submit would refuse, refused now: each cell's command, or the scripts."""
     if cfg.launch.backend == "local":
         for cell, cell_cfg in zip(cells, configs):
@@ -140,13 +142,13 @@ def prepare(files, overrides, grid_args=(), write: bool = True) -> tuple[object,
 
 
 # -- running ---------------------------------------------------------------------------------
-def array_script(cfg, sweep_dir: Path, n: int) -> str:
+def array_script(cfg: RunConfig, sweep_dir: Path, n: int) -> str:
     cells = slurm.quote(sweep_dir / "cells")
     expr = f'{cells}/"$(printf %03d "$SLURM_ARRAY_TASK_ID")"/launch.yaml'
     return slurm.train_script(cfg, sweep_dir, log_name="%x-%A_%a.out", array=f"0-{n - 1}", config_expr=expr)
 
 
-def submit(cfg, sweep_dir: Path, cells: list[dict]) -> dict:
+def submit(cfg: RunConfig, sweep_dir: Path, cells: list[dict]) -> dict:
     """The array job, then the job that gathers after it; job.json records whatever was submitted."""
     slurm.check_record(cfg, "sweep")
     folder = make_dir(slurm.log_dir(cfg), "launch.log_dir")
@@ -169,7 +171,7 @@ def submit(cfg, sweep_dir: Path, cells: list[dict]) -> dict:
     return record
 
 
-def run_locally(cfg, cells: list[dict]) -> int:
+def run_locally(cfg: RunConfig, cells: list[dict]) -> int:
     failed = 0
     for cell in cells:
         cell_cfg = load_config([Path(cell["dir"]) / "launch.yaml"])

@@ -20,9 +20,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ptune_dist.config import from_yaml, to_yaml
+from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
 
-from . import make_dir, write_file
+from .files import make_dir, write_file
 from .gather import TABLES, read_meta
 
 NEW_OUTPUT_DIR = "choose another output_dir (nothing was written)"
@@ -61,7 +62,7 @@ def differences(old: dict, grid: dict, cells: list[dict]) -> str:
     return ""
 
 
-def check_cell_config(sweep_dir: Path, cell: dict, cfg) -> None:
+def check_cell_config(sweep_dir: Path, cell: dict, cfg: RunConfig) -> None:
     """A cell written before may come back with the changes a resumed run takes, nothing else."""
     from ptune_dist.train.resume import RESUMABLE
     from ptune_dist.train.resume import flat_config as flat

@@ -70,14 +70,16 @@ def test_shipped_quant_configs_load(name):
 
 
 def test_missing_bitsandbytes_says_how_to_install(monkeypatch):
-    def not_installed(name):
-        raise quant.metadata.PackageNotFoundError(name)
+    from ptune_dist.config import quant_rules
 
-    monkeypatch.setattr(quant.metadata, "version", not_installed)
+    def not_installed(name):
+        raise quant_rules.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(quant_rules.metadata, "version", not_installed)
     with pytest.raises(ConfigError, match=r"model.quant.*pip install bitsandbytes"):
         load_config([], ["model.quant=int8"])
     load_config([], [])  # an unquantised run does not need it
-    monkeypatch.setattr(quant.metadata, "version", lambda name: "0.42.0")
+    monkeypatch.setattr(quant_rules.metadata, "version", lambda name: "0.42.0")
     with pytest.raises(ConfigError, match="too old"):
         load_config([], ["model.quant=nf4"])
 

@@ -5,7 +5,9 @@ tokens (P-tuning: the encoder's output, the encoder itself is not kept), for pre
 [P, L*2*Hkv*d] prefix (layer-major, key before value, as ptune keeps it). Same weights, same
 logits in both systems. An import becomes a run folder with final/ that eval, predict and
 training (as initialisation) accept. Task heads have no PEFT prompt-learning equivalent and are
-not exported.
+not exported. Which PEFT type a method is, and how its config and weights map, is the method's
+(ptune_dist/methods hooks: peft_type, peft_config, peft_weights, peft_imports, check_peft_import);
+this module keeps the files.
 """
 
 from __future__ import annotations
@@ -21,18 +23,13 @@ from torch import nn
 
 from ptune_dist.config import load_config, to_yaml
 from ptune_dist.errors import CheckpointError, ConfigError, PtuneError
-from ptune_dist.methods import BaseInfo, InitContext, method_class
+from ptune_dist.methods import BaseInfo, InitContext, for_peft_type, method_class, peft_exportable, peft_importable
 from ptune_dist.model.inspect import InspectedBase, inspect_base
 
 from . import state
 from .atomic import atomic_dir
 from .locate import resolve_checkpoint
 from .target import cannot_write, check_target, run_of, say_replaced
-
-PEFT_TYPES = {"prompt_tuning": "PROMPT_TUNING", "p_tuning": "P_TUNING", "prefix_tuning": "PREFIX_TUNING",
-              "p_tuning_v2": "PREFIX_TUNING"}
-FROM_PEFT = {"PROMPT_TUNING": "prompt_tuning", "P_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix_tuning"}
-
 
 class Prompts(nn.Module):
     """Just the prompt table, without the base: enough to read, convert and write prompt weights."""
@@ -55,34 +52,26 @@ def base_info(cfg) -> BaseInfo:
 def flat_prompt(module) -> torch.Tensor:
     """What PEFT saves as prompt_embeddings."""
     with torch.no_grad():
-        out = module.flat() if module.depth == "deep" else module()
+        out = module.peft_weights()
     return out.detach().float().contiguous()
 
 
-def peft_config(method: str, cfg, base: InspectedBase, P: int):
-    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
-
+def peft_config(cfg, base: InspectedBase, P: int):
+    """The PEFT config of the run's method (its `peft_config` hook) with what every prompt config holds."""
     info = base.info
     common = dict(task_type="CAUSAL_LM" if info.kind == "causal_lm" else "FEATURE_EXTRACTION",
                   num_virtual_tokens=P, num_transformer_submodules=1, num_layers=info.num_layers,
                   base_model_name_or_path=base.path, inference_mode=True)
-    if method == "prompt_tuning":
-        return PromptTuningConfig(token_dim=info.hidden_size, num_attention_heads=info.num_heads, **common)
-    if method == "p_tuning":
-        return PromptEncoderConfig(token_dim=info.hidden_size, num_attention_heads=info.num_heads,
-                                   encoder_reparameterization_type=cfg.method.encoder.upper(),
-                                   encoder_hidden_size=cfg.method.encoder_hidden_size or info.hidden_size, **common)
-    return PrefixTuningConfig(token_dim=info.num_kv_heads * info.head_dim, num_attention_heads=info.num_kv_heads,
-                              prefix_projection=False, **common)
+    return method_class(cfg.method.name).peft_config(cfg.method, info, common)
 
 
 def export_peft(checkpoint, out, task: str | None = None, force: bool = False) -> Path:
     folder = resolve_checkpoint(checkpoint)
     replaces = check_target(out, [folder, checkpoint, run_of(folder)], force)
     cfg = load_config([folder / "config.yaml"])
-    if cfg.method.name not in PEFT_TYPES:
+    if method_class(cfg.method.name).peft_type is None:
         raise ConfigError(f"method.name={cfg.method.name}: PEFT has no prompt format for it; "
-                          f"exportable: {sorted(PEFT_TYPES)}")
+                          f"exportable: {peft_exportable()}")
     names = [t.name for t in cfg.tasks]
     task = task or (names[0] if len(names) == 1 else None)
     if task not in names:
@@ -103,7 +92,7 @@ def export_peft(checkpoint, out, task: str | None = None, force: bool = False) -
         if replaces and not Path(out).is_dir():
             Path(out).unlink()  # --force over a file: atomic_dir replaces folders
         with atomic_dir(Path(out)) as tmp:
-            peft_config(cfg.method.name, cfg, base, module.num_virtual_tokens).save_pretrained(str(tmp))
+            peft_config(cfg, base, module.num_virtual_tokens).save_pretrained(str(tmp))
             save_file({"prompt_embeddings": flat_prompt(module)}, tmp / "adapter_model.safetensors")
     except OSError as e:
         raise cannot_write(out, e) from None
@@ -123,9 +112,9 @@ def read_adapter(d: Path) -> tuple[dict, torch.Tensor]:
     if not weights.is_file():
         extra = " (adapter_model.bin is a pickle; ptune reads safetensors only)" if (d / "adapter_model.bin").exists() else ""
         raise CheckpointError(f"{d}: adapter_model.safetensors not found{extra}")
-    if meta.get("peft_type") not in FROM_PEFT:
+    if for_peft_type(meta.get("peft_type")) is None:
         raise CheckpointError(f"{d}: peft_type {meta.get('peft_type')!r} is not a prompt method ptune imports "
-                              f"{sorted(FROM_PEFT)}")
+                              f"{peft_importable()}")
     try:
         emb = load_file(weights)["prompt_embeddings"].float()
     except (SafetensorError, OSError, KeyError) as e:
@@ -153,16 +142,11 @@ def import_peft(adapter_dir, out, overrides=(), force: bool = False) -> Path:
     if not meta.get("base_model_name_or_path") and not any(o.startswith("model.name_or_path=") for o in overrides):
         raise ConfigError(f"{d}/adapter_config.json names no base model (base_model_name_or_path): pass "
                           "model.name_or_path=... (a local folder, embedded:<name> or a hub id)")
-    method = FROM_PEFT[meta["peft_type"]]
-    defaults = [f"method.name={method}", f"method.num_virtual_tokens={emb.shape[0]}", f"output_dir={out}",
-                f"model.name_or_path={meta.get('base_model_name_or_path')}"]
-    if method == "prefix_tuning":
-        defaults.append("method.projection=false")
+    cls = for_peft_type(meta["peft_type"])
+    defaults = [f"method.name={cls.name}", f"method.num_virtual_tokens={emb.shape[0]}", f"output_dir={out}",
+                f"model.name_or_path={meta.get('base_model_name_or_path')}", *cls.peft_import_overrides]
     cfg = load_config([], defaults + overrides)
-    if cfg.method.name != method or (method == "prefix_tuning" and cfg.method.projection):
-        raise ConfigError(f"method.name={cfg.method.name}: the adapter is PEFT's {meta['peft_type']}, which imports as "
-                          f"method.name={method}" + (" with method.projection=false" if method == "prefix_tuning"
-                                                      else "") + "; drop the method.* override")
+    cls.check_peft_import(cfg.method, meta["peft_type"])
     if len(cfg.tasks) != 1 or any(t.scoring == "head" or t.type == "token_classification" for t in cfg.tasks):
         raise ConfigError("tasks: the adapter holds one prompt and no task head; configure one task "
                           "scored by the LM (tasks.0.*)")
@@ -170,7 +154,7 @@ def import_peft(adapter_dir, out, overrides=(), force: bool = False) -> Path:
     (name, param), = prompts.named_parameters()
     if tuple(param.shape) != tuple(emb.shape):
         raise CheckpointError(f"{d}/adapter_model.safetensors: prompt_embeddings {tuple(emb.shape)} do not fit "
-                              f"{cfg.model.name_or_path} ({tuple(param.shape)} expected for {method})")
+                              f"{cfg.model.name_or_path} ({tuple(param.shape)} expected for {cls.name})")
     with torch.no_grad():
         param.copy_(emb)
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ptune_dist.kernels import CHOICES as ATTENTION_IMPLS
-from ptune_dist.methods import METHODS
+from ptune_dist.methods import DEFAULT_METHOD, METHODS
 
 
 def choice(default: str, *choices: str):
@@ -116,7 +116,7 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = choice("prompt_tuning", *METHODS)
+    name: str = choice(DEFAULT_METHOD, *METHODS)
     num_virtual_tokens: int = number(20, ge=0, most=INT32)  # > 0 for the prompt methods (validate)
     # shallow prompts and the prefix-tuning embedding: random | vocab (sampled) | text | labels
     init: str = choice("random", "vocab", "text", "labels")
@@ -124,7 +124,7 @@ class MethodConfig:
     init_scale: float = number(0.5, gt=0)  # uniform range for random token embeddings; std for random deep prefixes
     encoder: str = choice("mlp", "lstm")  # P-tuning's prompt encoder
     encoder_hidden_size: int = number(0, ge=0, meaning="0: the model's hidden size", most=INT32)
-    projection: Optional[bool] = None  # deep prompts through an MLP (None: prefix_tuning yes, p_tuning_v2 no)
+    projection: Optional[bool] = None  # deep prompts through an MLP (None: the method's default_projection)
     projection_hidden_size: int = number(512, gt=0, most=INT32)
 
 

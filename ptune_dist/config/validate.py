@@ -3,8 +3,8 @@
 Each field is checked against its declaration (schema.py: `choice`, `number`, `numbers`) and its type
 hint (text fields hold text only, down to every list item) by one walk of the dataclass tree; then the
 values and combinations that cannot work (empty label words, a
-train.resume that is neither auto, never nor a folder). Model-dependent checks happen where the model
-is built.
+train.resume that is neither auto, never nor a folder); the method section's own rules are its class's
+(`check_config`, ptune_dist/methods). Model-dependent checks happen where the model is built.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import METHODS
-from ptune_dist.model import quant
 
+from . import quant_rules
 from .schema import RunConfig
 
 TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")  # names become metric keys and file names
@@ -71,11 +71,6 @@ def _check_text(value, tp, key: str) -> None:
             _check_text(item, args[1], f"{key}.{k}")
 
 
-def _positive(value, key: str, zero_ok: bool = False) -> None:
-    if value < 0 or (value == 0 and not zero_ok):
-        raise ConfigError(f"{key}={value} must be {'>= 0' if zero_ok else '> 0'}")
-
-
 HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
@@ -117,21 +112,13 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
         raise ConfigError("model.name_or_path is empty: give a local HF folder, embedded:<name> or a hub id")
     m, t = cfg.method, cfg.train
     cls = METHODS[m.name]
-    prompt_method, deep = cls.depth != "none", cls.depth == "deep"
-    if prompt_method:
-        _positive(m.num_virtual_tokens, "method.num_virtual_tokens")
-    if m.init == "text" and not m.init_text:
-        raise ConfigError("method.init=text needs method.init_text")
-    projection = m.projection if m.projection is not None else getattr(cls, "default_projection", False)
-    if deep and m.init != "random" and not projection:
-        raise ConfigError(f"method.init={m.init!r}: {m.name} without projection learns the prefix "
-                          "keys/values directly, which only init=random fills; set method.projection=true")
+    cls.check_config(m)  # the method's own rules (ptune_dist/methods)
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas={t.betas}: expected two numbers")
     _check_resume(t.resume, check_paths)
     _check_distributed(cfg)
     _check_launch(cfg)
-    quant.validate(cfg.model, cls.trains_base, m.name, cfg.distributed)
+    quant_rules.validate(cfg.model, cls.trains_base, m.name, cfg.distributed)
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed")
     names = [task.name for task in cfg.tasks]
@@ -151,7 +138,7 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
         raise ConfigError(f"tasks: one batch mixes tasks of one type only, got types {sorted(types)}")
     for i, task in enumerate(cfg.tasks):
         key = f"tasks.{i}"
-        if "{soft}" in task.template and not (prompt_method and not deep):
+        if "{soft}" in task.template and cls.depth != "shallow":
             raise ConfigError(f"{key}.template places {{soft}}, but method.name={m.name} has no virtual "
                               "input tokens (deep prompts sit in every layer); remove {soft}")
         if task.type == "token_classification" and task.scoring != "head":

@@ -1,12 +1,29 @@
-"""What every method is: a module that produces one task's prompt, and what it needs to know of the base."""
+"""What every method is: a module that produces one task's prompt, what it needs to know of the base, and
+the hooks through which the rest of ptune asks about the method instead of testing its name.
+
+The hooks (class attributes and classmethods of PromptMethod, overridden where a method differs):
+
+- config: `check_config(m)`, the method section's own rules (config/validate.py calls it);
+- PEFT's adapter format (checkpoint/peft_format.py keeps the files): `peft_type`, `peft_config(...)` and
+  `peft_weights()` to export; `peft_imports`, `peft_import_overrides` and `check_peft_import(...)` to import;
+- the memory planner (plan/memory.py, plan/search.py): `depth`, `trains_base`, `trainable_params(...)`
+  and `activation_bytes(...)`.
+
+`m` is a run config's method section (config/schema.py's MethodConfig); the planner builds one from its Setup.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+from ptune_dist.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ptune_dist.config.schema import MethodConfig
 
 
 @dataclass(frozen=True)
@@ -62,8 +79,12 @@ class PromptMethod(nn.Module):
     depth "none": no prompt (baselines).
     """
 
-    depth = "none"
-    trains_base = False
+    name: ClassVar[str] = ""  # method.name in a run config (the registry's key)
+    depth: ClassVar[str] = "none"
+    trains_base: ClassVar[bool] = False  # every weight of the base trains along
+    peft_type: ClassVar[str | None] = None  # the PEFT peft_type it exports as; None: PEFT has no format for it
+    peft_imports: ClassVar[tuple[str, ...]] = ()  # PEFT peft_types whose adapters import as this method
+    peft_import_overrides: ClassVar[tuple[str, ...]] = ()  # config lines such an import sets besides the name
 
     def __init__(self, num_virtual_tokens: int = 0):
         super().__init__()
@@ -71,3 +92,48 @@ class PromptMethod(nn.Module):
 
     def forward(self) -> torch.Tensor | None:
         return None
+
+    # -- config ---------------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, m: MethodConfig) -> None:
+        """The method section's combinations that cannot work (each field's domain is checked before)."""
+        if cls.depth != "none" and m.num_virtual_tokens <= 0:
+            raise ConfigError(f"method.num_virtual_tokens={m.num_virtual_tokens} must be > 0")
+        if m.init == "text" and not m.init_text:
+            raise ConfigError("method.init=text needs method.init_text")
+
+    # -- PEFT's adapter format --------------------------------------------------------------------
+    @classmethod
+    def peft_config(cls, m: MethodConfig, info: BaseInfo, common: dict[str, Any]) -> Any:
+        """The PEFT config an export writes; `common`: the keyword arguments every prompt config takes."""
+        raise ConfigError(f"method.name={m.name}: PEFT has no prompt format for it")
+
+    def peft_weights(self) -> torch.Tensor:
+        """What PEFT saves as `prompt_embeddings` (call under no_grad)."""
+        return self()
+
+    @classmethod
+    def check_peft_import(cls, m: MethodConfig, peft_type: str) -> None:
+        """Refuses a method section (the import's lines plus the user's overrides) that cannot hold the
+        adapter's weights."""
+        if m.name != cls.name or not cls.holds_peft_import(m):
+            sets = "".join(f" with {line}" for line in cls.peft_import_overrides)
+            raise ConfigError(f"method.name={m.name}: the adapter is PEFT's {peft_type}, which imports as "
+                              f"method.name={cls.name}{sets}; drop the method.* override")
+
+    @classmethod
+    def holds_peft_import(cls, m: MethodConfig) -> bool:
+        """Whether the section, besides its name, keeps what `peft_import_overrides` set."""
+        return True
+
+    # -- the memory planner -----------------------------------------------------------------------
+    @classmethod
+    def trainable_params(cls, m: MethodConfig, hidden_size: int, kv_width: int, base_params: int) -> int:
+        """Parameters one task's module has (what __init__ builds); `kv_width` as BaseInfo.kv_width,
+        `base_params` the whole base's."""
+        return 0
+
+    @classmethod
+    def activation_bytes(cls, m: MethodConfig, hidden_size: int, kv_width: int) -> float:
+        """Bytes autograd keeps of the prompt's own forward (its encoder or projection) for one step."""
+        return 0.0

@@ -1,10 +1,13 @@
 """P-tuning (Liu et al. 2021): virtual tokens produced by a prompt encoder (MLP or bidirectional LSTM).
 
 The encoder is trained and checkpointed with the embeddings it reads, so a run can resume; PEFT's
-adapter format keeps only the encoder's output (see checkpoint/peft_format.py).
+adapter format keeps only the encoder's output (see checkpoint/peft_format.py), which imports back
+as prompt tuning.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -12,11 +15,16 @@ from torch import nn
 from .base import BaseInfo, InitContext, PromptMethod
 from .init import token_embeddings
 
+if TYPE_CHECKING:
+    from ptune_dist.config.schema import MethodConfig
+
 
 class PTuning(PromptMethod):
+    name = "p_tuning"
     depth = "shallow"
+    peft_type = "P_TUNING"
 
-    def __init__(self, cfg, info: BaseInfo, ctx: InitContext):
+    def __init__(self, cfg: MethodConfig, info: BaseInfo, ctx: InitContext):
         super().__init__(cfg.num_virtual_tokens)
         H = info.hidden_size
         hidden = cfg.encoder_hidden_size or H
@@ -35,3 +43,33 @@ class PTuning(PromptMethod):
         if self.kind == "lstm":
             x = self.lstm(x[None])[0][0]
         return self.mlp(x)
+
+    @classmethod
+    def peft_config(cls, m: MethodConfig, info: BaseInfo, common: dict[str, Any]) -> Any:
+        from peft import PromptEncoderConfig
+
+        return PromptEncoderConfig(token_dim=info.hidden_size, num_attention_heads=info.num_heads,
+                                   encoder_reparameterization_type=m.encoder.upper(),
+                                   encoder_hidden_size=m.encoder_hidden_size or info.hidden_size, **common)
+
+    @classmethod
+    def trainable_params(cls, m: MethodConfig, hidden_size: int, kv_width: int, base_params: int) -> int:
+        P, H = m.num_virtual_tokens, hidden_size
+        h = m.encoder_hidden_size or H
+        if m.encoder == "lstm":
+            mlp = (2 * h) * (2 * h) + 2 * h + (2 * h) * H + H
+            return P * H + _lstm_params(H, h) + mlp
+        return P * H + (H * h + h) + (h * h + h) + (h * H + H)
+
+    @classmethod
+    def activation_bytes(cls, m: MethodConfig, hidden_size: int, kv_width: int) -> float:
+        return 4 * m.num_virtual_tokens * 4 * (m.encoder_hidden_size or hidden_size)
+
+
+def _lstm_params(inp: int, hidden: int, layers: int = 2, bidirectional: bool = True) -> int:
+    dirs = 2 if bidirectional else 1
+    n = 0
+    for layer in range(layers):
+        i = inp if layer == 0 else hidden * dirs
+        n += dirs * (4 * hidden * i + 4 * hidden * hidden + 2 * 4 * hidden)
+    return n

@@ -2,6 +2,7 @@
 
 Same prefix mechanics as prefix tuning; what differs is the default (no reparameterisation) and the
 recipe it comes with: a sequence- or token-classification head on the encoder (tasks.*.scoring=head).
+It exports as PEFT's PREFIX_TUNING, which imports back as prefix tuning.
 """
 
 from __future__ import annotations
@@ -10,4 +11,5 @@ from .prefix_tuning import DeepPrefix
 
 
 class PTuningV2(DeepPrefix):
+    name = "p_tuning_v2"
     default_projection = False

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from .base import PromptMethod
+from typing import TYPE_CHECKING
+
+from .base import BaseInfo, InitContext, PromptMethod
+
+if TYPE_CHECKING:
+    from ptune_dist.config.schema import MethodConfig
 
 
 class PromptDesign(PromptMethod):
-    def __init__(self, cfg, info, ctx):
+    name = "prompt_design"
+
+    def __init__(self, cfg: MethodConfig, info: BaseInfo, ctx: InitContext):
         super().__init__(0)

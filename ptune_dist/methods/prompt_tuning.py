@@ -1,6 +1,12 @@
-"""Prompt tuning (Lester et al. 2021): P trainable embeddings prepended to (or placed in) the input."""
+"""Prompt tuning (Lester et al. 2021): P trainable embeddings prepended to (or placed in) the input.
+
+PEFT's PROMPT_TUNING adapters, and its P_TUNING ones (which keep only the encoder's output, the [P, H]
+virtual tokens), import as prompt tuning.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -8,11 +14,17 @@ from torch import nn
 from .base import BaseInfo, InitContext, PromptMethod
 from .init import token_embeddings
 
+if TYPE_CHECKING:
+    from ptune_dist.config.schema import MethodConfig
+
 
 class PromptTuning(PromptMethod):
+    name = "prompt_tuning"
     depth = "shallow"
+    peft_type = "PROMPT_TUNING"
+    peft_imports = ("PROMPT_TUNING", "P_TUNING")
 
-    def __init__(self, cfg, info: BaseInfo, ctx: InitContext):
+    def __init__(self, cfg: MethodConfig, info: BaseInfo, ctx: InitContext):
         super().__init__(cfg.num_virtual_tokens)
         init = token_embeddings(cfg.init, cfg.num_virtual_tokens, info.hidden_size, ctx, cfg.init_scale,
                                 cfg.init_text)
@@ -20,3 +32,13 @@ class PromptTuning(PromptMethod):
 
     def forward(self) -> torch.Tensor:
         return self.embedding.clone()  # a tensor of its own: ZeRO-3 frees a parameter's storage after forward
+
+    @classmethod
+    def peft_config(cls, m: MethodConfig, info: BaseInfo, common: dict[str, Any]) -> Any:
+        from peft import PromptTuningConfig
+
+        return PromptTuningConfig(token_dim=info.hidden_size, num_attention_heads=info.num_heads, **common)
+
+    @classmethod
+    def trainable_params(cls, m: MethodConfig, hidden_size: int, kv_width: int, base_params: int) -> int:
+        return m.num_virtual_tokens * hidden_size

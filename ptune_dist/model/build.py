@@ -10,32 +10,36 @@ import contextlib
 
 import torch
 
-from ptune_dist.methods import InitContext, method_class
+from ptune_dist.config.schema import MethodConfig, ModelConfig
+from ptune_dist.data.task import TaskSpec
+from ptune_dist.methods import InitContext, PromptMethod, method_class
 
 from .heads import SequenceClassificationHead, TokenClassificationHead
 from .load import load_base
 from .prompt_model import PromptModel
 
 
-def build_model(cfg, specs, tokenizer, base=None, device: torch.device | None = None) -> PromptModel:
-    """`base` = (hf_model, info) reuses an already loaded base (tests, scale studies). The prompts are
-    made on the CPU (the same numbers on every device), then moved with the heads to `device` (default:
-    where the base's embeddings are) in fp32: master weights whatever the base's dtype."""
-    cls = method_class(cfg.method.name)
-    model, info = base or load_base(cfg.model, trainable=cls.trains_base, device=device)
+def build_model(method_cfg: MethodConfig, model_cfg: ModelConfig, seed: int, specs: list[TaskSpec], tokenizer,
+                base=None, device: torch.device | None = None, method: type[PromptMethod] | None = None) -> PromptModel:
+    """`base` = (hf_model, info) reuses an already loaded base (tests, scale studies); `method`: the class of
+    method_cfg.name when the caller has it; `seed`: train.seed. The prompts are made on the CPU (the same
+    numbers on every device), then moved with the heads to `device` (default: where the base's embeddings
+    are) in fp32: master weights whatever the base's dtype."""
+    cls = method or method_class(method_cfg.name)
+    model, info = base or load_base(model_cfg, trainable=cls.trains_base, device=device)
     embed = model.get_input_embeddings()
     lookup = gathered_lookup(embed)
     prompts, heads = {}, {}
-    head_dropout = 0.1 if cfg.model.dropout is None else cfg.model.dropout
+    head_dropout = 0.1 if model_cfg.dropout is None else model_cfg.dropout
     for i, spec in enumerate(specs):
-        seed = cfg.train.seed * 1009 + i
+        task_seed = seed * 1009 + i
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(task_seed)
             if cls.depth != "none":
                 ctx = InitContext(embed=lookup, tokenizer=tokenizer,
                                   label_words=[w for words in spec.label_words for w in words] or spec.labels,
-                                  generator=torch.Generator().manual_seed(seed))
-                prompts[spec.name] = cls(cfg.method, info, ctx)
+                                  generator=torch.Generator().manual_seed(task_seed))
+                prompts[spec.name] = cls(method_cfg, info, ctx)
             if spec.type == "token_classification":
                 heads[spec.name] = TokenClassificationHead(info.hidden_size, len(spec.labels), head_dropout)
             elif spec.uses_head:
@@ -44,7 +48,7 @@ def build_model(cfg, specs, tokenizer, base=None, device: torch.device | None = 
     device = device or embed.weight.device
     for module in (*prompts.values(), *heads.values()):
         module.to(device)
-    return PromptModel(model, info, prompts, heads, specs, cls.depth, cfg.model.attention, device)
+    return PromptModel(model, info, prompts, heads, specs, cls.depth, model_cfg.attention, device)
 
 
 def gathered_lookup(embed):

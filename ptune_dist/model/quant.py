@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import copy
 import logging
-from importlib import metadata
 
 import torch
 from torch import nn
 
-from ptune_dist.errors import ConfigError
+from ptune_dist.config.quant_rules import require_bitsandbytes
 
-MIN_BNB = (0, 45)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STORAGE = {"uint8": torch.uint8, **DTYPES}
 # heads that a classifier or encoder may carry, kept unquantised like the LM head (suffix matches)
@@ -58,50 +56,6 @@ def install_log_filter() -> None:
 
 
 install_log_filter()  # before anything imports bitsandbytes: the line is logged at its import
-
-
-def require_bitsandbytes(key: str = "model.quant") -> str:
-    """The installed bitsandbytes version, or a ConfigError that says how to install it."""
-    try:
-        version = metadata.version("bitsandbytes")
-    except metadata.PackageNotFoundError:
-        raise ConfigError(f"{key}: quantised bases need bitsandbytes, which is not installed; "
-                          "run `pip install bitsandbytes` (>= 0.45)") from None
-    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-    if parts < MIN_BNB:
-        raise ConfigError(f"{key}: bitsandbytes {version} is too old (CPU support needs >= 0.45); "
-                          "run `pip install -U bitsandbytes`")
-    return version
-
-
-def validate(model_cfg, trains_base: bool, method_name: str, distributed=None) -> None:
-    """Config-only checks of the model.quant* keys (called by config validation)."""
-    q = model_cfg.quant
-    four_bit = q in ("nf4", "fp4")
-    if not four_bit:  # the 4-bit settings must keep their defaults
-        for key, default in (("quant_double", False), ("quant_compute_dtype", "float32"), ("quant_storage", "uint8")):
-            value = getattr(model_cfg, key)
-            if value != default:
-                why = "has no effect without model.quant" if q == "none" else \
-                    f"applies to 4-bit bases only and model.quant={q} ignores it"
-                raise ConfigError(f"model.{key}={value!r} {why} (nf4 or fp4); set model.quant or remove the key")
-    if q == "none":
-        return
-    if trains_base:
-        raise ConfigError(f"model.quant={q}: method.name={method_name} trains the base weights, which a "
-                          "quantised base cannot (bitsandbytes layers have no weight gradient); use "
-                          "model.quant=none or a prompt method")
-    if q == "int8" and distributed is not None and distributed.engine == "deepspeed" and distributed.zero_stage == 3:
-        raise ConfigError("model.quant=int8 with distributed.zero_stage=3: bitsandbytes' Linear8bitLt keeps a second "
-                          "reference to its whole int8 weight (weight.CB, then state.CB), so ZeRO-3 cannot free the "
-                          "parts other ranks own and every rank would hold the whole base; use model.quant=nf4 with "
-                          "model.quant_storage=bfloat16, or distributed.zero_stage 0-2 (docs/quant.md)")
-    if model_cfg.dtype == "float16" or (four_bit and model_cfg.quant_compute_dtype == "float16"):
-        key = "model.dtype" if model_cfg.dtype == "float16" else "model.quant_compute_dtype"
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{key}=float16 with model.quant={q}: bitsandbytes' CPU kernels take "
-                              "float32 or bfloat16; use one of those (docs/quant.md)")
-    require_bitsandbytes()
 
 
 def bnb_config(model_cfg, skip_modules: list[str]):

@@ -33,13 +33,18 @@ The terms (bytes per device):
   about six intermediate-sized tensors; measured with the profiler on SmolLM2).
 - runtime: what the process holds besides tensors (CUDA context and library workspaces on a GPU;
   on this CPU the calibrated constant of docs/plan.md).
+
+What a method adds (its parameter count, its prompt's own activations, its depth, whether the base
+trains) is its class's to say (ptune_dist/methods hooks); nothing here tests a method's name.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ptune_dist.config.schema import MethodConfig
 from ptune_dist.errors import ConfigError
+from ptune_dist.methods import DEFAULT_METHOD, METHODS, PromptMethod
 
 from .arch import Arch
 
@@ -47,9 +52,6 @@ GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STORAGE_BYTES = {"uint8": 1, **DTYPE_BYTES}  # model.quant_storage: the tensors holding packed 4-bit weights
 QUANTS = ("none", "int8", "nf4", "fp4")
-DEEP = ("prefix_tuning", "p_tuning_v2")
-SHALLOW = ("prompt_tuning", "p_tuning")
-METHOD_NAMES = ("prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "full_finetune", "prompt_design")
 # DeepSpeed's zero_optimization defaults (deepspeed/runtime/zero/config.py)
 ZERO_DEFAULTS = {"stage3_max_live_parameters": 1e9, "stage3_max_reuse_distance": 1e9,
                  "stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5}
@@ -64,9 +66,9 @@ BACKWARD_WORKSPACE = {True: 3, False: 6}  # by Setup.lean_activations
 class Setup:
     """One way of running a method on a model: what decides the memory of a device."""
 
-    method: str = "prompt_tuning"
+    method: str = DEFAULT_METHOD  # method.name; the method's class answers for it (ptune_dist/methods hooks)
     num_virtual_tokens: int = 20
-    encoder: str = "mlp"  # p_tuning
+    encoder: str = "mlp"  # a shallow prompt's encoder: mlp | lstm
     encoder_hidden_size: int = 0  # 0: hidden size
     projection: bool | None = None  # deep prompts: None = the method's default
     projection_hidden_size: int = 512
@@ -124,39 +126,27 @@ class Breakdown:
         return {**asdict(self), "tensors": self.tensors, "total": self.total}
 
 
+# -- the method -----------------------------------------------------------------------------
+def method_of(s: Setup) -> type[PromptMethod]:
+    """The class of the setup's method, whose hooks answer for it."""
+    if s.method not in METHODS:
+        raise ConfigError(f"method.name={s.method!r} is not one of {list(METHODS)}")
+    return METHODS[s.method]
+
+
+def method_section(s: Setup) -> MethodConfig:
+    """The run config's method section that the setup describes (what the method hooks take)."""
+    return MethodConfig(name=s.method, num_virtual_tokens=s.num_virtual_tokens, encoder=s.encoder,
+                        encoder_hidden_size=s.encoder_hidden_size, projection=s.projection,
+                        projection_hidden_size=s.projection_hidden_size)
+
+
 # -- parameters -----------------------------------------------------------------------------
-def _lstm_params(inp: int, hidden: int, layers: int = 2, bidirectional: bool = True) -> int:
-    dirs = 2 if bidirectional else 1
-    n = 0
-    for layer in range(layers):
-        i = inp if layer == 0 else hidden * dirs
-        n += dirs * (4 * hidden * i + 4 * hidden * hidden + 2 * 4 * hidden)
-    return n
-
-
 def trainable_params(arch: Arch, s: Setup) -> int:
     """Trainable parameters of one task's prompt (as ptune_dist.methods builds it), plus a head if any."""
-    P, H = s.num_virtual_tokens, arch.hidden_size
+    H = arch.hidden_size
     head = (H * s.head_classes + s.head_classes) if s.head_classes else 0
-    if s.method == "prompt_tuning":
-        return P * H + head
-    if s.method == "p_tuning":
-        h = s.encoder_hidden_size or H
-        if s.encoder == "lstm":
-            mlp = (2 * h) * (2 * h) + 2 * h + (2 * h) * H + H
-            return P * H + _lstm_params(H, h) + mlp + head
-        return P * H + (H * h + h) + (h * h + h) + (h * H + H) + head
-    if s.method in DEEP:
-        projection = (s.method == "prefix_tuning") if s.projection is None else s.projection
-        if projection:
-            ph = s.projection_hidden_size
-            return P * H + (H * ph + ph) + (ph * arch.kv_width + arch.kv_width) + head
-        return P * arch.kv_width + head
-    if s.method == "full_finetune":
-        return arch.total_params + head
-    if s.method == "prompt_design":
-        return head
-    raise ConfigError(f"method.name={s.method!r} is not one of {list(METHOD_NAMES)}")
+    return method_of(s).trainable_params(method_section(s), H, arch.kv_width, arch.total_params) + head
 
 
 # -- weights --------------------------------------------------------------------------------
@@ -174,8 +164,8 @@ def linear_weight_bytes(arch: Arch, s: Setup) -> float:
 
 
 def frozen_bytes_total(arch: Arch, s: Setup) -> float:
-    """The whole frozen base as stored (full fine-tuning: nothing is frozen)."""
-    if s.method == "full_finetune":
+    """The whole frozen base as stored (a method that trains the base: nothing is frozen)."""
+    if method_of(s).trains_base:
         return 0.0
     e = DTYPE_BYTES[s.dtype]
     other = arch.other_params - (arch.block_linear_out_features if arch.bias else 0)
@@ -214,7 +204,7 @@ def _zero3_gathered(arch: Arch, s: Setup, stored: float) -> float:
 def sequence(s: Setup) -> tuple[int, int, int]:
     """(tokens per row the model runs on, keys per row, prefix length held as keys)."""
     P = s.num_virtual_tokens
-    if s.method in DEEP:
+    if method_of(s).depth == "deep":
         if s.max_length <= P:
             raise ConfigError(f"data.max_length={s.max_length} leaves no room after {P} virtual tokens")
         return s.max_length - P, s.max_length, P
@@ -268,12 +258,8 @@ def activation_bytes(arch: Arch, s: Setup) -> float:
 
 
 def method_activation_bytes(arch: Arch, s: Setup) -> float:
-    P = s.num_virtual_tokens
-    if s.method in DEEP:
-        return 4 * P * (arch.kv_width + s.projection_hidden_size)
-    if s.method == "p_tuning":
-        return 4 * P * 4 * (s.encoder_hidden_size or arch.hidden_size)
-    return 0.0
+    """What the prompt's own forward keeps (the method's `activation_bytes` hook)."""
+    return method_of(s).activation_bytes(method_section(s), arch.hidden_size, arch.kv_width)
 
 
 def logit_rows(s: Setup) -> int:
@@ -301,8 +287,7 @@ def workspace_bytes(arch: Arch, s: Setup) -> float:
 
 # -- the whole device -----------------------------------------------------------------------
 def check(arch: Arch, s: Setup) -> None:
-    if s.method not in METHOD_NAMES:
-        raise ConfigError(f"method.name={s.method!r} is not one of {list(METHOD_NAMES)}")
+    method_of(s)  # an unknown method.name is refused here
     if s.dtype not in DTYPE_BYTES:
         raise ConfigError(f"model.dtype={s.dtype!r} is not one of {list(DTYPE_BYTES)}")
     if s.quant not in QUANTS:
@@ -338,7 +323,8 @@ def predict(arch: Arch, s: Setup, runtime: float = 0.0) -> Breakdown:
     # trainable weights, gradients, optimizer state
     n = trainable_params(arch, s)
     out.trainable_params = n
-    if s.method == "full_finetune":
+    trains_base = method_of(s).trains_base
+    if trains_base:
         pw = DTYPE_BYTES[s.dtype]  # the base trains in its own dtype
         state = 2 * pw if s.optimizer == "adamw" else 0.5
     else:
@@ -358,17 +344,17 @@ def predict(arch: Arch, s: Setup, runtime: float = 0.0) -> Breakdown:
             opt = 0.0
         out.trainable, out.optimizer = weights + grads, opt
         if zero == 3 and n:  # the trainable parameters are gathered for use like the base
-            out.zero3_gathered += n * pw * (1 - 1 / w) if s.method != "full_finetune" else 0.0
+            out.zero3_gathered += n * pw * (1 - 1 / w) if not trains_base else 0.0
     # activations, logits, workspace (one micro-batch; accumulation adds nothing)
     out.activations = activation_bytes(arch, s)
-    if s.method == "full_finetune":
-        out.activations += _full_finetune_extra(arch, s)
+    if trains_base:
+        out.activations += _trained_base_extra(arch, s)
     out.logits = logits_bytes(arch, s)
     out.workspace = workspace_bytes(arch, s)
     return out
 
 
-def _full_finetune_extra(arch: Arch, s: Setup) -> float:
+def _trained_base_extra(arch: Arch, s: Setup) -> float:
     """Trained weights also need every linear layer's input (one [tokens, H] or [tokens, I] each)."""
     T, _, _ = sequence(s)
     N, e = s.batch_size * T, DTYPE_BYTES[s.dtype]

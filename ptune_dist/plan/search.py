@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ptune_dist.errors import ConfigError
+from ptune_dist.methods import method_class
 
 from .arch import Arch, resolve_arch
 from .memory import GiB, Breakdown, Setup, predict
@@ -326,7 +327,7 @@ def _engines(req: Request) -> list[dict]:
     z3 = dict(engine="deepspeed", zero_stage=3, offload_optimizer=False, offload_params=False)
     z3off = dict(engine="deepspeed", zero_stage=3, offload_optimizer=True, offload_params=True)
     out = [plain] + ([z3] if world > 1 else []) + [z3off]
-    if base.method == "full_finetune" and world > 1:
+    if method_class(base.method).trains_base and world > 1:
         out[1:1] = [dict(engine="deepspeed", zero_stage=s, offload_optimizer=False, offload_params=False)
                     for s in (1, 2)]
     return out
@@ -339,7 +340,7 @@ def _bases(req: Request) -> list[tuple[str, str]]:
         options = [(b.dtype, q) for _, q in options]
     if "model.quant" in f:
         options = [(dt, b.quant) for dt, _ in options]
-    if b.method == "full_finetune":
+    if method_class(b.method).trains_base:
         options = [(dt, q) for dt, q in options if q == "none"]
     return list(dict.fromkeys(options))
 

@@ -6,13 +6,15 @@ import math
 
 import torch
 
+from ptune_dist.config.schema import TrainConfig
 
-def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+
+def build_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
     params = list(params)
-    if cfg.optimizer == "adafactor":
+    if train.optimizer == "adafactor":
         # torch's Adafactor (Shazeer & Stern 2018), the optimizer Lester et al. tuned prompts with
-        return torch.optim.Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return torch.optim.Adafactor(params, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -27,6 +29,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.schedule))
+        optimizer, lambda step: lr_factor(step, train.steps, train.warmup_steps, train.schedule))

@@ -1,0 +1,64 @@
+"""What the model.quant* keys may hold, checked with the rest of the config before anything loads
+(model/quant.py builds the quantised base itself; see docs/quant.md).
+
+    validate(model_cfg, trains_base, method_name, distributed)   the 4-bit keys only with a 4-bit base, no
+                                                                 quantised base for a method that trains it,
+                                                                 no int8 under ZeRO-3, float16 only on CUDA,
+                                                                 bitsandbytes installed and recent
+    require_bitsandbytes(key)                                    its version, or a ConfigError saying how to
+                                                                 install it
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import torch
+
+from ptune_dist.errors import ConfigError
+
+MIN_BNB = (0, 45)
+
+
+def require_bitsandbytes(key: str = "model.quant") -> str:
+    """The installed bitsandbytes version, or a ConfigError that says how to install it."""
+    try:
+        version = metadata.version("bitsandbytes")
+    except metadata.PackageNotFoundError:
+        raise ConfigError(f"{key}: quantised bases need bitsandbytes, which is not installed; "
+                          "run `pip install bitsandbytes` (>= 0.45)") from None
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < MIN_BNB:
+        raise ConfigError(f"{key}: bitsandbytes {version} is too old (CPU support needs >= 0.45); "
+                          "run `pip install -U bitsandbytes`")
+    return version
+
+
+def validate(model_cfg, trains_base: bool, method_name: str, distributed=None) -> None:
+    """Config-only checks of the model.quant* keys (called by config validation)."""
+    q = model_cfg.quant
+    four_bit = q in ("nf4", "fp4")
+    if not four_bit:  # the 4-bit settings must keep their defaults
+        for key, default in (("quant_double", False), ("quant_compute_dtype", "float32"), ("quant_storage", "uint8")):
+            value = getattr(model_cfg, key)
+            if value != default:
+                why = "has no effect without model.quant" if q == "none" else \
+                    f"applies to 4-bit bases only and model.quant={q} ignores it"
+                raise ConfigError(f"model.{key}={value!r} {why} (nf4 or fp4); set model.quant or remove the key")
+    if q == "none":
+        return
+    if trains_base:
+        raise ConfigError(f"model.quant={q}: method.name={method_name} trains the base weights, which a "
+                          "quantised base cannot (bitsandbytes layers have no weight gradient); use "
+                          "model.quant=none or a prompt method")
+    if q == "int8" and distributed is not None and distributed.engine == "deepspeed" and distributed.zero_stage == 3:
+        raise ConfigError("model.quant=int8 with distributed.zero_stage=3: bitsandbytes' Linear8bitLt keeps a second "
+                          "reference to its whole int8 weight (weight.CB, then state.CB), so ZeRO-3 cannot free the "
+                          "parts other ranks own and every rank would hold the whole base; use model.quant=nf4 with "
+                          "model.quant_storage=bfloat16, or distributed.zero_stage 0-2 (docs/quant.md)")
+    if model_cfg.dtype == "float16" or (four_bit and model_cfg.quant_compute_dtype == "float16"):
+        key = "model.dtype" if model_cfg.dtype == "float16" else "model.quant_compute_dtype"
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}=float16 with model.quant={q}: bitsandbytes' CPU kernels take "
+                              "float32 or bfloat16; use one of those (docs/quant.md)")
+    require_bitsandbytes()
