@@ -2,9 +2,13 @@
 
 Same calls as TorchEngine (engine.py). The loop hands every micro-batch's loss to backward();
 DeepSpeed scales it by the accumulation steps and takes the update on the last micro-batch, which
-step() triggers. Checkpoints stay ptune's own format: the full fp32 weights and per-parameter
-optimizer state are gathered from the ZeRO partitions (deepspeed.utils.safe_get_full_*), so a run
-saved on 2 ranks resumes on 1 or 4, or with the plain engine, and exports to PEFT.
+step() triggers.
+
+Same state contract too: state_dict() -> {"weights", "optimizer", "scheduler"}, whole tensors keyed by
+parameter name (engine.py), and load_state_dict() of that, never DeepSpeed's own checkpoint format.
+Above stage 0 the full fp32 weights and per-parameter optimizer state are gathered from the ZeRO
+partitions (deepspeed.utils.safe_get_full_*, a collective every rank calls) and scattered back into
+them on load, so a run saved on 2 ranks resumes on 1 or 4, or with the plain engine, and exports to PEFT.
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ from __future__ import annotations
 import torch
 import yaml
 
-from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.config.schema import DistributedConfig, TrainConfig
 
 from . import dist
+from .optim_state import load_named_state_dict, named_state_dict
 
 
 def ds_config(d: DistributedConfig, t: TrainConfig, batch_size: int, world: int) -> dict:
@@ -93,6 +97,7 @@ class DeepSpeedEngine:
         return self.optimizer if self.stage == 0 else self.optimizer.optimizer
 
     def full_weights(self) -> dict:
+        """{name: full fp32 tensor on the CPU}; a collective under ZeRO-3."""
         from deepspeed.utils import safe_get_full_fp32_param
 
         out = {}
@@ -101,47 +106,58 @@ class DeepSpeedEngine:
             out[name] = (p.detach() if full is None else full).float().reshape(_shape(p)).contiguous().cpu()
         return out
 
-    def full_optimizer(self) -> tuple[dict, dict]:
+    def state_dict(self) -> dict:
+        return {"weights": self.full_weights(), "optimizer": self._optimizer_state(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def _optimizer_state(self) -> dict:
+        """The optimizer's state keyed by parameter name (optim_state.py); above stage 0 each tensor slot
+        gathered whole from ZeRO's flat partitions, and the step count as a float32 tensor per parameter."""
         if self.stage == 0:
-            return ckpt.optimizer_state(self.model, self.optimizer)
+            return named_state_dict(self.optimizer, list(self.params))
         from deepspeed.utils import safe_get_full_optimizer_state
 
         first = next(iter(self._base.state.values()))
         slots = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
         step = first["step"]
-        tensors = {}
+        state = {}
         for name, p in self.params.items():
-            for slot in slots:
-                tensors[f"state.{name}.{slot}"] = (
-                    safe_get_full_optimizer_state(p, slot).float().reshape(_shape(p)).contiguous().cpu())
-            tensors[f"state.{name}.step"] = torch.as_tensor(step, dtype=torch.float32).clone()
+            state[name] = {slot: safe_get_full_optimizer_state(p, slot).float().reshape(_shape(p)).contiguous().cpu()
+                           for slot in slots}
+            state[name]["step"] = torch.as_tensor(step, dtype=torch.float32).clone()
         group = {k: v for k, v in self._base.param_groups[0].items() if k != "params"}
-        return tensors, {"param_groups": [{**group, "params": list(self.params)}], "scalars": {}}
+        return {"state": state, "param_groups": [{**group, "params": list(self.params)}]}
 
-    def load_state(self, weights: dict, opt_tensors: dict, opt_meta: dict) -> None:
+    def load_state_dict(self, sd: dict) -> None:
+        weights, optimizer = sd["weights"], sd["optimizer"]
         if self.stage == 0:
             with torch.no_grad():
                 for name, p in self.params.items():
                     p.copy_(weights[name])
-            ckpt.load_optimizer_state(self.model, self.optimizer, opt_tensors, opt_meta)
-            return
+            load_named_state_dict(self.optimizer, optimizer)
+        else:
+            self._load_partitioned(weights, optimizer)
+        self.scheduler.load_state_dict(sd["scheduler"])
+
+    def _load_partitioned(self, weights: dict, optimizer: dict) -> None:
+        """Scatter whole weights and optimizer slots into ZeRO's partitions (stages 1-3)."""
         import deepspeed
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
         self._materialize_state()
-        by_param = ckpt.state_by_param(opt_tensors)
+        by_param = optimizer["state"]
         for name, p in self.params.items():
             safe_set_full_fp32_param(p, weights[name])
             for slot, value in by_param.get(name, {}).items():
-                if value.dim() > 0:
+                if torch.is_tensor(value) and value.dim() > 0:
                     safe_set_full_optimizer_state(p, value, slot)
             with deepspeed.zero.GatheredParameters([p], modifier_rank=0, enabled=self.stage == 3):
                 with torch.no_grad():
                     p.data.copy_(weights[name].reshape(p.data.shape))  # the working copy the forward uses
         step = next(iter(by_param.values()))["step"]
         for st in self._base.state.values():
-            st["step"] = step.clone() if torch.is_tensor(st["step"]) else float(step)
-        saved_group = opt_meta["param_groups"][0]
+            st["step"] = torch.as_tensor(step).clone() if torch.is_tensor(st["step"]) else float(step)
+        saved_group = optimizer["param_groups"][0]
         for g in self._base.param_groups:  # the scheduled lr of the saved step (schedulers only set it on step)
             g.update({k: saved_group[k] for k in ("lr", "initial_lr") if k in saved_group})
 

@@ -6,8 +6,19 @@ An engine offers the same calls whatever runs underneath (see ds_engine.py for D
     step(loss) -> grad norm, per update (loss: the update's summed micro-batch losses); NaN when the loss
                   or a gradient was not finite on any rank, and then nothing was updated (see nonfinite.py)
     lr                              shapes() {name: shape} of the trainable weights
-    full_weights() -> {name: fp32 tensor}, full_optimizer() -> (tensors, meta): every rank calls them
-    load_state(weights, optimizer tensors, meta)
+    full_weights() -> {name: full fp32 tensor on the CPU}: every rank calls it (it may gather)
+
+and its state, as a part a checkpointer saves and restores (checkpoint/checkpointer.py):
+
+    state_dict() -> {"weights": full_weights(),
+                     "optimizer": the optimizer's state keyed by parameter name (optim_state.py),
+                     "scheduler": the lr schedule's state_dict()}
+    load_state_dict(that dict)      puts all three back
+
+Every rank calls both (the DeepSpeed engine gathers and scatters ZeRO partitions in them), and the dict
+holds whole tensors, never a rank's partition: a state saved by one engine on N ranks loads into either
+engine on any number of ranks. Here an update skipped as non-finite (a NaN from step) changes neither
+the weights nor the optimizer state in it, only the schedule's step.
 
 With several processes it averages the trainable gradients over the ranks with one all-reduce per
 update: the prompt is small, so that is all data parallelism needs.
@@ -17,9 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from ptune_dist.checkpoint import state as ckpt
-
 from . import dist
+from .optim_state import load_named_state_dict, named_state_dict
 
 
 class TorchEngine:
@@ -69,13 +79,16 @@ class TorchEngine:
         return {n: tuple(p.shape) for n, p in self.model.trainable_parameters().items()}
 
     def full_weights(self) -> dict:
-        return ckpt.trainable_state(self.model)
+        return {n: p.detach().float().contiguous().cpu() for n, p in self.model.trainable_parameters().items()}
 
-    def full_optimizer(self) -> tuple[dict, dict]:
-        return ckpt.optimizer_state(self.model, self.optimizer)
+    def state_dict(self) -> dict:
+        return {"weights": self.full_weights(),
+                "optimizer": named_state_dict(self.optimizer, list(self.model.trainable_parameters())),
+                "scheduler": self.scheduler.state_dict()}
 
-    def load_state(self, weights: dict, opt_tensors: dict, opt_meta: dict) -> None:
+    def load_state_dict(self, sd: dict) -> None:
         with torch.no_grad():
             for name, p in self.model.trainable_parameters().items():
-                p.copy_(weights[name])
-        ckpt.load_optimizer_state(self.model, self.optimizer, opt_tensors, opt_meta)
+                p.copy_(sd["weights"][name])
+        load_named_state_dict(self.optimizer, sd["optimizer"])
+        self.scheduler.load_state_dict(sd["scheduler"])

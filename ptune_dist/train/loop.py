@@ -2,7 +2,8 @@
 
     output_dir/config.yaml          the resolved config
     output_dir/metrics.jsonl        train records (step, loss, lr, tokens_per_s, grad_norm) and eval records
-    output_dir/checkpoints/step-N/  resumable checkpoints (atomic; see checkpoint/)
+    output_dir/checkpoints/step-N/  resumable checkpoints of the engine, the data order and the RNG (atomic;
+                                    checkpoint/checkpointer.py saves and restores those parts)
     output_dir/final/               the trained weights, for eval, predict and export
     output_dir/results.json         final (and baseline) metrics
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ptune_dist.checkpoint import state as ckpt
+from ptune_dist.checkpoint.checkpointer import Checkpointer
 from ptune_dist.config import to_yaml
 from ptune_dist.data.loader import TrainLoader
 from ptune_dist.device import describe, peak_bytes, to_device
@@ -34,6 +36,7 @@ from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler
 from .preempt import Preempted, StopRequests
 from .resume import agreed_resume_point, config_changes
+from .rng import RankRng
 from .run_lock import RunLock
 from .session import Session, baseline_view, build_session
 
@@ -54,16 +57,17 @@ def train_run(cfg, stop: StopRequests) -> dict:
     s = build_session(cfg)
     cfg, model, env, t = s.cfg, s.model, s.env, s.cfg.train
     out = Path(cfg.output_dir)
-    engine, loader, start, changes = None, None, 0, {}
+    engine, checkpointer, start, changes = None, None, 0, {}
     results = {"method": cfg.method.name, "model": cfg.model.name_or_path, "device": describe(s.device)}
     random.seed(t.seed + env.rank)  # dropout and anything else random: reproducible per rank
     torch.manual_seed(t.seed + env.rank)
     if t.steps:
         engine, loader = make_engine(s), make_loader(s)
-        resume_from = agreed_resume_point(t.resume, out, env.is_main, engine.shapes())
+        checkpointer = make_checkpointer(s, engine, loader)
+        resume_from = agreed_resume_point(t.resume, out, env.is_main, checkpointer.read)
         if resume_from:
             changes = config_changes(resume_from, cfg)  # refuses before anything is loaded
-            saved = ckpt.load_training(resume_from, engine, loader, env.rank)
+            saved = checkpointer.load(resume_from)
             start = saved.step
             results.update({k: saved.state[k] for k in CARRIED if k in saved.state})
     if env.is_main:
@@ -86,8 +90,8 @@ def train_run(cfg, stop: StopRequests) -> dict:
     if t.eval_at_start and not start:
         log.eval(0, run_eval(model, s.tasks))
 
-    save = partial(save_checkpoint, s, engine=engine, loader=loader,
-                   extra={k: results[k] for k in CARRIED if k in results})
+    carried = {k: results[k] for k in CARRIED if k in results}
+    save = partial(checkpointer.save, extra=carried) if checkpointer else None  # every rank: the parts gather
     if engine is not None:
         run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks), stop, save)
     results["final"] = run_eval(model, s.tasks)
@@ -177,17 +181,11 @@ def make_loader(s: Session) -> TrainLoader:
         raise ConfigError(f"data.batch_size: {e}") from None
 
 
-def save_checkpoint(s: Session, step: int, engine, loader, extra: dict) -> None:
-    """Every rank calls this (weights, optimizer state and RNG states are gathered); the main rank writes.
-    `extra`: results a resumed run carries on (the baseline)."""
-    weights, optimizer = engine.full_weights(), engine.full_optimizer()
-    rngs = dist.gather_objects(ckpt.rng_state())
-    if s.env.is_main:
-        folder = Path(s.cfg.output_dir) / "checkpoints"
-        ckpt.save(folder / f"step-{step}", to_yaml(s.cfg), weights, optimizer=optimizer, step=step, rng_states=rngs,
-                  training={"scheduler": engine.scheduler.state_dict(), "loader": loader.state_dict()}, extra=extra)
-        ckpt.prune(folder, s.cfg.train.keep_checkpoints)
-    dist.barrier()
+def make_checkpointer(s: Session, engine, loader: TrainLoader) -> Checkpointer:
+    """checkpoints/step-N of the run's three parts: the engine, the data order, every rank's RNG."""
+    return Checkpointer(Path(s.cfg.output_dir) / "checkpoints", engine=engine, loader=loader,
+                        rng=RankRng(s.env.rank), config_yaml=to_yaml(s.cfg), keep=s.cfg.train.keep_checkpoints,
+                        is_main=s.env.is_main, barrier=dist.barrier)
 
 
 def write_json(path: Path, obj) -> None:

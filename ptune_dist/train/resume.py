@@ -11,6 +11,9 @@ Changed settings, by one rule: a setting that says how long the run goes, how it
 it runs (RESUMABLE below) is applied and reported; one that shapes the training itself (the model,
 method, data, optimizer, schedule, seed...) is refused, naming every difference, since the
 checkpoint's optimizer state, schedule and data order belong to the old values.
+
+A checkpoint is judged by the run's checkpointer (checkpoint/checkpointer.py: its read() checks a folder
+whole against the run's model without loading anything).
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import dataclasses
 import sys
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Callable
 
-from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.checkpoint.atomic import is_valid, recover_all
+from ptune_dist.checkpoint.folders import step_dirs
+from ptune_dist.checkpoint.read import CheckpointDamaged
 from ptune_dist.config import from_yaml
 from ptune_dist.errors import CheckpointError, ConfigError
 
@@ -37,15 +42,16 @@ RESUMABLE = (
     "model.gradient_checkpointing", "model.lean_activations", "distributed.*", "launch.*", "sweep.*")
 
 
-def agreed_resume_point(resume: str, out: Path, is_main: bool, shapes: dict) -> Path | None:
+def agreed_resume_point(resume: str, out: Path, is_main: bool, read: Callable[[Path], object]) -> Path | None:
     """train.resume resolved on the main rank (auto: the newest whole checkpoint); its answer, or its
-    error, on every rank. A collective: every rank calls it. `shapes`: the model's trainable shapes."""
+    error, on every rank. A collective: every rank calls it. `read`: the run's Checkpointer.read, which
+    raises CheckpointDamaged or CheckpointError for a folder this run cannot resume from."""
     answer = None
     if is_main:
         try:
             for folder in (out, out / "checkpoints"):
                 recover_all(folder)
-            answer = ("ok", _choose(resume, out / "checkpoints", shapes))
+            answer = ("ok", _choose(resume, out / "checkpoints", read))
         except CheckpointError as e:
             answer = ("error", str(e))
     kind, value = dist.broadcast_object(answer)
@@ -54,24 +60,24 @@ def agreed_resume_point(resume: str, out: Path, is_main: bool, shapes: dict) -> 
     return value
 
 
-def _choose(resume: str, checkpoints: Path, shapes: dict) -> Path | None:
+def _choose(resume: str, checkpoints: Path, read: Callable[[Path], object]) -> Path | None:
     if resume == "never":
-        held = [p.name for _, p in ckpt.step_dirs(checkpoints)] + ["final"] * (checkpoints.parent / "final").exists()
+        held = [p.name for _, p in step_dirs(checkpoints)] + ["final"] * (checkpoints.parent / "final").exists()
         if held:  # a fresh run would prune and replace them: an earlier run's results, lost
             raise CheckpointError(f"train.resume=never, but output_dir={str(checkpoints.parent)!r} holds an earlier "
                                   f"run ({', '.join(held[:4])}) that a fresh start would replace; choose another "
                                   "output_dir, or remove that run yourself")
         return None
     if resume != "auto":
-        ckpt.read_training(Path(resume), shapes)  # a named checkpoint must be whole: its error otherwise
+        read(Path(resume))  # a named checkpoint must be whole: its error otherwise
         return Path(resume)
     damaged = []
-    for _, folder in ckpt.step_dirs(checkpoints):
+    for _, folder in step_dirs(checkpoints):
         if not is_valid(folder):  # incomplete (a save was interrupted): not a checkpoint at all
             continue
         try:
-            ckpt.read_training(folder, shapes)
-        except ckpt.CheckpointDamaged as e:
+            read(folder)
+        except CheckpointDamaged as e:
             print(f"ptune: {e}; trying the checkpoint before it", file=sys.stderr, flush=True)
             damaged.append(str(e))
             continue

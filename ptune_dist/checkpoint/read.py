@@ -1,0 +1,162 @@
+"""Reading a checkpoint folder back (the layout state.py writes), checked whole before anything uses it.
+
+Two kinds of failure, for resume to tell apart:
+
+    CheckpointDamaged   complete (its manifest holds) but it cannot be a ptune checkpoint: a file
+                        unreadable, a state.json key missing, optimizer state misshapen, NaN or inf in
+                        the weights or the optimizer state; train.resume=auto falls back to an older one
+    CheckpointError     whole, but not for this run: another model, method or task list (shapes or
+                        names differ), or a final/ export without training state
+
+Nothing here touches a model, an engine or the RNG except load_weights, which copies weights into a
+model for eval, predict and export.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ptune_dist.errors import CheckpointError
+
+from .atomic import verify
+
+# state.json of a resumable checkpoint: key -> the type it must have
+TRAINING_KEYS = {"optimizer": dict, "scheduler": dict, "loader": dict, "python_rng": list}
+
+
+class CheckpointDamaged(CheckpointError):
+    """The folder is complete (its manifest holds) but what it holds cannot be a ptune checkpoint."""
+
+    def __init__(self, folder, what: str):
+        super().__init__(f"checkpoint {folder} is damaged: {what}")
+
+
+def nonfinite(tensors: dict) -> str:
+    """'' when every tensor is finite, else which are not."""
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return f"{len(bad)} tensor(s) hold NaN or inf ({', '.join(bad[:3])})" if bad else ""
+
+
+def state_by_param(tensors: dict) -> dict[str, dict]:
+    """{param name: {slot: tensor}} from the state.<param name>.<slot> keys of optimizer.safetensors."""
+    by_param: dict[str, dict] = {}
+    for key, value in tensors.items():
+        name, slot = key[len("state."):].rsplit(".", 1)
+        by_param.setdefault(name, {})[slot] = value
+    return by_param
+
+
+def read_state(folder: Path) -> dict:
+    """state.json of a complete folder (verified against its manifest), with a step."""
+    verify(folder)
+    try:
+        state = json.loads((Path(folder) / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointDamaged(folder, f"state.json unreadable ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise CheckpointDamaged(folder, "state.json has no step (a whole number >= 0)")
+    return state
+
+
+def _load_tensors(path: Path) -> dict:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointDamaged(path.parent, f"{path.name} unreadable ({e})") from None
+
+
+def check_fits(folder: Path, saved: dict, shapes: dict) -> None:
+    """The checkpoint's trainable tensors must be exactly the model's, name by name and shape by shape."""
+    missing, unexpected = sorted(set(shapes) - set(saved)), sorted(set(saved) - set(shapes))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {folder} does not fit this model: missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]} (another method, task list or base? to start "
+                              "afresh use another output_dir or train.resume=never)")
+    for name, shape in shapes.items():
+        if tuple(saved[name].shape) != tuple(shape):
+            raise CheckpointError(f"checkpoint {folder}: {name} has shape {tuple(saved[name].shape)}, "
+                                  f"the model expects {tuple(shape)}")
+    bad = nonfinite(saved)
+    if bad:
+        raise CheckpointDamaged(folder, bad)
+
+
+def check_optimizer_fits(where: Path, meta: dict, names: list[str]) -> None:
+    saved = [n for g in meta["param_groups"] for n in g["params"]]
+    if saved != names:
+        raise CheckpointError(f"checkpoint {where}: its optimizer state is for parameters {saved[:3]}..., "
+                              f"this model trains {names[:3]}... (a different method or tasks?)")
+
+
+def load_weights(folder: Path, model) -> None:
+    """Copy a checkpoint's trainable weights into `model` (one process, no ZeRO partitioning)."""
+    folder = Path(folder)
+    verify(folder)
+    saved = _load_tensors(folder / "trainable.safetensors")
+    params = model.trainable_parameters()
+    check_fits(folder, saved, {n: p.shape for n, p in params.items()})
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name])
+
+
+@dataclass
+class Training:
+    """A resumable checkpoint read and checked whole, before anything of the run is touched: state.json,
+    trainable.safetensors, optimizer.safetensors and rng.safetensors as they are on disk."""
+    folder: Path
+    state: dict
+    weights: dict
+    optimizer: dict
+    rngs: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+def read_training(folder: Path, shapes: dict) -> Training:
+    """Everything a run needs to continue from `folder`, checked: CheckpointDamaged when it cannot be a
+    ptune checkpoint (resume=auto then falls back to an older one), CheckpointError when it is whole
+    but for another model or method. `shapes`: {name: shape} of the trainable weights, in the order
+    the optimizer holds them."""
+    folder = Path(folder)
+    state = read_state(folder)
+    if "optimizer" not in state:
+        raise CheckpointError(f"checkpoint {folder} has no training state (a final/ export?); "
+                              "it can be evaluated or exported, not resumed")
+    for key, kind in TRAINING_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            raise CheckpointDamaged(folder, f"state.json key {key!r} is {type(state.get(key)).__name__}, "
+                                            f"expected {kind.__name__}")
+    meta = state["optimizer"]
+    if not isinstance(meta.get("param_groups"), list) or not isinstance(meta.get("scalars"), dict):
+        raise CheckpointDamaged(folder, "state.json optimizer lacks param_groups (a list) or scalars (a map)")
+    weights = _load_tensors(folder / "trainable.safetensors")
+    check_fits(folder, weights, shapes)
+    optimizer = _load_tensors(folder / "optimizer.safetensors")
+    try:
+        check_optimizer_fits(folder, meta, list(shapes))
+        by_param = state_by_param(optimizer)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointDamaged(folder, f"optimizer state unreadable ({type(e).__name__}: {e})") from None
+    for name, slots in by_param.items():
+        for slot, t in slots.items():
+            if t.dim() > 0 and not _fits_param(tuple(t.shape), tuple(shapes.get(name, ()))):
+                raise CheckpointDamaged(folder, f"optimizer state {name}.{slot} has shape {tuple(t.shape)}, "
+                                                f"its parameter {tuple(shapes.get(name, ()))}")
+    bad = nonfinite(optimizer)
+    if bad:
+        raise CheckpointDamaged(folder, f"optimizer state: {bad}")
+    return Training(folder, state, weights, optimizer, _load_tensors(folder / "rng.safetensors"))
+
+
+def _fits_param(slot: tuple, param: tuple) -> bool:
+    """An optimizer slot is shaped like its parameter, or factored (Adafactor: a 1 in place of a dim)."""
+    return len(slot) == len(param) and all(s in (p, 1) for s, p in zip(slot, param))
