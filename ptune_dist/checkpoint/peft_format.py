@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ptune_dist.config import load_config, to_yaml
+from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import CheckpointError, ConfigError, PtuneError
 from ptune_dist.methods import BaseInfo, InitContext, for_peft_type, method_class, peft_exportable, peft_importable
 from ptune_dist.model.inspect import InspectedBase, inspect_base
@@ -34,7 +35,7 @@ from .target import cannot_write, check_target, run_of, say_replaced
 class Prompts(nn.Module):
     """Just the prompt table, without the base: enough to read, convert and write prompt weights."""
 
-    def __init__(self, cfg, info: BaseInfo):
+    def __init__(self, cfg: RunConfig, info: BaseInfo):
         super().__init__()
         cls = method_class(cfg.method.name)
         method_cfg = dataclasses.replace(cfg.method, init="random")  # the weights are loaded next
@@ -45,7 +46,7 @@ class Prompts(nn.Module):
         return dict(self.named_parameters())
 
 
-def base_info(cfg) -> BaseInfo:
+def base_info(cfg: RunConfig) -> BaseInfo:
     return inspect_base(cfg.model).info
 
 
@@ -56,7 +57,7 @@ def flat_prompt(module) -> torch.Tensor:
     return out.detach().float().contiguous()
 
 
-def peft_config(cfg, base: InspectedBase, P: int):
+def peft_config(cfg: RunConfig, base: InspectedBase, P: int):
     """The PEFT config of the run's method (its `peft_config` hook) with what every prompt config holds."""
     info = base.info
     common = dict(task_type="CAUSAL_LM" if info.kind == "causal_lm" else "FEATURE_EXTRACTION",

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import method_class
 
@@ -230,7 +231,7 @@ def _keys_set_in(files: list[str]) -> set[str]:
     return keys
 
 
-def _hardware(given: dict, cfg) -> Hardware:
+def _hardware(given: dict, cfg: RunConfig) -> Hardware:
     """hardware.* as given; the rest from the run config and, on a GPU, this machine's GPU memory."""
     hw = Hardware(gpus=cfg.launch.nproc_per_node, nodes=cfg.launch.nnodes,
                   device="cpu" if cfg.train.device == "cpu" else "gpu")
@@ -279,7 +280,7 @@ def planned_kernel(attention: str, dtype: str, device: str) -> str:
     return "sdpa" if attention in ("auto", "reference") else attention
 
 
-def setup_from_config(cfg, arch: Arch, plan: dict, device: str | None = None) -> Setup:
+def setup_from_config(cfg: RunConfig, arch: Arch, plan: dict, device: str | None = None) -> Setup:
     """The Setup a run config describes; `device` (gpu | cpu) decides the `auto` attention kernel (default:
     the CPU for train.device=cpu or a machine without CUDA, else a GPU)."""
     if device is None:

@@ -23,6 +23,7 @@ import torch
 from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.checkpoint.checkpointer import Checkpointer
 from ptune_dist.config import to_yaml
+from ptune_dist.config.schema import RunConfig
 from ptune_dist.data.loader import TrainLoader
 from ptune_dist.device import describe, peak_bytes, to_device
 from ptune_dist.errors import ConfigError
@@ -43,7 +44,7 @@ from .session import Session, baseline_view, build_session
 CARRIED = ("baseline",)  # results measured once, before step 1, that checkpoints keep for a resumed run
 
 
-def train(cfg) -> dict:
+def train(cfg: RunConfig) -> dict:
     # signals from the start: an early USR1 (Slurm sends it up to a minute early) must not kill a rank;
     # the lock before any work: a second run on this output_dir stops here, touching nothing
     is_main = DistEnv.from_environ().is_main
@@ -53,7 +54,7 @@ def train(cfg) -> dict:
         return train_run(cfg, stop)
 
 
-def train_run(cfg, stop: StopRequests) -> dict:
+def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
     s = build_session(cfg)
     cfg, model, env, t = s.cfg, s.model, s.env, s.cfg.train
     out = Path(cfg.output_dir)

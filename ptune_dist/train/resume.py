@@ -28,6 +28,7 @@ from ptune_dist.checkpoint.atomic import is_valid, recover_all
 from ptune_dist.checkpoint.folders import step_dirs
 from ptune_dist.checkpoint.read import CheckpointDamaged
 from ptune_dist.config import from_yaml
+from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import CheckpointError, ConfigError
 
 from . import dist
@@ -103,7 +104,7 @@ def flat_config(obj, prefix: str = "") -> dict:
     return out
 
 
-def config_changes(folder: Path, cfg) -> dict[str, tuple]:
+def config_changes(folder: Path, cfg: RunConfig) -> dict[str, tuple]:
     """{dotted key: (checkpoint's value, this config's value)} for the settings the resumed run applies;
     raises ConfigError naming every setting that shapes training and differs."""
     try:
