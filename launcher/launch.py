@@ -12,13 +12,12 @@ from pathlib import Path
 
 from ptune_dist.config import to_yaml
 
+from . import local, slurm
 from .files import check_dir, make_dir, resolved, write_file
 
 
 def launch(files, overrides, dry_run: bool = False) -> int:
     from ptune_dist.train.run_lock import check_free
-
-    from . import local, slurm
 
     cfg = resolved(files, overrides)
     check_dir(cfg.output_dir, "output_dir")
