@@ -21,7 +21,7 @@ from ptune_dist.plan import Arch, Setup, trainable_params
 from ptune_dist.plan.memory import method_section
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "ptune_dist", ROOT / "kernels", ROOT / "launcher"]  # ptune_dist, .kernels, .launcher
+SOURCES = [ROOT / "ptune_dist", ROOT / "kernels", ROOT / "launcher", ROOT / "slurm"]  # ptune_dist and its mapped folders
 METHODS_DIR = ROOT / "ptune_dist" / "methods"
 
 ARCH = Arch(name="tiny", model_type="llama", num_layers=3, hidden_size=24, intermediate_size=40, num_heads=4,
