@@ -10,6 +10,12 @@ Every query sees all P prefix keys; over the sequence the mask is causal (bottom
 bidirectional; key_padding_mask [B, Tk] (True = real token) hides padded keys. A query that sees
 no key at all returns zeros.
 
+Packed rows (several sequences end to end in one row): segment_ids [B, Tk] gives each position its
+sequence's index within the row (-1: padding); a query then sees only keys of its own sequence, and a
+query in segment -1 sees nothing. The prefix is seen by every sequence, or, with prefix_ids [B, Tq] and a
+prefix table prefix_k [N, Hkv, P, d], each query sees only entry prefix_ids[b, i] (its sequence's task).
+So far `reference` and `sdpa` take packed rows (`auto` picks sdpa); the others refuse them by name.
+
 Implementations (`impl`), one module each:
     reference  reference.py   concatenate, mask, softmax in plain PyTorch; float64; the oracle
     sdpa       sdpa.py        prefix expanded and concatenated, torch SDPA with a boolean mask

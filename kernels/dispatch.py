@@ -28,8 +28,9 @@ def implementation(name: str):
             "split": split.prefix_attention}[name]
 
 
-def check_inputs(q, k, v, prefix_k, prefix_v, key_padding_mask, causal):
-    """Raise ValueError naming the offending argument when the shapes do not fit together."""
+def check_inputs(q, k, v, prefix_k, prefix_v, key_padding_mask, causal, table: bool = False):
+    """Raise ValueError naming the offending argument when the shapes do not fit together (`table`: a 4-D
+    prefix is a table [N, Hkv, P, d] that prefix_ids index, not one prefix per row)."""
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"prefix_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: "
                          "expected q [B, Hq, Tq, d] and k, v [B, Hkv, Tk, d]")
@@ -41,7 +42,7 @@ def check_inputs(q, k, v, prefix_k, prefix_v, key_padding_mask, causal):
     if (prefix_k is None) != (prefix_v is None):
         raise ValueError("prefix_attention: give both prefix_k and prefix_v or neither")
     if prefix_k is not None:
-        want = (Hkv, d) if prefix_k.dim() == 3 else (B, Hkv, d)
+        want = (Hkv, d) if prefix_k.dim() == 3 else (prefix_k.shape[0] if table else B, Hkv, d)
         got = (*prefix_k.shape[:-2], prefix_k.shape[-1])
         if prefix_k.dim() not in (3, 4) or got != want or prefix_v.shape != prefix_k.shape:
             raise ValueError(f"prefix_attention: prefix_k {tuple(prefix_k.shape)}, prefix_v "
@@ -51,6 +52,23 @@ def check_inputs(q, k, v, prefix_k, prefix_v, key_padding_mask, causal):
     if key_padding_mask is not None and (key_padding_mask.is_floating_point() or key_padding_mask.is_complex()):
         raise ValueError(f"prefix_attention: key_padding_mask has dtype {key_padding_mask.dtype}; expected bool "
                          "(True = real token) or 0/1 integers, not an additive float mask")
+
+
+PACKED = ("reference", "sdpa")  # the implementations that take packed rows (segment_ids) so far
+
+
+def check_packed(q, k, prefix_k, segment_ids, prefix_ids) -> None:
+    """Raise ValueError naming the argument when packed-row inputs do not fit q and k."""
+    B, Tq, Tk = q.shape[0], q.shape[2], k.shape[2]
+    for name, t, shape in (("segment_ids", segment_ids, (B, Tk)), ("prefix_ids", prefix_ids, (B, Tq))):
+        if t is not None and (tuple(t.shape) != shape or t.is_floating_point() or t.dtype == torch.bool):
+            raise ValueError(f"prefix_attention: {name} {tuple(t.shape)} {t.dtype}, expected integers {shape}")
+    if prefix_ids is not None and (segment_ids is None or prefix_k is None or prefix_k.dim() != 4):
+        raise ValueError("prefix_attention: prefix_ids index a prefix table [N, Hkv, P, d] of packed rows; give "
+                         "segment_ids and a 4-D prefix_k with them")
+    if prefix_ids is not None and prefix_ids.numel() and int(prefix_ids.max()) >= prefix_k.shape[0]:
+        raise ValueError(f"prefix_attention: prefix_ids reach {int(prefix_ids.max())}, the table has "
+                         f"{prefix_k.shape[0]} entries")
 
 
 def resolve_impl(impl: str, q: torch.Tensor, prefix_k=None, key_padding_mask=None, causal=True,
@@ -67,9 +85,12 @@ def resolve_impl(impl: str, q: torch.Tensor, prefix_k=None, key_padding_mask=Non
 
 
 def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, *, causal, key_padding_mask=None, scale=None,
-                     dropout_p=0.0, impl="auto"):
+                     dropout_p=0.0, impl="auto", segment_ids=None, prefix_ids=None):
     """Attention of q over [prefix keys; sequence keys]; see the package docstring for the contract."""
-    check_inputs(q, k, v, prefix_k, prefix_v, key_padding_mask, causal)
+    check_inputs(q, k, v, prefix_k, prefix_v, key_padding_mask, causal, table=prefix_ids is not None)
+    if segment_ids is not None or prefix_ids is not None:
+        return _packed(q, k, v, prefix_k, prefix_v, causal, key_padding_mask, scale, dropout_p, impl, segment_ids,
+                       prefix_ids)
     if prefix_k is not None and prefix_k.shape[-2] == 0:
         prefix_k = prefix_v = None
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
@@ -79,3 +100,19 @@ def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, *, causal, key_paddi
     name = resolve_impl(impl, q, prefix_k, key_padding_mask, causal, dropout_p)
     return implementation(name)(q, k, v, prefix_k, prefix_v, causal=causal, key_padding_mask=key_padding_mask,
                                 scale=float(scale), dropout_p=dropout_p)
+
+
+def _packed(q, k, v, prefix_k, prefix_v, causal, key_padding_mask, scale, dropout_p, impl, segment_ids, prefix_ids):
+    check_packed(q, k, prefix_k, segment_ids, prefix_ids)
+    if prefix_k is not None and prefix_k.shape[-2] == 0:
+        prefix_k = prefix_v = prefix_ids = None
+    name = "sdpa" if impl == "auto" else impl
+    if name not in PACKED:
+        if name not in NAMES:
+            raise ValueError(f"attention impl {impl!r} is not one of {list(CHOICES)}")
+        raise ImplUnavailable(f"attention impl {impl!r} cannot run here: packed rows (segment_ids) run on "
+                              f"{' or '.join(PACKED)} so far")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    mask = None if key_padding_mask is None else key_padding_mask.to(torch.bool)
+    return implementation(name)(q, k, v, prefix_k, prefix_v, causal=causal, key_padding_mask=mask,
+                                scale=float(scale), dropout_p=dropout_p, segment_ids=segment_ids, prefix_ids=prefix_ids)

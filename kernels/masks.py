@@ -1,4 +1,8 @@
-"""Which keys each query sees: every prefix key, then the sequence keys (causal or not) that are not padding."""
+"""Which keys each query sees: every prefix key, then the sequence keys (causal or not) that are not padding.
+
+Packed rows (`segment_ids`, `prefix_ids`: see kernels/__init__.py) have their own mask, `packed_mask`: a query
+sees the keys of its own sequence only, and the prefix of its own sequence only.
+"""
 
 from __future__ import annotations
 
@@ -23,3 +27,23 @@ def visible_mask(B, Tq, Tk, P, causal, key_padding_mask, device):
     if P:
         seq = torch.cat([seq.new_ones(seq.shape[0], 1, Tq, P), seq], dim=-1)
     return seq
+
+
+def packed_mask(Tq, causal, key_padding_mask, segment_ids, prefix_ids, P, N):
+    """Boolean [B, 1, Tq, N*P + Tk] for packed rows: query i (position Tk - Tq + i) sees sequence key j when
+    both lie in the same segment (>= 0), j is not padding and, if causal, j <= its position; it sees the P
+    keys of prefix n (of N laid end to end; N = 1 for a shared or per-row prefix) when prefix_ids is None
+    or names n, and its segment is >= 0. A query in segment -1 sees nothing."""
+    B, Tk = segment_ids.shape
+    q_seg = segment_ids[:, Tk - Tq:]
+    real_q = q_seg >= 0
+    seq = (q_seg[:, :, None] == segment_ids[:, None, :]) & real_q[:, :, None]
+    if causal:
+        seq = seq & torch.ones(Tq, Tk, dtype=torch.bool, device=seq.device).tril(diagonal=Tk - Tq)
+    if key_padding_mask is not None:
+        seq = seq & key_padding_mask[:, None, :].to(torch.bool)
+    if P:
+        owner = torch.arange(N, device=seq.device).repeat_interleave(P)  # the prefix each key belongs to
+        chosen = prefix_ids[:, :, None] if prefix_ids is not None else owner.new_zeros(B, Tq, 1)
+        seq = torch.cat([(chosen == owner) & real_q[:, :, None], seq], dim=-1)
+    return seq[:, None]
