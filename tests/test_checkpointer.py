@@ -204,11 +204,17 @@ def test_load_of_another_models_checkpoint_is_error_with_no_part_touched(tmp_pat
     assert_untouched(ck)
 
 
-def test_complete_folder_without_loader_state_is_damaged_with_no_part_touched(tmp_path):
+def saved_without_loader_state(tmp_path):
+    """A checkpoint whose state.json has lost its "loader" key (the manifest not updated)."""
     folder = checkpointer(tmp_path).save(2)
     state = json.loads((folder / "state.json").read_text())
     del state["loader"]
     (folder / "state.json").write_text(json.dumps(state))
+    return folder
+
+
+def test_complete_folder_without_loader_state_is_damaged_with_no_part_touched(tmp_path):
+    folder = saved_without_loader_state(tmp_path)
     rewrite_manifest(folder, "state.json")  # its manifest holds: complete, but no ptune checkpoint
     ck = checkpointer(tmp_path)
     with pytest.raises(CheckpointDamaged, match="loader"):
@@ -217,10 +223,7 @@ def test_complete_folder_without_loader_state_is_damaged_with_no_part_touched(tm
 
 
 def test_edited_state_json_without_manifest_is_incomplete_not_damaged(tmp_path):
-    folder = checkpointer(tmp_path).save(2)
-    state = json.loads((folder / "state.json").read_text())
-    del state["loader"]
-    (folder / "state.json").write_text(json.dumps(state))
+    folder = saved_without_loader_state(tmp_path)
     ck = checkpointer(tmp_path)
     with pytest.raises(CheckpointError, match="manifest") as e:
         ck.load(folder)
