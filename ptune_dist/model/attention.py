@@ -27,10 +27,15 @@ class PrefixKV:
 
     kv: [L, 2, Hkv, P, d] shared by every row, or [B, L, 2, Hkv, P, d] one per row; None for no prefix.
     impl: the kernel implementation (kernels.CHOICES).
+    segment_ids: [B, T] for packed rows (data/packing.py): each token's sequence within its row, -1 padding.
+    prefix_ids: [B, T] with packed rows of several tasks: kv is then a table [N, L, 2, Hkv, P, d] and each
+    token's query sees entry prefix_ids[b, t] (its sequence's task).
     """
 
     kv: torch.Tensor | None
     impl: str = "auto"
+    segment_ids: torch.Tensor | None = None
+    prefix_ids: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -51,10 +56,14 @@ def prefix_attention_forward(module, query, key, value, attention_mask, scaling=
     pk, pv = prefix.layer(module.layer_idx)
     if pk is not None:
         pk, pv = pk.to(key.dtype), pv.to(value.dtype)
+    packed = {}
+    if prefix.segment_ids is not None:  # queries are the last positions of the keys (decoding does not pack)
+        packed = {"segment_ids": prefix.segment_ids,
+                  "prefix_ids": None if prefix.prefix_ids is None else prefix.prefix_ids[:, -query.shape[2]:]}
     out = prefix_attention(
         query, key, value, pk, pv,
         causal=bool(getattr(module, "is_causal", True)),
-        key_padding_mask=attention_mask, scale=scaling, dropout_p=dropout, impl=prefix.impl,
+        key_padding_mask=attention_mask, scale=scaling, dropout_p=dropout, impl=prefix.impl, **packed,
     )
     return out.transpose(1, 2).contiguous(), None
 

@@ -18,6 +18,7 @@ from ptune_dist.errors import ConfigError
 
 from . import objectives
 from .attention import PrefixKV
+from .unpack import unpack
 
 
 class PromptModel(nn.Module):
@@ -59,46 +60,66 @@ class PromptModel(nn.Module):
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
-    def prompt_for(self, task_ids: torch.Tensor) -> torch.Tensor | None:
-        """The prompt of each row: unbatched when the whole batch is one task, else stacked per row."""
+    def prompt_table(self, task_ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(prompts, index): the one prompt when every entry of `task_ids` is one task (index None), else a
+        table of the tasks present, stacked, and each entry's place in it."""
         if self.depth == "none":
-            return None
+            return None, None
         ids = task_ids.tolist()
         present = sorted(set(ids))
         if len(present) == 1:
-            prompt = self.prompts[self.tasks[present[0]].name]()
+            prompt, index = self.prompts[self.tasks[present[0]].name](), None
         else:
-            table = torch.stack([self.prompts[self.tasks[t].name]() for t in present])
-            prompt = table[torch.tensor([present.index(t) for t in ids], device=table.device)]
+            prompt = torch.stack([self.prompts[self.tasks[t].name]() for t in present])
+            index = torch.tensor([present.index(t) for t in ids], device=prompt.device)
         if self.training and torch.is_grad_enabled():
             # every prompt takes part in every training step (absent tasks with a zero gradient): each
             # rank then runs the same ZeRO gathers and reductions, and AdamW treats a task the same
             # whether or not this rank's rows had it, so results do not depend on the world size
             absent = [self.prompts[spec.name]().sum() * 0 for i, spec in enumerate(self.tasks) if i not in present]
             prompt = prompt + sum(absent) if absent else prompt
-        return prompt
+        return prompt, index
+
+    def prompt_for(self, task_ids: torch.Tensor) -> torch.Tensor | None:
+        """The prompt of each row: unbatched when the whole batch is one task, else stacked per row."""
+        prompt, index = self.prompt_table(task_ids)
+        return prompt if index is None else prompt[index]
 
     def encode(self, batch: dict, past_key_values=None, use_cache: bool = False):
         """Run the backbone; returns the HF output (last_hidden_state [B, T, H], past_key_values).
 
         With `past_key_values` (decoding) the batch holds the new tokens and the attention mask of
-        past + new tokens; shallow prompts are then already in the cache.
+        past + new tokens; shallow prompts are then already in the cache. A packed batch (segment_ids,
+        data/packing.py) keeps its sequences apart in attention, each with its own positions and prompt.
         """
         ids, mask = batch["input_ids"], batch["attention_mask"]
         embeds = self.base.get_input_embeddings()(ids)
         first_pass = past_key_values is None  # when decoding, shallow prompts are already in the cache
         needed = self.depth == "deep" or (self.depth == "shallow" and first_pass)
-        prompt = self.prompt_for(batch["task_ids"]) if needed else None
+        packed = batch.get("segment_ids")
         offset = self.num_virtual_tokens if self.depth == "deep" else 0
+        prompt, prefix_ids = None, None
+        if needed and packed is not None and self.depth == "deep":
+            prompt, index = self.prompt_table(batch["task_ids"])  # one entry per task present, not per sequence
+            if index is not None:
+                first = torch.cumsum(packed.amax(1) + 1, 0) - (packed.amax(1) + 1)  # each row's first sequence
+                prefix_ids = index[(first[:, None] + packed.clamp(min=0)).clamp(max=len(index) - 1)]
+        elif needed:
+            prompt = self.prompt_for(batch["task_ids"])
         if self.depth == "shallow" and first_pass:
             soft = prompt.to(embeds.dtype)
-            soft = soft.expand(ids.shape[0], -1, -1) if soft.dim() == 2 else soft
+            soft = soft.expand(len(batch["task_ids"]), -1, -1) if soft.dim() == 2 else soft
             embeds = embeds.masked_scatter(batch["soft_mask"].unsqueeze(-1), soft)
-        positions = ((mask.long().cumsum(-1) - 1).clamp(min=0) + offset)[:, -ids.shape[1]:]
-        prefix = PrefixKV(prompt if self.depth == "deep" else None, self.attention_impl)
+        if packed is not None:
+            positions = batch["position_ids"] + offset
+        else:
+            positions = ((mask.long().cumsum(-1) - 1).clamp(min=0) + offset)[:, -ids.shape[1]:]
+        prefix = PrefixKV(prompt if self.depth == "deep" else None, self.attention_impl, packed, prefix_ids)
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                              past_key_values=past_key_values, use_cache=use_cache, ptune_prefix=prefix)
 
     def forward(self, batch: dict) -> objectives.Output:
         hidden = self.encode(batch).last_hidden_state
+        if "segment_ids" in batch:  # losses and predictions per sequence, exactly as unpacked
+            hidden, batch = unpack(hidden, batch)
         return objectives.compute(self, hidden, batch)
