@@ -66,3 +66,20 @@ def test_packed_generation_loss_equals_padded(method, smol):
     assert_close_rel(got.loss.detach(), want.loss.detach(), 1e-5)
     for name in want_grads:
         assert_close_rel(got_grads[name], want_grads[name], 1e-4)
+
+
+def test_packed_encoder_with_a_head_equals_padded(mini):
+    """Bidirectional attention stays within each sequence; the pooled head sees each sequence's own tokens."""
+    s = session(["model.name_or_path=embedded:all-minilm-l6-v2", "method.name=p_tuning_v2",
+                 "method.num_virtual_tokens=4", "tasks.0.preset=support", "tasks.0.scoring=head",
+                 "tasks.0.pooling=mean", "data.max_train_examples=6"], base=mini)
+    s.model.eval()
+    examples = s.tasks[0].train[:6]
+    _, packed, plain = packed_and_plain(s, examples, 3 * max(len(ex.input_ids) for ex in examples))
+    got, got_grads = run(s, packed, len(examples))
+    want, want_grads = run(s, plain, len(examples))
+    assert_close_rel(got.loss.detach(), want.loss.detach(), 1e-5)
+    for g, w in zip(got.scores, want.scores):
+        assert_close_rel(torch.tensor(g), torch.tensor(w), 1e-5)
+    for name in want_grads:
+        assert_close_rel(got_grads[name], want_grads[name], 1e-4)

@@ -74,3 +74,43 @@ def test_token_labels_follow_their_sequence_and_padding_is_ignored():
     assert padded["labels"][0, 5:].tolist() == [IGNORE, IGNORE]
     with pytest.raises(ValueError, match="capacity"):
         collate_packed([gen], pad_id=0, capacity=4)
+
+
+def _loader_examples(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [Example(list(range(1, 2 + int(torch.randint(12, (1,), generator=g)))), task_id=0, labels=i % 2,
+                    answer_pos=0) for i in range(n)]
+
+
+def test_packed_loader_same_batches_on_one_or_two_ranks_and_after_a_resume():
+    from ptune_dist.data.packed_loader import PackedTrainLoader
+
+    examples = _loader_examples()
+    one = PackedTrainLoader(examples, batch_size=4, seed=3, pad_id=0, capacity=16)
+    two = [PackedTrainLoader(examples, batch_size=2, seed=3, pad_id=0, capacity=16, rank=r, world=2) for r in (0, 1)]
+    it1, it2 = iter(one), [iter(t) for t in two]
+    seen = []
+    for _ in range(12):  # several epochs
+        b1, parts = next(it1), [next(i) for i in it2]
+        assert torch.equal(b1["input_ids"], torch.cat([p["input_ids"] for p in parts]))
+        assert torch.equal(b1["segment_ids"], torch.cat([p["segment_ids"] for p in parts]))
+        seen.append(b1["input_ids"])
+    state = one.state_dict()  # 12 batches in: past the first epoch
+    assert state["packing"] == 16 and state["epoch"] >= 1
+    after = [next(it1)["input_ids"] for _ in range(6)]
+    resumed = PackedTrainLoader(examples, batch_size=4, seed=3, pad_id=0, capacity=16)
+    resumed.load_state_dict(state)
+    it = iter(resumed)
+    assert all(torch.equal(a, next(it)["input_ids"]) for a in after)
+    assert len({tuple(b.flatten().tolist()) for b in seen}) > 1  # the batches differ (the order is shuffled)
+
+
+def test_packed_loader_refuses_another_packing_and_too_few_rows():
+    from ptune_dist.data.packed_loader import PackedTrainLoader
+
+    examples = _loader_examples()
+    state = PackedTrainLoader(examples, batch_size=2, seed=0, pad_id=0, capacity=16).state_dict()
+    with pytest.raises(ValueError, match="packed to 16 tokens"):
+        PackedTrainLoader(examples, batch_size=2, seed=0, pad_id=0, capacity=32).load_state_dict(state)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        PackedTrainLoader(examples[:4], batch_size=4, seed=0, pad_id=0, capacity=64)

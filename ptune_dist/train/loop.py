@@ -25,6 +25,7 @@ from ptune_dist.checkpoint.checkpointer import Checkpointer
 from ptune_dist.config import to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.data.loader import TrainLoader
+from ptune_dist.data.packed_loader import PackedTrainLoader
 from ptune_dist.device import describe, peak_bytes, to_device
 from ptune_dist.errors import ConfigError
 from ptune_dist.rank_env import DistEnv
@@ -175,9 +176,13 @@ def make_loader(s: Session) -> TrainLoader:
     examples = [ex for task in s.tasks for ex in task.train]
     if not examples:
         raise ConfigError("tasks.*.train: no training data, but train.steps > 0")
+    d = s.cfg.data
     try:
-        return TrainLoader(examples, s.cfg.data.batch_size, s.cfg.train.seed, s.pad_id, s.cfg.data.padding_side,
-                           s.env.rank, s.env.world)
+        if d.packing:  # a row holds what one example may: data.max_length, less a deep prefix
+            capacity = d.max_length - (s.model.num_virtual_tokens if s.model.depth == "deep" else 0)
+            return PackedTrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id, capacity, s.env.rank,
+                                     s.env.world)
+        return TrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id, d.padding_side, s.env.rank, s.env.world)
     except ValueError as e:
         raise ConfigError(f"data.batch_size: {e}") from None
 
