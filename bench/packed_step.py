@@ -109,7 +109,7 @@ def child(args) -> dict:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     step(batches[0])  # warm-up
     t0 = time.perf_counter()
