@@ -88,31 +88,29 @@ def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, *, causal, key_paddi
                      dropout_p=0.0, impl="auto", segment_ids=None, prefix_ids=None):
     """Attention of q over [prefix keys; sequence keys]; see the package docstring for the contract."""
     check_inputs(q, k, v, prefix_k, prefix_v, key_padding_mask, causal, table=prefix_ids is not None)
-    if segment_ids is not None or prefix_ids is not None:
-        return _packed(q, k, v, prefix_k, prefix_v, causal, key_padding_mask, scale, dropout_p, impl, segment_ids,
-                       prefix_ids)
+    packed = segment_ids is not None or prefix_ids is not None
+    if packed:
+        check_packed(q, k, prefix_k, segment_ids, prefix_ids)
     if prefix_k is not None and prefix_k.shape[-2] == 0:
-        prefix_k = prefix_v = None
+        prefix_k = prefix_v = prefix_ids = None
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         key_padding_mask = key_padding_mask.to(torch.bool)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    name = resolve_impl(impl, q, prefix_k, key_padding_mask, causal, dropout_p)
+    if packed:
+        name, extra = _packed_impl(impl), {"segment_ids": segment_ids, "prefix_ids": prefix_ids}
+    else:
+        name, extra = resolve_impl(impl, q, prefix_k, key_padding_mask, causal, dropout_p), {}
     return implementation(name)(q, k, v, prefix_k, prefix_v, causal=causal, key_padding_mask=key_padding_mask,
-                                scale=float(scale), dropout_p=dropout_p)
+                                scale=float(scale), dropout_p=dropout_p, **extra)
 
 
-def _packed(q, k, v, prefix_k, prefix_v, causal, key_padding_mask, scale, dropout_p, impl, segment_ids, prefix_ids):
-    check_packed(q, k, prefix_k, segment_ids, prefix_ids)
-    if prefix_k is not None and prefix_k.shape[-2] == 0:
-        prefix_k = prefix_v = prefix_ids = None
+def _packed_impl(impl: str) -> str:
+    """The implementation that runs packed rows for `impl` ("auto": sdpa)."""
     name = "sdpa" if impl == "auto" else impl
+    if name not in NAMES:
+        raise ValueError(f"attention impl {impl!r} is not one of {list(CHOICES)}")
     if name not in PACKED:
-        if name not in NAMES:
-            raise ValueError(f"attention impl {impl!r} is not one of {list(CHOICES)}")
         raise ImplUnavailable(f"attention impl {impl!r} cannot run here: packed rows (segment_ids) run on "
                               f"{' or '.join(PACKED)} so far")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    mask = None if key_padding_mask is None else key_padding_mask.to(torch.bool)
-    return implementation(name)(q, k, v, prefix_k, prefix_v, causal=causal, key_padding_mask=mask,
-                                scale=float(scale), dropout_p=dropout_p, segment_ids=segment_ids, prefix_ids=prefix_ids)
+    return name

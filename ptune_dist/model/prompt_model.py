@@ -102,8 +102,9 @@ class PromptModel(nn.Module):
         if needed and packed is not None and self.depth == "deep":
             prompt, index = self.prompt_table(batch["task_ids"])  # one entry per task present, not per sequence
             if index is not None:
-                first = torch.cumsum(packed.amax(1) + 1, 0) - (packed.amax(1) + 1)  # each row's first sequence
-                prefix_ids = index[(first[:, None] + packed.clamp(min=0)).clamp(max=len(index) - 1)]
+                count = packed.amax(1) + 1  # sequences per row
+                first = count.cumsum(0) - count  # each row's first sequence
+                prefix_ids = index[first[:, None] + packed.clamp(min=0)]
         elif needed:
             prompt = self.prompt_for(batch["task_ids"])
         if self.depth == "shallow" and first_pass:

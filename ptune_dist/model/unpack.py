@@ -23,7 +23,8 @@ def unpack(hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
     where = (rows[:, None], (starts[:, None] + offsets[None]).clamp(max=T - 1))
 
     def take(t, fill):
-        return torch.where(valid, t[where], torch.full_like(t[where], fill))
+        picked = t[where]
+        return torch.where(valid, picked, torch.full_like(picked, fill))
 
     view = {"input_ids": take(batch["input_ids"], 0), "attention_mask": valid.long(), "task_ids": batch["task_ids"],
             "answer_pos": torch.where(batch["answer_pos"] >= 0, batch["answer_pos"] - starts, batch["answer_pos"])}

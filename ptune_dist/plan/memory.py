@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 
 from ptune_dist.config.schema import MethodConfig
 from ptune_dist.errors import ConfigError
-from ptune_dist.methods import DEFAULT_METHOD, METHODS, PromptMethod
+from ptune_dist.methods import DEFAULT_METHOD, PromptMethod, method_class
 
 from .arch import Arch
 
@@ -128,10 +128,8 @@ class Breakdown:
 
 # -- the method -----------------------------------------------------------------------------
 def method_of(s: Setup) -> type[PromptMethod]:
-    """The class of the setup's method, whose hooks answer for it."""
-    if s.method not in METHODS:
-        raise ConfigError(f"method.name={s.method!r} is not one of {list(METHODS)}")
-    return METHODS[s.method]
+    """The class of the setup's method, whose hooks answer for it (an unknown name is a ConfigError)."""
+    return method_class(s.method)
 
 
 def method_section(s: Setup) -> MethodConfig:

@@ -32,8 +32,11 @@ class Session:
     model: PromptModel
     tasks: list[TaskData]
     env: DistEnv
-    device: torch.device  # this rank's, chosen once (placement.py)
-    placement: Placement | None = None  # holds what ZeRO-3 loading needs alive
+    placement: Placement  # this rank's device, chosen once, and what ZeRO-3 loading needs alive
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
 
     @property
     def pad_id(self) -> int:
@@ -68,7 +71,7 @@ def build_session(cfg: RunConfig, splits=("train", "eval"), env: DistEnv | None 
     base = base or placement.load_base(cfg.model, inspected, trainable=method.trains_base)
     model = build_model(cfg.method, cfg.model, cfg.train.seed, [d.spec for d in data], tokenizer, base=base,
                         device=placement.device, method=method)
-    return Session(cfg, tokenizer, model, data, env, placement.device, placement)
+    return Session(cfg, tokenizer, model, data, env, placement)
 
 
 def _handed(base) -> InspectedBase:
