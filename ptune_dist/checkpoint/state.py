@@ -18,6 +18,7 @@ public names stay importable from here.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from .read import (TRAINING_KEYS, CheckpointDamaged, Training, check_fits, check
                    nonfinite, read_state, read_training, state_by_param)
 
 __all__ = [  # defined here (save_file: what save() writes with); the rest re-exported for the code and tests
-    "save", "trainable_state", "jsonable", "tupled", "save_file", "load_file",  # that import them here
+    "save", "trainable_state", "rng_state", "jsonable", "tupled", "save_file", "load_file",  # that import them here
     "is_valid", "verify", "STEP_DIR", "latest_complete", "prune", "resume_point", "step_dir", "step_dirs",
     "TRAINING_KEYS", "CheckpointDamaged", "Training", "check_fits", "check_optimizer_fits", "load_weights",
     "nonfinite", "read_state", "read_training", "state_by_param",
@@ -43,13 +44,20 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().float().contiguous().cpu() for n, p in model.trainable_parameters().items()}
 
 
+def rng_state():
+    """This process's random state as save() takes it: (torch CPU, python as JSON lists, torch CUDA of the
+    current GPU or None)."""
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), jsonable(random.getstate()), cuda
+
+
 def save(folder: Path, config_yaml: str, trainable: dict, *, optimizer: tuple | None = None,
          training: dict | None = None, step: int = 0, rng_states: list | None = None, extra: dict | None = None) -> Path:
     """Write a checkpoint atomically (call on the writing rank only).
 
     trainable: {name: full fp32 tensor}; optimizer: (tensors keyed state.<param>.<slot>, {"param_groups",
-    "scalars"}); training: {"scheduler": state, "loader": state}; rng_states: every rank's (torch CPU, python
-    as JSON lists, CUDA or None), with the optimizer; extra: more state.json keys (the baseline, final/'s metrics).
+    "scalars"}); training: {"scheduler": state, "loader": state}; rng_states: rng_state() of every rank
+    (this process's alone when not given); extra: more state.json keys (the baseline, final/'s metrics).
     Non-finite weights are refused before anything is written: a good folder is never replaced by them.
     """
     bad = nonfinite(trainable)
@@ -64,7 +72,7 @@ def save(folder: Path, config_yaml: str, trainable: dict, *, optimizer: tuple | 
             save_file(tensors, tmp / "optimizer.safetensors")
             state["optimizer"] = meta
             state.update(training)
-            ranks = rng_states
+            ranks = rng_states or [rng_state()]
             state["python_rng"] = [py for _, py, *_ in ranks]
             tensors = {}
             for r, (cpu, _, *cuda) in enumerate(ranks):
