@@ -29,6 +29,7 @@ from ptune_dist.checkpoint.locate import resolve_checkpoint
 from ptune_dist.checkpoint.target import check_output, run_of, write_atomic
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
+from ptune_dist.data.packing import collate_packed, pack
 from ptune_dist.data.rows import Rows
 from ptune_dist.data.sources import decode, parse_jsonl
 from ptune_dist.device import to_device
@@ -53,8 +54,9 @@ def evaluate_checkpoint(path, overrides=()) -> dict:
     s = load_session(path, overrides)
     if not any(t.eval for t in s.tasks):
         raise DataError("tasks.*.eval: no evaluation data configured (set tasks.N.eval=...)")
-    return evaluate(s.model, s.tasks, s.cfg.data.eval_batch_size, s.pad_id, s.cfg.data.padding_side,
-                    s.env.rank, s.env.world, s.device)
+    d = s.cfg.data
+    return evaluate(s.model, s.tasks, d.eval_batch_size, s.pad_id, d.padding_side, s.env.rank, s.env.world, s.device,
+                    pack_to=d.max_length if d.packing else None)
 
 
 def read_jsonl(path: Path) -> Rows:
@@ -90,14 +92,25 @@ def predict_rows(s, rows: list[dict], where: str) -> list[dict]:
         fields = {k: v for k, v in row.items() if k != "task" and k not in t.encoder.target_fields}
         examples.append(t.encoder.encode(fields, at, labelled=False))
     results = []
-    bs = s.cfg.data.eval_batch_size
-    for start in range(0, len(examples), bs):
-        chunk = examples[start:start + bs]
-        results.extend(_predict_batch(s, chunk))
+    for rows in _batches(s, examples):
+        results.extend(_predict_batch(s, [[examples[i] for i in row] for row in rows]))
     return results
 
 
-def _predict_batch(s, chunk) -> list[dict]:
+def _batches(s, examples) -> list[list[list[int]]]:
+    """The examples' indices, in order, as batches of data.eval_batch_size rows: one example a row, or with
+    data.packing (and no generation task, whose decoding runs one example a row) packed rows."""
+    d, n = s.cfg.data, len(examples)
+    if d.packing and not any(t.spec.type == "generation" for t in s.tasks):
+        rows = pack([len(ex.input_ids) for ex in examples], s.model.row_capacity(d.max_length), window=1)
+    else:
+        rows = [[i] for i in range(n)]
+    return [rows[i:i + d.eval_batch_size] for i in range(0, len(rows), d.eval_batch_size)]
+
+
+def _predict_batch(s, rows) -> list[dict]:
+    """One result per example of `rows` (lists of examples: one each, or packed), row by row."""
+    chunk = [ex for row in rows for ex in row]
     spec0 = s.tasks[chunk[0].task_id].spec
     if spec0.type == "generation":
         batch = to_device(collate(chunk, s.pad_id, "left"), s.device)
@@ -106,8 +119,11 @@ def _predict_batch(s, chunk) -> list[dict]:
         return [{"task": s.tasks[ex.task_id].spec.name,
                  "output": s.tokenizer.decode(ids[:limit], skip_special_tokens=True)}
                 for ex, ids, limit in zip(chunk, out, limits)]
-    side = s.cfg.data.padding_side
-    batch = collate(chunk, s.pad_id, side)
+    d = s.cfg.data
+    if d.packing:  # each sequence's predictions come back as a row of their own, right-padded (model/unpack.py)
+        batch, side = collate_packed(rows, s.pad_id), "right"
+    else:
+        batch, side = collate(chunk, s.pad_id, d.padding_side), d.padding_side
     batch.pop("labels", None)
     with torch.no_grad():
         out = s.model(to_device(batch, s.device))

@@ -138,3 +138,23 @@ def test_zero3_keeps_a_bfloat16_base_in_bfloat16(one_process, tmp_path):
     fp32 = next(r for r in read_jsonl(one_process["prompt_tuning"] / "metrics.jsonl") if r.get("event") == "parameters")
     assert abs(held["bytes_total"] / fp32["bytes_total"] - 0.5) < 0.01, (held, fp32)
     assert all(abs(b / held["bytes_total"] - 0.5) < 0.02 for b in held["bytes_per_rank"]), held
+
+
+def test_packed_mixed_tasks_under_zero3_match_one_process(tmp_path):
+    """Packed rows (data.packing) of two tasks on 2 ranks under ZeRO-3: each rank's rows hold different numbers
+    of sequences and tasks, yet the curve is one process's with the same global batch of rows (every sequence
+    weighs the same: train/loss_weights.py), and the packed evaluation runs on both ranks."""
+    from conftest import FIXTURES
+
+    rte = str(FIXTURES / "superglue" / "rte.jsonl")
+    tasks = [f"tasks=[{{name: support, preset: support}}, {{name: rte, preset: rte, train: '{rte}', eval: '{rte}'}}]",
+             *METHODS["p_tuning_v2"], "method.num_virtual_tokens=16", "distributed.timeout_s=120",
+             "data.packing=true", "data.max_length=192", "train.steps=2", "data.max_eval_examples=4"]
+    one = tmp_path / "one"
+    train(load_config([QUICKSTART], [f"output_dir={one}", "data.batch_size=2", *COMMON, *tasks]))
+    torchrun(2, tmp_path / "two", ["data.batch_size=1", "distributed.engine=deepspeed", "distributed.zero_stage=3",
+                                   *COMMON, *tasks])
+    assert_same_curve(losses(tmp_path / "two"), losses(one))
+    final = [r for r in read_jsonl(tmp_path / "two" / "metrics.jsonl") if r.get("split") == "eval"]
+    want = [r for r in read_jsonl(one / "metrics.jsonl") if r.get("split") == "eval"]
+    assert [(r["task"], r["accuracy"]) for r in final[-2:]] == [(r["task"], r["accuracy"]) for r in want[-2:]]

@@ -173,6 +173,17 @@ def test_loss_only_on_labels_keeps_logits_small():
     assert everything.logits == pytest.approx(64 * cls.logits * 16)
 
 
+def test_packed_rows_score_every_sequence_and_keep_the_unpacked_view():
+    """data.packing: classification scores each packed example (sequences_per_row logit rows a row), and the
+    losses' one-sequence-a-row view of the final hidden states (and its gradient) is counted."""
+    arch = resolve_arch("llama-3.1-8b")
+    plain = Setup(task="classification", batch_size=4, max_length=1024, dtype="bfloat16")
+    packed = dataclasses.replace(plain, packing=True, sequences_per_row=6)
+    a, b = predict(arch, plain), predict(arch, packed)
+    assert b.logits == pytest.approx(6 * a.logits)
+    assert b.activations - a.activations == pytest.approx(2 * 4 * 1024 * arch.hidden_size * 2)
+
+
 def test_sizes_parse_and_bad_sizes_name_the_key():
     assert parse_size("24GB", "k") == 24 * GiB == parse_size("24 GiB", "k") == parse_size("24g", "k")
     assert parse_size("512MB", "k") == 512 * 2**20
@@ -246,6 +257,7 @@ def test_cli_errors_name_the_key(capsys, args, key):
     (["hardware.nodes=100000"], "hardware.nodes=100000 must be <= 65536"),
     (["plan.top=0"], "plan.top=0 must be >= 1"),
     (["data.max_length=64", "plan.label_tokens=65"], "plan.label_tokens=65 must be <= 64"),
+    (["data.max_length=64", "plan.sequences_per_row=0"], "plan.sequences_per_row=0 must be >= 1"),
 ])
 def test_hardware_numbers_have_units_and_bounds(args, message, capsys):
     code, out, err = plan_cli(capsys, "model=llama-2-7b", *args)

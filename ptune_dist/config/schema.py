@@ -162,9 +162,11 @@ class DataConfig:
     # a row that does not fit its task (a field missing, not text, a label unknown): error names the file,
     # line and field; skip leaves it out and reports how many were left out
     on_bad_row: str = choice("error", "skip")
-    # training rows packed end to end (data/packing.py): no padding between examples, none attending to
+    # examples packed end to end in rows (data/packing.py): no padding between them, none attending to
     # another, each with its own positions and prompt; a row holds data.max_length tokens (deep prompts:
-    # data.max_length - method.num_virtual_tokens, the prefix in front of each sequence being the rest)
+    # data.max_length - method.num_virtual_tokens, the prefix in front of each sequence being the rest).
+    # Training, evaluation and predict (classification, token classification) pack; batch_size and
+    # eval_batch_size then count rows. Generation's decoding stays one example a row.
     packing: bool = False
 
 

@@ -5,9 +5,13 @@ Epoch e shuffles the examples with seed + e (TrainLoader's order) and packs them
 `capacity` tokens (packing.pack). Global batch g is rows [g*G, (g+1)*G), G = batch_size * world; rank r takes
 its r-th share. The packing follows from (seed, epoch, lengths, capacity), so the state stays (epoch, global
 batches done): a resume rebuilds the epoch's rows instead of storing them, on 1 rank or on 4.
+
+`packed_eval_batches` is eval_batches (loader.py) with packed rows: each rank's share, in order, packed.
 """
 
 from __future__ import annotations
+
+import math
 
 from .encode import Example
 from .loader import TrainLoader
@@ -50,3 +54,19 @@ class PackedTrainLoader(TrainLoader):
             raise ValueError(f"the checkpoint's rows were packed to {state.get('packing', 0)} tokens (0: not packed), "
                              f"this run's to {self.capacity}; keep data.packing and data.max_length")
         super().load_state_dict(state)
+
+
+def packed_eval_batches(examples: list[Example], batch_size: int, pad_id: int, capacity: int, rank: int = 0,
+                        world: int = 1):
+    """This rank's share of the evaluation examples (examples[rank::world], in order) packed into rows of
+    `capacity` tokens, `batch_size` rows a batch. Every rank yields the same number of batches, as a forward
+    under ZeRO-3 is a collective: a rank whose rows have run out yields a stand-in batch marked "skip"."""
+    shares = [examples[r::world] for r in range(world)]
+    rows = [pack([len(ex.input_ids) for ex in share], capacity) for share in shares]
+    mine = shares[rank]
+    for i in range(max(math.ceil(len(r) / batch_size) for r in rows)):
+        chunk = rows[rank][i * batch_size:(i + 1) * batch_size]
+        batch = collate_packed([[mine[j] for j in row] for row in chunk] or [[examples[0]]], pad_id, capacity)
+        if not chunk:
+            batch["skip"] = True
+        yield batch

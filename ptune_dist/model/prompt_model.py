@@ -85,6 +85,11 @@ class PromptModel(nn.Module):
         prompt, index = self.prompt_table(task_ids)
         return prompt if index is None else prompt[index]
 
+    def row_capacity(self, max_length: int) -> int:
+        """Tokens of a packed row left to its sequences: data.max_length, less a deep prefix (which sits in
+        front of every sequence as keys, not in the row)."""
+        return max_length - (self.num_virtual_tokens if self.depth == "deep" else 0)
+
     def encode(self, batch: dict, past_key_values=None, use_cache: bool = False):
         """Run the backbone; returns the HF output (last_hidden_state [B, T, H], past_key_values).
 

@@ -78,6 +78,8 @@ class Setup:
     batch_size: int = 8  # micro-batch per device
     grad_accum: int = 1
     max_length: int = 256  # tokens per row, virtual tokens included
+    packing: bool = False  # data.packing: examples packed end to end in rows of max_length tokens
+    sequences_per_row: int = 1  # packed rows: the examples in each (classification scores each one)
     dtype: str = "float32"
     quant: str = "none"
     quant_double: bool = False
@@ -251,8 +253,18 @@ def activation_bytes(arch: Arch, s: Setup) -> float:
     if s.gradient_checkpointing:
         kept = arch.num_layers * N * arch.hidden_size * e  # each block's input
         escaped = (arch.num_layers - 1) * int8_kept_input_bytes(arch, s, checkpointed=True)  # not freed
-        return kept + escaped + layer + final_norm  # + the one block recomputed in the backward pass
-    return arch.num_layers * layer + final_norm + method_activation_bytes(arch, s)
+        return kept + escaped + layer + final_norm + packed_view_bytes(arch, s)  # + the block recomputed
+    return arch.num_layers * layer + final_norm + method_activation_bytes(arch, s) + packed_view_bytes(arch, s)
+
+
+def packed_view_bytes(arch: Arch, s: Setup) -> float:
+    """Packed rows: the final hidden states gathered one sequence a row for the losses (model/unpack.py) and
+    that view's gradient, counted as the row's own tokens (the view pads each sequence to the longest of the
+    batch, so a batch mixing one long and many short examples takes more)."""
+    if not s.packing:
+        return 0.0
+    T, _, _ = sequence(s)
+    return 2 * s.batch_size * T * arch.hidden_size * DTYPE_BYTES[s.dtype]
 
 
 def method_activation_bytes(arch: Arch, s: Setup) -> float:
@@ -263,7 +275,7 @@ def method_activation_bytes(arch: Arch, s: Setup) -> float:
 def logit_rows(s: Setup) -> int:
     T, _, _ = sequence(s)
     if s.task == "classification" or s.head_classes:
-        return s.batch_size
+        return s.batch_size * (s.sequences_per_row if s.packing else 1)
     return s.batch_size * min(s.label_tokens, T)
 
 

@@ -44,6 +44,7 @@ HARDWARE_KEYS = {"gpus": "GPUs per node", "nodes": "nodes", "gpu_mem": "memory o
                  "device": "gpu | cpu (cpu: one process per 'GPU', memory = RAM per process)",
                  "runtime": "non-tensor memory per process, e.g. 1GB (default: 1GB on a GPU, calibrated on CPU)"}
 PLAN_KEYS = {"label_tokens": "labelled tokens per row that reach the LM head (generation; default max_length/4)",
+             "sequences_per_row": "data.packing: examples per packed row (default max_length/128, at least 1)",
              "all": "true: every micro-batch and also the setups that do not fit",
              "top": "how many setups to print (default 20)"}
 BASES_GPU = [("bfloat16", "none"), ("float32", "none"), ("bfloat16", "int8"), ("bfloat16", "nf4")]
@@ -295,11 +296,14 @@ def setup_from_config(cfg: RunConfig, arch: Arch, plan: dict, device: str | None
                     else 1 if ttype == "classification" else max(1, d.max_length // 4))
     if ttype == "token_classification":
         head, label_tokens = max(head, 2), d.max_length
+    per_row = (_int(plan["sequences_per_row"], "plan.sequences_per_row", maximum=d.max_length)
+               if "sequences_per_row" in plan else max(1, d.max_length // 128))
     return Setup(
         method=cfg.method.name, num_virtual_tokens=cfg.method.num_virtual_tokens, encoder=cfg.method.encoder,
         encoder_hidden_size=cfg.method.encoder_hidden_size, projection=cfg.method.projection,
         projection_hidden_size=cfg.method.projection_hidden_size, task=ttype, label_tokens=label_tokens,
         head_classes=head, batch_size=d.batch_size, grad_accum=cfg.train.grad_accum, max_length=d.max_length,
+        packing=d.packing, sequences_per_row=per_row,
         dtype=m.dtype, quant=m.quant, quant_double=m.quant_double, quant_storage=m.quant_storage,
         gradient_checkpointing=m.gradient_checkpointing, lean_activations=m.lean_activations,
         attention=planned_kernel(m.attention, m.dtype, device), optimizer=cfg.train.optimizer,
@@ -470,12 +474,14 @@ def render(req: Request, rows: list[Row]) -> str:
     fitting = sum(r.fits for r in rows)
     where = f"{hw.gpus} x {hw.gpu_mem / GiB:g} GB" + (f" x {hw.nodes} nodes" if hw.nodes > 1 else "")
     device = "GPU" if hw.device == "gpu" else "process (CPU)"
+    unit = "example" if b.packing and b.task == "classification" else "row"  # what the LM head scores
     lines = [
         f"model: {a.name} ({a.total_params / 1e9:.2f}B parameters, {a.num_layers} layers, hidden {a.hidden_size}, "
         f"heads {a.num_heads}/{a.num_kv_heads} kv, vocab {a.vocab_size}; from {a.source or 'built-in'})",
         f"method: {b.method}, {b.num_virtual_tokens} virtual tokens, {rows[0].breakdown.trainable_params:,} "
-        f"trainable parameters; batch {b.batch_size} x {b.max_length} tokens per {device}, {b.task} "
-        f"({'LM head on ' + str(b.label_tokens) + ' labelled token(s) per row' if not b.head_classes else 'head'})",
+        f"trainable parameters; batch {b.batch_size} x {b.max_length} tokens per {device}"
+        + (f" (packed, {b.sequences_per_row} examples a row)" if b.packing else "") + f", {b.task} "
+        f"({f'LM head on {b.label_tokens} labelled token(s) per {unit}' if not b.head_classes else 'head'})",
         f"hardware: {where} ({hw.world} {device}{'s' if hw.world > 1 else ''}"
         + (f"; the memory of this machine's {hw.detected}, hardware.gpu_mem=... for another" if hw.detected else "")
         + f"), runtime overhead {hw.runtime_bytes / GiB:.2f} GB per {device}",

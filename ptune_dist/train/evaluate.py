@@ -1,7 +1,8 @@
 """Evaluation: per-task metrics from sums that add up across batches and ranks.
 
 classification and token_classification: accuracy and macro-F1 from a confusion matrix, plus the
-loss; generation: the loss on the output tokens, its perplexity and next-token accuracy.
+loss; generation: the loss on the output tokens, its perplexity and next-token accuracy. With
+`pack_to` (data.packing) the examples run in packed rows (data/packed_loader.py), with the same metrics.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import torch
 
 from ptune_dist.data.loader import eval_batches
+from ptune_dist.data.packed_loader import packed_eval_batches
 from ptune_dist.device import to_device
 
 from . import dist
@@ -40,13 +42,23 @@ def batch_sums(spec, out, batch) -> torch.Tensor:
     n = len(spec.labels)
     if spec.type == "classification":
         conf = _confusion(labels.tolist(), out.preds, n)
-    else:
-        gold = [g for row in labels.tolist() for g in row]
-        pred = [p for row in out.preds for p in row]
+    else:  # each sequence's tags against its predictions, position by position
+        pairs = [(g, p) for g_row, p_row in zip(gold_rows(batch), out.preds) for g, p in zip(g_row, p_row)]
+        gold, pred = [g for g, _ in pairs], [p for _, p in pairs]
         keep = [i for i, g in enumerate(gold) if g != -100]
         conf = _confusion([gold[i] for i in keep], [pred[i] for i in keep], n)
     count = float(conf.sum())
     return torch.cat([torch.tensor([float(out.loss) * count]), conf.flatten()])
+
+
+def gold_rows(batch) -> list[list[int]]:
+    """Per-token labels, one list per sequence: the batch's rows, or a packed batch's sequences (the rows
+    its predictions come in: model/unpack.py)."""
+    labels = batch["labels"]
+    if "seq_row" not in batch:
+        return labels.tolist()
+    where = zip(batch["seq_row"].tolist(), batch["seq_start"].tolist(), batch["seq_len"].tolist())
+    return [labels[r, start:start + n].tolist() for r, start, n in where]
 
 
 def metrics_from(spec, sums: torch.Tensor) -> dict:
@@ -63,9 +75,10 @@ def metrics_from(spec, sums: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def evaluate(model, tasks, batch_size: int, pad_id: int, padding_side: str, rank: int = 0, world: int = 1,
-             device: torch.device | None = None) -> dict:
+             device: torch.device | None = None, pack_to: int | None = None) -> dict:
     """{task name: metrics} for every task with evaluation data, the batches run on `device` (default: the
-    model's). Every rank must call it."""
+    model's). `pack_to`: data.max_length when the examples run packed, `batch_size` rows a batch. Every
+    rank must call it."""
     device = device or model.device
     was_training = model.training
     model.eval()
@@ -74,7 +87,11 @@ def evaluate(model, tasks, batch_size: int, pad_id: int, padding_side: str, rank
         if not t.eval:
             continue
         sums = None
-        for batch in eval_batches(t.eval, batch_size, pad_id, padding_side, rank, world):
+        if pack_to:
+            batches = packed_eval_batches(t.eval, batch_size, pad_id, model.row_capacity(pack_to), rank, world)
+        else:
+            batches = eval_batches(t.eval, batch_size, pad_id, padding_side, rank, world)
+        for batch in batches:
             out = model(to_device(batch, device))
             if batch.get("skip"):
                 continue

@@ -33,6 +33,7 @@ from ptune_dist.rank_env import DistEnv
 from . import dist
 from .engine import TorchEngine
 from .evaluate import evaluate
+from .loss_weights import loss_weights, target_count
 from .logger import MetricsLogger
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler
@@ -77,7 +78,8 @@ def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
         (out / "config.yaml").write_text(to_yaml(cfg))
     log = MetricsLogger(out, env.is_main, t.steps, start, t.progress_bar, t.tensorboard)
     run_eval = partial(evaluate, batch_size=cfg.data.eval_batch_size, pad_id=s.pad_id,
-                       padding_side=cfg.data.padding_side, rank=env.rank, world=env.world, device=s.device)
+                       padding_side=cfg.data.padding_side, rank=env.rank, world=env.world, device=s.device,
+                       pack_to=cfg.data.max_length if cfg.data.packing else None)
     ran_on = results["device"]
     log.write({"event": "device", "step": start, **ran_on, "per_rank": dist.gather_objects(str(s.device))})
     log.say(f"ptune: rank 0 of {env.world} trains on {ran_on['device']} {ran_on.get('name', '')}".rstrip())
@@ -122,11 +124,11 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
         raise Preempted(start, s.env.is_main, stop.signum)
     model.train()
     for step in range(start + 1, t.steps + 1):
-        step_losses = []
-        for _ in range(t.grad_accum):
-            batch = next(batches)  # built on the CPU
+        step_losses, micro = [], [next(batches) for _ in range(t.grad_accum)]  # built on the CPU
+        counts = [target_count(b, s.tasks[int(b["task_ids"][0])].spec.type) for b in micro]
+        for batch, weight in zip(micro, loss_weights(counts, world, s.device)):
             tokens += int(batch["attention_mask"].sum())
-            loss = engine.forward(to_device(batch, s.device)).loss
+            loss = engine.forward(to_device(batch, s.device)).loss * weight  # the mean over every target
             engine.backward(loss)
             step_losses.append(loss.detach())
             del loss  # its graph would live through the next forward, with what bitsandbytes int8 keeps on it
@@ -179,9 +181,8 @@ def make_loader(s: Session) -> TrainLoader:
     d = s.cfg.data
     try:
         if d.packing:  # a row holds what one example may: data.max_length, less a deep prefix
-            capacity = d.max_length - (s.model.num_virtual_tokens if s.model.depth == "deep" else 0)
-            return PackedTrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id, capacity, s.env.rank,
-                                     s.env.world)
+            return PackedTrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id,
+                                     s.model.row_capacity(d.max_length), s.env.rank, s.env.world)
         return TrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id, d.padding_side, s.env.rank, s.env.world)
     except ValueError as e:
         raise ConfigError(f"data.batch_size: {e}") from None
