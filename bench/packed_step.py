@@ -34,14 +34,46 @@ MODEL = "embedded:smollm2-135m-instruct"
 ANSWER = 16
 
 
-def length_mix(args) -> list[list[int]]:
-    """Token ids of every example: log-normal lengths, fixed seed."""
+def length_mix(args, high: int = 40000) -> list[list[int]]:
+    """Token ids (in [100, high)) of every example: log-normal lengths, fixed seed."""
     import torch
 
     g = torch.Generator().manual_seed(0)
     normal = torch.randn(args.examples, generator=g, dtype=torch.float64)
     lengths = (args.median * torch.exp(args.sigma * normal)).round().clamp(16, args.max_len).long().tolist()
-    return [torch.randint(100, 40000, (n,), generator=g).tolist() for n in lengths]
+    return [torch.randint(100, high, (n,), generator=g).tolist() for n in lengths]
+
+
+def padded_batches(examples, batch_size: int) -> list[dict]:
+    """PEFT's batches: `batch_size` examples in order, right-padded to the longest of each, labels on the
+    last ANSWER tokens of each example."""
+    import torch
+
+    batches = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        T = max(len(ex) for ex in chunk)
+        ids = torch.zeros(len(chunk), T, dtype=torch.long)
+        mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+        for r, ex in enumerate(chunk):
+            ids[r, :len(ex)], mask[r, :len(ex)] = torch.tensor(ex), 1
+            labels[r, len(ex) - ANSWER:len(ex)] = ids[r, len(ex) - ANSWER:len(ex)]
+        batches.append(dict(input_ids=ids, attention_mask=mask, labels=labels))
+    return batches
+
+
+def packed_batches(examples, P: int, capacity: int, rows_per_batch: int) -> list[dict]:
+    """ptune's batches: each example with P virtual-token slots in front (shallow prompts; 0 for deep), packed
+    (data/packing.py) into rows of `capacity` tokens, `rows_per_batch` rows a batch (collate_packed, static
+    width), labels on the last ANSWER tokens of each example, task 0."""
+    from ptune_dist.data.encode import IGNORE, Example
+    from ptune_dist.data.packing import collate_packed, pack
+
+    encoded = [Example([0] * P + ex, task_id=0, soft=list(range(P)),
+                       labels=[IGNORE] * (P + len(ex) - ANSWER) + ex[-ANSWER:]) for ex in examples]
+    rows = pack([len(ex.input_ids) for ex in encoded], capacity)
+    return [collate_packed([[encoded[i] for i in row] for row in rows[j:j + rows_per_batch]], 0, capacity)
+            for j in range(0, len(rows), rows_per_batch)]
 
 
 def adamw(params):
@@ -51,7 +83,6 @@ def adamw(params):
 
 
 def peft_steps(args, examples):
-    import torch
     from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -60,23 +91,12 @@ def peft_steps(args, examples):
     model = AutoModelForCausalLM.from_pretrained(resolve_path(MODEL), attn_implementation="sdpa")
     config = PromptTuningConfig if args.method == "prompt_tuning" else PrefixTuningConfig
     model = get_peft_model(model, config(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.virtual)).train()
-    batches = []
-    for i in range(0, len(examples), args.peft_batch):
-        chunk = examples[i:i + args.peft_batch]
-        T = max(len(ex) for ex in chunk)
-        ids = torch.zeros(len(chunk), T, dtype=torch.long)
-        mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
-        for r, ex in enumerate(chunk):
-            ids[r, :len(ex)], mask[r, :len(ex)] = torch.tensor(ex), 1
-            labels[r, len(ex) - ANSWER:len(ex)] = ids[r, len(ex) - ANSWER:len(ex)]
-        batches.append(dict(input_ids=ids, attention_mask=mask, labels=labels))
+    batches = padded_batches(examples, args.peft_batch)
     return model, [p for p in model.parameters() if p.requires_grad], batches, lambda b: model(**b).loss
 
 
 def ptune_steps(args, examples):
     from ptune_dist.config import load_config
-    from ptune_dist.data.encode import IGNORE, Example
-    from ptune_dist.data.packing import collate_packed, pack
     from ptune_dist.data.task import TaskSpec
     from ptune_dist.model.build import build_model
     from ptune_dist.model.load import load_tokenizer
@@ -86,12 +106,7 @@ def ptune_steps(args, examples):
     model = build_model(cfg.method, cfg.model, cfg.train.seed, [TaskSpec(name="bench", type="generation")],
                         load_tokenizer(MODEL)).train()
     P = args.virtual if model.depth == "shallow" else 0
-    encoded = [Example([0] * P + ex, task_id=0, soft=list(range(P)),
-                       labels=[IGNORE] * (P + len(ex) - ANSWER) + ex[-ANSWER:]) for ex in examples]
-    capacity = args.max_len + P
-    rows = pack([len(ex.input_ids) for ex in encoded], capacity)
-    batches = [collate_packed([[encoded[i] for i in row] for row in rows[j:j + args.rows]], 0, capacity)
-               for j in range(0, len(rows), args.rows)]
+    batches = packed_batches(examples, P, args.max_len + P, args.rows)
     return model, model.trainable_parameters().values(), batches, lambda b: model(b).loss
 
 

@@ -144,8 +144,10 @@ def peak_memory(device) -> dict:
     return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def measure(build, device, warmup: int, steps: int, tokens: int) -> dict:
-    """Build a step (closure over model, optimizer, batch), warm up, time `steps` steps; free everything."""
+def measure(build, device, warmup: int, steps: int, tokens: int, per_pass: bool = False) -> dict:
+    """Build a step (closure over model, optimizer, batch), warm up, time `steps` steps; free everything.
+    tokens/s = `tokens` / the median step time, or with `per_pass` (`tokens` counted over all the timed
+    steps: a pass over batches of different sizes) `tokens` / the timed steps' total time."""
     import torch
 
     cuda = device.type == "cuda"
@@ -169,8 +171,9 @@ def measure(build, device, warmup: int, steps: int, tokens: int) -> dict:
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t)
         dt = statistics.median(times)
-        out = {"tokens_per_s": tokens / dt, "step_s": dt, "step_s_min": min(times), "step_s_max": max(times),
-               "steps": steps, "build_s": build_s, "loss": float(loss.detach()), **peak_memory(device)}
+        out = {"tokens_per_s": tokens / (sum(times) if per_pass else dt), "step_s": dt, "step_s_min": min(times),
+               "step_s_max": max(times), "timed_s": sum(times), "steps": steps, "build_s": build_s,
+               "loss": float(loss.detach()), **peak_memory(device)}
     except torch.cuda.OutOfMemoryError as e:
         out = {"error": f"out of memory ({str(e).splitlines()[0][:160]})", **peak_memory(device)}
     finally:
@@ -195,22 +198,31 @@ def child_prepare(spec: dict) -> dict:
     return {"machine": info, "made_s": made}
 
 
-def ptune_rows(spec: dict, common: list[str], methods: dict, B: int, T: int, vocab: int) -> list[dict]:
-    """ptune's public path: load_config -> device.choose -> load_base once -> build_model(base=...) and a
-    measured step per method; `methods` maps the row's method name to ptune's method.name."""
+def ptune_base(spec: dict, common: list[str]):
+    """(device, base, load seconds, bytes on the device after loading): ptune's load_config ->
+    device.choose -> load_base, the frozen base every method of a child is built on."""
     import torch
 
     from ptune_dist.config import load_config
-    from ptune_dist.data.task import TaskSpec
-    from ptune_dist.device import choose, to_device
-    from ptune_dist.model.build import build_model
+    from ptune_dist.device import choose
     from ptune_dist.model.load import load_base
 
     device = choose(spec["device"])
     torch.manual_seed(0)
     t0 = time.perf_counter()
     base = load_base(load_config([], common).model, trainable=False, device=device)
-    load_s, base_bytes = time.perf_counter() - t0, memory_now(device)
+    return device, base, time.perf_counter() - t0, memory_now(device)
+
+
+def ptune_rows(spec: dict, common: list[str], methods: dict, B: int, T: int, vocab: int) -> list[dict]:
+    """ptune's public path: load_config -> device.choose -> load_base once -> build_model(base=...) and a
+    measured step per method; `methods` maps the row's method name to ptune's method.name."""
+    from ptune_dist.config import load_config
+    from ptune_dist.data.task import TaskSpec
+    from ptune_dist.device import to_device
+    from ptune_dist.model.build import build_model
+
+    device, base, load_s, base_bytes = ptune_base(spec, common)
     ids, labels = batch_tensors(B, T, "answer", high=vocab)
     rows = []
     for method, name in methods.items():
@@ -241,16 +253,14 @@ def child_ptune(spec: dict) -> dict:
     return {"rows": [{**r, "base_made_s": made_s} for r in rows]}
 
 
-def child_peft(spec: dict) -> dict:
-    """PEFT as its users run it: from_pretrained onto the GPU with SDPA attention, get_peft_model per method."""
+def peft_base(spec: dict):
+    """(device, base, load seconds, bytes on the device after loading): the base as PEFT's users load it,
+    from_pretrained onto the GPU with SDPA attention (made first if ptune's child could not)."""
     import torch
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    shape = SHAPES[spec["shape"]]
-    B, T, P = spec.get("batch") or shape["batch"], spec.get("seq") or shape["seq"], spec["virtual"]
     device = torch.device("cuda", 0) if spec["device"] == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -261,7 +271,17 @@ def child_peft(spec: dict) -> dict:
     extra = {"device_map": {"": device}} if device.type == "cuda" else {}
     base = AutoModelForCausalLM.from_pretrained(spec["folder"], dtype=getattr(torch, spec["dtype"]),
                                                 attn_implementation="sdpa", **extra)
-    load_s, base_bytes = time.perf_counter() - t0, memory_now(device)
+    return device, base, time.perf_counter() - t0, memory_now(device)
+
+
+def child_peft(spec: dict) -> dict:
+    """PEFT as its users run it: from_pretrained onto the GPU with SDPA attention, get_peft_model per method."""
+    import torch
+    from peft import get_peft_model
+
+    shape = SHAPES[spec["shape"]]
+    B, T, P = spec.get("batch") or shape["batch"], spec.get("seq") or shape["seq"], spec["virtual"]
+    device, base, load_s, base_bytes = peft_base(spec)
     ids, labels = batch_tensors(B, T, "answer", high=shape["config"]["vocab_size"])
     ids, labels = ids.to(device), labels.to(device)
     mask = torch.ones_like(ids)

@@ -23,6 +23,13 @@ pending a GPU run, in docs/bench_attention_gpu.md):
 - Attention dropout (dropout_p > 0): `flash` on CUDA fp16/bf16 when installed, else `sdpa`; the
   `split` and `triton` paths implement no dropout.
 - Anything else (other devices, float64): `sdpa`.
+
+Packed rows (segment_ids; `choose_packed`): the same rule among the implementations that take them
+(reference, sdpa, triton): `triton` on CUDA fp16/bf16 without dropout when it can run (it skips key blocks
+of other sequences and reads the prefix, or prefix table, in place; sdpa builds a dense
+[B, 1, Tq, N*P + Tk] mask and computes every block), otherwise `sdpa`; on CPU always `sdpa`. Like the
+unpacked choice this follows the design, not a measurement: the packed Triton kernels have been checked
+in Triton's CPU interpreter and compiled for sm_80/sm_90, not yet run or timed on a GPU.
 """
 
 from __future__ import annotations
@@ -39,4 +46,11 @@ def choose(q: torch.Tensor, prefix_k=None, key_padding_mask=None, causal=True, d
     for name in order:
         if unavailable(name, q, dropout_p) is None:
             return name
+    return "sdpa"
+
+
+def choose_packed(q: torch.Tensor, dropout_p: float = 0.0) -> str:
+    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0:
+        if unavailable("triton", q, dropout_p) is None:
+            return "triton"
     return "sdpa"

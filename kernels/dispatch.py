@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import reference, sdpa, split
-from .auto import choose
+from .auto import choose, choose_packed
 from .available import CHOICES, NAMES, ImplUnavailable, triton_module, unavailable
 
 
@@ -54,7 +54,7 @@ def check_inputs(q, k, v, prefix_k, prefix_v, key_padding_mask, causal, table: b
                          "(True = real token) or 0/1 integers, not an additive float mask")
 
 
-PACKED = ("reference", "sdpa")  # the implementations that take packed rows (segment_ids) so far
+PACKED = ("reference", "sdpa", "triton")  # the implementations that take packed rows (segment_ids)
 
 
 def check_packed(q, k, prefix_k, segment_ids, prefix_ids) -> None:
@@ -98,19 +98,23 @@ def prefix_attention(q, k, v, prefix_k=None, prefix_v=None, *, causal, key_paddi
     if scale is None:
         scale = q.shape[-1] ** -0.5
     if packed:
-        name, extra = _packed_impl(impl), {"segment_ids": segment_ids, "prefix_ids": prefix_ids}
+        name, extra = _packed_impl(impl, q, dropout_p), {"segment_ids": segment_ids, "prefix_ids": prefix_ids}
     else:
         name, extra = resolve_impl(impl, q, prefix_k, key_padding_mask, causal, dropout_p), {}
     return implementation(name)(q, k, v, prefix_k, prefix_v, causal=causal, key_padding_mask=key_padding_mask,
                                 scale=float(scale), dropout_p=dropout_p, **extra)
 
 
-def _packed_impl(impl: str) -> str:
-    """The implementation that runs packed rows for `impl` ("auto": sdpa)."""
-    name = "sdpa" if impl == "auto" else impl
-    if name not in NAMES:
+def _packed_impl(impl: str, q: torch.Tensor, dropout_p: float = 0.0) -> str:
+    """The implementation that runs packed rows for `impl` ("auto": kernels/auto.py choose_packed)."""
+    if impl == "auto":
+        return choose_packed(q, dropout_p)
+    if impl not in NAMES:
         raise ValueError(f"attention impl {impl!r} is not one of {list(CHOICES)}")
-    if name not in PACKED:
+    if impl not in PACKED:
         raise ImplUnavailable(f"attention impl {impl!r} cannot run here: packed rows (segment_ids) run on "
-                              f"{' or '.join(PACKED)} so far")
-    return name
+                              f"{', '.join(PACKED)} only")
+    why = unavailable(impl, q, dropout_p)
+    if why is not None:
+        raise ImplUnavailable(f"attention impl {impl!r} cannot run here: {why}")
+    return impl

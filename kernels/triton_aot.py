@@ -10,8 +10,8 @@ which is what this catches. A compiled kernel must also fit the target's shared 
 which a launch would otherwise find out only on the GPU.
 
 VARIANTS cover every dtype, both values of every boolean constexpr, the head dims 64 and 128 (the two
-block shapes of `triton_impl._blocks`) and a shared and a per-row prefix, without compiling their
-whole product.
+block shapes of `triton_impl._blocks`), a shared and a per-row prefix, and packed rows (PACKED: with a
+prefix table and with a per-row prefix), without compiling their whole product.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from triton.compiler import ASTSource
 from triton.runtime.jit import mangle_type
 
 from . import triton_impl
+from .triton_packed import PackedLayout
 
 ARCHS = (80, 90)
 # the most shared memory one block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin): A100, H100/H200
@@ -37,21 +38,32 @@ VARIANTS = (  # fp32 (IEEE dots, emulated without tensor cores) compiles ~5x slo
     dict(dtype=torch.float16, d=128, causal=True, kpm=True, per_row=False),
     dict(dtype=torch.bfloat16, d=64, causal=True, kpm=False, per_row=True),
     dict(dtype=torch.bfloat16, d=128, causal=False, kpm=True, per_row=False),
+    # packed rows: a prefix table (fp32 partial sums of its gradient), and a per-row prefix
+    dict(dtype=torch.bfloat16, d=128, causal=True, kpm=False, per_row=False, packed="table"),
+    dict(dtype=torch.float16, d=64, causal=False, kpm=True, per_row=True, packed="rows"),
 )
 
 
-def launches(dtype, d, causal, kpm, per_row, B=2, H=4, Hkv=2, T=96, P=20):
-    """The forward and backward launches of one call, on meta tensors."""
+def launches(dtype, d, causal, kpm, per_row, packed=None, B=2, H=4, Hkv=2, T=96, P=20, N=3):
+    """The forward and backward launches of one call, on meta tensors (packed: None, "rows" (segment ids
+    only) or "table" (and prefix ids into a table of N prefixes))."""
     def t(*shape):
         return torch.empty(*shape, dtype=dtype, device="meta")
 
     q, k, v = t(B, H, T, d), t(B, Hkv, T, d), t(B, Hkv, T, d)
     pk, pv = (t(B, Hkv, P, d), t(B, Hkv, P, d)) if per_row else (t(Hkv, P, d), t(Hkv, P, d))
+    layout = None
+    if packed:
+        E = N if packed == "table" else 1
+        if packed == "table":
+            pk, pv = t(N, Hkv, P, d), t(N, Hkv, P, d)
+        ints = dict(dtype=torch.int32, device="meta")
+        layout = PackedLayout(torch.empty(4, B, T, **ints), torch.empty(B, E, 2, **ints), packed == "table")
     mask = torch.empty(B, T, dtype=torch.uint8, device="meta") if kpm else None
     blocks = triton_impl.tiles(d)
-    (o, lse), fwd = triton_impl.forward_launch(q, k, v, pk, pv, mask, causal, d ** -0.5, blocks)
+    (o, lse), fwd = triton_impl.forward_launch(q, k, v, pk, pv, mask, causal, d ** -0.5, blocks, layout)
     _, bwd = triton_impl.backward_launches(q, k, v, pk, pv, mask, o, lse, torch.empty_like(o), causal, d ** -0.5,
-                                           blocks, None)
+                                           blocks, None, layout)
     return [fwd, *bwd]
 
 

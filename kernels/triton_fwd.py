@@ -6,13 +6,20 @@ never copied, per row), then the sequence keys (bottom-right causal and/or key p
 online softmax in fp32. It writes the output and the natural-log log-sum-exp (-inf for a query that
 sees no key, whose output is 0) that the backward kernels recompute probabilities from.
 
-Shapes: Q [B, H, Tq, D]; K, V [B, Hkv, Tk, D]; PK, PV [B|-, Hkv, P, D]; KPM [B, Tk] uint8 (1 = real);
-O [B, H, Tq, D]; LSE [B, H, Tq] fp32. The last dimension of every tensor is contiguous. D is padded
-to BLOCK_D (a power of two >= 16) by masked loads.
+Packed rows (constexpr PACKED; META, the layout of triton_packed.py): a query sees the keys of its own
+segment only; the block visits only the keys its queries' segments cover, and the prefix entries its
+queries name (a table [N, Hkv, P, D], entry e at e * stride_pke; a shared or per-row prefix is entry 0).
+Without PACKED the entry loop runs once (e = 0, constant bounds) and nothing else changes.
+
+Shapes: Q [B, H, Tq, D]; K, V [B, Hkv, Tk, D]; PK, PV [B|-, Hkv, P, D] or a table [N, Hkv, P, D];
+KPM [B, Tk] uint8 (1 = real); META int32 [4, B, Tk]; O [B, H, Tq, D]; LSE [B, H, Tq] fp32. The last
+dimension of every tensor is contiguous. D is padded to BLOCK_D (a power of two >= 16) by masked loads.
 """
 
 import triton
 import triton.language as tl
+
+from .triton_packed import query_layout, same_segment
 
 # constexpr instances, not annotated globals: the compiler refuses `X: tl.constexpr = ...` inside @triton.jit
 # (the interpreter accepts it; tests/test_kernels_triton_aot.py compiles the kernels to catch that)
@@ -65,16 +72,17 @@ def online_softmax_step(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_PRECISION
 
 @triton.jit
 def prefix_attention_fwd(
-    Q, K, V, PK, PV, KPM, O, LSE,
+    Q, K, V, PK, PV, KPM, META, O, LSE,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
-    stride_pkb, stride_pkh, stride_pkt,
-    stride_pvb, stride_pvh, stride_pvt,
-    stride_mb,
+    stride_pkb, stride_pke, stride_pkh, stride_pkt,
+    stride_pvb, stride_pve, stride_pvh, stride_pvt,
+    stride_mb, stride_sp,
     stride_ob, stride_oh, stride_ot,
     H, GROUP, Tq, Tk, P, D, scale,
-    CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, PACKED: tl.constexpr, UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -94,26 +102,39 @@ def prefix_attention_fwd(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    # the prefix: visible to every query
-    pk_base = PK + b * stride_pkb + hk * stride_pkh
-    pv_base = PV + b * stride_pvb + hk * stride_pvh
-    for start in range(0, P, BLOCK_N):
-        n = start + offs_n
-        n_ok = n < P
-        k = load_tile(pk_base, n, stride_pkt, offs_d, n_ok, d_ok, UPCAST)
-        v = load_tile(pv_base, n, stride_pvt, offs_d, n_ok, d_ok, UPCAST)
-        visible = m_ok[:, None] & n_ok[None, :]
-        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_PRECISION)
+    lo = 0
+    hi = sequence_end(pid_m, Tq, Tk, CAUSAL, BLOCK_M)
+    e_lo, e_hi = 0, 1
+    if PACKED:  # the keys of the queries' segments, the prefix entries they name
+        seg_q, ent, key_lo, key_hi, e_lo, e_hi = query_layout(META, stride_sp, b * Tk, Tk - Tq + offs_m, m_ok)
+        lo = key_lo
+        hi = tl.minimum(hi, key_hi)
+
+    # the prefix: visible to every query (packed: of its entry e, and not padding)
+    for e in range(e_lo, e_hi):
+        pk_base = PK + b * stride_pkb + e * stride_pke + hk * stride_pkh
+        pv_base = PV + b * stride_pvb + e * stride_pve + hk * stride_pvh
+        for start in range(0, P, BLOCK_N):
+            n = start + offs_n
+            n_ok = n < P
+            k = load_tile(pk_base, n, stride_pkt, offs_d, n_ok, d_ok, UPCAST)
+            v = load_tile(pv_base, n, stride_pvt, offs_d, n_ok, d_ok, UPCAST)
+            visible = m_ok[:, None] & n_ok[None, :]
+            if PACKED:
+                visible = visible & (ent == e)[:, None]
+            acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_PRECISION)
 
     # the sequence: query i (of the last Tq positions) sees key j <= i + Tk - Tq when causal
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
-    for start in range(0, sequence_end(pid_m, Tq, Tk, CAUSAL, BLOCK_M), BLOCK_N):
+    for start in range(lo, hi, BLOCK_N):
         n = start + offs_n
-        n_ok = n < Tk
+        n_ok = n < hi
         k = load_tile(k_base, n, stride_kt, offs_d, n_ok, d_ok, UPCAST)
         v = load_tile(v_base, n, stride_vt, offs_d, n_ok, d_ok, UPCAST)
         visible = sequence_visible(offs_m, m_ok, n, n_ok, Tk - Tq, KPM + b * stride_mb, CAUSAL, HAS_KPM)
+        if PACKED:
+            visible = visible & same_segment(META, b * Tk, seg_q, n, n_ok)
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_PRECISION)
 
     seen = l_i > 0.0

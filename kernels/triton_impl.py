@@ -12,6 +12,12 @@ make odd lengths cross block edges in tests; 64 x 64 on a GPU, 64 x 32 for head 
 Each kernel's argument list is written once, in `forward_launch` / `backward_launches` (a `Launch` per
 kernel call); kernels/triton_aot.py compiles those same launches for sm_80/sm_90 without a GPU, since
 the interpreter accepts code the compiler refuses.
+
+Packed rows (segment_ids, and prefix_ids with a prefix table): the wrapper builds the int32 layout of
+triton_packed.py once per call (segment start/end per position, prefix entry per query; ValueError
+naming segment_ids when a segment is not one contiguous run) and the same kernels run with PACKED set:
+key blocks wholly outside the queries' sequences are never visited, the prefix (shared, per row, or a
+table) is read in place, and a table's gradient is summed in fp32 partials in a fixed order.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from .triton_bwd import prefix_attention_bwd_dkdv, prefix_attention_bwd_dq
 from .triton_fwd import prefix_attention_fwd
+from .triton_packed import PackedLayout, cached_layout
 
 INTERPRETED = isinstance(prefix_attention_fwd, InterpretedFunction)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -64,6 +71,22 @@ def _strides3(x):
     return (0, *x.stride()[:2]) if x.dim() == 3 else tuple(x.stride()[:3])
 
 
+def _strides4(x, table=False):
+    """(batch, entry, head, time) strides: a shared [H, T, D] prefix (0, 0, ...), a per-row [B, H, T, D] one
+    (b, 0, ...), a table [N, H, T, D] (0, n, ...), partial sums [groups, E, H, T, D] (g, e, ...)."""
+    if x.dim() == 5:
+        return tuple(x.stride()[:4])
+    if table:
+        return (0, *x.stride()[:3])
+    b, h, t = _strides3(x)
+    return (b, 0, h, t)
+
+
+def _packed_args(packed, q):
+    """(META pointer, its plane stride); q stands in for META when the rows are not packed (never read)."""
+    return (q, 0) if packed is None else (packed.meta, packed.meta.stride(0))
+
+
 def rows_per_program(B, Hkv, P, block_n, target_programs=128):
     """Batch rows one program sums for a shared prefix's gradient: enough programs to fill a GPU
     (about `target_programs`), as few partial sums as that allows."""
@@ -90,25 +113,30 @@ def tiles(D, block_m=None, block_n=None):
     return (*_blocks(D, block_m, block_n), max(16, triton.next_power_of_2(D)))
 
 
-def forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks):
-    """The output and log-sum-exp buffers, and the forward kernel's launch that fills them."""
+def forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks, packed: PackedLayout | None = None):
+    """The output and log-sum-exp buffers, and the forward kernel's launch that fills them (packed rows:
+    `packed`, from triton_packed.layout)."""
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     BM, BN, BD = blocks
     o = torch.empty_like(q)
     lse = torch.empty(B, H, Tq, device=q.device, dtype=torch.float32)
     has_kpm = kpm is not None
-    args = (q, k, v, pk, pv, kpm if has_kpm else q, o, lse,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides3(pk), *_strides3(pv),
-            kpm.stride(0) if has_kpm else 0, *o.stride()[:3],
+    table = packed is not None and packed.table
+    packed_meta, stride_sp = _packed_args(packed, q)
+    args = (q, k, v, pk, pv, kpm if has_kpm else q, packed_meta, o, lse,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides4(pk, table), *_strides4(pv, table),
+            kpm.stride(0) if has_kpm else 0, stride_sp, *o.stride()[:3],
             H, H // Hkv, Tq, Tk, pk.shape[-2], D, scale)
-    meta = dict(CAUSAL=causal, HAS_KPM=has_kpm, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **_opts(q.dtype))
+    meta = dict(CAUSAL=causal, HAS_KPM=has_kpm, PACKED=packed is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
+                **_opts(q.dtype))
     return (o, lse), Launch(prefix_attention_fwd, (triton.cdiv(Tq, BM), B * H), args, meta)
 
 
-def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks, prefix_rows):
-    """The gradient buffers (dq, dk, dv, prefix ones: per-row, or [groups, Hkv, P, D] fp32 partial sums
-    for a shared prefix) and the backward kernels' launches that fill them."""
+def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks, prefix_rows,
+                      packed: PackedLayout | None = None):
+    """The gradient buffers (dq, dk, dv, prefix ones: per-row, or [groups, E, Hkv, P, D] fp32 partial sums
+    for a shared prefix (E = 1) or a prefix table (E = N)) and the backward kernels' launches that fill them."""
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     P = pk.shape[-2]
@@ -117,61 +145,71 @@ def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks, p
     has_kpm = kpm is not None
     kpm_arg = kpm if has_kpm else q
     kpm_stride = kpm.stride(0) if has_kpm else 0
-    meta = dict(BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **_opts(q.dtype))
+    meta = dict(PACKED=packed is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **_opts(q.dtype))
+    table = packed is not None and packed.table
+    packed_meta, stride_sp = _packed_args(packed, q)
 
     dq = torch.empty_like(q)
     launches = [Launch(prefix_attention_bwd_dq, (triton.cdiv(Tq, BM), B * H), (
-        q, k, v, pk, pv, kpm_arg, do, lse, delta, dq,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides3(pk), *_strides3(pv), kpm_stride,
-        *do.stride()[:3], *dq.stride()[:3],
+        q, k, v, pk, pv, kpm_arg, packed_meta, do, lse, delta, dq,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides4(pk, table), *_strides4(pv, table),
+        kpm_stride, stride_sp, *do.stride()[:3], *dq.stride()[:3],
         H, H // Hkv, Tq, Tk, P, D, scale), dict(CAUSAL=causal, HAS_KPM=has_kpm, **meta))]
 
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     launches.append(Launch(prefix_attention_bwd_dkdv, (triton.cdiv(Tk, BN), Hkv, B), (
-        q, k, v, kpm_arg, do, lse, delta, dk, dv,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], kpm_stride, *do.stride()[:3],
-        *dk.stride()[:3], *dv.stride()[:3],
-        B, H, H // Hkv, Tq, Tk, Tk - Tq, D, scale, 1), dict(CAUSAL=causal, HAS_KPM=has_kpm, **meta)))
+        q, k, v, kpm_arg, packed_meta, packed_meta, do, lse, delta, dk, dv,
+        *q.stride()[:3], *_strides4(k), *_strides4(v), kpm_stride, stride_sp, Tk, *do.stride()[:3],
+        *_strides4(dk), *_strides4(dv),
+        B, H, H // Hkv, Tq, Tk, Tk - Tq, D, scale, 1, 1),
+        dict(CAUSAL=causal, HAS_KPM=has_kpm, PREFIX=False, **meta)))
 
     dpk_buf = dpv_buf = None
     if P:
-        shared = pk.dim() == 3
-        rows = (prefix_rows or rows_per_program(B, Hkv, P, BN)) if shared else 1
+        shared = pk.dim() == 3 or table  # read by every row: fp32 partial sums over groups of rows
+        E = pk.shape[0] if table else 1
+        rows = (prefix_rows or rows_per_program(B, Hkv * E, P, BN)) if shared else 1
         groups = triton.cdiv(B, rows)
         if shared:  # per-group partial sums in fp32, added up by the caller in a fixed order
-            dpk_buf = torch.empty(groups, Hkv, P, D, device=q.device, dtype=torch.float32)
+            dpk_buf = torch.empty(groups, E, Hkv, P, D, device=q.device, dtype=torch.float32)
             dpv_buf = torch.empty_like(dpk_buf)
         else:
             dpk_buf, dpv_buf = torch.empty_like(pk), torch.empty_like(pv)
-        launches.append(Launch(prefix_attention_bwd_dkdv, (triton.cdiv(P, BN), Hkv, groups), (
-            q, pk, pv, kpm_arg, do, lse, delta, dpk_buf, dpv_buf,
-            *q.stride()[:3], *_strides3(pk), *_strides3(pv), 0, *do.stride()[:3],
-            *dpk_buf.stride()[:3], *dpv_buf.stride()[:3],
-            B, H, H // Hkv, Tq, P, 0, D, scale, rows), dict(CAUSAL=False, HAS_KPM=False, **meta)))
+        ranges = packed_meta if packed is None else packed.ranges
+        launches.append(Launch(prefix_attention_bwd_dkdv, (triton.cdiv(P, BN), Hkv, groups * E), (
+            q, pk, pv, kpm_arg, packed_meta, ranges, do, lse, delta, dpk_buf, dpv_buf,
+            *q.stride()[:3], *_strides4(pk, table), *_strides4(pv, table), 0, stride_sp, Tk, *do.stride()[:3],
+            *_strides4(dpk_buf), *_strides4(dpv_buf),
+            B, H, H // Hkv, Tq, P, 0, D, scale, rows, E),
+            dict(CAUSAL=False, HAS_KPM=False, PREFIX=True, **meta)))
     return (dq, dk, dv, dpk_buf, dpv_buf), launches
 
 
 class _TritonPrefixAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, pk, pv, kpm, causal, scale, block_m, block_n, prefix_rows):
+    def forward(ctx, q, k, v, pk, pv, kpm, causal, scale, block_m, block_n, prefix_rows, seg_meta, ranges, table):
         blocks = tiles(q.shape[-1], block_m, block_n)
-        (o, lse), launch = forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks)
+        packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
+        (o, lse), launch = forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks, packed)
         launch.run()
-        ctx.save_for_backward(q, k, v, pk, pv, kpm, o, lse)
-        ctx.args = (causal, scale, blocks, prefix_rows)
+        ctx.save_for_backward(q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges)
+        ctx.args = (causal, scale, blocks, prefix_rows, table)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, pk, pv, kpm, o, lse = ctx.saved_tensors
-        causal, scale, blocks, prefix_rows = ctx.args
+        q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges = ctx.saved_tensors
+        causal, scale, blocks, prefix_rows, table = ctx.args
+        packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
         (dq, dk, dv, dpk, dpv), launches = backward_launches(q, k, v, pk, pv, kpm, o, lse, do.contiguous(),
-                                                             causal, scale, blocks, prefix_rows)
+                                                             causal, scale, blocks, prefix_rows, packed)
         for launch in launches:
             launch.run()
-        if dpk is not None and pk.dim() == 3:  # a shared prefix: the partial sums, added in a fixed order
+        if dpk is not None and dpk.dim() == 5:  # shared or table: the partial sums, added in a fixed order
             dpk, dpv = dpk.sum(0).to(pk.dtype), dpv.sum(0).to(pv.dtype)
-        return dq, dk, dv, dpk, dpv, None, None, None, None, None, None
+            if pk.dim() == 3:
+                dpk, dpv = dpk[0], dpv[0]
+        return dq, dk, dv, dpk, dpv, *[None] * 9
 
 
 def _last_dim_contiguous(x):
@@ -179,12 +217,19 @@ def _last_dim_contiguous(x):
 
 
 def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p=0.0,
-                     block_m=None, block_n=None, prefix_rows_per_program=None):
+                     block_m=None, block_n=None, prefix_rows_per_program=None, segment_ids=None, prefix_ids=None):
+    """Packed rows: segment_ids [B, Tk] (each sequence one contiguous run; -1 padding), and prefix_ids [B, Tq]
+    with a prefix table prefix_k [N, Hkv, P, d]; see kernels/__init__.py."""
     why = unavailable(q, dropout_p)
     if why is not None:
         raise RuntimeError(why)
     dtype = q.dtype
     k, v = k.to(dtype), v.to(dtype)
+    packed = None
+    if segment_ids is not None:
+        has_prefix = prefix_k is not None and prefix_k.shape[-2] > 0
+        packed = cached_layout(segment_ids, prefix_ids if has_prefix else None, q.shape[2], has_prefix,
+                               prefix_k.shape[0] if has_prefix else 1)
     if prefix_k is None:
         prefix_k = prefix_v = q.new_empty(k.shape[1], 0, q.shape[-1])
     prefix_k, prefix_v = prefix_k.to(dtype), prefix_v.to(dtype)
@@ -194,4 +239,5 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
         if x is not None and (x < 16 or x & (x - 1)):
             raise ValueError(f"triton prefix attention: {name}={x} must be a power of two >= 16")
     return _TritonPrefixAttention.apply(q, k, v, prefix_k, prefix_v, kpm, bool(causal), float(scale),
-                                        block_m, block_n, prefix_rows_per_program)
+                                        block_m, block_n, prefix_rows_per_program,
+                                        *(packed if packed is not None else (None, None, False)))

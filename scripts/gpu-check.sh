@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a fresh GPU machine should run for ptune, as one command of under 8 minutes (an H200):
+# Everything a fresh GPU machine should run for ptune, as one command of under 8.5 minutes (an H200):
 #
 #   bash scripts/gpu-check.sh        # from the repository root; results under $OUT (default /tmp/ptune-gpu-out)
 #
@@ -15,14 +15,17 @@
 #   setup        nvidia-smi, versions, wheels + ptune installed, bitsandbytes' CUDA kernel tried       35
 #   deepspeed    its sdist built (DS_BUILD_OPS=0) in the background during setup (waited for up to)    20
 #   tests        pytest on the files with gpu tests: training on cuda, compiled Triton kernels        190
-#   attention    bench/attention.py: prefix attention kernels against FlashAttention/FlexAttention     40
+#   attention    bench/attention.py: prefix attention kernels against FlashAttention/FlexAttention     35
 #   train_step   bench/train_step_gpu.py: ptune vs PEFT, bf16, TinyLlama-1.1B and Llama-3-8B shapes    80
-#   consumer     bench/consumer_gpu.py: 8B nf4 + checkpointing at 16 x 2048, PEFT peer, ptune plan     60
-#   plan         bench/memory_plan_gpu.py: ptune plan against CUDA peaks on a 1B grid                  45
+#   packed       bench/packed_step_gpu.py: packed ptune vs padded PEFT, 1.1B shape, length mix + fixed  60
+#   consumer     bench/consumer_gpu.py: 8B nf4 + checkpointing at 16 x 2048, PEFT peer, ptune plan     55
+#   plan         bench/memory_plan_gpu.py: ptune plan against CUDA peaks on a 1B grid                  35
 #   summary      the stages and the main numbers, printed last (and in summary.md)
-# Files back under $OUT (the device tool returns at most 8): logs.txt (everything printed), summary.md,
-# docs/bench_attention_gpu.md, docs/bench_train_step_gpu.md, docs/bench_consumer_gpu.md,
-# docs/plan_measured_gpu.md, raw.tar.gz (the JSON results and pytest's junit XML).
+# Files back under $OUT (the device tool returns at most 8, and these are 8): logs.txt (everything printed),
+# summary.md, docs/bench_attention_gpu.md, docs/bench_train_step_gpu.md, docs/bench_packed_step_gpu.md,
+# docs/bench_consumer_gpu.md, docs/plan_measured_gpu.md, raw.tar.gz (the JSON results and pytest's junit XML).
+# The stage limits add up to TOTAL + 5 s (the deepspeed wait overlaps the background build): a run where every
+# stage uses all of its limit has plan cut short by the deadline, not the script past 8.5 minutes.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -33,9 +36,9 @@ export LOG=$OUT/logs.txt
 export ROOT WORK=/tmp/ptune-gpu-work SITE=/tmp/site SITE_DS=/tmp/site-ds PTUNE=/tmp/ptune BASES=/tmp/ptune-bench-bases
 export PY=${PY:-python3}
 START=$(date +%s)
-TOTAL=${GPU_CHECK_TOTAL_S:-475}
+TOTAL=${GPU_CHECK_TOTAL_S:-505}
 DEADLINE=$((START + TOTAL))
-B_SETUP=35 B_DS_WAIT=20 B_TESTS=190 B_ATTENTION=40 B_TRAIN=80 B_CONSUMER=60 B_PLAN=45
+B_SETUP=35 B_DS_WAIT=20 B_TESTS=190 B_ATTENTION=35 B_TRAIN=80 B_PACKED=60 B_CONSUMER=55 B_PLAN=35
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PTUNE_HOME=$ROOT/.gpu/ptune_home
@@ -126,6 +129,12 @@ stage_train_step() {
     --out "$OUT/docs/bench_train_step_gpu.md" --json "$OUT/raw/train_step_gpu.json"
 }
 
+stage_packed() {
+  # the 1.1B shape only (the 8B's would need ~3 minutes); its base is train_step's, made here if missing
+  cd "$WORK" && $PY bench/packed_step_gpu.py --shapes 1b --base-dir "$BASES" --budget-s $((STAGE_LIMIT - 5)) \
+    --out "$OUT/docs/bench_packed_step_gpu.md" --json "$OUT/raw/packed_step_gpu.json"
+}
+
 stage_attention() {
   cd "$WORK" && $PY bench/attention.py --device cuda --dtype bfloat16 --seq 1024 4096 --prefix 128 --reps 10 \
     --out "$OUT/docs/bench_attention_gpu.md"
@@ -153,7 +162,7 @@ stage_tests() {
     -p no:cacheprovider --continue-on-collection-errors -v -rfEs --durations=15 \
     --junitxml "$OUT/raw/pytest.xml" "${extra[@]}"
 }
-export -f stage_setup stage_tests stage_attention stage_train_step stage_consumer stage_plan
+export -f stage_setup stage_tests stage_attention stage_train_step stage_packed stage_consumer stage_plan
 
 # -- run ----------------------------------------------------------------------------------------------------
 # The tests come first: they are what the issue's "done when" rests on; the benches take what time is left.
@@ -189,6 +198,7 @@ fi
 run_stage tests "$B_TESTS" stage_tests
 run_stage attention "$B_ATTENTION" stage_attention
 run_stage train_step "$B_TRAIN" stage_train_step
+run_stage packed "$B_PACKED" stage_packed
 run_stage consumer "$B_CONSUMER" stage_consumer
 run_stage plan "$B_PLAN" stage_plan
 # -- summary (printed last) -----------------------------------------------------------------------------------
@@ -224,6 +234,26 @@ try:
         lines.append(f"| {shape} {method} | {tp(a)} | {tp(b)} | {ratio} | {pk(a)} | {pk(b)} |")
 except Exception as exc:  # noqa: BLE001
     lines += ["", f"train step: no results ({type(exc).__name__})"]
+try:
+    rows = json.loads((out / "raw" / "packed_step_gpu.json").read_text())["rows"]
+    by = {(r["shape"], r["system"], r["method"], r.get("workload"), r.get("layout")): r for r in rows}
+    lines += ["", "| packed (real tok/s) | PEFT tok/s | ptune tok/s | ratio | PEFT peak GiB | ptune peak GiB | mem ratio |",
+              "|---|---|---|---|---|---|---|"]
+    ok = lambda r: "real_tokens_per_s" in r
+    tp = lambda r: f"{r['real_tokens_per_s']:.0f}" if ok(r) else r.get("error", "-")[:40]
+    pk = lambda r: f"{r['peak_bytes'] / G:.2f}" if ok(r) else "-"
+    for shape, method in dict.fromkeys((r["shape"], r["method"]) for r in rows):
+        for workload, peft_layout, layout in (("mix", "padded", "packed"), ("fixed", "full", "unpacked"),
+                                              ("fixed", "full", "packed")):
+            a = by.get((shape, "peft", method, workload, peft_layout), {})
+            b = by.get((shape, "ptune", method, workload, layout), {})
+            both = ok(a) and ok(b)
+            speed = f"{b['real_tokens_per_s'] / a['real_tokens_per_s']:.2f}x" if both else "-"
+            memory = f"{b['peak_bytes'] / a['peak_bytes']:.2f}x" if both else "-"
+            lines.append(f"| {shape} {method} {workload} {layout} | {tp(a)} | {tp(b)} | {speed} | {pk(a)} | {pk(b)} "
+                         f"| {memory} |")
+except Exception as exc:  # noqa: BLE001
+    lines += ["", f"packed: no results ({type(exc).__name__})"]
 try:
     rows = json.loads((out / "raw" / "consumer_gpu.json").read_text())["rows"]
     lines += ["", "| consumer 8B nf4 | tok/s | allocated GiB | device peak GiB | plan GiB |", "|---|---|---|---|---|"]

@@ -58,13 +58,17 @@ def test_the_compiled_set_covers_the_gpu_launches(compiled):
     for kernel in KERNELS:
         assert {r["arch"] for r in records if r["kernel"] == kernel} == {80, 90}
         assert _values(records, kernel, "Q") == {"*fp32", "*fp16", "*bf16"}
-        for flag in ("CAUSAL", "HAS_KPM"):
+        for flag in ("CAUSAL", "HAS_KPM", "PACKED"):
             assert _values(records, kernel, flag) == {True, False}, (kernel, flag)
         assert _values(records, kernel, "UPCAST") == {False}
         assert _values(records, kernel, "BLOCK_M") == {64}
         assert _values(records, kernel, "BLOCK_N") == {64, 32}  # head dim 64, and above 64
         assert _values(records, kernel, "BLOCK_D") == {64, 128}
         assert {r["options"]["num_warps"] for r in records if r["kernel"] == kernel} == {4}
+    # the dk/dv kernel serves the sequence keys and the prefix keys, packed or not
+    packed = {(r["constexprs"]["PACKED"], r["constexprs"]["PREFIX"]) for r in records
+              if r["kernel"] == "prefix_attention_bwd_dkdv"}
+    assert packed == {(False, False), (False, True), (True, False), (True, True)}
     # tensor cores for fp16/bf16 (tf32 is ignored for them), full-precision dots for fp32
     for r in records:
         want = "ieee" if r["signature"]["Q"] == "*fp32" else "tf32"
@@ -73,6 +77,9 @@ def test_the_compiled_set_covers_the_gpu_launches(compiled):
     prefix_grads = {(r["signature"]["Q"], r["signature"]["DK"]) for r in records
                     if r["kernel"] == "prefix_attention_bwd_dkdv" and r["signature"]["K"] != r["signature"]["DK"]}
     assert ("*bf16", "*fp32") in prefix_grads
+    # packed rows: a prefix table's gradient goes to fp32 partial sums too
+    assert any(r["constexprs"]["PACKED"] and r["constexprs"]["PREFIX"] and r["signature"]["DK"] == "*fp32"
+               for r in records if r["kernel"] == "prefix_attention_bwd_dkdv")
 
 
 def test_refuses_the_interpreter():

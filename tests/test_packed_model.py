@@ -48,8 +48,8 @@ def test_packed_classification_equals_padded(method, mixed, smol):
         assert_close_rel(torch.tensor(g), torch.tensor(w), 1e-5)
     assert got.preds == want.preds
     assert got_grads.keys() == want_grads.keys()
-    for name in want_grads:
-        assert_close_rel(got_grads[name], want_grads[name], 1e-4)
+    for name in want_grads:  # fp32 sums in another order (masked keys): 1.1e-4 seen on an AMD EPYC, 0.7e-4 elsewhere
+        assert_close_rel(got_grads[name], want_grads[name], 3e-4)
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning_v2"])
