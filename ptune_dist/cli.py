@@ -7,6 +7,7 @@
     ptune import ADAPTER_DIR --out RUN_DIR [--force] [dotted.key=value ...]
     ptune launch CONFIG.yaml [...] [dotted.key=value ...] [--dry-run]      (launch.backend=local|slurm)
     ptune sweep CONFIG.yaml [...] [key=value ...] [--grid key=v1,v2 ...] [--dry-run]
+    ptune study CONFIG.yaml [...] [key=value ...] [--dry-run] | study status STUDY_DIR | study report STUDY_DIR
     ptune gather SWEEP_DIR
     ptune status RUN_DIR|JOB_ID
     ptune cancel RUN_DIR|JOB_ID
@@ -103,6 +104,12 @@ def cmd_sweep(ns) -> int:
     return 0
 
 
+def cmd_study(ns) -> int:
+    from ptune_dist.study import command
+
+    return command.run(ns.args, ns.dry_run)
+
+
 def cmd_gather(ns) -> int:
     from ptune_dist.launcher.sweep import gather
 
@@ -189,6 +196,11 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--grid", action="append", default=[], help="dotted.key=value1,value2 (repeatable)")
     sw.add_argument("--dry-run", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
+    sy = sub.add_parser("study", help="the power-of-scale study: a grid of models, methods, prompt lengths, inits, "
+                        "tasks and seeds, run and reported (or: study status|report STUDY_DIR)")
+    sy.add_argument("args", nargs="+")
+    sy.add_argument("--dry-run", action="store_true", help="check every cell and print them, run nothing")
+    sy.set_defaults(fn=cmd_study)
     ga = sub.add_parser("gather", help="collect a sweep's results into results.csv / results.md")
     ga.add_argument("sweep_dir")
     ga.set_defaults(fn=cmd_gather)

@@ -16,7 +16,8 @@ function) decide whether the program works. The layers, from the bottom, as the 
     10. inference                                 (evaluation/generation on top of train's session)
     11. plan                                      (memory planner; in practice it needs only config)
     12. launcher
-    13. cli                                       (the command line entry point, on top of everything)
+    13. study                                     (the power-of-scale study: cells run through the launcher)
+    14. cli                                       (the command line entry point, on top of everything)
 
 The graph: one node per module of ptune_dist (ptune_dist/, plus kernels/, launcher/ and slurm/ which
 pyproject.toml installs as ptune_dist.kernels, .launcher and .slurm), one edge per import statement found
@@ -61,6 +62,7 @@ LAYERS = [
     {"inference"},
     {"plan"},
     {"launcher"},
+    {"study"},
     {"cli"},
 ]
 

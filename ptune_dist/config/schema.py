@@ -250,6 +250,30 @@ class SweepConfig:
 
 
 @dataclass
+class StudyConfig:
+    """`ptune study` (ptune_dist/study): the power-of-scale grid, three comparisons that share their cells,
+    each over the config's tasks (one cell per task) and the seeds:
+      main    models x methods, at prompt_length and init
+      length  models x prompt_lengths, for ablation_method at init
+      init    models x inits, for ablation_method at prompt_length
+    A method that takes no init (or not this one) runs at init=random; the baselines (depth none) have neither."""
+
+    models: List[str] = text(factory=list)  # model.name_or_path of each size, e.g. embedded:..., a folder, a hub id
+    methods: List[str] = field(default_factory=lambda: ["prompt_design", "prompt_tuning", "prefix_tuning",
+                                                        "p_tuning_v2", "full_finetune"])
+    prompt_length: int = number(100, gt=0, most=INT32)  # Lester et al.'s main setting
+    init: str = choice("labels", "random", "vocab", "text")
+    prompt_lengths: List[int] = numbers(lambda: [1, 5, 20, 100, 150], gt=0)
+    inits: List[str] = field(default_factory=lambda: ["random", "vocab", "labels"])
+    ablation_method: str = choice("prompt_tuning", *METHODS)
+    seeds: List[int] = numbers(lambda: [0, 1, 2], ge=0, meaning="train.seed of each repeat")
+    # more key=value settings for the cells of one method or one model (e.g. full_finetune: [train.lr=1e-5])
+    method_overrides: Dict[str, List[str]] = field(default_factory=dict)
+    model_overrides: Dict[str, List[str]] = text(factory=dict)
+    retries: int = number(1, ge=0, le=100)  # a failed cell runs again this many times (locally; Slurm: rerun)
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "runs/default"  # not empty (validate)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -260,3 +284,4 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)

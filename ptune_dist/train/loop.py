@@ -33,6 +33,7 @@ from ptune_dist.rank_env import DistEnv
 from . import dist
 from .engine import TorchEngine
 from .evaluate import evaluate
+from .params import param_bytes, param_counts
 from .loss_weights import loss_weights, target_count
 from .logger import MetricsLogger
 from .nonfinite import NonFiniteGuard
@@ -84,6 +85,7 @@ def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
     log.write({"event": "device", "step": start, **ran_on, "per_rank": dist.gather_objects(str(s.device))})
     log.say(f"ptune: rank 0 of {env.world} trains on {ran_on['device']} {ran_on.get('name', '')}".rstrip())
     held = dist.gather_objects(param_bytes(model))  # every rank: what it holds of the model
+    results["parameters"] = param_counts(model, t.steps)  # for tables of scale: the base's size, what trains
     log.write({"event": "parameters", "step": start, "bytes_per_rank": [h for h, _ in held], "bytes_total": held[0][1]})
     if changes:
         log.write({"event": "config_changed", "step": start, "applied": {k: list(v) for k, v in changes.items()}})
@@ -151,13 +153,6 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
             log.eval(step, run_eval())
         if t.save_every and step % t.save_every == 0 and step < t.steps:
             save(step)
-
-
-def param_bytes(model) -> tuple[int, int]:
-    """(bytes of parameters this rank holds, bytes of the whole model): ZeRO-3 holds a partition each."""
-    held = sum((p.ds_tensor if hasattr(p, "ds_tensor") else p).numel() * p.element_size() for p in model.parameters())
-    total = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters())
-    return held, total
 
 
 def make_engine(s: Session):

@@ -1,0 +1,12 @@
+"""`ptune study`: the power-of-scale study (Lester et al. 2021) as one command.
+
+    ptune study CONFIG.yaml [...] [key=value ...] [--dry-run]   the cells, then the local queue, then the report
+    ptune study status STUDY_DIR                                 how many cells are done, running, failed, pending
+    ptune study report STUDY_DIR                                 results.csv and report/ from what is done
+
+cells.py     the grid: main (models x methods), length and init comparisons, over tasks and seeds
+prepare.py   every cell's run config, checked, and the study folder written (folder.py)
+queue.py     the cells on this machine one after another: done ones skipped, failed ones retried
+gather.py    one row per cell into results.csv (the task's main metric as score)
+report.py    the tables (report.md) and plots.py the figures, from those rows
+"""

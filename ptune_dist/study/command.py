@@ -1,0 +1,56 @@
+"""The `ptune study` command: its three forms (see the package docstring)."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+from ptune_dist.errors import ConfigError
+
+from .folder import STATES, cell_dir, read_cells, state
+
+
+def run(args: list[str], dry_run: bool = False) -> int:
+    if args[0] in ("status", "report"):
+        if len(args) != 2 or dry_run:
+            raise ConfigError(f"usage: ptune study {args[0]} STUDY_DIR")
+        return status(Path(args[1])) if args[0] == "status" else report(Path(args[1]))
+    from .prepare import prepare
+    from .queue import run_queue
+
+    files, overrides = [a for a in args if "=" not in a], [a for a in args if "=" in a]
+    cfg, study_dir, cells, _ = prepare(files, overrides, write=not dry_run)
+    if dry_run:
+        for cell in cells:
+            print(f"{cell['id']}  [{', '.join(cell['parts'])}]")
+        print(f"{len(cells)} cells into {study_dir}", file=sys.stderr)
+        return 0
+    missing = run_queue(study_dir, cells, cfg.study.retries)
+    report(study_dir)
+    if missing:
+        print(f"ptune study: {len(missing)} of {len(cells)} cells not done ({', '.join(missing[:3])}"
+              f"{', ...' if len(missing) > 3 else ''}); run the same command again to retry them", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def status(study_dir: Path) -> int:
+    cells = read_cells(study_dir)
+    states = {c["id"]: state(cell_dir(study_dir, c["id"])) for c in cells}
+    counts = Counter(states.values())
+    print(f"{study_dir}: {len(cells)} cells: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    for cell_id, s in states.items():
+        if s != "done":
+            print(f"  {s:8} {cell_id}")
+    return 0
+
+
+def report(study_dir: Path) -> int:
+    from .gather import gather
+    from .report import write_report
+
+    csv_path, rows = gather(study_dir)
+    paths = write_report(rows, study_dir / "report")
+    print(csv_path)
+    print(paths.get("report.md", study_dir / "report" / "report.md"))
+    return 0
