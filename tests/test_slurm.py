@@ -3,6 +3,7 @@ trains to the end; a 3-cell sweep runs as a job array and a dependent job gather
 preempted job checkpoints, requeues itself and resumes to the same final prompt as an uninterrupted
 run; a killed rank fails the job in bounded time and the rerun resumes from the last checkpoint."""
 
+import csv
 import json
 import os
 import re
@@ -219,3 +220,25 @@ def test_killed_rank_fails_the_job_and_the_rerun_resumes(cluster, tmp_path):
     rerun = submit(tmp_path, "launch.nnodes=2", f"train.steps={saved + 2}", "train.save_every=3")
     assert wait(rerun)["JobState"] == "COMPLETED"
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "resume"][-1] == saved
+
+
+def test_study_runs_as_one_array_per_resource_shape_then_reports(cluster, tmp_path):
+    """`ptune study` on Slurm: the two model sizes ask for different resources (model_overrides), so their cells
+    go in two arrays; the report job runs after both; a second `ptune study` finds nothing left to submit."""
+    from test_study_run import SMOL, STUDY
+
+    study = tmp_path / "study"
+    args = ["study", *STUDY, "launch.backend=slurm", f"output_dir={study}",
+            f"study.model_overrides={{'{SMOL}': [launch.cpus_per_task=2]}}"]
+    assert main(args) == 0
+    record = json.loads((study / "slurm" / "job.json").read_text())
+    assert [a["cells"] for a in record["arrays"]] == [3, 3] and len(record["job_ids"]) == 2
+    smol = (study / "slurm" / "array-1.sbatch").read_text()
+    assert "#SBATCH --cpus-per-task=2" in smol and "#SBATCH --array=0-2" in smol
+    state = wait(record["gather_job_id"], timeout=600)
+    assert state["JobState"] == "COMPLETED", state
+    rows = list(csv.DictReader((study / "results.csv").open()))
+    assert len(rows) == 6 and all(r["status"] == "done" for r in rows), rows
+    assert (study / "report" / "report.md").is_file()
+    assert main(args) == 0  # everything done: nothing more to submit
+    assert json.loads((study / "slurm" / "job.json").read_text())["note"] == "every cell is done or running"

@@ -1,6 +1,8 @@
 """The study's grid (ptune_dist/study/cells.py): the three comparisons share their cells, each method runs at the
 prompt length and init it takes, ids name the settings, and a bad study section is refused by its key."""
 
+import re
+
 import pytest
 
 from ptune_dist.config import load_config
@@ -51,7 +53,27 @@ def test_ids_name_the_settings_and_stay_when_the_study_grows():
     ("study.seeds=[0, 0]", "study.seeds: 0 given twice"),
     ("study.models=[a/m, b/m]", "two models share the folder name"),
     ("study.method_overrides={lora: [train.lr=1]}", "study.method_overrides.lora: not a method"),
+    ("study.model_overrides={'embedded:x': [train.lr=1]}", "'embedded:x' is not one of study.models"),
+    ("study.model_overrides={'embedded:all-minilm-l6-v2|lora': [train.lr=1]}", "nor 'MODEL|METHOD'"),
 ])
 def test_a_bad_study_section_is_refused_by_its_key(override, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         expand(load_config([], [MODELS, override]))
+
+
+def test_overrides_apply_by_method_then_model_then_model_and_method(tmp_path):
+    from ptune_dist.study.prepare import prepare
+
+    big = "embedded:smollm2-135m-instruct"
+    _, _, cells, configs = prepare([], [MODELS, "study.seeds=[0]", "study.methods=[prompt_tuning, full_finetune]",
+                                        "study.method_overrides={full_finetune: [train.lr=0.001, train.steps=7]}",
+                                        f"study.model_overrides={{'{big}': [train.lr=0.5], "
+                                        f"'{big}|full_finetune': [train.lr=0.002]}}",
+                                        f"output_dir={tmp_path}"], write=False)
+    lr = {(c["model"], c["method"], c["prompt_length"]): cfg.train.lr for c, cfg in zip(cells, configs)}
+    assert lr[(big, "full_finetune", 0)] == 0.002 and lr[(big, "prompt_tuning", 100)] == 0.5
+    assert lr[("embedded:all-minilm-l6-v2", "full_finetune", 0)] == 0.001
+    steps = {c["method"]: cfg.train.steps for c, cfg in zip(cells, configs)}
+    assert steps["full_finetune"] == 7
+    assert all(cfg.tasks == configs[0].tasks and cfg.study.models == [] for cfg in configs)
+    assert not tmp_path.joinpath("study.json").exists()  # write=False: checked, nothing written

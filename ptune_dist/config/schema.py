@@ -267,7 +267,8 @@ class StudyConfig:
     inits: List[str] = field(default_factory=lambda: ["random", "vocab", "labels"])
     ablation_method: str = choice("prompt_tuning", *METHODS)
     seeds: List[int] = numbers(lambda: [0, 1, 2], ge=0, meaning="train.seed of each repeat")
-    # more key=value settings for the cells of one method or one model (e.g. full_finetune: [train.lr=1e-5])
+    # more key=value settings for the cells of one method, one model, or one 'MODEL|METHOD' (applied in that
+    # order), e.g. method_overrides: {full_finetune: [train.lr=1e-5]}; model_overrides: {big/model: [model.quant=int8]}
     method_overrides: Dict[str, List[str]] = field(default_factory=dict)
     model_overrides: Dict[str, List[str]] = text(factory=dict)
     retries: int = number(1, ge=0, le=100)  # a failed cell runs again this many times (locally; Slurm: rerun)

@@ -16,6 +16,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from ptune_dist.errors import ConfigError
 from ptune_dist.kernels import prefix_attention
 
 ATTN_NAME = "ptune_prefix"
@@ -54,6 +55,12 @@ def prefix_attention_forward(module, query, key, value, attention_mask, scaling=
     """The attention function transformers calls: q [B, Hq, T, d], k/v [B, Hkv, Tk, d] -> [B, T, Hq, d]."""
     prefix = ptune_prefix or PrefixKV(None)
     pk, pv = prefix.layer(module.layer_idx)
+    window = kwargs.get("sliding_window")
+    if window and key.shape[2] + prefix.num_tokens > window:
+        raise ConfigError(f"{key.shape[2]} keys (+ {prefix.num_tokens} prefix) exceed the sliding window of "
+                          f"{window} tokens this model's layer {module.layer_idx} attends within; ptune's prefix "
+                          f"attention is full attention, the same only up to the window: keep data.max_length (and "
+                          "prompt plus generated tokens) within it")
     if pk is not None:
         pk, pv = pk.to(key.dtype), pv.to(value.dtype)
     packed = {}

@@ -35,9 +35,8 @@ def load_base(model_cfg, trainable: bool = False, device: torch.device | None = 
     train/placement.py) DeepSpeed places each rank's partition on the current device instead."""
     base = inspected or inspect_base(model_cfg)
     hf_config = base.config
-    if getattr(hf_config, "sliding_window", None) and getattr(hf_config, "use_sliding_window", True):
-        raise ConfigError(f"model.name_or_path={model_cfg.name_or_path!r} uses sliding-window attention; "
-                          "ptune's prefix attention supports full attention only")
+    # a sliding-window model (Gemma 3, Mistral) runs while every query sees all its keys: the attention
+    # function refuses a longer one (model/attention.py), naming data.max_length
     transformers.utils.logging.disable_progress_bar()
     extra = {}
     if model_cfg.quant != "none":  # config validation refuses a quantised base for a method that trains it

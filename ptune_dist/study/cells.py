@@ -81,9 +81,11 @@ def check_study(s: StudyConfig) -> None:
     unknown = sorted(set(s.method_overrides) - set(METHODS))
     if unknown:
         raise ConfigError(f"study.method_overrides.{unknown[0]}: not a method ({', '.join(METHODS)})")
-    unknown = sorted(set(s.model_overrides) - set(s.models))
-    if unknown:
-        raise ConfigError(f"study.model_overrides: {unknown[0]!r} is not one of study.models")
+    for key in s.model_overrides:
+        model, _, method = key.partition("|")
+        if model not in s.models or (method and method not in METHODS):
+            raise ConfigError(f"study.model_overrides: {key!r} is not one of study.models, nor 'MODEL|METHOD' with "
+                              f"a method of {list(METHODS)}")
 
 
 def method_setting(method: str, length: int, init: str, base: MethodConfig) -> tuple[int, str]:

@@ -20,11 +20,18 @@ def run(args: list[str], dry_run: bool = False) -> int:
     from .queue import run_queue
 
     files, overrides = [a for a in args if "=" not in a], [a for a in args if "=" in a]
-    cfg, study_dir, cells, _ = prepare(files, overrides, write=not dry_run)
+    cfg, study_dir, cells, configs = prepare(files, overrides, write=not dry_run)
     if dry_run:
         for cell in cells:
             print(f"{cell['id']}  [{', '.join(cell['parts'])}]")
         print(f"{len(cells)} cells into {study_dir}", file=sys.stderr)
+        return 0
+    if cfg.launch.backend == "slurm":
+        from .arrays import submit
+
+        record = submit(cfg, study_dir, cells, configs)
+        arrays = ", ".join(f"{a['job_id']} ({a['cells']} cells)" for a in record["arrays"]) or "none"
+        print(f"submitted arrays {arrays}; report job {record.get('gather_job_id', '-')}: {study_dir / 'report'}")
         return 0
     missing = run_queue(study_dir, cells, cfg.study.retries)
     report(study_dir)

@@ -1,8 +1,8 @@
 """`ptune study CONFIG [...] [key=value ...]`: the study's cells resolved, checked and written (study/folder.py).
 
 Every cell's config is built by load_config from the same files and overrides plus the cell's settings
-(cells.Cell.overrides), the study's method_overrides / model_overrides for its method and model, and its
-output_dir; then it keeps only its own task, and an empty study and sweep section (a cell is a plain run).
+(cells.Cell.overrides), then the study's method_overrides of its method, model_overrides of its model and of
+'MODEL|METHOD' (in that order: a later setting wins), and its output_dir; then it keeps only its own task, and an empty study and sweep section (a cell is a plain run).
 Everything is checked before anything is written; --dry-run checks the same and writes nothing.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from ptune_dist.config import load_config
 from ptune_dist.config.schema import RunConfig, StudyConfig, SweepConfig
 from ptune_dist.errors import ConfigError
-from ptune_dist.launcher import local
+from ptune_dist.launcher import local, slurm
 from ptune_dist.launcher.files import check_dir
 
 from .cells import Cell, expand
@@ -22,7 +22,9 @@ from .folder import cell_dir, check_folder, write_study
 
 
 def cell_config(files, overrides, cfg: RunConfig, cell: Cell, study_dir: Path) -> RunConfig:
-    extra = [*cfg.study.method_overrides.get(cell.method, []), *cfg.study.model_overrides.get(cell.model, [])]
+    by_model = cfg.study.model_overrides
+    extra = [*cfg.study.method_overrides.get(cell.method, []), *by_model.get(cell.model, []),
+             *by_model.get(f"{cell.model}|{cell.method}", [])]
     where = f"study cell {cell.id}"
     try:
         c = load_config(files, [*overrides, *cell.overrides(), *extra, f"output_dir={cell_dir(study_dir, cell.id)}"])
@@ -42,15 +44,18 @@ def prepare(files, overrides, write: bool = True) -> tuple[RunConfig, Path, list
     cfg = load_config(files, overrides)
     study_dir = check_dir(Path(cfg.output_dir).resolve(), "output_dir")
     cfg = dataclasses.replace(cfg, output_dir=str(study_dir))
-    if cfg.launch.backend != "local":
-        raise ConfigError("launch.backend=slurm: `ptune study` runs its cells as one local queue so far; Slurm job "
-                          "arrays grouped by resource shape are the next step (run each cell's launch.yaml with "
-                          "`ptune launch` meanwhile)")
     expanded = expand(cfg)
     cells = [describe(cell, parts, cfg.tasks[cell.task]) for cell, parts in expanded]
     configs = [cell_config(files, overrides, cfg, cell, study_dir) for cell, _ in expanded]
-    for cell, cell_cfg in zip(cells, configs):
-        local.command(cell_cfg, cell_dir(study_dir, cell["id"]) / "launch.yaml")  # what the queue would refuse
+    if cfg.launch.backend == "local":
+        for cell, cell_cfg in zip(cells, configs):
+            local.command(cell_cfg, cell_dir(study_dir, cell["id"]) / "launch.yaml")  # what the queue would refuse
+    else:
+        from .arrays import scripts
+
+        scripts(cfg, study_dir, cells, configs)  # every array's sbatch script, checked
+        slurm.gather_script(cfg, study_dir, "1", command="study report")
+        slurm.check_record(cfg, "study")
     check_folder(study_dir, cells, configs)
     if write:
         write_study(study_dir, cfg, cells, configs)
