@@ -6,7 +6,6 @@ import torch
 import transformers
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-from ptune_dist.errors import ConfigError
 from ptune_dist.runtime import release_free_memory
 
 from . import quant
