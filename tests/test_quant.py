@@ -395,11 +395,12 @@ def test_a_step_graph_is_gone_before_the_next_forward():
         def step(self, loss=None):
             return 0.0
 
-    batch = {"attention_mask": torch.ones(2, 3)}
+    batch = {"attention_mask": torch.ones(2, 3), "task_ids": torch.zeros(2, dtype=torch.long)}
     cfg = types.SimpleNamespace(train=types.SimpleNamespace(steps=3, grad_accum=2, log_every=100, eval_every=0,
                                                             save_every=0, on_nonfinite="stop", max_skipped_steps=1))
     s = types.SimpleNamespace(model=torch.nn.Linear(1, 1), cfg=cfg, env=types.SimpleNamespace(world=1),
-                              device=torch.device("cpu"))
+                              device=torch.device("cpu"),
+                              tasks=[types.SimpleNamespace(spec=types.SimpleNamespace(type="classification"))])
 
     class Loader(list):
         epoch = 0
