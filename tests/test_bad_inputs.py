@@ -227,7 +227,7 @@ CASES = [
     (["gather", Dir("sweep_list")], "sweep.json: expected a JSON object with grid and cells"),
     (["gather", Dir("sweep_no_grid")], 'sweep.json: "grid" is not'),
     (["fetch-models", "nope-model"], "'nope-model' is not an embedded model; known: all-minilm-l6-v2, "
-                                     "smollm2-135m-instruct"),
+                                     "gemma-3-270m, smollm2-135m-instruct"),
     (["plan", "model=llama-2-7b", "hardware.gpu_mem=24"], "hardware.gpu_mem='24': a size needs its unit"),
     (["plan", "model=llama-2-7b", "hardware.gpus=" + "9" * 30], "must be <= 1024"),
 ]

@@ -290,4 +290,4 @@ def test_fetch_models_names_an_unknown_model_and_fetches_nothing(monkeypatch, ca
     assert main(["fetch-models", "smollm2-135m-instruct", "nope-model"]) == 2
     err = capsys.readouterr().err
     assert "ptune fetch-models: error: 'nope-model' is not an embedded model; known: all-minilm-l6-v2, " \
-           "smollm2-135m-instruct" in err and "Traceback" not in err
+           "gemma-3-270m, smollm2-135m-instruct" in err and "Traceback" not in err

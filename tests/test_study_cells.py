@@ -18,7 +18,7 @@ def cells(*overrides):
 
 def test_the_comparisons_share_cells_and_each_run_is_made_once():
     got = cells("study.seeds=[0, 1]")
-    per = 5 + 4 + 2  # main: 5 methods; length: 5 lengths, one of them main's; init: 3 inits, one of them main's
+    per = 6 + 4 + 2  # main: every method (6); length: 5 lengths, one of them main's; init: 3 inits, one of them main's
     assert len(got) == 2 * 2 * per  # models x seeds (one task)
     assert len({c.id for c, _ in got}) == len(got)
     shared = [parts for c, parts in got if c.method == "prompt_tuning" and c.prompt_length == 100 and c.init == "labels"]

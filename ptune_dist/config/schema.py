@@ -259,16 +259,15 @@ class StudyConfig:
     A method that takes no init (or not this one) runs at init=random; the baselines (depth none) have neither."""
 
     models: List[str] = text(factory=list)  # model.name_or_path of each size, e.g. embedded:..., a folder, a hub id
-    methods: List[str] = field(default_factory=lambda: ["prompt_design", "prompt_tuning", "prefix_tuning",
-                                                        "p_tuning_v2", "full_finetune"])
+    methods: List[str] = field(default_factory=lambda: list(METHODS))  # every method, the baselines included
     prompt_length: int = number(100, gt=0, most=INT32)  # Lester et al.'s main setting
     init: str = choice("labels", "random", "vocab", "text")
     prompt_lengths: List[int] = numbers(lambda: [1, 5, 20, 100, 150], gt=0)
     inits: List[str] = field(default_factory=lambda: ["random", "vocab", "labels"])
-    ablation_method: str = choice("prompt_tuning", *METHODS)
+    ablation_method: str = choice(DEFAULT_METHOD, *METHODS)  # prompt tuning
     seeds: List[int] = numbers(lambda: [0, 1, 2], ge=0, meaning="train.seed of each repeat")
     # more key=value settings for the cells of one method, one model, or one 'MODEL|METHOD' (applied in that
-    # order), e.g. method_overrides: {full_finetune: [train.lr=1e-5]}; model_overrides: {big/model: [model.quant=int8]}
+    # order), e.g. method_overrides: {METHOD: [train.lr=1e-5]}; model_overrides: {big/model: [model.quant=int8]}
     method_overrides: Dict[str, List[str]] = field(default_factory=dict)
     model_overrides: Dict[str, List[str]] = text(factory=dict)
     retries: int = number(1, ge=0, le=100)  # a failed cell runs again this many times (locally; Slurm: rerun)

@@ -93,6 +93,17 @@ class PromptMethod(nn.Module):
     def forward(self) -> torch.Tensor | None:
         return None
 
+    @classmethod
+    def trains_nothing(cls) -> bool:
+        """A baseline scored as it is (prompt design): no prompt and no base weight trains."""
+        return cls.depth == "none" and not cls.trains_base
+
+    @classmethod
+    def table_rank(cls) -> tuple[int, int]:
+        """Where the method sits in a study's tables: by what trains, from nothing through a shallow then a deep
+        prompt to the whole base (the order of Lester et al.'s Figure 1)."""
+        return int(cls.trains_base), ("none", "shallow", "deep").index(cls.depth)
+
     # -- config ---------------------------------------------------------------------------------
     @classmethod
     def check_config(cls, m: MethodConfig) -> None:

@@ -45,7 +45,7 @@ class Cell:
         out = [f"model.name_or_path={self.model}", f"method.name={self.method}", f"train.seed={self.seed}"]
         if self.prompt_length:
             out += [f"method.num_virtual_tokens={self.prompt_length}", f"method.init={self.init}"]
-        if self.method == "prompt_design":
+        if method_class(self.method).trains_nothing():
             out.append("train.steps=0")  # nothing trains: the hand-written prompt is scored as it is
         return out
 

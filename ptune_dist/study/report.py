@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ptune_dist.checkpoint.atomic import umask
+from ptune_dist.methods import METHODS
 
 from .markdown import fmt_count, fmt_pct, fmt_stat, md_table
 
-METHOD_ORDER = ("prompt_design", "prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "full_finetune")
 INIT_ORDER = ("random", "vocab", "labels")
 STATUS_ORDER = ("failed", "running", "pending", "done")  # a cell with rows in several states: the first
 # part: (heading, figure file, figure title, legend title)
@@ -80,6 +80,13 @@ def _rank(name: str, order: tuple) -> tuple:
     return (order.index(name) if name in order else len(order), name)
 
 
+def _method_rank(name: str) -> tuple:
+    """(place, name): methods as their classes rank them (methods.base.table_rank), unknown ones last."""
+    if name not in METHODS:
+        return (2, 0, len(METHODS)), name
+    return (*METHODS[name].table_rank(), list(METHODS).index(name)), name
+
+
 def _models(rows: list[Row]) -> list[tuple[str, int | None]]:
     params: dict[str, int | None] = {}
     for r in rows:
@@ -100,12 +107,12 @@ def _axis(part: str, rows: list[Row]):
     """(key of a row, label of a key, corner header) of a comparison's table rows."""
     several = len({r.method for r in rows}) > 1
     if part == "length":
-        return (lambda r: (_rank(r.method, METHOD_ORDER), r.prompt_length if r.prompt_length is not None else -1),
+        return (lambda r: (_method_rank(r.method), r.prompt_length if r.prompt_length is not None else -1),
                 lambda k: f"{k[0][1]} {k[1]}" if several else str(k[1]), "prompt length")
     if part == "init":
-        return (lambda r: (_rank(r.method, METHOD_ORDER), _rank(r.init or "(none)", INIT_ORDER)),
+        return (lambda r: (_method_rank(r.method), _rank(r.init or "(none)", INIT_ORDER)),
                 lambda k: f"{k[0][1]} {k[1][1]}" if several else k[1][1], "init")
-    return lambda r: (_rank(r.method, METHOD_ORDER),), lambda k: k[0][1], "method"
+    return lambda r: (_method_rank(r.method),), lambda k: k[0][1], "method"
 
 
 def grid(rows, part: str, tasks: list[str]) -> Grid:
@@ -163,7 +170,7 @@ def params_table(rows) -> Table | None:
             return f"{fmt_count(v[0])}–{fmt_count(v[-1])}"
         return fmt_count(v[0]) + (f" ({fmt_pct(100 * v[0] / params)})" if params else "")
 
-    methods = sorted({m for m, _ in values}, key=lambda m: _rank(m, METHOD_ORDER))
+    methods = sorted({m for m, _ in values}, key=lambda m: _method_rank(m))
     return Table(["method"] + [_model_header(m, p) for m, p in models],
                  [[meth] + [cell(meth, m, p) for m, p in models] for meth in methods])
 
