@@ -7,7 +7,7 @@
     ptune import ADAPTER_DIR --out RUN_DIR [--force] [dotted.key=value ...]
     ptune launch CONFIG.yaml [...] [dotted.key=value ...] [--dry-run]      (launch.backend=local|slurm)
     ptune sweep CONFIG.yaml [...] [key=value ...] [--grid key=v1,v2 ...] [--dry-run]
-    ptune study CONFIG.yaml [...] [key=value ...] [--dry-run] | study status STUDY_DIR | study report STUDY_DIR
+    ptune study CONFIG.yaml [...] [key=value ...] [--dry-run] | study status|report|ensemble STUDY_DIR
     ptune gather SWEEP_DIR
     ptune status RUN_DIR|JOB_ID
     ptune cancel RUN_DIR|JOB_ID
@@ -197,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
     sy = sub.add_parser("study", help="the power-of-scale study: a grid of models, methods, prompt lengths, inits, "
-                        "tasks and seeds, run and reported (or: study status|report STUDY_DIR)")
+                        "tasks and seeds, run and reported (or: study status|report|ensemble STUDY_DIR)")
     sy.add_argument("args", nargs="+")
     sy.add_argument("--dry-run", action="store_true", help="check every cell and print them, run nothing")
     sy.set_defaults(fn=cmd_study)

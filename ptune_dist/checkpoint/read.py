@@ -94,11 +94,17 @@ def check_optimizer_fits(where: Path, meta: dict, names: list[str]) -> None:
                               f"this model trains {names[:3]}... (a different method or tasks?)")
 
 
+def load_trainable(folder: Path) -> dict:
+    """A checkpoint's trainable tensors by name, the folder verified first."""
+    folder = Path(folder)
+    verify(folder)
+    return _load_tensors(folder / "trainable.safetensors")
+
+
 def load_weights(folder: Path, model) -> None:
     """Copy a checkpoint's trainable weights into `model` (one process, no ZeRO partitioning)."""
     folder = Path(folder)
-    verify(folder)
-    saved = _load_tensors(folder / "trainable.safetensors")
+    saved = load_trainable(folder)
     params = model.trainable_parameters()
     check_fits(folder, saved, {n: p.shape for n, p in params.items()})
     with torch.no_grad():

@@ -12,10 +12,10 @@ from .folder import STATES, cell_dir, read_cells, state
 
 
 def run(args: list[str], dry_run: bool = False) -> int:
-    if args[0] in ("status", "report"):
+    if args[0] in ("status", "report", "ensemble"):
         if len(args) != 2 or dry_run:
             raise ConfigError(f"usage: ptune study {args[0]} STUDY_DIR")
-        return status(Path(args[1])) if args[0] == "status" else report(Path(args[1]))
+        return {"status": status, "report": report, "ensemble": ensemble}[args[0]](Path(args[1]))
     from .prepare import prepare
     from .queue import run_queue
 
@@ -23,7 +23,8 @@ def run(args: list[str], dry_run: bool = False) -> int:
     cfg, study_dir, cells, configs = prepare(files, overrides, write=not dry_run)
     if dry_run:
         for cell in cells:
-            print(f"{cell['id']}  [{', '.join(cell['parts'])}]")
+            planned = f"  {cell['resources']['label']}" if "resources" in cell else ""  # study.hardware
+            print(f"{cell['id']}  [{', '.join(cell['parts'])}]{planned}")
         print(f"{len(cells)} cells into {study_dir}", file=sys.stderr)
         return 0
     if cfg.launch.backend == "slurm":
@@ -34,6 +35,7 @@ def run(args: list[str], dry_run: bool = False) -> int:
         print(f"submitted arrays {arrays}; report job {record.get('gather_job_id', '-')}: {study_dir / 'report'}")
         return 0
     missing = run_queue(study_dir, cells, cfg.study.retries)
+    ensemble(study_dir, report_after=False)
     report(study_dir)
     if missing:
         print(f"ptune study: {len(missing)} of {len(cells)} cells not done ({', '.join(missing[:3])}"
@@ -52,12 +54,23 @@ def status(study_dir: Path) -> int:
     return 0
 
 
+def ensemble(study_dir: Path, report_after: bool = True) -> int:
+    """The prompt ensembles the done cells allow (ensemble.py), then the report again."""
+    from .ensemble import run_ensembles
+
+    read_cells(study_dir)  # a study folder: names the problem otherwise
+    for path in run_ensembles(study_dir):
+        print(path)
+    return report(study_dir) if report_after else 0
+
+
 def report(study_dir: Path) -> int:
+    from .ensemble import read_ensembles
     from .gather import gather
     from .report import write_report
 
     csv_path, rows = gather(study_dir)
-    paths = write_report(rows, study_dir / "report")
+    paths = write_report(rows, study_dir / "report", ensembles=read_ensembles(study_dir))
     print(csv_path)
     print(paths.get("report.md", study_dir / "report" / "report.md"))
     return 0

@@ -22,6 +22,7 @@ from typing import Iterable, Mapping
 from ptune_dist.checkpoint.atomic import umask
 from ptune_dist.methods import METHODS
 
+from .ensemble_table import ensemble_section
 from .markdown import fmt_count, fmt_pct, fmt_stat, md_table
 
 INIT_ORDER = ("random", "vocab", "labels")
@@ -240,9 +241,11 @@ def _section(rows: list[Row], part: str, out_dir: Path, plots, written: dict) ->
     return lines + [f"![{fig_title}]({png})", ""]
 
 
-def write_report(rows: list[dict], out_dir: Path, title: str = "Power of scale") -> dict[str, Path]:
+def write_report(rows: list[dict], out_dir: Path, title: str = "Power of scale",
+                 ensembles: list[dict] = ()) -> dict[str, Path]:
     """report.md and the figures (scale.png, prompt_length.png, init.png) into out_dir; {file name: path}
-    of what was written. Figures of an earlier report that now have no data are removed."""
+    of what was written. Figures of an earlier report that now have no data are removed. `ensembles`: the
+    records of ensemble.py, shown as their own section."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = clean_rows(rows)
@@ -261,6 +264,7 @@ def write_report(rows: list[dict], out_dir: Path, title: str = "Power of scale")
     others = sorted({p for r in rows for p in r.parts} - set(PARTS))
     for part in [*PARTS, *others]:
         lines += _section(rows, part, out_dir, plots, written)
+    lines += ensemble_section(list(ensembles), dict(_models(rows)))
     lines += ["## Parameters trained", ""]
     table = params_table(rows)
     lines += [md_table(*table) if table else "Left out: no cell reports its trained parameters yet.", ""]

@@ -34,6 +34,12 @@ def _f1(conf: torch.Tensor) -> float:
     return float(f1[present].mean()) if present.any() else 0.0
 
 
+def class_metrics(gold: list[int], pred: list[int], n: int) -> dict:
+    """Accuracy and macro-F1 of class predictions against gold classes (n classes)."""
+    conf = _confusion(gold, pred, n)
+    return {"accuracy": float(conf.diag().sum() / max(len(gold), 1)), "macro_f1": _f1(conf), "examples": len(gold)}
+
+
 def batch_sums(spec, out, batch) -> torch.Tensor:
     """A flat float64 vector of this batch's sums: [loss_sum, count, correct] or a confusion matrix + loss."""
     if spec.type == "generation":
