@@ -250,6 +250,16 @@ class SweepConfig:
 
 
 @dataclass
+class StudyHardware:
+    """The cluster `ptune study` plans each cell for (study/resources.py asks `ptune plan` per cell)."""
+
+    gpus_per_node: int = number(8, gt=0, most=GPUS)
+    max_nodes: int = number(1, gt=0, most=NODES)  # more than 1: a cell may take several full nodes (Slurm)
+    # memory of one GPU, a size with its unit (80GB, 80GiB); "" = no planning: the cells keep the config's resources
+    gpu_mem: str = ""
+
+
+@dataclass
 class StudyConfig:
     """`ptune study` (ptune_dist/study): the power-of-scale grid, three comparisons that share their cells,
     each over the config's tasks (one cell per task) and the seeds:
@@ -271,6 +281,11 @@ class StudyConfig:
     method_overrides: Dict[str, List[str]] = field(default_factory=dict)
     model_overrides: Dict[str, List[str]] = text(factory=dict)
     retries: int = number(1, ge=0, le=100)  # a failed cell runs again this many times (locally; Slurm: rerun)
+    # with hardware.gpu_mem: each cell's GPUs, base, engine and micro-batch as `ptune plan` picks them for its size
+    hardware: StudyHardware = field(default_factory=StudyHardware)
+    # examples per optimizer step over all of a cell's GPUs, whatever GPU count the plan gives it (needs
+    # hardware.gpu_mem): data.batch_size x train.grad_accum x GPUs = global_batch
+    global_batch: int = number(0, ge=0, meaning="0: data.batch_size stays the batch per device", most=INT32)
 
 
 @dataclass

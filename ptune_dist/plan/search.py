@@ -9,9 +9,10 @@ CONFIG.yaml set (they describe the run: its quantisation, checkpointing, accumul
 `model=CONFIG.yaml` only starts from the file. The planner varies the rest of what decides memory:
 the base (bf16, fp32, int8, nf4), gradient checkpointing, the micro-batch (with gradient
 accumulation keeping `data.batch_size` the batch per device and step), and the engine (plain, ZeRO-3,
-ZeRO-3 with offload; ZeRO-1/2 too for full fine-tuning). Hardware not given follows the run config
-(launch.nproc_per_node GPUs per node, launch.nnodes nodes, train.device=cpu a CPU run) and, on a
-machine with a GPU, takes that GPU's memory (24GB without one).
+ZeRO-3 with offload; ZeRO-1/2 too for full fine-tuning; ZeRO only with train.optimizer=adamw, as the
+config's checks require). Hardware not given follows the run config (launch.nproc_per_node GPUs per
+node, launch.nnodes nodes, train.device=cpu a CPU run) and, on a machine with a GPU, takes that GPU's
+memory (24GB without one).
 
 Numbers given here are checked like the config's: hardware.gpu_mem and hardware.runtime are sizes with
 a unit (24GB, 80GiB, 512MB; a bare `24` is refused, not read as 24 bytes), finite and within
@@ -56,7 +57,8 @@ HUB_IDS = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B", "llama-3.2-3b": "meta-llam
            "chatglm-6b": "THUDM/chatglm-6b"}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 # what a size may be: from the memory of a process (hardware.device=cpu) to far beyond any GPU
-SIZE_RANGE = {"hardware.gpu_mem": (2**20, 2**50), "hardware.runtime": (0, 2**50)}
+SIZE_RANGE = {"hardware.gpu_mem": (2**20, 2**50), "hardware.runtime": (0, 2**50),
+              "study.hardware.gpu_mem": (2**20, 2**50)}
 COUNT_MAX = {"hardware.gpus": 1024, "hardware.nodes": 65536, "plan.top": 10**6}
 
 
@@ -329,6 +331,8 @@ def _engines(req: Request) -> list[dict]:
         return [dict(engine=base.engine, zero_stage=base.zero_stage, offload_optimizer=base.offload_optimizer,
                      offload_params=base.offload_params)]
     plain = dict(engine="torch", zero_stage=0, offload_optimizer=False, offload_params=False)
+    if base.optimizer != "adamw":  # ZeRO takes AdamW only (config validation: it undoes Adafactor's factoring)
+        return [plain]
     z3 = dict(engine="deepspeed", zero_stage=3, offload_optimizer=False, offload_params=False)
     z3off = dict(engine="deepspeed", zero_stage=3, offload_optimizer=True, offload_params=True)
     out = [plain] + ([z3] if world > 1 else []) + [z3off]

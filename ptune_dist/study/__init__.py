@@ -7,6 +7,7 @@
 
 cells.py     the grid: main (models x methods), length and init comparisons, over tasks and seeds
 prepare.py   every cell's run config, checked, and the study folder written (folder.py)
+resources.py each cell's GPUs and setup from the planner, for the cluster study.hardware describes
 queue.py     the cells on this machine one after another: done ones skipped, failed ones retried
 gather.py    one row per cell into results.csv (the task's main metric as score)
 ensemble.py  prompt ensembles: each seed's prompt in one batch on one base, a majority vote (ensemble_table.py)

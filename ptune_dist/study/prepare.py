@@ -3,6 +3,8 @@
 Every cell's config is built by load_config from the same files and overrides plus the cell's settings
 (cells.Cell.overrides), then the study's method_overrides of its method, model_overrides of its model and of
 'MODEL|METHOD' (in that order: a later setting wins), and its output_dir; then it keeps only its own task, and an empty study and sweep section (a cell is a plain run).
+With study.hardware.gpu_mem, the planner's resources for the cell (resources.py) go in before the study's
+method and model overrides, which keep their word.
 Everything is checked before anything is written; --dry-run checks the same and writes nothing.
 """
 
@@ -17,20 +19,54 @@ from ptune_dist.errors import ConfigError
 from ptune_dist.launcher import local, slurm
 from ptune_dist.launcher.files import check_dir
 
+from . import resources
 from .cells import Cell, expand
 from .folder import cell_dir, check_folder, write_study
 
 
-def cell_config(files, overrides, cfg: RunConfig, cell: Cell, study_dir: Path) -> RunConfig:
+def user_overrides(cfg: RunConfig, cell: Cell) -> list[str]:
+    """The study's settings for the cell: method_overrides of its method, model_overrides of its model and of
+    'MODEL|METHOD', in that order."""
     by_model = cfg.study.model_overrides
-    extra = [*cfg.study.method_overrides.get(cell.method, []), *by_model.get(cell.model, []),
-             *by_model.get(f"{cell.model}|{cell.method}", [])]
+    return [*cfg.study.method_overrides.get(cell.method, []), *by_model.get(cell.model, []),
+            *by_model.get(f"{cell.model}|{cell.method}", [])]
+
+
+def cell_config(files, overrides, cfg: RunConfig, cell: Cell, study_dir: Path, planned=()) -> RunConfig:
+    """The cell's run config; `planned`: its resources (resources.py), which the user's settings override."""
     where = f"study cell {cell.id}"
     try:
-        c = load_config(files, [*overrides, *cell.overrides(), *extra, f"output_dir={cell_dir(study_dir, cell.id)}"])
+        c = load_config(files, [*overrides, *cell.overrides(), *planned, *user_overrides(cfg, cell),
+                                f"output_dir={cell_dir(study_dir, cell.id)}"])
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     return dataclasses.replace(c, tasks=[c.tasks[cell.task]], study=StudyConfig(), sweep=SweepConfig())
+
+
+def planned_settings(files, overrides, cfg: RunConfig, cell: Cell, study_dir: Path,
+                     cluster: resources.Cluster) -> tuple[resources.Planned, list[str]]:
+    """The planner's setup for the cell, and its key=value settings, from the cell's config as the user set it."""
+    plain = cell_config(files, overrides, cfg, cell, study_dir)
+    fixed = resources.user_keys([*overrides, *user_overrides(cfg, cell)])
+    planned, req = resources.plan_cell(plain, cell.id, cell.model, fixed, cluster)
+    return planned, resources.settings(planned, req, plain, fixed)
+
+
+def cell_configs(files, overrides, cfg: RunConfig, expanded, cells: list[dict], study_dir: Path) -> list[RunConfig]:
+    """Every cell's run config; with study.hardware.gpu_mem, each with its planned resources (recorded in its
+    study.json entry). Cells that differ only in seed or init share a plan."""
+    cluster = resources.cluster_of(cfg)
+    if cluster is None:
+        return [cell_config(files, overrides, cfg, cell, study_dir) for cell, _ in expanded]
+    plans, out = {}, []
+    for (cell, _), entry in zip(expanded, cells):
+        key = (cell.model, cell.method, cell.prompt_length, cell.task)
+        if key not in plans:
+            plans[key] = planned_settings(files, overrides, cfg, cell, study_dir, cluster)
+        planned, settings = plans[key]
+        entry["resources"] = planned.describe()
+        out.append(cell_config(files, overrides, cfg, cell, study_dir, settings))
+    return out
 
 
 def describe(cell: Cell, parts, task) -> dict:
@@ -46,7 +82,7 @@ def prepare(files, overrides, write: bool = True) -> tuple[RunConfig, Path, list
     cfg = dataclasses.replace(cfg, output_dir=str(study_dir))
     expanded = expand(cfg)
     cells = [describe(cell, parts, cfg.tasks[cell.task]) for cell, parts in expanded]
-    configs = [cell_config(files, overrides, cfg, cell, study_dir) for cell, _ in expanded]
+    configs = cell_configs(files, overrides, cfg, expanded, cells, study_dir)
     if cfg.launch.backend == "local":
         for cell, cell_cfg in zip(cells, configs):
             local.command(cell_cfg, cell_dir(study_dir, cell["id"]) / "launch.yaml")  # what the queue would refuse
