@@ -20,7 +20,8 @@ def prep(*overrides, model=SMOL, splits=("train",)):
 
 @pytest.mark.parametrize("name, labels", [
     ("boolq", ["false", "true"]), ("cb", ["entailment", "contradiction", "neutral"]),
-    ("rte", ["entailment", "not_entailment"]), ("copa", ["0", "1"]),
+    ("rte", ["entailment", "not_entailment"]), ("copa", ["0", "1"]), ("wic", ["false", "true"]),
+    ("wsc", ["false", "true"]),
 ])
 def test_superglue_presets_causal(name, labels):
     cfg, tok, data = prep(f"tasks.0.preset={name}", f"tasks.0.train={SG / name}.jsonl", "method.num_virtual_tokens=5")
@@ -35,7 +36,7 @@ def test_superglue_presets_causal(name, labels):
     assert ex.answer_pos == len(ex.input_ids) - 1  # the last token predicts the label word
     words = [tok.decode([i]) for ids in t.spec.label_word_ids for i in ids]
     assert all(w.startswith(" ") for w in words)  # causal LMs: the answer follows a space
-    gold = {"boolq": 1, "cb": 1, "rte": 0, "copa": 0}[name]  # the first fixture row's label
+    gold = {"boolq": 1, "cb": 1, "rte": 0, "copa": 0, "wic": 0, "wsc": 1}[name]  # the first fixture row's label
     assert ex.labels == gold
 
 
@@ -44,6 +45,16 @@ def test_copa_and_boolq_field_values_reach_the_text():
     text = tok.decode(data[0].train[1].input_ids)
     assert "What was the cause?" in text and "It had rained overnight." in text
     assert data[0].train[1].soft == []  # deep prompts take no input slots
+
+
+def test_wic_and_wsc_fields_reach_the_text():
+    _, tok, data = prep("tasks.0.preset=wic", f"tasks.0.train={SG}/wic.jsonl", "method.name=prefix_tuning")
+    text = tok.decode(data[0].train[1].input_ids)
+    assert "They run a small bakery" in text and "the word 'run' used in the same way" in text
+    assert data[0].train[1].labels == 1  # true
+    _, tok, data = prep("tasks.0.preset=wsc", f"tasks.0.train={SG}/wsc.jsonl", "method.name=prefix_tuning")
+    text = tok.decode(data[0].train[2].input_ids)
+    assert "does the pronoun 'she' refer to 'Susan'?" in text and data[0].train[1].labels == 0
 
 
 def test_masked_lm_places_the_mask_and_frames_with_specials():

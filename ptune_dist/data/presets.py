@@ -2,7 +2,9 @@
 
 SuperGLUE presets read the official JSONL format (BoolQ: passage, question, label true/false; CB and
 RTE: premise, hypothesis, label name; COPA: premise, choice1, choice2, question cause/effect, label
-0/1) or the hub's `super_glue` rows (integer labels in the same order). Label words are written
+0/1; WiC: word, sentence1, sentence2, label true/false) or the hub's `super_glue` rows (integer labels
+in the same order). WSC reads the hub's flat rows (text, span1_text the noun, span2_text the pronoun,
+label 0/1); the official JSONL nests the spans under `target`, so lift them to the top first. Label words are written
 without a leading space; for causal LMs, whose answer follows a space, one is added. Anything the
 task sets itself wins over the preset.
 """
@@ -33,6 +35,10 @@ PRESETS = {
                   {"entailment": ["true"], "not_entailment": ["false"]}),
     "copa": Preset("{premise} What was the {question}? First: {choice1} Second: {choice2}\nAnswer:{answer}",
                    {"0": ["first"], "1": ["second"]}),
+    "wic": Preset("{sentence1}\n{sentence2}\nQuestion: Is the word '{word}' used in the same way in the two sentences "
+                  "above?\nAnswer:{answer}", {"false": ["no"], "true": ["yes"]}),
+    "wsc": Preset("{text}\nQuestion: In the passage above, does the pronoun '{span2_text}' refer to "
+                  "'{span1_text}'?\nAnswer:{answer}", {"false": ["no"], "true": ["yes"]}),
 }
 
 
