@@ -97,8 +97,11 @@ def common_values(cfg: RunConfig, gpus: bool = True) -> dict:
 
 
 def train_script(cfg: RunConfig, config_path: Path, job_name: str = "", log_name: str = "%x-%j.out", array: str = "",
-                 config_expr: str = "") -> str:
-    """The sbatch script of a training job; `array`/`config_expr` turn it into a sweep's job array."""
+                 config_expr: str = "", record: str = "") -> str:
+    """The sbatch script of a training job; `array`/`config_expr` turn it into a sweep's job array. `record`:
+    a command the script runs with one more argument before training (start), when requeued (requeued) and
+    after (the exit status), e.g. a study's attempt record; it must not fail the job (end it with `|| true`
+    semantics itself); empty: nothing is recorded."""
     L = cfg.launch
     threads = L.threads_per_proc or max(1, L.cpus_per_task or 1)
     values = common_values(cfg)
@@ -116,6 +119,7 @@ def train_script(cfg: RunConfig, config_path: Path, job_name: str = "", log_name
         "threads": str(int(threads)),
         "config": config_expr or quote(Path(config_path).resolve()),
         "preempted": str(PREEMPTED),
+        "record": f"{record} " if record else ": ",  # `: ARG` is the shell's no-op
         "srun_gpus": f" {SRUN_GPU_OPTIONS}" if gpus_per_node(cfg) else "",
     })
     return render(template("train.sbatch"), values)

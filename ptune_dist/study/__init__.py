@@ -9,6 +9,7 @@ cells.py     the grid: main (models x methods), length and init comparisons, ove
 prepare.py   every cell's run config, checked, and the study folder written (folder.py)
 resources.py each cell's GPUs and setup from the planner, for the cluster study.hardware describes
 queue.py     the cells on this machine one after another: done ones skipped, failed ones retried
+arrays.py    the cells on Slurm: one job array per resource shape, then a report job; record.py their attempts
 gather.py    one row per cell into results.csv (the task's main metric as score)
 ensemble.py  prompt ensembles: each seed's prompt in one batch on one base, a majority vote (ensemble_table.py)
 report.py    the tables (report.md) and plots.py the figures, from those rows

@@ -44,7 +44,9 @@ def array_script(study: RunConfig, cfg: RunConfig, list_path: Path, n: int, k: i
                               launch=dataclasses.replace(cfg.launch, log_dir=str(slurm.log_dir(study)),
                                                          job_name=f"{study.launch.job_name}-{k}"))
     expr = f'"$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {slurm.quote(list_path)})"'
-    return slurm.train_script(job, list_path, log_name="%x-%A_%a.out", array=f"0-{n - 1}", config_expr=expr)
+    record = f"{slurm.common_values(job)['python']} -m ptune_dist.study.record {expr}"  # attempts.json (record.py)
+    return slurm.train_script(job, list_path, log_name="%x-%A_%a.out", array=f"0-{n - 1}", config_expr=expr,
+                              record=record)
 
 
 def scripts(study: RunConfig, study_dir: Path, cells: list[dict], configs: list[RunConfig]) -> list[tuple]:

@@ -3,7 +3,8 @@
     study_dir/config.yaml             the study's resolved config (its base run and study section)
     study_dir/study.json              the cells: id, the comparisons it belongs to, its settings
     study_dir/cells/<id>/launch.yaml  a cell's complete run config (its output_dir is the cell folder)
-    study_dir/cells/<id>/attempts.json  how often the local queue started it, and the last exit code
+    study_dir/cells/<id>/attempts.json  how often it was started (local queue or Slurm array task: record.py)
+                                      and the last exit status ("requeued": stopped at a checkpoint)
     study_dir/cells/<id>/...          the run itself: results.json, final/, checkpoints/, metrics.jsonl
     study_dir/results.csv             one row per cell and task (study/gather.py)
     study_dir/report/                 report.md and its plots (study/report.py, study/plots.py)
@@ -13,7 +14,8 @@ atomically. A rerun reuses the folder: cells already there must have the same co
 run may change, new cells are added, and each cell's `ptune train` resumes from its own checkpoints.
 
 A cell is done when its results.json is complete (what `ptune gather` reads), running while a `ptune train`
-holds its lock, failed when a start ended without results, else pending.
+holds its lock, failed when a start ended without results (and was not requeued at a checkpoint), else
+pending.
 """
 
 from __future__ import annotations
@@ -96,4 +98,5 @@ def state(folder: Path) -> str:
         check_free(folder)
     except PtuneError:
         return "running"
-    return "failed" if attempts(folder).get("starts") else "pending"
+    record = attempts(folder)
+    return "failed" if record.get("starts") and record.get("last_rc") != "requeued" else "pending"
