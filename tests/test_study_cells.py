@@ -39,6 +39,15 @@ def test_methods_run_at_what_they_take():
     assert not any(o.startswith("method.init") for o in by_method["full_finetune"].overrides())
 
 
+def test_a_generation_task_runs_init_labels_at_random():
+    fixtures = __import__("pathlib").Path(__file__).parent / "fixtures"
+    got = cells("study.seeds=[0]", "study.methods=[prompt_tuning]", "study.inits=[labels]", "study.prompt_lengths=[4]",
+                "study.prompt_length=4",
+                f"tasks=[{{name: gen, type: generation, train: {fixtures}/instructions.jsonl}}]")
+    assert [c.id for c, _ in got] == ["all-minilm-l6-v2__prompt_tuning__L4-random__gen__s0",
+                                      "smollm2-135m-instruct__prompt_tuning__L4-random__gen__s0"]  # no labels to start from
+
+
 def test_ids_name_the_settings_and_stay_when_the_study_grows():
     small = {c.id for c, _ in cells("study.seeds=[0]")}
     grown = {c.id for c, _ in cells("study.seeds=[0, 1]", "study.prompt_lengths=[1, 5, 20, 100, 150, 300]")}

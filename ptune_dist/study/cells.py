@@ -4,8 +4,8 @@ one cell per distinct run, with the comparisons it belongs to.
 A cell is what one `ptune train` runs: one model, one method at one prompt length and init, one task, one seed.
 The comparisons share cells (the main setting of the ablation method is in all three), so a run is never made
 twice. A method's prompt length and init are what it takes: the baselines (depth none: prompt design, full
-model tuning) take neither, and a method whose rules refuse the study's init (check_config) runs at
-init=random, which its cell id and row say.
+model tuning) take neither, and a method whose rules refuse the study's init (check_config), or a task that
+cannot give it (init=labels on a generation task), runs at init=random, which its cell id and row say.
 
 A cell's id names its settings (model, method, length, init, task, seed), so it stays the same when the
 study grows: a rerun with more seeds or sizes finds the cells it already has.
@@ -88,11 +88,15 @@ def check_study(s: StudyConfig) -> None:
                               f"a method of {list(METHODS)}")
 
 
-def method_setting(method: str, length: int, init: str, base: MethodConfig) -> tuple[int, str]:
-    """(prompt length, init) the method runs at: (0, "") without a prompt; init=random where its rules refuse init."""
+def method_setting(method: str, length: int, init: str, base: MethodConfig, task_type: str = "classification"
+                   ) -> tuple[int, str]:
+    """(prompt length, init) the method runs at: (0, "") without a prompt; init=random where its rules refuse init,
+    or where the task cannot give it (labels: a generation task has no label names nor words)."""
     cls = method_class(method)
     if cls.depth == "none":
         return 0, ""
+    if init == "labels" and task_type == "generation":
+        return length, "random"
     try:
         cls.check_config(dataclasses.replace(base, name=method, num_virtual_tokens=length, init=init))
     except ConfigError:
@@ -110,7 +114,7 @@ def expand(cfg: RunConfig) -> list[tuple[Cell, tuple[str, ...]]]:
             name = task.name or f"task{t}"
             for seed in s.seeds:
                 def add(method, length, init, part):
-                    length, init = method_setting(method, length, init, cfg.method)
+                    length, init = method_setting(method, length, init, cfg.method, task.type)
                     cell = Cell(model, method, length, init, t, name, seed)
                     parts = wanted.setdefault(cell, [])
                     if part not in parts:
