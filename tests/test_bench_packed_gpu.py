@@ -11,29 +11,19 @@ the examples' own tokens (no padding, no virtual tokens) as its real tokens.
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
 import pytest
+from test_bench_tiny import finite_ratio
+from test_bench_tiny import table as markdown_rows
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 def table(text: str, heading: str) -> list[list[str]]:
     """The rows of the markdown table under `## heading` (header and rule left out)."""
-    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
-            if line.startswith("|")]
-    return rows[2:]
-
-
-def finite_ratio(cell: str) -> float:
-    m = re.fullmatch(r"(\d+\.\d+)x", cell)
-    assert m, f"not a ratio: {cell!r}"
-    value = float(m.group(1))
-    assert math.isfinite(value) and value > 0, cell
-    return value
+    return markdown_rows(text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0])
 
 
 def test_packed_step_gpu_tiny_measures_both_workloads_on_the_examples_own_tokens(tmp_path):

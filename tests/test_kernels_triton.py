@@ -9,28 +9,14 @@ tests marked `gpu` add GPU-sized bf16 shapes (they skip on the CPU).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-triton = pytest.importorskip("triton", reason="triton is not installed (Linux only: pip install triton)")
+from triton_env import DEVICE, FP32, pytestmark  # noqa: F401  (first: it picks the interpreter; pytestmark skips)
 
 from hypothesis import given, settings  # noqa: E402
 from test_kernels_props import NAMES, assert_matches_reference, build, cases, run  # noqa: E402
 
-from ptune_dist.kernels import prefix_attention, triton_impl, unavailable  # noqa: E402
-
-# the compiled kernels take CUDA tensors, the interpreter CPU ones
-DEVICE = "cuda" if not triton_impl.INTERPRETED and torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    unavailable("triton", torch.empty(1, device=DEVICE)) is not None,
-    reason=f"triton cannot run here: {unavailable('triton', torch.empty(1, device=DEVICE))}")
-
-FP32 = dict(rtol=2e-5, atol=2e-5)
+from ptune_dist.kernels import prefix_attention, triton_impl  # noqa: E402
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, database=None)

@@ -12,30 +12,17 @@ in Triton's interpreter (TRITON_INTERPRET=1 set at import), so shapes are tiny w
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-triton = pytest.importorskip("triton", reason="triton is not installed (Linux only: pip install triton)")
+from triton_env import DEVICE, FP32, pytestmark  # noqa: F401  (first: it picks the interpreter; pytestmark skips)
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_kernels_packed import packed_case, rows_strategy  # noqa: E402
 from test_kernels_props import NAMES, run  # noqa: E402
 
-from ptune_dist.kernels import ImplUnavailable, dispatch, prefix_attention, triton_impl, unavailable  # noqa: E402
+from ptune_dist.kernels import ImplUnavailable, dispatch, prefix_attention, triton_impl  # noqa: E402
 from ptune_dist.kernels.triton_packed import key_ranges, layout  # noqa: E402
-
-DEVICE = "cuda" if not triton_impl.INTERPRETED and torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    unavailable("triton", torch.empty(1, device=DEVICE)) is not None,
-    reason=f"triton cannot run here: {unavailable('triton', torch.empty(1, device=DEVICE))}")
-
-FP32 = dict(rtol=2e-5, atol=2e-5)
 # the interpreter's reductions over the NaN planted in the skipping tests warn (numpy), harmlessly
 nan_rows = pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")
 
