@@ -96,8 +96,9 @@ def ensemble_session(folders: list[Path], seeds: list[int]):
 
 
 @torch.no_grad()
-def score(s, batch_rows: int) -> tuple[list[int], list[list[int]]]:
-    """(gold, each member's predictions) over the task's evaluation examples; the majority vote is applied later."""
+def score(s, batch_rows: int) -> tuple[list[int], list[list[int]], list[list]]:
+    """(gold, each member's predictions, each member's class scores or None) over the task's evaluation examples,
+    `batch_rows` rows a batch (each example once per member); the vote is applied later."""
     examples, n = s.tasks[0].eval, len(s.tasks)
     per_batch = max(1, batch_rows // n)
     gold, member_preds, member_scores = [], [[] for _ in range(n)], [[] for _ in range(n)]
