@@ -226,7 +226,7 @@ TABLE_RUN = ["data.batch_size=8", "data.max_length=512", "method.num_virtual_tok
 
 
 def best_setup(args: list[str]) -> str:
-    from ptune_dist.plan.search import _base_name, _engine_name, parse_request, plan, select
+    from ptune_dist.plan.search import _engine_name, base_name, parse_request, plan, select
 
     req = parse_request(args)
     rows = plan(req)
@@ -235,7 +235,7 @@ def best_setup(args: list[str]) -> str:
         return f"no fit (min {min(r.peak for r in rows) / GiB:.0f} GB)"
     r = shown[0]
     s = r.setup
-    return (f"{_base_name(s)}, {'ckpt, ' if s.gradient_checkpointing else ''}{s.batch_size}x{s.grad_accum}, "
+    return (f"{base_name(s)}, {'ckpt, ' if s.gradient_checkpointing else ''}{s.batch_size}x{s.grad_accum}, "
             f"{_engine_name(s, req.hardware.world)}: **{r.peak / GiB:.1f}**")
 
 

@@ -439,7 +439,7 @@ def _rank(row: Row) -> tuple:
     """Fewest compromises first: no offload, no ZeRO-3, an unquantised base (bf16 before fp32), no
     checkpointing, then the largest micro-batch."""
     s = row.setup
-    name = _base_name(s)
+    name = base_name(s)
     base = BASE_ORDER.index(name) if name in BASE_ORDER else len(BASE_ORDER)
     return (s.offload_optimizer or s.offload_params, s.zero, base, s.gradient_checkpointing, -s.batch_size)
 
@@ -456,7 +456,7 @@ def select(rows: list[Row], show_all: bool = False) -> list[Row]:
     return list(best.values())
 
 
-def _base_name(s: Setup) -> str:
+def base_name(s: Setup) -> str:
     if s.quant == "none":
         return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[s.dtype]
     return s.quant + ("+dq" if s.quant_double else "")
@@ -507,7 +507,7 @@ def render(req: Request, rows: list[Row]) -> str:
         parts = "+".join(f"{x / GiB:.2f}" for x in (d.frozen_weights, d.zero3_gathered, d.trainable + d.optimizer,
                                                      d.activations, d.logits, d.workspace, d.runtime))
         host = f" (host {d.host / GiB:.1f} GB)" if d.host else ""
-        lines.append(f"{i:>3} {'yes' if r.fits else 'no':4} {_base_name(s):6} {'on' if s.gradient_checkpointing else 'off':4} "
+        lines.append(f"{i:>3} {'yes' if r.fits else 'no':4} {base_name(s):6} {'on' if s.gradient_checkpointing else 'off':4} "
                      f"{f'{s.batch_size} x {s.grad_accum}':13} {_engine_name(s, hw.world):22} {r.peak / GiB:8.2f}  "
                      f"{parts}{host}")
         lines.append(f"      {command_for(s, req)}")

@@ -8,15 +8,14 @@ study.retries more times; each start is counted in its attempts.json. Returns th
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from ptune_dist.config import load_config
 from ptune_dist.launcher import local
-from ptune_dist.launcher.files import write_file
 
-from .folder import attempts, cell_dir, state
+from .folder import cell_dir, state
+from .record import record
 
 
 def run_cell(folder: Path, retries: int) -> bool:
@@ -24,11 +23,8 @@ def run_cell(folder: Path, retries: int) -> bool:
     path = folder / "launch.yaml"
     cfg = load_config([path])
     for _ in range(1 + retries):
-        record = attempts(folder)
-        record["starts"] = record.get("starts", 0) + 1
-        write_file(folder / "attempts.json", json.dumps(record))
-        rc = local.run(cfg, path)
-        write_file(folder / "attempts.json", json.dumps({**record, "last_rc": rc}))
+        record(folder, "start")  # attempts.json, as a Slurm array task keeps it too
+        record(folder, str(local.run(cfg, path)))
         if state(folder) == "done":
             return True
     return False

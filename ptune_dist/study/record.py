@@ -1,8 +1,8 @@
 """A study cell's attempt record (attempts.json) as a Slurm array task keeps it: the array script runs
 `python -m ptune_dist.study.record CELL/launch.yaml EVENT` before training (start: one more start), when the
 job is requeued at a checkpoint (requeued: not a failure) and after it (the exit status). The local queue
-keeps the same record itself (queue.py). folder.state reads it: a start without results, not requeued and
-not running, is a failed cell. Never fails the job: a record it cannot write is said on stderr.
+records its starts through the same `record` (queue.py). folder.state reads it: a start without results, not
+requeued and not running, is a failed cell. Never fails the job: a record it cannot write is said on stderr.
 """
 
 from __future__ import annotations

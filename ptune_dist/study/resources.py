@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
 
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
 from ptune_dist.plan.arch import Arch, resolve_arch
 from ptune_dist.plan.memory import GiB, Setup
-from ptune_dist.plan.search import HUB_IDS, Hardware, Request, Row, overrides_for, parse_size, plan, select, \
-    setup_from_config
+from ptune_dist.plan.search import HUB_IDS, Hardware, Request, Row, base_name, overrides_for, parse_size, plan, \
+    select, setup_from_config
 
 BUILTIN_OF_HUB_ID = {hub_id.lower(): name for name, hub_id in HUB_IDS.items()}
 WORLD_KEYS = {"launch.nproc_per_node", "launch.nnodes", "launch.gpus_per_node"}
@@ -38,7 +37,6 @@ OFF = {"model.quant": "none", "model.gradient_checkpointing": "false", "train.gr
        "distributed.engine": "torch", "distributed.zero_stage": "0", "distributed.offload_optimizer": "false",
        "distributed.offload_params": "false"}
 NOT_FOUR_BIT = {"model.quant_compute_dtype": "float32", "model.quant_storage": "uint8", "model.quant_double": "false"}
-BASE_NAMES = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
 
 
 @dataclass(frozen=True)
@@ -79,10 +77,6 @@ class Planned:
                 "gradient_checkpointing": s.gradient_checkpointing, "peak_gb": round(self.peak / GiB, 1)}
 
 
-def base_name(s: Setup) -> str:
-    return BASE_NAMES[s.dtype] if s.quant == "none" else s.quant + ("+dq" if s.quant_double else "")
-
-
 def engine_name(s: Setup, world: int) -> str:
     if s.engine != "deepspeed":
         return "plain" if world == 1 else "data parallel"
@@ -119,17 +113,12 @@ def arch_of(model: str) -> Arch:
     """The planner's description of a study model, read offline (never the weights)."""
     name = BUILTIN_OF_HUB_ID.get(model.lower(), model)
     try:
-        return _resolve(name)
+        return resolve_arch(name, key="model")
     except ConfigError as e:
         raise ConfigError(f"study.models: {model!r}: the planner cannot read its architecture offline ({e}); give a "
                           "local HF folder, embedded:NAME or a built-in name (or its hub id, e.g. "
                           f"{HUB_IDS['llama-3.1-70b']}), or leave study.hardware.gpu_mem unset to keep the config's "
                           "resources") from None
-
-
-@lru_cache(maxsize=64)
-def _resolve(name: str) -> Arch:
-    return resolve_arch(name, key="model")
 
 
 def user_keys(settings: list[str]) -> frozenset[str]:
@@ -169,18 +158,10 @@ def request(cfg: RunConfig, arch: Arch, base: Setup, fixed: frozenset, gpus: int
                    backend=cfg.launch.backend, attention=cfg.model.attention)
 
 
-_ROWS: dict[tuple, tuple] = {}  # the planner's answers by request: cells that differ in seed or init share them
-
-
-def rows_for(req: Request) -> tuple[tuple[Row, ...], Row]:
+def rows_for(req: Request) -> tuple[list[Row], Row]:
     """(the fitting rows best first, the row of the smallest peak) of one request."""
-    hw = req.hardware
-    key = (req.arch, req.base, tuple(sorted((k, repr(v)) for k, v in req.base.zero_extra.items())),
-           frozenset(req.fixed), hw.gpus, hw.nodes, hw.gpu_mem, hw.device, req.attention)
-    if key not in _ROWS:
-        rows = plan(req)
-        _ROWS[key] = (tuple(select(rows)), min(rows, key=lambda r: r.peak))
-    return _ROWS[key]
+    rows = plan(req)
+    return select(rows), min(rows, key=lambda r: r.peak)
 
 
 def keeps_the_model(s: Setup) -> bool:
