@@ -1,4 +1,7 @@
-"""The Triton implementation: launches triton_fwd / triton_bwd inside a torch.autograd.Function.
+"""The Triton implementation: the kernels of triton_fwd.py / triton_bwd.py as two torch.library custom operators,
+`ptune::triton_fwd` (output, log-sum-exp) and `ptune::triton_bwd` (the gradients), joined by register_autograd.
+Their fake implementations allocate what the kernels write (no launch), so a step with these kernels traces under
+FakeTensorMode, on a fake CUDA device too, and torch.compile sees one opaque call per attention.
 
 Compiled on a CUDA GPU. On CPU the kernels run only in Triton's interpreter, which is chosen when the
 kernel modules are imported, so TRITON_INTERPRET=1 must be in the environment before the first call
@@ -185,31 +188,78 @@ def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks, p
     return (dq, dk, dv, dpk_buf, dpv_buf), launches
 
 
-class _TritonPrefixAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, pk, pv, kpm, causal, scale, block_m, block_n, prefix_rows, seg_meta, ranges, table):
-        blocks = tiles(q.shape[-1], block_m, block_n)
-        packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
-        (o, lse), launch = forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks, packed)
-        launch.run()
-        ctx.save_for_backward(q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges)
-        ctx.args = (causal, scale, blocks, prefix_rows, table)
-        return o
+# -- the kernels as torch.library custom operators: a forward and a backward op, with fake implementations (what
+# FakeTensorMode and torch.compile see: the same buffers, no launch) and the autograd formula joining them ----------
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges = ctx.saved_tensors
-        causal, scale, blocks, prefix_rows, table = ctx.args
-        packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
-        (dq, dk, dv, dpk, dpv), launches = backward_launches(q, k, v, pk, pv, kpm, o, lse, do.contiguous(),
-                                                             causal, scale, blocks, prefix_rows, packed)
-        for launch in launches:
-            launch.run()
-        if dpk is not None and dpk.dim() == 5:  # shared or table: the partial sums, added in a fixed order
-            dpk, dpv = dpk.sum(0).to(pk.dtype), dpv.sum(0).to(pv.dtype)
-            if pk.dim() == 3:
-                dpk, dpv = dpk[0], dpv[0]
-        return dq, dk, dv, dpk, dpv, *[None] * 9
+@torch.library.custom_op("ptune::triton_fwd", mutates_args=())
+def triton_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
+               kpm: torch.Tensor | None, seg_meta: torch.Tensor | None, ranges: torch.Tensor | None, table: bool,
+               causal: bool, scale: float, block_m: int | None, block_n: int | None,
+               prefix_rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, log-sum-exp) of the fused forward kernel; `prefix_rows` is the backward's (carried for autograd)."""
+    blocks = tiles(q.shape[-1], block_m, block_n)
+    packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
+    (o, lse), launch = forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks, packed)
+    launch.run()
+    return o, lse
+
+
+@triton_fwd.register_fake
+def _(q, k, v, pk, pv, kpm, seg_meta, ranges, table, causal, scale, block_m, block_n, prefix_rows):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("ptune::triton_bwd", mutates_args=())
+def triton_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: torch.Tensor,
+               pv: torch.Tensor, kpm: torch.Tensor | None, o: torch.Tensor, lse: torch.Tensor,
+               seg_meta: torch.Tensor | None, ranges: torch.Tensor | None, table: bool, causal: bool, scale: float,
+               block_m: int | None, block_n: int | None,
+               prefix_rows: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dpk, dpv) of the fused backward kernels; the prefix gradients are zero-length when P = 0."""
+    return _backward(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n,
+                     prefix_rows, run=True)
+
+
+@triton_bwd.register_fake
+def _(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n, prefix_rows):
+    return _backward(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n,
+                     prefix_rows, run=False)
+
+
+def _backward(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n,
+              prefix_rows, run: bool):
+    """The backward's buffers, filled by its launches when `run` (the fake implementation allocates the same
+    buffers, partial sums included, so a traced step holds what the GPU would)."""
+    packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
+    blocks = tiles(q.shape[-1], block_m, block_n)
+    (dq, dk, dv, dpk, dpv), launches = backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks,
+                                                         prefix_rows, packed)
+    for launch in launches if run else ():
+        launch.run()
+    if dpk is None:  # no prefix: zero-length gradients of the zero-length prefix
+        return dq, dk, dv, torch.zeros_like(pk), torch.zeros_like(pv)
+    if dpk.dim() == 5:  # shared or table: the partial sums, added in a fixed order
+        dpk, dpv = dpk.sum(0).to(pk.dtype), dpv.sum(0).to(pv.dtype)
+        if pk.dim() == 3:
+            dpk, dpv = dpk[0], dpv[0]
+    return dq, dk, dv, dpk, dpv
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, pk, pv, kpm, seg_meta, ranges, table, causal, scale, block_m, block_n, prefix_rows = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges)
+    ctx.args = (table, causal, scale, block_m, block_n, prefix_rows)
+    ctx.mark_non_differentiable(lse)
+
+
+def _autograd(ctx, do, dlse):
+    q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges = ctx.saved_tensors
+    grads = torch.ops.ptune.triton_bwd(do.contiguous(), q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, *ctx.args)
+    return *grads, *[None] * 9
+
+
+triton_fwd.register_autograd(_autograd, setup_context=_setup_context)
 
 
 def _last_dim_contiguous(x):
@@ -238,6 +288,7 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
     for name, x in (("block_m", block_m), ("block_n", block_n)):
         if x is not None and (x < 16 or x & (x - 1)):
             raise ValueError(f"triton prefix attention: {name}={x} must be a power of two >= 16")
-    return _TritonPrefixAttention.apply(q, k, v, prefix_k, prefix_v, kpm, bool(causal), float(scale),
-                                        block_m, block_n, prefix_rows_per_program,
-                                        *(packed if packed is not None else (None, None, False)))
+    seg_meta, ranges, table = packed if packed is not None else (None, None, False)
+    out, _ = torch.ops.ptune.triton_fwd(q, k, v, prefix_k, prefix_v, kpm, seg_meta, ranges, table, bool(causal),
+                                        float(scale), block_m, block_n, prefix_rows_per_program)
+    return out
