@@ -15,9 +15,10 @@ compiler refuses, which is what this catches; a kernel must also fit the target'
 VARIANTS are the launches of Llama-like calls (32 query heads over 8 KV heads, sequences of 1000-2048,
 prefixes of 20-128): every combination of causal, key padding and prefix layout (shared, per row, none,
 packed rows with a shared or per-row prefix, packed rows with a prefix table) in bfloat16 at head dims 64 and
-128; float16 and head dim 256 (Gemma) on two each. Launches that share a JIT key are compiled once. float32 is
-not launched on CUDA (triton_impl.unavailable), so it is not compiled. `reshaped_keys` checks that other
-batch sizes, lengths, prefix lengths and head counts need no other binary (the kernels' do_not_specialize).
+128; float16 on one of them, head dim 256 (Gemma) on two. Launches that share a JIT key are compiled once.
+float32 is not launched on CUDA (triton_impl.unavailable), so it is not compiled. `reshaped_keys` checks that
+other batch sizes, lengths, prefix lengths, head counts and Hugging Face's [B, T, H, d]-transposed q/k/v need
+no other binary (the kernels' do_not_specialize).
 
 Each compile's resources come from ptxas -v (triton's own invocation, its log captured): registers, spill
 stores and loads (bytes per thread), and the shared memory Triton allocates. `--table PATH` writes them to
@@ -36,6 +37,7 @@ import json
 import platform
 import re
 import sys
+import textwrap
 import time
 
 import torch
@@ -59,27 +61,33 @@ SHAPES = {"shared": dict(B=4, T=2048, P=20), "per_row": dict(B=2, T=1024, P=128)
 VARIANTS = tuple(
     [dict(dtype=torch.bfloat16, d=d, causal=c, kpm=m, layout=lay)
      for d, c, m, lay in itertools.product((64, 128), (True, False), (True, False), LAYOUTS)]
-    # fp16 compiles to the same registers as bf16 (checked on the whole set once): two variants keep it compiled
-    + [dict(dtype=torch.float16, d=64, causal=True, kpm=True, layout="shared"),
-       dict(dtype=torch.float16, d=128, causal=False, kpm=False, layout="packed_table")]
+    # fp16 compiles to the same registers, spills and shared memory as bf16 (all 56 bf16 binaries at head dims 64
+    # and 128 compiled in fp16 too, on both archs, when these tiles were chosen): one variant keeps it compiled
+    + [dict(dtype=torch.float16, d=128, causal=False, kpm=True, layout="packed_table")]
     + [dict(dtype=torch.bfloat16, d=256, causal=True, kpm=True, layout="per_row"),
        dict(dtype=torch.bfloat16, d=256, causal=True, kpm=False, layout="packed_table")])
-# other shapes for the same variants: batch 1, lengths off every multiple of 16, one query, MHA, GQA 3
+# other shapes for the same variants: batch 1, lengths off every multiple of 16, one query, MHA, GQA 3, and
+# q/k/v as Hugging Face's attention hands them over (views of [B, T, H, d], transposed)
 RESHAPED = (dict(B=1, T=1, P=1, H=32, Hkv=8), dict(B=5, T=777, P=7, H=9, Hkv=3), dict(B=8, T=4096, P=0, H=16, Hkv=16),
-            dict(B=7, T=33, P=33, H=12, Hkv=4, N=3))
+            dict(B=7, T=33, P=33, H=12, Hkv=4, N=3), dict(B=3, T=1001, P=20, hf=True))
 
 
-def launches(dtype, d, causal, kpm, layout, arch=triton_blocks.DEFAULT_ARCH, B=2, H=32, Hkv=8, T=1024, P=20, N=3):
+def launches(dtype, d, causal, kpm, layout, arch=triton_blocks.DEFAULT_ARCH, B=2, H=32, Hkv=8, T=1024, P=20, N=3,
+             hf=False):
     """The forward and backward launches of one call on compute capability `arch`, on meta tensors. layout:
     the prefix (shared [Hkv, P, d], per_row [B, Hkv, P, d], none), packed rows (segment ids) with a shared or
-    per-row prefix, or packed rows with a table of N prefixes (and prefix ids)."""
+    per-row prefix, or packed rows with a table of N prefixes (and prefix ids). hf: q, k, v transposed views of
+    [B, T, H, d] (Hugging Face's layout), else contiguous [B, H, T, d]."""
     if dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"{dtype}: the Triton kernels are launched on CUDA in float16 and bfloat16 only")
 
     def t(*shape):
         return torch.empty(*shape, dtype=dtype, device="meta")
 
-    q, k, v = t(B, H, T, d), t(B, Hkv, T, d), t(B, Hkv, T, d)
+    def heads(h):
+        return t(B, T, h, d).transpose(1, 2) if hf else t(B, h, T, d)
+
+    q, k, v = heads(H), heads(Hkv), heads(Hkv)
     prefix = {"per_row": (B, Hkv, P, d), "packed_per_row": (B, Hkv, P, d), "packed_table": (N, Hkv, P, d)}
     pk, pv = t(*prefix.get(layout, (Hkv, P, d))), t(*prefix.get(layout, (Hkv, P, d)))
     packed = None
@@ -273,22 +281,32 @@ def summary(records):
     return "\n".join(out)
 
 
+def _machine():
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu} ({platform.system()} {platform.machine()})"
+
+
 def write_table(path, records):
     tiles = "\n".join(f"- sm_{arch}, BLOCK_D <= {bd}: forward {f[0]} x {f[1]} ({f[2]} warps), dQ {q[0]} x {q[1]} "
                       f"({q[2]} warps), dK/dV {kv[0]} x {kv[1]} ({kv[2]} warps)"
                       for arch, rows in sorted(triton_blocks.TABLE.items()) for bd, (f, q, kv) in sorted(rows.items()))
     versions = ptxas_versions()
+    made = (f"{datetime.date.today().isoformat()}, triton {triton.__version__} (its wheel's ptxas {versions[80]} for "
+            f"sm_80 and {versions[90]} for sm_90), torch {torch.__version__}, on {_machine()}, without a GPU")
     text = f"""# Registers, spills and shared memory of the Triton kernels
 
-Made by `TRITON_INTERPRET= python -m ptune_dist.kernels.triton_aot --table docs/kernel_resources.md` on
-{datetime.date.today().isoformat()}, triton {triton.__version__} (ptxas {versions[80]} for sm_80, {versions[90]} for
-sm_90, from its wheel), torch {torch.__version__}, on {platform.machine()} {platform.system()} without a GPU.
+Made by `TRITON_INTERPRET= python -m ptune_dist.kernels.triton_aot --table docs/kernel_resources.md`:
+{textwrap.fill(made + ".", 110)}
 
 Each row is one binary the launcher's JIT compiles: kernels/triton_aot.py builds the launches of
 `triton_impl.forward_launch` / `backward_launches` on meta tensors for Llama-like calls (32 query heads over
 8 KV heads, sequences of 1000-2048, prefixes of 20-128; bf16 with and without causal masking, key padding,
 and every prefix layout: shared, per row, none, packed rows with a shared or per-row prefix or a prefix
-table; fp16 and head dim 256 on fewer), and compiles them through Triton's own specialisation of those
+table; fp16 on one, head dim 256 on two), and compiles them through Triton's own specialisation of those
 arguments. Launches that share a binary are one row. Registers and spills (bytes per thread) are ptxas -v's;
 shared memory is Triton's allocation per block. A bold spill is a kernel that runs out of registers. The
 numbers belong to this triton and ptxas: the GPU machine's triton (another ptxas) may differ by a few
@@ -299,6 +317,12 @@ sums.
 The tiles (kernels/triton_blocks.py):
 
 {tiles}
+
+With the former tiles (64 x 64 in every kernel, 64 x 32 above head dim 64, 4 warps) the bf16 dK/dV kernels
+sat at 254-255 registers and nearly all spilled: on sm_90 up to 200 B of spill stores per thread at head dim
+64 and 340 B at 128, on sm_80 up to 228 B at head dim 64 (this tool, four of the variants; the review in
+issue 20 saw up to 848 B on sm_80), and sm_80's packed dQ at head dim 64 up to 60 B; that review saw fp32 (no
+longer launched on CUDA) move 13-54 KB through spills.
 
 {summary(records)}
 

@@ -1,19 +1,19 @@
 """Block sizes and warps of the Triton kernels, per GPU architecture and head dim: the one place they are chosen.
 
-    tiles = table(arch, block_d)      # Tiles: (BLOCK_M, BLOCK_N, num_warps) of each kernel, and BLOCK_D
+    tiles = table(arch, d)            # Tiles: (BLOCK_M, BLOCK_N, num_warps) of each kernel, and BLOCK_D
     arch = device_arch(q)             # 80, 90, ...: the compute capability the launch will run on
 
-The entries are the largest tiles whose kernels compile without spilling registers on that architecture
-(ptxas of triton's wheel, at the launcher's own specialisation, every variant kernels/triton_aot.py compiles;
-the measured registers, spills and shared memory are in docs/kernel_resources.md, which
-tests/test_kernels_triton_aot.py keeps current). Forward and dQ keep 64-query blocks (sm_80's dQ at head dim
-64 takes 32 keys per step: with 64 its packed variants spilled); dK/dV holds two fp32
-[BLOCK_N, BLOCK_D] accumulators and the key block's K and V for its whole loop, so at 64 x 64 with 4 warps it
-ran out of registers everywhere (255 registers, 16-840 bytes of spill traffic per thread on sm_90): it takes
-fewer queries per step (BLOCK_M) and, at head dim 128, 8 warps; BLOCK_N, the keys a program owns, is kept
-as large as the registers allow, since every key block re-reads each query's q and dO. Head dim 256 (Gemma)
-takes smaller blocks in every kernel. These are register-pressure choices, not timings: bench/attention.py on
-a GPU is what can move them.
+The entries keep every kernel out of register spills on its architecture: ptxas of triton's wheel, at the
+launcher's own specialisation, over every variant kernels/triton_aot.py compiles (the registers, spills and
+shared memory are in docs/kernel_resources.md, which tests/test_kernels_triton_aot.py keeps current). The
+forward and dQ keep the former 64-query blocks (64 keys per step at head dim 64, 32 at 128), except sm_80's dQ
+at head dim 64, whose packed variants spilled with 64 keys. dK/dV holds two fp32 [BLOCK_N, BLOCK_D]
+accumulators and the key block's K and V through its whole loop: at the former 64-query blocks and 4 warps
+it sat at 255 registers and spilled (up to 340 B per thread on sm_90, more on sm_80), so it takes 16-32
+queries per step and 8 warps where 4 were not enough; BLOCK_N, the keys a program owns, is kept as large as
+the registers allow (64 where it fits), since every key block re-reads each query's q and dO. Head dim 256
+(Gemma) takes smaller tiles in every kernel. These are register-pressure choices, not timings:
+bench/attention.py on a GPU is what can move them (then rerun the table).
 
 Architectures: 9.x and above take the sm_90 entries, 8.x the sm_80 ones (their tiles need at most 99 KB of
 shared memory per block, what 8.6/8.9 offer); both are compiled and checked in CI. `device_arch` reads

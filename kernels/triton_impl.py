@@ -11,8 +11,8 @@ kernels/triton_blocks.py's table, per architecture (`tiles(D, arch=triton_blocks
 capability is read once per device, never for a fake or meta tensor) and head dim; `prefix_attention`'s
 block_m / block_n, when given, replace them in every kernel. The interpreter takes 16 x 16, where small
 blocks make odd lengths cross block edges in tests. float32 runs only in the interpreter (for the CPU
-tests): on CUDA `unavailable` refuses it (impl='sdpa' or 'auto' runs fp32 there); its fp32-dot path spilled
-kilobytes of registers per thread.
+tests): on CUDA `unavailable` refuses it (impl='sdpa' or 'auto' runs fp32 there); its fp32-dot path moved
+13-54 KB per thread through register spills (issue 20).
 
 Each kernel's argument list is written once, in `forward_launch` / `backward_launches` (a `Launch` per
 kernel call); kernels/triton_aot.py compiles those same launches for sm_80/sm_90 without a GPU, through
@@ -150,7 +150,7 @@ def forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks: Tiles, packed: P
     return (o, lse), Launch(prefix_attention_fwd, (triton.cdiv(Tq, blocks.fwd_m), B * H), args, meta)
 
 
-def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks, prefix_rows,
+def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks: Tiles, prefix_rows,
                       packed: PackedLayout | None = None):
     """The gradient buffers (dq, dk, dv, prefix ones: per-row, or [groups, E, Hkv, P, D] fp32 partial sums
     for a shared prefix (E = 1) or a prefix table (E = N)) and the backward kernels' launches that fill them
