@@ -19,9 +19,10 @@
 # the deadline (TOTAL, less the summary's limit and the 10 s a kill may take):
 #   setup       copies, nvidia-smi, versions, wheels + ptune installed, bitsandbytes' CUDA kernel tried     35
 #   deepspeed   its sdist's build, started in the background at 0 s (DS_BUILD_OPS=0), waited for          10
-#   tests       three pytest processes side by side, each writing its junit XML and summary if stopped   180
-#               the gpu-marked Triton tests (bf16, Llama shapes), tests/test_gpu.py (training on cuda), and
-#               the rest of tests/test_kernels_triton*.py (bf16/fp16 corner cases; fp32 skips on CUDA)
+#   tests       four pytest processes side by side, each writing its junit XML and summary if stopped    180
+#               the gpu-marked Triton tests (bf16, Llama shapes), tests/test_gpu.py (training on cuda), its
+#               kernel check inside a model apart, and the rest of tests/test_kernels_triton*.py (bf16/fp16
+#               corner cases; their fp32 sweeps skip on CUDA)
 #   attention   bench/attention.py: our kernels against FlashAttention-2 (SDPA) and flex_attention        60
 #   train_step  bench/train_step_gpu.py: ptune vs PEFT, bf16, TinyLlama-1.1B and Llama-3-8B shapes        80
 #   packed      bench/packed_step_gpu.py: packed ptune vs padded PEFT, 1.1B shape, length mix + fixed     45
@@ -158,29 +159,34 @@ PYEOF
 }
 
 stage_tests() {
-  # Three pytest processes side by side, from the start of the stage: the gpu-marked Triton tests (bf16, Llama
-  # shapes: compiles, on the CPU), tests/test_gpu.py (training on cuda: the GPU and Python), and the rest of the
-  # two Triton files (on CUDA their fp32 tiny-shape sweeps skip: the CPU suite runs them in the interpreter). The
-  # rest of the suite needs SmolLM2, which does not travel.
-  trap '' INT  # this shell waits for all three; each pytest gets the stage's SIGINT itself (pytest_int)
+  # Four pytest processes side by side, from the start of the stage: the gpu-marked Triton tests (bf16, Llama
+  # shapes: compiles, on the CPU), tests/test_gpu.py's training on cuda (the GPU and Python), its kernel check
+  # inside a model apart (each kernel that runs there, fp32 Triton compiles included, 10-20 s a key: beside the
+  # training, not before its later tests), and the rest of the two Triton files (on CUDA their fp32 tiny-shape
+  # sweeps skip: the CPU suite runs them in the interpreter). The rest of the suite needs SmolLM2, which does not
+  # travel.
+  trap '' INT  # this shell waits for all four; each pytest gets the stage's SIGINT itself (pytest_int)
   local kernels=(tests/test_kernels_triton.py tests/test_kernels_triton_packed.py) extra=() rc=0 pids=() part
+  local MODEL_KERNELS=test_kernels_match_the_reference_inside_the_model
   $PY -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout=150)
   cd "$WORK" || return 1
   run_part() {  # NAME PYTEST-ARGS...: its log and junit XML under $RAW, its own temporary folder
     local name=$1
     shift
     PYTHONPATH=$SITE_DS:$PYTHONPATH pytest_int "$@" -c "$WORK/pytest.ini" --rootdir "$WORK" -p no:cacheprovider \
-      --basetemp "/tmp/ptune-pytest-$name" -v -rfEs --durations=10 "${extra[@]}" \
+      --basetemp "/tmp/ptune-pytest-$name" --continue-on-collection-errors -v -rfEs --durations=10 "${extra[@]}" \
       --junitxml "$RAW/pytest-$name.xml" >"$RAW/pytest-$name.log" 2>&1
   }
   run_part kernels-gpu -m gpu "${kernels[@]}" &
   pids+=($!)
-  run_part gpu tests/test_gpu.py &
+  run_part gpu tests/test_gpu.py -k "not $MODEL_KERNELS" &
+  pids+=($!)
+  run_part gpu-kernels tests/test_gpu.py -k "$MODEL_KERNELS" &
   pids+=($!)
   run_part kernels-rest -m "not gpu" "${kernels[@]}" &
   pids+=($!)
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
-  for part in kernels-gpu gpu kernels-rest; do
+  for part in kernels-gpu gpu gpu-kernels kernels-rest; do
     echo "== pytest $part ($RAW/pytest-$part.log):"
     cat "$RAW/pytest-$part.log"
   done
@@ -227,6 +233,7 @@ G = 2**30
 lines = ["# gpu-check summary", "", "| stage | result | seconds | limit |", "|---|---|---|---|"]
 lines += [f"| {n} | {r} | {s} | {l} |" for n, r, s, l in stages]
 for what, name in (("the gpu-marked Triton tests", "pytest-kernels-gpu.xml"), ("tests/test_gpu.py", "pytest-gpu.xml"),
+                   ("its kernels inside a model", "pytest-gpu-kernels.xml"),
                    ("the rest of the Triton files", "pytest-kernels-rest.xml")):
     try:
         root = ET.parse(raw / name).getroot()
@@ -331,7 +338,7 @@ run_stage setup "$B_SETUP" stage_setup
 
 # in the background from here: the benches' bases (GPU), and their Triton kernels compiled into the cache (CPU)
 background "$WORK" "$RAW/bases.log" $PY bench/gpu_bases.py --base-dir "$BASES"
-TRITON_INTERPRET=0 background "$WORK" "$RAW/warm.log" $PY bench/triton_compiles.py --warm --jobs 3 \
+TRITON_INTERPRET=0 background "$WORK" "$RAW/warm.log" nice -n 5 $PY bench/triton_compiles.py --warm --jobs 3 \
   --stages attention,train_step,packed,consumer,plan --json "$RAW/warm.json"
 
 # deepspeed: wait (bounded) for the background build, then try it

@@ -69,8 +69,12 @@ def test_the_tests_stage_stops_pytest_with_sigint_and_starts_the_gpu_tests_at_on
     body = TEXT.split("stage_tests() {", 1)[1].split("\n}\n", 1)[0]
     assert "trap '' INT" in body and "pytest_int" in body
     parts = re.findall(r"^  run_part ([\w-]+) (.*) &$", body, re.M)
-    assert parts == [("kernels-gpu", '-m gpu "${kernels[@]}"'), ("gpu", "tests/test_gpu.py"),
+    assert parts == [("kernels-gpu", '-m gpu "${kernels[@]}"'), ("gpu", 'tests/test_gpu.py -k "not $MODEL_KERNELS"'),
+                     ("gpu-kernels", 'tests/test_gpu.py -k "$MODEL_KERNELS"'),
                      ("kernels-rest", '-m "not gpu" "${kernels[@]}"')]
+    # the test it names is tests/test_gpu.py's (renamed, the -k split would run it with the training, not lose it)
+    name = re.search(r"local MODEL_KERNELS=(\w+)", body).group(1)
+    assert f"def {name}(" in (ROOT / "tests" / "test_gpu.py").read_text()
     assert 'kernels=(tests/test_kernels_triton.py tests/test_kernels_triton_packed.py)' in body
     assert '--junitxml "$RAW/pytest-$name.xml"' in body
     assert "signal.signal(signal.SIGINT, signal.default_int_handler)" in TEXT
