@@ -11,9 +11,9 @@ a pointer divisible by 16 gets the 'D' attribute; `do_not_specialize` arguments 
 and the launch options (num_warps). This tool computes that key for every launch a stage would make, with
 Triton's own binder (`create_function_from_signature`, what `JITFunction.run` calls) over the argument lists that
 `triton_impl.forward_launch` / `backward_launches` build with `INTERPRETED` off (the GPU's block sizes and
-options), and counts the distinct keys. `triton_impl._TritonPrefixAttention` is replaced by a recorder while a
-stage runs: every call's launches are built as a GPU run builds them (the backward's too when the call needs
-gradients) and recorded.
+options), and counts the distinct keys. `triton_impl.triton_fwd` (the custom operator `ptune::triton_fwd` that
+`prefix_attention` calls) is replaced by a recorder while a stage runs: every call's launches are built as a GPU
+run builds them (the backward's too when the call needs gradients) and recorded.
 
 How each stage's calls are made here:
 - tests_gpu: the gpu-marked tests of tests/test_kernels_triton*.py under pytest, their CUDA skips lifted, at their
@@ -150,7 +150,7 @@ class Recorder:
 
 
 def gpu_launches(a: dict, grad: bool) -> list:
-    """The launches a GPU run makes for one call of `_TritonPrefixAttention.apply` (its arguments by name)."""
+    """The launches a GPU run makes for one call of `ptune::triton_fwd` (its arguments by name)."""
     import torch
 
     from ptune_dist.kernels import triton_impl
@@ -176,31 +176,30 @@ def gpu_launches(a: dict, grad: bool) -> list:
 
 
 def install(recorder: Recorder, mode: str) -> None:
-    """Replace `_TritonPrefixAttention` by a recorder. mode "run": the interpreter then computes the call as
-    before; "zeros": nothing is computed (zeros come back); "sdpa": `auto` picks triton for fp16/bf16 as on CUDA
-    and every triton call through the dispatch is computed by sdpa."""
+    """Replace `triton_impl.triton_fwd` (the op `prefix_attention` calls) by a recorder. mode "run": the
+    interpreter then computes the call as before; "zeros": nothing is computed (zeros come back); "sdpa": `auto`
+    picks triton for fp16/bf16 as on CUDA and every triton call through the dispatch is computed by sdpa."""
     import torch
 
     from ptune_dist.kernels import dispatch, sdpa, triton_impl
 
-    real = triton_impl._TritonPrefixAttention
-    names = list(inspect.signature(real.forward).parameters)[1:]  # after ctx
+    real = triton_impl.triton_fwd
+    names = [arg.name for arg in torch.ops.ptune.triton_fwd.default._schema.arguments]
 
-    class Recording:
-        @staticmethod
-        def apply(*args):
-            a = dict(zip(names, args))
-            grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in args)
-            recorder.calls += 1
-            try:
-                recorder.add(gpu_launches(a, grad))
-            except Exception as e:  # noqa: BLE001  (a GPU run refuses this call: no compile; counted apart)
-                recorder.refused[f"{type(e).__name__}: {str(e)[:120]}"] += 1
-            if mode == "run":
-                return real.apply(*args)
-            return torch.zeros_like(a["q"]).requires_grad_(grad)
+    def recording(*args):
+        a = dict(zip(names, args))
+        grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in args)
+        recorder.calls += 1
+        try:
+            recorder.add(gpu_launches(a, grad))
+        except Exception as e:  # noqa: BLE001  (a GPU run refuses this call: no compile; counted apart)
+            recorder.refused[f"{type(e).__name__}: {str(e)[:120]}"] += 1
+        if mode == "run":
+            return real(*args)
+        q = a["q"]
+        return torch.zeros_like(q).requires_grad_(grad), q.new_zeros(q.shape[:3], dtype=torch.float32)
 
-    triton_impl._TritonPrefixAttention = Recording
+    triton_impl.triton_fwd = recording
     if not triton_impl.INTERPRETED:  # --warm on a GPU machine: compiled kernels, the calls' tensors on the CPU
         refuse = triton_impl.unavailable
 

@@ -25,8 +25,8 @@ batch to batch are not specialised on (`do_not_specialize` in triton_fwd.py / tr
 per kernel and flag set serves every batch length.
 
 Packed rows (segment_ids, and prefix_ids with a prefix table): the wrapper builds the int32 layout of
-triton_packed.py once per call (segment start/end per position, prefix entry per query; ValueError
-naming segment_ids when a segment is not one contiguous run) and the same kernels run with PACKED set:
+triton_packed.py once per batch (segment start/end per position, prefix entry per query; a segment that is not
+one contiguous run is a ValueError naming segment_ids on the CPU, a device-side assert on a GPU) and the same kernels run with PACKED set:
 key blocks wholly outside the queries' sequences are never visited, the prefix (shared, per row, or a
 table) is read in place, and a table's gradient is summed in fp32 partials in a fixed order.
 """
@@ -217,7 +217,7 @@ def triton_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: torch.Tens
                causal: bool, scale: float, block_m: int | None, block_n: int | None,
                prefix_rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, log-sum-exp) of the fused forward kernel; `prefix_rows` is the backward's (carried for autograd)."""
-    blocks = tiles(q.shape[-1], block_m, block_n)
+    blocks = tiles(q.shape[-1], block_m, block_n, triton_blocks.device_arch(q))
     packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
     (o, lse), launch = forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks, packed)
     launch.run()
@@ -251,7 +251,7 @@ def _backward(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal,
     """The backward's buffers, filled by its launches when `run` (the fake implementation allocates the same
     buffers, partial sums included, so a traced step holds what the GPU would)."""
     packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
-    blocks = tiles(q.shape[-1], block_m, block_n)
+    blocks = tiles(q.shape[-1], block_m, block_n, triton_blocks.device_arch(q))
     (dq, dk, dv, dpk, dpv), launches = backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks,
                                                          prefix_rows, packed)
     for launch in launches if run else ():
@@ -309,6 +309,6 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
         if x is not None and (x < 16 or x & (x - 1)):
             raise ValueError(f"triton prefix attention: {name}={x} must be a power of two >= 16")
     seg_meta, ranges, table = packed if packed is not None else (None, None, False)
-    out, _ = torch.ops.ptune.triton_fwd(q, k, v, prefix_k, prefix_v, kpm, seg_meta, ranges, table, bool(causal),
-                                        float(scale), block_m, block_n, prefix_rows_per_program)
+    out, _ = triton_fwd(q, k, v, prefix_k, prefix_v, kpm, seg_meta, ranges, table, bool(causal), float(scale),
+                        block_m, block_n, prefix_rows_per_program)  # ptune::triton_fwd
     return out
