@@ -93,7 +93,7 @@ sdpa_fwd.register_autograd(_autograd, setup_context=_setup_context)
 def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p=0.0,
                      segment_ids=None, prefix_ids=None):
     B, Hq, Tq, _ = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
+    Tk = k.shape[2]
     P = 0 if prefix_k is None else prefix_k.shape[-2]
     if segment_ids is not None:  # packed rows: a query that sees no key (padding) gets zeros, as in reference
         k, v, mask = packed_keys(q, k, v, prefix_k, prefix_v, causal=causal, key_padding_mask=key_padding_mask,

@@ -10,7 +10,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+import importlib  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -27,6 +29,7 @@ from ptune_dist.config import load_config  # noqa: E402
 SMOL = "embedded:smollm2-135m-instruct"
 MINI = "embedded:all-minilm-l6-v2"
 FIXTURES = Path(__file__).parent / "fixtures"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 torch.set_num_threads(2)
 
@@ -59,6 +62,38 @@ def session(overrides, base=None, splits=("train", "eval")):
     from ptune_dist.train.session import build_session
 
     return build_session(load_config([], list(overrides)), splits=splits, base=base)
+
+
+def bench_modules(*names: str) -> list:
+    """bench/ scripts imported as modules (bench/ is on sys.path only while they import)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return [importlib.import_module(name) for name in names]
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The rows of a markdown table (header and rule left out), each a list of its stripped cells."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|")]
+    return rows[2:]
+
+
+def tiny_llama(folder: Path, hidden: int = 256, intermediate: int = 512, layers: int = 4, heads: int = 8,
+               kv_heads: int = 2) -> Path:
+    """A small random-init Llama (GQA) saved as a HF folder with MiniLM's tokenizer, [SEP] as its EOS."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(embedded.resolve(MINI))
+    tok.eos_token = "[SEP]"
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 def write_jsonl(path: Path, rows) -> Path:

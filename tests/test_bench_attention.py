@@ -6,33 +6,21 @@ a stage stopped in the middle keeps the lines measured before it. Nothing is tim
 """
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import bench_modules, markdown_rows
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
 def attention():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import attention
-    finally:
-        sys.path.remove(str(BENCH))
-    return attention
-
-
-def rows(text: str) -> list[list[str]]:
-    lines = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in text.splitlines() if ln.startswith("|")]
-    return lines[2:]
+    return bench_modules("attention")[0]
 
 
 def test_tiny_writes_every_implementation_of_the_cell(attention, tmp_path):
     out, raw = tmp_path / "att.md", tmp_path / "att.json"
     assert attention.main(["--tiny", "--impls", "sdpa", "--out", str(out), "--json", str(raw)]) == 0
-    table = rows(out.read_text())
+    table = markdown_rows(out.read_text())
     assert [r[4] for r in table] == ["fa2", "sdpa-mask", "sdpa", "flex"]
     for r in table[:3]:
         assert r[:4] == ["tiny", "2", "32", "8"] and float(r[5]) > 0 and r[10] == "sdpa-mask"
@@ -56,10 +44,10 @@ def test_a_run_stopped_in_a_cell_keeps_the_lines_before(attention, tmp_path, mon
     out = tmp_path / "att.md"
     with pytest.raises(KeyboardInterrupt):
         attention.main(["--tiny", "--impls", "sdpa", "--out", str(out)])
-    assert [r[4] for r in rows(out.read_text())] == ["fa2", "sdpa-mask"]
+    assert [r[4] for r in markdown_rows(out.read_text())] == ["fa2", "sdpa-mask"]
 
 
 def test_a_spent_budget_skips_the_cells_and_says_so(attention, tmp_path):
     out = tmp_path / "att.md"
     attention.main(["--tiny", "--impls", "sdpa", "--seq", "16", "32", "--budget-s", "1e-9", "--out", str(out)])
-    assert [r[5] for r in rows(out.read_text())] == ["skipped: 0 s budget spent"] * 2
+    assert [r[5] for r in markdown_rows(out.read_text())] == ["skipped: 0 s budget spent"] * 2

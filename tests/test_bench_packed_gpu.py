@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import markdown_rows
 from test_bench_tiny import finite_ratio
-from test_bench_tiny import table as markdown_rows
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 

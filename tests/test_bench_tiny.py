@@ -10,30 +10,18 @@ except that every ratio is a finite positive number.
 import json
 import math
 import re
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import bench_modules, markdown_rows
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
 def benches():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import consumer_gpu
-        import train_step_gpu
-    finally:
-        sys.path.remove(str(BENCH))
-    return train_step_gpu, consumer_gpu
+    return bench_modules("train_step_gpu", "consumer_gpu")
 
 
-def table(text: str) -> list[list[str]]:
-    """The rows of the report's markdown table (header and rule left out)."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("|")]
-    return rows[2:]
+table = markdown_rows  # the rows of the report's markdown table (header and rule left out)
 
 
 def finite_ratio(cell: str) -> float:
@@ -90,11 +78,7 @@ def test_consumer_gpu_tiny_runs_nf4_with_checkpointing_and_the_plan(benches, tmp
 def test_a_run_stopped_after_its_first_child_keeps_that_childs_rows(name, tmp_path, monkeypatch):
     """scripts/gpu-check.sh stops a bench with SIGINT at its stage limit: the report and the JSON are on disk
     after every child, so the rows measured before the stop survive it (the children here are canned)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        module = __import__(name)
-    finally:
-        sys.path.remove(str(BENCH))
+    (module,) = bench_modules(name)
     ran = []
 
     def child(script, spec, budget, min_s=15.0, children=None):

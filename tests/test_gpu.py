@@ -16,9 +16,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import FIXTURES, MINI, read_jsonl
+from conftest import FIXTURES, read_jsonl
+from conftest import tiny_llama as save_tiny_llama
 
-from ptune_dist import embedded
 from ptune_dist.cli import main
 from ptune_dist.config import load_config
 from ptune_dist.train.loop import train
@@ -34,18 +34,7 @@ QUIET = ["train.progress_bar=false", "train.tensorboard=false"]
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     """A 4-layer Llama (GQA 8/2 heads, hidden 256), random weights, MiniLM's tokenizer with [SEP] as EOS."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(embedded.resolve(MINI))
-    tok.eos_token = "[SEP]"
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def instruct(folder, out, *extra, device=DEVICE):

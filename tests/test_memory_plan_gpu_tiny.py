@@ -9,29 +9,16 @@ measured on a CPU (the measured column says so); the test reads the report's row
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import bench_modules, markdown_rows
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 CELLS = ["fp32-pt-b2-ckpt0", "fp32-v2-b2-ckpt1", "fp32-pt-b2-ckpt1-cls", "nf4-v2-b2-ckpt0", "nf4-pt-b2-ckpt1"]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import memory_plan_gpu
-    finally:
-        sys.path.remove(str(BENCH))
-    return memory_plan_gpu
-
-
-def table(text: str) -> list[list[str]]:
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("|")]
-    return rows[2:]
+    return bench_modules("memory_plan_gpu")[0]
 
 
 def test_tiny_grid_runs_every_kind_of_cell_through_ptunes_path(bench, tmp_path):
@@ -39,7 +26,7 @@ def test_tiny_grid_runs_every_kind_of_cell_through_ptunes_path(bench, tmp_path):
     out = tmp_path / "plan_measured_gpu.md"
     assert bench.main(["--tiny", "--cells", ",".join(CELLS), "--base-dir", str(tmp_path / "bases"),
                        "--out", str(out)]) == 0
-    rows = table(out.read_text())
+    rows = markdown_rows(out.read_text())
     assert [r[0] for r in rows] == CELLS
     for r in rows:
         name, base, ckpt, method, task, shape, predicted, measured = r[:8]
@@ -70,7 +57,7 @@ def test_a_spent_budget_skips_every_cell_and_says_so(bench, tmp_path):
     assert bench.main(["--tiny", "--cells", "fp32-pt-b2-ckpt0,fp32-pt-b2-ckpt1", "--budget-s", "0",
                        "--base-dir", str(tmp_path / "bases"), "--out", str(out)]) == 1
     text = out.read_text()
-    assert table(text) == []
+    assert markdown_rows(text) == []
     assert "Skipped (budget): ['fp32-pt-b2-ckpt0', 'fp32-pt-b2-ckpt1']" in text
     with pytest.raises(SystemExit):
         bench.main(["--tiny", "--cells", "no-such-cell", "--out", str(out)])

@@ -26,11 +26,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import FIXTURES, MINI
+from conftest import FIXTURES, tiny_llama
 from sync_counter import SyncCounter, count_steps, summary
 
-from ptune_dist import embedded
 from ptune_dist.config import load_config
 
 LOG = "Tensor.tolist of a device tensor at ptune_dist/train/nonfinite.py"
@@ -66,19 +64,8 @@ DEEPSPEED = {
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A 2-layer Llama (hidden 64, GQA 4/2 heads), random weights, MiniLM's tokenizer with [SEP] as EOS."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(embedded.resolve(MINI))
-    tok.eos_token = "[SEP]"
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                 tie_word_embeddings=True)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    """A 2-layer Llama (hidden 64, GQA 4/2 heads), random weights."""
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), hidden=64, intermediate=128, layers=2, heads=4)
 
 
 def overrides(tiny, out, case):
