@@ -17,7 +17,8 @@ version with the system's C++ compiler against torch's own headers (about 2 s) a
 without a GPU) as the CUDA device guard, and CUDA hooks that say CUDA is built but not available (so the
 accelerator is `cuda`; torch.cuda.is_available() stays false, nothing touches a driver). The hooks must be
 registered before torch first asks for them, during `import torch`; hence a fresh process that loads the
-library first. Nothing in it computes: every tensor in the child is a FakeTensor (shapes, dtypes and
+library first (or a process started with LD_PRELOAD=<the library>, which then traces in-process). Nothing
+in it computes: every tensor in the child is a FakeTensor (shapes, dtypes and
 devices only).
 """
 
@@ -50,7 +51,8 @@ struct PtuneFakeCudaHooks : CUDAHooksInterface {
 C10_REGISTER_CLASS(CUDAHooksRegistry, CUDAHooks, PtuneFakeCudaHooks)
 }  // namespace at
 
-// c10's fake CUDA guard, as torch installs it on CUDA builds without a GPU; returns 1 when installed now.
+// c10's fake CUDA guard, as torch installs it on CUDA builds without a GPU, unless a guard is there; returns 1
+// when installed now. Also run when the library loads, so that LD_PRELOAD alone gives a process the device.
 extern "C" int ptune_fake_cuda_guard() {
   constexpr auto cuda = static_cast<std::size_t>(c10::DeviceType::CUDA);
   if (c10::impl::device_guard_impl_registry[cuda].load() != nullptr) return 0;
@@ -58,6 +60,7 @@ extern "C" int ptune_fake_cuda_guard() {
   c10::impl::device_guard_impl_registry[cuda].store(&guard);
   return 1;
 }
+static const int ptune_fake_cuda_guard_loaded = ptune_fake_cuda_guard();
 """
 
 # run by the child before anything imports torch: the shared library first, then the trace
@@ -68,7 +71,10 @@ for name in ("libc10.so", "libtorch_cpu.so"):
     ctypes.CDLL(os.path.join(lib, name), mode=ctypes.RTLD_GLOBAL)
 ctypes.CDLL(os.environ["PTUNE_FAKE_CUDA_LIB"], mode=ctypes.RTLD_GLOBAL).ptune_fake_cuda_guard()
 from ptune_dist.plan.trace_child import main
-sys.exit(main(sys.argv[1], sys.argv[2]))
+code = main(sys.argv[1], sys.argv[2])
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)  # autograd's threads for the 8 fake devices would abort the normal interpreter shutdown
 """
 
 

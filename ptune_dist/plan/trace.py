@@ -20,7 +20,9 @@ dies. The run is built the way `ptune train` builds it, on one rank:
   per row (classification), `label_tokens` labelled tokens at the end of each row (generation; default
   the planner's data.max_length / 4), every token labelled (token classification);
 - `steps` steps of the training loop's own calls: target counts and loss weights from the CPU batch
-  (train/loss_weights.py), to_device, engine.forward(...).loss * weight, engine.backward, engine.step.
+  (train/loss_weights.py), the batch moved to the device (device.to_device's copy; its pinning of host
+  memory is left out: it is not GPU memory, and a fake tensor cannot be pinned), engine.forward(...).loss *
+  weight, engine.backward, engine.step.
 
 The peak is taken after loading (the base's weights are in it, loading's transients are not, as
 torch.cuda.reset_peak_memory_stats after load_base), and the second step's peak holds the optimizer
@@ -31,6 +33,7 @@ state. On a CPU-only torch the trace runs in a child process started with the fa
 from __future__ import annotations
 
 import dataclasses
+import resource
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -59,6 +62,7 @@ class Trace:
     steps: int
     seconds: float
     attention: str = ""  # the attention implementation the model's calls resolve to
+    host_rss: int = 0  # the tracing process's peak resident memory (it allocates no device memory)
     notes: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -69,17 +73,48 @@ def trace_step(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
                timeout: float | None = None) -> Trace:
     """Trace `steps` training steps of `cfg` on one rank (see the module docstring). `hf_config`: the base's
     transformers config or its dict (default: read from model.name_or_path)."""
-    check_traceable(cfg)
-    if fake_cuda.ready():
-        return trace_here(cfg, hf_config, label_tokens, steps)
-    from ptune_dist.config import to_yaml
+    out = trace_steps([(cfg, hf_config, label_tokens)], steps, timeout)[0]
+    if isinstance(out, Exception):
+        raise out
+    return out
 
-    config = hf_config.to_dict() if hasattr(hf_config, "to_dict") else hf_config
-    answer = fake_cuda.run_child({"config": to_yaml(cfg), "hf_config": config, "label_tokens": label_tokens,
-                                  "steps": steps}, timeout=timeout)
-    if "error" in answer:
-        raise (NotTraceable if answer["kind"] == "NotTraceable" else ConfigError)(answer["error"])
-    return Trace(**answer["trace"])
+
+def trace_steps(requests: list, steps: int = 2, timeout: float | None = None) -> list:
+    """trace_step for each (cfg, hf_config, label_tokens) of `requests`, in one child process when one is
+    needed; each answer is a Trace or the exception that stopped it (ConfigError, NotTraceable, RuntimeError)."""
+    from ptune_dist.config import to_yaml
+    from ptune_dist.errors import PtuneError
+
+    answers: list = [None] * len(requests)
+    todo = []
+    for i, (cfg, hf_config, label_tokens) in enumerate(requests):
+        try:
+            check_traceable(cfg)
+            todo.append(i)
+        except ConfigError as e:
+            answers[i] = e
+    if fake_cuda.ready():
+        for i in todo:
+            cfg, hf_config, label_tokens = requests[i]
+            try:
+                answers[i] = trace_here(cfg, hf_config, label_tokens, steps)
+            except PtuneError as e:
+                answers[i] = e
+            except Exception as e:  # noqa: BLE001  (one setup's failure is its answer; the others still run)
+                answers[i] = RuntimeError(f"{type(e).__name__}: {e} (at {where(e)})")
+        return answers
+    if not todo:
+        return answers
+    items = []
+    for i in todo:
+        cfg, hf_config, label_tokens = requests[i]
+        config = hf_config.to_dict() if hasattr(hf_config, "to_dict") else hf_config
+        items.append({"config": to_yaml(cfg), "hf_config": config, "label_tokens": label_tokens})
+    kinds = {"NotTraceable": NotTraceable, "ConfigError": ConfigError}
+    for i, answer in zip(todo, fake_cuda.run_child({"items": items, "steps": steps}, timeout=timeout)["answers"]):
+        answers[i] = (Trace(**answer["trace"]) if "trace" in answer
+                      else kinds.get(answer["kind"], RuntimeError)(answer["error"]))
+    return answers
 
 
 def check_traceable(cfg: RunConfig) -> None:
@@ -217,7 +252,6 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
     import torch
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 
-    from ptune_dist.device import to_device
     from ptune_dist.methods import BaseInfo, method_class
     from ptune_dist.model.build import build_model
     from ptune_dist.rank_env import DistEnv
@@ -270,8 +304,9 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
             for _ in range(steps):
                 step_losses = []
                 for weight in loss_weights(counts, 1, device):
-                    tracker.region = "batch"
-                    on_device = to_device(batch, device)
+                    tracker.region = "batch"  # to_device's copy, without its pinning (host memory; fakes cannot pin)
+                    on_device = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                                 for k, v in batch.items()}
                     tracker.region = "forward"
                     loss = engine.forward(on_device).loss * weight
                     tracker.end_forward()
@@ -289,11 +324,11 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
                 h()
             attention = _attention_kernel(cfg, info, batch, device)
     except (DataDependentOutputException, DynamicOutputShapeException) as e:
-        raise NotTraceable(f"the step cannot be traced: {_where(e)} needs a device tensor's value on the host "
+        raise NotTraceable(f"the step cannot be traced: {where(e)} needs a device tensor's value on the host "
                            f"({type(e).__name__}: {e})") from None
     return Trace(peak=tracker.peak, parts=tracker.breakdown(), peak_region=tracker.peak_region, loaded=loaded,
                  load_peak=load_peak, steps=steps, seconds=time.perf_counter() - t0, attention=attention,
-                 notes=notes)
+                 host_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, notes=notes)
 
 
 def _attention_kernel(cfg: RunConfig, info, batch: dict, device) -> str:
@@ -311,8 +346,8 @@ def _attention_kernel(cfg: RunConfig, info, batch: dict, device) -> str:
         return f"{cfg.model.attention} ({type(e).__name__})"
 
 
-def _where(e: BaseException) -> str:
-    """The innermost frame of ptune's own code in the exception's traceback: file:line (code)."""
+def where(e: BaseException) -> str:
+    """The innermost frame of ptune's own code (not the trace's) in the exception's traceback: file:line (code)."""
     root = Path(__file__).resolve().parents[1]
     frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve().is_relative_to(root.parent)
               and "/plan/" not in f.filename]
@@ -326,4 +361,4 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f}"
 
 
-__all__ = ["Trace", "trace_step", "trace_here", "NotTraceable", "CATEGORIES"]
+__all__ = ["Trace", "trace_step", "trace_steps", "trace_here", "NotTraceable", "CATEGORIES"]

@@ -2,8 +2,9 @@
 
     main(request.json, answer.json) -> exit code
 
-The request holds the run config (YAML), the base's config dict, label_tokens and steps; the answer is
-{"trace": Trace fields} or {"error": message, "kind": exception class name}.
+The request holds "steps" and "items": each a run config (YAML), the base's config dict (or null: read
+from model.name_or_path) and label_tokens. The answer holds "answers", one per item: {"trace": Trace
+fields} or {"error": message, "kind": ConfigError | NotTraceable | RuntimeError}.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ def main(request: str, answer: str) -> int:
     from ptune_dist.errors import PtuneError
 
     from . import fake_cuda
-    from .trace import trace_here
+    from .trace import trace_here, where
 
     req = json.loads(Path(request).read_text())
-    try:
-        if not fake_cuda.ready():
-            raise RuntimeError("the fake CUDA device did not load (fake_cuda.BOOT)")
-        trace = trace_here(from_yaml(req["config"]), req["hf_config"], req["label_tokens"], req["steps"])
-        out = {"trace": trace.as_dict()}
-    except PtuneError as e:
-        out = {"error": str(e), "kind": type(e).__name__}
-    Path(answer).write_text(json.dumps(out))
+    answers = []
+    for item in req["items"]:
+        try:
+            if not fake_cuda.ready():
+                raise RuntimeError("the fake CUDA device did not load (fake_cuda.BOOT)")
+            trace = trace_here(from_yaml(item["config"]), item["hf_config"], item["label_tokens"], req["steps"])
+            answers.append({"trace": trace.as_dict()})
+        except PtuneError as e:
+            answers.append({"error": str(e), "kind": type(e).__name__})
+        except Exception as e:  # noqa: BLE001  (anything else: its message and where in ptune it happened)
+            answers.append({"error": f"{type(e).__name__}: {e} (at {where(e)})", "kind": "RuntimeError"})
+    Path(answer).write_text(json.dumps({"answers": answers}))
     return 0
