@@ -518,7 +518,8 @@ def trace_line(row: Row, trace) -> str:
     return (f"      traced: {trace.peak / GiB:.2f} GB of live CUDA tensors at the peak ({trace.peak_region}) = {parts} "
             f"(weights + quantisation state + prompt/optimizer + activations + logits + workspace); predicted "
             f"tensors {d.tensors / GiB:.2f} ({d.tensors / trace.peak:.2f}x the trace); + runtime "
-            f"{d.runtime / GiB:.2f} = {(trace.peak + d.runtime) / GiB:.2f}")
+            f"{d.runtime / GiB:.2f} = {(trace.peak + d.runtime) / GiB:.2f}"
+            + "".join(f"\n      note: {n}" for n in trace.notes))
 
 
 def render(req: Request, rows: list[Row], trace: int = 0) -> str:

@@ -48,6 +48,13 @@ from .live_bytes import CATEGORIES
 DEVICE = "cuda:0"
 
 
+# torch picks SDPA's kernel in C++ from the device's properties; a CPU-only torch has none for CUDA and runs the
+# math fallback on a fake CUDA device (fp32 scores and probabilities kept for the backward), which a GPU does not
+SDPA_NOTE = ("attention ran as torch's SDPA math fallback (a CPU-only torch cannot pick a CUDA kernel for a fake "
+             "device): its [B, H, T, T] probabilities are counted, a GPU's fused kernels keep none; trace with a "
+             "CUDA build of torch, or a kernel that is a ptune custom op (model.attention=triton)")
+
+
 class NotTraceable(ConfigError):
     """The step ran an operation a fake tensor cannot answer (it needs a tensor's value on the host)."""
 
@@ -323,6 +330,8 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
             for h in handles:
                 h()
             attention = _attention_kernel(cfg, info, batch, device)
+            if attention == "sdpa" and not torch.backends.cuda.is_built():
+                notes.append(SDPA_NOTE)
     except (DataDependentOutputException, DynamicOutputShapeException) as e:
         raise NotTraceable(f"the step cannot be traced: {where(e)} needs a device tensor's value on the host "
                            f"({type(e).__name__}: {e})") from None
