@@ -21,8 +21,8 @@ SMALL = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size
              num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=4096,
              tie_word_embeddings=True, max_position_embeddings=1024)
 # wide enough that what the trace counts is far above what the tracing process holds
-WIDE = {**SMALL, "num_hidden_layers": 2, "hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "vocab_size": 128256}
+WIDE = {**SMALL, "num_hidden_layers": 2, "hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "vocab_size": 128256}
 CASES = {
     "bf16": (SMALL, ["model.dtype=bfloat16", "method.name=prompt_tuning"]),
     "bf16-ckpt": (SMALL, ["model.dtype=bfloat16", "method.name=prompt_tuning", "model.gradient_checkpointing=true"]),
