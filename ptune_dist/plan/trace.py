@@ -132,6 +132,9 @@ def check_traceable(cfg: RunConfig) -> None:
                           "cannot stand in for")
     if cfg.data.packing:
         raise ConfigError("data.packing=true: the trace builds padded-row batches only")
+    if cfg.model.quant == "int8":
+        raise ConfigError("model.quant=int8: bitsandbytes' int8 matmul picks outlier columns by their values (an "
+                          "output whose shape depends on the data), which a fake tensor cannot have")
     if len({t.type for t in cfg.tasks}) != 1:
         raise ConfigError("tasks: the trace needs tasks of one type")
 
@@ -356,14 +359,25 @@ def _attention_kernel(cfg: RunConfig, info, batch: dict, device) -> str:
 
 
 def where(e: BaseException) -> str:
-    """The innermost frame of ptune's own code (not the trace's) in the exception's traceback: file:line (code)."""
-    root = Path(__file__).resolve().parents[1]
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve().is_relative_to(root.parent)
-              and "/plan/" not in f.filename]
-    if not frames:
-        return "an operation"
-    f = frames[-1]
-    return f"{Path(f.filename).resolve().relative_to(root.parent)}:{f.lineno} ({(f.line or '').strip()})"
+    """Where in ptune's own code (not the trace's) the exception happened, file:line (code), and the innermost
+    frame outside torch when that is another library's (bitsandbytes, transformers)."""
+    import torch
+
+    root = Path(__file__).resolve().parents[2]
+    torch_dir = Path(torch.__file__).resolve().parent
+    frames = traceback.extract_tb(e.__traceback__)
+
+    def show(f) -> str:
+        path = Path(f.filename).resolve()
+        name = path.relative_to(root) if path.is_relative_to(root) else Path(*path.parts[-3:])
+        return f"{name}:{f.lineno} ({(f.line or '').strip()})"
+
+    own = [f for f in frames if Path(f.filename).resolve().is_relative_to(root) and "/plan/" not in f.filename]
+    outside = [f for f in frames if not Path(f.filename).resolve().is_relative_to(torch_dir)]
+    text = show(own[-1]) if own else "an operation"
+    if outside and (not own or outside[-1] is not own[-1]) and "/plan/" not in outside[-1].filename:
+        text += f", in {show(outside[-1])}"
+    return text
 
 
 def gib(n: float) -> str:
