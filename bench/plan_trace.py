@@ -208,7 +208,13 @@ NOTES = """## How the step is traced, and what is real
   is copied to the device without pinning its host memory. `method.init` is `random` (the values do not
   change the memory). One micro-batch per step (accumulation adds nothing but more of the same).
 - **Not traced.** DeepSpeed: it picks its accelerator (the CPU here) and allocates its buffers itself.
-  Packed rows (data.packing).
+  Packed rows (data.packing). int8 bases: bitsandbytes' int8 matmul picks outlier columns by their values,
+  an output whose shape depends on the data, which a fake tensor cannot have.
+- **SDPA on a CPU-only torch.** torch picks SDPA's kernel in C++ from the device's properties; a CPU-only
+  torch has none for CUDA and runs SDPA's math fallback on a fake CUDA device (it keeps the [B, H, T, T]
+  probabilities, which a GPU's fused kernels do not). The trace says so in its notes when the attention
+  resolves to `sdpa`; the cells here run ptune's Triton kernel (model.attention=auto in bf16 on CUDA), whose
+  custom operators have fake implementations that allocate what the kernels write.
 
 ## What the trace cannot see, and what the plan adds for it
 
