@@ -129,6 +129,7 @@ def run_child(payload: dict, timeout: float | None = None) -> dict:
 
     env = {**os.environ, "PTUNE_TORCH_LIB": str(Path(torch.__file__).parent / "lib"),
            "PTUNE_FAKE_CUDA_LIB": str(library())}
+    env.pop("TRITON_INTERPRET", None)  # a GPU runs the compiled Triton kernels (the interpreter takes CPU tensors only)
     with tempfile.TemporaryDirectory(prefix="ptune-trace-") as tmp:
         request, answer = Path(tmp) / "request.json", Path(tmp) / "answer.json"
         request.write_text(json.dumps(payload))
