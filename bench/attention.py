@@ -5,7 +5,9 @@
                               [--batch 1 8 32] [--prefix 16 64 256] [--seq 128 512]
                               [--heads 9 3] [--dim 64] [--reps 5] [--impls sdpa split auto]
                               [--threads 2] [--out docs/bench_attention.md]
-    python bench/attention.py --device cuda [--out docs/bench_attention_gpu.md]   (see "On CUDA" below)
+    python bench/attention.py --device cuda [--budget-s S] [--out docs/bench_attention_gpu.md] [--json F]
+                                                                                 (see "On CUDA" below)
+    python bench/attention.py --tiny [--out F]    the CUDA code path on the CPU: one small bf16 cell, no flex
 
 On CPU: shapes follow SmolLM2 (9 query heads over 3 KV heads, head dim 64): q [B, 9, T, 64], k/v [B, 3, T, 64],
 a prefix [3, P, 64] shared by the batch, causal, everything requiring grad (as in prompt training,
@@ -29,7 +31,11 @@ sequence causal"). Time: median of --reps CUDA-event timings after warm-up calls
 Triton and flex kernels). Memory: torch.cuda.max_memory_allocated during one forward+backward, above
 what was allocated before it. The table (--out, e.g. docs/bench_attention_gpu.md) names the GPU,
 date and versions, and gives TFLOP/s and time/memory ratios against `fa2` (or `sdpa-mask` where the
-flash kernel does not apply), and each output's largest difference from `sdpa-mask`'s.
+flash kernel does not apply), and each output's largest difference from `sdpa-mask`'s. The peers and ours
+run in every cell first, then flex in a second pass over the cells (torch.compile: its first call, and each new
+shape's, compiles, tens of seconds); the table and the rows (--json) are rewritten after every line, so a run
+cut short (scripts/gpu-check.sh's stage limit) keeps what it measured, and with --budget-s no cell (of either
+pass) starts once that many seconds have passed.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import argparse
 import datetime
 import importlib.metadata
 import itertools
+import json
 import os
 import platform
 import statistics
@@ -179,30 +186,41 @@ def attention_flops(B, Hq, T, P, d):
     return 3.5 * 4 * d * pairs * B * Hq
 
 
-def gpu_measure(fn, xs, grad, reps, truth):
-    """(median seconds, peak bytes, output error vs `truth`) of forward+backward on CUDA."""
+def gpu_measure(fn, xs, grad, reps, truth, device="cuda"):
+    """(median seconds, peak bytes, output error vs `truth`) of forward+backward on CUDA (on the CPU, --tiny:
+    perf_counter timings and no memory figure)."""
+    cuda = device == "cuda"
+
     def step():
         run_once(fn, xs, grad)
 
-    for _ in range(GPU_WARMUP):  # the first call compiles (Triton, flex)
+    for _ in range(GPU_WARMUP if cuda else 1):  # the first call compiles (Triton, flex)
         step()
-    torch.cuda.synchronize()
     times = []
+    if cuda:
+        torch.cuda.synchronize()
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
     for x in xs:
         x.grad = None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - before
+    peak = 0
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
     with torch.no_grad():
         out = fn(*[x.detach() for x in xs]).float()
     err = ((out - truth).abs().max() / truth.abs().max()).item()
@@ -216,83 +234,173 @@ def _version(dist):
         return "not installed"
 
 
-def gpu_main(args):
-    dtype = getattr(torch, args.dtype or "bfloat16")
-    models = GPU_MODELS if args.heads is None and args.dim is None else {
-        "custom": (*(args.heads or (32, 8)), args.dim or 64)}
-    batches, seqs, prefixes = args.batch or [4], args.seq or [1024, 4096], args.prefix or [20, 128]
-    reps = args.reps or 20
-    ours, probe = [], torch.empty(1, 8, 1, 64, device=args.device, dtype=dtype)
-    for name in args.impls or ["triton", "flash"]:
-        why = None if name == "auto" else unavailable(name, probe)
+TINY_MODELS = {"tiny": (4, 2, 16)}  # --tiny: gpu_main's code on the CPU, one small cell
+
+
+def gpu_settings(args):
+    """Fill in gpu_main's defaults (CUDA: Llama heads, B 4, T 1024 4096, P 20 128; --tiny: one small CPU cell)."""
+    tiny = args.device != "cuda"
+    args.dtype = args.dtype or "bfloat16"
+    if args.heads is None and args.dim is None:
+        args.models = dict(TINY_MODELS if tiny else GPU_MODELS)
+    else:
+        args.models = {"custom": (*(args.heads or (32, 8)), args.dim or 64)}
+    args.batch = args.batch or ([2] if tiny else [4])
+    args.seq = args.seq or ([32] if tiny else [1024, 4096])
+    args.prefix = args.prefix or ([8] if tiny else [20, 128])
+    args.reps = args.reps or (1 if tiny else 20)
+    args.impls = args.impls or ["triton", "flash"]
+    return args
+
+
+def gpu_cells(args):
+    """(model, (Hq, Hkv, d), B, T, P) of every cell, in the table's order."""
+    return [(model, shape, B, T, P) for (model, shape), B, T, P in
+            itertools.product(args.models.items(), args.batch, args.seq, args.prefix)]
+
+
+def ours(args, probe):
+    """Our implementations that run here (the others are printed as skipped); probe None: every one asked for."""
+    names = []
+    for name in args.impls:
+        why = None if name == "auto" or probe is None else unavailable(name, probe)
         if why:
             print(f"# skipping {name}: {why}", file=sys.stderr)
         else:
-            ours.append(name)
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    lines = [
+            names.append(name)
+    return names
+
+
+class Table:
+    """The report's lines; the file (--out) and the rows (--json) rewritten after every measured line, so a run
+    cut short keeps what it measured."""
+
+    def __init__(self, args, lines):
+        self.args, self.lines, self.rows = args, lines, []
+
+    def add(self, line, row=None):
+        self.lines.append(line)
+        if row is not None:
+            self.rows.append(row)
+        print(line, flush=True)
+        self.write()
+
+    def write(self):
+        if self.args.out:
+            self.args.out.parent.mkdir(parents=True, exist_ok=True)
+            self.args.out.write_text("\n".join(self.lines) + "\n")
+        if self.args.json:
+            self.args.json.parent.mkdir(parents=True, exist_ok=True)
+            self.args.json.write_text(json.dumps({"argv": self.args.argv, "rows": self.rows}, indent=1))
+
+
+def gpu_main(args):
+    """The CUDA table (--tiny: the same code on the CPU, one small cell, no flex, no memory figure)."""
+    gpu_settings(args)
+    cuda = args.device == "cuda"
+    dtype = getattr(torch, args.dtype)
+    reps, t_start = args.reps, time.monotonic()
+    mine = ours(args, torch.empty(1, 8, 1, 64, device=args.device, dtype=dtype))
+    if cuda:
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        machine = f"{props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
+    else:
+        machine = f"{cpu_name()}, {torch.get_num_threads()} threads (--tiny: the code path, not a measurement)"
+    table = Table(args, [
         "# Prefix attention on a GPU: our kernels against FlashAttention-2 and flex_attention", "",
         f"Produced by `python bench/attention.py {' '.join(args.argv)}` (gpu_main).", "",
-        f"Machine: {props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB); "
-        f"{datetime.date.today().isoformat()}; torch {torch.__version__} (CUDA {torch.version.cuda}), "
-        f"triton {_version('triton')}, flash-attn {_version('flash-attn')}.", "",
-        f"{args.dtype or 'bfloat16'}; q [B, Hq, T, d], k/v [B, Hkv, T, d], a prefix [Hkv, P, d] shared by the batch; "
+        f"Machine: {machine}; {datetime.date.today().isoformat()}; torch {torch.__version__} (CUDA "
+        f"{torch.version.cuda}), triton {_version('triton')}, flash-attn {_version('flash-attn')}.", "",
+        f"{args.dtype}; q [B, Hq, T, d], k/v [B, Hkv, T, d], a prefix [Hkv, P, d] shared by the batch; "
         "causal over the sequence, every query sees the whole prefix; no padding; everything requires grad. "
         f"Time: forward+backward, median of {reps} CUDA-event timings after {GPU_WARMUP} warm-up calls. "
         "Memory: peak allocated during one forward+backward above what was allocated before it. TFLOP/s: "
         "visible (query, key) pairs only, 4·d FLOPs each forward, 2.5x that backward. Ratios: / `fa2` "
         "(or / `sdpa-mask` where SDPA's flash kernel does not apply; the `peer` column says which); below 1 "
-        "is faster or smaller. err: largest |out - sdpa-mask's out| / largest |sdpa-mask's out|.", "",
+        "is faster or smaller. err: largest |out - sdpa-mask's out| / largest |sdpa-mask's out|. Every cell's "
+        "peers and ours first, then flex for every cell (its calls compile); the file is rewritten after every "
+        "line.", "",
         "Peers: `fa2` = prefix concatenated per row, SDPA with a bottom-right causal bias (FlashAttention-2); "
         "`sdpa-mask` = prefix concatenated per row, SDPA with a boolean mask; `flex` = torch.compile'd "
-        "flex_attention, block mask \"prefix visible, sequence causal\". Ours: " + ", ".join(ours) + ".", "",
+        "flex_attention, block mask \"prefix visible, sequence causal\". Ours: " + (", ".join(mine) or "none") + ".", "",
         "| model | B | T | P | impl | ms | TFLOP/s | time x peer | peak MiB | mem x peer | peer | err |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    print("\n".join(lines), flush=True)
-    for (model, (Hq, Hkv, d)), B, T, P in itertools.product(models.items(), batches, seqs, prefixes):
+    ])
+    print("\n".join(table.lines), flush=True)
+    table.write()
+    peers = {}  # cell -> (peer name, its result): flex's ratios in the second pass
+    flex_failed = None
+    cells = [(cell, "first") for cell in gpu_cells(args)] + [(cell, "flex") for cell in gpu_cells(args)]
+    for (model, (Hq, Hkv, d), B, T, P), turn in cells:
+        head, key = f"| {model} | {B} | {T} | {P}", (model, B, T, P)
+        if turn == "flex" and key not in peers:
+            continue  # its first pass did not run
+        if args.budget_s and time.monotonic() - t_start > args.budget_s:
+            impl = "-" if turn == "first" else "flex"
+            table.add(f"{head} | {impl} | skipped: {args.budget_s:.0f} s budget spent | | | | | | |",
+                      {"model": model, "B": B, "T": T, "P": P, "impl": impl, "skipped": "budget"})
+            continue
         xs = inputs(B, P, T, Hq, Hkv, d, dtype, args.device)
         grad = torch.randn(B, Hq, T, d, generator=torch.Generator().manual_seed(1)).to(xs[0])
         with torch.no_grad():
             truth = baseline(*[x.detach() for x in xs]).float()
-        fa2 = fa2_applies(xs[0], concat_prefix(*xs[1:])[0])
-        fns = {"fa2": fa2_peer, "sdpa-mask": baseline}
-        try:
-            fns["flex"] = flex_peer(T, P, args.device)
-        except Exception as e:  # noqa: BLE001 -- reported in the table
-            print(f"# flex unavailable: {type(e).__name__}: {e}", file=sys.stderr)
-        for name in ours:
-            fns[name] = lambda q, k, v, pk, pv, _impl=name: prefix_attention(q, k, v, pk, pv, causal=True, impl=_impl)
+        if turn == "first":
+            fns = {"fa2": fa2_peer, "sdpa-mask": baseline}
+            for name in mine:
+                fns[name] = lambda q, k, v, pk, pv, _impl=name: prefix_attention(q, k, v, pk, pv, causal=True,
+                                                                                 impl=_impl)
+        else:
+            fns = {"flex": None}  # made when its turn comes: its first call compiles
+        fa2 = cuda and turn == "first" and fa2_applies(xs[0], concat_prefix(*xs[1:])[0])
+        flops = attention_flops(B, Hq, T, P, d)
         results = {}
+        peer, base = peers.get(key, (None, None))
         for name, fn in fns.items():
             try:
-                results[name] = gpu_measure(fn, xs, grad, reps, truth)
+                if name == "flex":
+                    if not cuda:
+                        raise RuntimeError("not run by the CPU check (torch.compile)")
+                    if flex_failed:
+                        raise RuntimeError(f"not retried ({flex_failed})")
+                    fn = flex_peer(T, P, args.device)
+                results[name] = gpu_measure(fn, xs, grad, reps, truth, args.device)
             except Exception as e:  # noqa: BLE001 -- an OOM or an unsupported shape is a result too
-                results[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
-                torch.cuda.empty_cache()
-        flops = attention_flops(B, Hq, T, P, d)
-        peer = "fa2" if fa2 and not isinstance(results["fa2"], str) else "sdpa-mask"
-        base = results[peer]
-        for name, r in results.items():
-            head = f"| {model} | {B} | {T} | {P} | {name}"
-            if isinstance(r, str):
-                line = f"{head} | {r} | | | | | {peer} | |"
+                results[name] = f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+                if name == "flex" and cuda:
+                    flex_failed = flex_failed or results[name][:80]
+                if cuda:
+                    torch.cuda.empty_cache()
+            if name == "fa2":
+                continue  # printed with sdpa-mask, once the peer is known
+            if name == "sdpa-mask":
+                peer = "fa2" if fa2 and not isinstance(results["fa2"], str) else "sdpa-mask"
+                base = results[peer]
+                peers[key] = (peer, base)
+                names = ["fa2", "sdpa-mask"]
             else:
+                names = [name]
+            for shown in names:
+                r, row = results[shown], {"model": model, "B": B, "T": T, "P": P, "impl": shown, "peer": peer}
+                if isinstance(r, str):
+                    table.add(f"{head} | {shown} | {r} | | | | | {peer} | |", {**row, "error": r})
+                    continue
                 t, m, err = r
-                ratio = (f"{t / base[0]:.2f} | {m / 2**20:.0f} | {m / max(base[1], 1):.2f}" if not isinstance(base, str)
-                         else f"- | {m / 2**20:.0f} | -")
-                line = f"{head} | {t * 1e3:.2f} | {flops / t / 1e12:.0f} | {ratio} | {peer} | {err:.1e} |"
-            lines.append(line)
-            print(line, flush=True)
-        del xs, grad, truth, fns, results
-        torch.cuda.empty_cache()
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+                ok = not isinstance(base, str)
+                ratio = (f"{t / base[0]:.2f} | {m / 2**20:.0f} | {m / max(base[1], 1):.2f}" if ok and cuda else
+                         f"{t / base[0]:.2f} | - | -" if ok else f"- | {m / 2**20:.0f} | -")
+                table.add(f"{head} | {shown} | {t * 1e3:.2f} | {flops / t / 1e12:.0f} | {ratio} | {peer} | "
+                          f"{err:.1e} |", {**row, "seconds": t, "peak_bytes": m, "err": err, "tflops": flops / t / 1e12})
+        del xs, grad, truth, fns
+        if cuda:
+            torch.cuda.empty_cache()
+    return 0
 
 
-def main(argv=None):
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="gpu_main's code on the CPU: one small cell, bf16, the "
+                    "peers and our kernels (triton in its interpreter when TRITON_INTERPRET=1), no flex")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="default: float32 (CPU), bfloat16 (CUDA)")
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="default: 1 8 32 (CPU), 4 (CUDA)")
@@ -305,10 +413,19 @@ def main(argv=None):
     ap.add_argument("--impls", nargs="+", default=None,
                     help="default: sdpa split triton flash auto (CPU), triton flash (CUDA; the peers always run)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--budget-s", type=float, default=0, help="CUDA: start no cell after this many seconds (0: none)")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
+    ap.add_argument("--json", type=Path, default=None, help="CUDA: also write the rows here")
     args = ap.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
-    if args.device == "cuda":
+    if args.tiny:
+        args.device = "cpu"
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.device == "cuda" or args.tiny:
         return gpu_main(args)
     for name, default in (("dtype", "float32"), ("batch", [1, 8, 32]), ("prefix", [16, 64, 256]),
                           ("seq", [128, 512]), ("heads", [9, 3]), ("dim", 64), ("reps", 5),

@@ -21,7 +21,8 @@ device's: the allocator's reserved peak plus what the process holds outside it (
 libraries), which is what must fit in 24 GB; the goal is 22 GiB. `ptune plan` predicts the same setup
 (ptune_dist.plan: the request below, parsed by `ptune plan`'s own parser; the planner's 1 GiB runtime term
 stands for the context); the goal is within 15% of the device peak. Throughput: the median of --steps
-steps after --warmup, tokens/s = batch x seq real tokens / step time (recomputation included).
+steps after --warmup, tokens/s = batch x seq real tokens / step time (recomputation included). The report and
+the rows are rewritten after every child (ptune's, PEFT's), so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from train_step import ANSWER, adamw_step, batch_tensors, peft_config  # noqa: E402  (bench/ on sys.path)
 from train_step_gpu import (  # noqa: E402
     SHAPES, Budget, base_folder, child_prepare, fmt, gib, machine_info, machine_lines, measure, memory_now,
-    ptune_rows, ratio, run_child, write_results)
+    ptune_rows, ratio, run_child, write_files, write_results)
 
 GiB = 2**30
 GOAL_GIB = 22.0
@@ -234,6 +235,7 @@ def main(argv=None):
             what = r["error"] if "error" in r else (f"{r['tokens_per_s']:8.0f} tokens/s, peak "
                                                     f"{gib(r['peak_bytes'])} GiB, loss {r['loss']:.3f}")
             print(f"{kind:5s} {r['method']:13s} B{r.get('batch', '?')}: {what}", flush=True)
+        write_files(args, report(args, machine, rows), machine, rows)  # after every child
     return write_results(args, report(args, machine, rows), machine, rows)
 
 

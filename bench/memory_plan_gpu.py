@@ -106,6 +106,11 @@ def make_base(shape: str, folder: Path, device, dtype: str) -> float:
     return made
 
 
+def plan_folder(base_dir, shape: str, dtype: str) -> Path:
+    """Where the base of `shape` lives in --base-dir (bench/gpu_bases.py makes it there beforehand)."""
+    return Path(base_dir) / f"llama-{shape}-plan-{dtype}"
+
+
 # -- the data -----------------------------------------------------------------------------------------------
 def label_tokens(seq: int) -> int:
     """Labelled tokens per generation row (target words + EOS): the planner's default, max_length / 4."""
@@ -429,7 +434,7 @@ def main(argv=None) -> int:
     base_dir = Path(args.base_dir) if args.base_dir else work
     base_dir.mkdir(parents=True, exist_ok=True)
     file_dtype = "float32" if device.type == "cpu" else "bfloat16"
-    folder = base_dir / f"llama-{shape_name}-plan-{file_dtype}"
+    folder = plan_folder(base_dir, shape_name, file_dtype)
     state = {"machine": machine_info(device), "shape": shape_name, "steps": args.steps, "budget_s": args.budget_s,
              "bases": bases, "folder": str(folder), "loads": {}, "made_s": 0.0, "rows": [], "skipped": [],
              "elapsed_s": 0.0}

@@ -32,6 +32,7 @@ Peak memory: torch.cuda.max_memory_allocated, reset once the base is loaded and 
 includes the base's weights); "above base" subtracts them. Ratios are ptune / PEFT, measured in the same run.
 --budget-s bounds the whole run: no child outlives it, and a shape after the first whose estimated time
 (NEED_S, plus MAKE_S when its base is missing) does not fit what is left is skipped with the reason printed.
+The report and the rows are rewritten after every child, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from packed_step import length_mix, packed_batches, padded_batches  # noqa: E402
 from train_step import ANSWER, adamw_step, batch_tensors, peft_config, ptune_batch  # noqa: E402
 from train_step_gpu import (  # noqa: E402
     METHOD_LABEL, PTUNE_METHOD, SHAPES, Budget, base_folder, fmt, free_memory, gib, machine_info, machine_lines,
-    make_base, measure, peft_base, ptune_base, ratio, run_child, write_results)
+    make_base, measure, peft_base, ptune_base, ratio, run_child, write_files, write_results)
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "bench_packed_step_gpu.md"
 # --tiny: the settings of the CPU check (the test reads them to rebuild the mix)
@@ -378,6 +379,7 @@ def main(argv=None):
                     f"{r['batches']} batch(es), loss {r['loss']:.3f}")
                 print(f"{shape:4s} {system:5s} {r['method']:13s} {r['workload']:5s} {r['layout']:8s} {what}",
                       flush=True)
+            write_files(args, report(args, machine, rows, stats), machine, rows)  # after every child
     return write_results(args, report(args, machine, rows, stats), machine, rows)
 
 

@@ -11,6 +11,8 @@ vocab 128256), batch 4 x 1024. Each base is made once on the GPU, saved with `sa
 safetensors) into --base-dir, and then loaded the way each system loads a model: ptune through its
 `load_base` (straight onto the GPU, its attention function, lean MLP activations), PEFT through
 `from_pretrained(attn_implementation="sdpa")` and `get_peft_model`. bench/consumer_gpu.py reuses the 8b folder.
+A base is made under a lock (FOLDER.lock): scripts/gpu-check.sh makes them all in the background beforehand
+(bench/gpu_bases.py), and a bench that finds one being made waits for it instead of making it again.
 
 Both systems train 20 virtual tokens with AdamW on the same token ids, labels on the last 16 tokens of each
 row (train_step.py's `answer` batch); prompt tuning on both sides, and prefix tuning: PEFT's
@@ -25,11 +27,14 @@ MFU counts 4N FLOPs per token, N the parameters that multiply (every linear laye
 input embeddings): a frozen base needs the forward pass (2N) and the backward pass to the inputs (2N), no
 weight gradients. Attention's own FLOPs are not counted. It is model FLOPs: ptune skips the LM head where
 there are no labels, which this count does not credit. Ratios are ptune / PEFT, measured in the same run.
+The report (--out) and the rows (--json) are rewritten after every child, so a run cut short keeps what it
+measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gc
 import json
 import os
@@ -90,7 +95,8 @@ def make_base(shape: str, folder: Path, device: str, dtype: str) -> float:
 def save_random_llama(folder: Path, config: dict, label: str, device: str, dtype: str, tokenizer=None) -> float:
     """A random-init Llama (LlamaConfig(**config)) saved as a HF folder, with `tokenizer` when given; a no-op
     when the folder is complete (READY). Built on `device` (fast init), written to a temporary folder,
-    renamed. Returns the seconds it took."""
+    renamed, under an exclusive lock (FOLDER.lock): a process that finds another one making it waits for that
+    one and reuses its folder. Returns the seconds it took to make (0 when made by another process)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
     from transformers.utils import logging
@@ -98,21 +104,29 @@ def save_random_llama(folder: Path, config: dict, label: str, device: str, dtype
     folder = Path(folder)
     if (folder / "READY").exists():
         return 0.0
-    logging.disable_progress_bar()
-    t0 = time.perf_counter()
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(LlamaConfig(**config), dtype=getattr(torch, dtype))
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, max_shard_size="5GB")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    (tmp / "READY").write_text(f"{label}, random init, {dtype}\n")
-    del model
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return time.perf_counter() - t0
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        waited = time.perf_counter()
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process making it (bench/gpu_bases.py): wait for it
+        waited = time.perf_counter() - waited
+        if (folder / "READY").exists():
+            print(f"base {folder.name}: made by another process, waited {waited:.0f} s", file=sys.stderr, flush=True)
+            return 0.0
+        logging.disable_progress_bar()
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(LlamaConfig(**config), dtype=getattr(torch, dtype))
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, max_shard_size="5GB")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / "READY").write_text(f"{label}, random init, {dtype}\n")
+        del model
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        return time.perf_counter() - t0
 
 
 # -- measuring in a child ----------------------------------------------------------------------------
@@ -505,6 +519,9 @@ def main(argv=None):
                               "base_dir": args.base_dir}, budget, min_s=5, children=inline)
     print(f"prepare: {prep.get('error') or format(prep['child_s'], '.0f') + ' s'}", flush=True)
     rows = []
+    bases = ("random-init, made once on the GPU and saved with save_pretrained (config.json + safetensors) to "
+             "a local folder, then loaded by each system's own loader in its own process" if not args.tiny else
+             "random-init, saved with save_pretrained and loaded by each system's loader")
     for shape in args.shape_list:
         folder = str(base_folder(args.base_dir, shape, args.dtype))
         for system in ("ptune", "peft"):
@@ -520,22 +537,25 @@ def main(argv=None):
                 what = r["error"] if "error" in r else (f"{r['tokens_per_s']:9.0f} tokens/s, peak "
                                                         f"{gib(r.get('peak_bytes'))} GiB, loss {r['loss']:.3f}")
                 print(f"{shape:4s} {system:5s} {r['method']:13s} {what}", flush=True)
-    bases = ("random-init, made once on the GPU and saved with save_pretrained (config.json + safetensors) to "
-             "a local folder, then loaded by each system's own loader in its own process" if not args.tiny else
-             "random-init, saved with save_pretrained and loaded by each system's loader")
+            write_files(args, report(args, prep.get("machine", {}), rows, bases), prep.get("machine"), rows)
     return write_results(args, report(args, prep.get("machine", {}), rows, bases), prep.get("machine"), rows)
 
 
 def write_results(args, text: str, machine, rows: list[dict]) -> int:
     """Print the table, write it to --out and the rows to --json; exit status 1 when a row failed."""
     print(text)
+    write_files(args, text, machine, rows)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def write_files(args, text: str, machine, rows: list[dict]) -> None:
+    """The table to --out and the rows to --json: after every child, so a run cut short keeps what it measured."""
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -66,9 +66,11 @@ def check_packed(q, k, prefix_k, segment_ids, prefix_ids) -> None:
     if prefix_ids is not None and (segment_ids is None or prefix_k is None or prefix_k.dim() != 4):
         raise ValueError("prefix_attention: prefix_ids index a prefix table [N, Hkv, P, d] of packed rows; give "
                          "segment_ids and a 4-D prefix_k with them")
-    if prefix_ids is not None and prefix_ids.numel() and int(prefix_ids.max()) >= prefix_k.shape[0]:
-        raise ValueError(f"prefix_attention: prefix_ids reach {int(prefix_ids.max())}, the table has "
-                         f"{prefix_k.shape[0]} entries")
+    if prefix_ids is not None and prefix_ids.numel():
+        # checked where the values are, without the host waiting for a GPU (a failed check on CUDA is a device-side
+        # assert); on the CPU it raises at once with this message
+        torch._assert_async(prefix_ids.max() < prefix_k.shape[0],
+                            f"prefix_attention: prefix_ids reach past the prefix table's {prefix_k.shape[0]} entries")
 
 
 def resolve_impl(impl: str, q: torch.Tensor, prefix_k=None, key_padding_mask=None, causal=True,

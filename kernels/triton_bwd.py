@@ -23,7 +23,7 @@ prefix-entry (prefix keys) equality.
 import triton
 import triton.language as tl
 
-from .triton_fwd import LOG2E, load_tile, sequence_end, sequence_visible
+from .triton_fwd import LOG2E, SIZES, load_tile, sequence_end, sequence_visible
 from .triton_packed import entry_queries, key_block_queries, query_layout, same_segment
 
 
@@ -50,7 +50,7 @@ def dq_step(dq, q, do, k, v, lse2, delta, visible, qk_scale, DOT_PRECISION: tl.c
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def prefix_attention_bwd_dq(
     Q, K, V, PK, PV, KPM, META, DO, LSE, DELTA, DQ,
     stride_qb, stride_qh, stride_qt,
@@ -120,7 +120,8 @@ def prefix_attention_bwd_dq(
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("B", "H", "GROUP", "Tq", "N", "SHIFT", "ROWS", "E", "stride_mb", "stride_sp",
+                               "stride_sb"))  # as triton_fwd.SIZES: what changes from batch to batch
 def prefix_attention_bwd_dkdv(
     Q, K, V, KPM, META, RANGES, DO, LSE, DELTA, DK, DV,
     stride_qb, stride_qh, stride_qt,

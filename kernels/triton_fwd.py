@@ -25,6 +25,11 @@ from .triton_packed import query_layout, same_segment
 # (the interpreter accepts it; tests/test_kernels_triton_aot.py compiles the kernels to catch that)
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+# arguments that change from batch to batch (lengths, the mask's and the packed layout's row strides) or from
+# model to model (heads) and gain nothing from Triton's specialisation (divisible by 16, or == 1): left
+# unspecialised, one binary serves every batch. The head dim D and the q/k/v/o strides (multiples of D) stay
+# specialised: they make the [rows, BLOCK_D] tile loads and stores vectorised.
+SIZES = ("H", "GROUP", "Tq", "Tk", "P", "stride_mb", "stride_sp")
 
 
 @triton.jit
@@ -70,7 +75,7 @@ def online_softmax_step(acc, m_i, l_i, q, k, v, visible, qk_scale, DOT_PRECISION
     return acc, m_new, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def prefix_attention_fwd(
     Q, K, V, PK, PV, KPM, META, O, LSE,
     stride_qb, stride_qh, stride_qt,

@@ -1,4 +1,7 @@
-"""The Triton implementation: launches triton_fwd / triton_bwd inside a torch.autograd.Function.
+"""The Triton implementation: the kernels of triton_fwd.py / triton_bwd.py as two torch.library custom operators,
+`ptune::triton_fwd` (output, log-sum-exp) and `ptune::triton_bwd` (the gradients), joined by register_autograd.
+Their fake implementations allocate what the kernels write (no launch), so a step with these kernels traces under
+FakeTensorMode, on a fake CUDA device too, and torch.compile sees one opaque call per attention.
 
 Compiled on a CUDA GPU. On CPU the kernels run only in Triton's interpreter, which is chosen when the
 kernel modules are imported, so TRITON_INTERPRET=1 must be in the environment before the first call
@@ -6,16 +9,24 @@ of `prefix_attention(..., impl="triton")` (the tests set it at import). In the i
 upcast to fp32 before `tl.dot` (its bf16 dot gives wrong results, triton issue 11584); accumulation
 is fp32 everywhere.
 
-Block sizes are arguments of `prefix_attention` (defaults: 16 in the interpreter, where small blocks
-make odd lengths cross block edges in tests; 64 x 64 on a GPU, 64 x 32 for head dims above 64).
+Block sizes: on a GPU each kernel (forward, dQ, dK/dV) takes its own BLOCK_M x BLOCK_N and warps from
+kernels/triton_blocks.py's table, per architecture (`tiles(D, arch=triton_blocks.device_arch(q))`; the
+capability is read once per device, never for a fake or meta tensor) and head dim; `prefix_attention`'s
+block_m / block_n, when given, replace them in every kernel. The interpreter takes 16 x 16, where small
+blocks make odd lengths cross block edges in tests. float32 runs only in the interpreter (for the CPU
+tests): on CUDA `unavailable` refuses it (impl='sdpa' or 'auto' runs fp32 there); its fp32-dot path moved
+13-54 KB per thread through register spills (issue 20).
 
 Each kernel's argument list is written once, in `forward_launch` / `backward_launches` (a `Launch` per
-kernel call); kernels/triton_aot.py compiles those same launches for sm_80/sm_90 without a GPU, since
-the interpreter accepts code the compiler refuses.
+kernel call); kernels/triton_aot.py compiles those same launches for sm_80/sm_90 without a GPU, through
+Triton's own JIT specialisation of them, since the interpreter accepts code the compiler refuses, and
+tabulates their registers, spills and shared memory (docs/kernel_resources.md). Sizes that change from
+batch to batch are not specialised on (`do_not_specialize` in triton_fwd.py / triton_bwd.py): one binary
+per kernel and flag set serves every batch length.
 
 Packed rows (segment_ids, and prefix_ids with a prefix table): the wrapper builds the int32 layout of
-triton_packed.py once per call (segment start/end per position, prefix entry per query; ValueError
-naming segment_ids when a segment is not one contiguous run) and the same kernels run with PACKED set:
+triton_packed.py once per batch (segment start/end per position, prefix entry per query; a segment that is not
+one contiguous run is a ValueError naming segment_ids on the CPU, a device-side assert on a GPU) and the same kernels run with PACKED set:
 key blocks wholly outside the queries' sequences are never visited, the prefix (shared, per row, or a
 table) is read in place, and a table's gradient is summed in fp32 partials in a fixed order.
 """
@@ -28,6 +39,8 @@ import torch
 import triton
 from triton.runtime.interpreter import InterpretedFunction
 
+from . import triton_blocks
+from .triton_blocks import Tiles
 from .triton_bwd import prefix_attention_bwd_dkdv, prefix_attention_bwd_dq
 from .triton_fwd import prefix_attention_fwd
 from .triton_packed import PackedLayout, cached_layout
@@ -41,7 +54,7 @@ def unavailable(q: torch.Tensor, dropout_p: float = 0.0) -> str | None:
     if dropout_p > 0.0:
         return "the Triton kernels do not implement attention dropout (impl='sdpa' does; 'auto' picks it)"
     if q.dtype not in DTYPES:
-        return f"the Triton kernels take float32, float16 or bfloat16, not {q.dtype}"
+        return f"the Triton kernels take float16 or bfloat16 (float32 in the CPU interpreter), not {q.dtype}"
     if q.shape[-1] > MAX_HEAD_DIM:
         return f"the Triton kernels take head dims up to {MAX_HEAD_DIM}, not {q.shape[-1]}"
     if INTERPRETED:
@@ -49,20 +62,34 @@ def unavailable(q: torch.Tensor, dropout_p: float = 0.0) -> str | None:
     if q.device.type != "cuda":
         return (f"Triton compiles for a GPU and the tensors are on {q.device.type}; on CPU it runs only in its "
                 "interpreter: set TRITON_INTERPRET=1 before the kernels are first imported (slow; for tests)")
+    if q.dtype == torch.float32:
+        return ("the Triton kernels are not launched in float32 on CUDA (fp32 dots without tensor cores spill "
+                "registers; fp32 is checked only in the CPU interpreter): impl='sdpa' runs it, and 'auto' picks that")
     return None
 
 
-def _blocks(d, block_m, block_n):
+KERNELS = ("fwd", "dq", "kv")  # the forward, dQ and dK/dV kernels, as triton_blocks.Tiles names them
+
+
+def tiles(D, block_m=None, block_n=None, arch=None) -> Tiles:
+    """The tiles of every kernel for head dim D on compute capability `arch` (triton_blocks.device_arch(q);
+    None: triton_blocks.DEFAULT_ARCH): the table's on a GPU, 16 x 16 in the interpreter; block_m / block_n,
+    when given, replace BLOCK_M / BLOCK_N in every kernel."""
     if INTERPRETED:
-        return block_m or 16, block_n or 16
-    return block_m or 64, block_n or (64 if d <= 64 else 32)
+        t = triton_blocks.uniform(D, 16, 16)
+    else:
+        t = triton_blocks.table(arch or triton_blocks.DEFAULT_ARCH, D)
+    given = {f"{k}_m": block_m for k in KERNELS if block_m} | {f"{k}_n": block_n for k in KERNELS if block_n}
+    return t._replace(**given)
 
 
-def _opts(dtype):
-    """Launch options: fp32 tiles in the interpreter (triton issue 11584), IEEE dots for fp32 inputs."""
-    opts = dict(UPCAST=INTERPRETED, DOT_PRECISION="ieee" if dtype == torch.float32 or INTERPRETED else "tf32")
-    if not INTERPRETED:
-        opts["num_warps"] = 4
+def _opts(dtype, blocks: Tiles, kernel: str) -> dict:
+    """Launch keywords of `kernel`: its tiles and warps (no warps in the interpreter), fp32 tiles in the
+    interpreter (triton issue 11584), IEEE dots for fp32 inputs (the interpreter's only)."""
+    opts = dict(UPCAST=INTERPRETED, DOT_PRECISION="ieee" if dtype == torch.float32 or INTERPRETED else "tf32",
+                **blocks.of(kernel))
+    if INTERPRETED:
+        del opts["num_warps"]
     return opts
 
 
@@ -108,17 +135,11 @@ class Launch(NamedTuple):
         self.kernel[self.grid](*self.args, **self.meta)
 
 
-def tiles(D, block_m=None, block_n=None):
-    """(BLOCK_M, BLOCK_N, BLOCK_D) for head dim D: BLOCK_D pads D to a power of two >= 16."""
-    return (*_blocks(D, block_m, block_n), max(16, triton.next_power_of_2(D)))
-
-
-def forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks, packed: PackedLayout | None = None):
-    """The output and log-sum-exp buffers, and the forward kernel's launch that fills them (packed rows:
-    `packed`, from triton_packed.layout)."""
+def forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks: Tiles, packed: PackedLayout | None = None):
+    """The output and log-sum-exp buffers, and the forward kernel's launch that fills them (blocks: `tiles`;
+    packed rows: `packed`, from triton_packed.layout)."""
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    BM, BN, BD = blocks
     o = torch.empty_like(q)
     lse = torch.empty(B, H, Tq, device=q.device, dtype=torch.float32)
     has_kpm = kpm is not None
@@ -128,34 +149,36 @@ def forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks, packed: PackedLa
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides4(pk, table), *_strides4(pv, table),
             kpm.stride(0) if has_kpm else 0, stride_sp, *o.stride()[:3],
             H, H // Hkv, Tq, Tk, pk.shape[-2], D, scale)
-    meta = dict(CAUSAL=causal, HAS_KPM=has_kpm, PACKED=packed is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
-                **_opts(q.dtype))
-    return (o, lse), Launch(prefix_attention_fwd, (triton.cdiv(Tq, BM), B * H), args, meta)
+    meta = dict(CAUSAL=causal, HAS_KPM=has_kpm, PACKED=packed is not None, **_opts(q.dtype, blocks, "fwd"))
+    return (o, lse), Launch(prefix_attention_fwd, (triton.cdiv(Tq, blocks.fwd_m), B * H), args, meta)
 
 
-def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks, prefix_rows,
+def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks: Tiles, prefix_rows,
                       packed: PackedLayout | None = None):
     """The gradient buffers (dq, dk, dv, prefix ones: per-row, or [groups, E, Hkv, P, D] fp32 partial sums
-    for a shared prefix (E = 1) or a prefix table (E = N)) and the backward kernels' launches that fill them."""
+    for a shared prefix (E = 1) or a prefix table (E = N)) and the backward kernels' launches that fill them
+    (blocks: `tiles`)."""
     B, H, Tq, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     P = pk.shape[-2]
-    BM, BN, BD = blocks
+    BN = blocks.kv_n
     delta = (do.float() * o.float()).sum(-1)
     has_kpm = kpm is not None
     kpm_arg = kpm if has_kpm else q
     kpm_stride = kpm.stride(0) if has_kpm else 0
-    meta = dict(PACKED=packed is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, **_opts(q.dtype))
     table = packed is not None and packed.table
     packed_meta, stride_sp = _packed_args(packed, q)
+    flags = dict(PACKED=packed is not None)
 
     dq = torch.empty_like(q)
-    launches = [Launch(prefix_attention_bwd_dq, (triton.cdiv(Tq, BM), B * H), (
+    launches = [Launch(prefix_attention_bwd_dq, (triton.cdiv(Tq, blocks.dq_m), B * H), (
         q, k, v, pk, pv, kpm_arg, packed_meta, do, lse, delta, dq,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides4(pk, table), *_strides4(pv, table),
         kpm_stride, stride_sp, *do.stride()[:3], *dq.stride()[:3],
-        H, H // Hkv, Tq, Tk, P, D, scale), dict(CAUSAL=causal, HAS_KPM=has_kpm, **meta))]
+        H, H // Hkv, Tq, Tk, P, D, scale), dict(CAUSAL=causal, HAS_KPM=has_kpm, **flags,
+                                                **_opts(q.dtype, blocks, "dq")))]
 
+    meta = dict(**flags, **_opts(q.dtype, blocks, "kv"))
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     launches.append(Launch(prefix_attention_bwd_dkdv, (triton.cdiv(Tk, BN), Hkv, B), (
         q, k, v, kpm_arg, packed_meta, packed_meta, do, lse, delta, dk, dv,
@@ -185,31 +208,78 @@ def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks, p
     return (dq, dk, dv, dpk_buf, dpv_buf), launches
 
 
-class _TritonPrefixAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, pk, pv, kpm, causal, scale, block_m, block_n, prefix_rows, seg_meta, ranges, table):
-        blocks = tiles(q.shape[-1], block_m, block_n)
-        packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
-        (o, lse), launch = forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks, packed)
-        launch.run()
-        ctx.save_for_backward(q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges)
-        ctx.args = (causal, scale, blocks, prefix_rows, table)
-        return o
+# -- the kernels as torch.library custom operators: a forward and a backward op, with fake implementations (what
+# FakeTensorMode and torch.compile see: the same buffers, no launch) and the autograd formula joining them ----------
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges = ctx.saved_tensors
-        causal, scale, blocks, prefix_rows, table = ctx.args
-        packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
-        (dq, dk, dv, dpk, dpv), launches = backward_launches(q, k, v, pk, pv, kpm, o, lse, do.contiguous(),
-                                                             causal, scale, blocks, prefix_rows, packed)
-        for launch in launches:
-            launch.run()
-        if dpk is not None and dpk.dim() == 5:  # shared or table: the partial sums, added in a fixed order
-            dpk, dpv = dpk.sum(0).to(pk.dtype), dpv.sum(0).to(pv.dtype)
-            if pk.dim() == 3:
-                dpk, dpv = dpk[0], dpv[0]
-        return dq, dk, dv, dpk, dpv, *[None] * 9
+@torch.library.custom_op("ptune::triton_fwd", mutates_args=())
+def triton_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
+               kpm: torch.Tensor | None, seg_meta: torch.Tensor | None, ranges: torch.Tensor | None, table: bool,
+               causal: bool, scale: float, block_m: int | None, block_n: int | None,
+               prefix_rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, log-sum-exp) of the fused forward kernel; `prefix_rows` is the backward's (carried for autograd)."""
+    blocks = tiles(q.shape[-1], block_m, block_n, triton_blocks.device_arch(q))
+    packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
+    (o, lse), launch = forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks, packed)
+    launch.run()
+    return o, lse
+
+
+@triton_fwd.register_fake
+def _(q, k, v, pk, pv, kpm, seg_meta, ranges, table, causal, scale, block_m, block_n, prefix_rows):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("ptune::triton_bwd", mutates_args=())
+def triton_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: torch.Tensor,
+               pv: torch.Tensor, kpm: torch.Tensor | None, o: torch.Tensor, lse: torch.Tensor,
+               seg_meta: torch.Tensor | None, ranges: torch.Tensor | None, table: bool, causal: bool, scale: float,
+               block_m: int | None, block_n: int | None,
+               prefix_rows: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv, dpk, dpv) of the fused backward kernels; the prefix gradients are zero-length when P = 0."""
+    return _backward(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n,
+                     prefix_rows, run=True)
+
+
+@triton_bwd.register_fake
+def _(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n, prefix_rows):
+    return _backward(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n,
+                     prefix_rows, run=False)
+
+
+def _backward(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n,
+              prefix_rows, run: bool):
+    """The backward's buffers, filled by its launches when `run` (the fake implementation allocates the same
+    buffers, partial sums included, so a traced step holds what the GPU would)."""
+    packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
+    blocks = tiles(q.shape[-1], block_m, block_n, triton_blocks.device_arch(q))
+    (dq, dk, dv, dpk, dpv), launches = backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks,
+                                                         prefix_rows, packed)
+    for launch in launches if run else ():
+        launch.run()
+    if dpk is None:  # no prefix: zero-length gradients of the zero-length prefix
+        return dq, dk, dv, torch.zeros_like(pk), torch.zeros_like(pv)
+    if dpk.dim() == 5:  # shared or table: the partial sums, added in a fixed order
+        dpk, dpv = dpk.sum(0).to(pk.dtype), dpv.sum(0).to(pv.dtype)
+        if pk.dim() == 3:
+            dpk, dpv = dpk[0], dpv[0]
+    return dq, dk, dv, dpk, dpv
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, pk, pv, kpm, seg_meta, ranges, table, causal, scale, block_m, block_n, prefix_rows = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges)
+    ctx.args = (table, causal, scale, block_m, block_n, prefix_rows)
+    ctx.mark_non_differentiable(lse)
+
+
+def _autograd(ctx, do, dlse):
+    q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges = ctx.saved_tensors
+    grads = torch.ops.ptune.triton_bwd(do.contiguous(), q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, *ctx.args)
+    return *grads, *[None] * 9
+
+
+triton_fwd.register_autograd(_autograd, setup_context=_setup_context)
 
 
 def _last_dim_contiguous(x):
@@ -238,6 +308,7 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
     for name, x in (("block_m", block_m), ("block_n", block_n)):
         if x is not None and (x < 16 or x & (x - 1)):
             raise ValueError(f"triton prefix attention: {name}={x} must be a power of two >= 16")
-    return _TritonPrefixAttention.apply(q, k, v, prefix_k, prefix_v, kpm, bool(causal), float(scale),
-                                        block_m, block_n, prefix_rows_per_program,
-                                        *(packed if packed is not None else (None, None, False)))
+    seg_meta, ranges, table = packed if packed is not None else (None, None, False)
+    out, _ = triton_fwd(q, k, v, prefix_k, prefix_v, kpm, seg_meta, ranges, table, bool(causal), float(scale),
+                        block_m, block_n, prefix_rows_per_program)  # ptune::triton_fwd
+    return out

@@ -75,7 +75,7 @@ _LAST: list = []  # the last layout built: [(weak references to its segment_ids 
 
 def cached_layout(segment_ids: torch.Tensor, prefix_ids, Tq: int, has_prefix: bool, entries: int = 1) -> PackedLayout:
     """`layout`, built once for the same tensors: every layer of a forward passes the same segment_ids and
-    prefix_ids objects, and building the layout (its contiguity check reads the result back) waits on the GPU.
+    prefix_ids objects, and building it costs a dozen small kernels.
     Identity, not address: a new batch is a new tensor even where the allocator reuses the memory."""
     tensors = (segment_ids, prefix_ids)
     args = (Tq, has_prefix, entries, tuple(None if t is None else t._version for t in tensors))
@@ -90,10 +90,16 @@ def cached_layout(segment_ids: torch.Tensor, prefix_ids, Tq: int, has_prefix: bo
 
 
 def _check_contiguous(seg, run_starts):
-    """Every segment id >= 0 of a row must be one run of positions."""
+    """Every segment id >= 0 of a row must be one run of positions. On a GPU this is a device-side assert (the
+    host does not wait for the answer: data/packing.py makes contiguous runs); on the CPU a ValueError naming
+    the row and the segment."""
     runs = run_starts.sum(1)
     srt = seg.sort(1).values
     distinct = ((srt[:, 1:] != srt[:, :-1]) & (srt[:, 1:] >= 0)).sum(1) + (srt[:, 0] >= 0)
+    if seg.device.type != "cpu":
+        torch._assert_async((runs == distinct).all(), "triton prefix attention: a packed sequence in segment_ids "
+                            "is split into several runs of positions; the Triton kernels take each as one run")
+        return
     bad = (runs != distinct).nonzero()
     if bad.numel():
         b = int(bad[0, 0])

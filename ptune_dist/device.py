@@ -3,7 +3,8 @@
     choose(setting, local_rank)  -> torch.device   train.device: auto | cpu | cuda; binds the GPU
     backend(device)              -> the process-group backend: gloo, or NCCL for GPU tensors with
                                     gloo beside it for the CPU-side collectives (objects, barriers)
-    to_device(batch, device)     -> the batch on the device (pinned host memory, non-blocking copy)
+    pin(batch, device)           -> the batch's tensors in pinned host memory when the device is a GPU
+    to_device(batch, device)     -> the batch on the device (from pinned host memory, a non-blocking copy)
     describe(device)             -> what the metrics log says about the device
     peak_bytes(device)           -> the allocator's peak on a GPU (None on the CPU)
 
@@ -62,12 +63,22 @@ def backend(device: torch.device) -> str:
     return "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's tensors on `device`: copied from pinned host memory without blocking the host, so
-    the copy overlaps the work already queued on the GPU. Non-tensors stay as they are."""
+def pin(batch: dict, device: torch.device) -> dict:
+    """The batch with its tensors in pinned (page-locked) host memory when `device` is a GPU, so that their copy
+    to it need not wait (the training loop pins the next batches in a background thread: train/prefetch.py);
+    the batch as it is otherwise. Non-tensors stay as they are."""
     if device.type == "cpu":
         return batch
-    return {k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {k: v.pin_memory() if torch.is_tensor(v) and not v.is_pinned() else v for k, v in batch.items()}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on `device`: copied from pinned host memory without blocking the host, so the copy
+    overlaps the work already queued on the GPU (a tensor not pinned yet is pinned first, here). Non-tensors
+    stay as they are."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in pin(batch, device).items()}
 
 
 def describe(device: torch.device) -> dict:

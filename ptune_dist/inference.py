@@ -113,7 +113,7 @@ def _predict_batch(s, rows) -> list[dict]:
     chunk = [ex for row in rows for ex in row]
     spec0 = s.tasks[chunk[0].task_id].spec
     if spec0.type == "generation":
-        batch = to_device(collate(chunk, s.pad_id, "left"), s.device)
+        batch = to_device(s.model.describe(collate(chunk, s.pad_id, "left")), s.device)
         limits = [s.tasks[ex.task_id].spec.max_new_tokens for ex in chunk]
         out = greedy(s.model, batch, max(limits), s.tokenizer.eos_token_id)
         return [{"task": s.tasks[ex.task_id].spec.name,
@@ -126,7 +126,7 @@ def _predict_batch(s, rows) -> list[dict]:
         batch, side = collate(chunk, s.pad_id, d.padding_side), d.padding_side
     batch.pop("labels", None)
     with torch.no_grad():
-        out = s.model(to_device(batch, s.device))
+        out = s.model(to_device(s.model.describe(batch), s.device))
     results = []
     for i, ex in enumerate(chunk):
         spec = s.tasks[ex.task_id].spec

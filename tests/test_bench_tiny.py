@@ -84,3 +84,32 @@ def test_consumer_gpu_tiny_runs_nf4_with_checkpointing_and_the_plan(benches, tmp
     measured = json.loads(raw.read_text())["rows"]
     assert all(math.isfinite(r["loss"]) for r in measured)
     assert all(r["plan_command"].startswith("ptune plan model=") for r in measured if r["system"] == "ptune")
+
+
+@pytest.mark.parametrize("name", ["train_step_gpu", "packed_step_gpu", "consumer_gpu"])
+def test_a_run_stopped_after_its_first_child_keeps_that_childs_rows(name, tmp_path, monkeypatch):
+    """scripts/gpu-check.sh stops a bench with SIGINT at its stage limit: the report and the JSON are on disk
+    after every child, so the rows measured before the stop survive it (the children here are canned)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        module = __import__(name)
+    finally:
+        sys.path.remove(str(BENCH))
+    ran = []
+
+    def child(script, spec, budget, min_s=15.0, children=None):
+        if spec["kind"] == "prepare":
+            return {"machine": {}, "made_s": {"tiny": 0.0}, "child_s": 0.0}
+        if ran:
+            raise KeyboardInterrupt  # the stage's SIGINT, during the second child
+        ran.append(spec["kind"])
+        return {"error": f"canned answer of the {spec['kind']} child"}
+
+    monkeypatch.setattr(module, "run_child", child)
+    out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        module.main(["--tiny", "--base-dir", str(tmp_path / "bases"), "--out", str(out), "--json", str(raw)])
+    assert ran == ["ptune"]
+    assert "canned answer of the ptune child" in out.read_text()
+    rows = json.loads(raw.read_text())["rows"]
+    assert rows and {r["system"] for r in rows} == {"ptune"}

@@ -3,15 +3,17 @@
 Without a GPU the kernels run in Triton's interpreter, which has to be chosen before the kernel module
 is imported: this module sets TRITON_INTERPRET=1 at import (collection), before any test runs. The
 interpreter is slow, so the shapes are tiny (T <= 20, d <= 16, B <= 2) with 16-wide blocks, which
-still puts odd lengths across block edges. With CUDA the same cases run compiled on the GPU, and the
-tests marked `gpu` add GPU-sized bf16 shapes (they skip on the CPU).
+still puts odd lengths across block edges. With CUDA the corner cases run compiled on the GPU in bf16
+(float32 is not launched there, so its property sweep stays on the CPU), and the tests marked `gpu` add
+GPU-sized bf16 shapes (they skip on the CPU).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from triton_env import DEVICE, FP32, pytestmark  # noqa: F401  (first: it picks the interpreter; pytestmark skips)
+# first: triton_env picks the interpreter; its pytestmark skips where Triton cannot run
+from triton_env import DEVICE, DTYPE, FP32, TOL, interpreter_only, pytestmark  # noqa: F401
 
 from hypothesis import given, settings  # noqa: E402
 from test_kernels_props import NAMES, assert_matches_reference, build, cases, run  # noqa: E402
@@ -19,6 +21,7 @@ from test_kernels_props import NAMES, assert_matches_reference, build, cases, ru
 from ptune_dist.kernels import prefix_attention, triton_impl  # noqa: E402
 
 
+@interpreter_only
 @settings(max_examples=25, deadline=None, derandomize=True, database=None)
 @given(cases(max_t=20, max_b=2, dims=(8, 16)))
 def test_triton_fp32_matches_reference(case):
@@ -42,7 +45,7 @@ CORNERS = {
 
 @pytest.mark.parametrize("name", CORNERS)
 def test_triton_corner_cases(name):
-    assert_matches_reference(CORNERS[name], "triton", dtype=torch.float32, device=DEVICE, **FP32)
+    assert_matches_reference(CORNERS[name], "triton", dtype=DTYPE, device=DEVICE, **TOL)
 
 
 # fp16 keeps 11 significant bits, bf16 8: q, k, v are rounded to those before the fp32 accumulation,
@@ -72,32 +75,42 @@ def test_shared_prefix_gradient_is_deterministic_and_summed_over_rows(rows):
     batch sum of what each row would get with its own copy of the prefix."""
     case = dict(B=3, Hq=4, Hkv=2, Tq=9, Tk=9, P=5, d=8, per_row=False, pad="left", causal=True, seed=5)
     tensors, mask, up = build(**case)
-    first = run("triton", tensors, mask, up, True, torch.float32, device=DEVICE, prefix_rows_per_program=rows,
+    first = run("triton", tensors, mask, up, True, DTYPE, device=DEVICE, prefix_rows_per_program=rows,
                 fn=triton_impl.prefix_attention)
-    again = run("triton", tensors, mask, up, True, torch.float32, device=DEVICE, prefix_rows_per_program=rows,
+    again = run("triton", tensors, mask, up, True, DTYPE, device=DEVICE, prefix_rows_per_program=rows,
                 fn=triton_impl.prefix_attention)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     per_row = [t if i < 3 else t.expand(3, -1, -1, -1) for i, t in enumerate(tensors)]
-    rows_grads = run("triton", per_row, mask, up, True, torch.float32, device=DEVICE)
-    torch.testing.assert_close(first[4], rows_grads[4].sum(0), **FP32)
-    torch.testing.assert_close(first[5], rows_grads[5].sum(0), **FP32)
+    rows_grads = run("triton", per_row, mask, up, True, DTYPE, device=DEVICE)
+    torch.testing.assert_close(first[4], rows_grads[4].sum(0), **TOL)
+    torch.testing.assert_close(first[5], rows_grads[5].sum(0), **TOL)
 
 
 @pytest.mark.parametrize("blocks", [(16, 32), (32, 16)])
 def test_block_sizes_are_parameters(blocks):
     case = dict(B=1, Hq=2, Hkv=1, Tq=20, Tk=20, P=9, d=8, per_row=False, pad="right", causal=True, seed=6)
-    assert_matches_reference(case, "triton", dtype=torch.float32, device=DEVICE, fn=triton_impl.prefix_attention,
-                             block_m=blocks[0], block_n=blocks[1], **FP32)
+    assert_matches_reference(case, "triton", dtype=DTYPE, device=DEVICE, fn=triton_impl.prefix_attention,
+                             block_m=blocks[0], block_n=blocks[1], **TOL)
 
 
 def test_bad_block_size_and_dropout_are_refused():
-    q = torch.zeros(1, 2, 3, 8, device=DEVICE)
+    q = torch.zeros(1, 2, 3, 8, device=DEVICE, dtype=DTYPE)
     with pytest.raises(ValueError, match="block_m=24"):
         triton_impl.prefix_attention(q, q, q, None, None, causal=True, key_padding_mask=None, scale=1.0, block_m=24)
     with pytest.raises(RuntimeError, match="dropout"):
         prefix_attention(q, q, q, causal=True, dropout_p=0.1, impl="triton")
     with pytest.raises(RuntimeError, match="float64"):
         prefix_attention(q.double(), q.double(), q.double(), causal=True, impl="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA: in the interpreter float32 is what the kernels are checked in")
+def test_fp32_is_refused_on_cuda_with_the_way_out():
+    from ptune_dist.kernels import ImplUnavailable
+
+    q = torch.zeros(1, 2, 3, 16, device=DEVICE)
+    with pytest.raises(ImplUnavailable, match="float32 on CUDA.*impl='sdpa'.*'auto'"):
+        prefix_attention(q, q, q, causal=True, impl="triton")
 
 
 @pytest.mark.skipif(not triton_impl.INTERPRETED, reason="checks the CPU interpreter path")

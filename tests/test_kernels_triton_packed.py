@@ -7,14 +7,16 @@ the end of a row (and padding between sequences); Tq < Tk with a key padding mas
 table's gradient bit-for-bit deterministic. Skipping: `triton_packed.key_ranges` (the keys each query block
 visits) against the segment layout, and NaN planted outside those ranges, which a kernel that loaded the
 block (even masked) would carry into the result. As in test_kernels_triton.py, without CUDA the kernels run
-in Triton's interpreter (TRITON_INTERPRET=1 set at import), so shapes are tiny with 16-wide blocks.
+in Triton's interpreter (TRITON_INTERPRET=1 set at import), so shapes are tiny with 16-wide blocks; with CUDA
+the same cases run compiled in bf16 (float32 is not launched there), all but the fp32 property sweep.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from triton_env import DEVICE, FP32, pytestmark  # noqa: F401  (first: it picks the interpreter; pytestmark skips)
+# first: triton_env picks the interpreter; its pytestmark skips where Triton cannot run
+from triton_env import DEVICE, DTYPE, TOL, interpreter_only, pytestmark  # noqa: F401
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -64,10 +66,10 @@ def on(device, kw):
 
 
 def assert_matches_reference(tensors, up, kw, causal, mask=None, fn=None, **extra):
-    got = run("triton", tensors, mask, up, causal, torch.float32, device=DEVICE, fn=fn, **on(DEVICE, kw), **extra)
+    got = run("triton", tensors, mask, up, causal, DTYPE, device=DEVICE, fn=fn, **on(DEVICE, kw), **extra)
     want = run("reference", tensors, mask, up, causal, torch.float64, **kw)
     for name, a, b in zip(NAMES, got, want):
-        torch.testing.assert_close(a, b, **FP32, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name}: {m}")
 
 
 # length-1 sequences, a sequence filling its row, many short ones, space left over, padding between sequences
@@ -88,6 +90,7 @@ def test_fewer_queries_than_keys_with_a_padding_mask(causal):
     assert_matches_reference(tensors, up, kw, causal, mask=mask)
 
 
+@interpreter_only
 @settings(max_examples=10, deadline=None, derandomize=True, database=None)
 @given(rows=rows_strategy, causal=st.booleans(), table=st.booleans(), seed=st.integers(0, 2**16))
 def test_random_packings_match_the_reference(rows, causal, table, seed):
@@ -110,12 +113,12 @@ def test_block_sizes_are_parameters(blocks):
 def test_prefix_table_gradient_is_deterministic(rows_per_program):
     """Partial sums over rows in fp32, added up in torch in a fixed order: the same bits on every run."""
     tensors, up, kw = packed_inputs([[5, 4], [9], [2, 2, 2]], 10, "table", Hq=2, Hkv=1, seed=5)
-    first, again = (run("triton", tensors, None, up, True, torch.float32, device=DEVICE,
+    first, again = (run("triton", tensors, None, up, True, DTYPE, device=DEVICE,
                         fn=triton_impl.prefix_attention, prefix_rows_per_program=rows_per_program, **on(DEVICE, kw))
                     for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     want = run("reference", tensors, None, up, True, torch.float64, **kw)
-    torch.testing.assert_close(first[4], want[4], **FP32)
+    torch.testing.assert_close(first[4], want[4], **TOL)
 
 
 # ---- block skipping ----
@@ -142,7 +145,7 @@ def test_the_forward_loads_no_key_outside_its_range(causal):
     rows = [[10, 30, 1, 5], [3, 13, 29]]
     tensors, up, kw = packed_inputs(rows, 48, "shared", Hq=2, Hkv=1, seed=6)
     pl = layout(kw["segment_ids"], None, 48, True)
-    clean = run("triton", tensors, None, up, causal, torch.float32, device=DEVICE, fn=triton_impl.prefix_attention,
+    clean = run("triton", tensors, None, up, causal, DTYPE, device=DEVICE, fn=triton_impl.prefix_attention,
                 block_m=16, block_n=16, **on(DEVICE, kw))[0]
     for b, blocks in enumerate(key_ranges(pl, 48, causal, 16).tolist()):
         for j, (lo, hi) in enumerate(blocks):
@@ -151,7 +154,7 @@ def test_the_forward_loads_no_key_outside_its_range(causal):
             outside[lo:max(lo, hi)] = False
             for t in poisoned[1:3]:
                 t[b, :, outside] = float("nan")
-            out = run("triton", poisoned, None, up, causal, torch.float32, device=DEVICE,
+            out = run("triton", poisoned, None, up, causal, DTYPE, device=DEVICE,
                       fn=triton_impl.prefix_attention, block_m=16, block_n=16, **on(DEVICE, kw))[0]
             rows_of_block = slice(16 * j, 16 * j + 16)
             assert torch.equal(out[b, :, rows_of_block], clean[b, :, rows_of_block]), (b, j, lo, hi)
@@ -167,14 +170,14 @@ def test_no_kernel_reads_another_sequence_or_its_prefix(causal):
     spans = [(0, 16), (16, 32), (32, 64)]
     tensors, up, kw = packed_inputs([[16, 16, 32]], 64, "table", Hq=2, Hkv=1, seed=7, entries=[[0, 1, 2]])
     opts = dict(device=DEVICE, fn=triton_impl.prefix_attention, block_m=16, block_n=16, **on(DEVICE, kw))
-    clean = run("triton", tensors, None, up, causal, torch.float32, **opts)
+    clean = run("triton", tensors, None, up, causal, DTYPE, **opts)
     for s, (lo, hi) in enumerate(spans):
         poisoned, up_poisoned = [t.clone() for t in tensors], up.clone()
         for t in (*poisoned[:3], up_poisoned):
             t[:, :, :lo] = t[:, :, hi:] = float("nan")
         for t in poisoned[3:]:
             t[[e for e in range(3) if e != s]] = float("nan")
-        got = run("triton", poisoned, None, up_poisoned, causal, torch.float32, **opts)
+        got = run("triton", poisoned, None, up_poisoned, causal, DTYPE, **opts)
         for name, a, b in zip(NAMES, got, clean):
             part = (slice(None), slice(None), slice(lo, hi)) if name in ("out", "dq", "dk", "dv") else s
             assert torch.equal(a[part], b[part]), (s, name)
@@ -183,7 +186,7 @@ def test_no_kernel_reads_another_sequence_or_its_prefix(causal):
 # ---- inputs and dispatch ----
 
 def test_a_segment_split_in_two_runs_is_refused():
-    q = torch.zeros(1, 2, 6, 8, device=DEVICE)
+    q = torch.zeros(1, 2, 6, 8, device=DEVICE, dtype=DTYPE)
     seg = torch.tensor([[0, 0, 1, 1, 0, -1]], device=DEVICE)
     with pytest.raises(ValueError, match="segment_ids row 0: segment 0 is split"):
         prefix_attention(q, q, q, causal=True, impl="triton", segment_ids=seg)

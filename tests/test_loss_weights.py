@@ -8,9 +8,10 @@ from conftest import FIXTURES, MINI, session
 
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
+from ptune_dist.data.host import describe
 from ptune_dist.data.packing import collate_packed
 from ptune_dist.train.loop import train
-from ptune_dist.train.loss_weights import loss_weights, target_count
+from ptune_dist.train.loss_weights import loss_weights
 from ptune_dist.train.metrics_file import read_metrics
 
 GENERATION = ["tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl"]
@@ -21,7 +22,8 @@ def losses(run_dir):
 
 
 @pytest.mark.parametrize("task", ["classification", "generation"])
-def test_counts_are_what_the_objective_averages_over(task, smol):
+def test_host_counts_are_what_the_objective_averages_over(task, smol):
+    """HostInfo.targets, read from the CPU batch (data/host.py), is the count the loss is the mean over."""
     overrides = GENERATION if task == "generation" else ["tasks.0.preset=support"]
     s = session([*overrides, "method.name=prompt_tuning", "method.num_virtual_tokens=4", "data.max_train_examples=5"],
                 base=smol)
@@ -30,12 +32,12 @@ def test_counts_are_what_the_objective_averages_over(task, smol):
     for batch in (collate(examples, s.pad_id, "right"), collate(examples, s.pad_id, "left"),
                   collate_packed([examples[:3], examples[3:]], s.pad_id)):
         with torch.no_grad():
-            assert target_count(batch, task) == s.model(batch).count
+            assert describe(batch, [task])["host"].targets == s.model(batch).count
 
 
 def test_weights_are_one_where_counts_are_equal_and_sum_to_the_micro_batches():
-    assert [float(w) for w in loss_weights([7, 7, 7], 1, "cpu")] == [1.0, 1.0, 1.0]
-    got = [float(w) for w in loss_weights([1, 3], 1, "cpu")]
+    assert loss_weights([7, 7, 7], 1) == [1.0, 1.0, 1.0]
+    got = loss_weights([1, 3], 1)
     assert got == [0.5, 1.5]  # mean of (w * per-batch mean) = (1 * m1 + 3 * m3) / 4: the mean over all 4 targets
 
 

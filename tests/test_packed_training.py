@@ -55,7 +55,7 @@ def test_packed_rows_carry_several_examples_and_fewer_padding_tokens(tmp_path):
     from ptune_dist.train.session import build_session
 
     s = build_session(load_config([], RUN + [f"output_dir={tmp_path}"]))
-    batch = next(iter(loop.make_loader(s)))
+    batch = next(iter(loop.make_loader(s)))[0]  # the first update's first (only) micro-batch
     assert batch["input_ids"].shape == (2, 92)
     assert len(batch["seq_row"]) > 2  # more sequences than rows
     assert int(batch["attention_mask"].sum()) > 0.5 * batch["attention_mask"].numel()

@@ -18,6 +18,7 @@ from conftest import MINI, SMOL, assert_close_rel, grads, read_jsonl, session
 from ptune_dist.cli import main
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
+from ptune_dist.data.host import describe
 from ptune_dist.errors import ConfigError
 from ptune_dist.model import quant
 from ptune_dist.model.load import load_base
@@ -393,7 +394,7 @@ def test_a_step_graph_is_gone_before_the_next_forward():
             loss.backward()
 
         def step(self, loss=None):
-            return 0.0
+            return torch.zeros(())
 
     batch = {"attention_mask": torch.ones(2, 3), "task_ids": torch.zeros(2, dtype=torch.long)}
     cfg = types.SimpleNamespace(train=types.SimpleNamespace(steps=3, grad_accum=2, log_every=100, eval_every=0,
@@ -402,10 +403,14 @@ def test_a_step_graph_is_gone_before_the_next_forward():
                               device=torch.device("cpu"),
                               tasks=[types.SimpleNamespace(spec=types.SimpleNamespace(type="classification"))])
 
-    class Loader(list):
+    class Loader(list):  # what train/prefetch.py hands the loop: updates of described micro-batches
         epoch = 0
 
+        def __iter__(self):
+            yield from list.__iter__(self)
+
     log = types.SimpleNamespace(train=lambda record: None, advance=lambda: None)
-    run_steps(s, Engine(), Loader([batch] * 6), 0, log, None, types.SimpleNamespace(agreed=lambda: False), None)
+    update = [describe(batch, ["classification"])] * 2
+    run_steps(s, Engine(), Loader([update] * 3), 0, log, None, types.SimpleNamespace(agreed=lambda: False), None)
     assert len(alive_at_forward) == 6
     assert not any(any(x) for x in alive_at_forward), alive_at_forward

@@ -7,6 +7,8 @@
                                                                  bitsandbytes installed and recent
     require_bitsandbytes(key)                                    its version, or a ConfigError saying how to
                                                                  install it
+    compute_dtype(model_cfg)                                     the dtype a 4-bit matmul runs in: model.dtype
+                                                                 unless model.quant_compute_dtype names another
 """
 
 from __future__ import annotations
@@ -34,12 +36,18 @@ def require_bitsandbytes(key: str = "model.quant") -> str:
     return version
 
 
+def compute_dtype(model_cfg) -> str:
+    """model.quant_compute_dtype, with `auto` read as model.dtype: the base's own dtype (bf16 on a GPU) unless the
+    user asks for another (fp32 on a quantised base then only when asked for)."""
+    return model_cfg.dtype if model_cfg.quant_compute_dtype == "auto" else model_cfg.quant_compute_dtype
+
+
 def validate(model_cfg, trains_base: bool, method_name: str, distributed=None) -> None:
     """Config-only checks of the model.quant* keys (called by config validation)."""
     q = model_cfg.quant
     four_bit = q in ("nf4", "fp4")
     if not four_bit:  # the 4-bit settings must keep their defaults
-        for key, default in (("quant_double", False), ("quant_compute_dtype", "float32"), ("quant_storage", "uint8")):
+        for key, default in (("quant_double", False), ("quant_compute_dtype", "auto"), ("quant_storage", "uint8")):
             value = getattr(model_cfg, key)
             if value != default:
                 why = "has no effect without model.quant" if q == "none" else \
@@ -56,7 +64,7 @@ def validate(model_cfg, trains_base: bool, method_name: str, distributed=None) -
                           "reference to its whole int8 weight (weight.CB, then state.CB), so ZeRO-3 cannot free the "
                           "parts other ranks own and every rank would hold the whole base; use model.quant=nf4 with "
                           "model.quant_storage=bfloat16, or distributed.zero_stage 0-2 (docs/quant.md)")
-    if model_cfg.dtype == "float16" or (four_bit and model_cfg.quant_compute_dtype == "float16"):
+    if model_cfg.dtype == "float16" or (four_bit and compute_dtype(model_cfg) == "float16"):
         key = "model.dtype" if model_cfg.dtype == "float16" else "model.quant_compute_dtype"
         if not torch.cuda.is_available():
             raise ConfigError(f"{key}=float16 with model.quant={q}: bitsandbytes' CPU kernels take "

@@ -109,7 +109,8 @@ class ModelConfig:
     # quantised; embeddings, the output head and the soft prompt stay in `dtype` / fp32
     quant: str = choice("none", "int8", "nf4", "fp4")
     quant_double: bool = False  # 4-bit: quantise the block scales too (~0.4 bit/weight less)
-    quant_compute_dtype: str = choice("float32", "bfloat16", "float16")  # 4-bit matmul dtype
+    # 4-bit matmul dtype; auto: model.dtype (bf16 on a GPU: an fp32 matmul there is many times slower)
+    quant_compute_dtype: str = choice("auto", "float32", "bfloat16", "float16")
     # 4-bit: dtype of the tensors holding the packed weights; bfloat16 is the QLoRA recipe for ZeRO-3/FSDP
     quant_storage: str = choice("uint8", "bfloat16", "float16", "float32")
 

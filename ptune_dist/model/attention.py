@@ -5,7 +5,8 @@ The base model is switched to `attn_implementation="ptune_prefix"`. Every attent
 was given; the prompt model passes its per-layer prefix as `ptune_prefix=PrefixKV(...)`, so the
 prefix travels with the call (also into the recomputation of gradient checkpointing) instead of
 living in a cache or a global. The registered mask function hands attention the plain 2-D padding
-mask; causality comes from the module (`is_causal`), and the kernel adds the prefix keys.
+mask; causality comes from the module (`is_causal`), and the kernel adds the prefix keys. Whether any key is
+padding was read on the host from the CPU batch (PrefixKV.padded, data/host.py): nothing here asks the device.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ class PrefixKV:
     segment_ids: [B, T] for packed rows (data/packing.py): each token's sequence within its row, -1 padding.
     prefix_ids: [B, T] with packed rows of several tasks: kv is then a table [N, L, 2, Hkv, P, d] and each
     token's query sees entry prefix_ids[b, t] (its sequence's task).
+    padded: whether the batch has padding (known on the host); False lets attention drop the all-ones mask.
     """
 
     kv: torch.Tensor | None
     impl: str = "auto"
     segment_ids: torch.Tensor | None = None
     prefix_ids: torch.Tensor | None = None
+    padded: bool = True
 
     @property
     def num_tokens(self) -> int:
@@ -70,18 +73,18 @@ def prefix_attention_forward(module, query, key, value, attention_mask, scaling=
     out = prefix_attention(
         query, key, value, pk, pv,
         causal=bool(getattr(module, "is_causal", True)),
-        key_padding_mask=attention_mask, scale=scaling, dropout_p=dropout, impl=prefix.impl, **packed,
+        key_padding_mask=attention_mask if prefix.padded else None, scale=scaling, dropout_p=dropout, impl=prefix.impl, **packed,
     )
     return out.transpose(1, 2).contiguous(), None
 
 
 def padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
                  attention_mask=None, **kwargs):
-    """Mask factory for ATTN_NAME: the boolean [B, kv_length] padding mask, or None when nothing is padded."""
+    """Mask factory for ATTN_NAME: the boolean [B, kv_length] padding mask as given (None without one; whether it
+    hides anything is not asked here, which would read the device: see PrefixKV.padded)."""
     if attention_mask is None:
         return None
-    mask = attention_mask[:, -kv_length:].to(torch.bool)
-    return None if bool(mask.all()) else mask
+    return attention_mask[:, -kv_length:].to(torch.bool)
 
 
 def register() -> str:

@@ -1,24 +1,58 @@
-"""Losses and predictions per task type, computed only where there are labels.
+"""Losses and predictions per task type, computed only where there are labels, without reading the device.
 
-No [batch, seq, vocab] logits are built: the LM head runs on the hidden states of the answer
-positions (classification) or of the labelled positions (generation) alone.
+No [batch, seq, vocab] logits are built: the LM head runs on the hidden states of the answer positions
+(classification) or of the positions that predict a label (generation) alone. What the host must know (the
+tasks present, their entries, the counts, the label positions) comes from the batch's HostInfo
+(data/host.py), read on the CPU before the batch moved, so a training step asks the device for nothing.
+Predictions and scores stay on the device until someone reads `Output.preds` / `scores` / `correct`
+(evaluation and predict do, once per batch; training never does).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
+from ptune_dist.data.encode import IGNORE
+from ptune_dist.data.host import describe
 
-@dataclass
+
 class Output:
-    loss: torch.Tensor | None = None  # mean over the batch's rows (classification) or label tokens
-    preds: list = field(default_factory=list)  # per row: a class index, or a list of tag indices
-    scores: list = field(default_factory=list)  # per row: the class scores (classification)
-    correct: int = 0  # token-level hits for generation
-    count: int = 0  # what `loss` is the mean over
+    """loss: the mean over `count` targets (rows for classification, label tokens otherwise), or None without
+    labels. preds (per entry: a class index, or a list of tag indices), scores (per entry: the class scores)
+    and correct (generation: next-token hits) are copied to the host when first read."""
+
+    def __init__(self, loss: torch.Tensor | None = None, count: int = 0, entries: int = 0,
+                 parts: list | None = None, correct: torch.Tensor | int = 0):
+        self.loss, self.count = loss, count
+        self._entries, self._parts, self._correct = entries, parts or [], correct
+        self._host = None
+
+    def _read(self):
+        """(preds, scores) on the host: one copy per group of entries (rows of one task)."""
+        if self._host is None:
+            preds, scores = [None] * self._entries, [None] * self._entries
+            for rows, values, kind in self._parts:
+                values = values.cpu()
+                for r, v in zip(rows.tolist(), values):
+                    if kind == "scores":
+                        preds[r], scores[r] = int(v.argmax()), v.tolist()
+                    else:
+                        preds[r] = v.tolist()
+            self._host = (preds, scores)
+        return self._host
+
+    @property
+    def preds(self) -> list:
+        return self._read()[0]
+
+    @property
+    def scores(self) -> list:
+        return self._read()[1]
+
+    @property
+    def correct(self) -> int:
+        return int(self._correct)
 
 
 def word_table(label_word_ids: list[list[int]]) -> torch.Tensor:
@@ -29,15 +63,16 @@ def word_table(label_word_ids: list[list[int]]) -> torch.Tensor:
     return torch.tensor([ws + [-1] * (width - len(ws)) for ws in label_word_ids], dtype=torch.long)
 
 
-def groups(model, task_ids: torch.Tensor) -> list:
-    """(task index, row indices) for every task present in the batch; while training, for every task of
-    the batch's type (rows may be empty), so every rank calls every head and the same ZeRO collectives."""
+def groups(model, batch: dict) -> list:
+    """(task index, entry indices on the device) for every task present in the batch; while training, for every
+    task of the batch's type (entries may be none), so every rank calls every head and the same ZeRO collectives."""
+    host, order = batch["host"], batch["group_order"]
+    present = {t: order[start:end] for t, start, end in host.groups}
     if model.training and torch.is_grad_enabled():
-        kind = model.tasks[int(task_ids[0])].type
-        tasks = [i for i, spec in enumerate(model.tasks) if spec.type == kind]
+        tasks = [i for i, spec in enumerate(model.tasks) if spec.type == host.task_type]
     else:
-        tasks = task_ids.unique().tolist()
-    return [(t, (task_ids == t).nonzero(as_tuple=True)[0]) for t in tasks]
+        tasks = list(present)
+    return [(t, present.get(t, order[:0])) for t in tasks]
 
 
 def text_mask(batch: dict) -> torch.Tensor:
@@ -53,10 +88,9 @@ def label_scores(logprobs: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
 
 
 def classification(model, hidden, batch) -> Output:
-    B = hidden.shape[0]
+    B = batch["host"].entries
     labels = batch.get("labels")
-    out = Output(preds=[None] * B, scores=[None] * B, count=B)
-    logprobs, parts = None, groups(model, batch["task_ids"])
+    logprobs, parts, scored = None, groups(model, batch), []
     if any(not model.tasks[t].uses_head for t, _ in parts):
         answer = hidden[torch.arange(B, device=hidden.device), batch["answer_pos"]]
         logprobs = F.log_softmax(model.lm_head(answer).float(), dim=-1)
@@ -69,40 +103,35 @@ def classification(model, hidden, batch) -> Output:
             scores = label_scores(logprobs[rows], model.words(t))
         if labels is not None:
             loss = loss + F.cross_entropy(scores, labels[rows], reduction="sum")
-        for r, s in zip(rows.tolist(), scores.detach().cpu()):  # one copy to the host, not one per row
-            out.preds[r], out.scores[r] = int(s.argmax()), s.tolist()
-    out.loss = loss / B if labels is not None else None
-    return out
+        scored.append((rows, scores.detach(), "scores"))
+    return Output(loss=loss / B if labels is not None else None, count=B, entries=B, parts=scored)
 
 
 def generation(model, hidden, batch) -> Output:
-    """Next-token loss on the labelled (output) tokens only."""
-    target = batch["labels"][:, 1:]
-    keep = target != -100
-    logits = model.lm_head(hidden[:, :-1][keep]).float()
-    gold = target[keep]
-    n = int(gold.numel())
+    """Next-token loss on the labelled (output) tokens only: hidden [B, T, H] (packed rows as they are; the
+    label positions never cross from one packed sequence into the next, data/host.py label_positions)."""
+    index, gold = batch["label_index"], batch["label_gold"]
+    n = batch["host"].targets
+    logits = model.lm_head(hidden.flatten(0, 1).index_select(0, index)).float()
     loss = F.cross_entropy(logits, gold, reduction="sum") / max(n, 1)
-    correct = 0 if torch.is_grad_enabled() else int((logits.argmax(-1) == gold).sum())  # for evaluation only
-    return Output(loss=loss, correct=correct, count=n)
+    correct = 0 if torch.is_grad_enabled() else (logits.argmax(-1) == gold).sum()  # for evaluation only
+    return Output(loss=loss, count=n, correct=correct)
 
 
 def token_classification(model, hidden, batch) -> Output:
     labels = batch.get("labels")
-    B = hidden.shape[0]
-    out = Output(preds=[None] * B)
+    host = batch["host"]
     loss = hidden.new_zeros((), dtype=torch.float32)
-    for t, rows in groups(model, batch["task_ids"]):
+    tagged = []
+    for t, rows in groups(model, batch):
         logits = model.heads[model.tasks[t].name](hidden[rows]).float()  # [n, T, C]
         if labels is not None:
-            lab = labels[rows]
-            loss = loss + F.cross_entropy(logits[lab != -100], lab[lab != -100], reduction="sum")
-        for r, row_preds in zip(rows.tolist(), logits.detach().argmax(-1).tolist()):
-            out.preds[r] = row_preds
-    if labels is not None:
-        out.count = int((labels != -100).sum())
-        out.loss = loss / max(out.count, 1)
-    return out
+            loss = loss + F.cross_entropy(logits.flatten(0, 1), labels[rows].flatten(), ignore_index=IGNORE,
+                                          reduction="sum")
+        tagged.append((rows, logits.detach().argmax(-1), "tags"))
+    count = host.targets if labels is not None else 0
+    return Output(loss=loss / max(count, 1) if labels is not None else None, count=count, entries=host.entries,
+                  parts=tagged)
 
 
 COMPUTE = {"classification": classification, "generation": generation,
@@ -110,4 +139,7 @@ COMPUTE = {"classification": classification, "generation": generation,
 
 
 def compute(model, hidden, batch) -> Output:
-    return COMPUTE[model.tasks[int(batch["task_ids"][0])].type](model, hidden, batch)
+    """The batch's objective; a batch without HostInfo (a caller that skipped data/host.py) is described here."""
+    if "host" not in batch:
+        batch = describe(batch, [spec.type for spec in model.tasks])
+    return COMPUTE[batch["host"].task_type](model, hidden, batch)

@@ -1,7 +1,8 @@
 """PromptModel: one frozen base, a table of named prompts (one per task) and the task heads.
 
 Every row of a batch names its task (`task_ids`), so one batch can mix tasks; rows of one task give
-the same result as a batch of that task alone. Shallow prompts are scattered into the input
+the same result as a batch of that task alone. Which tasks a batch holds, and where, is read on the host from
+its HostInfo (data/host.py, made from the CPU batch before it moved): a forward asks the device for nothing. Shallow prompts are scattered into the input
 embeddings where the data put their placeholder slots (`soft_mask`); deep prompts travel to every
 attention layer as the `ptune_prefix` keyword (see attention.py). Sequence positions count real
 tokens only (left or right padding give the same positions) and start after the P virtual tokens,
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ptune_dist.data.host import describe
 from ptune_dist.data.task import TaskSpec
 from ptune_dist.errors import ConfigError
 
@@ -60,18 +62,16 @@ class PromptModel(nn.Module):
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
-    def prompt_table(self, task_ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(prompts, index): the one prompt when every entry of `task_ids` is one task (index None), else a
-        table of the tasks present, stacked, and each entry's place in it."""
+    def prompt_table(self, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(prompts, index): the one prompt when the batch holds one task (index None), else a table of the
+        tasks present, stacked, and each entry's place in it (the batch's table_index, on the device)."""
         if self.depth == "none":
             return None, None
-        ids = task_ids.tolist()
-        present = sorted(set(ids))
+        present = batch["host"].tasks
         if len(present) == 1:
             prompt, index = self.prompts[self.tasks[present[0]].name](), None
         else:
-            prompt = torch.stack([self.prompts[self.tasks[t].name]() for t in present])
-            index = torch.tensor([present.index(t) for t in ids], device=prompt.device)
+            prompt, index = torch.stack([self.prompts[self.tasks[t].name]() for t in present]), batch["table_index"]
         if self.training and torch.is_grad_enabled():
             # every prompt takes part in every training step (absent tasks with a zero gradient): each
             # rank then runs the same ZeRO gathers and reductions, and AdamW treats a task the same
@@ -80,10 +80,14 @@ class PromptModel(nn.Module):
             prompt = prompt + sum(absent) if absent else prompt
         return prompt, index
 
-    def prompt_for(self, task_ids: torch.Tensor) -> torch.Tensor | None:
-        """The prompt of each row: unbatched when the whole batch is one task, else stacked per row."""
-        prompt, index = self.prompt_table(task_ids)
+    def prompt_for(self, batch: dict) -> torch.Tensor | None:
+        """The prompt of each entry: unbatched when the whole batch is one task, else stacked per entry."""
+        prompt, index = self.prompt_table(batch)
         return prompt if index is None else prompt[index]
+
+    def describe(self, batch: dict) -> dict:
+        """The batch with its HostInfo (data/host.py); a batch that has one is returned as it is."""
+        return batch if "host" in batch else describe(batch, [spec.type for spec in self.tasks])
 
     def row_capacity(self, max_length: int) -> int:
         """Tokens of a packed row left to its sequences: data.max_length, less a deep prefix (which sits in
@@ -97,6 +101,7 @@ class PromptModel(nn.Module):
         past + new tokens; shallow prompts are then already in the cache. A packed batch (segment_ids,
         data/packing.py) keeps its sequences apart in attention, each with its own positions and prompt.
         """
+        batch = self.describe(batch)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         embeds = self.base.get_input_embeddings()(ids)
         first_pass = past_key_values is None  # when decoding, shallow prompts are already in the cache
@@ -105,27 +110,29 @@ class PromptModel(nn.Module):
         offset = self.num_virtual_tokens if self.depth == "deep" else 0
         prompt, prefix_ids = None, None
         if needed and packed is not None and self.depth == "deep":
-            prompt, index = self.prompt_table(batch["task_ids"])  # one entry per task present, not per sequence
+            prompt, index = self.prompt_table(batch)  # one entry per task present, not per sequence
             if index is not None:
                 count = packed.amax(1) + 1  # sequences per row
                 first = count.cumsum(0) - count  # each row's first sequence
                 prefix_ids = index[first[:, None] + packed.clamp(min=0)]
         elif needed:
-            prompt = self.prompt_for(batch["task_ids"])
+            prompt = self.prompt_for(batch)
         if self.depth == "shallow" and first_pass:
             soft = prompt.to(embeds.dtype)
-            soft = soft.expand(len(batch["task_ids"]), -1, -1) if soft.dim() == 2 else soft
+            soft = soft.expand(batch["host"].entries, -1, -1) if soft.dim() == 2 else soft
             embeds = embeds.masked_scatter(batch["soft_mask"].unsqueeze(-1), soft)
         if packed is not None:
             positions = batch["position_ids"] + offset
         else:
             positions = ((mask.long().cumsum(-1) - 1).clamp(min=0) + offset)[:, -ids.shape[1]:]
-        prefix = PrefixKV(prompt if self.depth == "deep" else None, self.attention_impl, packed, prefix_ids)
+        prefix = PrefixKV(prompt if self.depth == "deep" else None, self.attention_impl, packed, prefix_ids,
+                          padded=batch["host"].padded)
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                              past_key_values=past_key_values, use_cache=use_cache, ptune_prefix=prefix)
 
     def forward(self, batch: dict) -> objectives.Output:
+        batch = self.describe(batch)
         hidden = self.encode(batch).last_hidden_state
-        if "segment_ids" in batch:  # losses and predictions per sequence, exactly as unpacked
-            hidden, batch = unpack(hidden, batch)
+        if "segment_ids" in batch and batch["host"].task_type != "generation":
+            hidden, batch = unpack(hidden, batch)  # losses and predictions per sequence, exactly as unpacked
         return objectives.compute(self, hidden, batch)

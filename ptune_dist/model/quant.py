@@ -26,7 +26,7 @@ import logging
 import torch
 from torch import nn
 
-from ptune_dist.config.quant_rules import require_bitsandbytes
+from ptune_dist.config.quant_rules import compute_dtype, require_bitsandbytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STORAGE = {"uint8": torch.uint8, **DTYPES}
@@ -69,7 +69,7 @@ def bnb_config(model_cfg, skip_modules: list[str]):
         load_in_4bit=True,
         bnb_4bit_quant_type=model_cfg.quant,
         bnb_4bit_use_double_quant=model_cfg.quant_double,
-        bnb_4bit_compute_dtype=DTYPES[model_cfg.quant_compute_dtype],
+        bnb_4bit_compute_dtype=DTYPES[compute_dtype(model_cfg)],
         bnb_4bit_quant_storage=STORAGE[model_cfg.quant_storage],
         llm_int8_skip_modules=skip_modules,  # the 4-bit path reads the same key
     )

@@ -3,6 +3,9 @@ and head (model/objectives.py, heads.py) runs on it exactly as on sequences coll
 
     unpack(hidden [B, T, H], packed batch) -> (hidden [S, L, H], batch of S right-padded rows)
 
+(the batch described by data/host.py: L, its HostInfo.longest, is read on the host; the view keeps the HostInfo,
+whose entries were the sequences already)
+
 S sequences (data/packing.py's seq_row / seq_start / seq_len), L the longest; the view's attention_mask,
 soft_mask, answer_pos and labels are each sequence's own, and its padding holds zeros and IGNORE labels.
 The gather is one index per token: no per-sequence loop.
@@ -18,7 +21,7 @@ from ptune_dist.data.encode import IGNORE
 def unpack(hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
     rows, starts, lengths = batch["seq_row"], batch["seq_start"], batch["seq_len"]
     T = hidden.shape[1]
-    offsets = torch.arange(int(lengths.max()), device=hidden.device)
+    offsets = torch.arange(batch["host"].longest, device=hidden.device)  # L, read on the host (data/host.py)
     valid = offsets[None] < lengths[:, None]  # [S, L]
     where = (rows[:, None], (starts[:, None] + offsets[None]).clamp(max=T - 1))
 
@@ -27,6 +30,7 @@ def unpack(hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
         return torch.where(valid, picked, torch.full_like(picked, fill))
 
     view = {"input_ids": take(batch["input_ids"], 0), "attention_mask": valid.long(), "task_ids": batch["task_ids"],
+            **{k: batch[k] for k in ("host", "group_order", "table_index")},
             "answer_pos": torch.where(batch["answer_pos"] >= 0, batch["answer_pos"] - starts, batch["answer_pos"])}
     if "soft_mask" in batch:
         view["soft_mask"] = take(batch["soft_mask"], False)

@@ -106,7 +106,7 @@ def score(s, batch_rows: int) -> tuple[list[int], list[list[int]], list[list]]:
         chunk = examples[i:i + per_batch]
         rows = [dataclasses.replace(ex, task_id=m) for ex in chunk for m in range(n)]  # each example once per member
         batch = collate(rows, s.pad_id, s.cfg.data.padding_side)
-        out = s.model(to_device(batch, s.device))
+        out = s.model(to_device(s.model.describe(batch), s.device))
         for r, ex in enumerate(chunk):
             gold.append(ex.labels)
             for m in range(n):

@@ -36,7 +36,7 @@ WORLD_KEYS = {"launch.nproc_per_node", "launch.nnodes", "launch.gpus_per_node"}
 OFF = {"model.quant": "none", "model.gradient_checkpointing": "false", "train.grad_accum": "1",
        "distributed.engine": "torch", "distributed.zero_stage": "0", "distributed.offload_optimizer": "false",
        "distributed.offload_params": "false"}
-NOT_FOUR_BIT = {"model.quant_compute_dtype": "float32", "model.quant_storage": "uint8", "model.quant_double": "false"}
+NOT_FOUR_BIT = {"model.quant_compute_dtype": "auto", "model.quant_storage": "uint8", "model.quant_double": "false"}
 
 
 @dataclass(frozen=True)

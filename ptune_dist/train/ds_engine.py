@@ -18,7 +18,6 @@ import yaml
 
 from ptune_dist.config.schema import DistributedConfig, TrainConfig
 
-from . import dist
 from .optim_state import load_named_state_dict, named_state_dict
 
 
@@ -36,7 +35,8 @@ def ds_config(d: DistributedConfig, t: TrainConfig, batch_size: int, world: int)
         "train_micro_batch_size_per_gpu": batch_size,
         "gradient_accumulation_steps": t.grad_accum,
         "train_batch_size": batch_size * t.grad_accum * world,
-        "gradient_clipping": t.max_grad_norm,
+        # stage 0: DeepSpeed's clipping copies the limit to the device every step (a host sync); ours clips there
+        "gradient_clipping": t.max_grad_norm if d.zero_stage else 0.0,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,  # our torch optimizer also when offloading (no op build)
@@ -50,11 +50,11 @@ def _shape(p) -> tuple:
 
 
 class DeepSpeedEngine:
-    def __init__(self, model, optimizer, scheduler_fn, config: dict):
-        """`config`: ds_config(...) of the run."""
+    def __init__(self, model, optimizer, scheduler_fn, config: dict, max_grad_norm: float = 0.0):
+        """`config`: ds_config(...) of the run; `max_grad_norm`: train.max_grad_norm (stage 0 clips here)."""
         import deepspeed
 
-        self.model, self.stage = model, config["zero_optimization"]["stage"]
+        self.model, self.stage, self.max_grad_norm = model, config["zero_optimization"]["stage"], max_grad_norm
         self.params = model.trainable_parameters()
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler_fn, config=config,
@@ -68,21 +68,27 @@ class DeepSpeedEngine:
         if not self.ds.is_gradient_accumulation_boundary():
             self.ds.step()  # a micro-step: DeepSpeed counts it and updates nothing
 
-    def step(self, loss: torch.Tensor | None = None) -> float:
-        """The update; returns the gradient norm before clipping (DeepSpeed's, or at stage 0 without
-        clipping, where DeepSpeed keeps none, our own over the already averaged gradients), or NaN when the
-        loss or the gradient was not finite on any rank. DeepSpeed has applied that update by then: the run
-        must stop (train.on_nonfinite=stop, the only policy config/load.py allows with DeepSpeed)."""
-        grads = [p.grad for p in self.params.values() if p.grad is not None] if self.stage == 0 else []
-        own = float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))) if grads else float("nan")
+    def step(self, loss: torch.Tensor | None = None) -> torch.Tensor:
+        """The update; returns the gradient norm before clipping (DeepSpeed's, or at stage 0, where this engine
+        clips, its own over the already averaged gradients) as a 0-dim tensor, NaN when this
+        rank's loss was not finite (nonfinite.py sums that flag over the ranks when it reads the norms). DeepSpeed
+        has applied that update by then: the run must stop (train.on_nonfinite=stop, the only policy config/load.py
+        allows with DeepSpeed), which it does at the next read, before any save."""
+        own = None
+        if self.stage == 0:  # the gradients are averaged over the ranks by now; clipped here, on the device
+            grads = [p for p in self.params.values() if p.grad is not None]
+            if grads:
+                own = torch.nn.utils.clip_grad_norm_(grads, self.max_grad_norm if self.max_grad_norm > 0 else
+                                                     float("inf"))
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
-        norm = float(norm) if norm is not None else own
+        norm = own if norm is None else norm
+        device = next(iter(self.params.values())).device
+        if not torch.is_tensor(norm):  # a number (or None): made on the device by a fill, not a copy
+            norm = torch.full((), float("nan") if norm is None else float(norm), device=device)
         if loss is not None:
-            bad = (~torch.isfinite(loss.detach().float())).float().reshape(()).cpu()
-            if float(dist.all_reduce_sum(bad)) > 0:  # every rank, so all stop together
-                return float("nan")
-        return norm
+            norm = torch.where(torch.isfinite(loss.detach().float()), norm.float().to(device), float("nan"))
+        return norm.reshape(())
 
     @property
     def lr(self) -> float:

@@ -3,8 +3,9 @@
 An engine offers the same calls whatever runs underneath (see ds_engine.py for DeepSpeed):
 
     forward(batch) -> Output        backward(loss) per micro-batch
-    step(loss) -> grad norm, per update (loss: the update's summed micro-batch losses); NaN when the loss
-                  or a gradient was not finite on any rank, and then nothing was updated (see nonfinite.py)
+    step(loss) -> grad norm, per update (loss: the update's summed micro-batch losses), a 0-dim tensor on the
+                  device (reading it is a host sync: the loop does at logging steps, nonfinite.py); NaN when the
+                  loss or a gradient was not finite on any rank, and then nothing was updated
     lr                              shapes() {name: shape} of the trainable weights
     full_weights() -> {name: full fp32 tensor on the CPU}: every rank calls it (it may gather)
 
@@ -21,7 +22,8 @@ engine on any number of ranks. Here an update skipped as non-finite (a NaN from 
 the weights nor the optimizer state in it, only the schedule's step.
 
 With several processes it averages the trainable gradients over the ranks with one all-reduce per
-update: the prompt is small, so that is all data parallelism needs.
+update: the prompt is small, so that is all data parallelism needs. Nothing in an update asks the device for a
+value: clipping, the finiteness check and leaving a non-finite update out all happen there (optim.step_unless).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from . import dist
+from .optim import step_unless
 from .optim_state import load_named_state_dict, named_state_dict
 
 
@@ -44,9 +47,9 @@ class TorchEngine:
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.grad_accum).backward()
 
-    def step(self, loss: torch.Tensor | None = None) -> float:
+    def step(self, loss: torch.Tensor | None = None) -> torch.Tensor:
         """Average gradients over ranks, clip, update (when finite), advance the schedule; returns the gradient
-        norm, or NaN for an update skipped as non-finite. One host sync, as before: the returned norm."""
+        norm, NaN for an update left out as non-finite, on the device (no host sync here)."""
         loss = torch.zeros((), device=self.params[0].device) if loss is None else loss.detach().float().reshape(())
         if dist.active():
             # every rank reduces every parameter in the same order: a task absent from one rank's
@@ -64,12 +67,11 @@ class TorchEngine:
                 offset += p.numel()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm if self.max_grad_norm > 0 else
                                               float("inf"))
-        finite = bool(torch.isfinite(norm) & torch.isfinite(loss))
-        if finite:
-            self.optimizer.step()
+        finite = torch.isfinite(norm) & torch.isfinite(loss)
+        step_unless(self.optimizer, ~finite)
         self.scheduler.step()  # a skipped update still takes its step of the schedule: lr stays a function of the step
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm) if finite else float("nan")
+        return torch.where(finite, norm.float(), float("nan"))
 
     @property
     def lr(self) -> float:

@@ -98,6 +98,7 @@ def evaluate(model, tasks, batch_size: int, pad_id: int, padding_side: str, rank
         else:
             batches = eval_batches(t.eval, batch_size, pad_id, padding_side, rank, world)
         for batch in batches:
+            batch = model.describe(batch)  # what the host needs, from the CPU tensors (data/host.py)
             out = model(to_device(batch, device))
             if batch.get("skip"):
                 continue

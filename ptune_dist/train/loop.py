@@ -15,6 +15,7 @@ import os
 import random
 import resource
 import time
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 
@@ -34,10 +35,11 @@ from . import dist
 from .engine import TorchEngine
 from .evaluate import evaluate
 from .params import param_bytes, param_counts
-from .loss_weights import loss_weights, target_count
+from .loss_weights import loss_weights
 from .logger import MetricsLogger
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler
+from .prefetch import Prefetch
 from .preempt import Preempted, StopRequests
 from .resume import agreed_resume_point, config_changes
 from .rng import RankRng
@@ -118,41 +120,47 @@ def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
 
 
 def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_eval, stop: StopRequests, save) -> None:
+    """Steps start+1 .. train.steps. Between the steps that log, evaluate or save, a step asks the device for
+    nothing: the batches come described and pinned (prefetch.py), the loss weights are host numbers, and the
+    gradient norms and losses stay on the device until the guard reads them (nonfinite.py)."""
     model, t, world = s.model, s.cfg.train, s.env.world
-    batches, losses, tokens, t0 = iter(loader), [], 0, time.perf_counter()
+    losses, tokens, t0 = [], 0, time.perf_counter()
     guard = NonFiniteGuard(t.on_nonfinite, t.max_skipped_steps, log)
     if stop.agreed():  # a signal while the run was loading: stop before the first step, resumable
         log.close()
         raise Preempted(start, s.env.is_main, stop.signum)
     model.train()
-    for step in range(start + 1, t.steps + 1):
-        step_losses, micro = [], [next(batches) for _ in range(t.grad_accum)]  # built on the CPU
-        counts = [target_count(b, s.tasks[int(b["task_ids"][0])].spec.type) for b in micro]
-        for batch, weight in zip(micro, loss_weights(counts, world, s.device)):
-            tokens += int(batch["attention_mask"].sum())
-            loss = engine.forward(to_device(batch, s.device)).loss * weight  # the mean over every target
-            engine.backward(loss)
-            step_losses.append(loss.detach())
-            del loss  # its graph would live through the next forward, with what bitsandbytes int8 keeps on it
-        lr, step_loss = engine.lr, torch.stack(step_losses).sum()
-        grad_norm = engine.step(step_loss)  # NaN: non-finite, nothing updated
-        if guard.check(step, grad_norm, step_loss):
-            losses += step_losses
-        if (step % t.log_every == 0 or step == t.steps) and losses:
-            mean_loss = float(dist.all_reduce_sum(torch.stack(losses).mean().float())) / world
-            elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
-            log.train({"step": step, "loss": mean_loss, "lr": lr, "tokens_per_s": tokens * world / elapsed,
-                       "grad_norm": grad_norm, "epoch": loader.epoch})
-            losses, tokens = [], 0
-        log.advance()
-        if stop.agreed() and step < t.steps:  # USR1/TERM/INT on any rank: all stop here, resumable
-            save(step)
-            log.close()
-            raise Preempted(step, s.env.is_main, stop.signum)
-        if t.eval_every and step % t.eval_every == 0 and step < t.steps:
-            log.eval(step, run_eval())
-        if t.save_every and step % t.save_every == 0 and step < t.steps:
-            save(step)
+    with closing(iter(loader)) as updates:
+        for step in range(start + 1, t.steps + 1):
+            micro, step_losses = next(updates), []  # built, described and pinned ahead, on the host
+            for batch, weight in zip(micro, loss_weights([b["host"].targets for b in micro], world)):
+                tokens += batch["host"].tokens
+                loss = engine.forward(to_device(batch, s.device)).loss * weight  # the mean over every target
+                engine.backward(loss)
+                step_losses.append(loss.detach())
+                del loss  # its graph would live through the next forward, with what bitsandbytes int8 keeps on it
+            lr, step_loss = engine.lr, torch.stack(step_losses).sum()
+            guard.record(step, engine.step(step_loss), step_loss)  # NaN norm: non-finite, nothing updated
+            logs, evals = step % t.log_every == 0 or step == t.steps, t.eval_every and step % t.eval_every == 0
+            saves, stopping = t.save_every and step % t.save_every == 0, stop.agreed() and step < t.steps
+            if logs or evals or saves or stopping:  # the host reads the steps since the last read
+                losses += guard.settle()
+            if logs and losses:
+                mean = sum(loss for _, _, loss in losses) / (len(losses) * t.grad_accum)
+                elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
+                log.train({"step": step, "loss": float(dist.all_reduce_sum(torch.tensor(mean, dtype=torch.float64))) / world, "lr": lr,
+                           "tokens_per_s": tokens * world / elapsed, "grad_norm": losses[-1][1],
+                           "epoch": loader.epoch})
+                losses, tokens = [], 0
+            log.advance()
+            if stopping:  # USR1/TERM/INT on any rank: all stop here, resumable
+                save(step)
+                log.close()
+                raise Preempted(step, s.env.is_main, stop.signum)
+            if evals and step < t.steps:
+                log.eval(step, run_eval())
+            if saves and step < t.steps:
+                save(step)
 
 
 def make_engine(s: Session):
@@ -165,25 +173,29 @@ def make_engine(s: Session):
         from .ds_engine import DeepSpeedEngine, ds_config
 
         config = ds_config(s.cfg.distributed, t, s.cfg.data.batch_size, s.env.world)
-        return DeepSpeedEngine(s.model, optimizer, lambda opt: build_scheduler(opt, t), config)
+        return DeepSpeedEngine(s.model, optimizer, lambda opt: build_scheduler(opt, t), config, t.max_grad_norm)
     return TorchEngine(s.model, optimizer, build_scheduler(optimizer, t), t.max_grad_norm, t.grad_accum)
 
 
-def make_loader(s: Session) -> TrainLoader:
+def make_loader(s: Session) -> Prefetch:
+    """The training order (data/loader.py, packed_loader.py), its updates made ready ahead (prefetch.py)."""
     examples = [ex for task in s.tasks for ex in task.train]
     if not examples:
         raise ConfigError("tasks.*.train: no training data, but train.steps > 0")
     d = s.cfg.data
     try:
         if d.packing:  # a row holds what one example may: data.max_length, less a deep prefix
-            return PackedTrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id,
-                                     s.model.row_capacity(d.max_length), s.env.rank, s.env.world)
-        return TrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id, d.padding_side, s.env.rank, s.env.world)
+            loader = PackedTrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id,
+                                       s.model.row_capacity(d.max_length), s.env.rank, s.env.world)
+        else:
+            loader = TrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id, d.padding_side, s.env.rank,
+                                 s.env.world)
     except ValueError as e:
         raise ConfigError(f"data.batch_size: {e}") from None
+    return Prefetch(loader, [task.spec.type for task in s.tasks], s.device, s.cfg.train.grad_accum)
 
 
-def make_checkpointer(s: Session, engine, loader: TrainLoader) -> Checkpointer:
+def make_checkpointer(s: Session, engine, loader: Prefetch) -> Checkpointer:
     """checkpoints/step-N of the run's three parts: the engine, the data order, every rank's RNG."""
     return Checkpointer(Path(s.cfg.output_dir) / "checkpoints", engine=engine, loader=loader,
                         rng=RankRng(s.env.rank), config_yaml=to_yaml(s.cfg), keep=s.cfg.train.keep_checkpoints,

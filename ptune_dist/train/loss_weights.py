@@ -11,32 +11,22 @@ generation's label tokens vary). So micro-batch i of rank r is weighted by
 
 (total: the targets of the whole update, one all-reduce per update), which the engines' averaging over
 ranks and micro-batches turns back into the mean over all targets. The counts come from the batches on
-the CPU, before the forward. Where every batch holds as many targets, w is exactly 1.
+the CPU, before the forward (data/host.py: HostInfo.targets), and the total is summed over the ranks on the
+host (the CPU side of the process group: gloo), so the weights are plain numbers and nothing waits for a GPU.
+Where every batch holds as many targets, w is exactly 1.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ptune_dist.data.encode import IGNORE
-
 from . import dist
 
 
-def target_count(batch: dict, task_type: str) -> int:
-    """The targets a batch's loss averages over (its objective's Output.count)."""
-    if task_type == "classification":
-        return len(batch["task_ids"])
-    labels = batch["labels"]
-    real = int((labels != IGNORE).sum())
-    if task_type == "token_classification":
-        return real
-    if "seq_start" in batch:  # generation, packed: each sequence's first token is no one's next token
-        return real - int((labels[batch["seq_row"], batch["seq_start"]] != IGNORE).sum())
-    return int((labels[:, 1:] != IGNORE).sum())
-
-
-def loss_weights(counts: list[int], world: int, device) -> list[torch.Tensor]:
+def loss_weights(counts: list[int], world: int) -> list[float]:
     """One weight per micro-batch of this rank's update (see the module docstring); every rank calls it."""
-    total = dist.all_reduce_sum(torch.tensor(float(sum(counts)), device=device)).clamp(min=1.0)
-    return [float(c * len(counts) * world) / total for c in counts]  # exactly 1 where the counts are equal
+    total = float(sum(counts))
+    if world > 1:  # a host tensor: reduced by gloo, never a device sync
+        total = float(dist.all_reduce_sum(torch.tensor(total, dtype=torch.float64)))
+    total = max(total, 1.0)
+    return [c * len(counts) * world / total for c in counts]  # exactly 1 where the counts are equal
