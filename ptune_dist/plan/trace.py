@@ -19,7 +19,8 @@ dies. The run is built the way `ptune train` builds it, on one rank:
   deep prefix, no padding, made by data/collate.py from examples of the task type: one answer position
   per row (classification), `label_tokens` labelled tokens at the end of each row (generation; default
   the planner's data.max_length / 4), every token labelled (token classification);
-- `steps` steps of the training loop's own calls: target counts and loss weights from the CPU batch
+- `steps` steps of the training loop's own calls: the batch described on the host from its CPU tensors
+  (data/host.py, as the loop's prefetch does), the loss weights from its target count
   (train/loss_weights.py), the batch moved to the device (device.to_device's copy; its pinning of host
   memory is left out: it is not GPU memory, and a fake tensor cannot be pinned), engine.forward(...).loss *
   weight, engine.backward, engine.step.
@@ -262,11 +263,12 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
     import torch
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 
+    from ptune_dist.data.host import describe
     from ptune_dist.methods import BaseInfo, method_class
     from ptune_dist.model.build import build_model
     from ptune_dist.rank_env import DistEnv
     from ptune_dist.train.loop import make_engine
-    from ptune_dist.train.loss_weights import loss_weights, target_count
+    from ptune_dist.train.loss_weights import loss_weights
     from ptune_dist.train.placement import Placement
     from ptune_dist.train.session import Session
 
@@ -281,8 +283,8 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
     config, kind = base_config(cfg, hf_config)
     info = BaseInfo.from_config(config, kind)
     specs = task_specs(cfg, info.vocab_size)
-    batch = planned_batch(cfg, specs[0], method.depth, label_tokens)
-    counts = [target_count(batch, specs[0].type)]  # from the CPU batch, as the loop takes them (real values)
+    # described on the host from its CPU tensors, as the loop's prefetch does (data/host.py); its pinning is left out
+    batch = describe(planned_batch(cfg, specs[0], method.depth, label_tokens), [spec.type for spec in specs])
     base = skeleton(cfg.model, config, kind)  # on meta, outside the fake mode (bitsandbytes' parameters)
     notes = []
     fake, tracker = FakeTensorMode(allow_non_fake_inputs=True), LiveBytes(device)
@@ -313,7 +315,7 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
             model.train()
             for _ in range(steps):
                 step_losses = []
-                for weight in loss_weights(counts, 1, device):
+                for weight in loss_weights([batch["host"].targets], 1):
                     tracker.region = "batch"  # to_device's copy, without its pinning (host memory; fakes cannot pin)
                     on_device = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                                  for k, v in batch.items()}
