@@ -131,9 +131,11 @@ def report(state: dict) -> str:
         "Each cell's step was traced by `ptune_dist/plan/trace.py` on a fake `cuda` device (how, and what is real, "
         "below): traced = the peak of live CUDA tensor bytes after loading, over two training steps. Predicted = "
         "the planner's tensors for the same setup (`ptune plan`'s Setup, on a GPU; its runtime term is left out "
-        "here, see below). Ratio = predicted / traced; the goal is within 10%. GiB throughout.",
+        "here, see below). Ratio = predicted / traced; the goal is within 10%. GiB throughout. The planner's "
+        "overlap and workspace terms were corrected against these traces (docs/plan.md: before, it added the logits' "
+        "and a layer's backward peaks, up to 18% too much with checkpointing).",
         "",
-        "| cell | base | ckpt | method | task | batch x tokens | attention (planned / traced) | predicted GiB | traced "
+        "| cell | base | ckpt | method | task | batch x data.max_length | attention (planned / traced) | predicted GiB | traced "
         "GiB | ratio | within 10% | weights p / t | prompt+opt p / t | activations p / t | logits p / t | workspace "
         "p / t | overlap p | traced peak during | trace s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -203,7 +205,8 @@ NOTES = """## How the step is traced, and what is real
 - **Substituted.** bitsandbytes' Params4bit subclasses torch.Tensor in a way FakeTensorMode cannot wrap:
   the packed weight is the fake tensor itself, marked a parameter and carrying Params4bit's attributes
   (quant_state, blocksize, quant_type, ...); Linear4bit.forward, matmul_4bit and its autograd function are
-  bitsandbytes', its ops run their registered fake kernels. build_model makes the prompts on the CPU and
+  bitsandbytes', its ops run their registered fake kernels; double quantisation's 8-bit code book (a constant
+  bitsandbytes builds with a host loop) is built on the CPU first. build_model makes the prompts on the CPU and
   the trace moves them to the device (a module made inside a FakeTensorMode cannot be moved). The batch
   is copied to the device without pinning its host memory. `method.init` is `random` (the values do not
   change the memory). One micro-batch per step (accumulation adds nothing but more of the same).

@@ -21,11 +21,14 @@ One substitution: bitsandbytes' parameter classes (Params4bit, Int8Params) subcl
 FakeTensorMode cannot wrap, so the quantised weight is the fake tensor itself, marked a parameter and
 carrying the attributes bitsandbytes reads from a Params4bit / Int8Params (quant_state, blocksize,
 quant_type, ...; CB and SCB). Linear4bit.forward, matmul_4bit, its autograd function and the packed
-weight's bytes are bitsandbytes' own; its ops run their registered fake kernels.
+weight's bytes are bitsandbytes' own; its ops run their registered fake kernels. Double quantisation's
+dynamic 8-bit code book (a 256-entry constant bitsandbytes builds with a host loop) is built on the CPU and
+handed to it on the device while the weights are quantised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -88,6 +91,33 @@ def materialise(model: nn.Module, device: torch.device, quantised: bool) -> None
     else:
         four = eight = ()
     made: dict[int, torch.Tensor] = {}
+    with _dynamic_map(device) if quantised else contextlib.nullcontext():
+        _make(model, device, made, four, eight)
+
+
+@contextlib.contextmanager
+def _dynamic_map(device: torch.device):
+    """Double quantisation quantises the absmax with bitsandbytes' dynamic 8-bit code book, a 256-entry constant
+    it builds on first use with a host loop (`.tolist()`), which a fake mode cannot run: it is built here on the
+    CPU, handed to bitsandbytes on the device for the quantisation, and bitsandbytes' cache restored after."""
+    import bitsandbytes.functional as F
+
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():
+        code = F.create_dynamic_map()
+    before = F.name2qmap.get("dynamic")
+    F.name2qmap["dynamic"] = code.to(device)
+    try:
+        yield
+    finally:
+        if before is None:
+            F.name2qmap.pop("dynamic", None)
+        else:
+            F.name2qmap["dynamic"] = before
+
+
+def _make(model: nn.Module, device: torch.device, made: dict, four, eight) -> None:
     for module in model.modules():
         for name, p in list(module._parameters.items()):
             if p is None:
