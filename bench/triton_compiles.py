@@ -156,6 +156,8 @@ def gpu_launches(a: dict, grad: bool) -> list:
     from ptune_dist.kernels import triton_impl
     from ptune_dist.kernels.triton_packed import PackedLayout
 
+    if a["q"].dtype == torch.float32:  # what triton_impl.unavailable answers on CUDA: nothing is compiled
+        raise RuntimeError("float32: the Triton kernels are not launched in float32 on CUDA")
     saved = triton_impl.INTERPRETED
     triton_impl.INTERPRETED = False  # the GPU's block sizes and launch options
     try:

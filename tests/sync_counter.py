@@ -6,10 +6,12 @@ copy to the device (`torch.tensor(data, device=...)`) stalls the host until the 
 there is no GPU, so a `SyncCounter` tells which tensors would live on the device and counts what would sync:
 
 - device tensors: the ones handed to `mark` (the model's parameters and buffers, the batch after it moved),
-  every tensor an operation makes from a device tensor (views, results, gradients, optimizer state), and
-  every tensor made by a factory call given `device=` (as `torch.zeros(n, device=x.device)`) other than the
-  string "cpu"; everything else is host memory (the CPU batch before it moves, Python numbers, tensors made
-  with `device="cpu"`, as torch.optim makes its step counters).
+  every tensor an operation makes from a device tensor (views, results, gradients, optimizer state), every
+  tensor made by a factory call given `device=` (as `torch.zeros(n, device=x.device)`) other than the string
+  "cpu", and what a call on device tensors makes inside (F.scaled_dot_product_attention's masks) or what runs
+  where no Python-level call is seen (autograd's recompute of a checkpointed layer); everything else is host
+  memory (the CPU batch before it moves, Python numbers, `torch.arange(n)` without a device, tensors made with
+  `device="cpu"`, as torch.optim makes its step counters).
 - syncs: an aten operation that reads a device tensor's values on the host or whose output shape depends on
   them (SYNC_OPS; boolean or byte masks as indices; repeat_interleave without output_size; copies between host
   and device tensors), Tensor.tolist/.cpu/.numpy of a device tensor, a factory that copies host data to the
@@ -97,8 +99,8 @@ class SyncCounter:
 
     def __enter__(self):
         self._thread = threading.get_ident()
-        self.functions = _Functions(self)
-        self._modes = [self.functions, _Dispatch(self)]
+        self.context = []  # per Python-level call in progress: whether it works on (or for) the device
+        self._modes = [_Functions(self), _Dispatch(self)]
         for m in self._modes:
             m.__enter__()
         return self
@@ -116,12 +118,6 @@ def _quant_state(p) -> list:
         out += [getattr(state, k, None) for k in ("absmax", "code", "offset")]
         state = getattr(state, "state2", None)
     return [t for t in out if isinstance(t, torch.Tensor)]
-
-
-def _function_modes() -> list:
-    from torch.overrides import _get_current_function_mode_stack
-
-    return _get_current_function_mode_stack()
 
 
 def summary(syncs: list) -> Counter:
@@ -143,10 +139,15 @@ class _Functions(TorchFunctionMode):
                 self.c.record(f"Tensor.{name} of a device tensor")
             elif name == "to" and self.c.host(kwargs.get("device", args[1] if len(args) > 1 else None)):
                 self.c.record("Tensor.to('cpu') of a device tensor")
-        out = func(*args, **kwargs)
         device = kwargs.get("device")
-        if device is not None and not self.c.host(device) and not any(isinstance(a, torch.Tensor)
-                                                                 for a in tree_flatten(args)[0]):
+        placed = device is not None and not self.c.host(device)
+        tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        self.c.context.append(placed or any(self.c.on_device(t) for t in tensors))  # where its insides live
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.c.context.pop()
+        if placed and not tensors:
             if func in DATA_FACTORIES:
                 self.c.record(f"{name}(data, device=...): a pageable copy to the device")
             self.c.mark(out)
@@ -167,9 +168,9 @@ class _Dispatch(TorchDispatchMode):
         if threading.get_ident() == self.c._thread and any(device):
             self.check(func, args, kwargs, tensors, device)
         out = func(*args, **kwargs)
-        if any(device) or (not tensors and self.c.functions not in _function_modes()):
-            # a factory where no Python-level mode sees it (autograd's recompute of a checkpointed layer, which
-            # ran the same code in the forward already, under the function mode): made for the device
+        if any(device) or (not tensors and (not self.c.context or self.c.context[-1])):
+            # a factory inside a Python-level call on device tensors, or where no Python-level call is seen
+            # (autograd's recompute of a checkpointed layer runs the forward's code again): made for the device
             self.c.mark(out)
         return out
 

@@ -11,7 +11,8 @@
         saves and a resume restores (load before iterating)
 
 The loader draws its order from its own seeded generator (data/loader.py), so reading ahead on another thread
-changes no random number of the step's. The thread stops when the iteration is closed (use it in a `with
+changes no random number of the step's; the thread makes the rank's GPU its current device before it pins
+(as torch's DataLoader pin thread does), so it opens no CUDA context elsewhere. The thread stops when the iteration is closed (use it in a `with
 closing(iter(prefetch))`); an error in it is raised in the training thread at the next update.
 """
 
@@ -63,6 +64,8 @@ class Prefetch:
 
         def work() -> None:
             try:
+                if self.device.type == "cuda":  # pinning from this thread must not open a context on GPU 0
+                    torch.cuda.set_device(self.device)
                 batches = iter(self.loader)
                 while not stop.is_set():
                     update = [self.ready(next(batches)) for _ in range(self.micro)]
