@@ -224,10 +224,11 @@ NOTES = """## How the step is traced, and what is real
 The trace counts what PyTorch's caching allocator would hand out (its `max_memory_allocated`). A GPU also
 holds, and the trace does not see:
 
-- the CUDA context and loaded kernels (outside the allocator; a few hundred MiB, more without lazy module
-  loading);
-- cuBLAS / cuBLASLt workspaces (per stream and handle), and NCCL's communication buffers when more than one
-  rank runs (outside the allocator);
+- the CUDA context and loaded kernels (outside the allocator; their size depends on the driver, the GPU and
+  lazy module loading: not measured here);
+- cuBLAS / cuBLASLt workspaces, made per handle and stream on first use (recent torch takes them from its
+  caching allocator, so a GPU's allocated peak may include them), and NCCL's communication buffers when more
+  than one rank runs (outside the allocator);
 - the caching allocator's fragmentation and caching: reserved minus allocated (blocks split from 2 MiB
   and 20 MiB segments, freed blocks kept for reuse);
 - memory an operation allocates and frees inside itself where the trace runs a fake kernel: bitsandbytes'
