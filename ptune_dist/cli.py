@@ -153,7 +153,7 @@ def cmd_fetch(ns) -> int:
 def cmd_plan(ns) -> int:
     from ptune_dist.plan import run
 
-    print(run(list(ns.overrides)))
+    print(run(list(ns.overrides), trace=ns.trace))
     return 0
 
 
@@ -216,6 +216,9 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="setups that fit a GPU's memory, with predicted peak memory per device")
     pl.add_argument("overrides", nargs="*", help="CONFIG.yaml [...] or model=... method=..., then hardware.gpus=N "
                     "hardware.gpu_mem=24GB key=value ...")
+    pl.add_argument("--trace", nargs="?", type=int, const=3, default=0, metavar="N",
+                    help="also trace the first N setups listed (default 3): their training step run on a fake CUDA "
+                    "device, the peak of live GPU tensor bytes by part beside the prediction (plain engine only)")
     pl.set_defaults(fn=cmd_plan)
     return p
 

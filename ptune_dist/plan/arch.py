@@ -153,17 +153,35 @@ ALIASES = {"llama-1b": "llama-3.2-1b", "llama-3b": "llama-3.2-3b", "llama-7b": "
            "llama-8b": "llama-3.1-8b", "llama-13b": "llama-2-13b", "llama-70b": "llama-2-70b"}
 
 
+def hf_config(arch: Arch) -> dict:
+    """A Hugging Face config (config.json's keys) with `arch`'s shapes, for building the model without its
+    files (plan/trace.py). Llama-style decoders only: the other built-in descriptions have no transformers
+    class here."""
+    if arch.model_type != "llama" or not arch.gated_mlp or arch.bias or arch.norm != "rms":
+        raise ConfigError(f"model={arch.name!r}: the trace builds Llama-style decoders from a built-in description; "
+                          f"give this model's HF folder (its config.json) instead")
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": arch.hidden_size,
+            "intermediate_size": arch.intermediate_size, "num_hidden_layers": arch.num_layers,
+            "num_attention_heads": arch.num_heads, "num_key_value_heads": arch.num_kv_heads,
+            "head_dim": arch.head_dim, "vocab_size": arch.vocab_size, "tie_word_embeddings": arch.tied_embeddings,
+            "max_position_embeddings": arch.max_positions or 4096, "rms_norm_eps": 1e-5}
+
+
 def builtin_names() -> list[str]:
     return sorted([*BUILTIN, *ALIASES])
+
+
+def is_builtin(name: str) -> bool:
+    """`name` is one of the built-in descriptions (or an alias): no config.json stands behind it."""
+    return ALIASES.get(name.lower(), name.lower()) in BUILTIN
 
 
 def resolve_arch(name_or_path: str, key: str = "model") -> Arch:
     """The Arch of a built-in name, an `embedded:` model or a local HF folder (its config.json only)."""
     from ptune_dist import embedded
 
-    name = ALIASES.get(name_or_path.lower(), name_or_path.lower())
-    if name in BUILTIN:
-        return BUILTIN[name]
+    if is_builtin(name_or_path):
+        return BUILTIN[ALIASES.get(name_or_path.lower(), name_or_path.lower())]
     try:
         path = Path(embedded.resolve(name_or_path)).expanduser()
     except (ValueError, FileNotFoundError) as e:

@@ -29,8 +29,14 @@ The terms (bytes per device):
 - logits: the LM head runs on labelled positions only (classification: the answer position;
   generation: the label tokens), [rows, vocab] in fp32, kept twice (head output and log-softmax)
   plus their gradient.
-- workspace: the transient tensors of the backward pass of one layer (the SwiGLU backward builds
-  about six intermediate-sized tensors; measured with the profiler on SmolLM2).
+- workspace: the transient tensors of the backward pass of one layer: the gradient arriving at the MLP's
+  activation (intermediate-sized), the temporaries of its backward (BACKWARD_WORKSPACE more) and the
+  layer's hidden-sized output gradient; with a quantised base, bitsandbytes' dequantised weight while a
+  projection's backward runs (beside two intermediate-sized gradients), when that is larger.
+- overlap: what never coexists, subtracted. The logits and their gradient are freed before the backward
+  reaches the last layer, so the peak is the larger of the head's backward (logits) and a layer's
+  (workspace, plus with checkpointing the recomputed layer): the smaller of the two is subtracted.
+  Counted by the trace of the real step on a fake CUDA device (plan/trace.py, docs/plan_traced.md).
 - runtime: what the process holds besides tensors (CUDA context and library workspaces on a GPU;
   on this CPU the calibrated constant of docs/plan.md).
 
@@ -56,9 +62,11 @@ QUANTS = ("none", "int8", "nf4", "fp4")
 ZERO_DEFAULTS = {"stage3_max_live_parameters": 1e9, "stage3_max_reuse_distance": 1e9,
                  "stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5}
 SHARED_PREFIX_KERNELS = ("split", "flash", "triton")  # keep the prefix [Hkv, P, d] shared, no per-row copy
-# intermediate-sized [tokens, I] tensors alive in one layer's backward: the incoming gradient, the gate and up
-# gradients and the temporaries of the SwiGLU backward. Measured (RSS of one MLP backward): HF's MLP or the
-# earlier lean backward 6; model/lean.py's in-place backward keeps one temporary (the sigmoid): 3
+# intermediate-sized [tokens, I] tensors one layer's backward makes beside the gradient arriving at the MLP's
+# activation: the gate and up gradients and the temporaries of the SwiGLU backward. Measured (RSS of one MLP
+# backward, above the live inputs): HF's MLP or the earlier lean backward 6; model/lean.py's in-place backward
+# keeps one temporary (the sigmoid): 3. The trace on a fake CUDA device counts the same, plus the arriving
+# gradient (7 and 4 live at once: docs/plan_traced.md)
 BACKWARD_WORKSPACE = {True: 3, False: 6}  # by Setup.lean_activations
 
 
@@ -110,6 +118,7 @@ class Breakdown:
     logits: float = 0.0
     workspace: float = 0.0
     runtime: float = 0.0
+    overlap: float = 0.0  # logits vs a layer's backward: the smaller never coexists with the larger (subtracted)
     host: float = 0.0  # host memory for offloaded parts (not in the total)
     trainable_params: int = 0
 
@@ -118,7 +127,7 @@ class Breakdown:
 
     @property
     def tensors(self) -> float:
-        return sum(getattr(self, p) for p in self.PARTS if p != "runtime")
+        return sum(getattr(self, p) for p in self.PARTS if p != "runtime") - self.overlap
 
     @property
     def total(self) -> float:
@@ -285,14 +294,26 @@ def logits_bytes(arch: Arch, s: Setup) -> float:
 
 
 def workspace_bytes(arch: Arch, s: Setup) -> float:
+    """One layer's backward: the gradient arriving at the MLP's activation and BACKWARD_WORKSPACE more
+    intermediate-sized tensors, and the layer's output gradient [tokens, H]; with a quantised base, the
+    dequantised weight of a projection's backward beside two intermediate-sized gradients, when larger."""
     T, _, _ = sequence(s)
     N, e = s.batch_size * T, DTYPE_BYTES[s.dtype]
     width = max(arch.intermediate_size, arch.hidden_size)
-    ws = BACKWARD_WORKSPACE[s.lean_activations] * N * width * e
+    ws = (1 + BACKWARD_WORKSPACE[s.lean_activations]) * N * width * e + N * arch.hidden_size * e
     if s.quant != "none":
         # bitsandbytes dequantises a linear layer's weight to the compute dtype for every matmul
-        ws += max(i * o for i, o in arch.linear_shapes()) * DTYPE_BYTES[s.dtype]
+        dequantised = max(i * o for i, o in arch.linear_shapes()) * DTYPE_BYTES[s.dtype]
+        ws = max(ws, dequantised + 2 * N * width * e + N * arch.hidden_size * e)
     return ws
+
+
+def overlap_bytes(arch: Arch, s: Setup, logits: float, workspace: float) -> float:
+    """The head's backward (the logits and their gradient) ends before a layer's backward starts (its
+    workspace, and with checkpointing the layer recomputed): the smaller of the two is never live with the
+    larger, so it leaves the peak."""
+    layer = workspace + (layer_activation_bytes(arch, s) if s.gradient_checkpointing else 0.0)
+    return min(logits, layer)
 
 
 # -- the whole device -----------------------------------------------------------------------
@@ -361,6 +382,7 @@ def predict(arch: Arch, s: Setup, runtime: float = 0.0) -> Breakdown:
         out.activations += _trained_base_extra(arch, s)
     out.logits = logits_bytes(arch, s)
     out.workspace = workspace_bytes(arch, s)
+    out.overlap = overlap_bytes(arch, s, out.logits, out.workspace)
     return out
 
 

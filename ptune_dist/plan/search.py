@@ -14,6 +14,10 @@ config's checks require). Hardware not given follows the run config (launch.npro
 node, launch.nnodes nodes, train.device=cpu a CPU run) and, on a machine with a GPU, takes that GPU's
 memory (24GB without one).
 
+With --trace[=N] (ptune_dist/cli.py), the first N setups listed (default 3) are also traced: their training
+step built as `ptune train` builds it and run on a fake CUDA device (plan/trace.py), and the peak of live
+CUDA tensor bytes it reaches is printed under each, by part, beside the prediction.
+
 Numbers given here are checked like the config's: hardware.gpu_mem and hardware.runtime are sizes with
 a unit (24GB, 80GiB, 512MB; a bare `24` is refused, not read as 24 bytes), finite and within
 SIZE_RANGE; counts are whole numbers within COUNT_MAX (plan.label_tokens at most data.max_length).
@@ -30,7 +34,7 @@ from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import method_class
 
-from .arch import Arch, resolve_arch
+from .arch import Arch, is_builtin, resolve_arch
 from .memory import GiB, Breakdown, Setup, predict
 
 GPU_RUNTIME = 1.0 * GiB  # CUDA context, cuBLAS/cuDNN workspaces, allocator slack: an assumption, see docs/plan.md
@@ -122,6 +126,8 @@ class Request:
     attention: str = "auto"  # the config's model.attention: the planned kernel follows each setup's dtype
     show_all: bool = False
     top: int = 20
+    cfg: RunConfig | None = None  # the run config as given (file + overrides), before the planned keys
+    builtin: bool = False  # model= is a built-in description (no config.json to read)
 
 
 @dataclass
@@ -213,7 +219,7 @@ def parse_request(args: list[str]) -> Request:
                    overrides=[o for o in overrides if o.split("=", 1)[0] not in PLANNED_KEYS],
                    backend=cfg.launch.backend, slurm_gpus=cfg.launch.gpus_per_node > 0,
                    show_all=_bool(plan.get("all", "false"), "plan.all"),
-                   top=_int(plan.get("top", "20"), "plan.top"))
+                   top=_int(plan.get("top", "20"), "plan.top"), cfg=cfg, builtin=bool(model) and is_builtin(model))
 
 
 def _keys_set_in(files: list[str]) -> set[str]:
@@ -410,6 +416,21 @@ def overrides_for(s: Setup, req: Request) -> list[str]:
     return o
 
 
+def config_for(s: Setup, req: Request) -> RunConfig:
+    """The run config of a planned setup: the request's config with the keys the planner chose (what
+    overrides_for puts in the command)."""
+    cfg = req.cfg
+    m = replace(cfg.model, dtype=s.dtype, quant=s.quant, quant_double=s.quant_double,
+                gradient_checkpointing=s.gradient_checkpointing)
+    if s.quant in ("nf4", "fp4"):
+        m = replace(m, quant_compute_dtype=s.dtype if s.dtype != "float32" else m.quant_compute_dtype,
+                    quant_storage=s.quant_storage)
+    return replace(cfg, model=m, data=replace(cfg.data, batch_size=s.batch_size),
+                   train=replace(cfg.train, grad_accum=s.grad_accum),
+                   distributed=replace(cfg.distributed, engine=s.engine, zero_stage=s.zero_stage,
+                                       offload_optimizer=s.offload_optimizer, offload_params=s.offload_params))
+
+
 def command_for(s: Setup, req: Request) -> str:
     cfg = req.config_file or "CONFIG.yaml"
     hw = req.hardware
@@ -472,9 +493,39 @@ def _engine_name(s: Setup, world: int) -> str:
     return name + (f" x{world}" if world > 1 else "")
 
 
-def render(req: Request, rows: list[Row]) -> str:
+def trace_rows(req: Request, rows: list[Row], n: int) -> dict:
+    """{id(row): Trace or the exception that stopped it} for the first `n` rows (plan/trace.py), one child
+    process for all of them on a CPU-only torch."""
+    from .arch import hf_config
+    from .trace import trace_steps
+
+    if req.hardware.device == "cpu":
+        raise ConfigError("--trace: hardware.device=cpu plans a CPU run; the trace counts a GPU's memory (drop "
+                          "hardware.device=cpu to trace the GPU setups)")
+    config = hf_config(req.arch) if req.builtin else None
+    picked = rows[:n]
+    answers = trace_steps([(config_for(r.setup, req), config, r.setup.label_tokens) for r in picked])
+    return {id(r): a for r, a in zip(picked, answers)}
+
+
+def trace_line(row: Row, trace) -> str:
+    """The traced peak under a row: by part, and beside the predicted tensors."""
+    if isinstance(trace, Exception):
+        return f"      traced: not traced ({trace})"
+    t, d = trace.parts, row.breakdown
+    parts = " + ".join(f"{t[k] / GiB:.2f}" for k in ("weights", "quant_state", "prompt_optimizer", "activations",
+                                                       "logits", "workspace"))
+    return (f"      traced: {trace.peak / GiB:.2f} GB of live CUDA tensors at the peak ({trace.peak_region}) = {parts} "
+            f"(weights + quantisation state + prompt/optimizer + activations + logits + workspace); predicted "
+            f"tensors {d.tensors / GiB:.2f} ({d.tensors / trace.peak:.2f}x the trace); + runtime "
+            f"{d.runtime / GiB:.2f} = {(trace.peak + d.runtime) / GiB:.2f}"
+            + "".join(f"\n      note: {n}" for n in trace.notes))
+
+
+def render(req: Request, rows: list[Row], trace: int = 0) -> str:
     a, b, hw = req.arch, req.base, req.hardware
     shown = select(rows, req.show_all)
+    traces = trace_rows(req, shown[:req.top], trace) if trace and shown else {}
     fitting = sum(r.fits for r in rows)
     where = f"{hw.gpus} x {hw.gpu_mem / GiB:g} GB" + (f" x {hw.nodes} nodes" if hw.nodes > 1 else "")
     device = "GPU" if hw.device == "gpu" else "process (CPU)"
@@ -492,7 +543,8 @@ def render(req: Request, rows: list[Row]) -> str:
         f"{fitting} of {len(rows)} setups fit" + ("" if req.show_all else
                                                   "; best first, the largest micro-batch of each kind")
         + ". Predicted peak per " + device + " in GB = weights + ZeRO-3 gathered + prompt/grad/optimizer "
-        "+ activations + logits + workspace + runtime.",
+        "+ activations + logits + workspace - overlap (logits and a layer's backward are never live at once) "
+        "+ runtime.",
         "",
     ]
     if not shown:
@@ -505,12 +557,15 @@ def render(req: Request, rows: list[Row]) -> str:
     for i, r in enumerate(shown[:req.top], 1):
         s, d = r.setup, r.breakdown
         parts = "+".join(f"{x / GiB:.2f}" for x in (d.frozen_weights, d.zero3_gathered, d.trainable + d.optimizer,
-                                                     d.activations, d.logits, d.workspace, d.runtime))
+                                                     d.activations, d.logits, d.workspace)) + \
+            f"-{d.overlap / GiB:.2f}+{d.runtime / GiB:.2f}"
         host = f" (host {d.host / GiB:.1f} GB)" if d.host else ""
         lines.append(f"{i:>3} {'yes' if r.fits else 'no':4} {base_name(s):6} {'on' if s.gradient_checkpointing else 'off':4} "
                      f"{f'{s.batch_size} x {s.grad_accum}':13} {_engine_name(s, hw.world):22} {r.peak / GiB:8.2f}  "
                      f"{parts}{host}")
         lines.append(f"      {command_for(s, req)}")
+        if id(r) in traces:
+            lines.append(trace_line(r, traces[id(r)]))
     if len(shown) > req.top:
         lines.append(f"... {len(shown) - req.top} more (plan.top=N)")
     if hw.device == "cpu" and any(r.setup.engine == "deepspeed" and r.setup.zero_stage == 3 for r in shown[:req.top]):
@@ -518,6 +573,7 @@ def render(req: Request, rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def run(args: list[str]) -> str:
+def run(args: list[str], trace: int = 0) -> str:
+    """`ptune plan`'s output; `trace`: how many of the setups listed to trace (plan/trace.py)."""
     req = parse_request(args)
-    return render(req, plan(req))
+    return render(req, plan(req), trace)
