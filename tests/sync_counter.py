@@ -227,8 +227,9 @@ def count_steps(cfg, cpu_is_host: bool = True, watch=None) -> dict:
     device's from the start, and every batch is from the moment it moves (device.to_device). `watch`: a
     CudaSyncWarnings on a GPU (default: a SyncCounter)."""
     from ptune_dist.train import loop
+    from ptune_dist.train import update as moves  # where the loop's update moves each batch (device.to_device)
 
-    steps, real_run, real_to = {}, loop.run_steps, loop.to_device
+    steps, real_run, real_to = {}, loop.run_steps, moves.to_device
 
     def run_steps(s, engine, loader, start, log, run_eval, stop, save):
         counter = watch or SyncCounter(cpu_is_host=cpu_is_host)
@@ -250,12 +251,12 @@ def count_steps(cfg, cpu_is_host: bool = True, watch=None) -> dict:
             state["step"], state["logged"] = state["step"] + 1, False
             advance()
 
-        log.advance, log.train, loop.to_device = advanced, logged, to_device
+        log.advance, log.train, moves.to_device = advanced, logged, to_device
         try:
             with counter:
                 return real_run(s, engine, loader, start, log, run_eval, stop, save)
         finally:
-            loop.to_device = real_to
+            moves.to_device = real_to
 
     loop.run_steps = run_steps
     try:

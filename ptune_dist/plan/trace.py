@@ -19,11 +19,10 @@ dies. The run is built the way `ptune train` builds it, on one rank:
   deep prefix, no padding, made by data/collate.py from examples of the task type: one answer position
   per row (classification), `label_tokens` labelled tokens at the end of each row (generation; default
   the planner's data.max_length / 4), every token labelled (token classification);
-- `steps` steps of the training loop's own calls: the batch described on the host from its CPU tensors
-  (data/host.py, as the loop's prefetch does), the loss weights from its target count
-  (train/loss_weights.py), the batch moved to the device (device.to_device's copy; its pinning of host
-  memory is left out: it is not GPU memory, and a fake tensor cannot be pinned), engine.forward(...).loss *
-  weight, engine.backward, engine.step.
+- `steps` updates of the training loop's own `train/update.py` (the batch described on the host from its CPU
+  tensors, data/host.py, as the loop's prefetch does; the loss weights from its target count; the batch moved
+  to the device, device.to_device's copy without its pinning of host memory: it is not GPU memory, and a fake
+  tensor cannot be pinned; engine.forward(...).loss * weight, engine.backward, engine.step).
 
 The peak is taken after loading (the base's weights are in it, loading's transients are not, as
 torch.cuda.reset_peak_memory_stats after load_base), and the second step's peak holds the optimizer
@@ -268,7 +267,7 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
     from ptune_dist.model.build import build_model
     from ptune_dist.rank_env import DistEnv
     from ptune_dist.train.loop import make_engine
-    from ptune_dist.train.loss_weights import loss_weights
+    from ptune_dist.train.update import update
     from ptune_dist.train.placement import Placement
     from ptune_dist.train.session import Session
 
@@ -311,24 +310,17 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
             engine = make_engine(session)
             loaded, load_peak = tracker.now(), tracker.peak
             tracker.reset_peak()
-            handles, phase = _hook_regions(tracker, model)
+            handles, flags = _hook_regions(tracker, model)
             model.train()
-            for _ in range(steps):
-                step_losses = []
-                for weight in loss_weights([batch["host"].targets], 1):
-                    tracker.region = "batch"  # to_device's copy, without its pinning (host memory; fakes cannot pin)
-                    on_device = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                                 for k, v in batch.items()}
-                    tracker.region = "forward"
-                    loss = engine.forward(on_device).loss * weight
+
+            def phase(name: str) -> None:  # the update's phases name the memory it makes
+                if name == "backward":
                     tracker.end_forward()
-                    tracker.region, phase["backward"] = "head", True
-                    engine.backward(loss)
-                    phase["backward"] = False
-                    step_losses.append(loss.detach())
-                    del loss, on_device
-                tracker.region = "optimizer"
-                engine.step(torch.stack(step_losses).sum())
+                flags["backward"] = name == "backward"
+                tracker.region = {"backward": "head", "step": "optimizer"}.get(name, name)
+
+            for _ in range(steps):
+                update(engine, [batch], 1, device, move=_moved, phase=phase)  # the loop's own update
                 for state in engine.optimizer.state.values():
                     for v in state.values():
                         tracker.name(v, "prompt_optimizer")
@@ -343,6 +335,13 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
     return Trace(peak=tracker.peak, parts=tracker.breakdown(), peak_region=tracker.peak_region, loaded=loaded,
                  load_peak=load_peak, steps=steps, seconds=time.perf_counter() - t0, attention=attention,
                  host_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, notes=notes)
+
+
+def _moved(batch: dict, device) -> dict:
+    """device.to_device's copy without its pinning (host memory, not the device's; a fake tensor cannot be pinned)."""
+    import torch
+
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _attention_kernel(cfg: RunConfig, info, batch: dict, device) -> str:

@@ -27,7 +27,7 @@ from ptune_dist.config import to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.data.loader import TrainLoader
 from ptune_dist.data.packed_loader import PackedTrainLoader
-from ptune_dist.device import describe, peak_bytes, to_device
+from ptune_dist.device import describe, peak_bytes
 from ptune_dist.errors import ConfigError
 from ptune_dist.rank_env import DistEnv
 
@@ -35,7 +35,6 @@ from . import dist
 from .engine import TorchEngine
 from .evaluate import evaluate
 from .params import param_bytes, param_counts
-from .loss_weights import loss_weights
 from .logger import MetricsLogger
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler
@@ -45,6 +44,7 @@ from .resume import agreed_resume_point, config_changes
 from .rng import RankRng
 from .run_lock import RunLock
 from .session import Session, baseline_view, build_session
+from .update import update
 
 CARRIED = ("baseline",)  # results measured once, before step 1, that checkpoints keep for a resumed run
 
@@ -132,15 +132,10 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
     model.train()
     with closing(iter(loader)) as updates:
         for step in range(start + 1, t.steps + 1):
-            micro, step_losses = next(updates), []  # built, described and pinned ahead, on the host
-            for batch, weight in zip(micro, loss_weights([b["host"].targets for b in micro], world)):
-                tokens += batch["host"].tokens
-                loss = engine.forward(to_device(batch, s.device)).loss * weight  # the mean over every target
-                engine.backward(loss)
-                step_losses.append(loss.detach())
-                del loss  # its graph would live through the next forward, with what bitsandbytes int8 keeps on it
-            lr, step_loss = engine.lr, torch.stack(step_losses).sum()
-            guard.record(step, engine.step(step_loss), step_loss)  # NaN norm: non-finite, nothing updated
+            lr = engine.lr
+            step_loss, grad_norm, n = update(engine, next(updates), world, s.device)  # built ahead, on the host
+            guard.record(step, grad_norm, step_loss)  # NaN norm: non-finite, nothing updated
+            tokens += n
             logs, evals = step % t.log_every == 0 or step == t.steps, t.eval_every and step % t.eval_every == 0
             saves, stopping = t.save_every and step % t.save_every == 0, stop.agreed() and step < t.steps
             if logs or evals or saves or stopping:  # the host reads the steps since the last read
@@ -148,9 +143,9 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
             if logs and losses:
                 mean = sum(loss for _, _, loss in losses) / (len(losses) * t.grad_accum)
                 elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
-                log.train({"step": step, "loss": float(dist.all_reduce_sum(torch.tensor(mean, dtype=torch.float64))) / world, "lr": lr,
-                           "tokens_per_s": tokens * world / elapsed, "grad_norm": losses[-1][1],
-                           "epoch": loader.epoch})
+                mean = float(dist.all_reduce_sum(torch.tensor(mean, dtype=torch.float64))) / world
+                log.train({"step": step, "loss": mean, "lr": lr, "tokens_per_s": tokens * world / elapsed,
+                           "grad_norm": losses[-1][1], "epoch": loader.epoch})
                 losses, tokens = [], 0
             log.advance()
             if stopping:  # USR1/TERM/INT on any rank: all stop here, resumable
