@@ -48,6 +48,12 @@ def load_base(model_cfg, trainable: bool = False, device: torch.device | None = 
     if model_cfg.quant != "none":
         quant.prepare_loaded(model)
     release_free_memory()
+    return settle(model, model_cfg, trainable), base.info
+
+
+def settle(model, model_cfg, trainable: bool):
+    """What a loaded base gets before it trains: every parameter frozen unless `trainable`, lean MLP activations,
+    the dropout setting, gradient checkpointing (plan/fake_base.py's fake base goes through it too)."""
     model.requires_grad_(trainable)
     if model_cfg.lean_activations:
         apply_lean_mlp(model)
@@ -55,7 +61,7 @@ def load_base(model_cfg, trainable: bool = False, device: torch.device | None = 
         set_dropout(model, model_cfg.dropout)
     if model_cfg.gradient_checkpointing:
         enable_checkpointing(model)
-    return model, base.info
+    return model
 
 
 def enable_checkpointing(model) -> None:

@@ -36,8 +36,7 @@ from torch import nn
 
 from ptune_dist.model import quant
 from ptune_dist.model.attention import register
-from ptune_dist.model.lean import apply_lean_mlp
-from ptune_dist.model.load import CLASSES, DTYPES, enable_checkpointing, set_dropout
+from ptune_dist.model.load import CLASSES, DTYPES, settle
 
 PARAMS4BIT_ATTRS = ("blocksize", "compress_statistics", "quant_type", "quant_storage")
 
@@ -140,11 +139,4 @@ def finish(model: nn.Module, model_cfg, device: torch.device, trainable: bool = 
     materialise(model, device, quantised=model_cfg.quant != "none")
     if model_cfg.quant != "none":
         quant.prepare_loaded(model)
-    model.requires_grad_(trainable)
-    if model_cfg.lean_activations:
-        apply_lean_mlp(model)
-    if model_cfg.dropout is not None:
-        set_dropout(model, model_cfg.dropout)
-    if model_cfg.gradient_checkpointing:
-        enable_checkpointing(model)
-    return model
+    return settle(model, model_cfg, trainable)
