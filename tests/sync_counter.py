@@ -15,8 +15,8 @@ there is no GPU, so a `SyncCounter` tells which tensors would live on the device
 - syncs: an aten operation that reads a device tensor's values on the host or whose output shape depends on
   them (SYNC_OPS; boolean or byte masks as indices; repeat_interleave without output_size; copies between host
   and device tensors), Tensor.tolist/.cpu/.numpy of a device tensor, a factory that copies host data to the
-  device (torch.tensor / as_tensor with a device), `.to("cpu")` of a device tensor, and a host tensor (not 0-dim) used in an operation on device
-  tensors (a device mismatch on a GPU, or a hidden copy).
+  device (torch.tensor / as_tensor with a device), `.to("cpu")` of a device tensor, and a host tensor (not
+  0-dim) used in an operation on device tensors (a device mismatch on a GPU, or a hidden copy).
 
 The count is per thread: only the thread that entered the counter is watched (a background loader thread's
 work on host tensors is not a sync). On the CPU, `.to(device)` cannot be told from `.to(torch.device("cpu"))`:

@@ -381,6 +381,7 @@ def test_int8_kept_inputs_match_a_real_bitsandbytes_model(tmp_path, checkpointin
     import gc
     import warnings
 
+    from torch._subclasses.fake_tensor import is_fake
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ptune_dist.config.schema import ModelConfig
@@ -400,10 +401,17 @@ def test_int8_kept_inputs_match_a_real_bitsandbytes_model(tmp_path, checkpointin
     embeds = torch.randn(B, T, hf.hidden_size, requires_grad=True)
     held.add(embeds.untyped_storage().data_ptr())
 
+    def real_tensor(o) -> bool:
+        """A tensor holding memory: not a FakeTensor, nor a dead weak proxy (other tests' torch.compile caches)."""
+        try:
+            return torch.is_tensor(o) and not is_fake(o)
+        except ReferenceError:
+            return False
+
     def tensors() -> dict[int, int]:
         with warnings.catch_warnings():  # a deprecated torch.distributed object warns when type-checked
             warnings.simplefilter("ignore", FutureWarning)
-            found = [o.untyped_storage() for o in gc.get_objects() if torch.is_tensor(o)]
+            found = [o.untyped_storage() for o in gc.get_objects() if real_tensor(o)]
         return {s.data_ptr(): s.nbytes() for s in found if s.data_ptr() not in held and s.nbytes() > 256}
 
     before, saved = tensors(), {}

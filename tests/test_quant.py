@@ -56,7 +56,8 @@ def test_float16_on_cpu_is_refused():
         load_config([], ["model.quant=nf4", "model.quant_compute_dtype=float16"])
 
 
-@pytest.mark.parametrize("dtype, compute, want", [("bfloat16", "auto", torch.bfloat16), ("float32", "auto", torch.float32),
+@pytest.mark.parametrize("dtype, compute, want", [("bfloat16", "auto", torch.bfloat16),
+                                                   ("float32", "auto", torch.float32),
                                                    ("bfloat16", "float32", torch.float32)])
 def test_the_4bit_matmul_follows_model_dtype_unless_asked(dtype, compute, want):
     """model.quant_compute_dtype=auto (the default) is model.dtype: a bf16 base on a GPU multiplies in bf16, and fp32

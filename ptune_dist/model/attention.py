@@ -73,7 +73,8 @@ def prefix_attention_forward(module, query, key, value, attention_mask, scaling=
     out = prefix_attention(
         query, key, value, pk, pv,
         causal=bool(getattr(module, "is_causal", True)),
-        key_padding_mask=attention_mask if prefix.padded else None, scale=scaling, dropout_p=dropout, impl=prefix.impl, **packed,
+        key_padding_mask=attention_mask if prefix.padded else None, scale=scaling, dropout_p=dropout,
+        impl=prefix.impl, **packed,
     )
     return out.transpose(1, 2).contiguous(), None
 

@@ -33,6 +33,7 @@ state. On a CPU-only torch the trace runs in a child process started with the fa
 from __future__ import annotations
 
 import dataclasses
+import os
 import resource
 import time
 import traceback
@@ -69,7 +70,7 @@ class Trace:
     steps: int
     seconds: float
     attention: str = ""  # the attention implementation the model's calls resolve to
-    host_rss: int = 0  # the tracing process's peak resident memory (it allocates no device memory)
+    host_rss: int = 0  # what the tracing process's resident memory grew by over the trace (no device memory)
     notes: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -275,7 +276,7 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
     from .live_bytes import LiveBytes
 
     check_traceable(cfg)
-    t0 = time.perf_counter()
+    t0, rss0 = time.perf_counter(), resident_bytes()
     device = torch.device(DEVICE)
     method = method_class(cfg.method.name)
     cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, init="random"))
@@ -334,7 +335,17 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
                            f"({type(e).__name__}: {e})") from None
     return Trace(peak=tracker.peak, parts=tracker.breakdown(), peak_region=tracker.peak_region, loaded=loaded,
                  load_peak=load_peak, steps=steps, seconds=time.perf_counter() - t0, attention=attention,
-                 host_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, notes=notes)
+                 host_rss=max(0, resident_bytes() - rss0), notes=notes)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux: /proc/self/statm; elsewhere its peak, ru_maxrss). Not the peak:
+    a child of a large process inherits that parent's peak as its own."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _moved(batch: dict, device) -> dict:

@@ -11,9 +11,10 @@
         saves and a resume restores (load before iterating)
 
 The loader draws its order from its own seeded generator (data/loader.py), so reading ahead on another thread
-changes no random number of the step's; the thread makes the rank's GPU its current device before it pins
-(as torch's DataLoader pin thread does), so it opens no CUDA context elsewhere. The thread stops when the iteration is closed (use it in a `with
-closing(iter(prefetch))`); an error in it is raised in the training thread at the next update.
+changes no random number of the step's; the thread makes the rank's GPU its current device before it pins (as
+torch's DataLoader pin thread does), so it opens no CUDA context elsewhere. The thread stops when the iteration is
+closed (use it in a `with closing(iter(prefetch))`); an error in it is raised in the training thread at the next
+update.
 """
 
 from __future__ import annotations
