@@ -117,6 +117,8 @@ def test_what_the_trace_cannot_run_is_refused_by_key():
         check_traceable(config(["data.packing=true"]))
     with pytest.raises(ValueError, match="model.quant=int8"):
         check_traceable(config(["model.quant=int8"]))
+    with pytest.raises(ValueError, match="train.optimizer=adafactor"):
+        check_traceable(config(["train.optimizer=adafactor"]))
 
 
 def test_ptune_plan_trace_prints_the_traced_peak(tmp_path, capsys):

@@ -138,6 +138,10 @@ def check_traceable(cfg: RunConfig) -> None:
                           "output whose shape depends on the data), which a fake tensor cannot have")
     if len({t.type for t in cfg.tasks}) != 1:
         raise ConfigError("tasks: the trace needs tasks of one type")
+    if cfg.train.optimizer != "adamw":
+        raise ConfigError(f"train.optimizer={cfg.train.optimizer}: torch's Adafactor reads norms on the host in every "
+                          "step, which a fake tensor cannot give; the trace runs train.optimizer=adamw (the same "
+                          "memory but for Adafactor's smaller, factored state)")
 
 
 # -- the run, built on the fake device ------------------------------------------------------------------
