@@ -27,8 +27,9 @@ per kernel and flag set serves every batch length.
 Packed rows (segment_ids, and prefix_ids with a prefix table): the wrapper builds the int32 layout of
 triton_packed.py once per batch (segment start/end per position, prefix entry per query; a segment that is
 not one contiguous run is a ValueError naming segment_ids on the CPU, a device-side assert on a GPU) and the
-same kernels run with PACKED set: key blocks wholly outside the queries' sequences are never visited, the prefix (shared, per row, or a
-table) is read in place, and a table's gradient is summed in fp32 partials in a fixed order.
+same kernels run with PACKED set: key blocks wholly outside the queries' sequences are never visited, the
+prefix (shared, per row, or a table) is read in place, and a table's gradient is summed in fp32 partials in a
+fixed order.
 """
 
 from __future__ import annotations

@@ -111,13 +111,11 @@ class SyncCounter:
 
 
 def _quant_state(p) -> list:
-    """The tensors of a bitsandbytes 4-bit weight's quantisation state (absmax, code, nested state): attributes of
-    the parameter, on the device with it."""
-    state, out = getattr(p, "quant_state", None), []
-    while state is not None:
-        out += [getattr(state, k, None) for k in ("absmax", "code", "offset")]
-        state = getattr(state, "state2", None)
-    return [t for t in out if isinstance(t, torch.Tensor)]
+    """A bitsandbytes 4-bit weight's quantisation state: attributes of the parameter, on the device with it."""
+    from ptune_dist.model.quant import state_tensors
+
+    state = getattr(p, "quant_state", None)
+    return [] if state is None else list(state_tensors(state))
 
 
 def summary(syncs: list) -> Counter:

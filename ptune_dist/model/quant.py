@@ -213,7 +213,7 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
         for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
             size += count(t)
         if isinstance(module, bnb.nn.Linear4bit) and module.weight.quant_state is not None:
-            size += sum(count(v) for v in _state_tensors(module.weight.quant_state))
+            size += sum(count(v) for v in state_tensors(module.weight.quant_state))
         if isinstance(module, bnb.nn.Linear8bitLt):
             size += count(getattr(module.weight, "SCB", None))
         out["quantised" if quantised else "other"] += size
@@ -221,13 +221,15 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def _state_tensors(state):
+def state_tensors(state):
+    """The tensors of a bitsandbytes 4-bit QuantState (absmax, code, offset, the nested state's): held beside the
+    packed weight, on its device."""
     yield state.absmax
     yield state.code
     if getattr(state, "offset", None) is not None and torch.is_tensor(state.offset):
         yield state.offset
     if getattr(state, "state2", None) is not None:
-        yield from _state_tensors(state.state2)
+        yield from state_tensors(state.state2)
 
 
 def dequantize_weight(module: nn.Module) -> torch.Tensor:

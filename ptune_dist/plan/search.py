@@ -398,8 +398,6 @@ def overrides_for(s: Setup, req: Request) -> list[str]:
     o.append(f"model.dtype={s.dtype}")
     if s.quant != "none":
         o.append(f"model.quant={s.quant}")
-        if s.quant in ("nf4", "fp4") and s.dtype != "float32":
-            o.append(f"model.quant_compute_dtype={s.dtype}")
         if s.quant in ("nf4", "fp4") and s.zero == 3:
             o.append(f"model.quant_storage={s.quant_storage}")  # packed weights in a float dtype: ZeRO-3 can partition them
     if s.gradient_checkpointing:
@@ -420,11 +418,10 @@ def config_for(s: Setup, req: Request) -> RunConfig:
     """The run config of a planned setup: the request's config with the keys the planner chose (what
     overrides_for puts in the command)."""
     cfg = req.cfg
-    m = replace(cfg.model, dtype=s.dtype, quant=s.quant, quant_double=s.quant_double,
-                gradient_checkpointing=s.gradient_checkpointing)
+    m = replace(cfg.model, dtype=s.dtype, quant=s.quant, quant_double=s.quant_double, quant_compute_dtype="auto",
+                gradient_checkpointing=s.gradient_checkpointing)  # auto: the 4-bit matmul in model.dtype
     if s.quant in ("nf4", "fp4"):
-        m = replace(m, quant_compute_dtype=s.dtype if s.dtype != "float32" else m.quant_compute_dtype,
-                    quant_storage=s.quant_storage)
+        m = replace(m, quant_storage=s.quant_storage)
     return replace(cfg, model=m, data=replace(cfg.data, batch_size=s.batch_size),
                    train=replace(cfg.train, grad_accum=s.grad_accum),
                    distributed=replace(cfg.distributed, engine=s.engine, zero_stage=s.zero_stage,

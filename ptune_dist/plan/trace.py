@@ -91,7 +91,6 @@ def trace_steps(requests: list, steps: int = 2, timeout: float | None = None) ->
     """trace_step for each (cfg, hf_config, label_tokens) of `requests`, in one child process when one is
     needed; each answer is a Trace or the exception that stopped it (ConfigError, NotTraceable, RuntimeError)."""
     from ptune_dist.config import to_yaml
-    from ptune_dist.errors import PtuneError
 
     answers: list = [None] * len(requests)
     todo = []
@@ -103,13 +102,7 @@ def trace_steps(requests: list, steps: int = 2, timeout: float | None = None) ->
             answers[i] = e
     if fake_cuda.ready():
         for i in todo:
-            cfg, hf_config, label_tokens = requests[i]
-            try:
-                answers[i] = trace_here(cfg, hf_config, label_tokens, steps)
-            except PtuneError as e:
-                answers[i] = e
-            except Exception as e:  # noqa: BLE001  (one setup's failure is its answer; the others still run)
-                answers[i] = RuntimeError(f"{type(e).__name__}: {e} (at {where(e)})")
+            answers[i] = traced(*requests[i], steps)
         return answers
     if not todo:
         return answers
@@ -123,6 +116,19 @@ def trace_steps(requests: list, steps: int = 2, timeout: float | None = None) ->
         answers[i] = (Trace(**answer["trace"]) if "trace" in answer
                       else kinds.get(answer["kind"], RuntimeError)(answer["error"]))
     return answers
+
+
+def traced(cfg: RunConfig, hf_config, label_tokens: int | None, steps: int):
+    """trace_here's Trace, or the exception that stopped it (one setup's failure is its answer; the others still
+    run): a PtuneError as it was raised, anything else as a RuntimeError saying where in ptune it happened."""
+    from ptune_dist.errors import PtuneError
+
+    try:
+        return trace_here(cfg, hf_config, label_tokens, steps)
+    except PtuneError as e:
+        return e
+    except Exception as e:  # noqa: BLE001
+        return RuntimeError(f"{type(e).__name__}: {e} (at {where(e)})")
 
 
 def check_traceable(cfg: RunConfig) -> None:
@@ -209,17 +215,16 @@ def planned_batch(cfg: RunConfig, spec, depth: str, label_tokens: int | None) ->
 def _name_base(tracker, model) -> None:
     import torch
 
+    from ptune_dist.model.quant import state_tensors
+
     for p in model.parameters():
         tracker.add(p, "weights")
     for b in model.buffers():
         tracker.add(b, "weights")
     for module in model.modules():
         state = getattr(getattr(module, "weight", None), "quant_state", None)
-        while state is not None:
-            for t in (state.absmax, state.code, getattr(state, "offset", None)):
-                if isinstance(t, torch.Tensor):
-                    tracker.add(t, "quant_state")
-            state = getattr(state, "state2", None)
+        for t in state_tensors(state) if state is not None else ():
+            tracker.add(t, "quant_state")
         scb = getattr(getattr(module, "state", None), "SCB", None)
         if scb is None:
             scb = getattr(getattr(module, "weight", None), "SCB", None)

@@ -15,22 +15,18 @@ from pathlib import Path
 
 def main(request: str, answer: str) -> int:
     from ptune_dist.config.load import from_yaml
-    from ptune_dist.errors import PtuneError
 
     from . import fake_cuda
-    from .trace import trace_here, where
+    from .trace import Trace, traced
 
     req = json.loads(Path(request).read_text())
     answers = []
     for item in req["items"]:
-        try:
-            if not fake_cuda.ready():
-                raise RuntimeError("the fake CUDA device did not load (fake_cuda.BOOT)")
-            trace = trace_here(from_yaml(item["config"]), item["hf_config"], item["label_tokens"], req["steps"])
-            answers.append({"trace": trace.as_dict()})
-        except PtuneError as e:
-            answers.append({"error": str(e), "kind": type(e).__name__})
-        except Exception as e:  # noqa: BLE001  (anything else: its message and where in ptune it happened)
-            answers.append({"error": f"{type(e).__name__}: {e} (at {where(e)})", "kind": "RuntimeError"})
+        if fake_cuda.ready():
+            result = traced(from_yaml(item["config"]), item["hf_config"], item["label_tokens"], req["steps"])
+        else:
+            result = RuntimeError("the fake CUDA device did not load (fake_cuda.BOOT)")
+        answers.append({"trace": result.as_dict()} if isinstance(result, Trace)
+                       else {"error": str(result), "kind": type(result).__name__})
     Path(answer).write_text(json.dumps({"answers": answers}))
     return 0
