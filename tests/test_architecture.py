@@ -5,7 +5,7 @@ changed without the ones above it, and no import cycle can make the import order
 function) decide whether the program works. The layers, from the bottom, as the code actually has them:
 
      1. errors                                    (depends on nothing)
-     2. rank_env, device, embedded, runtime, slurm  (leaf helpers; slurm is the job-template package)
+     2. rank_env, device, embedded, runtime, read_back, slurm  (leaf helpers; slurm is the job-template package)
      3. methods                                   (the method registry: errors only)
      4. kernels                                   (attention kernels: nothing outside kernels)
      5. config                                    (imports methods and kernels for its choices)
@@ -51,7 +51,7 @@ SOURCE_DIRS = {  # package name -> folder, as pyproject.toml's package-dir maps 
 }
 LAYERS = [
     {"errors"},
-    {"rank_env", "device", "embedded", "runtime", "slurm"},
+    {"rank_env", "device", "embedded", "runtime", "read_back", "slurm"},
     {"methods"},
     {"kernels"},
     {"config"},
