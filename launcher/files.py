@@ -2,16 +2,17 @@
 
 `check_dir`, `make_dir` and `write_file`: a path that is a file where a folder belongs (or below a file),
 or a place that cannot be written, is one error naming the config key and the path, never a traceback.
+`write_file` never writes through a symbolic link (checkpoint/nofollow.py): a file name that is a link is
+refused, naming it.
 `resolved`: the run config with an absolute output_dir (ranks and Slurm jobs may start elsewhere).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 from pathlib import Path
 
+from ptune_dist.checkpoint.nofollow import write_atomic
 from ptune_dist.checkpoint.target import existing_above
 from ptune_dist.config import load_config
 from ptune_dist.errors import PtuneError
@@ -45,18 +46,14 @@ def make_dir(path, key: str) -> Path:
 
 
 def write_file(path, text: str, key: str = "") -> Path:
-    """Write `text` to `path` atomically (a temporary file beside it, then a rename); an error names the
-    path and the config key that chose it."""
+    """Write `text` to `path` atomically (a temporary file beside it, then a rename), never through a link;
+    an error names the path and the config key that chose it."""
     path = Path(path)
     remedy = f", or choose another {key}" if key else ""
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise PtuneError(f"{path} is a folder, not a file; move it away{remedy}")
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomic(path, text)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise PtuneError(f"cannot write {path} ({e.strerror}){remedy.replace(', or', ';')}") from None
     return path

@@ -2,7 +2,8 @@
 
 On this machine (local.py: torchrun or the deepspeed launcher) or as a Slurm job (slurm.py). A dry run
 prints the command shell-quoted (shlex.join) or the sbatch script, checks the folders as a real launch
-would, and writes nothing.
+would, and writes nothing. output_dir follows `ptune train`'s folder rule (checkpoint/folder_rule.py),
+checked here before anything is written or submitted.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from ptune_dist.checkpoint import folder_rule
 from ptune_dist.config import to_yaml
 
 from . import local, slurm
@@ -21,6 +23,7 @@ def launch(files, overrides, dry_run: bool = False) -> int:
 
     cfg = resolved(files, overrides)
     check_dir(cfg.output_dir, "output_dir")
+    folder_rule.check_folder(cfg.output_dir, folder_rule.TRAIN)  # the ranks' `ptune train` would refuse it
     config_path = Path(cfg.output_dir) / "launch.yaml"
     # the command or the script, rendered (and so validated) before anything is written
     shown = (shlex.join(local.command(cfg, config_path)) if cfg.launch.backend == "local"

@@ -7,7 +7,8 @@ resumed run may change (train/resume.py's RESUMABLE: steps, logging, where it ru
 that way retries it: each cell's `ptune train` resumes from its own checkpoints (train.resume=auto) and
 `gather` reads whatever results.json each cell holds. Another sweep there is refused, naming what
 differs, since its cells' results would be gathered under this sweep's values; so is a folder without
-sweep.json that holds cells/, a results table or a training run (checkpoints/, final/), and a cell that a `ptune train` is running in.
+sweep.json that holds anything ptune sweep did not create (checkpoint/folder_rule.py: cells/, a results
+table, a training run, a user's files), and a cell that a `ptune train` is running in.
 
 Writing: the cells' launch.yaml first, sweep.json last, each file atomically, so a sweep.json always
 describes cells that are all there.
@@ -19,12 +20,13 @@ import json
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from ptune_dist.checkpoint import folder_rule
 from ptune_dist.config import from_yaml, to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
 
 from .files import make_dir, write_file
-from .gather import TABLES, read_meta
+from .gather import read_meta
 
 NEW_OUTPUT_DIR = "choose another output_dir (nothing was written)"
 
@@ -40,10 +42,7 @@ def check_folder(sweep_dir: Path, grid: dict, cells: list[dict], configs: list) 
         for cell, cell_cfg in zip(cells, configs):
             check_cell_config(sweep_dir, cell, cell_cfg)
     else:
-        held = [name for name in ("cells", *TABLES, "checkpoints", "final") if (sweep_dir / name).exists()]
-        if held:
-            raise ConfigError(f"output_dir={str(sweep_dir)!r} holds {', '.join(held)} but no sweep.json: not a sweep "
-                              f"this command can reuse, and its files would be mixed with this one's: {NEW_OUTPUT_DIR}")
+        folder_rule.check_folder(sweep_dir, folder_rule.SWEEP)
 
 
 def differences(old: dict, grid: dict, cells: list[dict]) -> str:

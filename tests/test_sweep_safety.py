@@ -130,7 +130,7 @@ def test_a_folder_with_sweep_files_but_no_sweep_json_is_refused(held, tmp_path, 
     (out / held).parent.mkdir(parents=True)
     (out / held).write_text("mine")
     code, err = ptune(capsys, *slurm_sweep(out, "--grid", "train.seed=0,1"))
-    assert code == 2 and f"holds {held.split('/')[0]} but no sweep.json" in err, err
+    assert code == 2 and f"holds {held.split('/')[0]}: files ptune sweep did not create" in err, err
     assert snapshot(out) == {held: b"mine"} and sbatch["calls"] == []
 
 

@@ -4,6 +4,8 @@ The last file written is manifest.json (every file's size and SHA-256). A folder
 manifest is not a checkpoint: resume skips it and a user who names it gets a CheckpointError. A
 crash at any moment leaves either the previous folder or the new complete one, never half of one.
 
+A `final` that is a symbolic link is refused (nofollow.py): ptune replaces only what it made.
+
 Every file and folder of it gets the mode the umask gives a plain new file (0o666 & ~umask, folders
 0o777 & ~umask), like everything else a run writes: safetensors creates its files 0600, which
 would leave the weights, alone, unreadable to the group that can read the rest of the run.
@@ -21,6 +23,8 @@ import uuid
 from pathlib import Path
 
 from ptune_dist.errors import CheckpointError
+
+from .nofollow import refuse_link, umask
 
 MANIFEST = "manifest.json"
 LEFTOVER = re.compile(r"\.(.+)\.(?:old|tmp)-[0-9a-f]{8}")
@@ -40,21 +44,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def umask() -> int:
-    """This process's umask, read without changing it where Linux shows it (/proc, since 4.7);
-    elsewhere set and restored, which races with a thread creating a file in between."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _plain_modes(folder: Path) -> None:
@@ -94,7 +83,7 @@ def atomic_dir(final: Path):
     `recover` (called by the next writer, and by the main rank before a run resumes) puts the old one
     back if a crash hits there. Readers never move anything: several ranks read at once.
     """
-    final = Path(final)
+    final = refuse_link(Path(final))  # a link there was not made by ptune: refused, never replaced
     final.parent.mkdir(parents=True, exist_ok=True)
     recover(final)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"

@@ -40,6 +40,7 @@ import torch
 from ptune_dist.errors import CheckpointError
 
 from .folders import prune, step_dir
+from .nofollow import refuse_link
 from .read import Training, read_training, state_by_param
 from .state import jsonable, save, tupled
 
@@ -61,6 +62,8 @@ class Checkpointer:
         `keep`: train.keep_checkpoints; `barrier`: waits for every rank (a no-op with one)."""
         self.root, self.engine, self.loader, self.rng = Path(root), engine, loader, rng
         self.config_yaml, self.keep, self.is_main, self.barrier = config_yaml, keep, is_main, barrier
+        if is_main:  # saving and pruning through a link would write and delete in the folder it points to
+            refuse_link(self.root)
 
     def save(self, step: int, extra: dict | None = None) -> Path:
         engine, loader, rng = self.engine.state_dict(), self.loader.state_dict(), self.rng.state_dict()

@@ -8,7 +8,9 @@ from destroying what they did not create.
       says `--force`; then it is replaced and the command says what it replaced (one line on stderr).
 
 A target that is a symbolic link is refused (replacing it would replace the link, not what it points
-to), so is one that holds the folder the command runs in, and one below a plain file.
+to), so is one that holds the folder the command runs in, and one below a plain file. `--force` never
+removes a run a `ptune train` is writing now, or anything inside it: a target that is such a run, lies
+inside one, or holds one (its .ptune-lock held; probed without writing, live.py) is refused, saying so.
 
 `predict --output` is a file, checked the same way before the model loads (`check_output`) and written
 atomically (`write_atomic`: a temporary file in the same folder, then os.replace); a device or a pipe
@@ -25,6 +27,7 @@ from pathlib import Path
 from ptune_dist.errors import DataError, PtuneError
 
 from .atomic import umask
+from .live import held_runs
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -77,6 +80,18 @@ def _writable_place(out: Path, option: str) -> None:
         raise PtuneError(f"{option} {out}: {above} is a file, not a folder (nothing was written)")
 
 
+def refuse_live(out: Path, option: str) -> None:
+    """Refuse to replace `out` when a running `ptune train` holds it, a folder above it, or one inside it."""
+    live = held_runs(out)
+    if live:
+        run, who = live[0]
+        where = ("is a run" if run == out else f"is inside {run}, a run" if _inside(out, run)
+                 else f"holds {run}, a run")
+        raise PtuneError(f"{option} {out} {where} that a ptune train is writing now ({who}); --force never removes "
+                         f"a running run or anything inside it: wait for it to end, or choose another {option} "
+                         "(nothing was written)")
+
+
 def check_target(out, inputs, force: bool, option: str = "--out") -> str | None:
     """Raise unless `out` may be written; returns what writing it will replace (None: nothing)."""
     out = Path(os.path.abspath(out))
@@ -89,6 +104,7 @@ def check_target(out, inputs, force: bool, option: str = "--out") -> str | None:
         return None
     if out.is_dir() and not any(out.iterdir()):
         return None
+    refuse_live(out, option)
     what = describe(out)
     if not force:
         raise PtuneError(f"{option} {out}: {what} already exists; choose a new {option}, or pass --force to "
@@ -131,6 +147,11 @@ def check_output(output: str, input_file, force: bool = False, inputs=()) -> str
     if not folder.is_dir():
         raise DataError(f"--output {out}: {folder} is not an existing folder (nothing was written)")
     replaces = out.exists() and out.stat().st_size > 0
+    if out.exists():
+        try:
+            refuse_live(out, "--output")
+        except PtuneError as e:
+            raise DataError(str(e)) from None
     if replaces and not force:
         raise DataError(f"--output {out} already exists ({out.stat().st_size} bytes); choose a new --output, or "
                         "pass --force to replace it (nothing was written)")

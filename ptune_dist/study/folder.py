@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ptune_dist.checkpoint import folder_rule
 from ptune_dist.config import to_yaml
 from ptune_dist.config.schema import RunConfig
-from ptune_dist.errors import ConfigError, PtuneError
+from ptune_dist.errors import PtuneError
 from ptune_dist.launcher.files import make_dir, write_file
 from ptune_dist.launcher.gather import results_problem
 from ptune_dist.launcher.sweep_folder import check_cell_config
@@ -38,12 +39,10 @@ def cell_dir(study_dir: Path, cell_id: str) -> Path:
 
 
 def check_folder(study_dir: Path, cells: list[dict], configs: list[RunConfig]) -> None:
-    """Raise unless the study may be written here: a new folder, or this study's (cells with their configs)."""
+    """Raise unless the study may be written here: a new or empty folder, or this study's (cells with their
+    configs); a folder holding anything else `ptune study` did not create is refused (checkpoint/folder_rule.py)."""
     if not (study_dir / "study.json").exists():
-        held = [n for n in ("cells", "sweep.json", "checkpoints", "final") if (study_dir / n).exists()]
-        if held:
-            raise ConfigError(f"output_dir={str(study_dir)!r} holds {', '.join(held)} but no study.json: not a "
-                              "study this command can reuse; choose another output_dir (nothing was written)")
+        folder_rule.check_folder(study_dir, folder_rule.STUDY)
         return
     read_cells(study_dir)  # a damaged study.json is refused by name
     for cell, cfg in zip(cells, configs):

@@ -12,14 +12,13 @@ the files, each atomically (a temporary file, then os.replace), the figures firs
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import tempfile
 from collections import Counter, defaultdict, namedtuple
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from ptune_dist.checkpoint.atomic import umask
+from ptune_dist.checkpoint.nofollow import own_dir, write_atomic
 from ptune_dist.methods import METHODS
 
 from .ensemble_table import ensemble_section
@@ -193,17 +192,7 @@ def _metrics(rows: list[Row]) -> dict[str, str]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, 0o666 & ~umask())  # never through a link (refused, naming it)
 
 
 def _section(rows: list[Row], part: str, out_dir: Path, plots, written: dict) -> list[str]:
@@ -246,8 +235,7 @@ def write_report(rows: list[dict], out_dir: Path, title: str = "Power of scale",
     """report.md and the figures (scale.png, prompt_length.png, init.png) into out_dir; {file name: path}
     of what was written. Figures of an earlier report that now have no data are removed. `ensembles`: the
     records of ensemble.py, shown as their own section."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = own_dir(Path(out_dir))  # report/ as a link is refused, not written through
     rows = clean_rows(rows)
     try:
         from . import plots
@@ -269,7 +257,7 @@ def write_report(rows: list[dict], out_dir: Path, title: str = "Power of scale",
     table = params_table(rows)
     lines += [md_table(*table) if table else "Left out: no cell reports its trained parameters yet.", ""]
     for _, png, _, _ in PARTS.values():
-        if png not in written:
+        if png not in written and not (out_dir / png).is_symlink():
             (out_dir / png).unlink(missing_ok=True)
     _write_atomic(out_dir / "report.md", "\n".join(lines).encode("utf-8"))
     return {"report.md": out_dir / "report.md", **written}

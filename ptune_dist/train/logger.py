@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from ptune_dist.checkpoint.nofollow import refuse_link
+
 from .metrics_file import NAME, open_metrics
 
 
@@ -27,7 +29,7 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
+            self.tb = SummaryWriter(str(refuse_link(Path(out_dir) / "tensorboard")), purge_step=start_step + 1 if start_step else None)
         if progress and total_steps:
             from tqdm.auto import tqdm
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import resource
 import time
@@ -21,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from ptune_dist.checkpoint import folder_rule
 from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.checkpoint.checkpointer import Checkpointer
+from ptune_dist.checkpoint.nofollow import write_atomic
 from ptune_dist.config import to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.data.loader import TrainLoader
@@ -34,6 +35,7 @@ from ptune_dist.rank_env import DistEnv
 from . import dist
 from .engine import TorchEngine
 from .evaluate import evaluate
+from .keep_trained import refuse_less_trained
 from .params import param_bytes, param_counts
 from .logger import MetricsLogger
 from .nonfinite import NonFiniteGuard
@@ -51,12 +53,19 @@ CARRIED = ("baseline",)  # results measured once, before step 1, that checkpoint
 
 def train(cfg: RunConfig) -> dict:
     # signals from the start: an early USR1 (Slurm sends it up to a minute early) must not kill a rank;
-    # the lock before any work: a second run on this output_dir stops here, touching nothing
+    # the folder rule, then the lock, before any work: a folder holding someone else's files, or a second
+    # run on this output_dir, stops here, touching nothing; so does a run that would replace a more trained
+    # final/ (keep_trained.py)
     is_main = DistEnv.from_environ().is_main
-    with StopRequests() as stop, RunLock(cfg.output_dir, held=is_main):
-        if stop.requested:  # a signal during the imports (preempt.catch_early): leave before loading anything
-            raise Preempted(None, is_main, stop.signum)
-        return train_run(cfg, stop)
+    with StopRequests() as stop:
+        if is_main:
+            folder_rule.check_folder(cfg.output_dir, folder_rule.TRAIN)
+        with RunLock(cfg.output_dir, held=is_main):
+            if is_main:
+                refuse_less_trained(cfg.output_dir, cfg.train.steps)
+            if stop.requested:  # a signal during the imports (preempt.catch_early): leave before loading anything
+                raise Preempted(None, is_main, stop.signum)
+            return train_run(cfg, stop)
 
 
 def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
@@ -78,7 +87,7 @@ def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
             results.update({k: saved.state[k] for k in CARRIED if k in saved.state})
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(to_yaml(cfg))
+        write_atomic(out / "config.yaml", to_yaml(cfg))  # never through a link (refused, naming it)
     log = MetricsLogger(out, env.is_main, t.steps, start, t.progress_bar, t.tensorboard)
     run_eval = partial(evaluate, batch_size=cfg.data.eval_batch_size, pad_id=s.pad_id,
                        padding_side=cfg.data.padding_side, rank=env.rank, world=env.world, device=s.device,
@@ -198,6 +207,4 @@ def make_checkpointer(s: Session, engine, loader: Prefetch) -> Checkpointer:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1))

@@ -17,9 +17,11 @@ Reading (`read_metrics`):
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
+from ptune_dist.checkpoint.nofollow import open_append
 from ptune_dist.errors import PtuneError
 
 NAME = "metrics.jsonl"
@@ -30,10 +32,11 @@ class MetricsFileError(PtuneError, ValueError):
 
 
 def open_metrics(path: Path, start_step: int):
-    """The file opened for appending, ready for the next record (call on the writing rank only)."""
+    """The file opened for appending, ready for the next record (call on the writing rank only); one that
+    is a symbolic link is refused."""
     path = Path(path)
-    size = path.stat().st_size if path.exists() else 0
-    f = open(path, "a")
+    f = open_append(path)  # never through a link (refused, naming it)
+    size = os.fstat(f.fileno()).st_size
     if size:
         with open(path, "rb") as tail:
             tail.seek(size - 1)
