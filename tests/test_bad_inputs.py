@@ -88,6 +88,10 @@ FOLDERS = {
     "sweep_no_grid": {"sweep.json": '{"cells": []}'},
     # a checkpoint whose manifest is JSON of the wrong shape
     "bad_manifest": {"final/config.yaml": "output_dir: x\n", "final/manifest.json": '{"files": []}'},
+    # issue 21: writes. A user's files with the names a command writes; a run trained to step 5
+    "user_files": {"config.yaml": "mine: 1\n", "results.json": '{"mine": 1}', "results.csv": "mine\n"},
+    "trained": {f"final/{k}": v for k, v in checkpoint({"config.yaml": "output_dir: x\n",
+                                                         "state.json": '{"step": 5}'}).items()},
 }
 
 CASES = [
@@ -230,6 +234,22 @@ CASES = [
                                      "gemma-3-270m, smollm2-135m-instruct"),
     (["plan", "model=llama-2-7b", "hardware.gpu_mem=24"], "hardware.gpu_mem='24': a size needs its unit"),
     (["plan", "model=llama-2-7b", "hardware.gpus=" + "9" * 30], "must be <= 1024"),
+    # issue 21: writes. One folder rule (checkpoint/folder_rule.py): files the command did not create are
+    # refused, named; a trained final/ is never replaced by a less trained run (train/keep_trained.py)
+    (["train", QUICKSTART, Dir("user_files", key="output_dir"), "train.steps=1", "data.max_train_examples=8",
+      "data.max_eval_examples=4", "train.eval_baseline=false"],
+     "holds config.yaml, results.csv, results.json: files ptune train did not create"),
+    (["train", QUICKSTART, Dir("mine", key="output_dir"), "train.steps=1", "data.max_train_examples=8",
+      "data.max_eval_examples=4", "train.eval_baseline=false"], "holds notes.txt: files ptune train did not create"),
+    (["launch", QUICKSTART, Dir("user_files", key="output_dir"), "--dry-run"], "files ptune train did not create"),
+    (["sweep", QUICKSTART, Dir("mine", key="output_dir"), "--grid", "train.lr=0.1,0.2", "--dry-run"],
+     "holds notes.txt: files ptune sweep did not create"),
+    (["study", QUICKSTART, Dir("user_files", key="output_dir"), "study.models=[embedded:smollm2-135m-instruct]",
+      "--dry-run"], "holds config.yaml, results.csv, results.json: files ptune study did not create"),
+    (["train", QUICKSTART, Dir("trained", key="output_dir"), "train.steps=0", "data.max_eval_examples=4"],
+     "holds a run trained to step 5"),
+    (["train", QUICKSTART, Dir("trained", key="output_dir"), "train.steps=2", "data.max_train_examples=8",
+      "data.max_eval_examples=4", "train.eval_baseline=false"], "would replace with a less trained one"),
 ]
 
 

@@ -60,9 +60,8 @@ def train(cfg: RunConfig) -> dict:
     with StopRequests() as stop:
         if is_main:
             folder_rule.check_folder(cfg.output_dir, folder_rule.TRAIN)
+            refuse_less_trained(cfg.output_dir, cfg.train.steps)
         with RunLock(cfg.output_dir, held=is_main):
-            if is_main:
-                refuse_less_trained(cfg.output_dir, cfg.train.steps)
             if stop.requested:  # a signal during the imports (preempt.catch_early): leave before loading anything
                 raise Preempted(None, is_main, stop.signum)
             return train_run(cfg, stop)
