@@ -21,6 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ptune_dist.checkpoint import folder_rule
+from ptune_dist.checkpoint.nofollow import refuse_link
 from ptune_dist.config import from_yaml, to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
@@ -84,8 +85,10 @@ def check_cell_config(sweep_dir: Path, cell: dict, cfg: RunConfig) -> None:
 
 
 def write_sweep(sweep_dir: Path, grid: dict, cells: list[dict], configs: list) -> None:
-    """Cells first, sweep.json last: a sweep.json always describes cells that are all there."""
+    """Cells first, sweep.json last: a sweep.json always describes cells that are all there. cells/ and a
+    cell's folder are ptune's: one that is a symbolic link is refused, not written through."""
     for cell, cfg in zip(cells, configs):
-        folder = make_dir(cell["dir"], "output_dir")
+        refuse_link(Path(cell["dir"]).parent)
+        folder = make_dir(refuse_link(cell["dir"]), "output_dir")
         write_file(folder / "launch.yaml", to_yaml(cfg), "output_dir")
     write_file(sweep_dir / "sweep.json", json.dumps({"grid": grid, "cells": cells}, indent=1), "output_dir")

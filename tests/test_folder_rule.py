@@ -22,6 +22,7 @@ from ptune_dist.cli import main
 from ptune_dist.config import load_config, to_yaml
 from ptune_dist.errors import PtuneError
 from ptune_dist.launcher.files import write_file
+from ptune_dist.launcher.sweep_folder import write_sweep
 from ptune_dist.study.folder import state as cell_state
 from ptune_dist.study.report import write_report
 from ptune_dist.train.keep_trained import refuse_less_trained
@@ -125,13 +126,18 @@ def _checkpoints(path):
     Checkpointer(path, engine=None, loader=None, rng=None, config_yaml="", keep=1, is_main=True, barrier=lambda: None)
 
 
+def _sweep_cells(path):
+    write_sweep(path.parent, {}, [{"id": "000", "dir": str(path / "000")}], [load_config([], RUN)])
+
+
 @pytest.mark.parametrize("write, name, to_folder", [
     (_write_file, "launch.yaml", False),      # launcher/files.py: launch.yaml, sweep.json, job records, results tables
     (_metrics, "metrics.jsonl", False),       # train/metrics_file.py
     (_report, "report.md", False),            # study/report.py
     (_final, "final", True),                  # checkpoint/atomic.py: final/, checkpoints/step-N
     (_checkpoints, "checkpoints", True),      # checkpoint/checkpointer.py: saving and pruning there
-], ids=["write_file", "metrics", "report", "atomic_dir", "checkpointer"])
+    (_sweep_cells, "cells", True),            # launcher/sweep_folder.py: the cells' launch.yaml
+], ids=["write_file", "metrics", "report", "atomic_dir", "checkpointer", "sweep_cells"])
 def test_no_write_follows_a_link(write, name, to_folder, tmp_path, target):
     out = tmp_path / "run"
     out.mkdir()
