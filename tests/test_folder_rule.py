@@ -204,7 +204,7 @@ def test_a_less_trained_run_never_replaces_a_trained_final(steps, tmp_path, caps
     before = snapshot(out)
     assert main(["train", QUICKSTART, f"output_dir={out}", f"train.steps={steps}", *TINY, *RUN]) == 2
     err = capsys.readouterr().err
-    assert f"holds a run trained to step 5" in err and f"`ptune eval {out}`" in err, err
+    assert "holds a run trained to step 5" in err and f"`ptune eval {out}`" in err, err
     assert snapshot(out) == before
     refuse_less_trained(out, 5)  # as trained, or further: a resume
     refuse_less_trained(out, 6)
