@@ -105,3 +105,10 @@ def number(v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ValueError("a finite number")
     return v
+
+
+def mapping(v) -> dict:
+    """A JSON object."""
+    if not isinstance(v, dict):
+        raise ValueError(f"a JSON object ({type(v).__name__} found)")
+    return v

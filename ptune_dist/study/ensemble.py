@@ -31,8 +31,8 @@ from ptune_dist.checkpoint.read import check_fits, load_trainable
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
 from ptune_dist.device import to_device
-from ptune_dist.launcher.files import make_dir, write_file
 from ptune_dist.errors import PtuneError
+from ptune_dist.launcher.files import make_dir, write_file
 from ptune_dist.methods import method_class
 from ptune_dist.read_back import count, list_of, name, number, one_of, read_record, text, value
 

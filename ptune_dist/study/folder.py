@@ -39,7 +39,7 @@ from ptune_dist.errors import ConfigError, PtuneError
 from ptune_dist.launcher.files import make_dir, write_file
 from ptune_dist.launcher.gather import results_problem
 from ptune_dist.launcher.sweep_folder import check_cell_config
-from ptune_dist.read_back import count, list_of, name, one_of, read_record, text, value
+from ptune_dist.read_back import count, list_of, mapping, name, one_of, read_record, text, value
 
 from .cells import INITS
 
@@ -101,8 +101,7 @@ def read_cells(study_dir: Path) -> list[dict]:
     file, the cell and the key."""
     path = Path(study_dir) / "study.json"
     record = read_record(path, "a study description `ptune study` writes", REMEDY)
-    cells = value(record, "cells", list_of(lambda c: c if isinstance(c, dict) else _no("a JSON object")), path,
-                  REMEDY)
+    cells = value(record, "cells", list_of(mapping), path, REMEDY)
     out, seen = [], set()
     for i, cell in enumerate(cells):
         where = f"{path}: cell {i}" + (f" ({cell['id']})" if isinstance(cell.get("id"), str) else "")
@@ -113,10 +112,6 @@ def read_cells(study_dir: Path) -> list[dict]:
         seen.add(got["id"])
         out.append(got)
     return out
-
-
-def _no(what: str):
-    raise ValueError(what)
 
 
 def results_of(folder: Path) -> dict | None:

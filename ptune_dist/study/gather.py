@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ptune_dist.errors import PtuneError
 from ptune_dist.launcher.files import write_file
-from ptune_dist.read_back import count, number, value
+from ptune_dist.read_back import count, mapping, number, value
 
 from .folder import cell_dir, read_cells, results_of, say_once, state
 
@@ -59,16 +59,11 @@ def done_values(results: dict, cell: dict, path: Path) -> dict:
     metric = metric_name(cell["task_type"], cell["preset"])
     needed = ("accuracy", "macro_f1") if metric == "accuracy_macro_f1" else (metric,)
     checked = {k: value(metrics, k, number, f"{path}: final", remedy) for k in needed}
-    params = value(results, "parameters", lambda v: v if isinstance(v, dict) else _no("a JSON object"), path,
-                   remedy, default={})
+    params = value(results, "parameters", mapping, path, remedy, default={})
     sizes = {k: value(params, k, count, f"{path}: parameters", remedy, default="") for k in ("base", "trained")}
     _, score = main_metric(cell["task_type"], cell["preset"], checked)
     return {"model_params": sizes["base"], "trained_params": sizes["trained"], "metric": metric, "score": score,
             **{k: v for k, v in metrics.items() if k not in COLUMNS}}
-
-
-def _no(what: str):
-    raise ValueError(what)
 
 
 def gather(study_dir) -> tuple[Path, list[dict]]:

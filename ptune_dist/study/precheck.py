@@ -34,7 +34,7 @@ def check_cells(cells: list[dict], configs: list[RunConfig], backend: str) -> No
     groups: dict[str, list[tuple[dict, RunConfig]]] = {}
     for cell, cfg in zip(cells, configs):
         groups.setdefault(check_key(cfg), []).append((cell, cfg))
-    unreadable: dict[str, str] = {}
+    unreadable: set[str] = set()  # models this machine cannot read (Slurm only)
     for members in groups.values():
         cfg = members[0][1]
         ids = [c["id"] for c, _ in members]
@@ -48,7 +48,7 @@ def check_cells(cells: list[dict], configs: list[RunConfig], backend: str) -> No
             try:
                 load_hf_config(name)
             except ConfigError as e:
-                unreadable[name] = str(e)
+                unreadable.add(name)
                 print(f"ptune study: {e}: not readable on this machine, so its cells' data and lengths are "
                       "checked when their jobs start", file=sys.stderr)
                 continue
