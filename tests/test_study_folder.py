@@ -57,7 +57,7 @@ def test_a_shrunk_grid_keeps_its_done_cells_and_a_regrown_grid_finds_them(tmp_pa
     # the new grid's three cells, then the done cell of the model it left out; pending cells it left out are gone
     assert list(small)[:3] == [c for c in full if c.startswith("smollm2")] and list(small)[3:] == [MINI_L8]
     assert small[MINI_L8]["parts"] == ["length"] and small[SMOL_L4]["parts"] == ["main", "init", "length"]
-    assert cell_dir(folder, f"all-minilm-l6-v2__prompt_design__noprompt__support__s0").is_dir()  # its folder stays
+    assert cell_dir(folder, "all-minilm-l6-v2__prompt_design__noprompt__support__s0").is_dir()  # its folder stays
     rows = csv_rows(folder)
     assert set(rows) == set(small)
     assert {c for c, r in rows.items() if r["status"] == "done"} == {MINI_L8, SMOL_L4}
