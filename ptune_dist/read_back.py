@@ -15,6 +15,7 @@ there and what was expected, and the remedy (what command writes the file again,
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -97,3 +98,17 @@ def one_of(*choices):
             raise ValueError("one of " + ", ".join(repr(c) for c in choices))
         return v
     return checked
+
+
+def number(v) -> float:
+    """A finite number (a bool is not one)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError("a finite number")
+    return v
+
+
+def mapping(v) -> dict:
+    """A JSON object."""
+    if not isinstance(v, dict):
+        raise ValueError(f"a JSON object ({type(v).__name__} found)")
+    return v

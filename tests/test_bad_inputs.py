@@ -53,6 +53,17 @@ def checkpoint(files: dict) -> dict:
 BILLING = '{"text": "a", "label": "billing"}\n'
 
 
+# issue 21: study
+STUDY_CELL = {"id": "m__prompt_tuning__L4-random__t__s0", "parts": ["main"], "model": "m", "method": "prompt_tuning",
+              "prompt_length": 4, "init": "random", "task": "t", "seed": 0}
+
+
+def study_json(**change) -> dict:
+    """A study folder whose study.json lists one cell with `change` (a value None: the key left out)."""
+    cell = {k: v for k, v in {**STUDY_CELL, **change}.items() if v is not None}
+    return {"study.json": json.dumps({"cells": [cell]})}
+
+
 FOLDERS = {
     "job_option": {"slurm/job.json": '{"kind": "train", "job_id": "--user=root"}'},
     "gather_option": {"slurm/job.json": '{"kind": "sweep", "job_id": "12", "gather_job_id": "-u root"}'},
@@ -92,6 +103,13 @@ FOLDERS = {
     "user_files": {"config.yaml": "mine: 1\n", "results.json": '{"mine": 1}', "results.csv": "mine\n"},
     "trained": {f"final/{k}": v for k, v in checkpoint({"config.yaml": "output_dir: x\n",
                                                          "state.json": '{"step": 5}'}).items()},
+    # issue 21: study
+    "study_escaping_id": study_json(id="../../other-run"),
+    "study_no_id": study_json(id=None),
+    "study_no_seed": study_json(seed=None),
+    "study_text_seed": study_json(seed="0"),
+    "study_cells_object": {"study.json": '{"cells": {"id": "x"}}'},
+    "study_not_json": {"study.json": '{"cells": ['},
 }
 
 CASES = [
@@ -250,6 +268,22 @@ CASES = [
      "holds a run trained to step 5"),
     (["train", QUICKSTART, Dir("trained", key="output_dir"), "train.steps=2", "data.max_train_examples=8",
       "data.max_eval_examples=4", "train.eval_baseline=false"], "would replace with a less trained one"),
+    # issue 21: study: study.json read back with its types and domains; the dry run checks each cell's run
+    (["study", "status", Dir("study_escaping_id")], "study.json: cell 0 (../../other-run): id='../../other-run' "
+                                                    "is not a plain folder name"),
+    (["study", "report", Dir("study_escaping_id")], "is not a plain folder name"),
+    (["study", "ensemble", Dir("study_escaping_id")], "is not a plain folder name"),
+    (["study", "status", Dir("study_no_id")], "study.json: cell 0: 'id' is missing; run `ptune study CONFIG`"),
+    (["study", "report", Dir("study_no_seed")], "study.json: cell 0 (m__prompt_tuning__L4-random__t__s0): 'seed' "
+                                                "is missing; run `ptune study CONFIG` with output_dir there"),
+    (["study", "report", Dir("study_text_seed")], "seed='0' is not a whole number >= 0"),
+    (["study", "status", Dir("study_cells_object")], "study.json: cells={'id': 'x'} is not a list (dict found)"),
+    (["study", "status", Dir("study_not_json")], "study.json: not a study description `ptune study` writes"),
+    (["study", QUICKSTART, "study.models=[embedded:smollm2-135m-instruct]", "study.methods=[prompt_tuning]",
+      "study.prompt_length=100", "study.prompt_lengths=[100]", "study.init=random", "study.inits=[random]",
+      "study.seeds=[0]", "data.max_length=64", "output_dir=st", "--dry-run"],
+     "study cell smollm2-135m-instruct__prompt_tuning__L100-random__support__s0: tasks.0.train='builtin:support' "
+     "row 0: 115 tokens > 64 allowed (data.max_length"),
 ]
 
 

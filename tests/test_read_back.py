@@ -3,7 +3,7 @@
 import pytest
 
 from ptune_dist.errors import PtuneError
-from ptune_dist.read_back import count, job_id, list_of, name, one_of, read_record, text, value
+from ptune_dist.read_back import count, job_id, list_of, mapping, name, number, one_of, read_record, text, value
 
 
 @pytest.mark.parametrize("content,fragment", [
@@ -28,6 +28,8 @@ def test_missing_record(tmp_path):
     ("job_ids", list_of(job_id), ["12", "13_4"], ["4242", [4242], ["--user=x"], ["1\n2"]]),
     ("status", one_of("done", "failed"), "done", ["ok", None]),
     ("what", text, "x", ["", 0]),
+    ("score", number, 0.5, [True, "0.5", float("nan"), float("inf"), None]),
+    ("parameters", mapping, {"base": 1}, [[], "x", None]),
 ])
 def test_value_checks_type_and_domain(tmp_path, key, check, good, bad):
     assert value({key: good}, key, check, "f.json", "r") == good

@@ -74,7 +74,10 @@ def test_overrides_apply_by_method_then_model_then_model_and_method(tmp_path):
     from ptune_dist.study.prepare import prepare
 
     big = "embedded:smollm2-135m-instruct"
-    _, _, cells, configs = prepare([], [MODELS, "study.seeds=[0]", "study.methods=[prompt_tuning, full_finetune]",
+    runnable = ["tasks=[{name: support, preset: support, scoring: head, pooling: mean}]",  # each cell is checked
+                "study.prompt_lengths=[100]"]  # as its run would check it: one task that every model can run
+    _, _, cells, configs = prepare([], [MODELS, *runnable, "study.seeds=[0]",
+                                        "study.methods=[prompt_tuning, full_finetune]",
                                         "study.method_overrides={full_finetune: [train.lr=0.001, train.steps=7]}",
                                         f"study.model_overrides={{'{big}': [train.lr=0.5], "
                                         f"'{big}|full_finetune': [train.lr=0.002]}}",

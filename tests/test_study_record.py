@@ -37,7 +37,11 @@ def test_the_record_command_checks_its_arguments_and_never_fails_the_job(tmp_pat
 
 @pytest.mark.parametrize("srun_rc, expected, state_after", [(3, 3, "failed"), (99, "requeued", "pending"),
                                                            (0, 0, "failed")])
-def test_the_array_script_records_each_start_and_how_it_ended(srun_rc, expected, state_after, tmp_path):
+def test_the_array_script_records_each_start_and_how_it_ended(srun_rc, expected, state_after, tmp_path,
+                                                              monkeypatch):
+    import ptune_dist.study.prepare as prepare_mod
+
+    monkeypatch.setattr(prepare_mod, "check_cells", lambda *a: None)  # the cells' pre-load checks: test_study_precheck
     study = tmp_path / "study"
     cfg, study_dir, cells, configs = prepare([], [*STUDY, "launch.backend=slurm", f"output_dir={study}"])
     (_, listing, script_path, script), *_ = scripts(cfg, study_dir, cells, configs)

@@ -17,7 +17,7 @@ CLUSTER = ["study.hardware.gpus_per_node=8", "study.hardware.gpu_mem=80GB", "stu
 # one prompt cell (main, length and init in one) and one model-tuning cell per model
 GRID = ["study.methods=[prompt_tuning, full_finetune]", "study.seeds=[0]", "study.prompt_length=20",
         "study.prompt_lengths=[20]", "study.init=random", "study.inits=[random]", "data.max_length=256",
-        "launch.backend=slurm"]
+        "launch.backend=slurm", "tasks=[{name: support, preset: support}]"]  # a task every cell can run
 
 
 def study(tmp_path, models, *overrides):

@@ -7,6 +7,7 @@
 
 cells.py     the grid: main (models x methods), length and init comparisons, over tasks and seeds
 prepare.py   every cell's run config, checked, and the study folder written (folder.py)
+precheck.py  each cell checked as its own `ptune train` checks before loading (dry run and before any run)
 resources.py each cell's GPUs and setup from the planner, for the cluster study.hardware describes
 queue.py     the cells on this machine one after another: done ones skipped, failed ones retried
 arrays.py    the cells on Slurm: one job array per resource shape, then a report job; record.py their attempts

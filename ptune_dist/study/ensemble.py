@@ -10,7 +10,9 @@ the highest summed score of the members (label-word scoring), else to the class 
 
 `ptune study ensemble STUDY_DIR` writes ensembles/<model>__<task>.json (members, each member's accuracy, the
 ensemble's accuracy, macro-F1 and the task's main metric); `ptune study report` shows them. The local queue
-runs it after its cells; on Slurm run it where the base fits once the arrays are done.
+runs it after its cells; on Slurm run it where the base fits once the arrays are done. A record read back is
+checked field by field (RECORD_KEYS); a damaged one is named on stderr, left out of the report, and written
+again by the next `ptune study ensemble`.
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from pathlib import Path
 import torch
 
 from ptune_dist.checkpoint.locate import resolve_checkpoint
+from ptune_dist.checkpoint.nofollow import refuse_link
 from ptune_dist.checkpoint.read import check_fits, load_trainable
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
 from ptune_dist.device import to_device
+from ptune_dist.errors import PtuneError
 from ptune_dist.launcher.files import make_dir, write_file
 from ptune_dist.methods import method_class
+from ptune_dist.read_back import count, list_of, name, number, one_of, read_record, text, value
 
-from .cells import slug
-from .folder import cell_dir, read_cells, state
+from .cells import INITS, slug
+from .folder import cell_dir, read_cells, say_once, state
 from .gather import main_metric
 
 MIN_MEMBERS = 3  # a majority of two is a coin toss on every disagreement
@@ -133,23 +138,49 @@ def run_group(study_dir: Path, model: str, task: str, cells: list[dict]) -> Path
               "metric": metric, "score": value, **ens, "member_scores": member_scores,
               "member_mean": statistics.fmean(member_scores), "member_best": max(member_scores),
               "gold": gold, "member_preds": preds, "voted": voted}  # per example, so a reader can check the vote
-    path = make_dir(study_dir / "ensembles", "output_dir") / f"{slug(model)}__{slug(task)}.json"
+    path = make_dir(refuse_link(study_dir / "ensembles"), "output_dir") / f"{slug(model)}__{slug(task)}.json"
     return write_file(path, json.dumps(record, indent=1) + "\n", "output_dir")
 
 
 def run_ensembles(study_dir: Path) -> list[Path]:
-    """Every group's ensemble whose file is missing or was made from other members (more seeds done since)."""
+    """Every group's ensemble whose file is missing, damaged, or made from other members (more seeds done since)."""
     study_dir = Path(study_dir)
     written = []
     for (model, task), cells in member_groups(study_dir).items():
         path = study_dir / "ensembles" / f"{slug(model)}__{slug(task)}.json"
-        if path.is_file() and json.loads(path.read_text()).get("members") == [c["id"] for c in cells]:
+        old = read_ensemble(path) if path.is_file() else None
+        if old is not None and old["members"] == [c["id"] for c in cells]:
             continue
         print(f"ptune study: ensemble of {len(cells)} prompts, {slug(model)} on {task}", file=sys.stderr, flush=True)
         written.append(run_group(study_dir, model, task, cells))
     return written
 
 
+def _scores(v) -> list:
+    scores = list_of(number)(v)
+    if not scores:
+        raise ValueError("a non-empty list of numbers")
+    return scores
+
+
+# what the report and run_ensembles read of a record: key -> check
+RECORD_KEYS = {"model": text, "task": text, "method": text, "prompt_length": count, "init": one_of("", *INITS),
+               "members": list_of(name), "metric": text, "score": number, "member_scores": _scores}
+REMEDY = "left out of the report; `ptune study ensemble STUDY_DIR` writes it again"
+
+
+def read_ensemble(path: Path) -> dict | None:
+    """The record at `path` with its fields checked, or None when it is damaged (named on stderr)."""
+    try:
+        record = read_record(path, "an ensemble record `ptune study ensemble` writes", REMEDY)
+        return {**record, **{k: value(record, k, check, path, REMEDY) for k, check in RECORD_KEYS.items()}}
+    except PtuneError as e:
+        say_once(f"ptune study: {e}")
+        return None
+
+
 def read_ensembles(study_dir: Path) -> list[dict]:
+    """The study's ensemble records that are whole; each damaged one named on stderr and left out."""
     folder = Path(study_dir) / "ensembles"
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    records = [read_ensemble(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [r for r in records if r is not None]

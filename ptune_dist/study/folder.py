@@ -11,7 +11,15 @@
 
 Written the sweep's way (launcher/sweep_folder.py): every cell config first, study.json last, each file
 atomically. A rerun reuses the folder: cells already there must have the same config but for what a resumed
-run may change, new cells are added, and each cell's `ptune train` resumes from its own checkpoints.
+run may change, new cells are added, and each cell's `ptune train` resumes from its own checkpoints. Growing
+or shrinking the grid keeps what is done: a done (or running) cell of an earlier grid stays in study.json
+(after the new grid's cells), and a done cell keeps the comparisons it was in besides the new grid's, so its
+rows stay in results.csv and the report; a pending or failed cell the new grid leaves out is dropped from
+study.json (its folder stays: a regrown grid resumes it).
+
+What is read back is checked with its type and domain (read_back.py): study.json is refused by name with
+the cell and key and the remedy (`ptune study CONFIG` writes it again); a damaged attempts.json is named on
+stderr once and read as no start (the next start writes it again).
 
 A cell is done when its results.json is complete (what `ptune gather` reads), running while a `ptune train`
 holds its lock, failed when a start ended without results (and was not requeued at a checkpoint), else
@@ -21,15 +29,21 @@ pending.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ptune_dist.checkpoint import folder_rule
+from ptune_dist.checkpoint.nofollow import refuse_link
 from ptune_dist.config import to_yaml
 from ptune_dist.config.schema import RunConfig
+from ptune_dist.data.presets import PRESETS
 from ptune_dist.errors import PtuneError
 from ptune_dist.launcher.files import make_dir, write_file
 from ptune_dist.launcher.gather import results_problem
 from ptune_dist.launcher.sweep_folder import check_cell_config
+from ptune_dist.read_back import count, list_of, mapping, name, one_of, read_record, text, value
+
+from .cells import INITS
 
 STATES = ("done", "running", "failed", "pending")
 
@@ -44,30 +58,68 @@ def check_folder(study_dir: Path, cells: list[dict], configs: list[RunConfig]) -
     if not (study_dir / "study.json").exists():
         folder_rule.check_folder(study_dir, folder_rule.STUDY)
         return
-    read_cells(study_dir)  # a damaged study.json is refused by name
+    try:
+        read_cells(study_dir)
+    except PtuneError as e:  # damaged or edited: this config writes it again (REMEDY); the cells are checked below
+        say_once(f"ptune study: {str(e).split('; run `ptune study')[0]}; writing it again from this config "
+                 "(its cells' folders are kept)")
     for cell, cfg in zip(cells, configs):
         check_cell_config(study_dir, {"id": cell["id"], "dir": str(cell_dir(study_dir, cell["id"]))}, cfg)
 
 
 def write_study(study_dir: Path, cfg: RunConfig, cells: list[dict], configs: list[RunConfig]) -> None:
-    """Cells first, study.json last (keeping cells an earlier, larger study wrote, so their rows stay)."""
+    """Cells first, study.json last; the done cells of an earlier grid kept (kept_cells)."""
     for cell, cell_cfg in zip(cells, configs):
-        folder = make_dir(cell_dir(study_dir, cell["id"]), "output_dir")
+        refuse_link(study_dir / "cells")
+        folder = make_dir(refuse_link(cell_dir(study_dir, cell["id"])), "output_dir")
         write_file(folder / "launch.yaml", to_yaml(cell_cfg), "output_dir")
+    listed = kept_cells(study_dir, cells)
     write_file(study_dir / "config.yaml", to_yaml(cfg), "output_dir")
-    write_file(study_dir / "study.json", json.dumps({"cells": cells}, indent=1), "output_dir")
+    write_file(study_dir / "study.json", json.dumps({"cells": listed}, indent=1), "output_dir")
+
+
+def kept_cells(study_dir: Path, cells: list[dict]) -> list[dict]:
+    """study.json's cells for this grid: `cells`, each done one with the comparisons it was in before as well,
+    then the earlier grid's done or running cells that this grid leaves out (see the module docstring)."""
+    if not (study_dir / "study.json").exists():
+        return cells
+    try:
+        before = {c["id"]: c for c in read_cells(study_dir)}
+    except PtuneError:  # damaged: named by check_folder, written again from this grid
+        return cells
+    out = []
+    for cell in cells:
+        old = before.pop(cell["id"], None)
+        if old is not None and results_of(cell_dir(study_dir, cell["id"])) is not None:
+            cell = {**cell, "parts": [*cell["parts"], *(p for p in old["parts"] if p not in cell["parts"])]}
+        out.append(cell)
+    return out + [c for c in before.values() if state(cell_dir(study_dir, c["id"])) in ("done", "running")]
+
+
+REMEDY = "run `ptune study CONFIG` with output_dir there to write it again"
+TASK_TYPES = ("classification", "token_classification", "generation")
+# what each cell of study.json holds (prepare.describe), checked where read: key -> check
+CELL_KEYS = {"id": name, "parts": list_of(text), "model": text, "method": text, "prompt_length": count,
+             "init": one_of("", *INITS), "task": text, "seed": count}
+CELL_OPTIONAL = {"task_type": (one_of(*TASK_TYPES), "classification"), "preset": (one_of("", *PRESETS), "")}
 
 
 def read_cells(study_dir: Path) -> list[dict]:
-    """study.json's cells, or an error naming the file."""
+    """study.json's cells, each key checked with its type and domain (CELL_KEYS), or an error naming the
+    file, the cell and the key."""
     path = Path(study_dir) / "study.json"
-    try:
-        cells = json.loads(path.read_text())["cells"]
-        assert isinstance(cells, list) and all(isinstance(c, dict) and isinstance(c.get("id"), str) for c in cells)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise PtuneError(f"{path}: not a study description `ptune study` writes (missing, damaged or edited); "
-                         "run `ptune study CONFIG` with output_dir there to write it again") from None
-    return cells
+    record = read_record(path, "a study description `ptune study` writes", REMEDY)
+    cells = value(record, "cells", list_of(mapping), path, REMEDY)
+    out, seen = [], set()
+    for i, cell in enumerate(cells):
+        where = f"{path}: cell {i}" + (f" ({cell['id']})" if isinstance(cell.get("id"), str) else "")
+        got = {**cell, **{k: value(cell, k, check, where, REMEDY) for k, check in CELL_KEYS.items()}}
+        got.update({k: value(cell, k, check, where, REMEDY, default=d) for k, (check, d) in CELL_OPTIONAL.items()})
+        if got["id"] in seen:
+            raise PtuneError(f"{where}: id {got['id']!r} is listed twice; {REMEDY}")
+        seen.add(got["id"])
+        out.append(got)
+    return out
 
 
 def results_of(folder: Path) -> dict | None:
@@ -79,12 +131,33 @@ def results_of(folder: Path) -> dict | None:
     return None if results_problem(results) else results
 
 
+_said: set[str] = set()  # damaged records already named on stderr (state is asked many times a command)
+
+
+def say_once(line: str) -> None:
+    if line not in _said:
+        _said.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
 def attempts(folder: Path) -> dict:
+    """attempts.json (record.py): {"starts": n, "last_rc": exit status or "requeued"} as far as it holds them;
+    {} when there is none. A damaged one is named on stderr and read as {} (the next start writes it again)."""
+    path = Path(folder) / "attempts.json"
+    remedy = "read as no start; the cell's next start writes it again"
     try:
-        record = json.loads((folder / "attempts.json").read_text())
-        return record if isinstance(record, dict) else {}
-    except (OSError, ValueError):
+        record = read_record(path, "a cell's attempt record", remedy, missing_ok=True) or {}
+        checks = {"starts": count, "last_rc": _exit_status}
+        return {k: value(record, k, check, path, remedy) for k, check in checks.items() if k in record}
+    except PtuneError as e:
+        say_once(f"ptune study: {e}")
         return {}
+
+
+def _exit_status(v):
+    if v == "requeued" or (isinstance(v, int) and not isinstance(v, bool) and -255 <= v <= 255):
+        return v
+    raise ValueError("an exit status (a whole number in [-255, 255]) or 'requeued'")
 
 
 def state(folder: Path) -> str:

@@ -3,7 +3,9 @@
 A done cell's row carries the base's size and what trained (results.json "parameters"), the task's main
 metric as `score` (METRIC: accuracy for classification, macro-F1 for token classification, next-token
 accuracy for generation; CB, whose labels are unbalanced, the mean of accuracy and macro-F1 as in SuperGLUE),
-and the final metrics as they are. Other rows carry the cell's settings and its state.
+and the final metrics as they are. Other rows carry the cell's settings and its state. A done cell whose
+results.json lacks what its row needs (one task's metrics, the main metric as a finite number, parameter counts)
+is named on stderr and its row says damaged, with a note; the rest of the table is written.
 """
 
 from __future__ import annotations
@@ -12,20 +14,24 @@ import csv
 import io
 from pathlib import Path
 
+from ptune_dist.errors import PtuneError
 from ptune_dist.launcher.files import write_file
+from ptune_dist.read_back import count, mapping, number, value
 
-from .folder import cell_dir, read_cells, results_of, state
+from .folder import cell_dir, read_cells, results_of, say_once, state
 
 METRIC = {"classification": "accuracy", "token_classification": "macro_f1", "generation": "token_accuracy"}
 COLUMNS = ["cell", "status", "parts", "model", "model_params", "method", "prompt_length", "init", "task", "seed",
            "trained_params", "metric", "score"]
 
 
+def metric_name(task_type: str, preset: str) -> str:
+    return "accuracy_macro_f1" if preset == "cb" else METRIC[task_type]
+
+
 def main_metric(task_type: str, preset: str, metrics: dict) -> tuple[str, float]:
-    if preset == "cb":
-        return "accuracy_macro_f1", (metrics["accuracy"] + metrics["macro_f1"]) / 2
-    name = METRIC[task_type]
-    return name, metrics[name]
+    name = metric_name(task_type, preset)
+    return name, ((metrics["accuracy"] + metrics["macro_f1"]) / 2 if name == "accuracy_macro_f1" else metrics[name])
 
 
 def cell_row(study_dir: Path, cell: dict) -> dict:
@@ -35,12 +41,29 @@ def cell_row(study_dir: Path, cell: dict) -> dict:
     results = results_of(folder) if row["status"] == "done" else None
     if results is None:
         return row
-    (metrics,) = results["final"].values()  # a cell trains and scores one task
-    params = results.get("parameters", {})
-    metric, score = main_metric(cell.get("task_type", "classification"), cell.get("preset", ""), metrics)
-    row.update(model_params=params.get("base", ""), trained_params=params.get("trained", ""), metric=metric,
-               score=score, **{k: v for k, v in metrics.items() if k not in row})
-    return row
+    path = folder / "results.json"
+    try:
+        return {**row, **done_values(results, cell, path)}
+    except PtuneError as e:
+        say_once(f"ptune study: cell {cell['id']}: {e}")
+        return {**row, "status": "damaged", "note": str(e)}
+
+
+def done_values(results: dict, cell: dict, path: Path) -> dict:
+    """A done row's numbers from the cell's results.json (results_problem passed: "final" holds dicts),
+    each checked, or a PtuneError naming the file and key."""
+    remedy = "its row says damaged; delete the cell's folder and run `ptune study CONFIG` again to train it again"
+    if len(results["final"]) != 1:  # a cell trains and scores one task
+        raise PtuneError(f"{path}: final holds {len(results['final'])} tasks, not the cell's one; {remedy}")
+    (metrics,) = results["final"].values()
+    metric = metric_name(cell["task_type"], cell["preset"])
+    needed = ("accuracy", "macro_f1") if metric == "accuracy_macro_f1" else (metric,)
+    checked = {k: value(metrics, k, number, f"{path}: final", remedy) for k in needed}
+    params = value(results, "parameters", mapping, path, remedy, default={})
+    sizes = {k: value(params, k, count, f"{path}: parameters", remedy, default="") for k in ("base", "trained")}
+    _, score = main_metric(cell["task_type"], cell["preset"], checked)
+    return {"model_params": sizes["base"], "trained_params": sizes["trained"], "metric": metric, "score": score,
+            **{k: v for k, v in metrics.items() if k not in COLUMNS}}
 
 
 def gather(study_dir) -> tuple[Path, list[dict]]:

@@ -5,7 +5,8 @@ Every cell's config is built by load_config from the same files and overrides pl
 'MODEL|METHOD' (in that order: a later setting wins), and its output_dir; then it keeps only its own task, and an empty study and sweep section (a cell is a plain run).
 With study.hardware.gpu_mem, the planner's resources for the cell (resources.py) go in before the study's
 method and model overrides, which keep their word.
-Everything is checked before anything is written; --dry-run checks the same and writes nothing.
+Everything is checked before anything is written, each cell as its own `ptune train` would check it before
+loading a weight (precheck.py); --dry-run checks the same and writes nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ptune_dist.launcher.files import check_dir
 from . import resources
 from .cells import Cell, expand
 from .folder import cell_dir, check_folder, write_study
+from .precheck import check_cells
 
 
 def user_overrides(cfg: RunConfig, cell: Cell) -> list[str]:
@@ -93,6 +95,7 @@ def prepare(files, overrides, write: bool = True) -> tuple[RunConfig, Path, list
         slurm.gather_script(cfg, study_dir, "1", command="study report")
         slurm.check_record(cfg, "study")
     check_folder(study_dir, cells, configs)
+    check_cells(cells, configs, cfg.launch.backend)  # what each cell's run checks before it loads
     if write:
         write_study(study_dir, cfg, cells, configs)
     return cfg, study_dir, cells, configs
