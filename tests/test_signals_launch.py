@@ -195,3 +195,30 @@ def test_a_study_cell_stopped_by_ctrl_c_is_not_failed_and_the_queue_stops(tmp_pa
     err = capsys.readouterr().err
     assert f"ptune study: interrupted (Ctrl-C) in cell {started[0]}, which keeps its checkpoint" in err
     assert not (study / "report").exists()
+
+
+@pytest.mark.slow
+def test_one_sigint_to_a_local_study_stops_its_cell_at_a_checkpoint(tmp_path):
+    """The rerun resumes the cell as any cell cut short (test_study_run.py); the resume itself: the test above."""
+    from conftest import SMOL
+
+    from ptune_dist.study.folder import state
+
+    study = tmp_path / "study"
+    grid = [f"study.models=[{SMOL}]", "study.methods=[prompt_tuning]", "study.prompt_length=4",
+            "study.prompt_lengths=[4]", "study.inits=[random]", "study.init=random", "study.seeds=[0]",
+            "tasks=[{name: support, preset: support, scoring: head, pooling: mean}]", "method.init=random",
+            *[a for a in TINY if not a.startswith(("launch.", "method.", "train.device"))]]
+    proc = start("study", QUICKSTART, f"output_dir={study}", "train.steps=400", *grid)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(map(train_losses_logged, study.glob("cells/*"))):
+        time.sleep(0.2)
+    (cell,) = study.glob("cells/*")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == INTERRUPTED, out[-3000:]
+    assert "Traceback" not in out and f"ptune study: interrupted (Ctrl-C) in cell {cell.name}" in out, out[-3000:]
+    stopped = max(train_losses(cell))
+    assert [p.name for p in (cell / "checkpoints").iterdir()] == [f"step-{stopped}"]
+    assert json.loads((cell / "attempts.json").read_text()) == {"starts": 1, "last_rc": "requeued"}
+    assert state(cell) == "pending" and not (study / "report").exists()
