@@ -12,21 +12,21 @@ exit resumable:
                  the run, the scheduler must not start it again.
 
 Ctrl-C pressed again. One keypress can reach a rank more than once: the terminal signals the whole
-foreground process group, and a launcher in that group (torchrun) forwards the same Ctrl-C to its
-ranks a few milliseconds later. The rule: a SIGINT that comes less than DUPLICATE_S (2 s) after the
-Ctrl-C that started the stop is the same keypress and changes nothing; one that comes later is a
-second press, and the person wants out now: the handler raises KeyboardInterrupt at once (nothing
-is saved after the last checkpoint; checkpoint writes are atomic, so the newest one stays whole),
-and `ptune train` ends with one line and exit 130, never a traceback (cli.main; `aborted()` tells it
-that an error which follows, such as a collective whose peer left, is part of that stop). A press
-during a stop on USR1/TERM is the first Ctrl-C, not a second. `ptune launch` and `ptune study`
-(launcher/signals.py) apply the same window before they forward a Ctrl-C, and kill the ranks on a
-third press.
+foreground process group, and a launcher in it (torchrun or deepspeed started by hand, srun, a wrapper
+script) may forward the same Ctrl-C to a rank that already got it, milliseconds later. The rule: a
+SIGINT that comes less than DUPLICATE_S (2 s) after the Ctrl-C that started the stop is the same
+keypress and changes nothing; one that comes later is a second press, and the person wants out now: the
+handler raises KeyboardInterrupt at once (nothing is saved after the last checkpoint; checkpoint writes
+are atomic, so the newest one stays whole), and `ptune train` ends with one line and exit 130, never a
+traceback (cli.main; `aborted()` tells it that an error which follows, such as a collective whose peer
+left, is part of that stop). A press during a stop on USR1/TERM is the first Ctrl-C, not a second.
+`ptune launch` and `ptune study` (launcher/signals.py) apply the same window before they forward a
+Ctrl-C, and kill the ranks on a third press.
 
-Under `ptune launch` (local backend) the launcher sets PTUNE_STOP_RECORD to a folder of its own: a
-rank stopped by a signal writes its exit status to FOLDER/rank-R and exits 0 (`leave`), so torchrun
-sees ranks that ended well rather than a failure to report, and the launcher exits with the status
-the ranks wrote (`recorded`).
+Under `ptune launch` (local backend) the launcher sets PTUNE_STOP_RECORD to a folder of its own: a rank
+stopped by a signal writes its exit status to FOLDER/rank-R and exits 0 (`leave`), so torchrun sees
+ranks that ended well rather than a failure to report, and the launcher exits with the status the ranks
+wrote (`recorded`).
 
 When ranks disagree, USR1/TERM wins over INT: a preempted job must be requeued.
 
@@ -35,6 +35,7 @@ importing torch). `catch_early()`, which `ptune train` calls first, records it; 
 it and the run stops before its first step. So this module must not import torch at its top. A
 process that catches SIGUSR1 has its handlers up: launcher/signals.py forwards to a rank only then.
 """
+
 from __future__ import annotations
 
 import os
