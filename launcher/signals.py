@@ -114,8 +114,8 @@ class Forwarder:
     def deliver(self, root: int) -> None:
         """Forward what is pending to every rank under `root` that is ready for it; on a third Ctrl-C, kill
         everything under `root`, and `root` itself."""
-        if self.kill:
-            for pid in [*descendants(root), root]:
+        if self.kill:  # the launcher first, so that it ends by this signal and cannot start anything more
+            for pid in [root, *descendants(root)]:
                 _send(pid, signal.SIGKILL)
             return
         if not self.pending:
