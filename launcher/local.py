@@ -10,13 +10,20 @@ most as many ranks as this machine shows GPUs; `check_gpus` says so before anyth
 
 The command is a list of arguments (no shell runs it); `ptune launch --dry-run` prints it quoted
 (shlex.join), so what it prints runs as it is.
+
+Ctrl-C and other stop signals go to this process only and are forwarded to the ranks once each
+(signals.py); a rank stopped by one saves its checkpoint and exits 0 with its status written to a folder
+of this call's (train/preempt.py PTUNE_STOP_RECORD), so torchrun ends quietly, and `run` returns that
+status: 130 after a Ctrl-C, 99 after TERM. This process waits for every rank before it returns.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
+import shutil
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from ptune_dist.config.schema import RunConfig
@@ -24,6 +31,9 @@ from ptune_dist.config.validate import rdzv_address
 from ptune_dist.errors import ConfigError
 from ptune_dist.rank_env import free_port
 from ptune_dist.runtime import allocator_env
+from ptune_dist.train.preempt import INTERRUPTED, PREEMPTED, STOP_RECORD_ENV, recorded
+
+from . import signals
 
 
 def check_gpus(cfg: RunConfig) -> None:
@@ -79,5 +89,20 @@ def environment(cfg: RunConfig) -> dict:
 
 
 def run(cfg: RunConfig, config_path: Path) -> int:
-    """Start the ranks and wait; returns the launcher's exit code (non-zero when a rank failed)."""
-    return subprocess.run(command(cfg, config_path), env=environment(cfg)).returncode
+    """Start the ranks and wait for them; returns the launcher's exit code when a rank failed, else the status
+    the ranks stopped with (130 Ctrl-C, 99 preempted), else 130/99 when this process was asked to stop but the
+    ranks finished first, else 0."""
+    cmd = command(cfg, config_path)
+    folder = tempfile.mkdtemp(prefix="ptune-stop-")  # 0700, this call's own: the ranks' stop records
+    try:
+        rc, asked = signals.wait(cmd, {**environment(cfg), STOP_RECORD_ENV: folder})
+        stopped = recorded(Path(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if rc != 0 and asked == signal.SIGINT and rc < 0:  # killed on a third Ctrl-C
+        return INTERRUPTED
+    if rc != 0:
+        return rc
+    if stopped is not None:
+        return stopped
+    return {signal.SIGINT: INTERRUPTED, signal.SIGTERM: PREEMPTED}.get(asked, 0)

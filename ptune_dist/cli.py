@@ -16,6 +16,10 @@
 
 Nothing a command did not create is deleted or replaced without --force (checkpoint/target.py), and
 one `ptune train` at a time writes an output_dir (train/run_lock.py).
+
+Ctrl-C ends every command with one line on stderr and exit status 130, never a traceback: `ptune train`
+stops at the end of the step with a checkpoint, and at once on a second press (train/preempt.py);
+`ptune launch` and `ptune study` forward it to their ranks and wait for them (launcher/signals.py).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import sys
 
 import ptune_dist  # noqa: F401  (sets the oneDNN guard before torch loads)
 from ptune_dist.errors import PtuneError
-from ptune_dist.train.preempt import Preempted, catch_early, release_early
+from ptune_dist.train import preempt
+from ptune_dist.train.preempt import INTERRUPTED, Preempted, catch_early, release_early
 
 
 def _split(args: list[str]) -> tuple[list[str], list[str]]:
@@ -236,16 +241,34 @@ def main(argv=None) -> int:
     if ns.command == "train":
         catch_early()  # from here a USR1/TERM/INT is recorded, not fatal: training adopts it (train/preempt.py)
     try:
-        return ns.fn(ns)
-    except Preempted as e:
-        print(f"ptune {ns.command}: {e}", file=sys.stderr)
-        return e.exit_code()
-    except PtuneError as e:
-        message = " ".join(str(e).split("\n"))  # one line, whatever the message carries
-        print(f"ptune {ns.command}: error: {message}", file=sys.stderr)
-        return 2
+        try:
+            return ns.fn(ns)
+        except Preempted as e:
+            print(f"ptune {ns.command}: {e}", file=sys.stderr)
+            return preempt.leave(e.exit_code())  # under `ptune launch`: 0, the status recorded for the launcher
+        except PtuneError as e:
+            message = " ".join(str(e).split("\n"))  # one line, whatever the message carries
+            print(f"ptune {ns.command}: error: {message}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        return _interrupted(ns.command)
+    except Exception:
+        if preempt.aborted():  # stopping at once: a collective whose peer already left fails on the way out
+            return _interrupted(ns.command)
+        raise
     finally:
         release_early()  # a no-op once training took the handlers over; an in-process caller gets its own back
+
+
+def _interrupted(command: str) -> int:
+    """One line for a Ctrl-C that ended the command where it was (train/preempt.py: a second press)."""
+    if command != "train" or not preempt.aborted():  # not a rank's stop: the command had no step to finish
+        print(f"ptune {command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return preempt.leave(INTERRUPTED) if command == "train" else INTERRUPTED
+    if preempt.is_main_rank():
+        print(f"ptune {command}: stopped at once on a second Ctrl-C; the steps after the newest checkpoint are lost, "
+              "the checkpoint itself is whole: run the same command to resume from it", file=sys.stderr)
+    return preempt.leave(INTERRUPTED)
 
 
 def entry() -> None:

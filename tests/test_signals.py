@@ -1,5 +1,6 @@
-"""Signals: Ctrl-C stops at the end of a step with a checkpoint and exit 130 (a second Ctrl-C stops at
-once); a TERM during the imports, before training's handler exists, still ends resumable (99)."""
+"""Signals: Ctrl-C stops at the end of a step with a checkpoint and exit 130 (the same keypress delivered
+again within 2 s changes nothing; a second press later stops at once); a TERM during the imports, before
+training's handler exists, still ends resumable (99). Under the launchers: test_signals_launch.py."""
 
 import os
 import signal
@@ -64,13 +65,18 @@ def test_exit_codes_follow_the_signal(tmp_path, monkeypatch):
     assert "before training started; nothing to save" in str(Preempted(0, signum=signal.SIGTERM))
 
 
-def test_second_ctrl_c_raises_and_term_overrides_int(handlers):
+def test_second_ctrl_c_raises_and_term_overrides_int(handlers, monkeypatch):
     ctrl_c = signal.getsignal(signal.SIGINT)
     with StopRequests() as stop:
         deliver(signal.SIGINT)
         assert stop.signum == signal.SIGINT
+        deliver(signal.SIGINT)  # the same keypress, delivered again (terminal and torchrun): nothing new
+        assert stop.signum == signal.SIGINT and not preempt.aborted()
+        monkeypatch.setattr(preempt, "DUPLICATE_S", 0.0)  # as if the person pressed again 2 s later
         with pytest.raises(KeyboardInterrupt):
             deliver(signal.SIGINT)
+        assert preempt.aborted()
+    monkeypatch.undo()
     with StopRequests() as stop:
         deliver(signal.SIGINT)
         deliver(signal.SIGTERM)  # a preemption coinciding with a Ctrl-C: the job must still be requeued

@@ -17,7 +17,7 @@ def run(args: list[str], dry_run: bool = False) -> int:
             raise ConfigError(f"usage: ptune study {args[0]} STUDY_DIR")
         return {"status": status, "report": report, "ensemble": ensemble}[args[0]](Path(args[1]))
     from .prepare import prepare
-    from .queue import run_queue
+    from .queue import Stopped, run_queue
 
     files, overrides = [a for a in args if "=" not in a], [a for a in args if "=" in a]
     cfg, study_dir, cells, configs = prepare(files, overrides, write=not dry_run)
@@ -34,7 +34,11 @@ def run(args: list[str], dry_run: bool = False) -> int:
         arrays = ", ".join(f"{a['job_id']} ({a['cells']} cells)" for a in record["arrays"]) or "none"
         print(f"submitted arrays {arrays}; report job {record.get('gather_job_id', '-')}: {study_dir / 'report'}")
         return 0
-    missing = run_queue(study_dir, cells, cfg.study.retries)
+    try:
+        missing = run_queue(study_dir, cells, cfg.study.retries)
+    except Stopped as e:  # a Ctrl-C: the running cell saved its checkpoint; nothing else starts
+        print(f"ptune study: {e}", file=sys.stderr)
+        return e.code
     ensemble(study_dir, report_after=False)
     report(study_dir)
     if missing:

@@ -4,6 +4,11 @@
 A done cell is skipped, so a rerun after a kill (or a crash, or a preemption) finishes only what is missing;
 a cell that was cut short resumes from its own checkpoints. A cell that fails is started again up to
 study.retries more times; each start is counted in its attempts.json. Returns the cells still not done.
+
+A Ctrl-C (or TERM) reaches the running cell's ranks once (launcher/signals.py): they save a checkpoint and
+stop, the cell is recorded as stopped at a checkpoint (attempts.json "requeued": pending, not failed, and not
+retried), and the queue stops there with `Stopped` (130 after a Ctrl-C, 99 after TERM); the next run of the
+same command resumes the cell from that checkpoint.
 """
 
 from __future__ import annotations
@@ -13,18 +18,34 @@ from pathlib import Path
 
 from ptune_dist.config import load_config
 from ptune_dist.launcher import local
+from ptune_dist.train.preempt import INTERRUPTED, PREEMPTED
 
 from .folder import cell_dir, state
 from .record import record
 
 
+class Stopped(Exception):
+    """The queue stopped on a signal in cell `cell_id`; `code`: the exit status (130 Ctrl-C, 99 TERM)."""
+
+    def __init__(self, cell_id: str, code: int):
+        self.cell_id, self.code = cell_id, code
+        what = "interrupted (Ctrl-C)" if code == INTERRUPTED else "stopped on a signal"
+        super().__init__(f"{what} in cell {cell_id}, which keeps its checkpoint; run the same command to resume "
+                         "the study from there (the report was not written)")
+
+
 def run_cell(folder: Path, retries: int) -> bool:
-    """Start the cell until it is done or has failed 1 + retries times in this call; True when done."""
+    """Start the cell until it is done or has failed 1 + retries times in this call; True when done. Raises
+    Stopped when a signal stopped it."""
     path = folder / "launch.yaml"
     cfg = load_config([path])
     for _ in range(1 + retries):
         record(folder, "start")  # attempts.json, as a Slurm array task keeps it too
-        record(folder, str(local.run(cfg, path)))
+        rc = local.run(cfg, path)
+        if rc in (INTERRUPTED, PREEMPTED):  # stopped at a checkpoint by a person or a preemption: not a failure
+            record(folder, "requeued")
+            raise Stopped(folder.name, rc)
+        record(folder, str(rc))
         if state(folder) == "done":
             return True
     return False

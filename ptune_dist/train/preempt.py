@@ -9,14 +9,31 @@ exit resumable:
                  instead, since srun --kill-on-bad-exit would kill the ranks still exiting, and the
                  main rank leaves the marker file; the batch script answers either with a requeue.
     INT          exit INTERRUPTED (130, the shell's status for Ctrl-C), no marker: a person stopped
-                 the run, the scheduler must not start it again. A second Ctrl-C while it stops
-                 raises KeyboardInterrupt at once (checkpoint writes are atomic, so that is safe).
+                 the run, the scheduler must not start it again.
+
+Ctrl-C pressed again. One keypress can reach a rank more than once: the terminal signals the whole
+foreground process group, and a launcher in it (torchrun or deepspeed started by hand, srun, a wrapper
+script) may forward the same Ctrl-C to a rank that already got it, milliseconds later. The rule: a
+SIGINT that comes less than DUPLICATE_S (2 s) after the Ctrl-C that started the stop is the same
+keypress and changes nothing; one that comes later is a second press, and the person wants out now: the
+handler raises KeyboardInterrupt at once (nothing is saved after the last checkpoint; checkpoint writes
+are atomic, so the newest one stays whole), and `ptune train` ends with one line and exit 130, never a
+traceback (cli.main; `aborted()` tells it that an error which follows, such as a collective whose peer
+left, is part of that stop). A press during a stop on USR1/TERM is the first Ctrl-C, not a second.
+`ptune launch` and `ptune study` (launcher/signals.py) apply the same window before they forward a
+Ctrl-C, and kill the ranks on a third press.
+
+Under `ptune launch` (local backend) the launcher sets PTUNE_STOP_RECORD to a folder of its own: a rank
+stopped by a signal writes its exit status to FOLDER/rank-R and exits 0 (`leave`), so torchrun sees
+ranks that ended well rather than a failure to report, and the launcher exits with the status the ranks
+wrote (`recorded`).
 
 When ranks disagree, USR1/TERM wins over INT: a preempted job must be requeued.
 
 A signal can come before training's handler is installed (Slurm preempts a job that is still
 importing torch). `catch_early()`, which `ptune train` calls first, records it; StopRequests adopts
-it and the run stops before its first step. So this module must not import torch at its top.
+it and the run stops before its first step. So this module must not import torch at its top. A
+process that catches SIGUSR1 has its handlers up: launcher/signals.py forwards to a rank only then.
 """
 
 from __future__ import annotations
@@ -24,14 +41,20 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 PREEMPTED = 99
 INTERRUPTED = 130  # 128 + SIGINT
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 MARKER_ENV = "PTUNE_PREEMPT_MARKER"
+STOP_RECORD_ENV = "PTUNE_STOP_RECORD"
+DUPLICATE_S = 2.0  # a SIGINT this soon after the first Ctrl-C is the same keypress delivered twice
 
 # what catch_early() recorded (a signal number or None), and the handlers it replaced
 _early = {"signum": None, "previous": {}}
+# the first Ctrl-C's time (time.monotonic) while a stop is under way, and whether a second press stopped at once
+_ctrl_c = {"first": None, "aborted": False}
 
 
 class Preempted(Exception):
@@ -70,19 +93,61 @@ def _stronger(old: int | None, new: int) -> int:
     return old
 
 
-def _is_main_rank() -> bool:
+def is_main_rank() -> bool:
     # the session (which knows the rank) may not exist yet; the launchers' variables say it
     return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
 
 
 def _on_signal(current: int | None, signum: int, when: str) -> int:
-    """Shared by both handlers: returns the new deciding signal, or raises on a repeated Ctrl-C."""
-    if signum == signal.SIGINT and current is not None:
-        raise KeyboardInterrupt  # Ctrl-C while already stopping: the person wants out now
-    if signum == signal.SIGINT and _is_main_rank():
-        # os.write, not print: a handler may run inside a print to the same stream (reentrant call)
-        os.write(2, f"\nptune: interrupted; stopping {when} (Ctrl-C again stops at once)\n".encode())
+    """Shared by both handlers: returns the new deciding signal, or raises on a second Ctrl-C."""
+    if signum == signal.SIGINT:
+        first, now = _ctrl_c["first"], time.monotonic()
+        if first is not None and now - first < DUPLICATE_S:
+            return current  # the same keypress, delivered again (terminal and launcher): nothing new
+        if first is not None:
+            _ctrl_c["aborted"] = True
+            raise KeyboardInterrupt  # a second press while already stopping: the person wants out now
+        _ctrl_c["first"] = now
+        if is_main_rank():
+            # os.write, not print: a handler may run inside a print to the same stream (reentrant call)
+            os.write(2, f"\nptune: interrupted; stopping {when} (Ctrl-C again, after {DUPLICATE_S:g} s, stops at "
+                        "once)\n".encode())
     return _stronger(current, signum)
+
+
+def aborted() -> bool:
+    """Whether a second Ctrl-C stopped this process at once (its KeyboardInterrupt is on the way up)."""
+    return _ctrl_c["aborted"]
+
+
+def leave(code: int) -> int:
+    """The exit status of a rank stopped by a signal (`code`: INTERRUPTED, PREEMPTED, or 0 under Slurm's
+    marker). Under `ptune launch` (PTUNE_STOP_RECORD set) the status goes to FOLDER/rank-R and the rank
+    exits 0; when the record cannot be written the rank exits with `code` itself."""
+    folder = os.environ.get(STOP_RECORD_ENV)
+    if not code or not folder:
+        return code
+    rank = os.environ.get("RANK", "0")
+    try:
+        fd = os.open(Path(folder) / f"rank-{int(rank)}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                     0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{code}\n")
+    except (OSError, ValueError):
+        return code
+    return 0
+
+
+def recorded(folder: Path) -> int | None:
+    """What the ranks wrote through `leave` into `folder`: PREEMPTED when any rank was preempted (the
+    job must be requeued), else INTERRUPTED when any was interrupted, else None (no rank stopped)."""
+    codes = set()
+    for path in Path(folder).glob("rank-*"):
+        try:
+            codes.add(int(path.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return PREEMPTED if PREEMPTED in codes else INTERRUPTED if codes else None
 
 
 def _record_early(signum, frame):
@@ -95,6 +160,7 @@ def catch_early() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     _early["signum"] = None
+    _ctrl_c.update(first=None, aborted=False)
     for sig in SIGNALS:
         previous = signal.signal(sig, _record_early)
         _early["previous"].setdefault(sig, previous)  # twice: keep the handlers from before the first call
@@ -127,6 +193,8 @@ class StopRequests:
         if _early["signum"] is not None:  # a signal came during the imports: stop before the first step
             self.signum = _stronger(self.signum, _early["signum"])
             _early["signum"] = None
+        else:
+            _ctrl_c.update(first=None, aborted=False)
         return self
 
     def __exit__(self, *exc):
