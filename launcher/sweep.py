@@ -171,11 +171,18 @@ def submit(cfg: RunConfig, sweep_dir: Path, cells: list[dict]) -> dict:
     return record
 
 
-def run_locally(cfg: RunConfig, cells: list[dict]) -> int:
+def run_locally(cfg: RunConfig, cells: list[dict]) -> tuple[int, int | None]:
+    """Run the cells one after another: (how many failed, the exit status of a cell stopped by a signal
+    (130 Ctrl-C, 99 TERM), after which no further cell starts; None when none was)."""
+    from ptune_dist.train.preempt import INTERRUPTED, PREEMPTED
+
     failed = 0
     for cell in cells:
         cell_cfg = load_config([Path(cell["dir"]) / "launch.yaml"])
-        failed += local.run(cell_cfg, Path(cell["dir"]) / "launch.yaml") != 0
-    return failed
+        rc = local.run(cell_cfg, Path(cell["dir"]) / "launch.yaml")
+        if rc in (INTERRUPTED, PREEMPTED):
+            return failed, rc
+        failed += rc != 0
+    return failed, None
 
 

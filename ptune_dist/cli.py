@@ -100,7 +100,10 @@ def cmd_sweep(ns) -> int:
               else "\n".join(shlex.join(c["overrides"]) for c in cells))
         return 0
     if cfg.launch.backend == "local":
-        failed = sweep.run_locally(cfg, cells)
+        failed, stopped = sweep.run_locally(cfg, cells)
+        if stopped is not None:  # the running cell checkpointed; rerunning the sweep resumes it
+            print(f"ptune sweep: stopped on a signal; rerun the same command to resume ({sweep_dir})", file=sys.stderr)
+            return stopped
         print(sweep.gather(sweep_dir))
         return 1 if failed else 0
     record = sweep.submit(cfg, sweep_dir, cells)

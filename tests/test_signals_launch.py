@@ -186,7 +186,8 @@ def test_a_study_cell_stopped_by_ctrl_c_is_not_failed_and_the_queue_stops(tmp_pa
 
     monkeypatch.setattr(queue.local, "run", interrupted)
     args = [QUICKSTART, f"output_dir={study}", "study.models=[embedded:smollm2-135m-instruct]",
-            "study.methods=[prompt_tuning]", "study.prompt_lengths=[4, 8]", "study.seeds=[0]", "study.retries=2"]
+            "study.methods=[prompt_tuning]", "study.prompt_lengths=[4, 8]", "study.prompt_length=4", "study.seeds=[0]",
+            "study.retries=2"]
     assert command.run(args) == INTERRUPTED
     assert len(started) == 1  # not retried, and no other cell started
     cell = study / "cells" / started[0]
@@ -195,6 +196,22 @@ def test_a_study_cell_stopped_by_ctrl_c_is_not_failed_and_the_queue_stops(tmp_pa
     err = capsys.readouterr().err
     assert f"ptune study: interrupted (Ctrl-C) in cell {started[0]}, which keeps its checkpoint" in err
     assert not (study / "report").exists()
+
+
+def test_a_local_sweep_stopped_by_ctrl_c_starts_no_further_cell(tmp_path, monkeypatch, capsys):
+    from ptune_dist.cli import main
+    from ptune_dist.launcher import sweep
+
+    started = []
+
+    def interrupted(cfg, path):
+        started.append(Path(path).parent.name)
+        return INTERRUPTED
+
+    monkeypatch.setattr(sweep.local, "run", interrupted)
+    assert main(["sweep", QUICKSTART, f"output_dir={tmp_path / 'sw'}", "--grid", "train.seed=0,1,2"]) == INTERRUPTED
+    assert started == ["000"] and not (tmp_path / "sw" / "results.csv").exists()
+    assert "ptune sweep: stopped on a signal; rerun the same command to resume" in capsys.readouterr().err
 
 
 @pytest.mark.slow
