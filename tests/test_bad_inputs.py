@@ -88,6 +88,13 @@ FOLDERS = {
     "sweep_no_grid": {"sweep.json": '{"cells": []}'},
     # a checkpoint whose manifest is JSON of the wrong shape
     "bad_manifest": {"final/config.yaml": "output_dir: x\n", "final/manifest.json": '{"files": []}'},
+    # issue 21: records: values read back from files ptune wrote, each with its type and domain
+    "job_ids_text": {"slurm/job.json": '{"kind": "study", "job_ids": "4242"}'},
+    "job_ids_number": {"slurm/job.json": '{"kind": "study", "job_ids": 4242}'},
+    "job_ids_option": {"slurm/job.json": '{"kind": "study", "job_ids": ["12", "--user=x"]}'},
+    "job_id_number": {"slurm/job.json": '{"kind": "train", "job_id": 4242}'},
+    "job_kind_list": {"slurm/job.json": '{"kind": ["train"], "job_id": "12"}'},
+    "pickle_model": {"config.json": '{"model_type": "llama"}', "pytorch_model.bin": "not read"},
 }
 
 CASES = [
@@ -143,12 +150,12 @@ CASES = [
      "launch.rdzv_endpoint='fd00::5:29400'"),
     (["train", QUICKSTART, "launch.rdzv_endpoint=h;touch x:1"], "launch.rdzv_endpoint='h;touch x:1'"),
     # job ids: typed or read back from job.json, checked before scontrol / scancel see them
-    (["cancel", Dir("job_option")], "slurm/job.json: job_id: '--user=root' is not a Slurm job id"),
-    (["status", Dir("job_option")], "slurm/job.json: job_id: '--user=root' is not a Slurm job id"),
-    (["cancel", Dir("gather_option")], "slurm/job.json: gather_job_id: '-u root' is not a Slurm job id"),
-    (["status", Dir("job_newline")], "job.json: job_id: '12\\n13' is not a Slurm job id"),
-    (["status", Dir("job_number_list")], "job.json: job_id: ['12'] is not a Slurm job id"),
-    (["status", Dir("job_not_json")], "slurm/job.json: not a readable job record"),
+    (["cancel", Dir("job_option")], "slurm/job.json: job_id='--user=root' is not a Slurm job id"),
+    (["status", Dir("job_option")], "slurm/job.json: job_id='--user=root' is not a Slurm job id"),
+    (["cancel", Dir("gather_option")], "slurm/job.json: gather_job_id='-u root' is not a Slurm job id"),
+    (["status", Dir("job_newline")], "job.json: job_id='12\\n13' is not a Slurm job id"),
+    (["status", Dir("job_number_list")], "job.json: job_id=['12'] is not a Slurm job id"),
+    (["status", Dir("job_not_json")], "slurm/job.json: not a job record (not JSON"),
     (["status", Dir("job_not_object")], "slurm/job.json: not a job record"),
     (["cancel", Dir("job_without_id")], "slurm/job.json: no job_id in it"),
     (["status", Dir("no_job")], "a folder without slurm/job.json"),
@@ -230,6 +237,15 @@ CASES = [
                                      "gemma-3-270m, smollm2-135m-instruct"),
     (["plan", "model=llama-2-7b", "hardware.gpu_mem=24"], "hardware.gpu_mem='24': a size needs its unit"),
     (["plan", "model=llama-2-7b", "hardware.gpus=" + "9" * 30], "must be <= 1024"),
+    # issue 21: records: a job record's values with their types; nothing reaches scancel or scontrol
+    (["cancel", Dir("job_ids_text")], "slurm/job.json: job_ids='4242' is not a list (str found)"),
+    (["status", Dir("job_ids_text")], "slurm/job.json: job_ids='4242' is not a list (str found)"),
+    (["cancel", Dir("job_ids_number")], "slurm/job.json: job_ids=4242 is not a list (int found)"),
+    (["cancel", Dir("job_ids_option")], "job_ids=['12', '--user=x'] is not a Slurm job id"),
+    (["cancel", Dir("job_id_number")], "slurm/job.json: job_id=4242 is not a Slurm job id"),
+    (["cancel", Dir("job_kind_list")], "slurm/job.json: kind=['train'] is not one of 'train', 'sweep', 'study'"),
+    (["train", QUICKSTART, Dir("pickle_model", key="model.name_or_path")],
+     "holds only pickle weights (pytorch_model.bin)"),
 ]
 
 
