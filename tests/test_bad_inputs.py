@@ -95,6 +95,10 @@ FOLDERS = {
     "job_id_number": {"slurm/job.json": '{"kind": "train", "job_id": 4242}'},
     "job_kind_list": {"slurm/job.json": '{"kind": ["train"], "job_id": "12"}'},
     "pickle_model": {"config.json": '{"model_type": "llama"}', "pytorch_model.bin": "not read"},
+    "sweep_cell_escape": {"sweep.json": '{"grid": {"train.lr": ["0.5"]}, "cells": [{"id": "000", "overrides": '
+                                        '["train.lr=0.5"], "dir": "../../other-run"}]}'},
+    "sweep_cell_id": {"sweep.json": '{"grid": {"train.lr": ["0.5"]}, "cells": [{"id": "../x", "overrides": '
+                                    '["train.lr=0.5"], "dir": "cells/../x"}]}'},
 }
 
 CASES = [
@@ -246,6 +250,8 @@ CASES = [
     (["cancel", Dir("job_kind_list")], "slurm/job.json: kind=['train'] is not one of 'train', 'sweep', 'study'"),
     (["train", QUICKSTART, Dir("pickle_model", key="model.name_or_path")],
      "holds only pickle weights (pytorch_model.bin)"),
+    (["gather", Dir("sweep_cell_escape")], "cells[0]: dir='../../other-run' is not this sweep's folder for cell 000"),
+    (["gather", Dir("sweep_cell_id")], "cells[0]: id='../x' is not a plain folder name"),
 ]
 
 

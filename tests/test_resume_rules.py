@@ -131,6 +131,7 @@ def test_a_step_that_is_not_its_folders_is_damaged(four_steps, tmp_path, step, w
     ("scheduler", {"base_lrs": [0.03], "last_epoch": None}, "last_epoch=None"),
     ("optimizer", {"param_groups": [{"lr": "0.1", "params": ["prompts.default.embedding"]}], "scalars": {}}, "lr='0.1'"),
     ("optimizer", {"param_groups": [{"params": "prompts.default.embedding"}], "scalars": {}}, "params='prompts"),
+    ("baseline", {"default": {"accuracy": "0.9"}}, "baseline={'default': {'accuracy': '0.9'}}"),
 ])
 def test_state_json_fields_are_checked_with_their_type(four_steps, tmp_path, field, value, words):
     folder = tmp_path / "step-4"

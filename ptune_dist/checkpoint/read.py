@@ -200,6 +200,13 @@ def _slots(v) -> dict:
     return v
 
 
+def _metrics(v) -> dict:
+    if not isinstance(v, dict) or not all(isinstance(m, dict) and all(
+            not isinstance(x, bool) and isinstance(x, (int, float)) for x in m.values()) for m in v.values()):
+        raise ValueError('{"task": {"metric": number}}')
+    return v
+
+
 LOADER_FIELDS = ("epoch", "position", "seed", "global_batch", "examples")  # data/loader.py state_dict()
 
 
@@ -220,6 +227,7 @@ def check_fields(folder: Path, state: dict) -> None:
             rb.value(group, "params", rb.list_of(rb.text), path, "")
             for key in ("lr", "eps", "weight_decay"):
                 rb.value(group, key, _number, path, "", default=None)
+        rb.value(state, "baseline", _metrics, path, "", default=None)  # carried into results.json on resume
         for name, slots in state["optimizer"]["scalars"].items():
             rb.value({f"optimizer.scalars.{name}": slots}, f"optimizer.scalars.{name}", _slots, path, "")
     except PtuneError as e:
