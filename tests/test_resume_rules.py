@@ -129,7 +129,8 @@ def test_a_step_that_is_not_its_folders_is_damaged(four_steps, tmp_path, step, w
     ("loader", {"epoch": 1, "position": -2, "seed": 0, "global_batch": 4, "examples": 8}, "position=-2"),
     ("scheduler", {"base_lrs": ["0.03"], "last_epoch": 4}, "base_lrs=['0.03']"),
     ("scheduler", {"base_lrs": [0.03], "last_epoch": None}, "last_epoch=None"),
-    ("optimizer", {"param_groups": [{"lr": "0.1", "params": ["prompts.default.embedding"]}], "scalars": {}}, "lr='0.1'"),
+    ("optimizer", {"param_groups": [{"lr": "0.1", "params": ["prompts.default.embedding"]}], "scalars": {}},
+     "lr='0.1'"),
     ("optimizer", {"param_groups": [{"params": "prompts.default.embedding"}], "scalars": {}}, "params='prompts"),
     ("baseline", {"default": {"accuracy": "0.9"}}, "baseline={'default': {'accuracy': '0.9'}}"),
 ])
@@ -175,7 +176,8 @@ def test_a_misfit_checkpoint_is_skipped_by_name_then_the_run_refused_when_none_i
     with pytest.raises(CheckpointError) as e:
         resume(run)
     err = capfd.readouterr().err
-    for folder, why in ((newest, "exp_avg is"), (older, "step=3 differs"), (run / "checkpoints" / "step-1", "manifest")):
+    unfinished = run / "checkpoints" / "step-1"
+    for folder, why in ((newest, "exp_avg is"), (older, "step=3 differs"), (unfinished, "manifest")):
         assert f"ptune: checkpoint {folder}" in err and why in err  # one line each, naming it
         assert why in str(e.value)
     assert f"{run / 'checkpoints'}: none of its 3 checkpoint(s) can be resumed" in str(e.value)

@@ -81,7 +81,8 @@ def no_slurm(monkeypatch):
 
 
 @pytest.mark.parametrize("record, bad", [
-    ({"job_id": "--user=root"}, "job_id='--user=root'"), ({"job_id": "12", "gather_job_id": "-a"}, "gather_job_id='-a'"),
+    ({"job_id": "--user=root"}, "job_id='--user=root'"),
+    ({"job_id": "12", "gather_job_id": "-a"}, "gather_job_id='-a'"),
     ({"job_id": "12 13"}, "job_id='12 13'"), ({"job_id": "12\n"}, "job_id='12\\n'"), ({"job_id": True}, "job_id=True"),
     ({"job_id": ["1"]}, "job_id=['1']"), ({"job_id": "\uff11"}, "job_id='\uff11'"),
     # issue 21: each value with its type: a string is not a list of ids, a number not an id string
@@ -107,7 +108,8 @@ def test_good_job_ids_reach_scontrol_and_scancel_as_they_are(tmp_path, no_slurm)
     (tmp_path / "slurm").mkdir()
     (tmp_path / "slurm" / "job.json").write_text(json.dumps({"job_id": "12", "gather_job_id": "13"}))
     assert slurm.job_id_of(str(tmp_path)) == ["12", "13"]
-    (tmp_path / "slurm" / "job.json").write_text(json.dumps({"kind": "study", "job_ids": ["12", "14"], "gather_job_id": "15"}))
+    study = {"kind": "study", "job_ids": ["12", "14"], "gather_job_id": "15"}
+    (tmp_path / "slurm" / "job.json").write_text(json.dumps(study))
     assert slurm.job_id_of(str(tmp_path)) == ["15", "12", "14"]
     assert slurm.job_id_of("7_3") == ["7_3"] and slurm.job_id_of("42") == ["42"]
     for typed in ("-1", "1_", "_1", "1_2_3", "1;2", "--user=root", "\uff11"):

@@ -575,7 +575,8 @@ def render(req: Request, rows: list[Row], trace: int = 0) -> str:
     ]
     if not shown:
         smallest = min(rows, key=lambda r: r.peak)
-        assumed = " (assumed: hardware.gpu_mem=... sets it)" if hw.sources.get("gpu_mem", "").startswith("assumed") else ""
+        guessed = hw.sources.get("gpu_mem", "").startswith("assumed")
+        assumed = " (assumed: hardware.gpu_mem=... sets it)" if guessed else ""
         lines.append(f"nothing fits in {hw.gpu_mem / GiB:g} GB{assumed}; the smallest setup needs "
                      f"{smallest.peak / GiB:.1f} GB per {device}: {' '.join(smallest.overrides)}")
         return "\n".join(lines)
