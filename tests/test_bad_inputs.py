@@ -293,3 +293,26 @@ def test_bad_input_is_one_clear_error(argv, fragment, tmp_path, monkeypatch, cap
     assert code == 2, f"exit {code}; stderr: {err[-2000:]}"
     assert fragment in err, err
     assert "Traceback" not in out + err
+
+
+def test_a_model_folder_with_only_pickle_weights_is_refused_by_name(tmp_path, monkeypatch, capsys):
+    """issue 21: a real model folder (config, tokenizer) whose weights are only pytorch_model.bin: one error
+    naming the folder and the way to convert, before the data is encoded; the pickle is never opened."""
+    import shutil
+
+    import torch
+
+    from ptune_dist import embedded
+
+    source, folder = Path(embedded.resolve("embedded:smollm2-135m-instruct")), tmp_path / "pickled"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(source / name, folder / name)
+    (folder / "pytorch_model.bin").write_bytes(b"a pickle, never opened")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load opened the pickle"))
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", QUICKSTART, f"model.name_or_path={folder}", f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{folder} holds only pickle weights (pytorch_model.bin)" in err and "safetensors" in err
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing of a run written (the lock aside)
