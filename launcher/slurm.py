@@ -229,7 +229,8 @@ def read_job_record(path: Path) -> list[str]:
 
 
 def job_id_of(target: str) -> list[str]:
-    """Job ids from a run/sweep folder (its slurm/job.json) or given directly, each checked (check_job_id)."""
+    """Job ids from a run/sweep/study folder (its slurm/job.json: read_job_record) or given directly, each
+    checked (read_back.job_id)."""
     if not target.strip():
         raise PtuneError("give a run folder or a Slurm job id (the argument is empty)")
     p = Path(target)
