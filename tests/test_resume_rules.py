@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from ptune_dist.checkpoint import atomic
 from ptune_dist.checkpoint.read import CheckpointDamaged, read_training
 from ptune_dist.config import load_config
+from ptune_dist.data.loader import TrainLoader
 from ptune_dist.errors import CheckpointError, ConfigError
 from ptune_dist.train import loop
 
@@ -125,14 +126,11 @@ def test_a_step_that_is_not_its_folders_is_damaged(four_steps, tmp_path, step, w
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("loader", {"epoch": "1", "position": 2, "seed": 0, "global_batch": 4, "examples": 8}, "epoch='1'"),
-    ("loader", {"epoch": 1, "position": -2, "seed": 0, "global_batch": 4, "examples": 8}, "position=-2"),
     ("scheduler", {"base_lrs": ["0.03"], "last_epoch": 4}, "base_lrs=['0.03']"),
     ("scheduler", {"base_lrs": [0.03], "last_epoch": None}, "last_epoch=None"),
     ("optimizer", {"param_groups": [{"lr": "0.1", "params": ["prompts.default.embedding"]}], "scalars": {}},
      "lr='0.1'"),
     ("optimizer", {"param_groups": [{"params": "prompts.default.embedding"}], "scalars": {}}, "params='prompts"),
-    ("baseline", {"default": {"accuracy": "0.9"}}, "baseline={'default': {'accuracy': '0.9'}}"),
 ])
 def test_state_json_fields_are_checked_with_their_type(four_steps, tmp_path, field, value, words):
     folder = tmp_path / "step-4"
@@ -140,6 +138,20 @@ def test_state_json_fields_are_checked_with_their_type(four_steps, tmp_path, fie
     edit_state(folder, **{field: value})
     with pytest.raises(CheckpointDamaged, match=re.escape(words)):
         read_training(folder, shapes_of(folder))
+
+
+@pytest.mark.parametrize("state, words", [
+    ({"epoch": "1", "position": 1}, "loader.epoch='1' is not a whole number >= 0"),
+    ({"epoch": 1, "position": -2}, "loader.position=-2"), ({"epoch": 1, "position": 3}, "loader.position=3"),
+    ({"epoch": None, "position": 1}, "loader.epoch=None"), ({"epoch": 1, "position": True}, "position=True"),
+])
+def test_the_loader_checks_its_state_from_the_checkpoint(state, words):
+    """The loader's own state, read back (a ValueError the checkpointer names with its folder)."""
+    loader = TrainLoader([None] * 8, batch_size=4, seed=0, pad_id=0, padding_side="right")
+    with pytest.raises(ValueError, match=re.escape(words)):
+        loader.load_state_dict({"global_batch": 4, "examples": 8, "seed": 0, **state})
+    loader.load_state_dict({"global_batch": 4, "examples": 8, "seed": 0, "epoch": 3, "position": 2})
+    assert (loader.epoch, loader.position) == (3, 2)
 
 
 @pytest.mark.parametrize("slot, tensor, words", [

@@ -200,34 +200,20 @@ def _slots(v) -> dict:
     return v
 
 
-def _metrics(v) -> dict:
-    if not isinstance(v, dict) or not all(isinstance(m, dict) and all(
-            not isinstance(x, bool) and isinstance(x, (int, float)) for x in m.values()) for m in v.values()):
-        raise ValueError('{"task": {"metric": number}}')
-    return v
-
-
-LOADER_FIELDS = ("epoch", "position", "seed", "global_batch", "examples")  # data/loader.py state_dict()
-
-
 def check_fields(folder: Path, state: dict) -> None:
-    """The state.json values a resume puts into the loader, the scheduler and the optimizer's groups, each
-    with its type (read_back): a string or a negative number there would be taken in and fail, or train
-    wrongly, steps later."""
+    """The state.json values a resume puts into the scheduler and the optimizer's groups, each with its type
+    (read_back) where present: a string or a negative number there would be taken in and fail, or train
+    wrongly, steps later. (The loader checks its own state: data/loader.py.)"""
     path, rb = folder / "state.json", read_back
     try:
-        for key in LOADER_FIELDS:
-            rb.value(state["loader"], key, rb.count, path, "", default=0 if key == "seed" else rb.MISSING)
-        rb.value(state["loader"], "packing", rb.count, path, "", default=0)
-        rb.value(state["scheduler"], "last_epoch", rb.count, path, "")
-        rb.value(state["scheduler"], "base_lrs", rb.list_of(_number), path, "")
+        rb.value(state["scheduler"], "last_epoch", rb.count, path, "", default=None)
+        rb.value(state["scheduler"], "base_lrs", rb.list_of(_number), path, "", default=None)
         for group in state["optimizer"]["param_groups"]:
             if not isinstance(group, dict):
                 raise PtuneError(f"{path}: optimizer.param_groups holds {type(group).__name__}, not a group; ")
             rb.value(group, "params", rb.list_of(rb.text), path, "")
             for key in ("lr", "eps", "weight_decay"):
                 rb.value(group, key, _number, path, "", default=None)
-        rb.value(state, "baseline", _metrics, path, "", default=None)  # carried into results.json on resume
         for name, slots in state["optimizer"]["scalars"].items():
             rb.value({f"optimizer.scalars.{name}": slots}, f"optimizer.scalars.{name}", _slots, path, "")
     except PtuneError as e:
