@@ -212,7 +212,7 @@ def check_fields(folder: Path, state: dict) -> None:
             if not isinstance(group, dict):
                 raise PtuneError(f"{path}: optimizer.param_groups holds {type(group).__name__}, not a group; ")
             rb.value(group, "params", rb.list_of(rb.text), path, "")
-            for key in ("lr", "eps", "weight_decay"):
+            for key in ("lr", "weight_decay"):  # eps differs by optimizer (Adafactor: a pair)
                 rb.value(group, key, _number, path, "", default=None)
         for name, slots in state["optimizer"]["scalars"].items():
             rb.value({f"optimizer.scalars.{name}": slots}, f"optimizer.scalars.{name}", _slots, path, "")
