@@ -123,6 +123,10 @@ def test_a_step_that_is_not_its_folders_is_damaged(four_steps, tmp_path, step, w
     edit_state(folder, step=step)
     with pytest.raises(CheckpointDamaged, match=f"checkpoint {folder} is damaged: .*{re.escape(words)}"):
         read_training(folder, shapes_of(folder))
+    absurd = folder.rename(tmp_path / f"step-{10**12}")  # named to agree: still past any run's length
+    edit_state(absurd, step=10**12)
+    with pytest.raises(CheckpointDamaged, match=f"step={10**12} is past any train.steps"):
+        read_training(absurd, shapes_of(absurd))
 
 
 @pytest.mark.parametrize("field, value, words", [

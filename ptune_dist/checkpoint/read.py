@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ptune_dist import read_back
+from ptune_dist.config.schema import INT32
 from ptune_dist.errors import CheckpointError, PtuneError
 
 from .atomic import verify
@@ -58,8 +59,8 @@ def state_by_param(tensors: dict) -> dict[str, dict]:
 
 def read_state(folder: Path) -> dict:
     """state.json of a complete folder (verified against its manifest), with its step checked: a whole
-    number >= 0 (read_back.count), equal to N when the folder is named step-N (a step-4 folder whose
-    state says 3 or 10**12 would resume and label the run at a step it never reached)."""
+    number >= 0 (read_back.count) within train.steps' range, equal to N when the folder is named step-N (a
+    step-4 folder whose state says 3 or 10**12 would resume and label the run at a step it never reached)."""
     folder = Path(folder)
     verify(folder)
     try:
@@ -70,6 +71,8 @@ def read_state(folder: Path) -> dict:
     named = STEP_DIR.fullmatch(folder.name)
     if named and int(named.group(1)) != step:
         raise CheckpointDamaged(folder, f"state.json step={step} differs from its folder's name {folder.name}")
+    if step > INT32[0]:  # no run trains that long: train.steps stops there
+        raise CheckpointDamaged(folder, f"state.json step={step} is past any train.steps (at most {INT32[0]})")
     return state
 
 
