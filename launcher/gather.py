@@ -1,6 +1,8 @@
 """`ptune gather`: every cell's results.json of a sweep folder into results.csv and results.md.
 
-A sweep.json that is not what `ptune sweep` writes is one error naming the file. A cell
+A sweep.json that is not what `ptune sweep` writes is one error naming the file: every value is checked
+with its type, a cell's id is a plain folder name (read_back.name) and its dir this sweep's own
+cells/<id> (a dir `../../other-run` would gather another run's results). A cell
 without results.json is a `failed` row; one whose results.json is damaged is a `damaged` row with a
 note (and a line on stderr), and the other cells are gathered. An unwritable table is one error.
 """
@@ -13,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from ptune_dist import read_back
 from ptune_dist.errors import ConfigError, PtuneError
 
 from .files import write_file
@@ -26,14 +29,14 @@ def read_meta(path: Path) -> dict:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path.parent}: no readable sweep.json ({type(e).__name__}); not a sweep folder") from None
-    problem = meta_problem(meta)
+    problem = meta_problem(meta, path.parent)
     if problem:
         raise ConfigError(f"{path}: {problem}; not the sweep description `ptune sweep` writes (damaged or edited): "
                           "restore it, or run the sweep again into another output_dir")
     return meta
 
 
-def meta_problem(meta) -> str:
+def meta_problem(meta, sweep_dir: Path) -> str:
     if not isinstance(meta, dict):
         return "expected a JSON object with grid and cells"
     grid, cells = meta.get("grid"), meta.get("cells")
@@ -43,7 +46,7 @@ def meta_problem(meta) -> str:
     if not isinstance(cells, list) or not cells:
         return '"cells" is not a list of cells'
     for i, cell in enumerate(cells):
-        problem = cell_problem(cell, grid)
+        problem = cell_problem(cell, grid, sweep_dir)
         if problem:
             return f"cells[{i}]: {problem}"
     ids = [c["id"] for c in cells]
@@ -52,12 +55,19 @@ def meta_problem(meta) -> str:
     return ""
 
 
-def cell_problem(cell, grid: dict) -> str:
+def cell_problem(cell, grid: dict, sweep_dir: Path) -> str:
     if not isinstance(cell, dict):
         return "not a JSON object"
     for key in ("id", "dir"):
         if not isinstance(cell.get(key), str) or not cell[key]:
             return f'no "{key}"'
+    try:
+        read_back.name(cell["id"])
+    except ValueError as e:
+        return f"id={cell['id']!r} is not {e}"
+    own = (sweep_dir / "cells" / cell["id"]).resolve()
+    if (sweep_dir / cell["dir"]).resolve() != own:  # an absolute dir, as written, stays as it is
+        return f"dir={cell['dir']!r} is not this sweep's folder for cell {cell['id']} ({own})"
     overrides = cell.get("overrides")
     if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
         return '"overrides" is not a list of "key=value"'
@@ -79,6 +89,11 @@ def results_problem(results) -> str:
     baseline = results.get("baseline", {})
     if not isinstance(baseline, dict) or not all(isinstance(m, dict) for m in baseline.values()):
         return f'"baseline" is not {metrics}'
+    for part, tasks in (("final", final), ("baseline", baseline)):
+        for task, values in tasks.items():
+            wrong = [k for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+            if wrong:
+                return f'"{part}" {task}.{wrong[0]}={values[wrong[0]]!r} is not a number'
     return ""
 
 

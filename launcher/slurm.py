@@ -12,7 +12,10 @@ hands every rank of a node all of that node's GPUs; each rank takes its own, cud
 (ptune_dist/device.py). With no GPUs the script has no GPU line at all.
 
 Job ids (`ptune status|cancel RUN_DIR|JOB_ID`, slurm/job.json, sbatch's answer) are checked before they
-reach scontrol or scancel: digits, or digits_digits for an array task (check_job_id).
+reach scontrol or scancel: a string of digits, or digits_digits for an array task (read_back.job_id, the
+one check). A job record is read back with the type and domain of every field (read_job_record): a
+job_ids that is not a list of id strings ("4242", 4242) is refused whole, never iterated character by
+character, and no Slurm command runs for a record that does not check.
 
 Slurm's commands fail in words: a missing command, an unreachable slurmctld or a refused submission is
 a PtuneError carrying what the command said, never a traceback and never a silent answer. Only
@@ -28,12 +31,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ptune_dist import read_back
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError, PtuneError
 from ptune_dist.slurm import template
@@ -141,19 +144,14 @@ def gather_script(cfg: RunConfig, sweep_dir: Path, after: str, command: str = "g
     return render(template("gather.sbatch"), values)
 
 
-# a job id as Slurm writes it: digits, with `_digits` for one task of a job array. Every id that reaches
-# sbatch, scontrol or scancel is checked against it, typed or read back from a file: those commands take
-# any argument starting with `-` as an option (an id `--user=root` would cancel someone else's jobs)
-JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
-
-
-def check_job_id(value, where: str) -> str:
-    """`value` as a job id, or a PtuneError naming `where` it came from and the bad value."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not JOB_ID.fullmatch(value):
-        raise PtuneError(f"{where}: {value!r} is not a Slurm job id (digits, or digits_digits for an array task)")
-    return value
+def check_job_id(v, where: str) -> str:
+    """`v` as a job id (read_back.job_id: every id that reaches sbatch, scontrol or scancel, typed or read
+    back, passes it; those commands take an argument starting with `-` as an option, so an id
+    `--user=root` would cancel someone else's jobs), or a PtuneError naming `where` it came from."""
+    try:
+        return read_back.job_id(v)
+    except ValueError as e:
+        raise PtuneError(f"{where}: {v!r} is not {e}") from None
 
 
 def run_slurm(cmd: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
@@ -183,12 +181,10 @@ def check_record(cfg: RunConfig, kind: str) -> Path:
     if not path.exists():
         return path
     out = str(Path(cfg.output_dir).resolve())
-    try:
-        rec = json.loads(path.read_text())
-        theirs = (rec["kind"], rec["output_dir"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise PtuneError(f"{path}: not a job record ptune can read, and a submission would replace it; remove it "
-                         "if it is yours, or set launch.log_dir to another folder") from None
+    remedy = "remove it if it is yours, or set launch.log_dir to another folder (a submission would replace it)"
+    rec = read_back.read_record(path, "a job record ptune can read", remedy)
+    theirs = (read_back.value(rec, "kind", read_back.one_of(*KINDS), path, remedy),
+              read_back.value(rec, "output_dir", read_back.text, path, remedy))
     if theirs != (kind, out):
         raise PtuneError(f"{path} records the {theirs[0]} job of output_dir={theirs[1]!r}; submitting this {kind} "
                          f"(output_dir={out!r}) would replace it: set launch.log_dir to another folder, or choose "
@@ -213,26 +209,38 @@ def submit_train(cfg: RunConfig, config_path: Path) -> dict:
     return record
 
 
+KINDS = ("train", "sweep", "study")  # what wrote a job.json: submit_train, sweep.submit, study.arrays.submit
+RECORD_REMEDY = ("damaged or edited; nothing was sent to Slurm: find the jobs with squeue and give their ids "
+                 "(`ptune cancel JOB_ID`), or submit again")
+
+
+def read_job_record(path: Path) -> list[str]:
+    """The job ids a job.json records (job_id, gather_job_id, a study's job_ids), each field checked with
+    its type (job_ids a list of id strings) and kind one of KINDS; a PtuneError naming the file and key."""
+    rec = read_back.read_record(path, "a job record", RECORD_REMEDY)
+    read_back.value(rec, "kind", read_back.one_of(*KINDS), path, RECORD_REMEDY, default=None)
+    ids = [read_back.value(rec, k, read_back.job_id, path, RECORD_REMEDY, default=None)
+           for k in ("job_id", "gather_job_id")]
+    ids += read_back.value(rec, "job_ids", read_back.list_of(read_back.job_id), path, RECORD_REMEDY, default=[])
+    ids = list(dict.fromkeys(i for i in ids if i is not None))
+    if not ids:
+        raise PtuneError(f"{path}: no job_id in it (nothing was submitted, or the record was edited)")
+    return ids
+
+
 def job_id_of(target: str) -> list[str]:
-    """Job ids from a run/sweep folder (its slurm/job.json) or given directly, each checked (check_job_id)."""
+    """Job ids from a run/sweep/study folder (its slurm/job.json: read_job_record) or given directly, each
+    checked (read_back.job_id)."""
     if not target.strip():
         raise PtuneError("give a run folder or a Slurm job id (the argument is empty)")
     p = Path(target)
     for candidate in (p / "slurm" / "job.json", p / "job.json"):
         if candidate.is_file():
-            try:
-                rec = json.loads(candidate.read_text())
-            except (OSError, ValueError) as e:
-                raise PtuneError(f"{candidate}: not a readable job record ({type(e).__name__}: {e})") from None
-            if not isinstance(rec, dict):
-                raise PtuneError(f"{candidate}: not a job record (expected a JSON object with job_id)")
-            ids = [check_job_id(rec[k], f"{candidate}: {k}") for k in ("job_id", "gather_job_id") if rec.get(k)]
-            ids += [check_job_id(j, f"{candidate}: job_ids") for j in rec.get("job_ids", [])]  # a study's arrays
-            if not ids:
-                raise PtuneError(f"{candidate}: no job_id in it")
-            return ids
-    if JOB_ID.fullmatch(target):
-        return [target]
+            return read_job_record(candidate)
+    try:
+        return [read_back.job_id(target)]
+    except ValueError:
+        pass
     if p.is_dir():
         raise PtuneError(f"{target}: a folder without slurm/job.json (no job was submitted from it)")
     raise PtuneError(f"{target!r}: neither a Slurm job id (digits, or digits_digits for an array task) nor a folder "

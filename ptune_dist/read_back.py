@@ -22,8 +22,8 @@ from pathlib import Path
 from ptune_dist.errors import PtuneError
 
 MISSING = object()
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+,@-]*$")
-_JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+,@-]*")  # used with fullmatch: `$` would let a final newline in
+_JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
 
 
 def read_record(path, what: str, remedy: str, missing_ok: bool = False) -> dict | None:
@@ -72,15 +72,15 @@ def text(v) -> str:
 
 def name(v) -> str:
     """A plain folder name: no separator, not '.' or '..', nothing that starts an option."""
-    if not isinstance(v, str) or not _NAME.match(v) or len(v) > 200:
+    if not isinstance(v, str) or not _NAME.fullmatch(v) or len(v) > 200:
         raise ValueError("a plain folder name (letters, digits and ._=+,@- ; no '/' or '..')")
     return v
 
 
 def job_id(v) -> str:
     """A Slurm job id as ptune records it: digits, or digits_digits for an array task (a string)."""
-    if not isinstance(v, str) or not _JOB_ID.match(v):
-        raise ValueError("a Slurm job id (a string of digits)")
+    if not isinstance(v, str) or not _JOB_ID.fullmatch(v):
+        raise ValueError("a Slurm job id (a string of digits, or digits_digits for an array task)")
     return v
 
 

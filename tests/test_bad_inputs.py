@@ -110,6 +110,17 @@ FOLDERS = {
     "study_text_seed": study_json(seed="0"),
     "study_cells_object": {"study.json": '{"cells": {"id": "x"}}'},
     "study_not_json": {"study.json": '{"cells": ['},
+    # issue 21: records: values read back from files ptune wrote, each with its type and domain
+    "job_ids_text": {"slurm/job.json": '{"kind": "study", "job_ids": "4242"}'},
+    "job_ids_number": {"slurm/job.json": '{"kind": "study", "job_ids": 4242}'},
+    "job_ids_option": {"slurm/job.json": '{"kind": "study", "job_ids": ["12", "--user=x"]}'},
+    "job_id_number": {"slurm/job.json": '{"kind": "train", "job_id": 4242}'},
+    "job_kind_list": {"slurm/job.json": '{"kind": ["train"], "job_id": "12"}'},
+    "pickle_model": {"config.json": '{"model_type": "llama"}', "pytorch_model.bin": "not read"},
+    "sweep_cell_escape": {"sweep.json": '{"grid": {"train.lr": ["0.5"]}, "cells": [{"id": "000", "overrides": '
+                                        '["train.lr=0.5"], "dir": "../../other-run"}]}'},
+    "sweep_cell_id": {"sweep.json": '{"grid": {"train.lr": ["0.5"]}, "cells": [{"id": "../x", "overrides": '
+                                    '["train.lr=0.5"], "dir": "cells/../x"}]}'},
 }
 
 CASES = [
@@ -165,12 +176,12 @@ CASES = [
      "launch.rdzv_endpoint='fd00::5:29400'"),
     (["train", QUICKSTART, "launch.rdzv_endpoint=h;touch x:1"], "launch.rdzv_endpoint='h;touch x:1'"),
     # job ids: typed or read back from job.json, checked before scontrol / scancel see them
-    (["cancel", Dir("job_option")], "slurm/job.json: job_id: '--user=root' is not a Slurm job id"),
-    (["status", Dir("job_option")], "slurm/job.json: job_id: '--user=root' is not a Slurm job id"),
-    (["cancel", Dir("gather_option")], "slurm/job.json: gather_job_id: '-u root' is not a Slurm job id"),
-    (["status", Dir("job_newline")], "job.json: job_id: '12\\n13' is not a Slurm job id"),
-    (["status", Dir("job_number_list")], "job.json: job_id: ['12'] is not a Slurm job id"),
-    (["status", Dir("job_not_json")], "slurm/job.json: not a readable job record"),
+    (["cancel", Dir("job_option")], "slurm/job.json: job_id='--user=root' is not a Slurm job id"),
+    (["status", Dir("job_option")], "slurm/job.json: job_id='--user=root' is not a Slurm job id"),
+    (["cancel", Dir("gather_option")], "slurm/job.json: gather_job_id='-u root' is not a Slurm job id"),
+    (["status", Dir("job_newline")], "job.json: job_id='12\\n13' is not a Slurm job id"),
+    (["status", Dir("job_number_list")], "job.json: job_id=['12'] is not a Slurm job id"),
+    (["status", Dir("job_not_json")], "slurm/job.json: not a job record (not JSON"),
     (["status", Dir("job_not_object")], "slurm/job.json: not a job record"),
     (["cancel", Dir("job_without_id")], "slurm/job.json: no job_id in it"),
     (["status", Dir("no_job")], "a folder without slurm/job.json"),
@@ -284,6 +295,17 @@ CASES = [
       "study.seeds=[0]", "data.max_length=64", "output_dir=st", "--dry-run"],
      "study cell smollm2-135m-instruct__prompt_tuning__L100-random__support__s0: tasks.0.train='builtin:support' "
      "row 0: 115 tokens > 64 allowed (data.max_length"),
+    # issue 21: records: a job record's values with their types; nothing reaches scancel or scontrol
+    (["cancel", Dir("job_ids_text")], "slurm/job.json: job_ids='4242' is not a list (str found)"),
+    (["status", Dir("job_ids_text")], "slurm/job.json: job_ids='4242' is not a list (str found)"),
+    (["cancel", Dir("job_ids_number")], "slurm/job.json: job_ids=4242 is not a list (int found)"),
+    (["cancel", Dir("job_ids_option")], "job_ids=['12', '--user=x'] is not a Slurm job id"),
+    (["cancel", Dir("job_id_number")], "slurm/job.json: job_id=4242 is not a Slurm job id"),
+    (["cancel", Dir("job_kind_list")], "slurm/job.json: kind=['train'] is not one of 'train', 'sweep', 'study'"),
+    (["train", QUICKSTART, Dir("pickle_model", key="model.name_or_path")],
+     "holds only pickle weights (pytorch_model.bin)"),
+    (["gather", Dir("sweep_cell_escape")], "cells[0]: dir='../../other-run' is not this sweep's folder for cell 000"),
+    (["gather", Dir("sweep_cell_id")], "cells[0]: id='../x' is not a plain folder name"),
 ]
 
 
@@ -325,3 +347,26 @@ def test_bad_input_is_one_clear_error(argv, fragment, tmp_path, monkeypatch, cap
     assert code == 2, f"exit {code}; stderr: {err[-2000:]}"
     assert fragment in err, err
     assert "Traceback" not in out + err
+
+
+def test_a_model_folder_with_only_pickle_weights_is_refused_by_name(tmp_path, monkeypatch, capsys):
+    """issue 21: a real model folder (config, tokenizer) whose weights are only pytorch_model.bin: one error
+    naming the folder and the way to convert, before the data is encoded; the pickle is never opened."""
+    import shutil
+
+    import torch
+
+    from ptune_dist import embedded
+
+    source, folder = Path(embedded.resolve("embedded:smollm2-135m-instruct")), tmp_path / "pickled"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(source / name, folder / name)
+    (folder / "pytorch_model.bin").write_bytes(b"a pickle, never opened")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load opened the pickle"))
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", QUICKSTART, f"model.name_or_path={folder}", f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"{folder} holds only pickle weights (pytorch_model.bin)" in err and "safetensors" in err
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing of a run written (the lock aside)

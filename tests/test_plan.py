@@ -349,6 +349,8 @@ def test_cli_hardware_follows_the_config_and_this_machines_gpu(capsys, tmp_path,
     code, out, err = plan_cli(capsys, str(cfg))
     assert code == 0, err
     assert "hardware: 2 x 40 GB x 2 nodes (4 GPUs; the memory of this machine's Fake GPU 1" in out
+    assert ("where from: 2 GPU(s) per node from launch.nproc_per_node; 2 node(s) from launch.nnodes; GPU memory 40 GB "
+            "detected (this machine's Fake GPU 1, by torch.cuda") in out
     found = rows_and_commands(out)
     assert found
     for _, command in found:
@@ -357,8 +359,9 @@ def test_cli_hardware_follows_the_config_and_this_machines_gpu(capsys, tmp_path,
         slurm.train_script(load_config([str(cfg)], command[3:]), tmp_path / "launch.yaml")  # the launcher accepts it
     _, given, _ = plan_cli(capsys, str(cfg), "hardware.gpu_mem=24GB")
     assert "2 x 24 GB x 2 nodes (4 GPUs)" in given and "Fake GPU" not in given
+    assert "GPU memory 24 GB given (hardware.gpu_mem)" in given and "assumed:" not in given
     _, cpu, _ = plan_cli(capsys, str(cfg), "launch.gpus_per_node=0", "train.device=cpu")
-    assert "(4 process (CPU)s)" in cpu and "Fake GPU" not in cpu
+    assert "(4 process (CPU)s; 24 GB assumed)" in cpu and "Fake GPU" not in cpu
 
 
 def test_cli_config_file_errors_name_the_file_or_key(capsys, tmp_path):
@@ -455,3 +458,20 @@ def test_the_planned_kernel_is_the_one_auto_runs_on_each_device():
     deep = dict(method="p_tuning_v2", num_virtual_tokens=128, dtype="bfloat16", batch_size=16, max_length=2048)
     copied, shared = (predict(arch, Setup(**deep, attention=a)).activations for a in ("sdpa", "triton"))
     assert copied > shared  # the per-row copy of a 128-token prefix is counted only for SDPA
+
+
+def test_without_a_gpu_the_plan_says_its_gpu_memory_is_assumed(capsys, monkeypatch):
+    """issue 21: on a machine without a GPU the 24 GB default is printed as an assumption with the key that
+    sets it, never as this machine's GPU; each hardware figure says where it came from."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = plan_cli(capsys, "model=llama-2-7b", "method=prompt_tuning", "hardware.gpus=2")
+    assert code == 0, err
+    assert "hardware: 2 x 24 GB (2 GPUs; 24 GB assumed)" in out
+    assert ("where from: 2 GPU(s) per node given (hardware.gpus); 1 node(s) from launch.nnodes; GPU memory 24 GB "
+            "assumed: this machine shows no GPU (torch.cuda); give hardware.gpu_mem=...") in out
+    assert "runtime 1.00 GB assumed" in out
+    code, out, _ = plan_cli(capsys, "model=llama-2-70b", "method=prompt_tuning", "model.quant=none",
+                            "model.dtype=float32", "distributed.engine=torch")
+    assert "nothing fits in 24 GB (assumed: hardware.gpu_mem=... sets it)" in out, out
+    _, cpu, _ = plan_cli(capsys, "model=llama-2-7b", "method=prompt_tuning", "hardware.device=cpu")
+    assert "memory 24 GB assumed (the memory of one process" in cpu and "GPU memory" not in cpu

@@ -24,8 +24,8 @@ def test_missing_record(tmp_path):
 
 @pytest.mark.parametrize("key,check,good,bad", [
     ("step", count, 3, [True, -1, 2.0, "3"]),
-    ("id", name, "m1_p20", ["../x", "..", "a/b", "-rf", "", 7]),
-    ("job_ids", list_of(job_id), ["12", "13_4"], ["4242", [4242], ["--user=x"], ["1\n2"]]),
+    ("id", name, "m1_p20", ["../x", "..", "a/b", "-rf", "", 7, "m1\n"]),  # issue 21: `$` let a final newline in
+    ("job_ids", list_of(job_id), ["12", "13_4"], ["4242", [4242], ["--user=x"], ["1\n2"], ["12\n"], ["\uff11"]]),
     ("status", one_of("done", "failed"), "done", ["ok", None]),
     ("what", text, "x", ["", 0]),
     ("score", number, 0.5, [True, "0.5", float("nan"), float("inf"), None]),

@@ -81,24 +81,36 @@ def no_slurm(monkeypatch):
 
 
 @pytest.mark.parametrize("record, bad", [
-    ({"job_id": "--user=root"}, "job_id: '--user=root'"), ({"job_id": "12", "gather_job_id": "-a"}, "gather_job_id: '-a'"),
-    ({"job_id": "12 13"}, "job_id: '12 13'"), ({"job_id": "12\n"}, "job_id: '12\\n'"), ({"job_id": True}, "job_id: True"),
-    ({"job_id": ["1"]}, "job_id: ['1']"), ({"job_id": "\uff11"}, "job_id: '\uff11'"),
+    ({"job_id": "--user=root"}, "job_id='--user=root'"),
+    ({"job_id": "12", "gather_job_id": "-a"}, "gather_job_id='-a'"),
+    ({"job_id": "12 13"}, "job_id='12 13'"), ({"job_id": "12\n"}, "job_id='12\\n'"), ({"job_id": True}, "job_id=True"),
+    ({"job_id": ["1"]}, "job_id=['1']"), ({"job_id": "\uff11"}, "job_id='\uff11'"),
+    # issue 21: each value with its type: a string is not a list of ids, a number not an id string
+    ({"kind": "study", "job_ids": "4242"}, "job_ids='4242' is not a list (str found)"),
+    ({"kind": "study", "job_ids": 4242}, "job_ids=4242 is not a list (int found)"),
+    ({"kind": "study", "job_ids": ["12", "--user=x"]}, "job_ids=['12', '--user=x'] is not a Slurm job id"),
+    ({"kind": "study", "job_ids": [12]}, "job_ids=[12] is not a Slurm job id"),
+    ({"job_id": 12}, "job_id=12 is not a Slurm job id"), ({"job_id": "12", "gather_job_id": 13}, "gather_job_id=13"),
+    ({"job_id": ""}, "job_id=''"), ({"kind": "../x", "job_id": "12"}, "kind='../x' is not one of 'train'"),
 ])
 def test_job_ids_read_back_from_disk_are_checked(record, bad, tmp_path, no_slurm):
     (tmp_path / "slurm").mkdir()
     (tmp_path / "slurm" / "job.json").write_text(json.dumps(record))
     with pytest.raises(PtuneError) as e:
         slurm.job_id_of(str(tmp_path))
-    assert str(e.value).startswith(f"{tmp_path / 'slurm' / 'job.json'}: {bad} is not a Slurm job id"), str(e.value)
+    assert str(e.value).startswith(f"{tmp_path / 'slurm' / 'job.json'}: {bad}"), str(e.value)
+    assert "nothing was sent to Slurm" in str(e.value)
     assert main(["cancel", str(tmp_path)]) == 2 and main(["status", str(tmp_path)]) == 2
     assert no_slurm == []
 
 
 def test_good_job_ids_reach_scontrol_and_scancel_as_they_are(tmp_path, no_slurm):
     (tmp_path / "slurm").mkdir()
-    (tmp_path / "slurm" / "job.json").write_text(json.dumps({"job_id": "12", "gather_job_id": 13}))
+    (tmp_path / "slurm" / "job.json").write_text(json.dumps({"job_id": "12", "gather_job_id": "13"}))
     assert slurm.job_id_of(str(tmp_path)) == ["12", "13"]
+    study = {"kind": "study", "job_ids": ["12", "14"], "gather_job_id": "15"}
+    (tmp_path / "slurm" / "job.json").write_text(json.dumps(study))
+    assert slurm.job_id_of(str(tmp_path)) == ["15", "12", "14"]
     assert slurm.job_id_of("7_3") == ["7_3"] and slurm.job_id_of("42") == ["42"]
     for typed in ("-1", "1_", "_1", "1_2_3", "1;2", "--user=root", "\uff11"):
         with pytest.raises(PtuneError, match="neither a Slurm job id"):

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from .atomic import is_valid, verify
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
+STEP_DIR = re.compile(r"step-([0-9]+)")  # used with fullmatch: \d and $ would let in other digits, a newline
 
 
 def step_dirs(checkpoints: Path) -> list[tuple[int, Path]]:
     """Checkpoint folders under `checkpoints`, newest first (complete or not)."""
     if not Path(checkpoints).is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in Path(checkpoints).iterdir() if (m := STEP_DIR.match(p.name))]
+    found = [(int(m.group(1)), p) for p in Path(checkpoints).iterdir() if (m := STEP_DIR.fullmatch(p.name))]
     return sorted(found, reverse=True)
 
 

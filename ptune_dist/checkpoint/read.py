@@ -3,8 +3,10 @@
 Two kinds of failure, for resume to tell apart:
 
     CheckpointDamaged   complete (its manifest holds) but it cannot be a ptune checkpoint: a file
-                        unreadable, a state.json key missing, optimizer state misshapen, NaN or inf in
-                        the weights or the optimizer state; train.resume=auto falls back to an older one
+                        unreadable, a state.json key missing or of the wrong type, a step that is not
+                        a whole number >= 0 or differs from the folder's name (step-N), optimizer state
+                        misshapen, NaN or inf in the weights or the optimizer state; train.resume=auto
+                        falls back to an older one
     CheckpointError     whole, but not for this run: another model, method or task list (shapes or
                         names differ), or a final/ export without training state
 
@@ -22,9 +24,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ptune_dist.errors import CheckpointError
+from ptune_dist import read_back
+from ptune_dist.config.schema import INT32
+from ptune_dist.errors import CheckpointError, PtuneError
 
 from .atomic import verify
+from .folders import STEP_DIR
 
 # state.json of a resumable checkpoint: key -> the type it must have
 TRAINING_KEYS = {"optimizer": dict, "scheduler": dict, "loader": dict, "python_rng": list}
@@ -53,14 +58,21 @@ def state_by_param(tensors: dict) -> dict[str, dict]:
 
 
 def read_state(folder: Path) -> dict:
-    """state.json of a complete folder (verified against its manifest), with a step."""
+    """state.json of a complete folder (verified against its manifest), with its step checked: a whole
+    number >= 0 (read_back.count) within train.steps' range, equal to N when the folder is named step-N (a
+    step-4 folder whose state says 3 or 10**12 would resume and label the run at a step it never reached)."""
+    folder = Path(folder)
     verify(folder)
     try:
-        state = json.loads((Path(folder) / "state.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointDamaged(folder, f"state.json unreadable ({e})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
-        raise CheckpointDamaged(folder, "state.json has no step (a whole number >= 0)")
+        state = read_back.read_record(folder / "state.json", "a checkpoint's state", "")
+        step = read_back.value(state, "step", read_back.count, folder / "state.json", "")
+    except PtuneError as e:
+        raise CheckpointDamaged(folder, str(e).removesuffix("; ")) from None
+    named = STEP_DIR.fullmatch(folder.name)
+    if named and int(named.group(1)) != step:
+        raise CheckpointDamaged(folder, f"state.json step={step} differs from its folder's name {folder.name}")
+    if step > INT32[0]:  # no run trains that long: train.steps stops there
+        raise CheckpointDamaged(folder, f"state.json step={step} is past any train.steps (at most {INT32[0]})")
     return state
 
 
@@ -144,6 +156,7 @@ def read_training(folder: Path, shapes: dict) -> Training:
     meta = state["optimizer"]
     if not isinstance(meta.get("param_groups"), list) or not isinstance(meta.get("scalars"), dict):
         raise CheckpointDamaged(folder, "state.json optimizer lacks param_groups (a list) or scalars (a map)")
+    check_fields(folder, state)
     weights = _load_tensors(folder / "trainable.safetensors")
     check_fits(folder, weights, shapes)
     optimizer = _load_tensors(folder / "optimizer.safetensors")
@@ -154,15 +167,57 @@ def read_training(folder: Path, shapes: dict) -> Training:
         raise CheckpointDamaged(folder, f"optimizer state unreadable ({type(e).__name__}: {e})") from None
     for name, slots in by_param.items():
         for slot, t in slots.items():
-            if t.dim() > 0 and not _fits_param(tuple(t.shape), tuple(shapes.get(name, ()))):
-                raise CheckpointDamaged(folder, f"optimizer state {name}.{slot} has shape {tuple(t.shape)}, "
-                                                f"its parameter {tuple(shapes.get(name, ()))}")
+            wanted = slot_shape(slot, tuple(shapes[name])) if name in shapes else None
+            if not t.is_floating_point() or tuple(t.shape) != wanted:
+                raise CheckpointDamaged(folder, f"optimizer.safetensors tensor state.{name}.{slot} is {t.dtype} "
+                                                f"{tuple(t.shape)}, expected a float tensor of shape {wanted} "
+                                                f"(its parameter is {tuple(shapes.get(name, ()))})")
     bad = nonfinite(optimizer)
     if bad:
         raise CheckpointDamaged(folder, f"optimizer state: {bad}")
     return Training(folder, state, weights, optimizer, _load_tensors(folder / "rng.safetensors"))
 
 
-def _fits_param(slot: tuple, param: tuple) -> bool:
-    """An optimizer slot is shaped like its parameter, or factored (Adafactor: a 1 in place of a dim)."""
-    return len(slot) == len(param) and all(s in (p, 1) for s, p in zip(slot, param))
+def slot_shape(slot: str, param: tuple) -> tuple:
+    """The shape an optimizer slot of a parameter shaped `param` has: `step` a scalar; Adafactor's factored
+    row_var / col_var the parameter's with a 1 in the last / second-to-last dim; every other slot (AdamW's
+    moments, Adafactor's variance) exactly the parameter's. Another shape would be broadcast or fail at
+    the first update after the resume (a raw traceback mid-run), so it is refused here."""
+    if slot == "step":
+        return ()
+    if slot in ("row_var", "col_var") and len(param) >= 2:
+        at = -1 if slot == "row_var" else -2
+        return tuple(1 if i == len(param) + at else d for i, d in enumerate(param))
+    return param
+
+
+def _number(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+        raise ValueError("a finite number")
+    return v
+
+
+def _slots(v) -> dict:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        raise ValueError("a mapping of slot names to values")
+    return v
+
+
+def check_fields(folder: Path, state: dict) -> None:
+    """The state.json values a resume puts into the scheduler and the optimizer's groups, each with its type
+    (read_back) where present: a string or a negative number there would be taken in and fail, or train
+    wrongly, steps later. (The loader checks its own state: data/loader.py.)"""
+    path, rb = folder / "state.json", read_back
+    try:
+        rb.value(state["scheduler"], "last_epoch", rb.count, path, "", default=None)
+        rb.value(state["scheduler"], "base_lrs", rb.list_of(_number), path, "", default=None)
+        for group in state["optimizer"]["param_groups"]:
+            if not isinstance(group, dict):
+                raise PtuneError(f"{path}: optimizer.param_groups holds {type(group).__name__}, not a group; ")
+            rb.value(group, "params", rb.list_of(rb.text), path, "")
+            for key in ("lr", "weight_decay"):  # eps differs by optimizer (Adafactor: a pair)
+                rb.value(group, key, _number, path, "", default=None)
+        for name, slots in state["optimizer"]["scalars"].items():
+            rb.value({f"optimizer.scalars.{name}": slots}, f"optimizer.scalars.{name}", _slots, path, "")
+    except PtuneError as e:
+        raise CheckpointDamaged(folder, str(e).removesuffix("; ")) from None

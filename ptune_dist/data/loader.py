@@ -49,6 +49,14 @@ class TrainLoader:
                 "global_batch": self.global_batch, "examples": len(self.examples)}
 
     def load_state_dict(self, state: dict) -> None:
+        """A checkpoint's loader state, each value checked with its type and domain first (a string or a
+        position past the epoch's end would be taken in and fail, or skip data, steps later)."""
+        for key, most in (("epoch", None), ("position", self.batches_per_epoch), ("global_batch", None),
+                          ("examples", None)):
+            v = state.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (most is not None and v > most):
+                limit = f" and <= {most} (the batches of an epoch)" if most is not None else ""
+                raise ValueError(f"state.json loader.{key}={v!r} is not a whole number >= 0{limit}")
         if state["global_batch"] != self.global_batch or state["examples"] != len(self.examples):
             raise ValueError(f"the checkpoint's data order ({state['examples']} examples, global batch "
                              f"{state['global_batch']}) differs from this run's ({len(self.examples)}, "

@@ -54,6 +54,25 @@ def load_hf_config(name_or_path: str):
         raise ConfigError(f"model.name_or_path={name_or_path!r}: cannot read a model config there ({e})") from None
 
 
+PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # torch.save files: unpickled when read
+
+
+def check_weights(name_or_path: str) -> None:
+    """A local model folder must hold its weights as safetensors: ptune never unpickles a file (a pickle runs
+    code as it is read), so a folder with only pytorch_model.bin is refused, naming it, before the data or
+    the weights load (train/session.py; load.py again). A hub id is left to the hub (from_pretrained takes
+    safetensors there). The planner, which reads only config.json, does not ask."""
+    path = Path(resolve_path(name_or_path)).expanduser()
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in PICKLES for p in path.glob(pattern))
+    if pickles:  # no weights at all: from_pretrained's own error names the folder
+        raise ConfigError(f"model.name_or_path={name_or_path!r}: {path} holds only pickle weights "
+                          f"({', '.join(pickles[:3])}), which ptune does not load (unpickling runs code): convert "
+                          "them to safetensors once, where you trust the file (transformers: from_pretrained, then "
+                          "save_pretrained(folder, safe_serialization=True)), and point model.name_or_path at that")
+
+
 def infer_kind(hf_config) -> str:
     archs = " ".join(getattr(hf_config, "architectures", None) or [])
     if "ForCausalLM" in archs or "LMHeadModel" in archs:

@@ -10,7 +10,7 @@ from ptune_dist.runtime import release_free_memory
 
 from . import quant
 from .attention import register
-from .inspect import InspectedBase, inspect_base, resolve_path
+from .inspect import InspectedBase, check_weights, inspect_base, resolve_path
 from .lean import apply_lean_mlp
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,6 +33,7 @@ def load_base(model_cfg, trainable: bool = False, device: torch.device | None = 
     file straight to the device (no full CPU copy first); under ZeRO-3 (a live HfDeepSpeedConfig, see
     train/placement.py) DeepSpeed places each rank's partition on the current device instead."""
     base = inspected or inspect_base(model_cfg)
+    check_weights(model_cfg.name_or_path)  # safetensors only: a pickle is refused, never read
     hf_config = base.config
     # a sliding-window model (Gemma 3, Mistral) runs while every query sees all its keys: the attention
     # function refuses a longer one (model/attention.py), naming data.max_length

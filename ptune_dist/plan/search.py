@@ -12,7 +12,10 @@ accumulation keeping `data.batch_size` the batch per device and step), and the e
 ZeRO-3 with offload; ZeRO-1/2 too for full fine-tuning; ZeRO only with train.optimizer=adamw, as the
 config's checks require). Hardware not given follows the run config (launch.nproc_per_node GPUs per
 node, launch.nnodes nodes, train.device=cpu a CPU run) and, on a machine with a GPU, takes that GPU's
-memory (24GB without one).
+memory (24GB without one). The output says where each hardware figure came from (Hardware.sources):
+given (a hardware.* key), from the run config (launch.*, train.device), detected (torch.cuda on this
+machine) or assumed (a default, with the key that sets it): a plan made on a laptop never presents
+24 GB as the GPU it will run on.
 
 With --trace[=N] (ptune_dist/cli.py), the first N setups listed (default 3) are also traced: their training
 step built as `ptune train` builds it and run on a fake CUDA device (plan/trace.py), and the peak of live
@@ -100,6 +103,7 @@ class Hardware:
     device: str = "gpu"
     runtime: float | None = None
     detected: str = ""  # the GPU of this machine whose memory gpu_mem is, when it was not given
+    sources: dict = field(default_factory=dict)  # figure -> where it came from (given, config, detected, assumed)
 
     @property
     def world(self) -> int:
@@ -241,11 +245,16 @@ def _keys_set_in(files: list[str]) -> set[str]:
 
 
 def _hardware(given: dict, cfg: RunConfig) -> Hardware:
-    """hardware.* as given; the rest from the run config and, on a GPU, this machine's GPU memory."""
+    """hardware.* as given; the rest from the run config and, on a GPU, this machine's GPU memory; each
+    figure's origin in `sources`."""
     hw = Hardware(gpus=cfg.launch.nproc_per_node, nodes=cfg.launch.nnodes,
                   device="cpu" if cfg.train.device == "cpu" else "gpu")
+    hw.sources = {"gpus": "from launch.nproc_per_node", "nodes": "from launch.nnodes",
+                  "runtime": "assumed (CUDA context, workspaces, allocator slack: docs/plan.md; hardware.runtime=... "
+                             "to set it)" if hw.device == "gpu" else "assumed (hardware.runtime=... to set it)"}
     for name, value in given.items():
         key = f"hardware.{name}"
+        hw.sources[name] = f"given ({key})"
         if name in ("gpus", "nodes"):
             setattr(hw, name, _int(value, key))
         elif name == "gpu_mem":
@@ -256,11 +265,29 @@ def _hardware(given: dict, cfg: RunConfig) -> Hardware:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of ['gpu', 'cpu']")
         else:
             hw.device = value
-    if "gpu_mem" not in given and hw.device == "gpu":
-        local = local_gpu()
+    if hw.device == "cpu" and "runtime" not in given:
+        hw.sources["runtime"] = "assumed (hardware.runtime=... to set it)"
+    if "gpu_mem" not in given:
+        local = local_gpu() if hw.device == "gpu" else None
         if local:
             hw.gpu_mem, hw.detected = local
+            hw.sources["gpu_mem"] = (f"detected (this machine's {hw.detected}, by torch.cuda; hardware.gpu_mem=... "
+                                     "for another)")
+        elif hw.device == "gpu":
+            hw.sources["gpu_mem"] = ("assumed: this machine shows no GPU (torch.cuda); give hardware.gpu_mem=... "
+                                     "for the GPU the run will have")
+        else:
+            hw.sources["gpu_mem"] = "assumed (the memory of one process; hardware.gpu_mem=... to set it)"
     return hw
+
+
+def hardware_origins(hw: Hardware, device: str) -> str:
+    """One line: where each hardware figure came from."""
+    s = hw.sources
+    mem = "memory" if hw.device == "cpu" else "GPU memory"
+    return (f"  where from: {hw.gpus} {device}(s) per node {s.get('gpus', 'assumed')}; {hw.nodes} node(s) "
+            f"{s.get('nodes', 'assumed')}; {mem} {hw.gpu_mem / GiB:g} GB {s.get('gpu_mem', 'assumed')}; runtime "
+            f"{hw.runtime_bytes / GiB:.2f} GB {s.get('runtime', 'assumed')}")
 
 
 def local_gpu() -> tuple[float, str] | None:
@@ -535,8 +562,10 @@ def render(req: Request, rows: list[Row], trace: int = 0) -> str:
         + (f" (packed, {b.sequences_per_row} examples a row)" if b.packing else "") + f", {b.task} "
         f"({f'LM head on {b.label_tokens} labelled token(s) per {unit}' if not b.head_classes else 'head'})",
         f"hardware: {where} ({hw.world} {device}{'s' if hw.world > 1 else ''}"
-        + (f"; the memory of this machine's {hw.detected}, hardware.gpu_mem=... for another" if hw.detected else "")
+        + (f"; the memory of this machine's {hw.detected}" if hw.detected else "")
+        + (f"; {hw.gpu_mem / GiB:g} GB assumed" if hw.sources.get("gpu_mem", "").startswith("assumed") else "")
         + f"), runtime overhead {hw.runtime_bytes / GiB:.2f} GB per {device}",
+        hardware_origins(hw, "GPU" if hw.device == "gpu" else "process"),
         f"{fitting} of {len(rows)} setups fit" + ("" if req.show_all else
                                                   "; best first, the largest micro-batch of each kind")
         + ". Predicted peak per " + device + " in GB = weights + ZeRO-3 gathered + prompt/grad/optimizer "
@@ -546,7 +575,9 @@ def render(req: Request, rows: list[Row], trace: int = 0) -> str:
     ]
     if not shown:
         smallest = min(rows, key=lambda r: r.peak)
-        lines.append(f"nothing fits in {hw.gpu_mem / GiB:g} GB; the smallest setup needs "
+        guessed = hw.sources.get("gpu_mem", "").startswith("assumed")
+        assumed = " (assumed: hardware.gpu_mem=... sets it)" if guessed else ""
+        lines.append(f"nothing fits in {hw.gpu_mem / GiB:g} GB{assumed}; the smallest setup needs "
                      f"{smallest.peak / GiB:.1f} GB per {device}: {' '.join(smallest.overrides)}")
         return "\n".join(lines)
     header = f"{'#':>3} {'fits':4} {'base':6} {'ckpt':4} {'micro x accum':13} {'engine':22} {'peak GB':>8}  breakdown"

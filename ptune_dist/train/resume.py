@@ -4,8 +4,16 @@ the config's changes since that checkpoint the resumed run takes.
 Only the main rank repairs folders a crash left half-replaced and reads the checkpoint list, so ranks
 cannot race on the same renames or see different "newest" checkpoints while one is being written.
 train.resume=never refuses a folder that holds an earlier run's checkpoints or final/ (a fresh start would
-prune and replace them). With train.resume=auto a checkpoint that is complete but damaged (state.json lacking a key, tensors of
-the wrong shape, NaN weights) is reported and the one before it is used; a named one must be whole.
+prune and replace them).
+
+train.resume=auto takes the newest checkpoint that can be resumed. One that cannot is skipped with a line
+on stderr naming it and why, and the one before it is tried: incomplete (no manifest, a checksum that
+differs), or complete but damaged (read.py's CheckpointDamaged: a state.json key missing or of the wrong
+type, a step that is not its folder's step-N, tensors of the wrong shape, NaN weights). When checkpoints
+exist and none can be resumed, the run is refused, naming the folder and each reason: it never restarts
+from step 0 over them; moving checkpoints/ away starts afresh. A checkpoint named by train.resume=PATH
+must be whole: its error otherwise. A checkpoint past train.steps is refused (config_changes): resuming
+it would label a run trained N steps as train.steps; raise train.steps to continue it.
 
 Changed settings, by one rule: a setting that says how long the run goes, how it is watched or where
 it runs (RESUMABLE below) is applied and reported; one that shapes the training itself (the model,
@@ -24,9 +32,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Callable
 
-from ptune_dist.checkpoint.atomic import is_valid, recover_all
+from ptune_dist.checkpoint.atomic import is_valid, recover_all, verify
 from ptune_dist.checkpoint.folders import step_dirs
-from ptune_dist.checkpoint.read import CheckpointDamaged
+from ptune_dist.checkpoint.read import CheckpointDamaged, read_state
 from ptune_dist.config import from_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import CheckpointError, ConfigError
@@ -72,20 +80,25 @@ def _choose(resume: str, checkpoints: Path, read: Callable[[Path], object]) -> P
     if resume != "auto":
         read(Path(resume))  # a named checkpoint must be whole: its error otherwise
         return Path(resume)
-    damaged = []
+    skipped = []
     for _, folder in step_dirs(checkpoints):
-        if not is_valid(folder):  # incomplete (a save was interrupted): not a checkpoint at all
-            continue
         try:
-            read(folder)
+            verify(folder)  # incomplete (no manifest) or changed since written: not a checkpoint at all
+            read(folder)  # whole: CheckpointDamaged, or a CheckpointError for another run's (raised as it is)
+            return folder
         except CheckpointDamaged as e:
-            print(f"ptune: {e}; trying the checkpoint before it", file=sys.stderr, flush=True)
-            damaged.append(str(e))
-            continue
-        return folder
-    if damaged:
-        raise CheckpointError(f"every checkpoint in {checkpoints} is damaged ({'; '.join(damaged)}); to start "
-                              "afresh set train.resume=never (the damaged folders are left as they are)")
+            reason = str(e)
+        except CheckpointError as e:
+            if is_valid(folder):
+                raise
+            reason = str(e)
+        print(f"ptune: {reason}; skipped, trying the checkpoint before it", file=sys.stderr, flush=True)
+        skipped.append(reason)
+    if skipped:
+        raise CheckpointError(
+            f"{checkpoints}: none of its {len(skipped)} checkpoint(s) can be resumed ({'; '.join(skipped)}); "
+            f"nothing was changed. To resume, name a good checkpoint with train.resume=PATH; to start afresh, "
+            f"move {checkpoints} away (e.g. `mv {checkpoints} {checkpoints}.unusable`) or choose another output_dir")
     return None
 
 
@@ -106,11 +119,17 @@ def flat_config(obj, prefix: str = "") -> dict:
 
 def config_changes(folder: Path, cfg: RunConfig) -> dict[str, tuple]:
     """{dotted key: (checkpoint's value, this config's value)} for the settings the resumed run applies;
-    raises ConfigError naming every setting that shapes training and differs."""
+    raises ConfigError naming every setting that shapes training and differs, or a train.steps below the
+    checkpoint's step."""
     try:
         saved = from_yaml((Path(folder) / "config.yaml").read_text())
     except (OSError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {folder}: config.yaml unreadable ({e})") from None
+    step = read_state(folder)["step"]  # checked there: a whole number, its folder's step-N
+    if step > cfg.train.steps:
+        raise ConfigError(f"train.steps={cfg.train.steps}, but checkpoint {folder} is at step {step}: resuming it "
+                          f"would label a run trained {step} steps as train.steps={cfg.train.steps}. Set "
+                          f"train.steps={step} or more to continue it (nothing was changed)")
     old, new = flat_config(saved), flat_config(cfg)
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     refused = {k: v for k, v in changed.items() if not any(fnmatchcase(k, pat) for pat in RESUMABLE)}

@@ -17,7 +17,7 @@ from ptune_dist.data.prepare import TaskData, prepare_tasks, resolve_task
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import PromptMethod, method_class
 from ptune_dist.model.build import build_model
-from ptune_dist.model.inspect import InspectedBase, inspect_base
+from ptune_dist.model.inspect import InspectedBase, check_weights, inspect_base
 from ptune_dist.model.load import load_tokenizer
 from ptune_dist.model.prompt_model import PromptModel
 from ptune_dist.rank_env import DistEnv
@@ -67,6 +67,8 @@ def build_session(cfg: RunConfig, splits=("train", "eval"), env: DistEnv | None 
         raise ConfigError(f"train.device={cfg.train.device} chose {placement.device}, but the base handed in is on "
                           f"{base[0].device}; load it with load_base(..., device=...) or set train.device")
     inspected = inspect_base(cfg.model) if base is None else _handed(base)  # the base's config, read once
+    if base is None:
+        check_weights(cfg.model.name_or_path)  # before the data: a pickle-only folder would fail after it
     cfg, tokenizer, _, data = prepare(cfg, splits, inspected, method)
     base = base or placement.load_base(cfg.model, inspected, trainable=method.trains_base)
     model = build_model(cfg.method, cfg.model, cfg.train.seed, [d.spec for d in data], tokenizer, base=base,
