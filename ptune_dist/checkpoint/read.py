@@ -16,7 +16,6 @@ model for eval, predict and export.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

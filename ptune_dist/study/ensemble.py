@@ -70,10 +70,10 @@ def vote(preds: list[int], scores: list | None) -> int:
 def member_weights(folder: Path, task: str, slot: str) -> dict[str, torch.Tensor]:
     """A member's trained tensors, renamed from its task's slot to `slot` (prompts.<task>. and heads.<task>.)."""
     out = {}
-    for name, tensor in load_trainable(folder).items():
+    for key, tensor in load_trainable(folder).items():
         for kind in ("prompts", "heads"):
-            name = name.replace(f"{kind}.{task}.", f"{kind}.{slot}.", 1) if name.startswith(f"{kind}.") else name
-        out[name] = tensor
+            key = key.replace(f"{kind}.{task}.", f"{kind}.{slot}.", 1) if key.startswith(f"{kind}.") else key
+        out[key] = tensor
     return out
 
 
