@@ -180,7 +180,8 @@ def test_a_refused_folder_is_left_as_it_was(tmp_path, capsys):
     ({"checkpoints/step-2/x": "x", "results.json": "{}"}, folder_rule.TRAIN, []),
     ({"config.yaml": "x", "metrics.jsonl": "{}", ".results.json.ab12cd34.tmp": ""}, folder_rule.TRAIN, []),
     ({"config.yaml": "x", "results.json": "{}"}, folder_rule.TRAIN, ["config.yaml", "results.json"]),
-    ({"metrics.jsonl": "{}", ".git/HEAD": "x"}, folder_rule.TRAIN, [".git", "metrics.jsonl"]),
+    ({"metrics.jsonl": "{}"}, folder_rule.TRAIN, []),  # a run killed before its config.yaml was written
+    ({"results.json": "{}", ".git/HEAD": "x"}, folder_rule.TRAIN, [".git", "results.json"]),
     ({"study.json": "{}", "cells/000/launch.yaml": "x"}, folder_rule.TRAIN, ["cells", "study.json"]),
     ({"study.json": "{}", "notes.txt": "x"}, folder_rule.STUDY, []),
     ({"sweep.json": "{}", "cells/000/launch.yaml": "x"}, folder_rule.STUDY, ["cells", "sweep.json"]),

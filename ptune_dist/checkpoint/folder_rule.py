@@ -6,7 +6,7 @@ command's own earlier run (then the command goes on with it: a resume, a rerun, 
 each checking its own records further). What "own earlier run" means, and what ptune puts in a folder
 before that run's record exists, is each command's `Kind`:
 
-    ptune train / launch   own run: final/manifest.json, checkpoints/, or metrics.jsonl beside config.yaml
+    ptune train / launch   own run: final/manifest.json, checkpoints/, or metrics.jsonl (its first file)
                            (what `ptune train` or `ptune import --out` wrote); made before it: .ptune-lock,
                            launch.yaml (ptune launch, a sweep's or a study's cell), slurm/, attempts.json
     ptune sweep            own run: sweep.json; made before it: slurm/
@@ -45,7 +45,7 @@ def _file(p: Path) -> bool:
 
 def _train_run(folder: Path) -> bool:
     return (_file(folder / "final" / "manifest.json") or (folder / "checkpoints").is_dir()
-            or (_file(folder / "metrics.jsonl") and _file(folder / "config.yaml")))
+            or _file(folder / "metrics.jsonl"))  # the train loop's first file, opened before its config.yaml
 
 
 TRAIN = Kind("ptune train", _train_run, (".ptune-lock", "launch.yaml", "slurm", "attempts.json"),

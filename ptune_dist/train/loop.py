@@ -86,8 +86,9 @@ def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
             results.update({k: saved.state[k] for k in CARRIED if k in saved.state})
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
+    log = MetricsLogger(out, env.is_main, t.steps, start, t.progress_bar, t.tensorboard)  # metrics.jsonl first:
+    if env.is_main:  # it marks the folder as this run's (checkpoint/folder_rule.py) before config.yaml is there
         write_atomic(out / "config.yaml", to_yaml(cfg))  # never through a link (refused, naming it)
-    log = MetricsLogger(out, env.is_main, t.steps, start, t.progress_bar, t.tensorboard)
     run_eval = partial(evaluate, batch_size=cfg.data.eval_batch_size, pad_id=s.pad_id,
                        padding_side=cfg.data.padding_side, rank=env.rank, world=env.world, device=s.device,
                        pack_to=cfg.data.max_length if cfg.data.packing else None)
