@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 PREEMPTED = 99
+RANK_FAULT = 97  # a peer rank died or stopped answering: resumable from the newest checkpoint (issue 22)
 INTERRUPTED = 130  # 128 + SIGINT
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 MARKER_ENV = "PTUNE_PREEMPT_MARKER"
