@@ -202,6 +202,8 @@ def test_a_misfit_checkpoint_is_skipped_by_name_then_the_run_refused_when_none_i
 
 
 def test_a_checkpoint_past_train_steps_is_refused_naming_both(run):
+    """A run stopped after its step-4 checkpoint, before its final/ (which keep_trained.py guards)."""
+    shutil.rmtree(run / "final")
     before = files(run)
     with pytest.raises(ConfigError, match=f"train.steps=3, but checkpoint {run / 'checkpoints' / 'step-4'} is at "
                                           "step 4: .*Set train.steps=4 or more"):
