@@ -78,8 +78,9 @@ def cell_problem(cell, grid: dict, sweep_dir: Path) -> str:
     return f"{wrong[0]} is not one of the grid's values" if wrong else ""
 
 
-def results_problem(results) -> str:
-    """What keeps a cell's results.json from being rows ("" when nothing)."""
+def results_problem(results, values: bool = True) -> str:
+    """What keeps a cell's results.json from being rows ("" when nothing); with values=False only its shape
+    is checked (the metrics' values are read, and checked, where a row is made of them)."""
     metrics = '{"task": {"metric": value}}'
     if not isinstance(results, dict):
         return "not a JSON object"
@@ -89,7 +90,7 @@ def results_problem(results) -> str:
     baseline = results.get("baseline", {})
     if not isinstance(baseline, dict) or not all(isinstance(m, dict) for m in baseline.values()):
         return f'"baseline" is not {metrics}'
-    for part, tasks in (("final", final), ("baseline", baseline)):
+    for part, tasks in (("final", final), ("baseline", baseline)) if values else ():
         for task, values in tasks.items():
             wrong = [k for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
             if wrong:

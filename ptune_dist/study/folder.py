@@ -123,12 +123,13 @@ def read_cells(study_dir: Path) -> list[dict]:
 
 
 def results_of(folder: Path) -> dict | None:
-    """The cell's results.json when complete, else None."""
+    """The cell's results.json when complete (a training run wrote it: "final" holds each task's metrics),
+    else None. Its values are checked where a row is made of them (gather.py: a damaged row, named)."""
     try:
         results = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
         return None
-    return None if results_problem(results) else results
+    return None if results_problem(results, values=False) else results
 
 
 _said: set[str] = set()  # damaged records already named on stderr (state is asked many times a command)
