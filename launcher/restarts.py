@@ -92,13 +92,15 @@ def classify_status(status: int, rank: int | None = None, host: str = "") -> Fai
 def classify(rc: int, failures: list[dict] | None, world: int | None = None) -> Failure:
     """The failure of one attempt: `rc` the launcher's (torchrun's) exit status, `failures` what
     launcher/torchrun.py wrote (the ranks torchrun saw fail first: rank, exitcode, time, host), `world` the
-    number of ranks when they all run here. The root cause is a rank killed by a signal (the first one),
-    else the ranks that reported a rank fault, else the first failure."""
+    number of ranks when they all run here. Only the failures seen before torchrun stopped the others
+    (`first`) can be the cause; among them a rank killed by a signal, else the ranks that reported a rank
+    fault, else the first failure, with torchrun's own SIGTERM last."""
     if not failures:
         return classify_status(rc)
-    failures = sorted(failures, key=lambda f: f.get("time", 0))
+    failures = sorted([f for f in failures if f.get("first", True)] or failures, key=lambda f: f.get("time", 0))
+    failures.sort(key=lambda f: f["exitcode"] == -signal.SIGTERM)  # stable: by time within each kind
     killed = [f for f in failures if signal_of(f["exitcode"]) is not None]
-    if killed:
+    if killed and (killed[0] is failures[0] or killed[0]["exitcode"] != -signal.SIGTERM):
         return classify_status(killed[0]["exitcode"], killed[0]["rank"], killed[0].get("host", ""))
     faults = [f for f in failures if f["exitcode"] == RANK_FAULT]
     if faults:
