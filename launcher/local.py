@@ -117,7 +117,9 @@ def attempt(cfg: RunConfig, config_path: Path, resume: bool = False) -> "int | r
         shutil.rmtree(folder, ignore_errors=True)
     if rc != 0 and asked == signal.SIGINT and rc < 0:  # killed on a third Ctrl-C
         return INTERRUPTED
-    if rc != 0 and asked is None and stopped is None:  # nobody asked the ranks to stop: a failure
+    if rc != 0 and asked is None:
+        # nobody asked the ranks to stop: a failure. A stop record then comes from torchrun's TERM to the ranks
+        # left after one failed (a checkpoint needs every rank, so none was written on that TERM)
         L = cfg.launch
         return restarts.classify(rc, failures, L.nproc_per_node if L.nnodes == 1 else None)
     if rc != 0:
