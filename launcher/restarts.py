@@ -158,7 +158,7 @@ def run(attempt: Callable[[int], "int | Failure"], max_restarts: int, output_dir
         record(output_dir, made, max_restarts, result)
 
 
-# -- inside a Slurm job (slurm/train.sbatch): python -m ptune_dist.launcher.restarts ... ----------------------
+# -- inside a Slurm job (slurm/train.sbatch, through launcher/slurm_restart.py) --------------------------------
 
 SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([0-9,-]+): (.*)")
 
@@ -219,6 +219,3 @@ def main(argv: list[str]) -> int:
     record(output_dir, made + 1, of, failure)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -292,7 +292,8 @@ def restart_records(run_dir: Path) -> list[str]:
             continue  # a torn line: read_metrics' rules, not this summary's
         if isinstance(r, dict) and r.get("event") == "restart":
             who = f"rank {r.get('rank')}" if r.get("rank") is not None else "a rank"
-            found.append(f"restart {r.get('attempt')} of {r.get('of')}: {who} on {r.get('host') or '?'}: {r.get('why')}")
+            where = r.get("host") or "?"
+            found.append(f"restart {r.get('attempt')} of {r.get('of')}: {who} on {where}: {r.get('why')}")
     return found
 
 
