@@ -15,6 +15,12 @@ Ctrl-C and other stop signals go to this process only and are forwarded to the r
 (signals.py); a rank stopped by one saves its checkpoint and exits 0 with its status written to a folder
 of this call's (train/preempt.py PTUNE_STOP_RECORD), so torchrun ends quietly, and `run` returns that
 status: 130 after a Ctrl-C, 99 after TERM. This process waits for every rank before it returns.
+
+A rank fault (a rank killed by a signal, or ranks ending with RANK_FAULT because a peer died or stopped
+answering) restarts every rank from the newest checkpoint, at most launch.max_restarts times
+(restarts.py: the policy, the record in metrics.jsonl, the line). torchrun runs through
+launcher/torchrun.py with no restarts of its own: it reports which rank failed and how, and this process
+decides; torchrun's own --max-restarts would restart on any failure, a config error included.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from ptune_dist.rank_env import free_port
 from ptune_dist.runtime import allocator_env
 from ptune_dist.train.preempt import INTERRUPTED, PREEMPTED, STOP_RECORD_ENV, recorded
 
-from . import signals
+from . import restarts, signals
 
 
 def check_gpus(cfg: RunConfig) -> None:
@@ -67,7 +73,7 @@ def command(cfg: RunConfig, config_path: Path) -> list[str]:
                               "for several nodes")
         return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(L.nproc_per_node),
                 "--master_port", str(free_port()), "--no_local_rank", "--module", *train[1:]]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={L.nproc_per_node}"]
+    cmd = [sys.executable, "-m", "ptune_dist.launcher.torchrun", f"--nproc_per_node={L.nproc_per_node}"]
     if L.nnodes > 1:
         if not L.rdzv_endpoint:
             raise ConfigError("launch.nnodes > 1 needs launch.rdzv_endpoint=host:port (node 0's address)")
@@ -89,18 +95,33 @@ def environment(cfg: RunConfig) -> dict:
 
 
 def run(cfg: RunConfig, config_path: Path) -> int:
-    """Start the ranks and wait for them; returns the launcher's exit code when a rank failed, else the status
-    the ranks stopped with (130 Ctrl-C, 99 preempted), else 130/99 when this process was asked to stop but the
-    ranks finished first, else 0."""
-    cmd = command(cfg, config_path)
+    """Start the ranks and wait for them, restarting them after a rank fault within launch.max_restarts
+    (restarts.run); returns the status of the last failure when it is not restarted, else the status the ranks
+    stopped with (130 Ctrl-C, 99 preempted), else 130/99 when this process was asked to stop but the ranks
+    finished first, else 0."""
+    return restarts.run(lambda made: attempt(cfg, config_path, resume=made > 0), cfg.launch.max_restarts,
+                        cfg.output_dir)
+
+
+def attempt(cfg: RunConfig, config_path: Path, resume: bool = False) -> "int | restarts.Failure":
+    """One start of the ranks (`resume`: from the newest checkpoint): the status they ended with, or how
+    they failed (restarts.Failure)."""
+    cmd = command(cfg, config_path) + (["train.resume=auto"] if resume else [])
     folder = tempfile.mkdtemp(prefix="ptune-stop-")  # 0700, this call's own: the ranks' stop records
     try:
-        rc, asked = signals.wait(cmd, {**environment(cfg), STOP_RECORD_ENV: folder})
+        env = {**environment(cfg), STOP_RECORD_ENV: folder, restarts.FAILURES_ENV: str(Path(folder) / "failures.json")}
+        rc, asked = signals.wait(cmd, env)
         stopped = recorded(Path(folder))
+        failures = restarts.read_failures(Path(folder) / "failures.json")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if rc != 0 and asked == signal.SIGINT and rc < 0:  # killed on a third Ctrl-C
         return INTERRUPTED
+    if rc != 0 and asked is None:
+        # nobody asked the ranks to stop: a failure. A stop record then comes from torchrun's TERM to the ranks
+        # left after one failed (a checkpoint needs every rank, so none was written on that TERM)
+        L = cfg.launch
+        return restarts.classify(rc, failures, L.nproc_per_node if L.nnodes == 1 else None)
     if rc != 0:
         return rc
     if stopped is not None:

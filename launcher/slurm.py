@@ -7,6 +7,12 @@ the time limit (or a TERM) makes the ranks agree to stop, save a checkpoint and 
 leaving a marker file (train/preempt.py); the script then requeues the job, which resumes from that
 checkpoint (train.resume=auto on every restart).
 
+A rank fault inside the allocation (srun reports a task killed, or the ranks end with RANK_FAULT) reruns
+the srun step from the newest checkpoint; a job Slurm requeued by itself (--requeue: its allocation was
+lost, a node failed) resumes. Both count against launch.max_restarts together, in a file of the log
+folder, and each is recorded in the run's metrics.jsonl (launcher/restarts.py main, run by the script);
+beyond the budget the job ends with one line. `ptune status` lists the restarts a run's record holds.
+
 GPUs (launch.gpus_per_node > 0): the job asks for them with --gpus-per-node, one per rank, and srun
 hands every rank of a node all of that node's GPUs; each rank takes its own, cuda:SLURM_LOCALID
 (ptune_dist/device.py). With no GPUs the script has no GPU line at all.
@@ -40,7 +46,7 @@ from ptune_dist import read_back
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError, PtuneError
 from ptune_dist.slurm import template
-from ptune_dist.train.preempt import PREEMPTED
+from ptune_dist.train.preempt import PREEMPTED, RANK_FAULT
 
 from .files import make_dir, write_file
 from .shell import CONSTRAINT, quote, render, sbatch_option, sbatch_value, setup_line
@@ -122,6 +128,8 @@ def train_script(cfg: RunConfig, config_path: Path, job_name: str = "", log_name
         "threads": str(int(threads)),
         "config": config_expr or quote(Path(config_path).resolve()),
         "preempted": str(PREEMPTED),
+        "rank_fault": str(RANK_FAULT),
+        "max_restarts": str(int(L.max_restarts)),
         "record": f"{record} " if record else ": ",  # `: ARG` is the shell's no-op
         "srun_gpus": f" {SRUN_GPU_OPTIONS}" if gpus_per_node(cfg) else "",
     })
@@ -265,6 +273,43 @@ def job_state(job_id: str) -> dict:
                 k, v = item.split("=", 1)
                 fields[k] = v
     return fields
+
+
+STATUS_KEYS = ("JobState", "Reason", "Restarts", "NodeList", "ExitCode", "RunTime", "StdOut")
+
+
+def restart_records(run_dir: Path) -> list[str]:
+    """The restarts a run's metrics.jsonl records (launcher/restarts.py), one line each."""
+    try:
+        lines = (Path(run_dir) / "metrics.jsonl").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue  # a torn line: read_metrics' rules, not this summary's
+        if isinstance(r, dict) and r.get("event") == "restart":
+            who = f"rank {r.get('rank')}" if r.get("rank") is not None else "a rank"
+            where = r.get("host") or "?"
+            found.append(f"restart {r.get('attempt')} of {r.get('of')}: {who} on {where}: {r.get('why')}")
+    return found
+
+
+def status(target: str) -> list[dict]:
+    """`ptune status`: per job, scontrol's view (STATUS_KEYS) and, for a run folder, the restarts its record
+    holds (its metrics.jsonl)."""
+    found = []
+    run_dir = Path(target) if (Path(target) / "slurm" / "job.json").is_file() else None
+    for job in job_id_of(target):
+        state = job_state(job)
+        line = ({"job_id": job, **{k: state[k] for k in STATUS_KEYS if k in state}} if state else
+                {"job_id": job, "JobState": "UNKNOWN (no longer known to slurmctld)"})
+        if run_dir is not None:
+            line["ptune_restarts"] = restart_records(run_dir)
+        found.append(line)
+    return found
 
 
 def cancel(job_id: str) -> None:

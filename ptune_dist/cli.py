@@ -128,11 +128,8 @@ def cmd_gather(ns) -> int:
 def cmd_status(ns) -> int:
     from ptune_dist.launcher import slurm
 
-    for job in slurm.job_id_of(ns.target):
-        state = slurm.job_state(job)
-        keys = ("JobState", "Reason", "Restarts", "NodeList", "ExitCode", "RunTime", "StdOut")
-        print(json.dumps({"job_id": job, **{k: state[k] for k in keys if k in state}} if state else
-                         {"job_id": job, "JobState": "UNKNOWN (no longer known to slurmctld)"}))
+    for line in slurm.status(ns.target):  # scontrol's view, and the restarts a run's record holds
+        print(json.dumps(line))
     return 0
 
 

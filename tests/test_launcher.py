@@ -34,7 +34,7 @@ def test_local_commands(tmp_path, monkeypatch):
     gpus(monkeypatch, 0)
     cfg = load_config([], ["launch.nproc_per_node=2"])
     cmd = local.command(cfg, tmp_path / "c.yaml")
-    assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    assert cmd[1:5] == ["-m", "ptune_dist.launcher.torchrun", "--nproc_per_node=2", "--standalone"]
     assert cmd[-4:] == ["-m", "ptune_dist.cli", "train", str(tmp_path / "c.yaml")]
     multi = local.command(load_config([], ["launch.nnodes=2", "launch.node_rank=1",
                                            "launch.rdzv_endpoint=10.0.0.5:29400"]), tmp_path / "c.yaml")

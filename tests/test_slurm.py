@@ -1,7 +1,8 @@
 """Through a real Slurm (slurm/local-cluster.sh: slurmctld + nodes n1, n2 on this machine): a 2-node job
 trains to the end; a 3-cell sweep runs as a job array and a dependent job gathers the table; a
 preempted job checkpoints, requeues itself and resumes to the same final prompt as an uninterrupted
-run; a killed rank fails the job in bounded time and the rerun resumes from the last checkpoint."""
+run; a killed rank fails the job in bounded time (launch.max_restarts=0) and the rerun resumes from the last
+checkpoint, or (issue 22) reruns the step inside the allocation and completes, as `ptune status` says."""
 
 import csv
 import json
@@ -218,7 +219,7 @@ def test_preempted_job_requeues_and_resumes_to_the_same_prompt(cluster, tmp_path
 
 
 def test_killed_rank_fails_the_job_and_the_rerun_resumes(cluster, tmp_path):
-    job = submit(tmp_path, "launch.nnodes=2", "train.steps=400", "train.save_every=3")
+    job = submit(tmp_path, "launch.nnodes=2", "train.steps=400", "train.save_every=3", "launch.max_restarts=0")
     deadline = time.time() + 300
     while time.time() < deadline and ckpt.latest_complete(tmp_path / "checkpoints") is None:
         time.sleep(0.5)
@@ -232,6 +233,26 @@ def test_killed_rank_fails_the_job_and_the_rerun_resumes(cluster, tmp_path):
     rerun = submit(tmp_path, "launch.nnodes=2", f"train.steps={saved + 2}", "train.save_every=3")
     assert wait(rerun)["JobState"] == "COMPLETED"
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "resume"][-1] == saved
+
+
+def test_killed_rank_recovers_within_the_allocation_and_status_says_so(cluster, tmp_path, capsys):
+    """issue 22: a rank killed on one node reruns the srun step from the newest checkpoint inside the same
+    allocation (no requeue), the job completes, and `ptune status` lists the restart."""
+    job = submit(tmp_path, "launch.nnodes=2", "train.steps=12", "train.save_every=3", "launch.max_restarts=2")
+    deadline = time.time() + 300
+    while time.time() < deadline and ckpt.latest_complete(tmp_path / "checkpoints") is None:
+        time.sleep(0.2)
+    os.kill(rank_pid(tmp_path / "launch.yaml", "SLURM_PROCID=1"), 9)
+    state = wait(job)
+    log = (tmp_path / "slurm" / f"ptune-{job}.out").read_text()
+    assert state["JobState"] == "COMPLETED" and state["Restarts"] == "0", log[-3000:]
+    assert log.count("restarting every rank from the newest checkpoint (restart 1 of 2") == 1, log[-3000:]
+    records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "restart"]
+    assert [(r["attempt"], r["of"], r["rank"]) for r in records] == [(1, 2, 1)] and records[0]["host"] in ("n1", "n2")
+    assert list(losses(tmp_path)) == list(range(1, 13)) and (tmp_path / "final" / "trainable.safetensors").is_file()
+    assert main(["status", str(tmp_path)]) == 0
+    shown = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert shown["JobState"] == "COMPLETED" and shown["ptune_restarts"][0].startswith("restart 1 of 2: rank 1 on n")
 
 
 def test_study_runs_as_one_array_per_resource_shape_then_reports(cluster, tmp_path):

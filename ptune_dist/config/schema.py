@@ -74,6 +74,7 @@ NODE_PROCS = (1024, "processes on one node: more than any node has GPUs or cores
 GPUS = (1024, "GPUs on one node: more than any node has")
 NODES = (100000, "nodes in one job: more than any cluster has")
 TIMEOUT = (30 * 24 * 3600, "30 days: a collective waiting longer is a hung run")
+RESTARTS = (1000, "restarts of one run: a run that failed this often keeps failing; find out why")
 
 
 def number(default, *, ge=None, gt=None, le=None, lt=None, meaning: str = "", most: tuple | None = None):
@@ -227,6 +228,11 @@ class LaunchConfig:
     rdzv_endpoint: str = ""
     # OMP_NUM_THREADS of each rank
     threads_per_proc: int = number(0, ge=0, meaning="0: the node's cores / processes", most=THREADS)
+    # a rank that died (a signal, a crash) or a peer that stopped answering (exit train.preempt.RANK_FAULT):
+    # restart every rank from the newest complete checkpoint (train.resume=auto), at most this many times
+    # per run, locally and inside a Slurm allocation (a requeue after a lost node counts too); a config or
+    # data error, a non-finite stop, Ctrl-C, a preemption or an ordinary error is never retried. 0: never.
+    max_restarts: int = number(3, ge=0, most=RESTARTS)
     # Slurm (values are validated before they reach the script; see launcher/shell.py)
     job_name: str = "ptune"
     partition: str = ""

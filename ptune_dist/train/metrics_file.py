@@ -3,7 +3,9 @@
 Writing (`open_metrics`): the file is never rewritten, so whatever a run wrote stays byte for byte.
 A run that continues a file first ends a torn last line (a record cut by a kill mid-write) with a
 newline, then writes a resume marker {"event": "resume", "step": N}: "the history goes on from step
-N". N is the checkpoint's step; 0 when a run starts over in a folder that already has a log.
+N". N is the checkpoint's step; 0 when a run starts over in a folder that already has a log. The launcher
+appends a restart record {"event": "restart", ...} between the failed attempt and the next one
+(`append_event`: a torn last line ended first, like open_metrics).
 
 Reading (`read_metrics`):
 - a resume marker at step N drops the records before it with step > N (the interrupted part after
@@ -11,7 +13,9 @@ Reading (`read_metrics`):
   Records at step <= N stay, so each step appears once.
 - a line that is not JSON is skipped when it is torn: the last line of the file without its newline,
   or a line the writer followed with a resume marker (it resumed after the cut). Any other bad line
-  raises MetricsFileError naming the file and line: that is damage, not an interrupted write.
+  or a line followed by a restart record (the launcher's, after the rank that wrote it died). Any other
+  bad line raises MetricsFileError naming the file and line: that is damage, not an interrupted write.
+- restart records stay whatever the markers drop: they tell what happened to the run, not a step.
 """
 
 from __future__ import annotations
@@ -36,24 +40,42 @@ def open_metrics(path: Path, start_step: int):
     is a symbolic link is refused."""
     path = Path(path)
     f = open_append(path)  # never through a link (refused, naming it)
-    size = os.fstat(f.fileno()).st_size
-    if size:
-        with open(path, "rb") as tail:
-            tail.seek(size - 1)
-            if tail.read(1) != b"\n":
-                f.write("\n")  # a torn last line: the next record must stand on a line of its own
+    size = _end_torn_line(f, path)
     if size or start_step:
         f.write(json.dumps({"time": round(time.time(), 3), "event": "resume", "step": start_step}) + "\n")
         f.flush()
     return f
 
 
-def _is_resume(line: str) -> bool:
+def _end_torn_line(f, path: Path) -> int:
+    """End a torn last line of `path` (open for appending as `f`) with a newline; returns the file's size."""
+    size = os.fstat(f.fileno()).st_size
+    if size:
+        with open(path, "rb") as tail:
+            tail.seek(size - 1)
+            if tail.read(1) != b"\n":
+                f.write("\n")  # a torn last line: the next record must stand on a line of its own
+    return size
+
+
+def append_event(path: Path, record: dict) -> None:
+    """Append one record (e.g. the launcher's restart record) to `path`, never through a link, on a line of
+    its own; call it only while no rank writes the file."""
+    path = Path(path)
+    with open_append(path) as f:
+        _end_torn_line(f, path)
+        f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+
+
+RESTART = "restart"
+
+
+def _is_marker(line: str) -> bool:
     try:
         record = json.loads(line)
     except ValueError:
         return False
-    return isinstance(record, dict) and record.get("event") == "resume"
+    return isinstance(record, dict) and record.get("event") in ("resume", RESTART)
 
 
 def read_metrics(path) -> list[dict]:
@@ -70,14 +92,14 @@ def read_metrics(path) -> list[dict]:
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
         except ValueError as e:
-            torn = i == len(lines) - 1 or (i + 1 < len(lines) and _is_resume(lines[i + 1]))
+            torn = i == len(lines) - 1 or (i + 1 < len(lines) and _is_marker(lines[i + 1]))
             if torn:
                 continue
             raise MetricsFileError(f"{path}: line {i + 1} is not a JSON record ({e}); "
                                    "the file is damaged, not just cut by an interrupted write") from None
         if record.get("event") == "resume":
             n = record.get("step", 0)
-            history = [r for r in history if n and r.get("step", 0) <= n]
+            history = [r for r in history if r.get("event") == RESTART or (n and r.get("step", 0) <= n)]
         history.append(record)
     return history
 
