@@ -5,6 +5,7 @@ line naming the silent rank, its host, the step and the key, and no traceback of
 whose heartbeat stops, one that left with its own error) are checked in-process."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,10 +40,10 @@ def tiny(tmp_path_factory):
 class Launch:
     """`ptune launch` in a session of its own, its output read line by line with the time each line came."""
 
-    def __init__(self, out, tiny):
+    def __init__(self, out, tiny, *more):
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
         self.proc = subprocess.Popen([sys.executable, "-m", "ptune_dist.cli", "launch", QUICKSTART, f"output_dir={out}",
-                                      f"model.name_or_path={tiny}", *TINY], env=env, start_new_session=True,
+                                      f"model.name_or_path={tiny}", *TINY, *more], env=env, start_new_session=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines, self.metrics = [], Path(out) / "metrics.jsonl"
         threading.Thread(target=self._read, daemon=True).start()
@@ -87,12 +88,17 @@ def the_line(lines, rank: int) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, victim", [(signal.SIGSTOP, 1), (signal.SIGKILL, 0)])
-def test_a_silent_or_dead_rank_is_named_by_the_survivor_within_the_timeout(tmp_path, tiny, sig, victim):
-    run = Launch(tmp_path / "run", tiny)
+@pytest.mark.parametrize("sig, victim, more", [
+    (signal.SIGSTOP, 1, []), (signal.SIGKILL, 0, []),
+    # ZeRO-3 (its collectives go through torch.distributed), saving every step: a kill lands in or near a save
+    (signal.SIGKILL, 1, ["distributed.engine=deepspeed", "distributed.zero_stage=3", "train.save_every=1"])],
+    ids=["stop-rank-1", "kill-rank-0", "kill-rank-1-zero3-saving"])
+def test_a_silent_or_dead_rank_is_named_by_the_survivor_within_the_timeout(tmp_path, tiny, sig, victim, more):
+    run = Launch(tmp_path / "run", tiny, *more)
     ranks = {}
     try:
         ranks = run.ranks()
+        time.sleep(2 * peers.interval(TIMEOUT_S))  # a beat or two after the first steps: the line's last step
         os.kill(ranks[victim], sig)
         sent = time.monotonic()
         run.proc.wait(timeout=TIMEOUT_S + 60)  # the launcher returns: the survivor ended, torchrun ended the rest
@@ -103,7 +109,8 @@ def test_a_silent_or_dead_rank_is_named_by_the_survivor_within_the_timeout(tmp_p
     named = the_line(run.lines, victim)
     assert len(named) == 1, text[-4000:]
     when, line = named[0]
-    assert f"pid {ranks[victim]}" in line and "last heard at step " in line and "this rank waited at step " in line
+    assert f"pid {ranks[victim]}" in line and "this rank waited at step " in line
+    assert int(re.search(r"last heard at step (\d+) \((train|save)\)", line)[1]) > 0, line
     assert f"distributed.timeout_s={TIMEOUT_S} s" in line and f"status {RANK_FAULT}, resumable" in line
     if sig == signal.SIGSTOP:
         assert "stopped answering" in line and "Timed out" in line, line
