@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from datetime import timedelta
@@ -197,3 +198,31 @@ def test_cli_ends_a_rank_fault_with_one_line_and_97(tmp_path, monkeypatch, capsy
     assert cli.main(["train", "x.yaml"]) == RANK_FAULT
     assert capsys.readouterr().err == "ptune train: rank 1 (host a, last heard at step 3 (train)) stopped answering\n"
     assert peers.read_faults(tmp_path) == {0: "rank 1 (host a, last heard at step 3 (train)) stopped answering"}
+
+
+def test_a_main_thread_that_no_error_reaches_is_ended_by_the_heartbeat_with_the_line(tmp_path):
+    """As on NCCL, where the host blocks in a copy and only the watchdog would end it: the heartbeat thread sees
+    the loop stalled for about timeout_s and a peer silent, writes the line and the record, and exits 97."""
+    code = textwrap.dedent(f"""
+        import json, time
+        from datetime import timedelta
+        from torch.distributed import TCPStore
+        from ptune_dist.train import peers
+        store = TCPStore("127.0.0.1", {free_port()}, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=5))
+        store.set("ptune/beat//0/1", json.dumps({{"seq": 1, "step": 4, "phase": "train", "host": "n1", "pid": 7,
+                                                 "state": "up"}}))  # rank 1 beat once, then nothing
+        peers.at(5)
+        peers.Heartbeats(0, 2, 2.0, store)
+        time.sleep(60)  # blocked, no error comes
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}
+    env.update(RANK="0", **{STOP_RECORD_ENV: str(tmp_path)})
+    begun = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - begun
+    assert done.returncode == RANK_FAULT, done.stderr[-3000:]
+    line = (r"ptune train: rank 1 \(host n1, pid 7, last heard at step 4 \(train\), silent for \d s\) stopped answering; "
+            r"this rank waited at step 5 \(train\) up to distributed.timeout_s=2 s; ending with status 97")
+    assert re.match(line, done.stderr) and done.stderr.count("\n") == 1, done.stderr
+    assert peers.read_faults(tmp_path)[0] == done.stderr.removeprefix("ptune train: ").strip()
+    assert took < 15, took  # torch's import, then about timeout_s
