@@ -160,6 +160,37 @@ def test_a_peer_whose_heartbeat_stops_is_named_one_that_failed_is_named_as_such(
     assert peers.line([2], only, RuntimeError("Connection reset by peer"), 300, {}).startswith(
         "rank 2 (host n2, last heard at step 3 (train)) ended with its own error")
     assert peers.line([], {}, RuntimeError("x"), None, None).startswith("no peer rank was found silent")
+    assert peers.line([], None, RuntimeError("x"), None, None).startswith("a peer rank did not answer (before the")
+
+
+class DeadStore:
+    """A rendezvous store that stopped answering (rank 0 held it, and rank 0 stopped)."""
+
+    def __init__(self):
+        self.up = True
+
+    def set(self, key, value=None):
+        if not self.up:
+            raise RuntimeError("Socket Timeout")
+
+    def check(self, keys):
+        self.set(keys)
+        return False  # rank 0 has not beaten yet
+
+    get = set
+
+
+def test_a_store_that_stops_answering_names_rank_0_which_holds_it(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)  # srun: rank 0 holds the store
+    store = DeadStore()
+    beats = peers.Heartbeats(1, 2, 1.0, store, master_addr="node-0")
+    try:
+        store.up = False
+        line = str(beats.diagnose(RuntimeError("[gloo/transport/tcp/pair.cc:1] Connection closed by peer [10.0.0.1]:5")))
+    finally:
+        beats.halt.set()
+    assert line.startswith("rank 0 (host node-0, never heard from, silent for ") and "stopped answering" in line
+    assert "the rendezvous store it holds silent too" in line and "(RuntimeError: Connection closed by peer" in line
 
 
 def test_a_fault_line_is_recorded_for_the_launcher_and_the_status_is_97(tmp_path, monkeypatch):

@@ -115,7 +115,7 @@ def watched():
         if preempt.aborted() or not is_peer_failure(e):  # a second Ctrl-C, or this rank's own error
             stop_beats("done" if isinstance(e, (preempt.Preempted, KeyboardInterrupt)) else "failed")
             raise
-        fault = beats.diagnose(e) if beats else RankFault(line([], {}, e, None, None))
+        fault = beats.diagnose(e) if beats else RankFault(line([], None, e, None, None))
         stop_beats("fault")
         raise fault from None
     stop_beats("done")
@@ -161,11 +161,19 @@ class Heartbeats:
 
     def silent(self, for_s: float) -> list[int]:
         now = time.monotonic()
-        if self.store_down is not None and now - self.store_down >= for_s and not self.agent and self.rank:
-            self.seen.setdefault(0, {})["host"] = self.seen.get(0, {}).get("host", self.master_addr)
-            self.moved[0] = min(self.moved.get(0, now), self.store_down)
-            return [0]  # rank 0 holds the store, and it stopped answering with the rest of rank 0
+        if self.store_down is not None and now - self.store_down >= for_s:
+            return self.store_holder()
         return sorted(r for r, t in self.moved.items() if now - t >= for_s and self.seen[r].get("state") == "up")
+
+    def store_holder(self) -> list[int]:
+        """[0] when rank 0 holds the store (no torchrun agent) and the store stopped answering: rank 0 with it."""
+        if self.store_down is None or self.agent or self.rank == 0:
+            return []
+        beat = self.seen.setdefault(0, {"state": "up"})
+        beat.setdefault("host", self.master_addr)
+        beat["store"] = True
+        self.moved[0] = min(self.moved.get(0, self.store_down), self.store_down)
+        return [0]
 
     def diagnose(self, error: BaseException) -> RankFault:
         """After a failed collective: who did not answer, watched for up to WINDOW beats."""
@@ -182,8 +190,9 @@ class Heartbeats:
                 if named or time.monotonic() >= deadline:
                     break
                 time.sleep(self.every / 2)
-            if not named:  # nobody silent: a peer that left with its own error, if any
-                named = sorted(r for r, b in self.seen.items() if b.get("state") == "failed")
+            if not named:  # nobody silent for the whole window: a store that stopped answering, or a peer that
+                named = self.store_holder() or sorted(  # left with its own error
+                    r for r, b in self.seen.items() if b.get("state") == "failed")
             return RankFault(line(named, self.seen, error, self.timeout_s, self.moved))
 
     def _run(self) -> None:
@@ -215,18 +224,21 @@ class Heartbeats:
             pass
 
 
-def line(named: list[int], seen: dict, error: BaseException | None, timeout_s: float | None,
+def line(named: list[int], seen: dict | None, error: BaseException | None, timeout_s: float | None,
          moved: dict | None) -> str:
     """The one line: who did not answer (rank, host, pid, last step), where this rank was, the key."""
     now, parts = time.monotonic(), []
     for r in named:
-        b = seen.get(r, {})
+        b = (seen or {}).get(r, {})
         where = f"last heard at step {b['step']} ({b['phase']})" if "step" in b else "never heard from"
         quiet = f", silent for {now - moved[r]:.0f} s" if moved and r in moved and b.get("state") == "up" else ""
         pid = f", pid {b['pid']}" if "pid" in b else ""
-        parts.append(f"rank {r} (host {b.get('host', '?')}{pid}, {where}{quiet})")
-    gone = [seen.get(r, {}).get("state") for r in named]
-    if not named:
+        store = ", the rendezvous store it holds silent too" if b.get("store") else ""
+        parts.append(f"rank {r} (host {b.get('host', '?')}{pid}, {where}{quiet}{store})")
+    gone = [(seen or {}).get(r, {}).get("state") for r in named]
+    if not named and seen is None:
+        who = "a peer rank did not answer (before the heartbeats began, so none is named)"
+    elif not named:
         who = "no peer rank was found silent (every heartbeat moved)"
     elif all(s == "failed" for s in gone):
         who = f"{', '.join(parts)} ended with its own error (its output says which)"
