@@ -111,8 +111,11 @@ def watched():
     try:
         yield
     except BaseException as e:
+        from . import dist  # imports torch: not at the top (cli imports this module before torch)
+
         beats = _current["beats"]
-        if preempt.aborted() or not is_peer_failure(e):  # a second Ctrl-C, or this rank's own error
+        # a second Ctrl-C, this rank's own error, or one process alone (no peer to lose): as it is
+        if preempt.aborted() or not dist.active() or not is_peer_failure(e):
             stop_beats("done" if isinstance(e, (preempt.Preempted, KeyboardInterrupt)) else "failed")
             raise
         fault = beats.diagnose(e) if beats else RankFault(line([], None, e, None, None))
