@@ -20,6 +20,8 @@ one `ptune train` at a time writes an output_dir (train/run_lock.py).
 Ctrl-C ends every command with one line on stderr and exit status 130, never a traceback: `ptune train`
 stops at the end of the step with a checkpoint, and at once on a second press (train/preempt.py);
 `ptune launch` and `ptune study` forward it to their ranks and wait for them (launcher/signals.py).
+A rank of `ptune train` whose peer died or stopped answering (distributed.timeout_s) ends with one line
+naming it and exit status 97, resumable (train/peers.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import sys
 
 import ptune_dist  # noqa: F401  (sets the oneDNN guard before torch loads)
 from ptune_dist.errors import PtuneError
-from ptune_dist.train import preempt
+from ptune_dist.train import peers, preempt
 from ptune_dist.train.preempt import INTERRUPTED, Preempted, catch_early, release_early
 
 
@@ -246,6 +248,9 @@ def main(argv=None) -> int:
         except Preempted as e:
             print(f"ptune {ns.command}: {e}", file=sys.stderr)
             return preempt.leave(e.exit_code())  # under `ptune launch`: 0, the status recorded for the launcher
+        except peers.RankFault as e:  # a peer died or stopped answering: one line, a resumable status (97)
+            print(f"ptune {ns.command}: {e}", file=sys.stderr)
+            return peers.leave(e)  # also under `ptune launch`: 97 itself, the line in PTUNE_STOP_RECORD/fault-R
         except PtuneError as e:
             message = " ".join(str(e).split("\n"))  # one line, whatever the message carries
             print(f"ptune {ns.command}: error: {message}", file=sys.stderr)

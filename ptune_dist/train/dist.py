@@ -1,4 +1,12 @@
-"""Collectives that every rank calls; with one process they do nothing."""
+"""Collectives that every rank calls; with one process they do nothing.
+
+A collective waits at most distributed.timeout_s (the process group's timeout). gloo raises then (and at
+once when a peer's connection closes). On NCCL the watchdog ends it: TORCH_NCCL_ASYNC_ERROR_HANDLING=3
+(torch's default, set here unless the user set it) tears the rank down when a collective runs past the
+timeout, without waiting on the broken communicator; TORCH_NCCL_BLOCKING_WAIT stays 0, since a blocking
+wait would make the host wait for every collective (a sync per step, tests/test_sync_free.py). Naming the
+rank that did not answer, with one line and status 97, is train/peers.py's part (its heartbeat thread ends
+the rank before the watchdog's abort, which would leave no line)."""
 
 from __future__ import annotations
 
@@ -24,6 +32,9 @@ def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300, device: torc
     extra = {}
     if device.type == "cuda" and env.world > 1:
         extra["device_id"] = device  # binds NCCL to this rank's GPU at once (eager init)
+        if "NCCL_ASYNC_ERROR_HANDLING" not in os.environ:  # torch's older name, which the user may have set
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")  # read when the group is made
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "0")
     tdist.init_process_group(backend(device), init_method=f"tcp://{env.master_addr}:{port}",
                              rank=env.rank, world_size=env.world, timeout=timedelta(seconds=timeout_s), **extra)
     if engine == "deepspeed":

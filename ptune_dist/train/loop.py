@@ -32,7 +32,7 @@ from ptune_dist.device import describe, peak_bytes
 from ptune_dist.errors import ConfigError
 from ptune_dist.rank_env import DistEnv
 
-from . import dist
+from . import dist, peers
 from .engine import TorchEngine
 from .evaluate import evaluate
 from .keep_trained import refuse_less_trained
@@ -64,12 +64,14 @@ def train(cfg: RunConfig) -> dict:
         with RunLock(cfg.output_dir, held=is_main):
             if stop.requested:  # a signal during the imports (preempt.catch_early): leave before loading anything
                 raise Preempted(None, is_main, stop.signum)
-            return train_run(cfg, stop)
+            with peers.watched():  # a peer that dies or stops answering: one line naming it (peers.py)
+                return train_run(cfg, stop)
 
 
 def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
     s = build_session(cfg)
     cfg, model, env, t = s.cfg, s.model, s.env, s.cfg.train
+    peers.start(env, cfg.distributed.timeout_s)  # this rank's heartbeat, read by a peer that loses it
     out = Path(cfg.output_dir)
     engine, checkpointer, start, changes = None, None, 0, {}
     results = {"method": cfg.method.name, "model": cfg.model.name_or_path, "device": describe(s.device)}
@@ -111,6 +113,7 @@ def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
     save = partial(checkpointer.save, extra=carried) if checkpointer else None  # every rank: the parts gather
     if engine is not None:
         run_steps(s, engine, loader, start, log, partial(run_eval, model, s.tasks), stop, save)
+    peers.at(t.steps, "final")
     results["final"] = run_eval(model, s.tasks)
     log.eval(t.steps, results["final"])
     peaks = dist.gather_objects((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
@@ -141,6 +144,7 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
     model.train()
     with closing(iter(loader)) as updates:
         for step in range(start + 1, t.steps + 1):
+            peers.at(step)  # where this rank is, for its heartbeat (a dict update)
             lr = engine.lr
             step_loss, grad_norm, n = update(engine, next(updates), world, s.device)  # built ahead, on the host
             guard.record(step, grad_norm, step_loss)  # NaN norm: non-finite, nothing updated
@@ -158,12 +162,15 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
                 losses, tokens = [], 0
             log.advance()
             if stopping:  # USR1/TERM/INT on any rank: all stop here, resumable
+                peers.at(step, "save")
                 save(step)
                 log.close()
                 raise Preempted(step, s.env.is_main, stop.signum)
             if evals and step < t.steps:
+                peers.at(step, "eval")
                 log.eval(step, run_eval())
             if saves and step < t.steps:
+                peers.at(step, "save")
                 save(step)
 
 
