@@ -37,6 +37,7 @@ from ptune_dist.config.validate import rdzv_address
 from ptune_dist.errors import ConfigError
 from ptune_dist.rank_env import free_port
 from ptune_dist.runtime import allocator_env
+from ptune_dist.train.peers import read_faults
 from ptune_dist.train.preempt import INTERRUPTED, PREEMPTED, STOP_RECORD_ENV, recorded
 
 from . import restarts, signals
@@ -110,9 +111,10 @@ def attempt(cfg: RunConfig, config_path: Path, resume: bool = False) -> "int | r
     folder = tempfile.mkdtemp(prefix="ptune-stop-")  # 0700, this call's own: the ranks' stop records
     try:
         env = {**environment(cfg), STOP_RECORD_ENV: folder, restarts.FAILURES_ENV: str(Path(folder) / "failures.json")}
-        rc, asked = signals.wait(cmd, env)
+        rc, asked = signals.wait(cmd, env, faults=Path(folder))
         stopped = recorded(Path(folder))
         failures = restarts.read_failures(Path(folder) / "failures.json")
+        faults = read_faults(Path(folder))  # what the survivors of a rank fault said (train/peers.py)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if rc != 0 and asked == signal.SIGINT and rc < 0:  # killed on a third Ctrl-C
@@ -121,7 +123,8 @@ def attempt(cfg: RunConfig, config_path: Path, resume: bool = False) -> "int | r
         # nobody asked the ranks to stop: a failure. A stop record then comes from torchrun's TERM to the ranks
         # left after one failed (a checkpoint needs every rank, so none was written on that TERM)
         L = cfg.launch
-        return restarts.classify(rc, failures, L.nproc_per_node if L.nnodes == 1 else None)
+        return restarts.with_faults(restarts.classify(rc, failures, L.nproc_per_node if L.nnodes == 1 else None),
+                                    faults)
     if rc != 0:
         return rc
     if stopped is not None:

@@ -115,6 +115,22 @@ def classify(rc: int, failures: list[dict] | None, world: int | None = None) -> 
     return classify_status(first["exitcode"], first["rank"], first.get("host", ""))
 
 
+NAMED = re.compile(r"rank (\d+) \(host ([^,)]+)")  # how train/peers.py `line` names a silent rank
+
+
+def with_faults(failure: "Failure", faults: dict[int, str]) -> "Failure":
+    """`failure` told with what the surviving ranks said about it (`faults`: rank -> its line, from
+    train/peers.py): the silent or dead rank they named, its host, and their line as the reason."""
+    if not faults or not failure.retry:
+        return failure
+    reporter, said = next(iter(faults.items()))
+    named = NAMED.search(said)
+    if named:
+        failure.rank, failure.host = int(named.group(1)), named.group(2)
+    failure.why = f"rank {reporter} reported: {said}"
+    return failure
+
+
 def read_failures(path: Path) -> list[dict] | None:
     """What launcher/torchrun.py wrote to `path`; None when it wrote nothing (no rank failed, or the
     deepspeed launcher ran the ranks) or something that is not its list."""

@@ -136,10 +136,20 @@ def _send(pid: int, sig: int) -> None:
         pass
 
 
-def wait(cmd: list[str], env: dict) -> tuple[int, int | None]:
+def stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP, a debugger): state T or t in /proc/PID/stat."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
+def wait(cmd: list[str], env: dict, faults: Path | None = None) -> tuple[int, int | None]:
     """Run `cmd` (torchrun or the deepspeed launcher) in a session of its own, forward the signals this
     process gets to its ranks, and wait for it to end. Returns its exit status and the signal this
-    process was asked to stop by (None: none)."""
+    process was asked to stop by (None: none). Once a rank has reported a peer fault (a `fault-R` file in
+    `faults`, train/peers.py), a rank that is stopped is killed: it cannot act on torchrun's TERM, and
+    torchrun would wait its 30 s grace for it."""
     with Forwarder() as forward:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         try:
@@ -149,6 +159,10 @@ def wait(cmd: list[str], env: dict) -> tuple[int, int | None]:
                     break
                 except subprocess.TimeoutExpired:
                     forward.deliver(proc.pid)
+                    if faults is not None and any(faults.glob("fault-*")):
+                        for pid in descendants(proc.pid):
+                            if stopped(pid):
+                                _send(pid, signal.SIGKILL)
         except BaseException:  # this process itself fails: its launcher must not outlive it unseen
             forward.kill = True
             forward.deliver(proc.pid)

@@ -4,6 +4,7 @@ line naming the silent rank, its host, the step and the key, and no traceback of
 (train/peers.py). The line and the launcher's record (fault-R) and the naming itself (a real TCPStore, a peer
 whose heartbeat stops, one that left with its own error) are checked in-process."""
 
+import json
 import os
 import re
 import signal
@@ -29,7 +30,8 @@ TIMEOUT_S = 8
 TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=64", "data.max_eval_examples=8", "data.batch_size=4",
         "data.max_length=64", "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false",
         "train.tensorboard=false", "train.eval_every=0", "train.device=cpu", "train.steps=100000",
-        "launch.nproc_per_node=2", "launch.threads_per_proc=1", f"distributed.timeout_s={TIMEOUT_S}"]
+        "launch.nproc_per_node=2", "launch.threads_per_proc=1", f"distributed.timeout_s={TIMEOUT_S}",
+        "launch.max_restarts=0"]  # the survivors' end is what is watched here; the restart: the last test
 HOST = socket.gethostname()
 
 
@@ -257,3 +259,28 @@ def test_a_main_thread_that_no_error_reaches_is_ended_by_the_heartbeat_with_the_
     assert re.match(line, done.stderr) and done.stderr.count("\n") == 1, done.stderr
     assert peers.read_faults(tmp_path)[0] == done.stderr.removeprefix("ptune train: ").strip()
     assert took < 15, took  # torch's import, then about timeout_s
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_is_named_killed_and_the_restart_finishes_the_run(tmp_path, tiny):
+    """SIGSTOP of rank 1: the survivor names it within the timeout, the launcher kills the stopped rank (it
+    cannot act on torchrun's TERM), records the restart with the rank and host the survivor named, and the
+    restarted ranks finish from the newest checkpoint."""
+    run = Launch(tmp_path / "run", tiny, "train.steps=120", "train.save_every=10", "launch.max_restarts=1")
+    ranks = {}
+    try:
+        ranks = run.ranks()
+        time.sleep(2 * peers.interval(TIMEOUT_S))
+        os.kill(ranks[1], signal.SIGSTOP)
+        sent = time.monotonic()
+        run.proc.wait(timeout=180)
+    finally:
+        run.end(ranks.values())
+    text = "\n".join(line for _, line in run.lines)
+    assert run.proc.returncode == 0, text[-4000:]
+    restarts = [json.loads(r) for r in run.metrics.read_text().splitlines() if '"restart"' in r]
+    assert len(restarts) == 1 and restarts[0]["rank"] == 1 and restarts[0]["host"] == HOST, restarts
+    assert "stopped answering" in restarts[0]["why"], restarts
+    restarted = [t for t, line in run.lines if "restart" in line.lower() and "rank 1" in line]
+    assert restarted and restarted[0] - sent < TIMEOUT_S + 15, text[-4000:]  # no 30 s wait for torchrun's grace
+    assert (tmp_path / "run" / "final" / "manifest.json").is_file()

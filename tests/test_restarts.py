@@ -11,18 +11,16 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_signals_launch import TINY, alive, launch, start, train_losses
+from test_signals_launch import TINY, launch, start, train_losses
 
 from ptune_dist.launcher import restarts, signals
-from ptune_dist.launcher.restarts import Failure, classify, classify_status
+from ptune_dist.launcher.restarts import classify, classify_status, with_faults
 from ptune_dist.train.metrics_file import append_event, read_metrics
 from ptune_dist.train.preempt import INTERRUPTED, PREEMPTED, RANK_FAULT
 
@@ -104,6 +102,17 @@ def test_the_root_cause_is_the_killed_rank_and_statuses_are_read_as_signals():
     faults = [{"rank": r, "exitcode": RANK_FAULT, "time": 1.0, "host": "h"} for r in (0, 1)]
     assert classify(1, faults, 4).rank is None  # two of four reported: which of the others is not known
 
+
+
+def test_what_the_survivors_said_names_the_rank_in_the_record():
+    """train/peers.py's fault lines (PTUNE_STOP_RECORD/fault-R) name the silent rank and its host."""
+    faults = [{"rank": r, "exitcode": RANK_FAULT, "time": 1.0, "host": "h"} for r in (0, 1)]
+    said = {0: "rank 3 (host n2, pid 7, last heard at step 5 (train)) stopped answering; this rank waited ..."}
+    failure = with_faults(classify(1, faults, 4), said)
+    assert (failure.rank, failure.host, failure.retry) == (3, "n2", True)
+    assert failure.why == "rank 0 reported: " + said[0]
+    error = classify(1, [{"rank": 0, "exitcode": 2, "time": 1.0}], 2)
+    assert with_faults(error, said).why == error.why  # not a rank fault: told as it is
 
 def test_restart_records_survive_read_metrics_and_end_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
