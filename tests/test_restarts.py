@@ -228,6 +228,25 @@ def test_a_killed_rank_restarts_the_launch_and_it_ends_bit_identical(tmp_path, u
     same_as(run, uninterrupted)
 
 
+
+@pytest.mark.slow
+def test_a_restart_under_zero3_with_packed_batches_ends_bit_identical(tmp_path):
+    """The partitioned state (DeepSpeed ZeRO-3) and the packed data order come back exactly after a restart."""
+    more = ["distributed.engine=deepspeed", "distributed.zero_stage=3", "data.packing=true", "data.max_length=128",
+            "train.save_every=2"]
+    steps, ref, run = 6, tmp_path / "ref", tmp_path / "run"
+    done = launch(ref, steps, *more)
+    out, _ = done.communicate(timeout=300)
+    assert done.returncode == 0, out[-3000:]
+    proc = launch(run, steps, *more)
+    kill_at(proc, run, 1, 3)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert [r["rank"] for r in restart_records(run)] == [1]
+    a, b = load_file(run / "final/trainable.safetensors"), load_file(ref / "final/trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert train_losses(run) == train_losses(ref)
+
 @pytest.mark.slow
 def test_the_budget_holds_end_to_end(tmp_path):
     run = tmp_path / "run"
