@@ -16,7 +16,9 @@ and delivered when each rank is ready, so no rank meets a Ctrl-C before its hand
                        cannot run a handler
     TERM, HUP          forwarded as TERM: checkpoint, exit PREEMPTED (99); a closed terminal included
 
-Either way this process waits for the launcher to end, then returns (`wait`).
+Either way this process waits for the launcher to end, then returns (`wait`). When this process is killed
+outright (SIGKILL), the launcher gets a TERM from the kernel (PR_SET_PDEATHSIG) and stops its ranks at a
+checkpoint: nothing keeps running in the other session unseen.
 """
 
 from __future__ import annotations
@@ -136,6 +138,18 @@ def _send(pid: int, sig: int) -> None:
         pass
 
 
+def _term_with_parent() -> None:
+    """In the launcher's child, before it runs: a TERM when this process dies (Linux PR_SET_PDEATHSIG), so a
+    `ptune` killed outright (SIGKILL, the OOM killer) leaves no launcher and ranks running in their own
+    session; they stop as on a preemption, at a checkpoint."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def stopped(pid: int) -> bool:
     """Whether process `pid` is stopped (SIGSTOP, a debugger): state T or t in /proc/PID/stat."""
     try:
@@ -151,7 +165,7 @@ def wait(cmd: list[str], env: dict, faults: Path | None = None) -> tuple[int, in
     `faults`, train/peers.py), a rank that is stopped is killed: it cannot act on torchrun's TERM, and
     torchrun would wait its 30 s grace for it."""
     with Forwarder() as forward:
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_term_with_parent)
         try:
             while True:
                 try:

@@ -1,5 +1,6 @@
-"""A rank that dies ends the whole local run quickly (torchrun stops the others), leaves the newest
-complete checkpoint intact, and the same command resumes from it."""
+"""With restarts off (launch.max_restarts=0), a rank that dies ends the whole local run quickly (torchrun
+stops the others), leaves the newest complete checkpoint intact, and the same command resumes from it. With
+restarts on, the launcher does that rerun itself: tests/test_restarts.py."""
 
 import os
 import subprocess
@@ -14,7 +15,7 @@ from ptune_dist.checkpoint import state as ckpt
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
 TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=64", "data.max_eval_examples=8", "data.batch_size=4",
         "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false",
-        "train.save_every=3", "launch.nproc_per_node=2"]
+        "train.save_every=3", "launch.nproc_per_node=2", "launch.max_restarts=0"]
 
 
 def test_killed_rank_ends_the_run_and_the_rerun_resumes(tmp_path):

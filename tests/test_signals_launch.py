@@ -6,6 +6,7 @@ cell stopped by Ctrl-C as stopped at a checkpoint, not failed, and stops its que
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -138,6 +139,19 @@ def test_the_launcher_forwards_term_and_hup_as_term_and_waits(tmp_path):
     out, _ = proc.communicate(timeout=30)
     assert out.split() == ["TERM", "launcher", "0", str(int(signal.SIGTERM))], out
 
+
+def test_a_launcher_whose_ptune_is_killed_outright_gets_a_term(tmp_path):
+    """torchrun runs in a session of its own; a `ptune` killed by SIGKILL (no handler runs) must not leave it
+    running unseen: the kernel sends it a TERM (PR_SET_PDEATHSIG), on which ranks stop at a checkpoint."""
+    (tmp_path / "rank.py").write_text(RANK)
+    code = "import sys; from ptune_dist.launcher import signals; signals.wait([sys.executable, sys.argv[1]], {})"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "rank.py")], start_new_session=True,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.kill()
+    assert select.select([proc.stdout], [], [], 10)[0], "the launcher's child got no TERM"
+    assert proc.stdout.readline().strip() == "TERM"  # the child's line, on the pipe it shares
+    proc.wait(timeout=30)
 
 def test_a_second_ctrl_c_stops_train_at_once_with_one_line(tmp_path):
     """Under `ptune launch` the rank exits 0 and leaves 130 for the launcher (PTUNE_STOP_RECORD)."""
