@@ -120,10 +120,15 @@ NAMED = re.compile(r"rank (\d+) \(host ([^,)]+)")  # how train/peers.py `line` n
 
 def with_faults(failure: "Failure", faults: dict[int, str]) -> "Failure":
     """`failure` told with what the surviving ranks said about it (`faults`: rank -> its line, from
-    train/peers.py): the silent or dead rank they named, its host, and their line as the reason."""
+    train/peers.py). When the failure is only their status (97), the rank they named and its host are the
+    failure's and their line its reason; when a rank was seen killed (by a signal, or by signals.wait once it
+    was stopped), that stays the reason and their line is added."""
     if not faults or not failure.retry:
         return failure
     reporter, said = next(iter(faults.items()))
+    if failure.status != RANK_FAULT:
+        failure.why = f"{failure.why}; rank {reporter} reported: {said}"
+        return failure
     named = NAMED.search(said)
     if named:
         failure.rank, failure.host = int(named.group(1)), named.group(2)

@@ -113,6 +113,9 @@ def test_what_the_survivors_said_names_the_rank_in_the_record():
     assert failure.why == "rank 0 reported: " + said[0]
     error = classify(1, [{"rank": 0, "exitcode": 2, "time": 1.0}], 2)
     assert with_faults(error, said).why == error.why  # not a rank fault: told as it is
+    killed = classify(1, [{"rank": 1, "exitcode": -9, "time": 1.0, "host": "h"}], 2)
+    told = with_faults(killed, said)
+    assert (told.rank, told.host) == (1, "h") and told.why == "killed by signal 9 (SIGKILL); rank 0 reported: " + said[0]
 
 def test_restart_records_survive_read_metrics_and_end_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
