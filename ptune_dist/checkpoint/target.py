@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ptune_dist.errors import DataError, PtuneError
 
-from .atomic import umask
+from . import nofollow
 from .live import held_runs
 
 
@@ -165,16 +165,8 @@ def check_output(output: str, input_file, force: bool = False, inputs=()) -> str
 
 
 def write_atomic(out: Path, text: str) -> None:
-    """`text` into `out` through a temporary file in the same folder and os.replace: all or nothing."""
-    mode = out.stat().st_mode & 0o777 if out.exists() else 0o666 & ~umask()
-    fd, tmp = tempfile.mkstemp(dir=out.absolute().parent, prefix=f".{out.name}.", suffix=".tmp")
+    """`text` into `out`, all or nothing (nofollow.write_atomic); an OSError is the DataError naming --output."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes 0600; the file should look like any other the user writes
-        os.replace(tmp, out)
+        nofollow.write_atomic(out, text)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise DataError(f"--output {out}: cannot write ({e.strerror}); {out} was left as it was") from None
