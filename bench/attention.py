@@ -58,7 +58,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ptune_dist.kernels import prefix_attention, resolve_impl, unavailable  # noqa: E402
+from ptune_dist.kernels.api import prefix_attention, resolve_impl, unavailable  # noqa: E402
 from ptune_dist.kernels.masks import visible_mask  # noqa: E402
 
 

@@ -346,7 +346,7 @@ def attention_cells(recorder: Recorder) -> None:
 
     import attention
 
-    from ptune_dist.kernels import prefix_attention
+    from ptune_dist.kernels.api import prefix_attention
 
     args = attention.gpu_settings(attention.parse(["--device", "cuda", *gpu_check_args("ATTENTION_ARGS")]))
     for model, (Hq, Hkv, d), B, T, P in attention.gpu_cells(args):

@@ -45,7 +45,7 @@ from pathlib import Path
 from ptune_dist import read_back
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError, PtuneError
-from ptune_dist.slurm import template
+from ptune_dist.slurm.templates import template
 from ptune_dist.train.preempt import PREEMPTED, RANK_FAULT
 
 from .files import make_dir, write_file

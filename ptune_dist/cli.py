@@ -84,7 +84,7 @@ def cmd_import(ns) -> int:
 
 
 def cmd_launch(ns) -> int:
-    from ptune_dist.launcher import launch
+    from ptune_dist.launcher.launch import launch
 
     files, overrides = _split(ns.args)
     if not files:

@@ -11,7 +11,7 @@ from unittest import mock
 import pytest
 import torch
 
-from ptune_dist.kernels import prefix_attention
+from ptune_dist.kernels.api import prefix_attention
 
 
 def make(B, Hq, Hkv, Tq, Tk, P, d, per_row, pad, dtype=torch.float64, seed=0):
@@ -96,7 +96,7 @@ def test_shape_errors(bad, match):
 from hypothesis import given, settings  # noqa: E402
 from test_kernels_props import assert_matches_reference, cases  # noqa: E402
 
-from ptune_dist.kernels import CHOICES, ImplUnavailable, available, resolve_impl  # noqa: E402
+from ptune_dist.kernels.api import CHOICES, ImplUnavailable, available, resolve_impl  # noqa: E402
 from ptune_dist.kernels import flash as flash_impl  # noqa: E402
 from ptune_dist.kernels import split as split_impl  # noqa: E402
 

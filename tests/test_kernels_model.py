@@ -23,7 +23,7 @@ if not torch.cuda.is_available():
 from conftest import SMOL, assert_close_rel, grads, session  # noqa: E402
 
 from ptune_dist.data.collate import collate  # noqa: E402
-from ptune_dist.kernels import unavailable  # noqa: E402
+from ptune_dist.kernels.api import unavailable  # noqa: E402
 
 SUPPORT = ["tasks.0.preset=support", "data.max_train_examples=4", "data.max_eval_examples=4",
            "method.num_virtual_tokens=5", "model.dropout=0.0"]

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptune_dist.kernels import ImplUnavailable, prefix_attention
+from ptune_dist.kernels.api import ImplUnavailable, prefix_attention
 
 Hq, Hkv, d, P, N = 4, 2, 8, 3, 3
 

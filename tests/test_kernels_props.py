@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptune_dist.kernels import prefix_attention
+from ptune_dist.kernels.api import prefix_attention
 
 
 @st.composite

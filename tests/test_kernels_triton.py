@@ -18,7 +18,8 @@ from triton_env import DEVICE, DTYPE, FP32, TOL, interpreter_only, pytestmark  #
 from hypothesis import given, settings  # noqa: E402
 from test_kernels_props import NAMES, assert_matches_reference, build, cases, run  # noqa: E402
 
-from ptune_dist.kernels import prefix_attention, triton_impl  # noqa: E402
+from ptune_dist.kernels import triton_impl  # noqa: E402
+from ptune_dist.kernels.api import prefix_attention  # noqa: E402
 
 
 @interpreter_only
@@ -106,7 +107,7 @@ def test_bad_block_size_and_dropout_are_refused():
 @pytest.mark.gpu
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA: in the interpreter float32 is what the kernels are checked in")
 def test_fp32_is_refused_on_cuda_with_the_way_out():
-    from ptune_dist.kernels import ImplUnavailable
+    from ptune_dist.kernels.api import ImplUnavailable
 
     q = torch.zeros(1, 2, 3, 16, device=DEVICE)
     with pytest.raises(ImplUnavailable, match="float32 on CUDA.*impl='sdpa'.*'auto'"):
@@ -116,7 +117,7 @@ def test_fp32_is_refused_on_cuda_with_the_way_out():
 @pytest.mark.skipif(not triton_impl.INTERPRETED, reason="checks the CPU interpreter path")
 def test_auto_never_picks_the_interpreter():
     q = torch.zeros(1, 2, 3, 8)
-    from ptune_dist.kernels import resolve_impl
+    from ptune_dist.kernels.api import resolve_impl
 
     assert resolve_impl("auto", q) == "sdpa"
 
@@ -162,7 +163,7 @@ def test_triton_bf16_at_gpu_sizes(name):
 @pytest.mark.gpu
 @requires_cuda
 def test_auto_picks_triton_for_bf16_on_cuda():
-    from ptune_dist.kernels import resolve_impl
+    from ptune_dist.kernels.api import resolve_impl
 
     q = torch.zeros(1, 4, 8, 64, device=DEVICE, dtype=torch.bfloat16)
     assert resolve_impl("auto", q) == "triton"

@@ -23,7 +23,8 @@ from hypothesis import strategies as st  # noqa: E402
 from test_kernels_packed import packed_case, rows_strategy  # noqa: E402
 from test_kernels_props import NAMES, run  # noqa: E402
 
-from ptune_dist.kernels import ImplUnavailable, dispatch, prefix_attention, triton_impl  # noqa: E402
+from ptune_dist.kernels import dispatch, triton_impl  # noqa: E402
+from ptune_dist.kernels.api import ImplUnavailable, prefix_attention  # noqa: E402
 from ptune_dist.kernels.triton_packed import key_ranges, layout  # noqa: E402
 # the interpreter's reductions over the NaN planted in the skipping tests warn (numpy), harmlessly
 nan_rows = pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")

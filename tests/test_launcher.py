@@ -16,7 +16,8 @@ from conftest import read_jsonl
 
 from ptune_dist.config import load_config
 from ptune_dist.errors import ConfigError
-from ptune_dist.launcher import local, resolved, slurm, sweep
+from ptune_dist.launcher import local, slurm, sweep
+from ptune_dist.launcher.files import resolved
 from ptune_dist.train.preempt import PREEMPTED
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")

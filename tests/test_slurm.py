@@ -21,7 +21,7 @@ from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.cli import main
 from ptune_dist.errors import PtuneError
 from ptune_dist.launcher import slurm
-from ptune_dist.slurm import cluster_script
+from ptune_dist.slurm.templates import cluster_script
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
 TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=64", "data.max_eval_examples=8", "data.batch_size=4",

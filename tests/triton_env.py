@@ -15,7 +15,8 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton", reason="triton is not installed (Linux only: pip install triton)")
 
-from ptune_dist.kernels import triton_impl, unavailable  # noqa: E402
+from ptune_dist.kernels import triton_impl  # noqa: E402
+from ptune_dist.kernels.api import unavailable  # noqa: E402
 
 DEVICE = "cuda" if not triton_impl.INTERPRETED and torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ptune_dist.kernels import CHOICES as ATTENTION_IMPLS
+from ptune_dist.kernels.api import CHOICES as ATTENTION_IMPLS
 from ptune_dist.methods import DEFAULT_METHOD, METHODS
 
 

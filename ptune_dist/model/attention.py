@@ -18,7 +18,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from ptune_dist.errors import ConfigError
-from ptune_dist.kernels import prefix_attention
+from ptune_dist.kernels.api import prefix_attention
 
 ATTN_NAME = "ptune_prefix"
 

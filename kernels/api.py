@@ -1,4 +1,5 @@
-"""Attention that takes a prefix of keys/values: one function, several implementations behind a dispatch.
+"""Attention that takes a prefix of keys/values: one function, several implementations behind a dispatch
+(the public face of ptune_dist.kernels: import from here).
 
     prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask=None, scale=None,
                      dropout_p=0.0, impl="auto", segment_ids=None, prefix_ids=None) -> [B, Hq, Tq, d]
