@@ -25,8 +25,9 @@ The graph: one node per module of ptune_dist (the folder ptune_dist/ walked thro
 launcher and slurm to the top-level folders of those names), one edge per import statement found
 anywhere in a module (top level or inside functions: a lazy import is still a dependency). Imports under
 `if TYPE_CHECKING:` run only for a type checker; they are kept apart (TYPE_ONLY) and may name only the
-config section dataclasses (ptune_dist.config.schema), the vocabulary stages are typed with. Relative imports are resolved; `from pkg import x` counts pkg.x when that is a module and pkg
-otherwise; importing a submodule does not count its package's __init__.
+config section dataclasses (ptune_dist.config.schema), the vocabulary stages are typed with. Relative
+imports are resolved; `from pkg import x` counts pkg.x when that is a module and pkg otherwise; importing a
+submodule does not count its package's __init__.
 
 Rules (one test each):
   1. no import cycle between modules (a package __init__ importing a submodule that imports it back is one);
@@ -91,9 +92,13 @@ def import_graph():
     for module, path in files.items():
         trees[module] = tree = ast.parse(path.read_text(), filename=str(path))
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        checking = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                    and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-                    for stmt in node.body for n in ast.walk(stmt)}
+        checking = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+            for stmt in node.body
+            for n in ast.walk(stmt)
+        }
         targets = []
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -159,8 +164,13 @@ def forbidden(sources, banned, allowed=()):
 
 def test_graph_covers_the_package():
     # guards the checks below against a builder that silently finds nothing
-    for module in ("ptune_dist.cli", "ptune_dist.train.loop", "ptune_dist.kernels.dispatch", "ptune_dist.launcher.launch",
-                   "ptune_dist.slurm.templates"):
+    for module in (
+        "ptune_dist.cli",
+        "ptune_dist.train.loop",
+        "ptune_dist.kernels.dispatch",
+        "ptune_dist.launcher.launch",
+        "ptune_dist.slurm.templates",
+    ):
         assert module in FILES, module
     assert "ptune_dist.train.dist" in EDGES["ptune_dist.train.loop"]
 
@@ -247,8 +257,12 @@ def test_imports_follow_the_layer_order():
 
 
 def test_type_only_imports_name_only_the_config_schema():
-    bad = [f"{FILES[m].relative_to(REPO)}:{','.join(map(str, lines))} {m} -> {t}"
-           for m in sorted(TYPE_ONLY) for t, lines in sorted(TYPE_ONLY[m].items()) if t != "ptune_dist.config.schema"]
+    bad = [
+        f"{FILES[m].relative_to(REPO)}:{','.join(map(str, lines))} {m} -> {t}"
+        for m in sorted(TYPE_ONLY)
+        for t, lines in sorted(TYPE_ONLY[m].items())
+        if t != "ptune_dist.config.schema"
+    ]
     assert not bad, "imports under `if TYPE_CHECKING:` other than ptune_dist.config.schema:\n" + "\n".join(bad)
 
 
@@ -257,18 +271,27 @@ def is_methods_ring(cycle) -> bool:
     return "ptune_dist.config.schema" in cycle and any(m.startswith("ptune_dist.methods.") for m in cycle)
 
 
-@pytest.mark.parametrize("ring", [
-    "any other",
-    pytest.param("config.schema <-> methods", marks=pytest.mark.xfail(strict=True, reason="methods helper removes it")),
-])
+@pytest.mark.parametrize(
+    "ring",
+    [
+        "any other",
+        pytest.param(
+            "config.schema <-> methods", marks=pytest.mark.xfail(strict=True, reason="methods helper removes it")
+        ),
+    ],
+)
 def test_no_import_cycle_counting_type_only_imports(ring):
     graph = {m: set(EDGES[m]) | set(TYPE_ONLY[m]) for m in EDGES}
     found = [c for c in cycles(graph) if is_methods_ring(c) == (ring != "any other")]
     report = []
     for cycle in found:
-        inside = [f"{FILES[m].relative_to(REPO)}:{','.join(map(str, sorted(set(lines))))} {m} -> {t}"
-                  + (" (type only)" if t not in EDGES[m] else "")
-                  for m in cycle for t, lines in sorted({**TYPE_ONLY[m], **EDGES[m]}.items()) if t in cycle]
+        inside = [
+            f"{FILES[m].relative_to(REPO)}:{','.join(map(str, sorted(set(lines))))} {m} -> {t}"
+            + (" (type only)" if t not in EDGES[m] else "")
+            for m in cycle
+            for t, lines in sorted({**TYPE_ONLY[m], **EDGES[m]}.items())
+            if t in cycle
+        ]
         report.append("cycle among " + ", ".join(cycle) + "\n    " + "\n    ".join(inside))
     assert not report, "import cycles, type-only imports counted:\n" + "\n".join(report)
 
@@ -278,9 +301,17 @@ def test_nothing_imports_the_top_level_folders_by_their_own_names():
     for folder in ("ptune_dist", "tests", "bench", "scripts", *LINKED):
         for path in sorted((REPO / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                         [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
-                bad += [f"{path.relative_to(REPO)}:{node.lineno} imports {n}" for n in names
-                        if n.split(".")[0] in LINKED]
-    assert not bad, ("import these as ptune_dist.kernels / .launcher / .slurm (one module, one name; the bare "
-                     "name is another distribution's package):\n" + "\n".join(bad))
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and not node.level
+                    else []
+                )
+                bad += [
+                    f"{path.relative_to(REPO)}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in LINKED
+                ]
+    assert not bad, (
+        "import these as ptune_dist.kernels / .launcher / .slurm (one module, one name; the bare "
+        "name is another distribution's package):\n" + "\n".join(bad)
+    )

@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FACES = {"kernels": "ptune_dist.kernels.api", "launcher": "ptune_dist.launcher.launch",
-         "slurm": "ptune_dist.slurm.templates"}
+FACES = {
+    "kernels": "ptune_dist.kernels.api",
+    "launcher": "ptune_dist.launcher.launch",
+    "slurm": "ptune_dist.slurm.templates",
+}
 
 
 @pytest.mark.parametrize("name", sorted(FACES))
@@ -58,11 +61,13 @@ def test_without_a_stand_in_the_roots_kernels_is_an_empty_namespace():
         pass
     # what transformers' is_kernels_available and bitsandbytes' `from kernels import get_kernel` see from the root
     # when Hugging Face's kernels is not installed: a namespace with no __file__ and nothing of ours run
-    code = ("import sys, kernels\n"
-            "assert getattr(kernels, '__file__', None) is None\n"
-            "try:\n    from kernels import get_kernel\nexcept ImportError:\n    pass\n"
-            "else:\n    raise SystemExit('get_kernel found')\n"
-            "assert not [m for m in sys.modules if m.startswith('kernels.')]\n")
+    code = (
+        "import sys, kernels\n"
+        "assert getattr(kernels, '__file__', None) is None\n"
+        "try:\n    from kernels import get_kernel\nexcept ImportError:\n    pass\n"
+        "else:\n    raise SystemExit('get_kernel found')\n"
+        "assert not [m for m in sys.modules if m.startswith('kernels.')]\n"
+    )
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     if "No module named 'kernels'" in done.stderr:
