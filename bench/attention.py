@@ -42,11 +42,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -57,7 +55,8 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import Budget, cpu_name, version  # noqa: E402  (bench/ on sys.path)
+
 from ptune_dist.kernels.api import prefix_attention, resolve_impl, unavailable  # noqa: E402
 from ptune_dist.kernels.masks import visible_mask  # noqa: E402
 
@@ -116,16 +115,6 @@ def measure(fn, xs, grad, reps):
         run_once(fn, xs, grad)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), saved_bytes(fn, xs)
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 # ---- CUDA: peers in the same run, CUDA-event timing, TFLOP/s; the table of docs/bench_attention_gpu.md ----
@@ -227,13 +216,6 @@ def gpu_measure(fn, xs, grad, reps, truth, device="cuda"):
     return statistics.median(times), peak, err
 
 
-def _version(dist):
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 TINY_MODELS = {"tiny": (4, 2, 16)}  # --tiny: gpu_main's code on the CPU, one small cell
 
 
@@ -299,7 +281,7 @@ def gpu_main(args):
     gpu_settings(args)
     cuda = args.device == "cuda"
     dtype = getattr(torch, args.dtype)
-    reps, t_start = args.reps, time.monotonic()
+    reps, budget = args.reps, Budget(args.budget_s or None, reserve=0.0)
     mine = ours(args, torch.empty(1, 8, 1, 64, device=args.device, dtype=dtype))
     if cuda:
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -310,7 +292,7 @@ def gpu_main(args):
         "# Prefix attention on a GPU: our kernels against FlashAttention-2 and flex_attention", "",
         f"Produced by `python bench/attention.py {' '.join(args.argv)}` (gpu_main).", "",
         f"Machine: {machine}; {datetime.date.today().isoformat()}; torch {torch.__version__} (CUDA "
-        f"{torch.version.cuda}), triton {_version('triton')}, flash-attn {_version('flash-attn')}.", "",
+        f"{torch.version.cuda}), triton {version('triton')}, flash-attn {version('flash-attn')}.", "",
         f"{args.dtype}; q [B, Hq, T, d], k/v [B, Hkv, T, d], a prefix [Hkv, P, d] shared by the batch; "
         "causal over the sequence, every query sees the whole prefix; no padding; everything requires grad. "
         f"Time: forward+backward, median of {reps} CUDA-event timings after {GPU_WARMUP} warm-up calls. "
@@ -335,7 +317,7 @@ def gpu_main(args):
         head, key = f"| {model} | {B} | {T} | {P}", (model, B, T, P)
         if turn == "flex" and key not in peers:
             continue  # its first pass did not run
-        if args.budget_s and time.monotonic() - t_start > args.budget_s:
+        if not budget.fits(0.0):
             impl = "-" if turn == "first" else "flex"
             table.add(f"{head} | {impl} | skipped: {args.budget_s:.0f} s budget spent | | | | | | |",
                       {"model": model, "B": B, "T": T, "P": P, "impl": impl, "skipped": "budget"})

@@ -39,9 +39,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from train_step import ANSWER, adamw_step, batch_tensors, peft_config  # noqa: E402  (bench/ on sys.path)
+from harness import Budget, machine_info  # noqa: E402  (bench/ on sys.path)
+from train_step import ANSWER, adamw_step, batch_tensors, peft_config  # noqa: E402
 from train_step_gpu import (  # noqa: E402
-    SHAPES, Budget, base_folder, child_prepare, fmt, gib, machine_info, machine_lines, measure, memory_now,
+    SHAPES, base_folder, child_prepare, fmt, gib, machine_lines, measure, memory_now,
     ptune_rows, ratio, run_child, write_files, write_results)
 
 GiB = 2**30
@@ -209,7 +210,7 @@ def main(argv=None):
         args.batch, args.seq, args.steps, args.warmup, args.peft_batches = 2, 32, 1, 1, "1,2"
     args.shape = "tiny" if args.tiny else "8b"
     dtype, device = ("float32", "cpu") if args.tiny else ("bfloat16", "cuda")
-    budget = Budget(args.budget_s)
+    budget = Budget(args.budget_s or None)
     inline = CHILDREN if args.inline else None
     script = os.path.abspath(__file__)
     folder = str(base_folder(args.base_dir, args.shape, dtype))

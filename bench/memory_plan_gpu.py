@@ -42,16 +42,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from train_step_gpu import free_memory, save_random_llama  # noqa: E402  (bench/ on sys.path)
+from harness import Budget, machine_info  # noqa: E402  (bench/ on sys.path)
+from train_step_gpu import free_memory, save_random_llama  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -266,27 +265,6 @@ def run_cell(cell: dict, cfg, base, base_bytes, device) -> dict:
 
 
 # -- the report ----------------------------------------------------------------------------------------------
-def machine_info(device) -> dict:
-    from importlib import metadata
-
-    import torch
-
-    info = {"torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    for name in ("transformers", "bitsandbytes", "triton", "peft", "deepspeed"):
-        try:
-            info[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            info[name] = "absent"
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}",
-                    cuda=torch.version.cuda)
-    else:
-        info.update(gpu=None, cpu=platform.processor() or platform.machine())
-    return info
-
-
 def base_names(bases: dict) -> str:
     return ", ".join(f"{k}: {dtype}" + (f" + {quant} ({dtype} compute)" if quant != "none" else "")
                      for k, (dtype, quant) in bases.items())
@@ -369,16 +347,14 @@ def write(state: dict, out: str, raw: str) -> None:
 
 
 # -- the run --------------------------------------------------------------------------------------------------
-class Budget:
-    """Wall time left of --budget-s, and per-cell estimates from the cells run so far."""
+class GridBudget(Budget):
+    """harness.Budget (the whole script's --budget-s), with per-cell and per-load estimates from the cells run so
+    far."""
 
-    def __init__(self, seconds: float, reserve: float = 3.0):
-        self.seconds, self.reserve, self.t0 = seconds, reserve, time.perf_counter()
+    def __init__(self, seconds: float, reserve: float = 3.0):  # 0 s: a spent budget, every cell skipped
+        super().__init__(seconds, reserve)
         self.cells: list[tuple[dict, float]] = []
         self.load_s: list[float] = []
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
 
     def cell_estimate(self, cell: dict) -> float:
         """The slowest finished cell of the same batch (the first cell pays for kernel compilation: left out
@@ -389,9 +365,6 @@ class Budget:
 
     def load_estimate(self) -> float:
         return max(self.load_s, default=20.0) * 1.2
-
-    def fits(self, seconds: float) -> bool:
-        return self.elapsed() + seconds + self.reserve <= self.seconds
 
 
 def main(argv=None) -> int:
@@ -407,7 +380,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="CPU check of this code: 2-layer Llama, batch 2 x 32, fp32 "
                    "and nf4 (fp32 compute); the measured column says n/a")
     args = p.parse_args(argv)
-    budget = Budget(args.budget_s)
+    budget = GridBudget(args.budget_s)
 
     import ptune_dist  # noqa: F401  (its import-time guards before torch)
     import torch

@@ -50,10 +50,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from packed_step import length_mix, packed_batches, padded_batches  # noqa: E402  (bench/ on sys.path)
+from harness import Budget, machine_info  # noqa: E402  (bench/ on sys.path)
+from packed_step import length_mix, packed_batches, padded_batches  # noqa: E402
 from train_step import ANSWER, adamw_step, batch_tensors, peft_config, ptune_batch  # noqa: E402
 from train_step_gpu import (  # noqa: E402
-    METHOD_LABEL, PTUNE_METHOD, SHAPES, Budget, base_folder, fmt, free_memory, gib, machine_info, machine_lines,
+    METHOD_LABEL, PTUNE_METHOD, SHAPES, base_folder, fmt, free_memory, gib, machine_lines,
     make_base, measure, peft_base, ptune_base, ratio, run_child, write_files, write_results)
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "bench_packed_step_gpu.md"
@@ -335,7 +336,7 @@ def main(argv=None):
     args.fixed = {s: (args.fixed_batch or SHAPES[s]["batch"], args.fixed_seq or SHAPES[s]["seq"])
                   for s in args.shape_list}
     args.fixed_desc = ", ".join(f"{s} {B} x {T}" for s, (B, T) in args.fixed.items())
-    budget = Budget(args.budget_s, reserve=5.0)
+    budget = Budget(args.budget_s or None, reserve=5.0)
     inline = CHILDREN if args.inline else None
     script = os.path.abspath(__file__)
     stats = mix_stats(args)

@@ -28,17 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import consumer_gpu  # noqa: E402  (bench/ on sys.path)
 import memory_plan_gpu as grid_gpu  # noqa: E402
+from harness import machine_info  # noqa: E402
 
 GiB = 2**30
 WITHIN = 0.10
@@ -96,21 +95,6 @@ def predicted(c: dict) -> dict:
     setup = c.get("setup") or setup_from_config(
         c["cfg"], arch, {"label_tokens": str(c["label_tokens"])} if c["label_tokens"] else {}, "gpu")
     return {**predict(arch, setup).as_dict(), "attention": setup.attention}
-
-
-def machine() -> dict:
-    from importlib import metadata
-
-    import torch
-
-    info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
-    for name in ("transformers", "bitsandbytes", "triton"):
-        try:
-            info[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            info[name] = "absent"
-    return info
 
 
 def gb(x: float) -> str:
@@ -273,7 +257,7 @@ def main(argv=None) -> int:
         status = row.get("error") or (f"predicted {gb(row['pred']['tensors'])} traced {gb(row['trace']['peak'])} GiB "
                                       f"({row['pred']['tensors'] / row['trace']['peak']:.3f})")
         print(f"{c['name']:36s} {status}", flush=True)
-    state = {"machine": machine(), "seconds": time.perf_counter() - t0, "rows": rows}
+    state = {"machine": machine_info("cpu"), "seconds": time.perf_counter() - t0, "rows": rows}
     text = report(state)
     if args.out:
         Path(args.out).write_text(text)

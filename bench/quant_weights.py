@@ -85,21 +85,12 @@ def measure(model_name: str, overrides: list[str]) -> dict:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-        isa = "avx512_bf16" if "avx512_bf16" in flags else "avx512f" if "avx512f" in flags else \
-            "avx2" if "avx2" in flags else "no avx2"
-    except (OSError, StopIteration):
-        isa = "?"
+    from harness import cpu_isa, cpu_name
+
     import bitsandbytes
     import torch
 
-    return (f"{cpu} ({os.cpu_count()} cores, {isa}), {platform.system()} {platform.machine()}; "
+    return (f"{cpu_name()} ({os.cpu_count()} cores, {cpu_isa()}), {platform.system()} {platform.machine()}; "
             f"torch {torch.__version__}, bitsandbytes {bitsandbytes.__version__}")
 
 

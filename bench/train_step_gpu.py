@@ -38,7 +38,6 @@ import fcntl
 import gc
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -52,6 +51,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from harness import Budget, machine_info  # noqa: E402  (bench/ on sys.path)
 from train_step import ANSWER, adamw_step, batch_tensors, peft_config, ptune_batch  # noqa: E402  (bench/ on sys.path)
 
 GiB = 2**30
@@ -327,26 +327,6 @@ def matmul_tflops(torch, n: int = 8192, reps: int = 10) -> float:
     return reps * 2 * n**3 / (start.elapsed_time(end) / 1e3) / 1e12
 
 
-def machine_info(device: str) -> dict:
-    from importlib import metadata
-
-    import torch
-
-    info = {"torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count()}
-    for name in ("transformers", "peft", "triton", "bitsandbytes"):
-        try:
-            info[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            info[name] = "absent"
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}",
-                    cuda=torch.version.cuda, sms=props.multi_processor_count)
-    else:
-        info.update(gpu=None, cpu=platform.processor() or platform.machine())
-    return info
-
-
 CHILDREN = {"prepare": child_prepare, "ptune": child_ptune, "peft": child_peft}
 
 
@@ -355,17 +335,7 @@ def child_main(spec: dict, children: dict) -> None:
     print(json.dumps(out), flush=True)
 
 
-# -- the parent: children under a time budget ----------------------------------------------------------
-class Budget:
-    """Seconds left of --budget-s (0: no limit), keeping `reserve` for the report."""
-
-    def __init__(self, seconds: float, reserve: float = 8.0):
-        self.end = time.monotonic() + seconds - reserve if seconds else None
-
-    def left(self) -> float | None:
-        return None if self.end is None else self.end - time.monotonic()
-
-
+# -- the parent: children under a time budget (harness.Budget) -------------------------------------------
 def run_child(script: str, spec: dict, budget: Budget, min_s: float = 15.0, children: dict | None = None) -> dict:
     """Run `script --child SPEC` in a fresh process; its last stdout line is its JSON answer. Errors,
     time-outs and skips come back as {"error": ...}; the child's stderr tail is printed on failure.
@@ -510,7 +480,7 @@ def main(argv=None):
     args.dtype = "float32" if args.tiny else "bfloat16"
     device = "cpu" if args.tiny else "cuda"
     args.shape_list, args.method_list = args.shapes.split(","), args.methods.split(",")
-    budget = Budget(args.budget_s)
+    budget = Budget(args.budget_s or None)
     script = os.path.abspath(__file__)
     inline = CHILDREN if args.inline else None
     # the machine (and its matmul rate); each base is made by its shape's first child (ptune's), so a slow

@@ -7,17 +7,17 @@
 #
 # Needs what scripts/gpu-wheels.sh prepared on a machine with PyPI: .whl/ (the packages the GPU machine lacks,
 # deepspeed's sdist) and .gpu/ptune_home (the embedded MiniLM in fp16); the device tool takes them along with
-# carry [".whl", ".gpu"]. Nothing is fetched here. Everything runs outside the repository root (with the root on
-# sys.path our top-level kernels/ would shadow Hugging Face's `kernels` package): ptune is installed into
-# /tmp/ptune, the wheels into /tmp/site, deepspeed into /tmp/site-ds, and tests/, bench/, configs/ are copied to
-# /tmp/ptune-gpu-work with a pytest.ini made from pyproject.toml.
+# carry [".whl", ".gpu"]. Nothing is fetched here. The wheels go into /tmp/site and deepspeed into /tmp/site-ds;
+# ptune itself runs from the repository root (PYTHONPATH=/tmp/site:ROOT, pytest and the benches started in the
+# root): the root's kernels/, launcher/ and slurm/ are namespace portions, so they hide no other package (Hugging
+# Face's `kernels` among the wheels wins `import kernels`), and ptune_dist reaches them through its symlinks.
 #
 # Stages, in this order, each under its own limit in seconds (the B_* below; docs/device.md's budget table gives
 # each one's basis: its Triton compiles, its CPU-side seconds, the GPU estimate). A stage that fails or runs out
 # of time does not stop the next; a stage is stopped with SIGINT (`timeout -s INT -k 10`: Python raises
 # KeyboardInterrupt, so pytest writes its junit XML and summary and a bench its last rows), and none runs past
 # the deadline (TOTAL, less the summary's limit and the 10 s a kill may take):
-#   setup       copies, nvidia-smi, versions, wheels + ptune installed, bitsandbytes' CUDA kernel tried     35
+#   setup       nvidia-smi, versions, the wheels installed, ptune imported, bitsandbytes' CUDA kernel 35
 #   deepspeed   its sdist's build, started in the background at 0 s (DS_BUILD_OPS=0), waited for, import  15
 #   tests       four pytest processes side by side, each writing its junit XML and summary if stopped    180
 #               the gpu-marked Triton tests (bf16, Llama shapes), tests/test_gpu.py (training on cuda), its
@@ -51,7 +51,7 @@ rm -rf "$RAW"
 mkdir -p "$OUT/docs" "$RAW"
 export LOG=$OUT/logs.txt
 : >"$LOG"
-export ROOT WORK=/tmp/ptune-gpu-work SITE=/tmp/site SITE_DS=/tmp/site-ds PTUNE=/tmp/ptune BASES=/tmp/ptune-bench-bases
+export ROOT SITE=/tmp/site SITE_DS=/tmp/site-ds BASES=/tmp/ptune-bench-bases
 export PY=${PY:-python3}
 START=$(date +%s)
 TOTAL=${GPU_CHECK_TOTAL_S:-540}
@@ -62,8 +62,8 @@ ATTENTION_ARGS=(--seq 1024 4096 --prefix 128 --reps 10)
 
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PTUNE_HOME=$ROOT/.gpu/ptune_home
-export PYTHONPATH=$SITE:$PTUNE
-export PATH=$PTUNE/bin:$SITE/bin:$PATH
+export PYTHONPATH=$SITE:$ROOT
+export PATH=$SITE/bin:$PATH
 
 STAGES=()  # name|result|seconds|limit
 log() { echo "$*" | tee -a "$LOG"; }
@@ -110,23 +110,13 @@ import pytest; sys.exit(pytest.main(sys.argv[1:]))' "$@"
 stage_setup() {
   set -o pipefail
   local rc=0
-  rm -rf "$WORK" && mkdir -p "$WORK" && cp -r tests bench configs scripts "$WORK/" || rc=1
-  $PY - "$ROOT/pyproject.toml" "$WORK/pytest.ini" <<'PYEOF' || rc=1
-import sys, tomllib
-opts = tomllib.load(open(sys.argv[1], "rb"))["tool"]["pytest"]["ini_options"]
-lines = ["[pytest]"]
-for key, value in opts.items():
-    lines.append(f"{key} =" + "".join(f"\n    {v}" for v in value) if isinstance(value, list) else f"{key} = {value}")
-open(sys.argv[2], "w").write("\n".join(lines) + "\n")
-PYEOF
   nvidia-smi -L || rc=1
   nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
     --format=csv || true
-  # the wheels (one version each), then ptune itself, each into its own folder on PYTHONPATH
+  # the wheels (one version each) into their folder on PYTHONPATH; ptune is the root's, on PYTHONPATH too
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
     || rc=1
-  $PY -m pip install -q --no-deps --no-build-isolation --no-compile --no-cache-dir --target "$PTUNE" . || rc=1
-  (cd /tmp && $PY - <<'PYEOF') || rc=1
+  $PY - <<'PYEOF' || rc=1
 import importlib.metadata as md
 import sys
 import accelerate, peft, torch, transformers, triton
@@ -141,11 +131,11 @@ def version(name):
     except md.PackageNotFoundError:
         return "absent"
 print("installed:", ", ".join(f"{n} {version(n)}" for n in (
-    "ptune-dist", "omegaconf", "datasets", "dill", "multiprocess", "pydantic", "typing_extensions", "bitsandbytes",
+    "omegaconf", "datasets", "dill", "multiprocess", "pydantic", "typing_extensions", "bitsandbytes",
     "pyarrow", "fsspec", "huggingface-hub", "xxhash", "pandas", "safetensors", "tokenizers", "pytest",
     "pytest-timeout", "hypothesis", "setuptools")))
-import ptune_dist, ptune_dist.kernels, datasets, omegaconf  # noqa: F401
-print("ptune_dist from", ptune_dist.__file__)
+import ptune_dist, ptune_dist.kernels.api, datasets, omegaconf  # noqa: F401
+print("ptune_dist from", ptune_dist.__file__, "| its kernels from", ptune_dist.kernels.api.__file__)
 from ptune_dist import embedded
 print("embedded MiniLM:", embedded.is_fetched("all-minilm-l6-v2"), embedded.model_dir("all-minilm-l6-v2"))
 import bitsandbytes.functional as F
@@ -169,11 +159,11 @@ stage_tests() {
   local kernels=(tests/test_kernels_triton.py tests/test_kernels_triton_packed.py) extra=() rc=0 pids=() part
   local MODEL_KERNELS=test_kernels_match_the_reference_inside_the_model
   $PY -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout=150)
-  cd "$WORK" || return 1
+  cd "$ROOT" || return 1
   run_part() {  # NAME PYTEST-ARGS...: its log and junit XML under $RAW, its own temporary folder
     local name=$1
     shift
-    PYTHONPATH=$SITE_DS:$PYTHONPATH pytest_int "$@" -c "$WORK/pytest.ini" --rootdir "$WORK" -p no:cacheprovider \
+    PYTHONPATH=$SITE_DS:$PYTHONPATH pytest_int "$@" -p no:cacheprovider \
       --basetemp "/tmp/ptune-pytest-$name" --continue-on-collection-errors -v -rfEs --durations=10 "${extra[@]}" \
       --junitxml "$RAW/pytest-$name.xml" >"$RAW/pytest-$name.log" 2>&1
   }
@@ -195,29 +185,29 @@ stage_tests() {
 
 stage_attention() {
   # shellcheck disable=SC2086  # ATTENTION_ARGS_TEXT: the words of ATTENTION_ARGS (an array does not export)
-  cd "$WORK" && $PY bench/attention.py --device cuda --dtype bfloat16 $ATTENTION_ARGS_TEXT \
+  cd "$ROOT" && $PY bench/attention.py --device cuda --dtype bfloat16 $ATTENTION_ARGS_TEXT \
     --budget-s $((STAGE_LIMIT - 15)) --out "$OUT/docs/bench_attention_gpu.md" --json "$RAW/attention_gpu.json"
 }
 
 stage_train_step() {
-  cd "$WORK" && $PY bench/train_step_gpu.py --base-dir "$BASES" --budget-s $((STAGE_LIMIT - 3)) \
+  cd "$ROOT" && $PY bench/train_step_gpu.py --base-dir "$BASES" --budget-s $((STAGE_LIMIT - 3)) \
     --out "$OUT/docs/bench_train_step_gpu.md" --json "$RAW/train_step_gpu.json"
 }
 
 stage_packed() {
   # the 1.1B shape only (the 8B's would need ~3 minutes)
-  cd "$WORK" && $PY bench/packed_step_gpu.py --shapes 1b --base-dir "$BASES" --budget-s $((STAGE_LIMIT - 3)) \
+  cd "$ROOT" && $PY bench/packed_step_gpu.py --shapes 1b --base-dir "$BASES" --budget-s $((STAGE_LIMIT - 3)) \
     --out "$OUT/docs/bench_packed_step_gpu.md" --json "$RAW/packed_step_gpu.json"
 }
 
 stage_consumer() {
   # one timed step after one warm-up per row (a 16 x 2048 step of the 8B in nf4 takes seconds)
-  cd "$WORK" && $PY bench/consumer_gpu.py --base-dir "$BASES" --steps 1 --budget-s $((STAGE_LIMIT - 3)) \
+  cd "$ROOT" && $PY bench/consumer_gpu.py --base-dir "$BASES" --steps 1 --budget-s $((STAGE_LIMIT - 3)) \
     --out "$OUT/docs/bench_consumer_gpu.md" --json "$RAW/consumer_gpu.json"
 }
 
 stage_plan() {
-  cd "$WORK" && $PY bench/memory_plan_gpu.py --base-dir "$BASES" --budget-s $((STAGE_LIMIT - 3)) \
+  cd "$ROOT" && $PY bench/memory_plan_gpu.py --base-dir "$BASES" --budget-s $((STAGE_LIMIT - 3)) \
     --out "$OUT/docs/plan_measured_gpu.md" --json "$RAW/plan_measured_gpu.json"
 }
 export -f stage_setup stage_tests stage_attention stage_train_step stage_packed stage_consumer stage_plan pytest_int
@@ -337,8 +327,8 @@ DS_BUILD_OPS=0 background "$ROOT" "$DS_LOG" $PY -m pip install -q --no-index --n
 run_stage setup "$B_SETUP" stage_setup
 
 # in the background from here: the benches' bases (GPU), and their Triton kernels compiled into the cache (CPU)
-background "$WORK" "$RAW/bases.log" $PY bench/gpu_bases.py --base-dir "$BASES"
-TRITON_INTERPRET=0 background "$WORK" "$RAW/warm.log" nice -n 5 $PY bench/triton_compiles.py --warm --jobs 3 \
+background "$ROOT" "$RAW/bases.log" $PY bench/gpu_bases.py --base-dir "$BASES"
+TRITON_INTERPRET=0 background "$ROOT" "$RAW/warm.log" nice -n 5 $PY bench/triton_compiles.py --warm --jobs 3 \
   --stages attention,train_step,packed,consumer,plan --json "$RAW/warm.json"
 
 # deepspeed: wait for the background build (at most B_DS_WAIT - 10 s), then import it (at most 10 s); if it is
