@@ -1,6 +1,7 @@
 """The memory planner (`ptune plan`) against measured peak memory of `ptune train` on this CPU.
 
-    python bench/memory_plan.py [--out docs/plan_measured.md] [--steps 2] [--cells fp32-b4-ckpt0-r1,...] [--release-layers]
+    python bench/memory_plan.py [--out docs/plan_measured.md] [--steps 2] [--cells fp32-b4-ckpt0-r1,...]
+                                [--release-layers]
 
 Every cell is one real training run of prefix tuning on SmolLM2-135M-Instruct (2 steps, fixed-length
 rows of a synthetic classification task, data.max_length 64 with 20 virtual tokens), started the way
@@ -8,7 +9,8 @@ rows of a synthetic classification task, data.max_length 64 with 20 virtual toke
 gloo, one thread per rank). The grid: base (fp32, bf16, int8, nf4) x gradient checkpointing (off, on)
 x batch per rank (4, 16) on one process; on 2 ranks fp32 with ZeRO-0 and ZeRO-3 at batch 4 and 16 per
 rank, bf16 and nf4 (packed weights stored as float32 so ZeRO-3 partitions them) with ZeRO-3 at
-batch 4, and fp32 and bf16 with ZeRO-3 keeping at most 1M gathered parameters live (`-live1m`). `--cells` runs part of the grid, `--replay a.json,b.json` merges parts into one table.
+batch 4, and fp32 and bf16 with ZeRO-3 keeping at most 1M gathered parameters live (`-live1m`). `--cells` runs
+part of the grid, `--replay a.json,b.json` merges parts into one table.
 
     python bench/memory_plan.py --models-table    # the planner's tables for 1B-70B Llama models (no runs)
 

@@ -5,8 +5,8 @@ Columns: bytes of parameters + buffers (+ bitsandbytes' quantisation state: scal
 into the quantised linear layers and the rest (embeddings, norms, the tied head); the process's
 resident memory after loading minus before (what loading added, with every tensor paged in and the
 allocator's free memory given back), allocated (anon) and file-backed (pages of the memory-mapped
-weights file that unconverted tensors still point into); its peak RSS (loading converts weights through temporaries); and the ratio of the
-weight bytes to fp32's, measured in the same run.
+weights file that unconverted tensors still point into); its peak RSS (loading converts weights through
+temporaries); and the ratio of the weight bytes to fp32's, measured in the same run.
 
     .venv/bin/python bench/quant_weights.py [--model embedded:smollm2-135m-instruct] [--markdown]
 """

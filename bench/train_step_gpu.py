@@ -76,10 +76,10 @@ DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0}  # dense b
 def matmul_params(shape: str) -> int:
     """N of the 4N count: every block's linear weights plus the (untied) LM head."""
     c = SHAPES[shape]["config"]
-    H, I, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    H, F, L, V = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
     d = H // c["num_attention_heads"]
     q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
-    return L * (H * q + 2 * H * kv + q * H + 3 * H * I) + V * H
+    return L * (H * q + 2 * H * kv + q * H + 3 * H * F) + V * H
 
 
 def base_folder(base_dir, shape: str, dtype: str) -> Path:
