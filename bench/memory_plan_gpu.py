@@ -383,7 +383,6 @@ def main(argv=None) -> int:
     budget = GridBudget(args.budget_s)
 
     import ptune_dist  # noqa: F401  (its import-time guards before torch)
-    import torch
 
     from ptune_dist.config import load_config
     from ptune_dist.device import choose
