@@ -46,13 +46,13 @@ trains) is its class's to say (ptune_dist/methods hooks); nothing here tests a m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
-from ptune_dist.config.schema import MethodConfig
 from ptune_dist.errors import ConfigError
-from ptune_dist.methods import DEFAULT_METHOD, PromptMethod, method_class
+from ptune_dist.methods import PromptMethod, method_class
 
 from .arch import Arch
+from .request import Setup, method_section
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -68,44 +68,6 @@ SHARED_PREFIX_KERNELS = ("split", "flash", "triton")  # keep the prefix [Hkv, P,
 # keeps one temporary (the sigmoid): 3. The trace on a fake CUDA device counts the same, plus the arriving
 # gradient (7 and 4 live at once: docs/plan_traced.md)
 BACKWARD_WORKSPACE = {True: 3, False: 6}  # by Setup.lean_activations
-
-
-@dataclass(frozen=True)
-class Setup:
-    """One way of running a method on a model: what decides the memory of a device."""
-
-    method: str = DEFAULT_METHOD  # method.name; the method's class answers for it (ptune_dist/methods hooks)
-    num_virtual_tokens: int = 20
-    encoder: str = "mlp"  # a shallow prompt's encoder: mlp | lstm
-    encoder_hidden_size: int = 0  # 0: hidden size
-    projection: bool | None = None  # deep prompts: None = the method's default
-    projection_hidden_size: int = 512
-    task: str = "classification"  # classification | generation | token_classification
-    label_tokens: int = 1  # positions per row that reach the LM head (classification: 1)
-    head_classes: int = 0  # a classification head (scoring=head) instead of the LM head
-    batch_size: int = 8  # micro-batch per device
-    grad_accum: int = 1
-    max_length: int = 256  # tokens per row, virtual tokens included
-    packing: bool = False  # data.packing: examples packed end to end in rows of max_length tokens
-    sequences_per_row: int = 1  # packed rows: the examples in each (classification scores each one)
-    dtype: str = "float32"
-    quant: str = "none"
-    quant_double: bool = False
-    quant_storage: str = "uint8"  # 4-bit: the float dtype ZeRO-3 partitions the packed weights in
-    gradient_checkpointing: bool = False
-    lean_activations: bool = True
-    attention: str = "sdpa"  # the kernel: sdpa copies the prefix into every row's keys/values
-    optimizer: str = "adamw"
-    engine: str = "torch"
-    zero_stage: int = 0
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    world: int = 1  # ranks (GPUs) in all
-    zero_extra: dict = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def zero(self) -> int:
-        return self.zero_stage if self.engine == "deepspeed" else 0
 
 
 @dataclass
@@ -141,13 +103,6 @@ class Breakdown:
 def method_of(s: Setup) -> type[PromptMethod]:
     """The class of the setup's method, whose hooks answer for it (an unknown name is a ConfigError)."""
     return method_class(s.method)
-
-
-def method_section(s: Setup) -> MethodConfig:
-    """The run config's method section that the setup describes (what the method hooks take)."""
-    return MethodConfig(name=s.method, num_virtual_tokens=s.num_virtual_tokens, encoder=s.encoder,
-                        encoder_hidden_size=s.encoder_hidden_size, projection=s.projection,
-                        projection_hidden_size=s.projection_hidden_size)
 
 
 # -- parameters -----------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from ptune_dist.errors import ConfigError
 from ptune_dist.methods import method_class
 
 from .arch import Arch, is_builtin, resolve_arch
-from .memory import GiB, Breakdown, Setup, predict
+from .memory import GiB, Breakdown, predict
+from .request import COUNT_MAX, Setup, _int, planned_kernel, setup_from_config
 
 GPU_RUNTIME = 1.0 * GiB  # CUDA context, cuBLAS/cuDNN workspaces, allocator slack: an assumption, see docs/plan.md
 # This CPU (2 cores, torch 2.13, tcmalloc): what a `ptune train` process holds besides the tensors of the
@@ -66,7 +67,6 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 # what a size may be: from the memory of a process (hardware.device=cpu) to far beyond any GPU
 SIZE_RANGE = {"hardware.gpu_mem": (2**20, 2**50), "hardware.runtime": (0, 2**50),
               "study.hardware.gpu_mem": (2**20, 2**50)}
-COUNT_MAX = {"hardware.gpus": 1024, "hardware.nodes": 65536, "plan.top": 10**6}
 
 
 def parse_size(text: str, key: str) -> float:
@@ -147,19 +147,6 @@ class Row:
 
 
 # -- the request ----------------------------------------------------------------------------
-def _int(value: str, key: str, minimum: int = 1, maximum: int | None = None) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise ConfigError(f"{key}={value!r}: expected a whole number") from None
-    maximum = COUNT_MAX.get(key) if maximum is None else maximum
-    if n < minimum:
-        raise ConfigError(f"{key}={n} must be >= {minimum}")
-    if maximum is not None and n > maximum:
-        raise ConfigError(f"{key}={value} must be <= {maximum}")
-    return n
-
-
 def _bool(value: str, key: str) -> bool:
     if value.lower() in ("true", "yes", "1", "on"):
         return True
@@ -306,44 +293,6 @@ def _config_overrides(overrides: list[str], model: str) -> list[str]:
     if model and not (model.startswith("embedded:") or Path(model).expanduser().exists()):
         return [o for o in overrides if not o.startswith("model.name_or_path=")]
     return overrides
-
-
-def planned_kernel(attention: str, dtype: str, device: str) -> str:
-    """The prefix-attention kernel a run will use (kernels/auto.py's rule): with `auto`, the shared-prefix
-    Triton kernel on a GPU in fp16/bf16, else SDPA (the prefix copied into every row's keys/values)."""
-    if attention == "auto" and device == "gpu" and dtype in ("bfloat16", "float16"):
-        return "triton"
-    return "sdpa" if attention in ("auto", "reference") else attention
-
-
-def setup_from_config(cfg: RunConfig, arch: Arch, plan: dict, device: str | None = None) -> Setup:
-    """The Setup a run config describes; `device` (gpu | cpu) decides the `auto` attention kernel (default:
-    the CPU for train.device=cpu or a machine without CUDA, else a GPU)."""
-    if device is None:
-        import torch
-
-        device = "gpu" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
-    m, d, dist = cfg.model, cfg.data, cfg.distributed
-    task = cfg.tasks[0] if cfg.tasks else None
-    ttype = task.type if task else "classification"
-    head = len(task.labels) if task and task.scoring == "head" else 0
-    label_tokens = (_int(plan["label_tokens"], "plan.label_tokens", maximum=d.max_length) if "label_tokens" in plan
-                    else 1 if ttype == "classification" else max(1, d.max_length // 4))
-    if ttype == "token_classification":
-        head, label_tokens = max(head, 2), d.max_length
-    per_row = (_int(plan["sequences_per_row"], "plan.sequences_per_row", maximum=d.max_length)
-               if "sequences_per_row" in plan else max(1, d.max_length // 128))
-    return Setup(
-        method=cfg.method.name, num_virtual_tokens=cfg.method.num_virtual_tokens, encoder=cfg.method.encoder,
-        encoder_hidden_size=cfg.method.encoder_hidden_size, projection=cfg.method.projection,
-        projection_hidden_size=cfg.method.projection_hidden_size, task=ttype, label_tokens=label_tokens,
-        head_classes=head, batch_size=d.batch_size, grad_accum=cfg.train.grad_accum, max_length=d.max_length,
-        packing=d.packing, sequences_per_row=per_row,
-        dtype=m.dtype, quant=m.quant, quant_double=m.quant_double, quant_storage=m.quant_storage,
-        gradient_checkpointing=m.gradient_checkpointing, lean_activations=m.lean_activations,
-        attention=planned_kernel(m.attention, m.dtype, device), optimizer=cfg.train.optimizer,
-        engine=dist.engine, zero_stage=dist.zero_stage, offload_optimizer=dist.offload_optimizer,
-        offload_params=dist.offload_params, world=1, zero_extra=dict(dist.zero_extra))
 
 
 # -- enumeration ----------------------------------------------------------------------------
