@@ -71,7 +71,7 @@ def one_b_cells(work: Path) -> list[dict]:
 def consumer_cells() -> list[dict]:
     """The consumer case: what `ptune plan` proposes first for bench/consumer_gpu.py's request."""
     from ptune_dist.plan.arch import hf_config
-    from ptune_dist.plan.search import base_name, config_for, parse_request, plan, select
+    from ptune_dist.plan import base_name, config_for, parse_request, plan, select
 
     out = []
     for method in ("prompt_tuning", "p_tuning_v2"):
@@ -90,7 +90,7 @@ def consumer_cells() -> list[dict]:
 def predicted(c: dict) -> dict:
     from ptune_dist.plan.arch import from_hf_config
     from ptune_dist.plan.memory import predict
-    from ptune_dist.plan.search import setup_from_config
+    from ptune_dist.plan import setup_from_config
 
     arch = from_hf_config(c["hf"], name=c["name"])
     setup = c.get("setup") or setup_from_config(
@@ -118,7 +118,7 @@ def gb(x: float) -> str:
 
 
 def report(state: dict) -> str:
-    from ptune_dist.plan.search import GPU_RUNTIME
+    from ptune_dist.plan import GPU_RUNTIME
 
     m, rows = state["machine"], state["rows"]
     lines = [

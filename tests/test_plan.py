@@ -446,7 +446,8 @@ def test_the_planned_kernel_is_the_one_auto_runs_on_each_device():
     """kernels/auto.py: Triton (prefix shared, never copied per row) on a GPU in fp16/bf16, SDPA elsewhere; the
     planner sizes the per-row prefix copy only where SDPA runs."""
     from ptune_dist.plan.memory import Setup, predict
-    from ptune_dist.plan.search import parse_request, planned_kernel, resolve_arch
+    from ptune_dist.plan import parse_request, resolve_arch
+    from ptune_dist.plan.request import planned_kernel
 
     assert planned_kernel("auto", "bfloat16", "gpu") == "triton" and planned_kernel("auto", "float32", "gpu") == "sdpa"
     assert planned_kernel("auto", "bfloat16", "cpu") == "sdpa" and planned_kernel("split", "bfloat16", "gpu") == "split"

@@ -54,7 +54,6 @@ from ptune_dist.methods import PromptMethod, method_class
 from .arch import Arch
 from .request import Setup, method_section
 
-GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STORAGE_BYTES = {"uint8": 1, **DTYPE_BYTES}  # model.quant_storage: the tensors holding packed 4-bit weights
 QUANTS = ("none", "int8", "nf4", "fp4")
