@@ -476,3 +476,23 @@ def test_without_a_gpu_the_plan_says_its_gpu_memory_is_assumed(capsys, monkeypat
     assert "nothing fits in 24 GB (assumed: hardware.gpu_mem=... sets it)" in out, out
     _, cpu, _ = plan_cli(capsys, "model=llama-2-7b", "method=prompt_tuning", "hardware.device=cpu")
     assert "memory 24 GB assumed (the memory of one process" in cpu and "GPU memory" not in cpu
+
+
+def test_the_planner_asks_the_kernel_rule_that_auto_runs():
+    """One rule (kernels/auto.py rule): what `impl=auto` runs for a call and what the planner counts for a run."""
+    from ptune_dist.kernels.auto import choose, choose_packed, rule
+    from ptune_dist.plan.request import planned_kernel
+
+    q = torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16)  # a CPU call: sdpa, whatever can run
+    assert choose(q) == choose_packed(q) == rule("cpu", torch.bfloat16) == "sdpa"
+    everything = lambda name: True  # noqa: E731
+    assert rule("cuda", torch.bfloat16, can_run=everything) == rule("cuda", "float16", can_run=everything) == "triton"
+    assert rule("cuda", "bfloat16", dropout_p=0.1, can_run=everything) == "flash"
+    assert rule("cuda", "bfloat16", packed=True, dropout_p=0.1, can_run=everything) == "sdpa"
+    assert rule("cuda", "bfloat16", can_run=lambda name: name == "flash") == "flash"  # e.g. head dim > 256
+    assert rule("cuda", "float32", can_run=everything) == "sdpa"
+    for dtype in ("bfloat16", "float16", "float32"):
+        for device in ("gpu", "cpu"):
+            expected = rule("cuda" if device == "gpu" else "cpu", dtype, can_run=lambda name: name == "triton")
+            assert planned_kernel("auto", dtype, device) == expected
+    assert planned_kernel("reference", "bfloat16", "gpu") == "sdpa" and planned_kernel("split", "float32", "cpu") == "split"

@@ -49,6 +49,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ptune_dist.errors import ConfigError
+from ptune_dist.kernels.auto import SHARED_PREFIX  # keep the prefix [Hkv, P, d] shared, no per-row copy
 from ptune_dist.methods import PromptMethod, method_class
 
 from .arch import Arch
@@ -60,7 +61,6 @@ QUANTS = ("none", "int8", "nf4", "fp4")
 # DeepSpeed's zero_optimization defaults (deepspeed/runtime/zero/config.py)
 ZERO_DEFAULTS = {"stage3_max_live_parameters": 1e9, "stage3_max_reuse_distance": 1e9,
                  "stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5}
-SHARED_PREFIX_KERNELS = ("split", "flash", "triton")  # keep the prefix [Hkv, P, d] shared, no per-row copy
 # intermediate-sized [tokens, I] tensors one layer's backward makes beside the gradient arriving at the MLP's
 # activation: the gate and up gradients and the temporaries of the SwiGLU backward. Measured (RSS of one MLP
 # backward, above the live inputs): HF's MLP or the earlier lean backward 6; model/lean.py's in-place backward
@@ -181,7 +181,7 @@ def layer_activation_bytes(arch: Arch, s: Setup) -> float:
     N = B * T
     H, I, d = arch.hidden_size, arch.intermediate_size, arch.head_dim
     norms = 2 * N * H * 4 + 2 * N * 4  # RMSNorm keeps its input in fp32 (and the 1/rms)
-    keys = Tk if (P and s.attention not in SHARED_PREFIX_KERNELS) else T
+    keys = Tk if (P and s.attention not in SHARED_PREFIX) else T
     attn = (2 * N * arch.num_heads * d * e  # rotated queries, attention output
             + 2 * B * arch.num_kv_heads * keys * d * e  # keys and values as the kernel sees them
             + N * arch.num_heads * 4)  # log-sum-exp

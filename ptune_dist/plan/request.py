@@ -42,6 +42,7 @@ from pathlib import Path
 
 from ptune_dist.config.schema import MethodConfig, RunConfig
 from ptune_dist.errors import ConfigError
+from ptune_dist.kernels.auto import rule as kernel_rule
 from ptune_dist.methods import DEFAULT_METHOD
 
 from .arch import Arch, is_builtin, resolve_arch
@@ -132,11 +133,13 @@ def _int(value: str, key: str, minimum: int = 1, maximum: int | None = None) -> 
 
 
 def planned_kernel(attention: str, dtype: str, device: str) -> str:
-    """The prefix-attention kernel a run will use (kernels/auto.py's rule): with `auto`, the shared-prefix
-    Triton kernel on a GPU in fp16/bf16, else SDPA (the prefix copied into every row's keys/values)."""
-    if attention == "auto" and device == "gpu" and dtype in ("bfloat16", "float16"):
-        return "triton"
-    return "sdpa" if attention in ("auto", "reference") else attention
+    """The prefix-attention kernel a run will use: with `auto`, kernels/auto.py's rule for the run's device
+    (gpu: CUDA, where Triton, a requirement, is taken to run and flash-attn, optional, not), which picks the
+    shared-prefix Triton kernel in fp16/bf16 and SDPA (the prefix copied into every row's keys/values)
+    otherwise; `reference` copies the prefix as SDPA does."""
+    if attention == "auto":
+        return kernel_rule("cuda" if device == "gpu" else "cpu", dtype, can_run=lambda name: name == "triton")
+    return "sdpa" if attention == "reference" else attention
 
 
 def setup_from_config(cfg: RunConfig, arch: Arch, plan: dict, device: str | None = None) -> Setup:
