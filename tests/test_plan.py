@@ -496,3 +496,17 @@ def test_the_planner_asks_the_kernel_rule_that_auto_runs():
             expected = rule("cuda" if device == "gpu" else "cpu", dtype, can_run=lambda name: name == "triton")
             assert planned_kernel("auto", dtype, device) == expected
     assert planned_kernel("reference", "bfloat16", "gpu") == "sdpa" and planned_kernel("split", "float32", "cpu") == "split"
+
+
+@pytest.mark.parametrize("keys", [dict(zero_stage=1, offload_optimizer=True), dict(zero_stage=2, offload_params=True)])
+def test_the_offload_rule_is_one_for_the_config_and_the_planner(keys):
+    """config/offload.py: config validation and the planner refuse the same offloads with the same words."""
+    from ptune_dist.config import load_config
+    from ptune_dist.errors import ConfigError
+
+    overrides = ["distributed.engine=deepspeed"] + [f"distributed.{k}={str(v).lower()}" for k, v in keys.items()]
+    with pytest.raises(ConfigError) as from_config:
+        load_config([QUICKSTART], overrides)
+    with pytest.raises(ConfigError) as from_planner:
+        predict(BUILTIN["llama-2-7b"], Setup(engine="deepspeed", **keys))
+    assert str(from_planner.value) == str(from_config.value) and "needs distributed.engine=deepspeed" in str(from_config.value)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ptune_dist.config.offload import check_offload
 from ptune_dist.errors import ConfigError
 from ptune_dist.kernels.auto import SHARED_PREFIX  # keep the prefix [Hkv, P, d] shared, no per-row copy
 from ptune_dist.methods import PromptMethod, method_class
@@ -283,10 +284,7 @@ def check(arch: Arch, s: Setup) -> None:
         raise ConfigError(f"data.max_length={s.max_length} must be > 0")
     if s.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"distributed.zero_stage={s.zero_stage} must be 0-3")
-    if s.offload_params and s.zero != 3:
-        raise ConfigError("distributed.offload_params needs distributed.engine=deepspeed and zero_stage=3")
-    if s.offload_optimizer and s.zero < 2:
-        raise ConfigError("distributed.offload_optimizer needs distributed.engine=deepspeed and zero_stage 2 or 3")
+    check_offload(s)  # the rule config validation asks
     if arch.max_positions and s.max_length > arch.max_positions:
         raise ConfigError(f"data.max_length={s.max_length} exceeds the model's {arch.max_positions} positions")
 
