@@ -119,7 +119,7 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     _check_resume(t.resume, check_paths)
     _check_distributed(cfg)
     _check_launch(cfg)
-    quant_rules.validate(cfg.model, cls.trains_base, m.name, cfg.distributed)
+    quant_rules.validate(cfg.model, cls.trains_base, m.name, cfg.distributed, cfg.train.device)
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed")
     names = [task.name for task in cfg.tasks]

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ptune_dist.config.schema import MethodConfig, RunConfig
+from ptune_dist.device import gpu_memories
 from ptune_dist.errors import ConfigError
 from ptune_dist.kernels.auto import rule as kernel_rule
 from ptune_dist.methods import DEFAULT_METHOD
@@ -358,14 +359,12 @@ def _hardware(given: dict, cfg: RunConfig) -> Hardware:
     return hw
 
 def local_gpu() -> tuple[float, str] | None:
-    """(memory in bytes, name) of the smallest GPU this machine shows; None without one."""
-    import torch
-
-    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+    """(memory in bytes, name) of the smallest GPU this machine shows (device.py); None without one."""
+    gpus = gpu_memories()
+    if not gpus:
         return None
-    props = min((torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())),
-                key=lambda p: p.total_memory)
-    return float(props.total_memory), props.name
+    memory, name = min(gpus, key=lambda g: g[0])
+    return float(memory), name
 
 
 def _config_overrides(overrides: list[str], model: str) -> list[str]:
