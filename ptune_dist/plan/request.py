@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ptune_dist.config.schema import MethodConfig, RunConfig
-from ptune_dist.device import gpu_memories
+from ptune_dist.device import gpu_memories, on_gpu
 from ptune_dist.errors import ConfigError
 from ptune_dist.kernels.auto import rule as kernel_rule
 from ptune_dist.methods import DEFAULT_METHOD
@@ -147,9 +147,7 @@ def setup_from_config(cfg: RunConfig, arch: Arch, plan: dict, device: str | None
     """The Setup a run config describes; `device` (gpu | cpu) decides the `auto` attention kernel (default:
     the CPU for train.device=cpu or a machine without CUDA, else a GPU)."""
     if device is None:
-        import torch
-
-        device = "gpu" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
+        device = "gpu" if on_gpu(cfg.train.device) else "cpu"
     m, d, dist = cfg.model, cfg.data, cfg.distributed
     task = cfg.tasks[0] if cfg.tasks else None
     ttype = task.type if task else "classification"
