@@ -235,7 +235,7 @@ holds, and the trace does not see:
   `gemm_4bit` dequantises the weight inside the op in the forward (the backward's dequantisation is an op of
   its own and is counted), a fused kernel's scratch.
 
-The plan adds one term for all of this: `GPU_RUNTIME` in `ptune_dist/plan/search.py`, **{runtime:.2f} GiB
+The plan adds one term for all of this: `GPU_RUNTIME` in `ptune_dist/plan/request.py`, **{runtime:.2f} GiB
 per GPU**, an assumption until a GPU measures it: `bench/memory_plan_gpu.py` reports the device's peak
 (reserved peak + memory outside the allocator) beside the planner's total with this term. The table above
 compares tensors with tensors and leaves it out.
