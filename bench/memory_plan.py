@@ -190,7 +190,7 @@ def predict(cell: dict, runtime: float) -> dict:
     from ptune_dist.config import load_config
     from ptune_dist.plan.arch import resolve_arch
     from ptune_dist.plan.memory import predict as predict_memory
-    from ptune_dist.plan.search import setup_from_config
+    from ptune_dist.plan import setup_from_config
 
     cfg = load_config([cell["task"]], cell_overrides(cell))
     arch = resolve_arch(cfg.model.name_or_path)
@@ -228,7 +228,8 @@ TABLE_RUN = ["data.batch_size=8", "data.max_length=512", "method.num_virtual_tok
 
 
 def best_setup(args: list[str]) -> str:
-    from ptune_dist.plan.search import _engine_name, base_name, parse_request, plan, select
+    from ptune_dist.plan import base_name, parse_request, plan, select
+    from ptune_dist.plan import engine_label as _engine_name
 
     req = parse_request(args)
     rows = plan(req)
@@ -280,7 +281,7 @@ def published_table() -> list[str]:
           "distributed.engine=torch"],
          "6.7 GB"),
     ]
-    from ptune_dist.plan.search import parse_request, plan
+    from ptune_dist.plan import parse_request, plan
 
     out = ["| published result | published memory | planner's setup | planner: peak per GPU GB (weights + gathered + "
            "prompt/optimizer + activations + logits + workspace - overlap + runtime; the overlap: the smaller of the "

@@ -200,7 +200,7 @@ def load_shared_base(folder: Path, bases: dict, base: str, task: Path, device):
 def predict_cell(cfg, folder: Path, task: str, seq: int) -> dict:
     from ptune_dist.plan.arch import resolve_arch
     from ptune_dist.plan.memory import predict
-    from ptune_dist.plan.search import setup_from_config
+    from ptune_dist.plan import setup_from_config
 
     arch = resolve_arch(str(folder))
     plan = {"label_tokens": str(label_tokens(seq))} if task == "generation" else {}
@@ -276,7 +276,7 @@ def gb(x) -> str:
 
 def report(state: dict) -> str:
     info, rows, shape = state["machine"], state["rows"], SHAPES[state["shape"]]
-    from ptune_dist.plan.search import GPU_RUNTIME
+    from ptune_dist.plan import GPU_RUNTIME
 
     where = (f"{info['gpu']} ({info['gpu_memory_bytes'] / GiB:.0f} GiB, sm {info['capability']}), CUDA {info['cuda']}"
              if info.get("gpu") else f"CPU only ({info['cpus']} cores): nothing is measured, the code path is")

@@ -70,7 +70,7 @@ def one_b_cells(work: Path) -> list[dict]:
 def consumer_cells() -> list[dict]:
     """The consumer case: what `ptune plan` proposes first for bench/consumer_gpu.py's request."""
     from ptune_dist.plan.arch import hf_config
-    from ptune_dist.plan.search import base_name, config_for, parse_request, plan, select
+    from ptune_dist.plan import base_name, config_for, parse_request, plan, select
 
     out = []
     for method in ("prompt_tuning", "p_tuning_v2"):
@@ -89,7 +89,7 @@ def consumer_cells() -> list[dict]:
 def predicted(c: dict) -> dict:
     from ptune_dist.plan.arch import from_hf_config
     from ptune_dist.plan.memory import predict
-    from ptune_dist.plan.search import setup_from_config
+    from ptune_dist.plan import setup_from_config
 
     arch = from_hf_config(c["hf"], name=c["name"])
     setup = c.get("setup") or setup_from_config(
@@ -102,7 +102,7 @@ def gb(x: float) -> str:
 
 
 def report(state: dict) -> str:
-    from ptune_dist.plan.search import GPU_RUNTIME
+    from ptune_dist.plan import GPU_RUNTIME
 
     m, rows = state["machine"], state["rows"]
     lines = [
@@ -219,7 +219,7 @@ holds, and the trace does not see:
   `gemm_4bit` dequantises the weight inside the op in the forward (the backward's dequantisation is an op of
   its own and is counted), a fused kernel's scratch.
 
-The plan adds one term for all of this: `GPU_RUNTIME` in `ptune_dist/plan/search.py`, **{runtime:.2f} GiB
+The plan adds one term for all of this: `GPU_RUNTIME` in `ptune_dist/plan/request.py`, **{runtime:.2f} GiB
 per GPU**, an assumption until a GPU measures it: `bench/memory_plan_gpu.py` reports the device's peak
 (reserved peak + memory outside the allocator) beside the planner's total with this term. The table above
 compares tensors with tensors and leaves it out.

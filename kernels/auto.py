@@ -30,27 +30,46 @@ of other sequences and reads the prefix, or prefix table, in place; sdpa builds 
 [B, 1, Tq, N*P + Tk] mask and computes every block), otherwise `sdpa`; on CPU always `sdpa`. Like the
 unpacked choice this follows the design, not a measurement: the packed Triton kernels have been checked
 in Triton's CPU interpreter and compiled for sm_80/sm_90, not yet run or timed on a GPU.
+
+The rule is one pure function, `rule(device, dtype, packed, dropout_p, can_run)`, of the device kind, the dtype,
+whether rows are packed, the dropout and which implementations can run (for a call: `available.unavailable`
+on its query, which holds the shape limits such as Triton's head dim <= 256). `choose` / `choose_packed` ask it
+for a call; the planner (ptune_dist/plan/request.py planned_kernel) asks it for the GPU a run will have.
+SHARED_PREFIX names the implementations that keep a shared prefix [Hkv, P, d] once, with no per-row copy
+(the planner's activation term, plan/memory.py).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from .available import unavailable
 
+HALF = ("float16", "bfloat16")
+SHARED_PREFIX = ("split", "flash", "triton")
+
+
+def rule(device: str, dtype: torch.dtype | str, packed: bool = False, dropout_p: float = 0.0,
+         can_run: Callable[[str], bool] = lambda name: True) -> str:
+    """The implementation `auto` runs: `device` a device type (cuda, cpu, ...), `dtype` a torch dtype or its
+    name, `can_run(name)` whether that implementation can run this call (installed, shape within its limits)."""
+    name = str(dtype).removeprefix("torch.")
+    if device != "cuda" or name not in HALF:
+        return "sdpa"
+    if packed:  # among the implementations that take packed rows (reference, sdpa, triton)
+        order = () if dropout_p > 0.0 else ("triton",)
+    else:
+        order = ("flash",) if dropout_p > 0.0 else ("triton", "flash")
+    return next((n for n in order if can_run(n)), "sdpa")
+
 
 def choose(q: torch.Tensor, prefix_k=None, key_padding_mask=None, causal=True, dropout_p: float = 0.0) -> str:
-    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
-        return "sdpa"
-    order = ("flash",) if dropout_p > 0.0 else ("triton", "flash")
-    for name in order:
-        if unavailable(name, q, dropout_p) is None:
-            return name
-    return "sdpa"
+    return rule(q.device.type, q.dtype, dropout_p=dropout_p,
+                can_run=lambda name: unavailable(name, q, dropout_p) is None)
 
 
 def choose_packed(q: torch.Tensor, dropout_p: float = 0.0) -> str:
-    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0:
-        if unavailable("triton", q, dropout_p) is None:
-            return "triton"
-    return "sdpa"
+    return rule(q.device.type, q.dtype, packed=True, dropout_p=dropout_p,
+                can_run=lambda name: unavailable(name, q, dropout_p) is None)

@@ -1,14 +1,19 @@
 """The device of this rank, chosen once, and what follows from it (see docs/device.md).
 
     choose(setting, local_rank)  -> torch.device   train.device: auto | cpu | cuda; binds the GPU
+    on_gpu(setting)              -> whether train.device=setting runs on a GPU on this machine (asked
+                                    before any rank starts: config checks, the planner); binds nothing
+    gpu_count(), gpu_memories()  -> the GPUs this machine shows: how many; (total bytes, name) of each
     backend(device)              -> the process-group backend: gloo, or NCCL for GPU tensors with
                                     gloo beside it for the CPU-side collectives (objects, barriers)
+    tensor_backend(device)       -> the one backend that moves this device's tensors: nccl or gloo
     pin(batch, device)           -> the batch's tensors in pinned host memory when the device is a GPU
     to_device(batch, device)     -> the batch on the device (from pinned host memory, a non-blocking copy)
     describe(device)             -> what the metrics log says about the device
     peak_bytes(device)           -> the allocator's peak on a GPU (None on the CPU)
 
-Everything else receives the device as an argument; nothing else asks torch.cuda where to run.
+Everything else receives the device as an argument, or asks on_gpu / gpu_count / gpu_memories here; nothing
+else asks torch.cuda where to run or what GPUs there are (tests/test_device.py greps the source for it).
 """
 
 from __future__ import annotations
@@ -24,6 +29,17 @@ SETTINGS = ("auto", "cpu", "cuda")
 
 def gpu_count(cuda=torch.cuda) -> int:
     return cuda.device_count() if cuda.is_available() else 0
+
+
+def on_gpu(setting: str) -> bool:
+    """Whether train.device=setting runs on a GPU here: never for cpu; for auto and cuda when this machine shows
+    one (train.device=cuda without one is refused by choose)."""
+    return setting != "cpu" and gpu_count() > 0
+
+
+def gpu_memories(cuda=torch.cuda) -> list[tuple[int, str]]:
+    """(total memory in bytes, name) of each GPU this machine shows; [] without one."""
+    return [(p.total_memory, p.name) for p in (cuda.get_device_properties(i) for i in range(gpu_count(cuda)))]
 
 
 def gpu_index(local_rank: int, count: int, environ=os.environ) -> int:
@@ -58,9 +74,15 @@ def choose(setting: str, local_rank: int = 0, cuda=torch.cuda, environ=os.enviro
     return device
 
 
+def tensor_backend(device: torch.device) -> str:
+    """The backend that moves this device's tensors (DeepSpeed's dist_backend): NCCL for a GPU, else gloo."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 def backend(device: torch.device) -> str:
     """NCCL moves the GPU tensors; gloo beside it keeps object collectives and barriers on the CPU."""
-    return "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
+    tensors = tensor_backend(device)
+    return f"cuda:{tensors},cpu:gloo" if tensors == "nccl" else tensors
 
 
 def pin(batch: dict, device: torch.device) -> dict:

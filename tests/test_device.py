@@ -121,3 +121,70 @@ def test_a_base_on_another_device_than_the_rank_is_refused(mini):
     meta[0].device = torch.device("meta")
     with pytest.raises(ConfigError, match=r"train.device=auto chose cpu, but the base handed in is on meta"):
         session([f"model.name_or_path={MINI}"], base=meta)
+
+
+# -- the device is decided once: nothing outside device.py asks torch.cuda where to run ----------------
+ROOT = FIXTURES.parents[1]
+PROBES = {"is_available", "device_count", "get_device_properties"}
+# the files that may still call them, each with its reason; every entry must still be needed
+ALLOWED = {
+    "ptune_dist/device.py": "decides the device and answers every other question about this machine's GPUs",
+    "ptune_dist/train/rng.py": "whether this process has initialised CUDA, so its RNG state is saved (not where to run)",
+    "ptune_dist/checkpoint/state.py": "the same question when a checkpoint reads the CUDA RNG state",
+}
+# not listed: kernels/available.py checks a call's own tensors (q.device), plan/fake_cuda.py and plan/trace.py
+# fake CUDA on purpose and name torch.cuda only in their text
+
+
+def cuda_probes(path):
+    """(line, call) of every `<...>cuda.is_available / device_count / get_device_properties` in the file's code."""
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    return [(n.lineno, f"{ast.unparse(n.value)}.{n.attr}") for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and n.attr in PROBES and ast.unparse(n.value).split(".")[-1] == "cuda"]
+
+
+def test_nothing_outside_device_py_asks_torch_cuda_about_the_machine():
+    found = {}
+    for part in ("ptune_dist", "kernels", "launcher", "slurm"):
+        for path in sorted((ROOT / part).rglob("*.py")):
+            calls = cuda_probes(path)
+            if calls:
+                found[path.relative_to(ROOT).as_posix()] = calls
+    stray = {f: c for f, c in found.items() if f not in ALLOWED}
+    assert not stray, f"ask ptune_dist/device.py (on_gpu, gpu_count, gpu_memories) instead: {stray}"
+    assert set(ALLOWED) <= set(found), f"allowed but no longer calling torch.cuda: {set(ALLOWED) - set(found)}"
+
+
+def test_the_probe_finds_a_call():
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "x.py"
+        f.write_text('"""torch.cuda.is_available() in text"""\nimport torch\nn = torch.cuda.device_count()\n')
+        assert cuda_probes(f) == [(3, "torch.cuda.device_count")]
+
+
+@pytest.mark.parametrize("setting, refused", [("cpu", True), ("auto", False), ("cuda", False)])
+def test_a_float16_quantised_base_follows_train_device_not_the_machine(monkeypatch, setting, refused):
+    """On a GPU machine, train.device=cpu runs bitsandbytes' CPU kernels, which take no float16: refused before
+    anything loads (quant_rules asks device.on_gpu with train.device)."""
+    monkeypatch.setattr(dev, "gpu_count", lambda cuda=None: 1)  # this machine 'shows' one GPU
+    overrides = ["model.quant=nf4", "model.quant_compute_dtype=float16", f"train.device={setting}"]
+    if refused:
+        with pytest.raises(ConfigError, match=r"model.quant_compute_dtype=float16 with model.quant=nf4 and "
+                                              r"train.device=cpu: bitsandbytes' CPU kernels"):
+            load_config([], overrides)
+    else:
+        assert load_config([], overrides).model.quant_compute_dtype == "float16"
+
+
+def test_the_planner_takes_this_machines_gpu_from_device_py(monkeypatch):
+    from ptune_dist.plan import request
+
+    monkeypatch.setattr(dev, "gpu_count", lambda cuda=None: 0)
+    assert request.local_gpu() is None and not dev.on_gpu("auto")
+    monkeypatch.setattr(request, "gpu_memories", lambda: [(80 * 2**30, "H100"), (24 * 2**30, "L4")])
+    assert request.local_gpu() == (24.0 * 2**30, "L4")  # the smallest

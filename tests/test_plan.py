@@ -446,7 +446,8 @@ def test_the_planned_kernel_is_the_one_auto_runs_on_each_device():
     """kernels/auto.py: Triton (prefix shared, never copied per row) on a GPU in fp16/bf16, SDPA elsewhere; the
     planner sizes the per-row prefix copy only where SDPA runs."""
     from ptune_dist.plan.memory import Setup, predict
-    from ptune_dist.plan.search import parse_request, planned_kernel, resolve_arch
+    from ptune_dist.plan import parse_request, resolve_arch
+    from ptune_dist.plan.request import planned_kernel
 
     assert planned_kernel("auto", "bfloat16", "gpu") == "triton" and planned_kernel("auto", "float32", "gpu") == "sdpa"
     assert planned_kernel("auto", "bfloat16", "cpu") == "sdpa" and planned_kernel("split", "bfloat16", "gpu") == "split"
@@ -475,3 +476,37 @@ def test_without_a_gpu_the_plan_says_its_gpu_memory_is_assumed(capsys, monkeypat
     assert "nothing fits in 24 GB (assumed: hardware.gpu_mem=... sets it)" in out, out
     _, cpu, _ = plan_cli(capsys, "model=llama-2-7b", "method=prompt_tuning", "hardware.device=cpu")
     assert "memory 24 GB assumed (the memory of one process" in cpu and "GPU memory" not in cpu
+
+
+def test_the_planner_asks_the_kernel_rule_that_auto_runs():
+    """One rule (kernels/auto.py rule): what `impl=auto` runs for a call and what the planner counts for a run."""
+    from ptune_dist.kernels.auto import choose, choose_packed, rule
+    from ptune_dist.plan.request import planned_kernel
+
+    q = torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16)  # a CPU call: sdpa, whatever can run
+    assert choose(q) == choose_packed(q) == rule("cpu", torch.bfloat16) == "sdpa"
+    everything = lambda name: True  # noqa: E731
+    assert rule("cuda", torch.bfloat16, can_run=everything) == rule("cuda", "float16", can_run=everything) == "triton"
+    assert rule("cuda", "bfloat16", dropout_p=0.1, can_run=everything) == "flash"
+    assert rule("cuda", "bfloat16", packed=True, dropout_p=0.1, can_run=everything) == "sdpa"
+    assert rule("cuda", "bfloat16", can_run=lambda name: name == "flash") == "flash"  # e.g. head dim > 256
+    assert rule("cuda", "float32", can_run=everything) == "sdpa"
+    for dtype in ("bfloat16", "float16", "float32"):
+        for device in ("gpu", "cpu"):
+            expected = rule("cuda" if device == "gpu" else "cpu", dtype, can_run=lambda name: name == "triton")
+            assert planned_kernel("auto", dtype, device) == expected
+    assert planned_kernel("reference", "bfloat16", "gpu") == "sdpa" and planned_kernel("split", "float32", "cpu") == "split"
+
+
+@pytest.mark.parametrize("keys", [dict(zero_stage=1, offload_optimizer=True), dict(zero_stage=2, offload_params=True)])
+def test_the_offload_rule_is_one_for_the_config_and_the_planner(keys):
+    """config/offload.py: config validation and the planner refuse the same offloads with the same words."""
+    from ptune_dist.config import load_config
+    from ptune_dist.errors import ConfigError
+
+    overrides = ["distributed.engine=deepspeed"] + [f"distributed.{k}={str(v).lower()}" for k, v in keys.items()]
+    with pytest.raises(ConfigError) as from_config:
+        load_config([QUICKSTART], overrides)
+    with pytest.raises(ConfigError) as from_planner:
+        predict(BUILTIN["llama-2-7b"], Setup(engine="deepspeed", **keys))
+    assert str(from_planner.value) == str(from_config.value) and "needs distributed.engine=deepspeed" in str(from_config.value)

@@ -13,7 +13,7 @@ from ptune_dist.config import load_config
 from ptune_dist.plan.arch import from_hf_config
 from ptune_dist.plan.live_bytes import CATEGORIES, LiveBytes
 from ptune_dist.plan.memory import predict
-from ptune_dist.plan.search import setup_from_config
+from ptune_dist.plan import setup_from_config
 from ptune_dist.plan.trace import Trace, check_traceable, trace_steps
 
 GiB = 2**30

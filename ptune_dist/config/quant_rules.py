@@ -1,10 +1,13 @@
 """What the model.quant* keys may hold, checked with the rest of the config before anything loads
 (model/quant.py builds the quantised base itself; see docs/quant.md).
 
-    validate(model_cfg, trains_base, method_name, distributed)   the 4-bit keys only with a 4-bit base, no
+    validate(model_cfg, trains_base, method_name, distributed, device)
+                                                                 the 4-bit keys only with a 4-bit base, no
                                                                  quantised base for a method that trains it,
-                                                                 no int8 under ZeRO-3, float16 only on CUDA,
-                                                                 bitsandbytes installed and recent
+                                                                 no int8 under ZeRO-3, float16 only where
+                                                                 train.device (`device`) runs on a GPU
+                                                                 (ptune_dist/device.py on_gpu), bitsandbytes
+                                                                 installed and recent
     require_bitsandbytes(key)                                    its version, or a ConfigError saying how to
                                                                  install it
     compute_dtype(model_cfg)                                     the dtype a 4-bit matmul runs in: model.dtype
@@ -15,8 +18,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-import torch
-
+from ptune_dist import device as devices
 from ptune_dist.errors import ConfigError
 
 MIN_BNB = (0, 45)
@@ -42,8 +44,8 @@ def compute_dtype(model_cfg) -> str:
     return model_cfg.dtype if model_cfg.quant_compute_dtype == "auto" else model_cfg.quant_compute_dtype
 
 
-def validate(model_cfg, trains_base: bool, method_name: str, distributed=None) -> None:
-    """Config-only checks of the model.quant* keys (called by config validation)."""
+def validate(model_cfg, trains_base: bool, method_name: str, distributed=None, device: str = "auto") -> None:
+    """Config-only checks of the model.quant* keys (called by config validation); `device`: train.device."""
     q = model_cfg.quant
     four_bit = q in ("nf4", "fp4")
     if not four_bit:  # the 4-bit settings must keep their defaults
@@ -66,7 +68,7 @@ def validate(model_cfg, trains_base: bool, method_name: str, distributed=None) -
                           "model.quant_storage=bfloat16, or distributed.zero_stage 0-2 (docs/quant.md)")
     if model_cfg.dtype == "float16" or (four_bit and compute_dtype(model_cfg) == "float16"):
         key = "model.dtype" if model_cfg.dtype == "float16" else "model.quant_compute_dtype"
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{key}=float16 with model.quant={q}: bitsandbytes' CPU kernels take "
-                              "float32 or bfloat16; use one of those (docs/quant.md)")
+        if not devices.on_gpu(device):
+            raise ConfigError(f"{key}=float16 with model.quant={q} and train.device={device}: bitsandbytes' CPU "
+                              "kernels take float32 or bfloat16; use one of those (docs/quant.md)")
     require_bitsandbytes()

@@ -20,6 +20,7 @@ from ptune_dist.errors import ConfigError
 from ptune_dist.methods import METHODS
 
 from . import quant_rules
+from .offload import check_offload
 from .schema import RunConfig
 
 TASK_NAME = re.compile(r"[A-Za-z0-9_-]+")  # names become metric keys and file names
@@ -118,7 +119,7 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     _check_resume(t.resume, check_paths)
     _check_distributed(cfg)
     _check_launch(cfg)
-    quant_rules.validate(cfg.model, cls.trains_base, m.name, cfg.distributed)
+    quant_rules.validate(cfg.model, cls.trains_base, m.name, cfg.distributed, cfg.train.device)
     if not cfg.tasks:
         raise ConfigError("tasks: at least one task is needed")
     names = [task.name for task in cfg.tasks]
@@ -187,10 +188,7 @@ def _check_distributed(cfg: RunConfig) -> None:
     if cfg.train.on_nonfinite == "skip":
         raise ConfigError("train.on_nonfinite=skip needs distributed.engine=torch: DeepSpeed applies an update "
                           "before ptune can see it is non-finite, so only train.on_nonfinite=stop is safe there")
-    if d.offload_optimizer and d.zero_stage < 2:
-        raise ConfigError("distributed.offload_optimizer needs distributed.zero_stage 2 or 3")
-    if d.offload_params and d.zero_stage != 3:
-        raise ConfigError("distributed.offload_params needs distributed.zero_stage=3")
+    check_offload(d)  # config/offload.py: the rule the planner asks too
     if cfg.train.optimizer != "adamw":
         raise ConfigError(f"train.optimizer={cfg.train.optimizer}: with distributed.engine=deepspeed use adamw "
                           "(ZeRO flattens the parameters, which undoes Adafactor's factored statistics)")

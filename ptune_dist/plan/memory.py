@@ -46,66 +46,28 @@ trains) is its class's to say (ptune_dist/methods hooks); nothing here tests a m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
-from ptune_dist.config.schema import MethodConfig
+from ptune_dist.config.offload import check_offload
 from ptune_dist.errors import ConfigError
-from ptune_dist.methods import DEFAULT_METHOD, PromptMethod, method_class
+from ptune_dist.kernels.auto import SHARED_PREFIX  # keep the prefix [Hkv, P, d] shared, no per-row copy
+from ptune_dist.methods import PromptMethod, method_class
 
 from .arch import Arch
+from .request import Setup, method_section
 
-GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STORAGE_BYTES = {"uint8": 1, **DTYPE_BYTES}  # model.quant_storage: the tensors holding packed 4-bit weights
 QUANTS = ("none", "int8", "nf4", "fp4")
 # DeepSpeed's zero_optimization defaults (deepspeed/runtime/zero/config.py)
 ZERO_DEFAULTS = {"stage3_max_live_parameters": 1e9, "stage3_max_reuse_distance": 1e9,
                  "stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5}
-SHARED_PREFIX_KERNELS = ("split", "flash", "triton")  # keep the prefix [Hkv, P, d] shared, no per-row copy
 # intermediate-sized [tokens, I] tensors one layer's backward makes beside the gradient arriving at the MLP's
 # activation: the gate and up gradients and the temporaries of the SwiGLU backward. Measured (RSS of one MLP
 # backward, above the live inputs): HF's MLP or the earlier lean backward 6; model/lean.py's in-place backward
 # keeps one temporary (the sigmoid): 3. The trace on a fake CUDA device counts the same, plus the arriving
 # gradient (7 and 4 live at once: docs/plan_traced.md)
 BACKWARD_WORKSPACE = {True: 3, False: 6}  # by Setup.lean_activations
-
-
-@dataclass(frozen=True)
-class Setup:
-    """One way of running a method on a model: what decides the memory of a device."""
-
-    method: str = DEFAULT_METHOD  # method.name; the method's class answers for it (ptune_dist/methods hooks)
-    num_virtual_tokens: int = 20
-    encoder: str = "mlp"  # a shallow prompt's encoder: mlp | lstm
-    encoder_hidden_size: int = 0  # 0: hidden size
-    projection: bool | None = None  # deep prompts: None = the method's default
-    projection_hidden_size: int = 512
-    task: str = "classification"  # classification | generation | token_classification
-    label_tokens: int = 1  # positions per row that reach the LM head (classification: 1)
-    head_classes: int = 0  # a classification head (scoring=head) instead of the LM head
-    batch_size: int = 8  # micro-batch per device
-    grad_accum: int = 1
-    max_length: int = 256  # tokens per row, virtual tokens included
-    packing: bool = False  # data.packing: examples packed end to end in rows of max_length tokens
-    sequences_per_row: int = 1  # packed rows: the examples in each (classification scores each one)
-    dtype: str = "float32"
-    quant: str = "none"
-    quant_double: bool = False
-    quant_storage: str = "uint8"  # 4-bit: the float dtype ZeRO-3 partitions the packed weights in
-    gradient_checkpointing: bool = False
-    lean_activations: bool = True
-    attention: str = "sdpa"  # the kernel: sdpa copies the prefix into every row's keys/values
-    optimizer: str = "adamw"
-    engine: str = "torch"
-    zero_stage: int = 0
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    world: int = 1  # ranks (GPUs) in all
-    zero_extra: dict = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def zero(self) -> int:
-        return self.zero_stage if self.engine == "deepspeed" else 0
 
 
 @dataclass
@@ -141,13 +103,6 @@ class Breakdown:
 def method_of(s: Setup) -> type[PromptMethod]:
     """The class of the setup's method, whose hooks answer for it (an unknown name is a ConfigError)."""
     return method_class(s.method)
-
-
-def method_section(s: Setup) -> MethodConfig:
-    """The run config's method section that the setup describes (what the method hooks take)."""
-    return MethodConfig(name=s.method, num_virtual_tokens=s.num_virtual_tokens, encoder=s.encoder,
-                        encoder_hidden_size=s.encoder_hidden_size, projection=s.projection,
-                        projection_hidden_size=s.projection_hidden_size)
 
 
 # -- parameters -----------------------------------------------------------------------------
@@ -227,7 +182,7 @@ def layer_activation_bytes(arch: Arch, s: Setup) -> float:
     N = B * T
     H, I, d = arch.hidden_size, arch.intermediate_size, arch.head_dim
     norms = 2 * N * H * 4 + 2 * N * 4  # RMSNorm keeps its input in fp32 (and the 1/rms)
-    keys = Tk if (P and s.attention not in SHARED_PREFIX_KERNELS) else T
+    keys = Tk if (P and s.attention not in SHARED_PREFIX) else T
     attn = (2 * N * arch.num_heads * d * e  # rotated queries, attention output
             + 2 * B * arch.num_kv_heads * keys * d * e  # keys and values as the kernel sees them
             + N * arch.num_heads * 4)  # log-sum-exp
@@ -329,10 +284,7 @@ def check(arch: Arch, s: Setup) -> None:
         raise ConfigError(f"data.max_length={s.max_length} must be > 0")
     if s.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"distributed.zero_stage={s.zero_stage} must be 0-3")
-    if s.offload_params and s.zero != 3:
-        raise ConfigError("distributed.offload_params needs distributed.engine=deepspeed and zero_stage=3")
-    if s.offload_optimizer and s.zero < 2:
-        raise ConfigError("distributed.offload_optimizer needs distributed.engine=deepspeed and zero_stage 2 or 3")
+    check_offload(s)  # the rule config validation asks
     if arch.max_positions and s.max_length > arch.max_positions:
         raise ConfigError(f"data.max_length={s.max_length} exceeds the model's {arch.max_positions} positions")
 

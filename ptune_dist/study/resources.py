@@ -25,10 +25,8 @@ from dataclasses import dataclass
 
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
-from ptune_dist.plan.arch import Arch, resolve_arch
-from ptune_dist.plan.memory import GiB, Setup
-from ptune_dist.plan.search import HUB_IDS, Hardware, Request, Row, base_name, overrides_for, parse_size, plan, \
-    select, setup_from_config
+from ptune_dist.plan import HUB_IDS, Arch, GiB, Hardware, Request, Row, Setup, base_name, engine_label, overrides_for, \
+    parse_size, plan, resolve_arch, select, setup_from_config
 
 BUILTIN_OF_HUB_ID = {hub_id.lower(): name for name, hub_id in HUB_IDS.items()}
 WORLD_KEYS = {"launch.nproc_per_node", "launch.nnodes", "launch.gpus_per_node"}
@@ -78,10 +76,7 @@ class Planned:
 
 
 def engine_name(s: Setup, world: int) -> str:
-    if s.engine != "deepspeed":
-        return "plain" if world == 1 else "data parallel"
-    offload = " offload" if s.offload_optimizer or s.offload_params else ""
-    return f"ZeRO-{s.zero_stage}{offload}"
+    return engine_label(s, world, count=False)  # the planner's words, without the rank count (said beside it)
 
 
 # -- the study's section --------------------------------------------------------------------------

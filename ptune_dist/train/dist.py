@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 
-from ptune_dist.device import backend
+from ptune_dist.device import backend, tensor_backend
 from ptune_dist import embedded
 from ptune_dist.rank_env import DistEnv, free_port
 
@@ -30,7 +30,7 @@ def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300, device: torc
     device = device or torch.device("cpu")
     port = env.master_port if env.world > 1 else free_port()
     extra = {}
-    if device.type == "cuda" and env.world > 1:
+    if tensor_backend(device) == "nccl" and env.world > 1:
         extra["device_id"] = device  # binds NCCL to this rank's GPU at once (eager init)
         if "NCCL_ASYNC_ERROR_HANDLING" not in os.environ:  # torch's older name, which the user may have set
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")  # read when the group is made
@@ -47,7 +47,7 @@ def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300, device: torc
             os.environ.setdefault(key, str(value))
         # DeepSpeed compiles a shared-memory op at first use on CPUs (~30 s); keep it next to the models
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(embedded.home() / "torch_extensions"))
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+        deepspeed.init_distributed(dist_backend=tensor_backend(device),
                                    timeout=timedelta(seconds=timeout_s), auto_mpi_discovery=False)
 
 
