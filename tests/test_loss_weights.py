@@ -11,7 +11,7 @@ from ptune_dist.data.collate import collate
 from ptune_dist.data.host import describe
 from ptune_dist.data.packing import collate_packed
 from ptune_dist.train.loop import train
-from ptune_dist.train.loss_weights import loss_weights
+from ptune_dist.train.loss_weights import loss_scale
 from ptune_dist.train.metrics_file import read_metrics
 
 GENERATION = ["tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl"]
@@ -35,10 +35,10 @@ def test_host_counts_are_what_the_objective_averages_over(task, smol):
             assert describe(batch, [task])["host"].targets == s.model(batch).count
 
 
-def test_weights_are_one_where_counts_are_equal_and_sum_to_the_micro_batches():
-    assert loss_weights([7, 7, 7], 1) == [1.0, 1.0, 1.0]
-    got = loss_weights([1, 3], 1)
-    assert got == [0.5, 1.5]  # mean of (w * per-batch mean) = (1 * m1 + 3 * m3) / 4: the mean over all 4 targets
+def test_the_scale_makes_summed_losses_the_mean_over_every_target():
+    assert loss_scale([7, 7, 7], 1) == 1 / 21  # three micro-batches of 7 targets: each target counts 1/21
+    assert loss_scale([1, 3], 1) == 0.25  # (s1 + s3) / 4: the mean over all 4 targets, however they split
+    assert loss_scale([0, 0], 1) == 1.0  # nothing to predict: a zero loss stays zero
 
 
 @pytest.mark.parametrize("case", ["generation", "packed"])
