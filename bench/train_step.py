@@ -60,7 +60,7 @@ def ptune_batch(model, ids, labels) -> dict:
     B, P = ids.shape[0], model.num_virtual_tokens if model.depth == "shallow" else 0
     batch = {"input_ids": torch.cat([torch.zeros(B, P, dtype=torch.long), ids], 1),
              "labels": torch.cat([torch.full((B, P), -100), labels], 1),
-             "task_ids": torch.zeros(B, dtype=torch.long)}
+             "seq_task": torch.zeros(B, dtype=torch.long)}
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     if P:
         batch["soft_mask"] = torch.zeros_like(batch["input_ids"], dtype=torch.bool)

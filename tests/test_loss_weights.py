@@ -11,7 +11,7 @@ from ptune_dist.data.collate import collate
 from ptune_dist.data.host import describe
 from ptune_dist.data.packing import collate_packed
 from ptune_dist.train.loop import train
-from ptune_dist.train.loss_weights import loss_weights
+from ptune_dist.train.loss_weights import loss_weights, share
 from ptune_dist.train.metrics_file import read_metrics
 
 GENERATION = ["tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl"]
@@ -39,6 +39,16 @@ def test_weights_are_one_where_counts_are_equal_and_sum_to_the_micro_batches():
     assert loss_weights([7, 7, 7], 1) == [1.0, 1.0, 1.0]
     got = loss_weights([1, 3], 1)
     assert got == [0.5, 1.5]  # mean of (w * per-batch mean) = (1 * m1 + 3 * m3) / 4: the mean over all 4 targets
+
+
+def test_shares_of_summed_losses_add_up_to_the_mean_over_every_target():
+    sums, counts = [torch.tensor(2.0), torch.tensor(9.0)], [1, 3]
+    shares = [share(t, c, w, 2) for t, c, w in zip(sums, counts, loss_weights(counts, 1))]
+    assert float(sum(shares)) == 11.0 / 4  # (2 + 9) / 4 targets, however they split into micro-batches
+    # the operations of the releases before: mean, weight, then the accumulation (old checkpoints resume exactly)
+    t = torch.tensor(0.7316, dtype=torch.float32)
+    assert torch.equal(share(t, 3, 1.0, 3), (t / 3 * 1.0) / 3)
+    assert float(share(torch.tensor(0.0), 0, 1.0, 1)) == 0.0  # nothing to predict: a zero loss stays zero
 
 
 @pytest.mark.parametrize("case", ["generation", "packed"])

@@ -39,7 +39,7 @@ def test_packed_classification_equals_padded(method, mixed, smol):
     order, packed, plain = packed_and_plain(s, examples, capacity)
     assert packed["input_ids"].shape[0] < len(examples)  # several sequences share a row
     if mixed:
-        assert any(len({int(t) for t, r in zip(packed["task_ids"], packed["seq_row"]) if r == row}) > 1
+        assert any(len({int(t) for t, r in zip(packed["seq_task"], packed["seq_row"]) if r == row}) > 1
                    for row in packed["seq_row"].unique().tolist())  # a row holds both tasks
     got, got_grads = run(s, packed, len(examples))
     want, want_grads = run(s, plain, len(examples))

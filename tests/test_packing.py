@@ -53,7 +53,7 @@ def test_packed_rows_keep_each_sequence_as_it_is_alone():
     assert batch["segment_ids"].tolist() == [[0, 0, 0, 0, 1, 1, -1, -1], [0, 0, 0, -1, -1, -1, -1, -1]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 0, 0], [0, 1, 2, 0, 0, 0, 0, 0]]
     assert batch["seq_row"].tolist() == [0, 0, 1] and batch["seq_start"].tolist() == [0, 4, 0]
-    assert batch["task_ids"].tolist() == [0, 1, 0] and batch["labels"].tolist() == [1, 0, 2]
+    assert batch["seq_task"].tolist() == [0, 1, 0] and batch["labels"].tolist() == [1, 0, 2]
     for s, ex in enumerate(cls):
         alone = collate([ex], pad_id=0)
         row, start, n = (int(batch[k][s]) for k in ("seq_row", "seq_start", "seq_len"))

@@ -34,7 +34,7 @@ def lm_batch(tok, num_soft: int):
     slots = torch.full((B, num_soft), tok.pad_token_id)
     batch = {"input_ids": torch.cat([slots, enc["input_ids"]], 1),
              "attention_mask": torch.cat([torch.ones(B, num_soft, dtype=torch.long), enc["attention_mask"]], 1),
-             "task_ids": torch.zeros(B, dtype=torch.long)}
+             "seq_task": torch.zeros(B, dtype=torch.long)}
     if num_soft:
         batch["soft_mask"] = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
         batch["soft_mask"][:, :num_soft] = True

@@ -407,7 +407,7 @@ def test_a_step_graph_is_gone_before_the_next_forward():
         def step(self, loss=None):
             return torch.zeros(())
 
-    batch = {"attention_mask": torch.ones(2, 3), "task_ids": torch.zeros(2, dtype=torch.long)}
+    batch = {"attention_mask": torch.ones(2, 3), "seq_task": torch.zeros(2, dtype=torch.long)}
     cfg = types.SimpleNamespace(train=types.SimpleNamespace(steps=3, grad_accum=2, log_every=100, eval_every=0,
                                                             save_every=0, on_nonfinite="stop", max_skipped_steps=1))
     s = types.SimpleNamespace(model=torch.nn.Linear(1, 1), cfg=cfg, env=types.SimpleNamespace(world=1),

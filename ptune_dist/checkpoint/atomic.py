@@ -1,4 +1,5 @@
-"""Atomic checkpoint folders: write into a hidden temporary folder, fsync, rename into place.
+"""Atomic checkpoint folders: write into a hidden temporary folder, fsync, rename into place (nofollow.publish,
+the one rename of the source).
 
 The last file written is manifest.json (every file's size and SHA-256). A folder without a valid
 manifest is not a checkpoint: resume skips it and a user who names it gets a CheckpointError. A
@@ -24,18 +25,10 @@ from pathlib import Path
 
 from ptune_dist.errors import CheckpointError
 
-from .nofollow import refuse_link, umask
+from .nofollow import fsync_path, publish, refuse_link, umask
 
 MANIFEST = "manifest.json"
 LEFTOVER = re.compile(r"\.(.+)\.(?:old|tmp)-[0-9a-f]{8}")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -62,7 +55,7 @@ def recover(final: Path) -> None:
         return
     olds = sorted(final.parent.glob(f".{final.name}.old-*"))
     if olds and not final.exists():
-        os.replace(olds.pop(), final)
+        publish(olds.pop(), final)
     for stale in [*olds, *final.parent.glob(f".{final.name}.tmp-*")]:
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -95,13 +88,12 @@ def atomic_dir(final: Path):
         manifest = {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
         (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=1))
         for p in [*files, tmp / MANIFEST, tmp]:
-            _fsync(p)
+            fsync_path(p)
         old = None
         if final.exists():
             old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync(final.parent)
+            publish(final, old, sync=False)
+        publish(tmp, final)  # and the folder fsynced
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -1,4 +1,17 @@
-"""Writing without following a symbolic link that ptune did not make.
+"""Writing without following a symbolic link that ptune did not make; the one atomic write and the one rename.
+
+    write_atomic(path, data, mode=None)  THE atomic file write of the source: a temporary file in the same
+                                         folder (created O_CREAT|O_EXCL|O_NOFOLLOW), written, fsynced, given
+                                         `mode` (default: what the umask gives a new file, 0o666 & ~umask),
+                                         then `publish`ed over `path`. A crash at any moment leaves the old
+                                         file or the new one, never half of one; a link at `path` is refused.
+    publish(src, dst, sync=True)         the one rename: `src` (a file or a folder) takes the name `dst` in
+                                         one step (os.replace, same file system), then `dst`'s folder is
+                                         fsynced so the new name survives a power loss. Checkpoint folders
+                                         (atomic.py), the embedded models, built libraries and the benches'
+                                         model folders go through it; no other module calls os.replace or a
+                                         rename (tests/test_atomic_write.py greps for them).
+    fsync_path(path)                     fsync a file or a folder by name.
 
 ptune writes its files by name inside folders a user chose (output_dir, --out, launch.log_dir). A name
 there that is a symbolic link was put there by someone else: writing through it would overwrite what it
@@ -77,23 +90,42 @@ def own_dir(path) -> Path:
     return path
 
 
+def fsync_path(path) -> None:
+    """fsync a file or a folder (its entries: a rename in it) by name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(src, dst, sync: bool = True) -> Path:
+    """`src` renamed to `dst` in one step (os.replace: a file replaces a file, a folder an absent name or an
+    empty folder), then, with `sync`, `dst`'s folder fsynced so the rename is on disk. `dst` is a name, never
+    followed: a link there is replaced, not what it points to (callers that must refuse one check first)."""
+    dst = Path(dst)
+    os.replace(src, dst)
+    if sync:
+        fsync_path(dst.absolute().parent)
+    return dst
+
+
 def write_atomic(path, data: bytes | str, mode: int | None = None) -> Path:
-    """`data` into `path` through a temporary file beside it and os.replace: all or nothing, and never
-    through a link (one at `path` is refused). `mode`: the new file's permissions (default: what the umask
-    gives a new file, or the replaced file's)."""
+    """`data` into `path`, all or nothing, never through a link (one at `path` is refused): a temporary file
+    beside it (O_EXCL, no link followed), fsynced, chmod `mode` (default 0o666 & ~umask, what a new file gets),
+    published over `path` and the folder fsynced (see the module docstring)."""
     path = refuse_link(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
-    if mode is None:
-        mode = path.stat().st_mode & 0o777 if path.is_file() else 0o666 & ~umask()
-    fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp")
+    mode = 0o666 & ~umask() if mode is None else mode
+    fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp")  # O_EXCL
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp makes 0600
-        os.replace(tmp, path)  # replaces a name, never follows one
+        publish(tmp, path)  # replaces a name, never follows one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

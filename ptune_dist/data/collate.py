@@ -1,4 +1,5 @@
-"""Pad a list of Examples into a batch of tensors (left or right padding)."""
+"""Pad a list of Examples into a batch of tensors (left or right padding), one sequence a row: the keys of
+data/batch.py."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def collate(examples: list[Example], pad_id: int, padding_side: str = "right") -
         elif has_labels:
             labels[i] = ex.labels
     batch = {"input_ids": ids, "attention_mask": mask, "answer_pos": answer,
-             "task_ids": torch.tensor([ex.task_id for ex in examples])}
+             "seq_task": torch.tensor([ex.task_id for ex in examples])}
     if soft.any():
         batch["soft_mask"] = soft
     if has_labels:

@@ -14,14 +14,14 @@
         [S] tensors in row-major order with `seq_row` / `seq_start` / `seq_len` saying where each
         sequence lies.
 
-The batch of collate_packed:
+The batch of collate_packed (the keys of data/batch.py):
 
     input_ids, attention_mask  [B, T]   T: the longest row, or `capacity` when given (static shapes)
     segment_ids                [B, T]   0, 1, ... per sequence within its row; -1 on padding
     position_ids               [B, T]   0 .. len-1 within each sequence; 0 on padding
     soft_mask                  [B, T]   virtual-token slots (shallow prompts), when any example has them
     labels                     [B, T]   per-token labels (IGNORE elsewhere), or [S] class labels
-    task_ids, answer_pos       [S]      per sequence; answer_pos as a position in its packed row, or -1
+    seq_task, answer_pos       [S]      per sequence; answer_pos as a position in its packed row, or -1
     seq_row, seq_start, seq_len [S]     where each sequence lies
 """
 
@@ -72,7 +72,7 @@ def collate_packed(rows: list[list[Example]], pad_id: int, capacity: int | None 
     token_labels = isinstance(examples[0].labels, list)
     has_labels = all(ex.labels is not None for ex in examples)
     tok_labels = torch.full((B, T), IGNORE, dtype=torch.long)
-    seq = {key: [] for key in ("seq_row", "seq_start", "seq_len", "task_ids", "answer_pos", "labels")}
+    seq = {key: [] for key in ("seq_row", "seq_start", "seq_len", "seq_task", "answer_pos", "labels")}
     for b, row in enumerate(rows):
         start = 0
         for s, ex in enumerate(row):
@@ -85,7 +85,7 @@ def collate_packed(rows: list[list[Example]], pad_id: int, capacity: int | None 
                 soft[b, torch.tensor(ex.soft) + start] = True
             if has_labels and token_labels:
                 tok_labels[b, start:start + n] = torch.tensor(ex.labels)
-            for key, value in (("seq_row", b), ("seq_start", start), ("seq_len", n), ("task_ids", ex.task_id),
+            for key, value in (("seq_row", b), ("seq_start", start), ("seq_len", n), ("seq_task", ex.task_id),
                                ("answer_pos", ex.answer_pos + start if ex.answer_pos >= 0 else -1),
                                ("labels", ex.labels if has_labels and not token_labels else 0)):
                 seq[key].append(value)

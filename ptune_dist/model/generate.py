@@ -22,7 +22,7 @@ def greedy(model, batch: dict, max_new_tokens: int, eos_id: int) -> list[list[in
     done = torch.zeros(B, dtype=torch.bool, device=mask.device)
     steps = []  # [B] per step: the token, or EOS once a row has finished
     hidden = out.last_hidden_state[:, -1]
-    carried = {k: batch[k] for k in ("task_ids", "host", "table_index")}
+    carried = {k: batch[k] for k in ("seq_task", "host", "table_index")}
     for _ in range(max_new_tokens):
         nxt = model.lm_head(hidden).argmax(-1)
         steps.append(torch.where(done, eos_id, nxt))

@@ -2,7 +2,7 @@
 
 No [batch, seq, vocab] logits are built: the LM head runs on the hidden states of the answer positions
 (classification) or of the positions that predict a label (generation) alone. What the host must know (the
-tasks present, their entries, the counts, the label positions) comes from the batch's HostInfo
+tasks present, their sequences, the counts, the label positions) comes from the batch's HostInfo
 (data/host.py), read on the CPU before the batch moved, so a training step asks the device for nothing.
 Predictions and scores stay on the device until someone reads `Output.preds` / `scores` / `correct`
 (evaluation and predict do, once per batch; training never does).
@@ -18,20 +18,22 @@ from ptune_dist.data.host import describe
 
 
 class Output:
-    """loss: the mean over `count` targets (rows for classification, label tokens otherwise), or None without
-    labels. preds (per entry: a class index, or a list of tag indices), scores (per entry: the class scores)
+    """total: the loss summed over the batch's `count` targets (sequences for classification, label tokens
+    otherwise), a 0-dim device tensor, or None without labels; the objectives never divide it: how much a
+    target counts in an update is train/loss_weights.py's one decision. `loss` is its mean over the targets,
+    for whoever reports one batch alone. preds (per sequence: a class index, or a list of tag indices), scores (per sequence: the class scores)
     and correct (generation: next-token hits) are copied to the host when first read."""
 
-    def __init__(self, loss: torch.Tensor | None = None, count: int = 0, entries: int = 0,
+    def __init__(self, total: torch.Tensor | None = None, count: int = 0, sequences: int = 0,
                  parts: list | None = None, correct: torch.Tensor | int = 0):
-        self.loss, self.count = loss, count
-        self._entries, self._parts, self._correct = entries, parts or [], correct
+        self.total, self.count = total, count
+        self._sequences, self._parts, self._correct = sequences, parts or [], correct
         self._host = None
 
     def _read(self):
-        """(preds, scores) on the host: one copy per group of entries (rows of one task)."""
+        """(preds, scores) on the host: one copy per group of sequences (those of one task)."""
         if self._host is None:
-            preds, scores = [None] * self._entries, [None] * self._entries
+            preds, scores = [None] * self._sequences, [None] * self._sequences
             for rows, values, kind in self._parts:
                 values = values.cpu()
                 for r, v in zip(rows.tolist(), values):
@@ -41,6 +43,11 @@ class Output:
                         preds[r] = v.tolist()
             self._host = (preds, scores)
         return self._host
+
+    @property
+    def loss(self) -> torch.Tensor | None:
+        """The mean over the targets (None without labels)."""
+        return None if self.total is None else self.total / max(self.count, 1)
 
     @property
     def preds(self) -> list:
@@ -64,8 +71,8 @@ def word_table(label_word_ids: list[list[int]]) -> torch.Tensor:
 
 
 def groups(model, batch: dict) -> list:
-    """(task index, entry indices on the device) for every task present in the batch; while training, for every
-    task of the batch's type (entries may be none), so every rank calls every head and the same ZeRO collectives."""
+    """(task index, sequence indices on the device) for every task present in the batch; while training, for every
+    task of the batch's type (sequences may be none), so every rank calls every head and the same ZeRO collectives."""
     host, order = batch["host"], batch["group_order"]
     present = {t: order[start:end] for t, start, end in host.groups}
     if model.training and torch.is_grad_enabled():
@@ -88,7 +95,7 @@ def label_scores(logprobs: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
 
 
 def classification(model, hidden, batch) -> Output:
-    B = batch["host"].entries
+    B = batch["host"].sequences
     labels = batch.get("labels")
     logprobs, parts, scored = None, groups(model, batch), []
     if any(not model.tasks[t].uses_head for t, _ in parts):
@@ -104,7 +111,7 @@ def classification(model, hidden, batch) -> Output:
         if labels is not None:
             loss = loss + F.cross_entropy(scores, labels[rows], reduction="sum")
         scored.append((rows, scores.detach(), "scores"))
-    return Output(loss=loss / B if labels is not None else None, count=B, entries=B, parts=scored)
+    return Output(total=loss if labels is not None else None, count=B, sequences=B, parts=scored)
 
 
 def generation(model, hidden, batch) -> Output:
@@ -113,9 +120,9 @@ def generation(model, hidden, batch) -> Output:
     index, gold = batch["label_index"], batch["label_gold"]
     n = batch["host"].targets
     logits = model.lm_head(hidden.flatten(0, 1).index_select(0, index)).float()
-    loss = F.cross_entropy(logits, gold, reduction="sum") / max(n, 1)
+    loss = F.cross_entropy(logits, gold, reduction="sum")
     correct = 0 if torch.is_grad_enabled() else (logits.argmax(-1) == gold).sum()  # for evaluation only
-    return Output(loss=loss, count=n, correct=correct)
+    return Output(total=loss, count=n, correct=correct)
 
 
 def token_classification(model, hidden, batch) -> Output:
@@ -130,7 +137,7 @@ def token_classification(model, hidden, batch) -> Output:
                                           reduction="sum")
         tagged.append((rows, logits.detach().argmax(-1), "tags"))
     count = host.targets if labels is not None else 0
-    return Output(loss=loss / max(count, 1) if labels is not None else None, count=count, entries=host.entries,
+    return Output(total=loss if labels is not None else None, count=count, sequences=host.sequences,
                   parts=tagged)
 
 

@@ -1,9 +1,9 @@
 """PromptModel: one frozen base, a table of named prompts (one per task) and the task heads.
 
-Every row of a batch names its task (`task_ids`), so one batch can mix tasks; rows of one task give
-the same result as a batch of that task alone. Which tasks a batch holds, and where, is read on the host
-from its HostInfo (data/host.py, made from the CPU batch before it moved): a forward asks the device for
-nothing. Shallow prompts are scattered into the input
+Every sequence of a batch names its task (`seq_task`, data/batch.py), so one batch can mix tasks;
+sequences of one task give the same result as a batch of that task alone. Which tasks a batch holds,
+and where, is read on the host from its HostInfo (data/host.py, made from the CPU batch before it
+moved): a forward asks the device for nothing. Shallow prompts are scattered into the input
 embeddings where the data put their placeholder slots (`soft_mask`); deep prompts travel to every
 attention layer as the `ptune_prefix` keyword (see attention.py). Sequence positions count real
 tokens only (left or right padding give the same positions) and start after the P virtual tokens,
@@ -120,7 +120,7 @@ class PromptModel(nn.Module):
             prompt = self.prompt_for(batch)
         if self.depth == "shallow" and first_pass:
             soft = prompt.to(embeds.dtype)
-            soft = soft.expand(batch["host"].entries, -1, -1) if soft.dim() == 2 else soft
+            soft = soft.expand(batch["host"].sequences, -1, -1) if soft.dim() == 2 else soft
             embeds = embeds.masked_scatter(batch["soft_mask"].unsqueeze(-1), soft)
         if packed is not None:
             positions = batch["position_ids"] + offset

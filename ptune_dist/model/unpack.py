@@ -4,7 +4,7 @@ and head (model/objectives.py, heads.py) runs on it exactly as on sequences coll
     unpack(hidden [B, T, H], packed batch) -> (hidden [S, L, H], batch of S right-padded rows)
 
 (the batch described by data/host.py: L, its HostInfo.longest, is read on the host; the view keeps the HostInfo,
-whose entries were the sequences already)
+whose unit was the sequence already)
 
 S sequences (data/packing.py's seq_row / seq_start / seq_len), L the longest; the view's attention_mask,
 soft_mask, answer_pos and labels are each sequence's own, and its padding holds zeros and IGNORE labels.
@@ -29,7 +29,7 @@ def unpack(hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
         picked = t[where]
         return torch.where(valid, picked, torch.full_like(picked, fill))
 
-    view = {"input_ids": take(batch["input_ids"], 0), "attention_mask": valid.long(), "task_ids": batch["task_ids"],
+    view = {"input_ids": take(batch["input_ids"], 0), "attention_mask": valid.long(), "seq_task": batch["seq_task"],
             **{k: batch[k] for k in ("host", "group_order", "table_index")},
             "answer_pos": torch.where(batch["answer_pos"] >= 0, batch["answer_pos"] - starts, batch["answer_pos"])}
     if "soft_mask" in batch:

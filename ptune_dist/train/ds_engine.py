@@ -1,8 +1,9 @@
 """The DeepSpeed engine: ZeRO stages 0-3, optimizer offload (stages 2-3), parameter offload (stage 3).
 
 Same calls as TorchEngine (engine.py). The loop hands every micro-batch's loss to backward();
-DeepSpeed scales it by the accumulation steps and takes the update on the last micro-batch, which
-step() triggers.
+DeepSpeed sums the micro-batches' gradients (scale_wrt_gas=False: the losses come scaled by
+train/loss_weights.py, the one place they are normalised) and takes the update on the last micro-batch,
+which step() triggers.
 
 Same state contract too: state_dict() -> {"weights", "optimizer", "scheduler"}, whole tensors keyed by
 parameter name (engine.py), and load_state_dict() of that, never DeepSpeed's own checkpoint format.
@@ -64,7 +65,7 @@ class DeepSpeedEngine:
         return self.ds(batch)
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.ds.backward(loss)
+        self.ds.backward(loss, scale_wrt_gas=False)  # summed over micro-batches, as TorchEngine (loss_weights.py)
         if not self.ds.is_gradient_accumulation_boundary():
             self.ds.step()  # a micro-step: DeepSpeed counts it and updates nothing
 

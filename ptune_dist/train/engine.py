@@ -2,7 +2,10 @@
 
 An engine offers the same calls whatever runs underneath (see ds_engine.py for DeepSpeed):
 
-    forward(batch) -> Output        backward(loss) per micro-batch
+    forward(batch) -> Output        backward(loss) per micro-batch: the update's gradient is the sum of its
+                                    micro-batches' (never divided by grad_accum), averaged over the ranks;
+                                    train/loss_weights.py scales the losses so that this is the mean
+                                    over every target (the one place the loss is normalised)
     step(loss) -> grad norm, per update (loss: the update's summed micro-batch losses), a 0-dim tensor on the
                   device (reading it is a host sync: the loop does at logging steps, nonfinite.py); NaN when the
                   loss or a gradient was not finite on any rank, and then nothing was updated
@@ -36,16 +39,16 @@ from .optim_state import load_named_state_dict, named_state_dict
 
 
 class TorchEngine:
-    def __init__(self, model, optimizer, scheduler, max_grad_norm: float, grad_accum: int = 1):
+    def __init__(self, model, optimizer, scheduler, max_grad_norm: float):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.max_grad_norm, self.grad_accum = max_grad_norm, grad_accum
+        self.max_grad_norm = max_grad_norm
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def forward(self, batch):
         return self.model(batch)
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.grad_accum).backward()
+        loss.backward()  # summed over the micro-batches: loss_weights.py has scaled it
 
     def step(self, loss: torch.Tensor | None = None) -> torch.Tensor:
         """Average gradients over ranks, clip, update (when finite), advance the schedule; returns the gradient

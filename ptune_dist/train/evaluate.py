@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ptune_dist.data.batch import is_packed
 from ptune_dist.data.loader import eval_batches
 from ptune_dist.data.packed_loader import packed_eval_batches
 from ptune_dist.device import to_device
@@ -43,7 +44,7 @@ def class_metrics(gold: list[int], pred: list[int], n: int) -> dict:
 def batch_sums(spec, out, batch) -> torch.Tensor:
     """A flat float64 vector of this batch's sums: [loss_sum, count, correct] or a confusion matrix + loss."""
     if spec.type == "generation":
-        return torch.tensor([float(out.loss) * out.count, out.count, out.correct], dtype=torch.float64)
+        return torch.tensor([float(out.total), out.count, out.correct], dtype=torch.float64)
     labels = batch["labels"]
     n = len(spec.labels)
     if spec.type == "classification":
@@ -53,15 +54,14 @@ def batch_sums(spec, out, batch) -> torch.Tensor:
         gold, pred = [g for g, _ in pairs], [p for _, p in pairs]
         keep = [i for i, g in enumerate(gold) if g != -100]
         conf = _confusion([gold[i] for i in keep], [pred[i] for i in keep], n)
-    count = float(conf.sum())
-    return torch.cat([torch.tensor([float(out.loss) * count]), conf.flatten()])
+    return torch.cat([torch.tensor([float(out.total)]), conf.flatten()])
 
 
 def gold_rows(batch) -> list[list[int]]:
     """Per-token labels, one list per sequence: the batch's rows, or a packed batch's sequences (the rows
     its predictions come in: model/unpack.py)."""
     labels = batch["labels"]
-    if "seq_row" not in batch:
+    if not is_packed(batch):
         return labels.tolist()
     where = zip(batch["seq_row"].tolist(), batch["seq_start"].tolist(), batch["seq_len"].tolist())
     return [labels[r, start:start + n].tolist() for r, start, n in where]

@@ -154,7 +154,7 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
             if logs or evals or saves or stopping:  # the host reads the steps since the last read
                 losses += guard.settle()
             if logs and losses:
-                mean = sum(loss for _, _, loss in losses) / (len(losses) * t.grad_accum)
+                mean = sum(loss for _, _, loss in losses) / len(losses)  # each the update's mean (loss_weights.py)
                 elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
                 mean = float(dist.all_reduce_sum(torch.tensor(mean, dtype=torch.float64))) / world
                 log.train({"step": step, "loss": mean, "lr": lr, "tokens_per_s": tokens * world / elapsed,
@@ -185,7 +185,7 @@ def make_engine(s: Session):
 
         config = ds_config(s.cfg.distributed, t, s.cfg.data.batch_size, s.env.world)
         return DeepSpeedEngine(s.model, optimizer, lambda opt: build_scheduler(opt, t), config, t.max_grad_norm)
-    return TorchEngine(s.model, optimizer, build_scheduler(optimizer, t), t.max_grad_norm, t.grad_accum)
+    return TorchEngine(s.model, optimizer, build_scheduler(optimizer, t), t.max_grad_norm)
 
 
 def make_loader(s: Session) -> Prefetch:

@@ -2,9 +2,9 @@
 
     update(engine, micro, world, device, move=None, phase=None) -> (update loss, grad norm, tokens)
 
-Each micro-batch (described on the host: data/host.py) is moved to the device, its loss weighted by its
-targets (loss_weights.py: every target of the update counts once, whatever the world size), run forward and
-backward; then the engine's step. Nothing here reads the device: the loss and the gradient norm come back as
+Each micro-batch (described on the host: data/host.py) is moved to the device, run forward, its summed loss
+scaled (loss_weights.py, the one place the loss is normalised: every target of the update counts once,
+whatever the world size) and run backward; then the engine's step. Nothing here reads the device: the loss and the gradient norm come back as
 device tensors (train/nonfinite.py reads them at logging steps), the tokens as a host count. `phase(name)` is
 called as the update enters "batch", "forward", "backward" and "step" (the trace names its memory by them);
 `move` copies a batch to the device (default device.to_device; the trace's leaves out pinning: fake tensors
@@ -17,7 +17,7 @@ import torch
 
 from ptune_dist.device import to_device
 
-from .loss_weights import loss_weights
+from .loss_weights import loss_weights, share
 
 
 def update(engine, micro: list[dict], world: int, device: torch.device, move=None,
@@ -29,7 +29,8 @@ def update(engine, micro: list[dict], world: int, device: torch.device, move=Non
         phase("batch")
         on_device = move(batch, device)
         phase("forward")
-        loss = engine.forward(on_device).loss * weight  # the mean over every target of the update
+        out = engine.forward(on_device)
+        loss = share(out.total, out.count, weight, len(micro))  # its share of the mean over every target
         phase("backward")
         engine.backward(loss)
         step_losses.append(loss.detach())
