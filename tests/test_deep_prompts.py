@@ -5,6 +5,8 @@ import contextlib
 
 import pytest
 import torch
+
+from ptune_dist.methods.placement import NONE
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from conftest import MINI, assert_close_rel, grads, session
@@ -108,9 +110,9 @@ def test_prefix_changes_encoder_outputs_everywhere(mini):
     batch = collate(s.tasks[0].train[:2], s.pad_id, "right")
     with torch.no_grad():
         with_prefix = s.model.encode(batch).last_hidden_state
-        s.model.depth = "none"
+        deep, s.model.placement = s.model.placement, NONE
         without = s.model.encode(batch).last_hidden_state
-        s.model.depth = "deep"
+        s.model.placement = deep
     real = batch["attention_mask"].bool()
     assert (with_prefix - without).norm(dim=-1)[real].min() > 1e-3
 

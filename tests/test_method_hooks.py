@@ -8,6 +8,7 @@ the shape its import builds. No model loads: the base is a small hand-written Ba
 
 import dataclasses
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from ptune_dist.config.schema import MethodConfig
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import (DEFAULT_METHOD, METHODS, REGISTERED, BaseInfo, InitContext, for_peft_type,
                                 peft_exportable, peft_importable)
+from ptune_dist.methods.placement import Placement
 from ptune_dist.plan import Arch, Setup, trainable_params
 from ptune_dist.plan.memory import method_section
 
@@ -60,11 +62,30 @@ def test_no_method_is_named_outside_the_methods_package():
     assert not found, "method names outside ptune_dist/methods (ask the method's class instead):\n" + "\n".join(found)
 
 
+DEPTH_TEST = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](shallow|deep)["']|["'](shallow|deep)["']\s*(==|!=)"""
+                        r"""|(depth|placement)\w*(\.name)?\s*(==|!=)\s*["']none["']""")
+
+
+def test_no_depth_string_is_tested_outside_the_methods_package():
+    """How a prompt enters the model is its Placement's to say (methods/placement.py): no module outside
+    methods/ compares a placement's name with "shallow", "deep" or "none"."""
+    assert DEPTH_TEST.search('if depth == "deep":') and DEPTH_TEST.search("x in ('shallow', 'deep')")
+    assert DEPTH_TEST.search('cls.depth != "none"') and not DEPTH_TEST.search('s.quant == "none"')
+    found = []
+    for path in source_files():
+        if path.suffix != ".py":
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if DEPTH_TEST.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not found, "depth strings tested outside ptune_dist/methods (ask the Placement):\n" + "\n".join(found)
+
+
 def test_the_registry_is_consistent():
     assert DEFAULT_METHOD in METHODS and len(METHODS) == len(REGISTERED)
     for name, cls in METHODS.items():
-        assert cls.name == name and cls.depth in ("shallow", "deep", "none")
-        assert not (cls.trains_base and cls.depth != "none")
+        assert cls.name == name and isinstance(cls.placement, Placement)
+        assert not (cls.trains_base and cls.placement.learned)
     for peft_type in peft_importable():
         assert sum(peft_type in cls.peft_imports for cls in REGISTERED) == 1, peft_type
     assert for_peft_type("LORA") is None

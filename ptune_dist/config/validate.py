@@ -138,7 +138,7 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
         raise ConfigError(f"tasks: one batch mixes tasks of one type only, got types {sorted(types)}")
     for i, task in enumerate(cfg.tasks):
         key = f"tasks.{i}"
-        if "{soft}" in task.template and cls.depth != "shallow":
+        if "{soft}" in task.template and not cls.placement.soft:
             raise ConfigError(f"{key}.template places {{soft}}, but method.name={m.name} has no virtual "
                               "input tokens (deep prompts sit in every layer); remove {soft}")
         if task.type == "token_classification" and task.scoring != "head":

@@ -14,6 +14,7 @@ from torch import nn
 
 from .base import BaseInfo, InitContext, PromptMethod
 from .init import token_embeddings
+from .placement import SHALLOW
 
 if TYPE_CHECKING:
     from ptune_dist.config.schema import MethodConfig
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 class PTuning(PromptMethod):
     name = "p_tuning"
-    depth = "shallow"
+    placement = SHALLOW
     peft_type = "P_TUNING"
 
     def __init__(self, cfg: MethodConfig, info: BaseInfo, ctx: InitContext):

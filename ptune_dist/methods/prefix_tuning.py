@@ -18,13 +18,14 @@ from ptune_dist.errors import ConfigError
 
 from .base import BaseInfo, InitContext, PromptMethod
 from .init import token_embeddings
+from .placement import DEEP
 
 if TYPE_CHECKING:
     from ptune_dist.config.schema import MethodConfig
 
 
 class DeepPrefix(PromptMethod):
-    depth = "deep"
+    placement = DEEP
     peft_type = "PREFIX_TUNING"
     default_projection = True  # method.projection=None means this
 

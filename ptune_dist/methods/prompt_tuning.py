@@ -13,6 +13,7 @@ from torch import nn
 
 from .base import BaseInfo, InitContext, PromptMethod
 from .init import token_embeddings
+from .placement import SHALLOW
 
 if TYPE_CHECKING:
     from ptune_dist.config.schema import MethodConfig
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 class PromptTuning(PromptMethod):
     name = "prompt_tuning"
-    depth = "shallow"
+    placement = SHALLOW
     peft_type = "PROMPT_TUNING"
     peft_imports = ("PROMPT_TUNING", "P_TUNING")
 

@@ -93,7 +93,7 @@ def method_setting(method: str, length: int, init: str, base: MethodConfig, task
     """(prompt length, init) the method runs at: (0, "") without a prompt; init=random where its rules refuse init,
     or where the task cannot give it (labels: a generation task has no label names nor words)."""
     cls = method_class(method)
-    if cls.depth == "none":
+    if not cls.placement.learned:
         return 0, ""
     if init == "labels" and task_type == "generation":
         return length, "random"
