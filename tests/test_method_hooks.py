@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptune_dist.config.schema import MethodConfig
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import (DEFAULT_METHOD, METHODS, REGISTERED, BaseInfo, InitContext, for_peft_type,
                                 peft_exportable, peft_importable)
@@ -44,7 +43,9 @@ def source_files():
 
 
 def build(name: str, **fields):
-    m = MethodConfig(name=name, num_virtual_tokens=5, init="random", **fields)
+    cls = METHODS[name]
+    own = {f.name for f in dataclasses.fields(cls.Config)}  # each method's section holds its own knobs only
+    m = cls.section(num_virtual_tokens=5, init="random", **{k: v for k, v in fields.items() if k in own})
     ctx = InitContext(embed=None, tokenizer=None, label_words=[], generator=torch.Generator().manual_seed(0))
     return m, METHODS[name](m, INFO, ctx)
 
@@ -117,7 +118,7 @@ def test_an_export_has_the_shape_its_import_builds(name, projection):
                   num_layers=INFO.num_layers, base_model_name_or_path="tiny", inference_mode=True)
     assert cls.peft_config(m, INFO, common).peft_type.value == cls.peft_type
     back = for_peft_type(cls.peft_type)
-    imported = dataclasses.replace(m, name=back.name, **import_lines(back))
+    imported = back.section(m, **import_lines(back))
     back.check_peft_import(imported, cls.peft_type)
     (_, param), = build(back.name, **import_lines(back))[1].named_parameters()
     assert tuple(param.shape) == tuple(weights.shape)
@@ -132,12 +133,12 @@ def import_lines(cls) -> dict:
 @pytest.mark.parametrize("peft_type", peft_importable())
 def test_an_import_refuses_a_method_section_that_cannot_hold_the_adapter(peft_type):
     cls = for_peft_type(peft_type)
-    cls.check_peft_import(MethodConfig(name=cls.name, **import_lines(cls)), peft_type)
+    cls.check_peft_import(cls.section(**import_lines(cls)), peft_type)
     other = next(n for n in METHODS if n != cls.name)
     sets = "".join(f" with {line}" for line in cls.peft_import_overrides)
     with pytest.raises(ConfigError, match=f"imports as method.name={cls.name}{sets}; drop the method"):
-        cls.check_peft_import(MethodConfig(name=other), peft_type)
+        cls.check_peft_import(METHODS[other].section(), peft_type)
     flipped = {k: not v for k, v in import_lines(cls).items() if isinstance(v, bool)}
     if flipped:  # the name alone is not enough: the section must keep what the import set
         with pytest.raises(ConfigError, match=f"imports as method.name={cls.name}"):
-            cls.check_peft_import(MethodConfig(name=cls.name, **flipped), peft_type)
+            cls.check_peft_import(cls.section(**flipped), peft_type)

@@ -1,7 +1,8 @@
 """The run configuration: dataclasses that omegaconf merges with YAML files and key=value overrides.
 
-Every field says what it accepts, next to its declaration, and `load.validate` checks it by walking the
-dataclass tree:
+Every field says what it accepts, next to its declaration (the helpers live in ptune_dist/fields.py, re-exported
+here; the `method` section is methods/config.py's MethodConfig or the Config of the method named, which
+load.py resolves), and `load.validate` checks it by walking the dataclass tree:
 
 - `choice(default, ...)`: only those strings;
 - `number(default, ge=/gt=/le=/lt=)` (or `numbers(factory, ...)` for a list): the number's domain;
@@ -19,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ptune_dist.fields import (GPUS, INT32, NODE_PROCS, NODES, RESTARTS, THREADS, TIMEOUT, Domain, choice, number,
-                               numbers, text)
+from ptune_dist.fields import (GPUS, INT32, NODE_PROCS, NODES, RESTARTS, THREADS, TIMEOUT, choice, number, numbers,
+                               text)
 from ptune_dist.kernels import CHOICES as ATTENTION_IMPLS
 from ptune_dist.methods import DEFAULT_METHOD, METHODS
+from ptune_dist.methods.config import INITS, LABELS, RANDOM, VOCAB, MethodConfig
 
 
 @dataclass
@@ -44,20 +46,6 @@ class ModelConfig:
     quant_compute_dtype: str = choice("auto", "float32", "bfloat16", "float16")
     # 4-bit: dtype of the tensors holding the packed weights; bfloat16 is the QLoRA recipe for ZeRO-3/FSDP
     quant_storage: str = choice("uint8", "bfloat16", "float16", "float32")
-
-
-@dataclass
-class MethodConfig:
-    name: str = choice(DEFAULT_METHOD, *METHODS)
-    num_virtual_tokens: int = number(20, ge=0, most=INT32)  # > 0 for the prompt methods (validate)
-    # shallow prompts and the prefix-tuning embedding: random | vocab (sampled) | text | labels
-    init: str = choice("random", "vocab", "text", "labels")
-    init_text: str = text()
-    init_scale: float = number(0.5, gt=0)  # uniform range for random token embeddings; std for random deep prefixes
-    encoder: str = choice("mlp", "lstm")  # P-tuning's prompt encoder
-    encoder_hidden_size: int = number(0, ge=0, meaning="0: the model's hidden size", most=INT32)
-    projection: Optional[bool] = None  # deep prompts through an MLP (None: the method's default_projection)
-    projection_hidden_size: int = number(512, gt=0, most=INT32)
 
 
 @dataclass
@@ -203,14 +191,15 @@ class StudyConfig:
       main    models x methods, at prompt_length and init
       length  models x prompt_lengths, for ablation_method at init
       init    models x inits, for ablation_method at prompt_length
-    A method that takes no init (or not this one) runs at init=random; the baselines (depth none) have neither."""
+    A method that takes no init (or not this one) runs at init=random; the baselines (no learned placement) have
+    neither."""
 
     models: List[str] = text(factory=list)  # model.name_or_path of each size, e.g. embedded:..., a folder, a hub id
     methods: List[str] = field(default_factory=lambda: list(METHODS))  # every method, the baselines included
     prompt_length: int = number(100, gt=0, most=INT32)  # Lester et al.'s main setting
-    init: str = choice("labels", "random", "vocab", "text")
+    init: str = choice(LABELS, *INITS)
     prompt_lengths: List[int] = numbers(lambda: [1, 5, 20, 100, 150], gt=0)
-    inits: List[str] = field(default_factory=lambda: ["random", "vocab", "labels"])
+    inits: List[str] = field(default_factory=lambda: [RANDOM, VOCAB, LABELS])
     ablation_method: str = choice(DEFAULT_METHOD, *METHODS)  # prompt tuning
     seeds: List[int] = numbers(lambda: [0, 1, 2], ge=0, meaning="train.seed of each repeat")
     # more key=value settings for the cells of one method, one model, or one 'MODEL|METHOD' (applied in that
@@ -229,6 +218,7 @@ class StudyConfig:
 class RunConfig:
     output_dir: str = "runs/default"  # not empty (validate)
     model: ModelConfig = field(default_factory=ModelConfig)
+    # resolved by method.name into that method's own Config (a MethodConfig subclass: methods/config.py, load.py)
     method: MethodConfig = field(default_factory=MethodConfig)
     tasks: List[TaskConfig] = field(default_factory=lambda: [TaskConfig()])
     data: DataConfig = field(default_factory=DataConfig)

@@ -10,23 +10,23 @@ The hooks (class attributes and classmethods of PromptMethod, overridden where a
 - the memory planner (plan/memory.py, plan/search.py): `placement`, `trains_base`, `trainable_params(...)`
   and `activation_bytes(...)`.
 
-`m` is a run config's method section (config/schema.py's MethodConfig); the planner builds one from its Setup.
+`m` is a run config's method section: an instance of the class's `Config` (methods/config.py's MethodConfig,
+or a subclass a method declares beside it for its own knobs); the planner holds the same object.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from ptune_dist.errors import ConfigError
 
+from .config import TEXT, MethodConfig
 from .placement import NONE, Placement
-
-if TYPE_CHECKING:
-    from ptune_dist.config.schema import MethodConfig
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class PromptMethod(nn.Module):
     """
 
     name: ClassVar[str] = ""  # method.name in a run config (the registry's key)
+    Config: ClassVar[type[MethodConfig]] = MethodConfig  # its method section: a subclass adds the method's knobs
     placement: ClassVar[Placement] = NONE  # how the prompt enters the model
     trains_base: ClassVar[bool] = False  # every weight of the base trains along
     peft_type: ClassVar[str | None] = None  # the PEFT peft_type it exports as; None: PEFT has no format for it
@@ -109,11 +110,19 @@ class PromptMethod(nn.Module):
 
     # -- config ---------------------------------------------------------------------------------
     @classmethod
+    def section(cls, base: MethodConfig | None = None, **changes: Any) -> MethodConfig:
+        """This method's Config: the fields `base` (another method's section, say) shares with it, then
+        `changes`; the rest at their defaults. `name` is this method's."""
+        own = {f.name for f in dataclasses.fields(cls.Config)}
+        kept = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name in own} if base else {}
+        return cls.Config(**{**kept, **changes, "name": cls.name})
+
+    @classmethod
     def check_config(cls, m: MethodConfig) -> None:
         """The method section's combinations that cannot work (each field's domain is checked before)."""
         if cls.placement.prompt_tokens(1) and m.num_virtual_tokens <= 0:
             raise ConfigError(f"method.num_virtual_tokens={m.num_virtual_tokens} must be > 0")
-        if m.init == "text" and not m.init_text:
+        if m.init == TEXT and not m.init_text:
             raise ConfigError("method.init=text needs method.init_text")
 
     # -- PEFT's adapter format --------------------------------------------------------------------

@@ -6,17 +6,15 @@ virtual tokens), import as prompt tuning.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .base import BaseInfo, InitContext, PromptMethod
+from .config import MethodConfig
 from .init import token_embeddings
 from .placement import SHALLOW
-
-if TYPE_CHECKING:
-    from ptune_dist.config.schema import MethodConfig
 
 
 class PromptTuning(PromptMethod):

@@ -46,6 +46,7 @@ trains) is its class's to say (ptune_dist/methods hooks); nothing here tests a m
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from ptune_dist.config.schema import MethodConfig
@@ -145,9 +146,11 @@ def method_of(s: Setup) -> type[PromptMethod]:
 
 def method_section(s: Setup) -> MethodConfig:
     """The run config's method section that the setup describes (what the method hooks take)."""
-    return MethodConfig(name=s.method, num_virtual_tokens=s.num_virtual_tokens, encoder=s.encoder,
-                        encoder_hidden_size=s.encoder_hidden_size, projection=s.projection,
-                        projection_hidden_size=s.projection_hidden_size)
+    cls = method_of(s)
+    own = {f.name for f in dataclasses.fields(cls.Config)}
+    fields = dict(num_virtual_tokens=s.num_virtual_tokens, encoder=s.encoder, encoder_hidden_size=s.encoder_hidden_size,
+                  projection=s.projection, projection_hidden_size=s.projection_hidden_size)
+    return cls.section(**{k: v for k, v in fields.items() if k in own})
 
 
 # -- parameters -----------------------------------------------------------------------------
