@@ -46,12 +46,10 @@ trains) is its class's to say (ptune_dist/methods hooks); nothing here tests a m
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from ptune_dist.config.schema import MethodConfig
 from ptune_dist.errors import ConfigError
-from ptune_dist.methods import DEFAULT_METHOD, PromptMethod, method_class
+from ptune_dist.methods import MethodConfig, PromptMethod, method_class
 
 from .arch import Arch
 
@@ -75,12 +73,9 @@ BACKWARD_WORKSPACE = {True: 3, False: 6}  # by Setup.lean_activations
 class Setup:
     """One way of running a method on a model: what decides the memory of a device."""
 
-    method: str = DEFAULT_METHOD  # method.name; the method's class answers for it (ptune_dist/methods hooks)
-    num_virtual_tokens: int = 20
-    encoder: str = "mlp"  # a shallow prompt's encoder: mlp | lstm
-    encoder_hidden_size: int = 0  # 0: hidden size
-    projection: bool | None = None  # deep prompts: None = the method's default
-    projection_hidden_size: int = 512
+    # the run config's method section (its method's Config, ptune_dist/methods), whose class answers for it;
+    # a method name stands for that method's section at its defaults
+    method: MethodConfig = field(default_factory=MethodConfig, hash=False)
     task: str = "classification"  # classification | generation | token_classification
     label_tokens: int = 1  # positions per row that reach the LM head (classification: 1)
     head_classes: int = 0  # a classification head (scoring=head) instead of the LM head
@@ -103,6 +98,10 @@ class Setup:
     offload_params: bool = False
     world: int = 1  # ranks (GPUs) in all
     zero_extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self):
+        if isinstance(self.method, str):
+            object.__setattr__(self, "method", method_class(self.method).section())
 
     @property
     def zero(self) -> int:
@@ -141,16 +140,12 @@ class Breakdown:
 # -- the method -----------------------------------------------------------------------------
 def method_of(s: Setup) -> type[PromptMethod]:
     """The class of the setup's method, whose hooks answer for it (an unknown name is a ConfigError)."""
-    return method_class(s.method)
+    return method_class(s.method.name)
 
 
 def method_section(s: Setup) -> MethodConfig:
-    """The run config's method section that the setup describes (what the method hooks take)."""
-    cls = method_of(s)
-    own = {f.name for f in dataclasses.fields(cls.Config)}
-    fields = dict(num_virtual_tokens=s.num_virtual_tokens, encoder=s.encoder, encoder_hidden_size=s.encoder_hidden_size,
-                  projection=s.projection, projection_hidden_size=s.projection_hidden_size)
-    return cls.section(**{k: v for k, v in fields.items() if k in own})
+    """The run config's method section the setup holds (what the method hooks take)."""
+    return s.method
 
 
 # -- parameters -----------------------------------------------------------------------------
@@ -215,10 +210,10 @@ def _zero3_gathered(arch: Arch, s: Setup, stored: float) -> float:
 # -- activations ----------------------------------------------------------------------------
 def sequence(s: Setup) -> tuple[int, int, int]:
     """(tokens per row the model runs on, keys per row, prefix length held as keys)."""
-    P = method_of(s).placement.prefix_length(s.num_virtual_tokens)
+    P = method_of(s).placement.prefix_length(s.method.num_virtual_tokens)
     if P and s.max_length <= P:
         raise ConfigError(f"data.max_length={s.max_length} leaves no room after {P} virtual tokens")
-    return method_of(s).placement.sequence(s.max_length, s.num_virtual_tokens)
+    return method_of(s).placement.sequence(s.max_length, s.method.num_virtual_tokens)
 
 
 def layer_activation_bytes(arch: Arch, s: Setup) -> float:

@@ -334,9 +334,7 @@ def setup_from_config(cfg: RunConfig, arch: Arch, plan: dict, device: str | None
     per_row = (_int(plan["sequences_per_row"], "plan.sequences_per_row", maximum=d.max_length)
                if "sequences_per_row" in plan else max(1, d.max_length // 128))
     return Setup(
-        method=cfg.method.name, num_virtual_tokens=cfg.method.num_virtual_tokens, encoder=cfg.method.encoder,
-        encoder_hidden_size=cfg.method.encoder_hidden_size, projection=cfg.method.projection,
-        projection_hidden_size=cfg.method.projection_hidden_size, task=ttype, label_tokens=label_tokens,
+        method=cfg.method, task=ttype, label_tokens=label_tokens,
         head_classes=head, batch_size=d.batch_size, grad_accum=cfg.train.grad_accum, max_length=d.max_length,
         packing=d.packing, sequences_per_row=per_row,
         dtype=m.dtype, quant=m.quant, quant_double=m.quant_double, quant_storage=m.quant_storage,
@@ -369,7 +367,7 @@ def _engines(req: Request) -> list[dict]:
     z3 = dict(engine="deepspeed", zero_stage=3, offload_optimizer=False, offload_params=False)
     z3off = dict(engine="deepspeed", zero_stage=3, offload_optimizer=True, offload_params=True)
     out = [plain] + ([z3] if world > 1 else []) + [z3off]
-    if method_class(base.method).trains_base and world > 1:
+    if method_class(base.method.name).trains_base and world > 1:
         out[1:1] = [dict(engine="deepspeed", zero_stage=s, offload_optimizer=False, offload_params=False)
                     for s in (1, 2)]
     return out
@@ -382,7 +380,7 @@ def _bases(req: Request) -> list[tuple[str, str]]:
         options = [(b.dtype, q) for _, q in options]
     if "model.quant" in f:
         options = [(dt, b.quant) for dt, _ in options]
-    if method_class(b.method).trains_base:
+    if method_class(b.method.name).trains_base:
         options = [(dt, q) for dt, q in options if q == "none"]
     return list(dict.fromkeys(options))
 
@@ -420,7 +418,7 @@ def overrides_for(s: Setup, req: Request) -> list[str]:
     if req.model_override:
         o.append(f"model.name_or_path={req.model_override}")
     if not req.config_file and "method.name" not in req.fixed:
-        o.append(f"method.name={s.method}")  # CONFIG.yaml stands for any config: say the method planned
+        o.append(f"method.name={s.method.name}")  # CONFIG.yaml stands for any config: say the method planned
     o += req.overrides
     o.append(f"model.dtype={s.dtype}")
     if s.quant != "none":
@@ -557,7 +555,7 @@ def render(req: Request, rows: list[Row], trace: int = 0) -> str:
     lines = [
         f"model: {a.name} ({a.total_params / 1e9:.2f}B parameters, {a.num_layers} layers, hidden {a.hidden_size}, "
         f"heads {a.num_heads}/{a.num_kv_heads} kv, vocab {a.vocab_size}; from {a.source or 'built-in'})",
-        f"method: {b.method}, {b.num_virtual_tokens} virtual tokens, {rows[0].breakdown.trainable_params:,} "
+        f"method: {b.method.name}, {b.method.num_virtual_tokens} virtual tokens, {rows[0].breakdown.trainable_params:,} "
         f"trainable parameters; batch {b.batch_size} x {b.max_length} tokens per {device}"
         + (f" (packed, {b.sequences_per_row} examples a row)" if b.packing else "") + f", {b.task} "
         f"({f'LM head on {b.label_tokens} labelled token(s) per {unit}' if not b.head_classes else 'head'})",
