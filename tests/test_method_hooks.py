@@ -101,9 +101,9 @@ def test_planned_parameters_equal_the_built_module(name, opts):
     base = ARCH.total_params if METHODS[name].trains_base else 0  # the base's weights train along
     hook = METHODS[name].trainable_params(m, INFO.hidden_size, INFO.kv_width, ARCH.total_params)
     assert hook == built + base
-    setup = Setup(method=name, num_virtual_tokens=m.num_virtual_tokens, **opts)
+    setup = Setup(method=m)
     assert trainable_params(ARCH, setup) == built + base
-    assert method_section(setup) == m
+    assert method_section(setup) is m and Setup(method=name).method == METHODS[name].section()
     assert METHODS[name].activation_bytes(m, INFO.hidden_size, INFO.kv_width) >= 0
 
 
