@@ -105,7 +105,8 @@ def _method_name(layers: list[tuple[str, dict]], overrides: list[str]) -> str:
     """The method.name the files and overrides set last (DEFAULT_METHOD when none does)."""
     name = DEFAULT_METHOD
     for _, layer in layers:
-        name = (layer.get("method") or {}).get("name", name) if isinstance(layer.get("method"), dict) else name
+        section = layer.get("method")
+        name = section.get("name", name) if isinstance(section, dict) else name
     for item in overrides:
         key, value = item.split("=", 1)
         key = key.strip()
