@@ -5,14 +5,13 @@ import contextlib
 
 import pytest
 import torch
-
-from ptune_dist.methods.placement import NONE
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from conftest import MINI, assert_close_rel, grads, session
 
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
+from ptune_dist.methods.placement import NONE
 from ptune_dist.model.load import load_base
 
 SUPPORT = ["tasks.0.preset=support", "data.max_train_examples=4", "data.max_eval_examples=4",

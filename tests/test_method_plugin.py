@@ -12,12 +12,11 @@ One tiny base (MiniLM, head scoring), a few steps each: a shared run serves seve
 """
 
 import pytest
+import torch
 from conftest import MINI, read_jsonl
 from plugin_methods.kv_scales import KvScales
 from plugin_methods.lora_prompt import LoraPrompt
 from safetensors.torch import load_file
-
-import torch
 
 from ptune_dist.checkpoint import state
 from ptune_dist.checkpoint.peft_format import export_peft
