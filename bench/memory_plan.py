@@ -244,15 +244,15 @@ def best_setup(args: list[str]) -> str:
 
 def models_table() -> list[str]:
     """The planner's first choice for big Llama models x methods x hardware (no runs)."""
-    from ptune_dist.plan import BUILTIN, trainable_params
-    from ptune_dist.plan.memory import Setup
+    from ptune_dist.methods import METHODS
+    from ptune_dist.plan import BUILTIN, Setup, trainable_params
 
     head = "| model | method | trainable | " + " | ".join(h for h, _, _ in HARDWARE) + " |"
     out = [head, "|" + "---|" * (3 + len(HARDWARE))]
     for m in MODELS:
         arch = BUILTIN[m]
         for method in TABLE_METHODS:
-            n = trainable_params(arch, Setup(method=method, num_virtual_tokens=20))
+            n = trainable_params(arch, Setup(method=METHODS[method].section(num_virtual_tokens=20)))
             cells = [best_setup([f"model={m}", f"method={method}", f"hardware.gpus={g}", f"hardware.gpu_mem={mem}",
                                  *TABLE_RUN]) for _, g, mem in HARDWARE]
             out.append(f"| {m} ({arch.total_params / 1e9:.1f}B) | {method} | {n / 1e6:,.1f}M | " + " | ".join(cells) + " |")

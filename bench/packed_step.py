@@ -105,7 +105,7 @@ def ptune_steps(args, examples):
                            "method.projection=false", f"model.name_or_path={MODEL}"])
     model = build_model(cfg.method, cfg.model, cfg.train.seed, [TaskSpec(name="bench", type="generation")],
                         load_tokenizer(MODEL)).train()
-    P = args.virtual if model.depth == "shallow" else 0
+    P = model.placement.soft_slots(args.virtual)
     batches = packed_batches(examples, P, args.max_len + P, args.rows)
     return model, model.trainable_parameters().values(), batches, lambda b: model(b).loss
 

@@ -129,7 +129,7 @@ def child_ptune(spec: dict) -> dict:
         cfg = load_config([], [*common, f"method.name={PTUNE_METHOD.get(method, method)}"])
         model = build_model(cfg.method, cfg.model, cfg.train.seed, [TaskSpec(name="bench", type="generation")],
                             None, base=base, device=device).train()
-        slots = model.num_virtual_tokens if model.depth == "shallow" else 0  # placeholders in the row
+        slots = model.placement.soft_slots(model.num_virtual_tokens)  # placeholders in the row
         workloads = (
             ("mix", "packed", packed_batches(examples, slots, model.row_capacity(L + P), spec["rows"])),
             ("fixed", "unpacked", [ptune_batch(model, ids, labels)]),

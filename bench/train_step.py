@@ -57,7 +57,7 @@ def ptune_batch(model, ids, labels) -> dict:
     of the tokens (`soft_mask`), deep prompts none; every row is task 0."""
     import torch
 
-    B, P = ids.shape[0], model.num_virtual_tokens if model.depth == "shallow" else 0
+    B, P = ids.shape[0], model.placement.soft_slots(model.num_virtual_tokens)
     batch = {"input_ids": torch.cat([torch.zeros(B, P, dtype=torch.long), ids], 1),
              "labels": torch.cat([torch.full((B, P), -100), labels], 1),
              "seq_task": torch.zeros(B, dtype=torch.long)}

@@ -294,7 +294,7 @@ def test_yaml_text_converts_to_each_fields_type(tmp_path):
     f = tmp_path / "a.yaml"
     f.write_text("train: {steps: 7, lr: 1e-3, betas: [0.8, .99], tensorboard: no, progress_bar: off,\n"
                  "        eval_at_start: yes, eval_baseline: true}\n"
-                 "model: {dropout: ~, gradient_checkpointing: 1}\nmethod: {projection: null}\n"
+                 "model: {dropout: ~, gradient_checkpointing: 1}\nmethod: {name: prefix_tuning, projection: null}\n"
                  "distributed: {engine: deepspeed, zero_stage: 3, zero_extra: {stage3_max_live_parameters: 1e6,\n"
                  "  stage3_prefetch_bucket_size: 0, sub: {buffer_count: 5, device: cpu, pin: yes}}}\n")
     cfg = load_config([f])
@@ -461,3 +461,31 @@ def test_every_int_key_has_an_upper_end():
     ints = [(key, f) for key, tp, f in schema_fields(RunConfig) if tp in (int, typing.Optional[int])]
     d = {key: f.metadata["domain"] for key, f in ints}
     assert not [key for key, dom in d.items() if dom.le is None and dom.lt is None and dom.most is None]
+
+
+def test_the_method_section_is_the_named_methods_own_config(tmp_path):
+    """method: resolves by name into that method's Config; a knob only other methods have is refused, naming
+    the key and those methods, from an override or a file; an old run's config.yaml (every method's keys,
+    each at its default) still loads."""
+    from ptune_dist.methods import METHODS
+
+    cfg = load_config([], ["method.name=p_tuning", "method.encoder=lstm"])
+    assert isinstance(cfg.method, METHODS["p_tuning"].Config) and cfg.method.encoder == "lstm"
+    assert not hasattr(load_config([], []).method, "encoder")
+    with pytest.raises(ConfigError, match=r"method.encoder=lstm: method.name=prompt_tuning has no key encoder; "
+                                          r"it is a key of p_tuning"):
+        load_config([], ["method.name=prompt_tuning", "method.encoder=lstm"])
+    f = tmp_path / "a.yaml"
+    f.write_text("method: {projection: true}\n")
+    with pytest.raises(ConfigError, match=r"method.projection=.*prefix_tuning, p_tuning_v2 \(config file"):
+        load_config([f])
+    assert load_config([f], ["method.name=prefix_tuning"]).method.projection is True  # the name may come later
+    with pytest.raises(ConfigError, match="config key method.encodr is unknown; allowed here: name, "):
+        load_config([], ["method.name=p_tuning", "method.encodr=lstm"])
+    old = ("method:\n  name: prompt_tuning\n  num_virtual_tokens: 7\n  init: random\n  init_text: ''\n"
+           "  init_scale: 0.5\n  encoder: mlp\n  encoder_hidden_size: 0\n  projection: null\n"
+           "  projection_hidden_size: 512\n")
+    saved = tmp_path / "config.yaml"
+    saved.write_text(old)
+    assert load_config([saved]).method == from_yaml(old).method == METHODS["prompt_tuning"].section(num_virtual_tokens=7)
+    assert from_yaml(to_yaml(cfg)) == cfg and "projection" not in to_yaml(cfg)

@@ -11,6 +11,7 @@ from conftest import MINI, assert_close_rel, grads, session
 
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
+from ptune_dist.methods.placement import NONE
 from ptune_dist.model.load import load_base
 
 SUPPORT = ["tasks.0.preset=support", "data.max_train_examples=4", "data.max_eval_examples=4",
@@ -108,9 +109,9 @@ def test_prefix_changes_encoder_outputs_everywhere(mini):
     batch = collate(s.tasks[0].train[:2], s.pad_id, "right")
     with torch.no_grad():
         with_prefix = s.model.encode(batch).last_hidden_state
-        s.model.depth = "none"
+        deep, s.model.placement = s.model.placement, NONE
         without = s.model.encode(batch).last_hidden_state
-        s.model.depth = "deep"
+        s.model.placement = deep
     real = batch["attention_mask"].bool()
     assert (with_prefix - without).norm(dim=-1)[real].min() > 1e-3
 

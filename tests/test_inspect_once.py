@@ -30,4 +30,4 @@ def test_a_session_reads_the_base_config_once_and_resolves_its_method_once(monke
     s = session_module.build_session(cfg, splits=("eval",))
     assert len(reads) == 1, reads
     assert len(resolved) == 1, resolved
-    assert s.model.info.num_layers == 6 and s.model.depth == "deep"
+    assert s.model.info.num_layers == 6 and s.model.placement.name == "deep"

@@ -77,7 +77,7 @@ def test_ptune_to_peft(method, extra, smol, tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     state.save(tmp_path / "run" / "final", to_yaml(s.cfg), state.trainable_state(s.model))
     export_peft(tmp_path / "run", tmp_path / "adapter")
-    shallow = s.model.depth == "shallow"
+    shallow = s.model.placement.soft
     batch, enc = lm_batch(s.tokenizer, P if shallow else 0)
     ours = our_logits(s.model.eval(), batch, P if shallow else 0)
     theirs = peft_logits(PeftModel.from_pretrained(stock_base(), tmp_path / "adapter").eval(), enc, shallow)

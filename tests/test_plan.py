@@ -65,9 +65,8 @@ def test_trainable_parameters_equal_the_method_modules(method, extra):
         setattr(cfg, k, v)
     ctx = InitContext(embed=None, tokenizer=None, label_words=[], generator=torch.Generator().manual_seed(0))
     module = METHODS[method](cfg, info, ctx)
-    setup = Setup(method=method, **{k: getattr(cfg, k) for k in ("num_virtual_tokens", "encoder",
-                                                                  "encoder_hidden_size", "projection",
-                                                                  "projection_hidden_size")})
+    own = {f.name for f in dataclasses.fields(METHODS[method].Config)} - {"name"}
+    setup = Setup(method=METHODS[method].section(**{k: getattr(cfg, k) for k in own}))
     assert trainable_params(resolve_arch(SMOL), setup) == sum(p.numel() for p in module.parameters())
 
 
@@ -114,7 +113,7 @@ def test_activation_model_matches_what_autograd_keeps(dtype, prefix, checkpointi
         out = model.model(inputs_embeds=embeds, position_ids=positions,
                           ptune_prefix=PrefixKV(kv, "sdpa")).last_hidden_state
         out.float().sum().backward()
-    setup = Setup(method="prefix_tuning" if P else "prompt_tuning", num_virtual_tokens=P, batch_size=B,
+    setup = Setup(method=METHODS["prefix_tuning" if P else "prompt_tuning"].section(num_virtual_tokens=P), batch_size=B,
                   max_length=T + P if P else T, dtype=dtype, gradient_checkpointing=checkpointing)
     predicted = activation_bytes(arch, setup) - (4 * P * (arch.kv_width + 512) if P and not checkpointing else 0)
     if checkpointing:  # autograd sees the kept inputs; the recomputed block is live only in backward
@@ -432,7 +431,7 @@ def test_int8_kept_inputs_match_a_real_bitsandbytes_model(tmp_path, checkpointin
     only_contexts = {k: v for k, v in tensors().items() if k not in before and k not in saved}
     measured = sum(saved.values()) + sum(only_contexts.values())
     arch = dataclasses.replace(resolve_arch(SMOL), num_layers=2, vocab_size=512)
-    setup = Setup(method="prompt_tuning", num_virtual_tokens=0, batch_size=B, max_length=T, quant="int8",
+    setup = Setup(method=METHODS["prompt_tuning"].section(num_virtual_tokens=0), batch_size=B, max_length=T, quant="int8",
                   gradient_checkpointing=checkpointing)
     predicted = activation_bytes(arch, setup)
     if checkpointing:  # the recomputed block is live only in the backward pass; its int8 inputs are kept already
@@ -456,7 +455,8 @@ def test_the_planned_kernel_is_the_one_auto_runs_on_each_device():
     cpu = parse_request(["model=llama-3.1-8b", "method=p_tuning_v2", "hardware.device=cpu", "model.dtype=bfloat16"])
     assert cpu.base.attention == "sdpa"
     arch = resolve_arch("llama-3.1-8b")
-    deep = dict(method="p_tuning_v2", num_virtual_tokens=128, dtype="bfloat16", batch_size=16, max_length=2048)
+    deep = dict(method=METHODS["p_tuning_v2"].section(num_virtual_tokens=128), dtype="bfloat16", batch_size=16,
+                max_length=2048)
     copied, shared = (predict(arch, Setup(**deep, attention=a)).activations for a in ("sdpa", "triton"))
     assert copied > shared  # the per-row copy of a 128-token prefix is counted only for SDPA
 

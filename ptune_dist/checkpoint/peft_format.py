@@ -25,6 +25,7 @@ from ptune_dist.config import load_config, to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import CheckpointError, ConfigError, PtuneError
 from ptune_dist.methods import BaseInfo, InitContext, for_peft_type, method_class, peft_exportable, peft_importable
+from ptune_dist.methods.config import RANDOM
 from ptune_dist.model.inspect import InspectedBase, inspect_base
 
 from . import state
@@ -38,7 +39,7 @@ class Prompts(nn.Module):
     def __init__(self, cfg: RunConfig, info: BaseInfo):
         super().__init__()
         cls = method_class(cfg.method.name)
-        method_cfg = dataclasses.replace(cfg.method, init="random")  # the weights are loaded next
+        method_cfg = dataclasses.replace(cfg.method, init=RANDOM)  # the weights are loaded next
         ctx = InitContext(embed=None, tokenizer=None, label_words=[], generator=torch.Generator())
         self.prompts = nn.ModuleDict({t.name: cls(method_cfg, info, ctx) for t in cfg.tasks})
 

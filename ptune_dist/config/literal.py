@@ -37,8 +37,16 @@ def key_path(key: str) -> tuple:
     return tuple("*" if part.isdigit() else part for part in re.split(r"[.\[\]]+", key) if part)
 
 
+def _method_paths() -> list[tuple]:
+    """The free-text fields of every registered method's own Config (a method registered at run time too)."""
+    from ptune_dist.methods import METHODS
+
+    return [("method", *p) for cls in METHODS.values() for p in _literal_paths(cls.Config)]
+
+
 def _under_literal(path: tuple) -> bool:
-    return any(len(path) >= len(p) and all(a == b for a, b in zip(p, path)) for p in LITERAL_PATHS)
+    paths = LITERAL_PATHS + tuple(_method_paths()) if path[:1] == ("method",) else LITERAL_PATHS
+    return any(len(path) >= len(p) and all(a == b for a, b in zip(p, path)) for p in paths)
 
 
 class Literals:

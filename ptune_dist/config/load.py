@@ -12,6 +12,11 @@ a YAML file's problems) and says what is allowed:
   is a mapping, `tasks` a list of mappings, a list field a list, a single value neither; an override
   names an existing list item (tasks.0, not tasks.5 of one task).
 
+The `method` section is resolved by `method.name` (the last one the files and overrides set) into that
+method's own Config (ptune_dist/methods: a MethodConfig subclass with its knobs): a key that only other
+methods have is an error naming it and them, unless it holds their default (an old run's saved config.yaml
+lists every method's keys, each at its default; those are dropped).
+
 The built config is checked by validate.py; free text (templates, label words) is kept away from
 OmegaConf's `${...}` interpolation by literal.py.
 """
@@ -29,6 +34,7 @@ from omegaconf._utils import get_omega_conf_dumper
 from omegaconf.errors import OmegaConfBaseException
 
 from ptune_dist.errors import ConfigError
+from ptune_dist.methods import DEFAULT_METHOD, PromptMethod, method_class, owners
 
 from .literal import Literals, key_path
 from .shape import TextLoader, shaped, unwrap
@@ -37,26 +43,32 @@ from .validate import validate
 
 def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> RunConfig:
     literals = Literals()
-    merged = OmegaConf.structured(RunConfig)
     files = [Path(f) for f in files]
-    for path in files:
-        where = f"config file {path}"
-        layer = _read_yaml(path, literals)
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"{literals.text(_explain(e))} ({where})") from None
-        except (TypeError, ValueError, IndexError) as e:
-            raise ConfigError(literals.text(f"{where}: cannot merge ({e})")) from None
+    layers = [(f"config file {path}", _read_yaml(path, literals)) for path in files]
     overrides = list(overrides)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected dotted.key=value")
+    method = method_class(_method_name(layers, overrides))
+    merged = _schema(method)
+    for where, layer in layers:
+        layer = _method_keys(layer, method, where)
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(layer))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{literals.text(_explain(e))} ({where})") from None
+        except (TypeError, ValueError, IndexError) as e:
+            raise ConfigError(literals.text(f"{where}: cannot merge ({e})")) from None
     try:
         for item in overrides:
             key, value = item.split("=", 1)  # list items by index: tasks.0.template=...
-            key, tp = _override_target(item, key, merged)
+            key, tp = _override_target(item, key, merged, method)
             value = _parse_value(value, OmegaConf.select(merged, key, default=None))
+            if key.startswith("method.") and key.count(".") == 1:
+                if not _method_keys({"method": {key[7:]: value}}, method, f"override {item!r}")["method"]:
+                    continue  # another method's key at its default
+            elif key == "method" and isinstance(value, dict):
+                value = _method_keys({"method": value}, method, f"override {item!r}")["method"]
             if tp is not None:
                 value = shaped(value, tp, key, "")
             OmegaConf.update(merged, key, literals.protect(value, key_path(key)), merge=True)
@@ -89,7 +101,62 @@ def _parse_value(value: str, current):
         return value
 
 
-def _override_target(item: str, key: str, merged) -> tuple[str, Any]:
+def _method_name(layers: list[tuple[str, dict]], overrides: list[str]) -> str:
+    """The method.name the files and overrides set last (DEFAULT_METHOD when none does)."""
+    name = DEFAULT_METHOD
+    for _, layer in layers:
+        section = layer.get("method")
+        name = section.get("name", name) if isinstance(section, dict) else name
+    for item in overrides:
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key == "method.name":
+            name = value
+        elif key == "method":
+            value = _parse_value(value, None)
+            name = value.get("name", name) if isinstance(value, dict) else name
+    return name if isinstance(name, str) else DEFAULT_METHOD
+
+
+def _schema(method: type[PromptMethod]):
+    """The run config's schema with `method` as the method's own Config."""
+    merged = OmegaConf.structured(RunConfig)
+    merged.method = OmegaConf.structured(method.Config)
+    return merged
+
+
+def _method_keys(layer: dict, method: type[PromptMethod], where: str) -> dict:
+    """The layer with its method section's keys of other methods dropped where they hold those methods' default
+    (an old saved config lists them all); any other such key is a ConfigError naming it and its methods. The
+    section is then checked in shape against the method's Config."""
+    section = layer.get("method")
+    if not isinstance(section, dict):
+        return layer
+    own = {f.name for f in dataclasses.fields(method.Config)}
+    kept = {}
+    for key, value in section.items():
+        if key in own or not owners(key):  # an unknown key: OmegaConf's error lists the keys allowed
+            kept[key] = value
+        elif not _at_default(key, value):
+            raise ConfigError(f"method.{key}={value}: method.name={method.name} has no key {key}; it is a key of "
+                              f"{', '.join(owners(key))} ({where})")
+    return {**layer, "method": shaped(kept, method.Config, "method", f"{where}: ")}
+
+
+def _at_default(key: str, value) -> bool:
+    """Whether `value` is, for every method that has `key`, that method's default."""
+    for name in owners(key):
+        config = method_class(name).Config
+        try:
+            given = getattr(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config), {key: value})), key)
+        except (OmegaConfBaseException, TypeError, ValueError):
+            return False
+        if given != getattr(config(), key):
+            return False
+    return True
+
+
+def _override_target(item: str, key: str, merged, method: type[PromptMethod]) -> tuple[str, Any]:
     """An override's key in dots (tasks[0].x: tasks.0.x) and the schema type it sets; None where the
     schema does not say (an unknown key: OmegaConf's error lists the keys allowed there). An index
     must name an item the list has: tasks are added by a YAML file or tasks=[...], not by an index."""
@@ -105,7 +172,7 @@ def _override_target(item: str, key: str, merged) -> tuple[str, Any]:
     for i, part in enumerate(parts):
         here, tp = ".".join(parts[:i]), unwrap(tp)
         if dataclasses.is_dataclass(tp):
-            tp = typing.get_type_hints(tp).get(part)
+            tp = method.Config if (i, part) == (0, "method") else typing.get_type_hints(tp).get(part)
             if tp is None:
                 return dotted, None
         elif typing.get_origin(tp) is list:
@@ -157,10 +224,7 @@ def _layer(text: str, where: str, literals: Literals):
     if not isinstance(loaded, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys at the top level")
     loaded = shaped(loaded, RunConfig, "", f"{where}: ")
-    try:
-        return OmegaConf.create(literals.protect(loaded, ()))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{literals.text(_explain(e))} ({where})") from None
+    return literals.protect(loaded, ())
 
 
 def _explain(e: OmegaConfBaseException) -> str:
@@ -182,8 +246,11 @@ def to_yaml(cfg: RunConfig) -> str:
 
 def from_yaml(text: str) -> RunConfig:
     literals = Literals()
+    layer = _layer(text, "config", literals)
+    method = method_class(_method_name([("config", layer)], []))
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), _layer(text, "config", literals)))
+        cfg = OmegaConf.to_object(OmegaConf.merge(_schema(method), OmegaConf.create(_method_keys(layer, method,
+                                                                                                "config"))))
     except OmegaConfBaseException as e:
         raise ConfigError(literals.text(_explain(e))) from None
     literals.restore(cfg)

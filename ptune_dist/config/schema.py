@@ -1,7 +1,8 @@
 """The run configuration: dataclasses that omegaconf merges with YAML files and key=value overrides.
 
-Every field says what it accepts, next to its declaration, and `load.validate` checks it by walking the
-dataclass tree:
+Every field says what it accepts, next to its declaration (the helpers live in ptune_dist/fields.py, re-exported
+here; the `method` section is methods/config.py's MethodConfig or the Config of the method named, which
+load.py resolves), and `load.validate` checks it by walking the dataclass tree:
 
 - `choice(default, ...)`: only those strings;
 - `number(default, ge=/gt=/le=/lt=)` (or `numbers(factory, ...)` for a list): the number's domain;
@@ -16,83 +17,14 @@ str / List[str] / Dict[str, List[str]] field holds text only (validate checks th
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ptune_dist.fields import (GPUS, INT32, NODE_PROCS, NODES, RESTARTS, THREADS, TIMEOUT, choice, number, numbers,
+                               text)
 from ptune_dist.kernels.api import CHOICES as ATTENTION_IMPLS
 from ptune_dist.methods import DEFAULT_METHOD, METHODS
-
-
-def choice(default: str, *choices: str):
-    return field(default=default, metadata={"choices": (default, *[c for c in choices if c != default])})
-
-
-@dataclass(frozen=True)
-class Domain:
-    """Where a number may lie: bounds that are None are open ends. `meaning` says what a special value
-    does (e.g. "0: only at the end"), for the error message."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    meaning: str = ""
-    most: tuple | None = None  # (limit, why): a practical ceiling, reported on its own as "must be <= limit (why)"
-
-    def problem(self, value) -> str | None:
-        """None when `value` is allowed, else what it must be."""
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"must be a finite number, {self}"
-        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
-        if not ok:
-            return f"must be {self}"
-        if self.most is not None and value > self.most[0]:
-            return f"must be <= {self.most[0]} ({self.most[1]})"
-        return None
-
-    def __str__(self) -> str:
-        low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else None
-        high = f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else None
-        if low and high:
-            text = f"in {low}, {high}"
-        elif low:
-            text = f">= {self.ge}" if self.ge is not None else f"> {self.gt}"
-        elif high:
-            text = f"<= {self.le}" if self.le is not None else f"< {self.lt}"
-        else:
-            text = "any finite number"
-        return f"{text} ({self.meaning})" if self.meaning else text
-
-
-# Upper limits for counts that have no natural one: beyond them a value is a typo that would fail deep
-# inside torch, Python or Slurm with a raw error (torch.set_num_threads takes a C int, timedelta overflows).
-INT32 = (2**31 - 1, "2**31-1, the int32 range: counts, sizes and indices end up in torch tensors and arrays")
-THREADS = (65536, "more threads than any machine has cores")
-NODE_PROCS = (1024, "processes on one node: more than any node has GPUs or cores")
-GPUS = (1024, "GPUs on one node: more than any node has")
-NODES = (100000, "nodes in one job: more than any cluster has")
-TIMEOUT = (30 * 24 * 3600, "30 days: a collective waiting longer is a hung run")
-RESTARTS = (1000, "restarts of one run: a run that failed this often keeps failing; find out why")
-
-
-def number(default, *, ge=None, gt=None, le=None, lt=None, meaning: str = "", most: tuple | None = None):
-    """A numeric field with its domain (None as a default: an Optional field, None always allowed);
-    `most`: (limit, why) for a count whose end is practical (INT32, THREADS...), not part of its meaning."""
-    return field(default=default, metadata={"domain": Domain(ge, gt, le, lt, meaning, most)})
-
-
-def numbers(factory, *, ge=None, gt=None, le=None, lt=None, meaning: str = ""):
-    """A list of numbers, each in the domain."""
-    return field(default_factory=factory, metadata={"domain": Domain(ge, gt, le, lt, meaning)})
-
-
-def text(default: str = "", factory=None):
-    """Free text (or a list/map of it): taken literally, `${...}` included."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"literal": True})
-    return field(default=default, metadata={"literal": True})
+from ptune_dist.methods.config import INITS, LABELS, RANDOM, VOCAB, MethodConfig
 
 
 @dataclass
@@ -114,20 +46,6 @@ class ModelConfig:
     quant_compute_dtype: str = choice("auto", "float32", "bfloat16", "float16")
     # 4-bit: dtype of the tensors holding the packed weights; bfloat16 is the QLoRA recipe for ZeRO-3/FSDP
     quant_storage: str = choice("uint8", "bfloat16", "float16", "float32")
-
-
-@dataclass
-class MethodConfig:
-    name: str = choice(DEFAULT_METHOD, *METHODS)
-    num_virtual_tokens: int = number(20, ge=0, most=INT32)  # > 0 for the prompt methods (validate)
-    # shallow prompts and the prefix-tuning embedding: random | vocab (sampled) | text | labels
-    init: str = choice("random", "vocab", "text", "labels")
-    init_text: str = text()
-    init_scale: float = number(0.5, gt=0)  # uniform range for random token embeddings; std for random deep prefixes
-    encoder: str = choice("mlp", "lstm")  # P-tuning's prompt encoder
-    encoder_hidden_size: int = number(0, ge=0, meaning="0: the model's hidden size", most=INT32)
-    projection: Optional[bool] = None  # deep prompts through an MLP (None: the method's default_projection)
-    projection_hidden_size: int = number(512, gt=0, most=INT32)
 
 
 @dataclass
@@ -273,14 +191,15 @@ class StudyConfig:
       main    models x methods, at prompt_length and init
       length  models x prompt_lengths, for ablation_method at init
       init    models x inits, for ablation_method at prompt_length
-    A method that takes no init (or not this one) runs at init=random; the baselines (depth none) have neither."""
+    A method that takes no init (or not this one) runs at init=random; the baselines (no learned placement) have
+    neither."""
 
     models: List[str] = text(factory=list)  # model.name_or_path of each size, e.g. embedded:..., a folder, a hub id
     methods: List[str] = field(default_factory=lambda: list(METHODS))  # every method, the baselines included
     prompt_length: int = number(100, gt=0, most=INT32)  # Lester et al.'s main setting
-    init: str = choice("labels", "random", "vocab", "text")
+    init: str = choice(LABELS, *INITS)
     prompt_lengths: List[int] = numbers(lambda: [1, 5, 20, 100, 150], gt=0)
-    inits: List[str] = field(default_factory=lambda: ["random", "vocab", "labels"])
+    inits: List[str] = field(default_factory=lambda: [RANDOM, VOCAB, LABELS])
     ablation_method: str = choice(DEFAULT_METHOD, *METHODS)  # prompt tuning
     seeds: List[int] = numbers(lambda: [0, 1, 2], ge=0, meaning="train.seed of each repeat")
     # more key=value settings for the cells of one method, one model, or one 'MODEL|METHOD' (applied in that
@@ -299,6 +218,7 @@ class StudyConfig:
 class RunConfig:
     output_dir: str = "runs/default"  # not empty (validate)
     model: ModelConfig = field(default_factory=ModelConfig)
+    # resolved by method.name into that method's own Config (a MethodConfig subclass: methods/config.py, load.py)
     method: MethodConfig = field(default_factory=MethodConfig)
     tasks: List[TaskConfig] = field(default_factory=lambda: [TaskConfig()])
     data: DataConfig = field(default_factory=DataConfig)

@@ -17,7 +17,8 @@ import typing
 from pathlib import Path
 
 from ptune_dist.errors import ConfigError
-from ptune_dist.methods import METHODS
+from ptune_dist.methods import method_class
+from ptune_dist.methods.config import NEEDS_CLASS_LABELS
 
 from . import quant_rules
 from .offload import check_offload
@@ -112,7 +113,10 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     if not cfg.model.name_or_path.strip():
         raise ConfigError("model.name_or_path is empty: give a local HF folder, embedded:<name> or a hub id")
     m, t = cfg.method, cfg.train
-    cls = METHODS[m.name]
+    cls = method_class(m.name)
+    if not isinstance(m, cls.Config):
+        raise ConfigError(f"method: the section is a {type(m).__name__}, not method.name={m.name}'s "
+                          f"{cls.__name__}.Config (build it with {cls.__name__}.section(...))")
     cls.check_config(m)  # the method's own rules (ptune_dist/methods)
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas={t.betas}: expected two numbers")
@@ -139,15 +143,15 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
         raise ConfigError(f"tasks: one batch mixes tasks of one type only, got types {sorted(types)}")
     for i, task in enumerate(cfg.tasks):
         key = f"tasks.{i}"
-        if "{soft}" in task.template and cls.depth != "shallow":
+        if "{soft}" in task.template and not cls.placement.soft:
             raise ConfigError(f"{key}.template places {{soft}}, but method.name={m.name} has no virtual "
                               "input tokens (deep prompts sit in every layer); remove {soft}")
         if task.type == "token_classification" and task.scoring != "head":
             raise ConfigError(f"{key}.scoring={task.scoring!r}: token_classification needs scoring=head")
         if task.type == "generation" and task.scoring == "head":
             raise ConfigError(f"{key}.scoring=head: generation tasks are scored by the LM head")
-        if m.init == "labels" and task.type != "classification":
-            raise ConfigError(f"method.init=labels needs class labels; {key}.type is {task.type}")
+        if m.init in NEEDS_CLASS_LABELS and task.type != "classification":
+            raise ConfigError(f"method.init={m.init} needs class labels; {key}.type is {task.type}")
         for label, words in task.verbalizer.items():
             if not words:
                 raise ConfigError(f"{key}.verbalizer.{label}: no label words; give at least one (e.g. "

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from ptune_dist.errors import ConfigError, DataError
+from ptune_dist.methods.placement import Placement
 from ptune_dist.rank_env import DistEnv
 
 from .encode import Example, TaskEncoder, task_template
@@ -88,9 +89,9 @@ def make_spec(task, tokenizer, key: str) -> TaskSpec:
         pooling=task.pooling, max_new_tokens=task.max_new_tokens)
 
 
-def check_lengths(data_cfg, info, num_virtual_tokens: int, depth: str) -> int:
-    """The token budget of one example; the deep prefix also takes positions."""
-    prefix = num_virtual_tokens if depth == "deep" else 0
+def check_lengths(data_cfg, info, num_virtual_tokens: int, placement: Placement) -> int:
+    """The token budget of one example; a prefix (placement DEEP) also takes positions."""
+    prefix = placement.prefix_length(num_virtual_tokens)
     if info.max_positions and data_cfg.max_length > info.max_positions:
         raise ConfigError(f"data.max_length={data_cfg.max_length} exceeds the model's {info.max_positions} "
                           "positions (virtual tokens included)")
@@ -128,11 +129,11 @@ def encode_rows(encoder: TaskEncoder, rows: list[dict], key: str, on_bad_row: st
     return out
 
 
-def prepare_tasks(tasks, data_cfg, tokenizer, info, num_virtual_tokens: int, depth: str,
+def prepare_tasks(tasks, data_cfg, tokenizer, info, num_virtual_tokens: int, placement: Placement,
                   splits=("train", "eval")) -> list[TaskData]:
     """Specs, encoders and encoded examples of every (resolved) task, for the asked splits."""
-    budget = check_lengths(data_cfg, info, num_virtual_tokens, depth)
-    num_soft = num_virtual_tokens if depth == "shallow" else 0
+    budget = check_lengths(data_cfg, info, num_virtual_tokens, placement)
+    num_soft = placement.soft_slots(num_virtual_tokens)
     out = []
     for i, task in enumerate(tasks):
         key = f"tasks.{i}"

@@ -6,24 +6,27 @@ The hooks (class attributes and classmethods of PromptMethod, overridden where a
 - config: `check_config(m)`, the method section's own rules (config/validate.py calls it);
 - PEFT's adapter format (checkpoint/peft_format.py keeps the files): `peft_type`, `peft_config(...)` and
   `peft_weights()` to export; `peft_imports`, `peft_import_overrides` and `check_peft_import(...)` to import;
-- the memory planner (plan/memory.py, plan/search.py): `depth`, `trains_base`, `trainable_params(...)`
+- how the prompt enters the model: `placement` (placement.py: shallow, deep, none, or a new one);
+- the memory planner (plan/memory.py, plan/search.py): `placement`, `trains_base`, `trainable_params(...)`
   and `activation_bytes(...)`.
 
-`m` is a run config's method section (config/schema.py's MethodConfig); the planner builds one from its Setup.
+`m` is a run config's method section: an instance of the class's `Config` (methods/config.py's MethodConfig,
+or a subclass a method declares beside it for its own knobs); the planner holds the same object.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from ptune_dist.errors import ConfigError
 
-if TYPE_CHECKING:
-    from ptune_dist.config.schema import MethodConfig
+from .config import TEXT, MethodConfig
+from .placement import NONE, Placement
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,14 @@ class InitContext:
 class PromptMethod(nn.Module):
     """One task's prompt.
 
-    depth "shallow": forward() -> [P, H] virtual token embeddings placed in the input;
-    depth "deep": forward() -> [L, 2, Hkv, P, d] keys/values seen by every attention layer;
-    depth "none": no prompt (baselines).
+    placement SHALLOW: forward() -> [P, H] virtual token embeddings placed in the input;
+    placement DEEP: forward() -> [L, 2, Hkv, P, d] keys/values seen by every attention layer;
+    placement NONE: no prompt (baselines); another Placement says what forward() returns.
     """
 
     name: ClassVar[str] = ""  # method.name in a run config (the registry's key)
-    depth: ClassVar[str] = "none"
+    Config: ClassVar[type[MethodConfig]] = MethodConfig  # its method section: a subclass adds the method's knobs
+    placement: ClassVar[Placement] = NONE  # how the prompt enters the model
     trains_base: ClassVar[bool] = False  # every weight of the base trains along
     peft_type: ClassVar[str | None] = None  # the PEFT peft_type it exports as; None: PEFT has no format for it
     peft_imports: ClassVar[tuple[str, ...]] = ()  # PEFT peft_types whose adapters import as this method
@@ -96,21 +100,29 @@ class PromptMethod(nn.Module):
     @classmethod
     def trains_nothing(cls) -> bool:
         """A baseline scored as it is (prompt design): no prompt and no base weight trains."""
-        return cls.depth == "none" and not cls.trains_base
+        return not cls.placement.learned and not cls.trains_base
 
     @classmethod
     def table_rank(cls) -> tuple[int, int]:
         """Where the method sits in a study's tables: by what trains, from nothing through a shallow then a deep
         prompt to the whole base (the order of Lester et al.'s Figure 1)."""
-        return int(cls.trains_base), ("none", "shallow", "deep").index(cls.depth)
+        return int(cls.trains_base), cls.placement.rank
 
     # -- config ---------------------------------------------------------------------------------
     @classmethod
+    def section(cls, base: MethodConfig | None = None, **changes: Any) -> MethodConfig:
+        """This method's Config: the fields `base` (another method's section, say) shares with it, then
+        `changes`; the rest at their defaults. `name` is this method's."""
+        own = {f.name for f in dataclasses.fields(cls.Config)}
+        kept = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name in own} if base else {}
+        return cls.Config(**{**kept, **changes, "name": cls.name})
+
+    @classmethod
     def check_config(cls, m: MethodConfig) -> None:
         """The method section's combinations that cannot work (each field's domain is checked before)."""
-        if cls.depth != "none" and m.num_virtual_tokens <= 0:
+        if cls.placement.prompt_tokens(1) and m.num_virtual_tokens <= 0:
             raise ConfigError(f"method.num_virtual_tokens={m.num_virtual_tokens} must be > 0")
-        if m.init == "text" and not m.init_text:
+        if m.init == TEXT and not m.init_text:
             raise ConfigError("method.init=text needs method.init_text")
 
     # -- PEFT's adapter format --------------------------------------------------------------------

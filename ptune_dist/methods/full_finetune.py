@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .base import BaseInfo, InitContext, PromptMethod
-
-if TYPE_CHECKING:
-    from ptune_dist.config.schema import MethodConfig
+from .config import MethodConfig
 
 
 class FullFinetune(PromptMethod):

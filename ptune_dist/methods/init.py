@@ -7,23 +7,24 @@ import torch
 from ptune_dist.errors import ConfigError
 
 from .base import InitContext
+from .config import INITS, LABELS, RANDOM, TEXT, VOCAB
 
 COMMON_VOCAB = 5000  # Lester et al. sample from the 5,000 most common tokens; BPE ids roughly follow frequency
 
 
 def token_embeddings(init: str, P: int, H: int, ctx: InitContext, scale: float, text: str = "") -> torch.Tensor:
-    """[P, H] float32 embeddings for `init` in random | vocab | text | labels."""
-    if init == "random":
+    """[P, H] float32 embeddings for `init`, one of config.INITS."""
+    if init == RANDOM:
         return (torch.rand(P, H, generator=ctx.generator) * 2 - 1) * scale
-    if init == "vocab":
+    if init == VOCAB:
         return _embed(ctx, _sample_vocab(ctx, P))
-    if init == "text":
+    if init == TEXT:
         ids = ctx.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ConfigError(f"method.init_text={text!r} tokenizes to nothing")
         ids = (ids * (P // len(ids) + 1))[:P]  # repeat or trim to P tokens, as PEFT does
         return _embed(ctx, torch.tensor(ids))
-    if init == "labels":
+    if init == LABELS:
         if not ctx.label_words:
             raise ConfigError("method.init=labels: the tasks define no label words")
         rows = []
@@ -34,7 +35,7 @@ def token_embeddings(init: str, P: int, H: int, ctx: InitContext, scale: float, 
         if len(rows) < P:  # the rest from the common vocabulary, as in Lester et al.
             out = torch.cat([out, _embed(ctx, _sample_vocab(ctx, P - len(rows)))])
         return out
-    raise ConfigError(f"method.init={init!r} is not one of random, vocab, text, labels")
+    raise ConfigError(f"method.init={init!r} is not one of {', '.join(INITS)}")
 
 
 def _sample_vocab(ctx: InitContext, n: int) -> torch.Tensor:

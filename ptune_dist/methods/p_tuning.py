@@ -7,24 +7,31 @@ as prompt tuning.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from .base import BaseInfo, InitContext, PromptMethod
-from .init import token_embeddings
+from ptune_dist.fields import INT32, choice, number
 
-if TYPE_CHECKING:
-    from ptune_dist.config.schema import MethodConfig
+from .base import BaseInfo, InitContext, PromptMethod
+from .config import MethodConfig
+from .init import token_embeddings
+from .placement import SHALLOW
 
 
 class PTuning(PromptMethod):
     name = "p_tuning"
-    depth = "shallow"
+    placement = SHALLOW
+
+    @dataclass
+    class Config(MethodConfig):
+        encoder: str = choice("mlp", "lstm")  # the prompt encoder
+        encoder_hidden_size: int = number(0, ge=0, meaning="0: the model's hidden size", most=INT32)
     peft_type = "P_TUNING"
 
-    def __init__(self, cfg: MethodConfig, info: BaseInfo, ctx: InitContext):
+    def __init__(self, cfg: Config, info: BaseInfo, ctx: InitContext):
         super().__init__(cfg.num_virtual_tokens)
         H = info.hidden_size
         hidden = cfg.encoder_hidden_size or H
@@ -45,7 +52,7 @@ class PTuning(PromptMethod):
         return self.mlp(x)
 
     @classmethod
-    def peft_config(cls, m: MethodConfig, info: BaseInfo, common: dict[str, Any]) -> Any:
+    def peft_config(cls, m: Config, info: BaseInfo, common: dict[str, Any]) -> Any:
         from peft import PromptEncoderConfig
 
         return PromptEncoderConfig(token_dim=info.hidden_size, num_attention_heads=info.num_heads,
@@ -53,7 +60,7 @@ class PTuning(PromptMethod):
                                    encoder_hidden_size=m.encoder_hidden_size or info.hidden_size, **common)
 
     @classmethod
-    def trainable_params(cls, m: MethodConfig, hidden_size: int, kv_width: int, base_params: int) -> int:
+    def trainable_params(cls, m: Config, hidden_size: int, kv_width: int, base_params: int) -> int:
         P, H = m.num_virtual_tokens, hidden_size
         h = m.encoder_hidden_size or H
         if m.encoder == "lstm":
@@ -62,7 +69,7 @@ class PTuning(PromptMethod):
         return P * H + (H * h + h) + (h * h + h) + (h * H + H)
 
     @classmethod
-    def activation_bytes(cls, m: MethodConfig, hidden_size: int, kv_width: int) -> float:
+    def activation_bytes(cls, m: Config, hidden_size: int, kv_width: int) -> float:
         return 4 * m.num_virtual_tokens * 4 * (m.encoder_hidden_size or hidden_size)
 
 

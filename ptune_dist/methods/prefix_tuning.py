@@ -9,26 +9,32 @@ import as prefix tuning without projection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from ptune_dist.errors import ConfigError
+from ptune_dist.fields import INT32, number
 
 from .base import BaseInfo, InitContext, PromptMethod
+from .config import RANDOM, MethodConfig
 from .init import token_embeddings
-
-if TYPE_CHECKING:
-    from ptune_dist.config.schema import MethodConfig
+from .placement import DEEP
 
 
 class DeepPrefix(PromptMethod):
-    depth = "deep"
+    placement = DEEP
     peft_type = "PREFIX_TUNING"
     default_projection = True  # method.projection=None means this
 
-    def __init__(self, cfg: MethodConfig, info: BaseInfo, ctx: InitContext):
+    @dataclass
+    class Config(MethodConfig):
+        projection: Optional[bool] = None  # the prefix through an MLP (None: the method's default_projection)
+        projection_hidden_size: int = number(512, gt=0, most=INT32)
+
+    def __init__(self, cfg: Config, info: BaseInfo, ctx: InitContext):
         super().__init__(cfg.num_virtual_tokens)
         P, H = cfg.num_virtual_tokens, info.hidden_size
         self.shape = (info.num_layers, 2, info.num_kv_heads, info.head_dim)
@@ -49,18 +55,18 @@ class DeepPrefix(PromptMethod):
         return self.flat().view(-1, L, two, Hkv, d).permute(1, 2, 3, 0, 4)
 
     @classmethod
-    def uses_projection(cls, m: MethodConfig) -> bool:
+    def uses_projection(cls, m: Config) -> bool:
         return cls.default_projection if m.projection is None else m.projection
 
     @classmethod
-    def check_config(cls, m: MethodConfig) -> None:
+    def check_config(cls, m: Config) -> None:
         super().check_config(m)
-        if m.init != "random" and not cls.uses_projection(m):
+        if m.init != RANDOM and not cls.uses_projection(m):
             raise ConfigError(f"method.init={m.init!r}: {m.name} without projection learns the prefix "
                               "keys/values directly, which only init=random fills; set method.projection=true")
 
     @classmethod
-    def peft_config(cls, m: MethodConfig, info: BaseInfo, common: dict[str, Any]) -> Any:
+    def peft_config(cls, m: Config, info: BaseInfo, common: dict[str, Any]) -> Any:
         from peft import PrefixTuningConfig
 
         return PrefixTuningConfig(token_dim=info.num_kv_heads * info.head_dim, num_attention_heads=info.num_kv_heads,
@@ -70,7 +76,7 @@ class DeepPrefix(PromptMethod):
         return self.flat()
 
     @classmethod
-    def trainable_params(cls, m: MethodConfig, hidden_size: int, kv_width: int, base_params: int) -> int:
+    def trainable_params(cls, m: Config, hidden_size: int, kv_width: int, base_params: int) -> int:
         P, H = m.num_virtual_tokens, hidden_size
         if cls.uses_projection(m):
             ph = m.projection_hidden_size
@@ -78,7 +84,7 @@ class DeepPrefix(PromptMethod):
         return P * kv_width
 
     @classmethod
-    def activation_bytes(cls, m: MethodConfig, hidden_size: int, kv_width: int) -> float:
+    def activation_bytes(cls, m: Config, hidden_size: int, kv_width: int) -> float:
         return 4 * m.num_virtual_tokens * (kv_width + m.projection_hidden_size)
 
 
@@ -88,5 +94,5 @@ class PrefixTuning(DeepPrefix):
     peft_import_overrides = ("method.projection=false",)
 
     @classmethod
-    def holds_peft_import(cls, m: MethodConfig) -> bool:
+    def holds_peft_import(cls, m: Config) -> bool:
         return not m.projection

@@ -6,21 +6,20 @@ virtual tokens), import as prompt tuning.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .base import BaseInfo, InitContext, PromptMethod
+from .config import MethodConfig
 from .init import token_embeddings
-
-if TYPE_CHECKING:
-    from ptune_dist.config.schema import MethodConfig
+from .placement import SHALLOW
 
 
 class PromptTuning(PromptMethod):
     name = "prompt_tuning"
-    depth = "shallow"
+    placement = SHALLOW
     peft_type = "PROMPT_TUNING"
     peft_imports = ("PROMPT_TUNING", "P_TUNING")
 

@@ -35,7 +35,7 @@ def build_model(method_cfg: MethodConfig, model_cfg: ModelConfig, seed: int, spe
         task_seed = seed * 1009 + i
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(task_seed)
-            if cls.depth != "none":
+            if cls.placement.learned:
                 ctx = InitContext(embed=lookup, tokenizer=tokenizer,
                                   label_words=[w for words in spec.label_words for w in words] or spec.labels,
                                   generator=torch.Generator().manual_seed(task_seed))
@@ -48,7 +48,7 @@ def build_model(method_cfg: MethodConfig, model_cfg: ModelConfig, seed: int, spe
     device = device or embed.weight.device
     for module in (*prompts.values(), *heads.values()):
         module.to(device)
-    return PromptModel(model, info, prompts, heads, specs, cls.depth, model_cfg.attention, device)
+    return PromptModel(model, info, prompts, heads, specs, cls.placement, model_cfg.attention, device)
 
 
 def gathered_lookup(embed):

@@ -18,6 +18,7 @@ from torch import nn
 from ptune_dist.data.host import describe
 from ptune_dist.data.task import TaskSpec
 from ptune_dist.errors import ConfigError
+from ptune_dist.methods.placement import Placement
 
 from . import objectives
 from .attention import PrefixKV
@@ -26,14 +27,14 @@ from .unpack import unpack
 
 class PromptModel(nn.Module):
     def __init__(self, base: nn.Module, info, prompts: dict[str, nn.Module], heads: dict[str, nn.Module],
-                 tasks: list[TaskSpec], depth: str, attention_impl: str = "auto", device: torch.device | None = None):
+                 tasks: list[TaskSpec], placement: Placement, attention_impl: str = "auto", device: torch.device | None = None):
         super().__init__()
         self.base = base
         self.info = info
         self.prompts = nn.ModuleDict(prompts)
         self.heads = nn.ModuleDict(heads)
         self.tasks = tasks
-        self.depth = depth
+        self.placement = placement  # how the prompts enter the base (methods/placement.py)
         self.attention_impl = attention_impl
         self.device = torch.device(device) if device is not None else base.get_input_embeddings().weight.device
         self.num_virtual_tokens = next(iter(prompts.values())).num_virtual_tokens if prompts else 0
@@ -66,7 +67,7 @@ class PromptModel(nn.Module):
     def prompt_table(self, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(prompts, index): the one prompt when the batch holds one task (index None), else a table of the
         tasks present, stacked, and each entry's place in it (the batch's table_index, on the device)."""
-        if self.depth == "none":
+        if not self.placement.learned:
             return None, None
         present = batch["host"].tasks
         if len(present) == 1:
@@ -93,7 +94,7 @@ class PromptModel(nn.Module):
     def row_capacity(self, max_length: int) -> int:
         """Tokens of a packed row left to its sequences: data.max_length, less a deep prefix (which sits in
         front of every sequence as keys, not in the row)."""
-        return max_length - (self.num_virtual_tokens if self.depth == "deep" else 0)
+        return max_length - self.placement.prefix_length(self.num_virtual_tokens)
 
     def encode(self, batch: dict, past_key_values=None, use_cache: bool = False):
         """Run the backbone; returns the HF output (last_hidden_state [B, T, H], past_key_values).
@@ -106,11 +107,12 @@ class PromptModel(nn.Module):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         embeds = self.base.get_input_embeddings()(ids)
         first_pass = past_key_values is None  # when decoding, shallow prompts are already in the cache
-        needed = self.depth == "deep" or (self.depth == "shallow" and first_pass)
+        placement = self.placement
+        needed = placement.needed(first_pass)
         packed = batch.get("segment_ids")
-        offset = self.num_virtual_tokens if self.depth == "deep" else 0
+        offset = placement.prefix_length(self.num_virtual_tokens)
         prompt, prefix_ids = None, None
-        if needed and packed is not None and self.depth == "deep":
+        if needed and packed is not None and placement.prefix:
             prompt, index = self.prompt_table(batch)  # one entry per task present, not per sequence
             if index is not None:
                 count = packed.amax(1) + 1  # sequences per row
@@ -118,7 +120,7 @@ class PromptModel(nn.Module):
                 prefix_ids = index[first[:, None] + packed.clamp(min=0)]
         elif needed:
             prompt = self.prompt_for(batch)
-        if self.depth == "shallow" and first_pass:
+        if placement.soft and first_pass:
             soft = prompt.to(embeds.dtype)
             soft = soft.expand(batch["host"].sequences, -1, -1) if soft.dim() == 2 else soft
             embeds = embeds.masked_scatter(batch["soft_mask"].unsqueeze(-1), soft)
@@ -126,10 +128,11 @@ class PromptModel(nn.Module):
             positions = batch["position_ids"] + offset
         else:
             positions = ((mask.long().cumsum(-1) - 1).clamp(min=0) + offset)[:, -ids.shape[1]:]
-        prefix = PrefixKV(prompt if self.depth == "deep" else None, self.attention_impl, packed, prefix_ids,
+        prefix = PrefixKV(prompt if placement.prefix else None, self.attention_impl, packed, prefix_ids,
                           padded=batch["host"].padded)
-        return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                             past_key_values=past_key_values, use_cache=use_cache, ptune_prefix=prefix)
+        with placement.entered(self, prompt if needed else None, batch):
+            return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                 past_key_values=past_key_values, use_cache=use_cache, ptune_prefix=prefix)
 
     def forward(self, batch: dict) -> objectives.Output:
         batch = self.describe(batch)

@@ -102,7 +102,7 @@ class Breakdown:
 # -- the method -----------------------------------------------------------------------------
 def method_of(s: Setup) -> type[PromptMethod]:
     """The class of the setup's method, whose hooks answer for it (an unknown name is a ConfigError)."""
-    return method_class(s.method)
+    return method_class(s.method.name)
 
 
 # -- parameters -----------------------------------------------------------------------------
@@ -167,12 +167,10 @@ def _zero3_gathered(arch: Arch, s: Setup, stored: float) -> float:
 # -- activations ----------------------------------------------------------------------------
 def sequence(s: Setup) -> tuple[int, int, int]:
     """(tokens per row the model runs on, keys per row, prefix length held as keys)."""
-    P = s.num_virtual_tokens
-    if method_of(s).depth == "deep":
-        if s.max_length <= P:
-            raise ConfigError(f"data.max_length={s.max_length} leaves no room after {P} virtual tokens")
-        return s.max_length - P, s.max_length, P
-    return s.max_length, s.max_length, 0
+    P = method_of(s).placement.prefix_length(s.method.num_virtual_tokens)
+    if P and s.max_length <= P:
+        raise ConfigError(f"data.max_length={s.max_length} leaves no room after {P} virtual tokens")
+    return method_of(s).placement.sequence(s.max_length, s.method.num_virtual_tokens)
 
 
 def layer_activation_bytes(arch: Arch, s: Setup) -> float:

@@ -82,7 +82,7 @@ def render(req: Request, rows: list[Row], trace: int = 0) -> str:
     lines = [
         f"model: {a.name} ({a.total_params / 1e9:.2f}B parameters, {a.num_layers} layers, hidden {a.hidden_size}, "
         f"heads {a.num_heads}/{a.num_kv_heads} kv, vocab {a.vocab_size}; from {a.source or 'built-in'})",
-        f"method: {b.method}, {b.num_virtual_tokens} virtual tokens, {rows[0].breakdown.trainable_params:,} "
+        f"method: {b.method.name}, {b.method.num_virtual_tokens} virtual tokens, {rows[0].breakdown.trainable_params:,} "
         f"trainable parameters; batch {b.batch_size} x {b.max_length} tokens per {device}"
         + (f" (packed, {b.sequences_per_row} examples a row)" if b.packing else "") + f", {b.task} "
         f"({f'LM head on {b.label_tokens} labelled token(s) per {unit}' if not b.head_classes else 'head'})",

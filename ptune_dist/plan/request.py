@@ -40,11 +40,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ptune_dist.config.schema import MethodConfig, RunConfig
+from ptune_dist.config.schema import RunConfig
 from ptune_dist.device import gpu_memories, on_gpu
 from ptune_dist.errors import ConfigError
 from ptune_dist.kernels.auto import rule as kernel_rule
-from ptune_dist.methods import DEFAULT_METHOD
+from ptune_dist.methods import MethodConfig, method_class
 
 from .arch import Arch, is_builtin, resolve_arch
 
@@ -76,12 +76,9 @@ COUNT_MAX = {"hardware.gpus": 1024, "hardware.nodes": 65536, "plan.top": 10**6}
 class Setup:
     """One way of running a method on a model: what decides the memory of a device."""
 
-    method: str = DEFAULT_METHOD  # method.name; the method's class answers for it (ptune_dist/methods hooks)
-    num_virtual_tokens: int = 20
-    encoder: str = "mlp"  # a shallow prompt's encoder: mlp | lstm
-    encoder_hidden_size: int = 0  # 0: hidden size
-    projection: bool | None = None  # deep prompts: None = the method's default
-    projection_hidden_size: int = 512
+    # the run config's method section (its method's Config, ptune_dist/methods), whose class answers for it;
+    # a method name stands for that method's section at its defaults
+    method: MethodConfig = field(default_factory=MethodConfig, hash=False)
     task: str = "classification"  # classification | generation | token_classification
     label_tokens: int = 1  # positions per row that reach the LM head (classification: 1)
     head_classes: int = 0  # a classification head (scoring=head) instead of the LM head
@@ -105,6 +102,10 @@ class Setup:
     world: int = 1  # ranks (GPUs) in all
     zero_extra: dict = field(default_factory=dict, hash=False, compare=False)
 
+    def __post_init__(self):
+        if isinstance(self.method, str):
+            object.__setattr__(self, "method", method_class(self.method).section())
+
     @property
     def zero(self) -> int:
         return self.zero_stage if self.engine == "deepspeed" else 0
@@ -112,10 +113,8 @@ class Setup:
 
 
 def method_section(s: Setup) -> MethodConfig:
-    """The run config's method section that the setup describes (what the method hooks take)."""
-    return MethodConfig(name=s.method, num_virtual_tokens=s.num_virtual_tokens, encoder=s.encoder,
-                        encoder_hidden_size=s.encoder_hidden_size, projection=s.projection,
-                        projection_hidden_size=s.projection_hidden_size)
+    """The run config's method section the setup holds (what the method hooks take)."""
+    return s.method
 
 
 
@@ -159,9 +158,7 @@ def setup_from_config(cfg: RunConfig, arch: Arch, plan: dict, device: str | None
     per_row = (_int(plan["sequences_per_row"], "plan.sequences_per_row", maximum=d.max_length)
                if "sequences_per_row" in plan else max(1, d.max_length // 128))
     return Setup(
-        method=cfg.method.name, num_virtual_tokens=cfg.method.num_virtual_tokens, encoder=cfg.method.encoder,
-        encoder_hidden_size=cfg.method.encoder_hidden_size, projection=cfg.method.projection,
-        projection_hidden_size=cfg.method.projection_hidden_size, task=ttype, label_tokens=label_tokens,
+        method=cfg.method, task=ttype, label_tokens=label_tokens,
         head_classes=head, batch_size=d.batch_size, grad_accum=cfg.train.grad_accum, max_length=d.max_length,
         packing=d.packing, sequences_per_row=per_row,
         dtype=m.dtype, quant=m.quant, quant_double=m.quant_double, quant_storage=m.quant_storage,

@@ -57,7 +57,7 @@ def _engines(req: Request) -> list[dict]:
     z3 = dict(engine="deepspeed", zero_stage=3, offload_optimizer=False, offload_params=False)
     z3off = dict(engine="deepspeed", zero_stage=3, offload_optimizer=True, offload_params=True)
     out = [plain] + ([z3] if world > 1 else []) + [z3off]
-    if method_class(base.method).trains_base and world > 1:
+    if method_class(base.method.name).trains_base and world > 1:
         out[1:1] = [dict(engine="deepspeed", zero_stage=s, offload_optimizer=False, offload_params=False)
                     for s in (1, 2)]
     return out
@@ -70,7 +70,7 @@ def _bases(req: Request) -> list[tuple[str, str]]:
         options = [(b.dtype, q) for _, q in options]
     if "model.quant" in f:
         options = [(dt, b.quant) for dt, _ in options]
-    if method_class(b.method).trains_base:
+    if method_class(b.method.name).trains_base:
         options = [(dt, q) for dt, q in options if q == "none"]
     return list(dict.fromkeys(options))
 
@@ -101,7 +101,7 @@ def overrides_for(s: Setup, req: Request) -> list[str]:
     if req.model_override:
         o.append(f"model.name_or_path={req.model_override}")
     if not req.config_file and "method.name" not in req.fixed:
-        o.append(f"method.name={s.method}")  # CONFIG.yaml stands for any config: say the method planned
+        o.append(f"method.name={s.method.name}")  # CONFIG.yaml stands for any config: say the method planned
     o += req.overrides
     o.append(f"model.dtype={s.dtype}")
     if s.quant != "none":

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
+from ptune_dist.methods.placement import Placement
 
 from . import fake_cuda
 from .live_bytes import CATEGORIES
@@ -188,16 +189,16 @@ def task_specs(cfg: RunConfig, vocab_size: int) -> list:
     return specs
 
 
-def planned_batch(cfg: RunConfig, spec, depth: str, label_tokens: int | None) -> dict:
+def planned_batch(cfg: RunConfig, spec, placement: Placement, label_tokens: int | None) -> dict:
     """The CPU batch of the planned shape (data/collate.py), as the loader hands it to the step."""
     from ptune_dist.data.collate import collate
     from ptune_dist.data.encode import IGNORE, Example
 
     P, L = cfg.method.num_virtual_tokens, cfg.data.max_length
-    T = L - P if depth == "deep" else L
+    T = L - placement.prefix_length(P)
     if T < 2:
         raise ConfigError(f"data.max_length={L} leaves {T} token(s) per row after the prefix")
-    soft = list(range(1, P + 1)) if depth == "shallow" else []
+    soft = list(range(1, placement.soft_slots(P) + 1))
     examples = []
     for _ in range(cfg.data.batch_size):
         ex = Example(input_ids=[1] * T, task_id=0, soft=soft)
@@ -293,7 +294,7 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
     info = BaseInfo.from_config(config, kind)
     specs = task_specs(cfg, info.vocab_size)
     # described on the host from its CPU tensors, as the loop's prefetch does (data/host.py); its pinning is left out
-    batch = describe(planned_batch(cfg, specs[0], method.depth, label_tokens), [spec.type for spec in specs])
+    batch = describe(planned_batch(cfg, specs[0], method.placement, label_tokens), [spec.type for spec in specs])
     base = skeleton(cfg.model, config, kind)  # on meta, outside the fake mode (bitsandbytes' parameters)
     notes = []
     fake, tracker = FakeTensorMode(allow_non_fake_inputs=True), LiveBytes(device)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from ptune_dist.config.schema import MethodConfig, RunConfig, StudyConfig
 from ptune_dist.errors import ConfigError, PtuneError
 from ptune_dist.methods import METHODS, method_class
+from ptune_dist.methods.config import INITS, NEEDS_CLASS_LABELS, RANDOM
 
 PARTS = ("main", "length", "init")
-INITS = ("random", "vocab", "text", "labels")
 
 
 @dataclass(frozen=True)
@@ -93,14 +93,14 @@ def method_setting(method: str, length: int, init: str, base: MethodConfig, task
     """(prompt length, init) the method runs at: (0, "") without a prompt; init=random where its rules refuse init,
     or where the task cannot give it (labels: a generation task has no label names nor words)."""
     cls = method_class(method)
-    if cls.depth == "none":
+    if not cls.placement.learned:
         return 0, ""
-    if init == "labels" and task_type == "generation":
-        return length, "random"
+    if init in NEEDS_CLASS_LABELS and task_type == "generation":
+        return length, RANDOM
     try:
-        cls.check_config(dataclasses.replace(base, name=method, num_virtual_tokens=length, init=init))
+        cls.check_config(cls.section(base, num_virtual_tokens=length, init=init))
     except ConfigError:
-        return length, "random"
+        return length, RANDOM
     return length, init
 
 

@@ -50,7 +50,7 @@ def member_groups(study_dir: Path) -> dict[tuple[str, str], list[dict]]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for cell in read_cells(study_dir):
         if (cell["method"] == cfg.study.ablation_method and "main" in cell["parts"]
-                and method_class(cell["method"]).depth != "none"  # a prompt per member, on one shared base
+                and method_class(cell["method"]).placement.learned  # a prompt per member, on one shared base
                 and cell.get("task_type", "classification") == "classification"
                 and state(cell_dir(study_dir, cell["id"])) == "done"):
             groups.setdefault((cell["model"], cell["task"]), []).append(cell)

@@ -21,9 +21,9 @@ from ptune_dist.methods import method_class
 
 def check_key(cfg: RunConfig) -> str:
     """What the pre-load checks of a cell depend on."""
-    depth = method_class(cfg.method.name).depth
-    length = cfg.method.num_virtual_tokens if depth != "none" else 0
-    return repr((cfg.model, cfg.data, cfg.tasks, depth, length))
+    placement = method_class(cfg.method.name).placement
+    length = placement.prompt_tokens(cfg.method.num_virtual_tokens)
+    return repr((cfg.model, cfg.data, cfg.tasks, placement.name, length))
 
 
 def check_cells(cells: list[dict], configs: list[RunConfig], backend: str) -> None:

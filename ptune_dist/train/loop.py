@@ -103,7 +103,7 @@ def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
     if changes:
         log.write({"event": "config_changed", "step": start, "applied": {k: list(v) for k, v in changes.items()}})
         log.say("ptune: resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
-    if t.eval_baseline and not start and model.depth != "none":
+    if t.eval_baseline and not start and model.placement.learned:
         results["baseline"] = run_eval(*baseline_view(s))
         log.eval(0, results["baseline"], split="baseline")
     if t.eval_at_start and not start:

@@ -16,6 +16,7 @@ from ptune_dist.config.schema import RunConfig
 from ptune_dist.data.prepare import TaskData, prepare_tasks, resolve_task
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods import PromptMethod, method_class
+from ptune_dist.methods.placement import NONE
 from ptune_dist.model.build import build_model
 from ptune_dist.model.inspect import InspectedBase, check_weights, inspect_base
 from ptune_dist.model.load import load_tokenizer
@@ -53,8 +54,8 @@ def prepare(cfg: RunConfig, splits=("train", "eval"), inspected: InspectedBase |
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.data.padding_side)
     tasks = [resolve_task(t, kind, f"tasks.{i}", cfg.data.max_train_examples) for i, t in enumerate(cfg.tasks)]
     cfg = dataclasses.replace(cfg, tasks=tasks)
-    num_virtual = cfg.method.num_virtual_tokens if cls.depth != "none" else 0
-    return cfg, tokenizer, info, prepare_tasks(tasks, cfg.data, tokenizer, info, num_virtual, cls.depth, splits)
+    return cfg, tokenizer, info, prepare_tasks(tasks, cfg.data, tokenizer, info, cfg.method.num_virtual_tokens,
+                                               cls.placement, splits)
 
 
 def build_session(cfg: RunConfig, splits=("train", "eval"), env: DistEnv | None = None, base=None) -> Session:
@@ -87,6 +88,6 @@ def baseline_view(session: Session) -> tuple[PromptModel, list[TaskData]]:
     the untuned (prompt design) number a prompt method should beat."""
     s = session
     m = s.model
-    view = PromptModel(m.base, m.info, {}, dict(m.heads.items()), m.tasks, "none", m.attention_impl, s.device)
-    data = prepare_tasks(s.cfg.tasks, s.cfg.data, s.tokenizer, m.info, 0, "none", splits=("eval",))
+    view = PromptModel(m.base, m.info, {}, dict(m.heads.items()), m.tasks, NONE, m.attention_impl, s.device)
+    data = prepare_tasks(s.cfg.tasks, s.cfg.data, s.tokenizer, m.info, 0, NONE, splits=("eval",))
     return view, data
