@@ -121,7 +121,7 @@ def cmd_study(ns) -> int:
 
 
 def cmd_gather(ns) -> int:
-    from ptune_dist.launcher.sweep import gather
+    from ptune_dist.launcher.sweep_table import gather
 
     print(gather(ns.sweep_dir))
     return 0

@@ -34,12 +34,14 @@ from ptune_dist.data.collate import collate
 from ptune_dist.device import to_device
 from ptune_dist.errors import PtuneError
 from ptune_dist.launcher.files import make_dir, write_file
+from ptune_dist.launcher.grid_attempts import say_once
+from ptune_dist.launcher.grid_cells import cell_dir, state
 from ptune_dist.methods import method_class
 from ptune_dist.read_back import count, list_of, name, number, one_of, read_record, text, value
 
 from .cells import INITS, slug
-from .folder import cell_dir, read_cells, say_once, state
-from .gather import main_metric
+from .folder import read_cells
+from .rows import main_metric
 
 MIN_MEMBERS = 3  # a majority of two is a coin toss on every disagreement
 

@@ -19,10 +19,11 @@ from ptune_dist.config.schema import RunConfig, StudyConfig, SweepConfig
 from ptune_dist.errors import ConfigError
 from ptune_dist.launcher import local, slurm
 from ptune_dist.launcher.files import check_dir
+from ptune_dist.launcher.grid_cells import cell_dir
 
 from . import resources
 from .cells import Cell, expand
-from .folder import cell_dir, check_folder, write_study
+from .folder import check_folder, write_study
 from .precheck import check_cells
 
 
@@ -89,7 +90,7 @@ def prepare(files, overrides, write: bool = True) -> tuple[RunConfig, Path, list
         for cell, cell_cfg in zip(cells, configs):
             local.command(cell_cfg, cell_dir(study_dir, cell["id"]) / "launch.yaml")  # what the queue would refuse
     else:
-        from .arrays import scripts
+        from ptune_dist.launcher.grid_arrays import scripts
 
         scripts(cfg, study_dir, cells, configs)  # every array's sbatch script, checked
         slurm.gather_script(cfg, study_dir, "1", command="study report")
