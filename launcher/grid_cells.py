@@ -20,6 +20,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from ptune_dist.checkpoint import folder_rule
 from ptune_dist.checkpoint.nofollow import refuse_link
 from ptune_dist.config import from_yaml, to_yaml
 from ptune_dist.config.schema import RunConfig
@@ -60,10 +61,22 @@ def check_cell_config(root: Path, cell: dict, cfg: RunConfig) -> None:
                           f"those: put the old values back, or {NEW_OUTPUT_DIR}")
 
 
-def check_cells(root: Path, cells: list[dict], configs: list[RunConfig]) -> None:
+def check_cell_configs(root: Path, cells: list[dict], configs: list[RunConfig]) -> None:
     """Every cell already written under root checked against its config here (check_cell_config)."""
     for cell, cfg in zip(cells, configs):
         check_cell_config(root, {"id": cell["id"], "dir": str(cell_dir(root, cell["id"]))}, cfg)
+
+
+def check_folder(root: Path, record: str, kind, cells: list[dict], configs: list[RunConfig], same_grid) -> None:
+    """Raise unless this grid may be written into root: a new or empty folder (checkpoint/folder_rule.py `kind`:
+    anything there the command did not create is refused), or one whose description `record` (sweep.json,
+    study.json) `same_grid(path)` accepts (it raises otherwise) and whose cells written before have these
+    configs but for what a resumed run may change (check_cell_configs)."""
+    if not (Path(root) / record).exists():
+        folder_rule.check_folder(root, kind)
+        return
+    same_grid(Path(root) / record)
+    check_cell_configs(root, cells, configs)
 
 
 def write_cells(root: Path, cells: list[dict], configs: list[RunConfig]) -> None:

@@ -24,22 +24,21 @@ from ptune_dist.checkpoint import folder_rule
 from ptune_dist.errors import ConfigError
 
 from .files import write_file
-from .grid_cells import NEW_OUTPUT_DIR, check_cell_config, write_cells
+from . import grid_cells
+from .grid_cells import NEW_OUTPUT_DIR, write_cells
 from .sweep_table import read_meta
 
 
 def check_folder(sweep_dir: Path, grid: dict, cells: list[dict], configs: list) -> None:
-    """Raise unless this sweep may be written into sweep_dir, a folder or none yet (see the module's rules)."""
-    meta_path = sweep_dir / "sweep.json"
-    if meta_path.exists():
+    """Raise unless this sweep may be written into sweep_dir, a folder or none yet (see the module's rules;
+    the check itself is the grid engine's: grid_cells.check_folder)."""
+    def same_sweep(meta_path: Path) -> None:
         differs = differences(read_meta(meta_path), grid, cells)
         if differs:
             raise ConfigError(f"output_dir={str(sweep_dir)!r} holds another sweep ({differs}); its cells' results "
                               f"would be gathered under this sweep's values: {NEW_OUTPUT_DIR}")
-        for cell, cell_cfg in zip(cells, configs):
-            check_cell_config(sweep_dir, cell, cell_cfg)
-    else:
-        folder_rule.check_folder(sweep_dir, folder_rule.SWEEP)
+
+    grid_cells.check_folder(sweep_dir, "sweep.json", folder_rule.SWEEP, cells, configs, same_sweep)
 
 
 def differences(old: dict, grid: dict, cells: list[dict]) -> str:

@@ -1,5 +1,5 @@
-"""Prompt ensembles (study/ensemble.py): the vote, the report's table read back, and end to end on the real
-MiniLM: three seeds' prompts (and heads) in one batch on one base give each member exactly the score its own
+"""Prompt ensembles (study/ensemble.py; the scoring and the vote: inference_ensemble.py): the vote, the
+report's table read back, and end to end on the real MiniLM: three seeds' prompts (and heads) in one batch on one base give each member exactly the score its own
 cell measured alone, and the ensemble's score is the majority vote of their predictions."""
 
 import json
@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import MINI
 
-from ptune_dist.study.ensemble import vote
+from ptune_dist.inference_ensemble import vote
 from ptune_dist.study.ensemble_table import COLUMNS, ensemble_section, ensemble_tables
 from ptune_dist.train.evaluate import class_metrics
 

@@ -14,7 +14,7 @@ from ptune_dist.launcher.grid_arrays import scripts
 from ptune_dist.launcher.grid_attempts import main as record_main
 from ptune_dist.launcher.grid_attempts import record
 from ptune_dist.launcher.grid_cells import cell_dir, state
-from ptune_dist.study.cell_configs import prepare
+from ptune_dist.study.cell_configs import resolve_study as prepare
 
 
 def test_a_start_without_results_is_failed_unless_requeued(tmp_path):

@@ -19,10 +19,10 @@ def run(args: list[str], dry_run: bool = False) -> int:
         if len(args) != 2 or dry_run:
             raise ConfigError(f"usage: ptune study {args[0]} STUDY_DIR")
         return {"status": status, "report": report, "ensemble": ensemble}[args[0]](Path(args[1]))
-    from .cell_configs import prepare
+    from .cell_configs import resolve_study
 
     files, overrides = [a for a in args if "=" not in a], [a for a in args if "=" in a]
-    cfg, study_dir, cells, configs = prepare(files, overrides, write=not dry_run)
+    cfg, study_dir, cells, configs = resolve_study(files, overrides, write=not dry_run)
     if dry_run:
         for cell in cells:
             planned = f"  {cell['resources']['label']}" if "resources" in cell else ""  # study.hardware

@@ -29,31 +29,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ptune_dist.checkpoint import folder_rule
 from ptune_dist.config import to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.data.presets import PRESETS
 from ptune_dist.errors import PtuneError
 from ptune_dist.launcher.files import write_file
 from ptune_dist.launcher.grid_attempts import say_once
-from ptune_dist.launcher.grid_cells import cell_dir, check_cells, state, write_cells
+from ptune_dist.launcher.grid_cells import cell_dir, state, write_cells
 from ptune_dist.launcher.grid_table import results_of
 from ptune_dist.read_back import count, list_of, mapping, name, one_of, read_record, text, value
 
 from .cells import INITS
 
-def check_folder(study_dir: Path, cells: list[dict], configs: list[RunConfig]) -> None:
-    """Raise unless the study may be written here: a new or empty folder, or this study's (cells with their
-    configs); a folder holding anything else `ptune study` did not create is refused (checkpoint/folder_rule.py)."""
-    if not (study_dir / "study.json").exists():
-        folder_rule.check_folder(study_dir, folder_rule.STUDY)
-        return
+def check_study_record(path: Path) -> None:
+    """study.json of an earlier run of this command: a damaged or edited one is named on stderr and written again
+    from this config (REMEDY); its cells are checked by grid_cells.check_folder."""
     try:
-        read_cells(study_dir)
-    except PtuneError as e:  # damaged or edited: this config writes it again (REMEDY); the cells are checked below
+        read_cells(path.parent)
+    except PtuneError as e:
         say_once(f"ptune study: {str(e).split('; run `ptune study')[0]}; writing it again from this config "
                  "(its cells' folders are kept)")
-    check_cells(study_dir, cells, configs)
 
 
 def write_study(study_dir: Path, cfg: RunConfig, cells: list[dict], configs: list[RunConfig]) -> None:
@@ -71,7 +66,7 @@ def kept_cells(study_dir: Path, cells: list[dict]) -> list[dict]:
         return cells
     try:
         before = {c["id"]: c for c in read_cells(study_dir)}
-    except PtuneError:  # damaged: named by check_folder, written again from this grid
+    except PtuneError:  # damaged: named by check_study_record, written again from this grid
         return cells
     out = []
     for cell in cells:
