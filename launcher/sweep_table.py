@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ptune_dist import read_back
-from ptune_dist.errors import ConfigError, PtuneError
+from ptune_dist.errors import ConfigError
 
 from .grid_table import csv_text, markdown_text, results_problem, write_tables
 
