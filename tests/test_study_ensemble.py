@@ -80,3 +80,11 @@ def test_a_study_ensembles_its_seeds_prompts_and_each_member_scores_as_alone(tmp
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and not any(x.endswith(".json") for x in again.stdout.splitlines()), again.stdout
     # the members are unchanged: nothing is recomputed
+    # the same ensemble through `ptune eval RUN... --ensemble` (inference_ensemble.py): the same vote and metrics
+    runs = [str(study / "cells" / c) for c in rec["members"]]
+    plain = subprocess.run([sys.executable, "-m", "ptune_dist.cli", "eval", *runs, "--ensemble"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    out = json.loads(plain.stdout)
+    assert out["ensemble"]["accuracy"] == rec["accuracy"] and len(out["members"]) == 3
+    assert [m["accuracy"] for m in out["member_metrics"]] == rec["member_scores"]
