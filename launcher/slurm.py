@@ -217,7 +217,7 @@ def submit_train(cfg: RunConfig, config_path: Path) -> dict:
     return record
 
 
-KINDS = ("train", "sweep", "study")  # what wrote a job.json: submit_train, sweep.submit, study.arrays.submit
+KINDS = ("train", "sweep", "study")  # what wrote a job.json: submit_train, sweep.submit, grid_arrays.submit (a study)
 RECORD_REMEDY = ("damaged or edited; nothing was sent to Slurm: find the jobs with squeue and give their ids "
                  "(`ptune cancel JOB_ID`), or submit again")
 

@@ -19,7 +19,7 @@ submitted after that. A failed sbatch leaves a complete sweep that was not submi
 submits it); a gathering job refused after the array was submitted leaves the array recorded in
 job.json, and the error says so.
 
-The folder rules are in sweep_folder.py; gathering the table in gather.py.
+The folder rules are in sweep_folder.py (the cells' own: grid_cells.py); gathering the table in sweep_table.py.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from ptune_dist.config import load_config, to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError, PtuneError
 
-from . import local, slurm
+from . import grid_queue, local, slurm
 from .files import check_dir, make_dir, write_file
-from .gather import gather  # noqa: F401  (ptune sweep prints the table it gathers)
+from .sweep_table import gather  # noqa: F401  (ptune sweep prints the table it gathers)
 from .sweep_folder import check_folder, write_sweep
 
 
@@ -172,17 +172,12 @@ def submit(cfg: RunConfig, sweep_dir: Path, cells: list[dict]) -> dict:
 
 
 def run_locally(cfg: RunConfig, cells: list[dict]) -> tuple[int, int | None]:
-    """Run the cells one after another: (how many failed, the exit status of a cell stopped by a signal
-    (130 Ctrl-C, 99 TERM), after which no further cell starts; None when none was)."""
-    from ptune_dist.train.preempt import INTERRUPTED, PREEMPTED
-
-    failed = 0
-    for cell in cells:
-        cell_cfg = load_config([Path(cell["dir"]) / "launch.yaml"])
-        rc = local.run(cell_cfg, Path(cell["dir"]) / "launch.yaml")
-        if rc in (INTERRUPTED, PREEMPTED):
-            return failed, rc
-        failed += rc != 0
-    return failed, None
-
-
+    """The cells on this machine through the grid's local queue (grid_queue.py: a done cell skipped, each start
+    recorded in its attempts.json; a sweep retries a failed cell only when it is run again): (how many are not
+    done, the exit status of a cell stopped by a signal (130 Ctrl-C, 99 TERM), after which no further cell
+    starts; None when none was)."""
+    sweep_dir = Path(cfg.output_dir).resolve()
+    try:
+        return len(grid_queue.run_queue(sweep_dir, cells, retries=0, command="ptune sweep")), None
+    except grid_queue.Stopped as e:
+        return len(cells), e.code

@@ -10,6 +10,7 @@ differs, since its cells' results would be gathered under this sweep's values; s
 sweep.json that holds anything ptune sweep did not create (checkpoint/folder_rule.py: cells/, a results
 table, a training run, a user's files), and a cell that a `ptune train` is running in.
 
+The cells' folders, their check and their writing are the grid engine's (grid_cells.py).
 Writing: the cells' launch.yaml first, sweep.json last, each file atomically, so a sweep.json always
 describes cells that are all there.
 """
@@ -17,33 +18,27 @@ describes cells that are all there.
 from __future__ import annotations
 
 import json
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ptune_dist.checkpoint import folder_rule
-from ptune_dist.checkpoint.nofollow import refuse_link
-from ptune_dist.config import from_yaml, to_yaml
-from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
 
-from .files import make_dir, write_file
-from .gather import read_meta
-
-NEW_OUTPUT_DIR = "choose another output_dir (nothing was written)"
+from .files import write_file
+from . import grid_cells
+from .grid_cells import NEW_OUTPUT_DIR, write_cells
+from .sweep_table import read_meta
 
 
 def check_folder(sweep_dir: Path, grid: dict, cells: list[dict], configs: list) -> None:
-    """Raise unless this sweep may be written into sweep_dir, a folder or none yet (see the module's rules)."""
-    meta_path = sweep_dir / "sweep.json"
-    if meta_path.exists():
+    """Raise unless this sweep may be written into sweep_dir, a folder or none yet (see the module's rules;
+    the check itself is the grid engine's: grid_cells.check_folder)."""
+    def same_sweep(meta_path: Path) -> None:
         differs = differences(read_meta(meta_path), grid, cells)
         if differs:
             raise ConfigError(f"output_dir={str(sweep_dir)!r} holds another sweep ({differs}); its cells' results "
                               f"would be gathered under this sweep's values: {NEW_OUTPUT_DIR}")
-        for cell, cell_cfg in zip(cells, configs):
-            check_cell_config(sweep_dir, cell, cell_cfg)
-    else:
-        folder_rule.check_folder(sweep_dir, folder_rule.SWEEP)
+
+    grid_cells.check_folder(sweep_dir, "sweep.json", folder_rule.SWEEP, cells, configs, same_sweep)
 
 
 def differences(old: dict, grid: dict, cells: list[dict]) -> str:
@@ -62,33 +57,8 @@ def differences(old: dict, grid: dict, cells: list[dict]) -> str:
     return ""
 
 
-def check_cell_config(sweep_dir: Path, cell: dict, cfg: RunConfig) -> None:
-    """A cell written before may come back with the changes a resumed run takes, nothing else."""
-    from ptune_dist.train.resume import RESUMABLE
-    from ptune_dist.train.resume import flat_config as flat
-
-    path = Path(cell["dir"]) / "launch.yaml"
-    if not path.exists():
-        return
-    try:
-        old = flat(from_yaml(path.read_text()))
-    except (OSError, ConfigError) as e:
-        raise ConfigError(f"output_dir={str(sweep_dir)!r}: {path} is not a readable cell config ({e}); "
-                          f"{NEW_OUTPUT_DIR}") from None
-    new = flat(cfg)
-    refused = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k) and not any(fnmatchcase(k, pat) for pat in RESUMABLE)]
-    if refused:
-        raise ConfigError(f"output_dir={str(sweep_dir)!r} holds this sweep's cell {cell['id']} with other settings "
-                          f"({'; '.join(refused[:4])}{'; ...' if len(refused) > 4 else ''}); its results belong to "
-                          f"those: put the old values back, or {NEW_OUTPUT_DIR}")
-
-
 def write_sweep(sweep_dir: Path, grid: dict, cells: list[dict], configs: list) -> None:
     """Cells first, sweep.json last: a sweep.json always describes cells that are all there. cells/ and a
-    cell's folder are ptune's: one that is a symbolic link is refused, not written through."""
-    for cell, cfg in zip(cells, configs):
-        refuse_link(Path(cell["dir"]).parent)
-        folder = make_dir(refuse_link(cell["dir"]), "output_dir")
-        write_file(folder / "launch.yaml", to_yaml(cfg), "output_dir")
+    cell's folder are ptune's: one that is a symbolic link is refused, not written through (grid_cells)."""
+    write_cells(sweep_dir, cells, configs)
     write_file(sweep_dir / "sweep.json", json.dumps({"grid": grid, "cells": cells}, indent=1), "output_dir")

@@ -1,7 +1,7 @@
 """The `ptune` command.
 
     ptune train CONFIG.yaml [MORE.yaml ...] [dotted.key=value ...]
-    ptune eval RUN_OR_CHECKPOINT [dotted.key=value ...]
+    ptune eval RUN_OR_CHECKPOINT [dotted.key=value ...] | eval RUN1 RUN2 ... --ensemble [dotted.key=value ...]
     ptune predict RUN_OR_CHECKPOINT --input FILE.jsonl [--output FILE.jsonl [--force]] [dotted.key=value ...]
     ptune export CHECKPOINT --format peft --out DIR [--task NAME] [--force]
     ptune import ADAPTER_DIR --out RUN_DIR [--force] [dotted.key=value ...]
@@ -56,6 +56,13 @@ def cmd_train(ns) -> int:
 
 
 def cmd_eval(ns) -> int:
+    if ns.ensemble:  # RUN1 RUN2 ... [key=value ...]: the runs' prompts scored together, a majority vote
+        from ptune_dist.inference_ensemble import evaluate_ensemble
+
+        runs = [ns.checkpoint, *(a for a in ns.overrides if "=" not in a)]
+        result = evaluate_ensemble(runs, [a for a in ns.overrides if "=" in a])
+        print(json.dumps({k: result[k] for k in ("members", "member_metrics", "ensemble")}, indent=1))
+        return 0
     from ptune_dist.inference import evaluate_checkpoint
 
     print(json.dumps(evaluate_checkpoint(ns.checkpoint, ns.overrides), indent=1))
@@ -121,7 +128,7 @@ def cmd_study(ns) -> int:
 
 
 def cmd_gather(ns) -> int:
-    from ptune_dist.launcher.sweep import gather
+    from ptune_dist.launcher.sweep_table import gather
 
     print(gather(ns.sweep_dir))
     return 0
@@ -173,6 +180,8 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run folder or checkpoint, print metrics as JSON")
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*")
+    e.add_argument("--ensemble", action="store_true",
+                   help="RUN1 RUN2 ...: the runs' prompts on their shared base in one pass, and their majority vote")
     e.set_defaults(fn=cmd_eval)
     pr = sub.add_parser("predict", help="classify or generate for the rows of a JSONL file")
     pr.add_argument("checkpoint")

@@ -3,7 +3,8 @@ number makes the cell's row `damaged` (named on stderr), never a row of text pos
 
 import json
 
-from ptune_dist.launcher.gather import gather, results_problem
+from ptune_dist.launcher.grid_table import results_problem
+from ptune_dist.launcher.sweep_table import gather
 
 
 def test_a_metric_that_is_not_a_number_is_a_damaged_row(tmp_path, capsys):

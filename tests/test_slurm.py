@@ -272,7 +272,7 @@ def test_study_runs_as_one_array_per_resource_shape_then_reports(cluster, tmp_pa
     assert state["JobState"] == "COMPLETED", state
     rows = list(csv.DictReader((study / "results.csv").open()))
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows), rows
-    for r in rows:  # each array task recorded its start and exit status (study/record.py)
+    for r in rows:  # each array task recorded its start and exit status (launcher/grid_attempts.py)
         assert json.loads((study / "cells" / r["cell"] / "attempts.json").read_text()) == {"starts": 1, "last_rc": 0}
     assert (study / "report" / "report.md").is_file()
     assert main(args) == 0  # everything done: nothing more to submit

@@ -1,5 +1,5 @@
-"""Prompt ensembles (study/ensemble.py): the vote, the report's table read back, and end to end on the real
-MiniLM: three seeds' prompts (and heads) in one batch on one base give each member exactly the score its own
+"""Prompt ensembles (study/ensemble.py; the scoring and the vote: inference_ensemble.py): the vote, the
+report's table read back, and end to end on the real MiniLM: three seeds' prompts (and heads) in one batch on one base give each member exactly the score its own
 cell measured alone, and the ensemble's score is the majority vote of their predictions."""
 
 import json
@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import MINI
 
-from ptune_dist.study.ensemble import vote
+from ptune_dist.inference_ensemble import vote
 from ptune_dist.study.ensemble_table import COLUMNS, ensemble_section, ensemble_tables
 from ptune_dist.train.evaluate import class_metrics
 
@@ -80,3 +80,11 @@ def test_a_study_ensembles_its_seeds_prompts_and_each_member_scores_as_alone(tmp
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and not any(x.endswith(".json") for x in again.stdout.splitlines()), again.stdout
     # the members are unchanged: nothing is recomputed
+    # the same ensemble through `ptune eval RUN... --ensemble` (inference_ensemble.py): the same vote and metrics
+    runs = [str(study / "cells" / c) for c in rec["members"]]
+    plain = subprocess.run([sys.executable, "-m", "ptune_dist.cli", "eval", *runs, "--ensemble"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    out = json.loads(plain.stdout)
+    assert out["ensemble"]["accuracy"] == rec["accuracy"] and len(out["members"]) == 3
+    assert [m["accuracy"] for m in out["member_metrics"]] == rec["member_scores"]

@@ -1,4 +1,4 @@
-"""The study folder over reruns and damage (ptune_dist/study/folder.py, gather.py, ensemble.py): a grid that
+"""The study folder over reruns and damage (ptune_dist/study/folder.py, rows.py, ensemble.py; launcher/grid_cells.py, grid_attempts.py): a grid that
 shrinks keeps its done cells and their rows, a regrown grid finds them; what is read back (study.json cells,
 attempts.json, results.json, ensemble records) is checked, and a damaged record is named, never a traceback.
 Cells are made done by writing their results.json here (no training: the queue is replaced by a stand-in)."""
@@ -14,8 +14,9 @@ from ptune_dist.cli import main
 from ptune_dist.errors import PtuneError
 from ptune_dist.study import ensemble as ensemble_mod
 from ptune_dist.study import folder as folder_mod
-from ptune_dist.study.folder import attempts, cell_dir, read_cells, state
-from ptune_dist.study.record import record
+from ptune_dist.launcher.grid_attempts import attempts, record
+from ptune_dist.launcher.grid_cells import cell_dir, state
+from ptune_dist.study.folder import read_cells
 
 RESULTS = {"final": {"support": {"accuracy": 0.75, "macro_f1": 0.5}}, "parameters": {"base": 1000, "trained": 4}}
 MINI_L8 = "all-minilm-l6-v2__prompt_tuning__L8-random__support__s0"
@@ -26,10 +27,10 @@ SMOL_L4 = "smollm2-135m-instruct__prompt_tuning__L4-random__support__s0"
 def no_runs(monkeypatch):
     """`ptune study` (local) without training: the queue runs nothing, the pre-load checks are skipped
     (precheck is tested on its own); everything else is the real command."""
-    import ptune_dist.study.prepare as prepare_mod
-    import ptune_dist.study.queue as queue_mod
+    import ptune_dist.launcher.grid_queue as queue_mod
+    import ptune_dist.study.cell_configs as prepare_mod
 
-    monkeypatch.setattr(queue_mod, "run_queue", lambda study_dir, cells, retries: [])
+    monkeypatch.setattr(queue_mod, "run_queue", lambda study_dir, cells, retries, command="": [])
     monkeypatch.setattr(prepare_mod, "check_cells", lambda cells, configs, backend: None, raising=False)
 
 

@@ -1,4 +1,4 @@
-"""A study cell's attempt record on Slurm (study/record.py): the array script records each start, a requeue at a
+"""A study cell's attempt record on Slurm (launcher/grid_attempts.py): the array script records each start, a requeue at a
 checkpoint and the exit status, so `ptune study status` tells a failed cell from a pending one. The rendered
 array script runs here under bash with stand-ins for srun and scontrol (the real cluster run is
 tests/test_slurm.py's study test); the record and the states are the real code."""
@@ -10,11 +10,11 @@ import subprocess
 import pytest
 from test_study_run import STUDY
 
-from ptune_dist.study.arrays import scripts
-from ptune_dist.study.folder import cell_dir, state
-from ptune_dist.study.prepare import prepare
-from ptune_dist.study.record import main as record_main
-from ptune_dist.study.record import record
+from ptune_dist.launcher.grid_arrays import scripts
+from ptune_dist.launcher.grid_attempts import main as record_main
+from ptune_dist.launcher.grid_attempts import record
+from ptune_dist.launcher.grid_cells import cell_dir, state
+from ptune_dist.study.cell_configs import resolve_study as prepare
 
 
 def test_a_start_without_results_is_failed_unless_requeued(tmp_path):
@@ -39,7 +39,7 @@ def test_the_record_command_checks_its_arguments_and_never_fails_the_job(tmp_pat
                                                            (0, 0, "failed")])
 def test_the_array_script_records_each_start_and_how_it_ended(srun_rc, expected, state_after, tmp_path,
                                                               monkeypatch):
-    import ptune_dist.study.prepare as prepare_mod
+    import ptune_dist.study.cell_configs as prepare_mod
 
     monkeypatch.setattr(prepare_mod, "check_cells", lambda *a: None)  # the cells' pre-load checks: test_study_precheck
     study = tmp_path / "study"

@@ -9,8 +9,8 @@ import pytest
 from conftest import SMOL
 
 from ptune_dist.errors import ConfigError
-from ptune_dist.study.arrays import scripts
-from ptune_dist.study.prepare import prepare
+from ptune_dist.launcher.grid_arrays import scripts
+from ptune_dist.study.cell_configs import resolve_study as prepare
 
 HUB_70B = "meta-llama/Llama-3.1-70B"
 CLUSTER = ["study.hardware.gpus_per_node=8", "study.hardware.gpu_mem=80GB", "study.hardware.max_nodes=2"]

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from ptune_dist.errors import ConfigError
 
-from .folder import STATES, cell_dir, read_cells, state
+from ptune_dist.launcher import grid_queue
+from ptune_dist.launcher.grid_cells import STATES, cell_dir, state
+
+from .folder import read_cells
 
 
 def run(args: list[str], dry_run: bool = False) -> int:
@@ -16,11 +19,10 @@ def run(args: list[str], dry_run: bool = False) -> int:
         if len(args) != 2 or dry_run:
             raise ConfigError(f"usage: ptune study {args[0]} STUDY_DIR")
         return {"status": status, "report": report, "ensemble": ensemble}[args[0]](Path(args[1]))
-    from .prepare import prepare
-    from .queue import Stopped, run_queue
+    from .cell_configs import resolve_study
 
     files, overrides = [a for a in args if "=" not in a], [a for a in args if "=" in a]
-    cfg, study_dir, cells, configs = prepare(files, overrides, write=not dry_run)
+    cfg, study_dir, cells, configs = resolve_study(files, overrides, write=not dry_run)
     if dry_run:
         for cell in cells:
             planned = f"  {cell['resources']['label']}" if "resources" in cell else ""  # study.hardware
@@ -28,15 +30,15 @@ def run(args: list[str], dry_run: bool = False) -> int:
         print(f"{len(cells)} cells into {study_dir}", file=sys.stderr)
         return 0
     if cfg.launch.backend == "slurm":
-        from .arrays import submit
+        from ptune_dist.launcher.grid_arrays import submit
 
-        record = submit(cfg, study_dir, cells, configs)
+        record = submit(cfg, study_dir, cells, configs, kind="study", gather="study report", gather_file="report.sbatch")
         arrays = ", ".join(f"{a['job_id']} ({a['cells']} cells)" for a in record["arrays"]) or "none"
         print(f"submitted arrays {arrays}; report job {record.get('gather_job_id', '-')}: {study_dir / 'report'}")
         return 0
     try:
-        missing = run_queue(study_dir, cells, cfg.study.retries)
-    except Stopped as e:  # a Ctrl-C: the running cell saved its checkpoint; nothing else starts
+        missing = grid_queue.run_queue(study_dir, cells, cfg.study.retries, command="ptune study")
+    except grid_queue.Stopped as e:  # a Ctrl-C: the running cell saved its checkpoint; nothing else starts
         print(f"ptune study: {e}", file=sys.stderr)
         return e.code
     ensemble(study_dir, report_after=False)
@@ -70,10 +72,10 @@ def ensemble(study_dir: Path, report_after: bool = True) -> int:
 
 def report(study_dir: Path) -> int:
     from .ensemble import read_ensembles
-    from .gather import gather
+    from .rows import write_rows
     from .report import write_report
 
-    csv_path, rows = gather(study_dir)
+    csv_path, rows = write_rows(study_dir)
     paths = write_report(rows, study_dir / "report", ensembles=read_ensembles(study_dir))
     print(csv_path)
     print(paths.get("report.md", study_dir / "report" / "report.md"))

@@ -3,14 +3,16 @@
     study_dir/config.yaml             the study's resolved config (its base run and study section)
     study_dir/study.json              the cells: id, the comparisons it belongs to, its settings
     study_dir/cells/<id>/launch.yaml  a cell's complete run config (its output_dir is the cell folder)
-    study_dir/cells/<id>/attempts.json  how often it was started (local queue or Slurm array task: record.py)
-                                      and the last exit status ("requeued": stopped at a checkpoint)
+    study_dir/cells/<id>/attempts.json  how often it was started (local queue or Slurm array task:
+                                      launcher/grid_attempts.py) and the last exit status ("requeued")
     study_dir/cells/<id>/...          the run itself: results.json, final/, checkpoints/, metrics.jsonl
-    study_dir/results.csv             one row per cell and task (study/gather.py)
+    study_dir/results.csv             one row per cell and task (study/rows.py)
     study_dir/report/                 report.md and its plots (study/report.py, study/plots.py)
 
-Written the sweep's way (launcher/sweep_folder.py): every cell config first, study.json last, each file
-atomically. A rerun reuses the folder: cells already there must have the same config but for what a resumed
+The cells' folders, their check, their writing, their attempt records and their state are the grid engine's,
+shared with `ptune sweep` (launcher/grid_cells.py, grid_attempts.py); this module holds what is the study's own:
+study.json and config.yaml, and which cells of an earlier grid it keeps. Every cell config first, study.json
+last, each file atomically. A rerun reuses the folder: cells already there must have the same config but for what a resumed
 run may change, new cells are added, and each cell's `ptune train` resumes from its own checkpoints. Growing
 or shrinking the grid keeps what is done: a done (or running) cell of an earlier grid stays in study.json
 (after the new grid's cells), and a done cell keeps the comparisons it was in besides the new grid's, so its
@@ -18,61 +20,40 @@ rows stay in results.csv and the report; a pending or failed cell the new grid l
 study.json (its folder stays: a regrown grid resumes it).
 
 What is read back is checked with its type and domain (read_back.py): study.json is refused by name with
-the cell and key and the remedy (`ptune study CONFIG` writes it again); a damaged attempts.json is named on
-stderr once and read as no start (the next start writes it again).
-
-A cell is done when its results.json is complete (what `ptune gather` reads), running while a `ptune train`
-holds its lock, failed when a start ended without results (and was not requeued at a checkpoint), else
-pending.
+the cell and key and the remedy (`ptune study CONFIG` writes it again). A cell's state (done, running,
+failed, pending): grid_cells.state.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from ptune_dist.checkpoint import folder_rule
-from ptune_dist.checkpoint.nofollow import refuse_link
 from ptune_dist.config import to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.data.presets import PRESETS
 from ptune_dist.errors import PtuneError
-from ptune_dist.launcher.files import make_dir, write_file
-from ptune_dist.launcher.gather import results_problem
-from ptune_dist.launcher.sweep_folder import check_cell_config
+from ptune_dist.launcher.files import write_file
+from ptune_dist.launcher.grid_attempts import say_once
+from ptune_dist.launcher.grid_cells import cell_dir, state, write_cells
+from ptune_dist.launcher.grid_table import results_of
 from ptune_dist.read_back import count, list_of, mapping, name, one_of, read_record, text, value
 
 from .cells import INITS
 
-STATES = ("done", "running", "failed", "pending")
-
-
-def cell_dir(study_dir: Path, cell_id: str) -> Path:
-    return study_dir / "cells" / cell_id
-
-
-def check_folder(study_dir: Path, cells: list[dict], configs: list[RunConfig]) -> None:
-    """Raise unless the study may be written here: a new or empty folder, or this study's (cells with their
-    configs); a folder holding anything else `ptune study` did not create is refused (checkpoint/folder_rule.py)."""
-    if not (study_dir / "study.json").exists():
-        folder_rule.check_folder(study_dir, folder_rule.STUDY)
-        return
+def check_study_record(path: Path) -> None:
+    """study.json of an earlier run of this command: a damaged or edited one is named on stderr and written again
+    from this config (REMEDY); its cells are checked by grid_cells.check_folder."""
     try:
-        read_cells(study_dir)
-    except PtuneError as e:  # damaged or edited: this config writes it again (REMEDY); the cells are checked below
+        read_cells(path.parent)
+    except PtuneError as e:
         say_once(f"ptune study: {str(e).split('; run `ptune study')[0]}; writing it again from this config "
                  "(its cells' folders are kept)")
-    for cell, cfg in zip(cells, configs):
-        check_cell_config(study_dir, {"id": cell["id"], "dir": str(cell_dir(study_dir, cell["id"]))}, cfg)
 
 
 def write_study(study_dir: Path, cfg: RunConfig, cells: list[dict], configs: list[RunConfig]) -> None:
     """Cells first, study.json last; the done cells of an earlier grid kept (kept_cells)."""
-    for cell, cell_cfg in zip(cells, configs):
-        refuse_link(study_dir / "cells")
-        folder = make_dir(refuse_link(cell_dir(study_dir, cell["id"])), "output_dir")
-        write_file(folder / "launch.yaml", to_yaml(cell_cfg), "output_dir")
+    write_cells(study_dir, cells, configs)
     listed = kept_cells(study_dir, cells)
     write_file(study_dir / "config.yaml", to_yaml(cfg), "output_dir")
     write_file(study_dir / "study.json", json.dumps({"cells": listed}, indent=1), "output_dir")
@@ -85,7 +66,7 @@ def kept_cells(study_dir: Path, cells: list[dict]) -> list[dict]:
         return cells
     try:
         before = {c["id"]: c for c in read_cells(study_dir)}
-    except PtuneError:  # damaged: named by check_folder, written again from this grid
+    except PtuneError:  # damaged: named by check_study_record, written again from this grid
         return cells
     out = []
     for cell in cells:
@@ -120,56 +101,3 @@ def read_cells(study_dir: Path) -> list[dict]:
         seen.add(got["id"])
         out.append(got)
     return out
-
-
-def results_of(folder: Path) -> dict | None:
-    """The cell's results.json when complete (a training run wrote it: "final" holds each task's metrics),
-    else None. Its values are checked where a row is made of them (gather.py: a damaged row, named)."""
-    try:
-        results = json.loads((folder / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return None if results_problem(results, values=False) else results
-
-
-_said: set[str] = set()  # damaged records already named on stderr (state is asked many times a command)
-
-
-def say_once(line: str) -> None:
-    if line not in _said:
-        _said.add(line)
-        print(line, file=sys.stderr, flush=True)
-
-
-def attempts(folder: Path) -> dict:
-    """attempts.json (record.py): {"starts": n, "last_rc": exit status or "requeued"} as far as it holds them;
-    {} when there is none. A damaged one is named on stderr and read as {} (the next start writes it again)."""
-    path = Path(folder) / "attempts.json"
-    remedy = "read as no start; the cell's next start writes it again"
-    try:
-        record = read_record(path, "a cell's attempt record", remedy, missing_ok=True) or {}
-        checks = {"starts": count, "last_rc": _exit_status}
-        return {k: value(record, k, check, path, remedy) for k, check in checks.items() if k in record}
-    except PtuneError as e:
-        say_once(f"ptune study: {e}")
-        return {}
-
-
-def _exit_status(v):
-    if v == "requeued" or (isinstance(v, int) and not isinstance(v, bool) and -255 <= v <= 255):
-        return v
-    raise ValueError("an exit status (a whole number in [-255, 255]) or 'requeued'")
-
-
-def state(folder: Path) -> str:
-    """done | running | failed | pending (see the module docstring)."""
-    from ptune_dist.train.run_lock import check_free
-
-    if results_of(folder) is not None:
-        return "done"
-    try:
-        check_free(folder)
-    except PtuneError:
-        return "running"
-    record = attempts(folder)
-    return "failed" if record.get("starts") and record.get("last_rc") != "requeued" else "pending"

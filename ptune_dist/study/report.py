@@ -1,12 +1,12 @@
 """The study's report: results.csv rows into report.md (tables) and PNG figures, like Lester et al. 2021.
 
-A row is one cell and task (gather.py); only `done` rows carry a score. Each comparison a row belongs to
+A row is one cell and task (rows.py); only `done` rows carry a score. Each comparison a row belongs to
 (`parts`: main, length, init; any other name is shown under "Other comparisons") gets one table per task,
 and, with several tasks, an average: per seed the mean over tasks (only seeds where every task is done),
 then mean ± std (sample std) over those seeds. Columns are the models by size; rows the methods in a fixed
 order (main), the prompt lengths (length) or the inits (init). A table or figure without data is left out
 with a one-line reason. The table functions are pure (header and rows of strings); `write_report` writes
-the files, each atomically (a temporary file, then os.replace), the figures first and report.md last.
+the files, each atomically (checkpoint/nofollow.py write_atomic), the figures first and report.md last.
 """
 
 from __future__ import annotations

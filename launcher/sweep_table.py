@@ -5,22 +5,20 @@ with its type, a cell's id is a plain folder name (read_back.name) and its dir t
 cells/<id> (a dir `../../other-run` would gather another run's results). A cell
 without results.json is a `failed` row; one whose results.json is damaged is a `damaged` row with a
 note (and a line on stderr), and the other cells are gathered. An unwritable table is one error.
+The results check and the table writing are the grid engine's (grid_table.py).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from pathlib import Path
 
 from ptune_dist import read_back
-from ptune_dist.errors import ConfigError, PtuneError
+from ptune_dist.errors import ConfigError
 
-from .files import write_file
+from .grid_table import csv_text, markdown_text, results_problem, write_tables
 
-TABLES = ("results.csv", "results.md")
 
 
 def read_meta(path: Path) -> dict:
@@ -78,26 +76,6 @@ def cell_problem(cell, grid: dict, sweep_dir: Path) -> str:
     return f"{wrong[0]} is not one of the grid's values" if wrong else ""
 
 
-def results_problem(results, values: bool = True) -> str:
-    """What keeps a cell's results.json from being rows ("" when nothing); with values=False only its shape
-    is checked (the metrics' values are read, and checked, where a row is made of them)."""
-    metrics = '{"task": {"metric": value}}'
-    if not isinstance(results, dict):
-        return "not a JSON object"
-    final = results.get("final")
-    if not isinstance(final, dict) or not final or not all(isinstance(m, dict) for m in final.values()):
-        return f'"final" is not {metrics}'
-    baseline = results.get("baseline", {})
-    if not isinstance(baseline, dict) or not all(isinstance(m, dict) for m in baseline.values()):
-        return f'"baseline" is not {metrics}'
-    for part, tasks in (("final", final), ("baseline", baseline)) if values else ():
-        for task, values in tasks.items():
-            wrong = [k for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-            if wrong:
-                return f'"{part}" {task}.{wrong[0]}={values[wrong[0]]!r} is not a number'
-    return ""
-
-
 def cell_rows(sweep_dir: Path, cell: dict, keys: list[str]) -> list[dict]:
     """A cell's rows: one per task of its results.json, or one marked failed (no results) or damaged."""
     values = dict(item.split("=", 1) for item in cell["overrides"])
@@ -132,16 +110,6 @@ def gather(sweep_dir) -> Path:
     rows = [row for cell in meta["cells"] for row in cell_rows(sweep_dir, cell, keys)]
     columns = list(dict.fromkeys(k for r in rows for k in r if k != "note"))
     columns += ["note"] if any("note" in r for r in rows) else []  # why a row is damaged: last
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    md += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    for name in TABLES:  # both written, or neither
-        if (sweep_dir / name).is_dir():
-            raise PtuneError(f"{sweep_dir / name} is a folder, not a file; move it away (nothing was written)")
-    for name, text in zip(TABLES, (buf.getvalue(), "\n".join(md) + "\n")):
-        write_file(sweep_dir / name, text)
+    write_tables({sweep_dir / "results.csv": csv_text(rows, columns),  # both written, or neither
+                  sweep_dir / "results.md": markdown_text(rows, columns)})
     return sweep_dir / "results.csv"

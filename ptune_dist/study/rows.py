@@ -5,20 +5,21 @@ metric as `score` (METRIC: accuracy for classification, macro-F1 for token class
 accuracy for generation; CB, whose labels are unbalanced, the mean of accuracy and macro-F1 as in SuperGLUE),
 and the final metrics as they are. Other rows carry the cell's settings and its state. A done cell whose
 results.json lacks what its row needs (one task's metrics, the main metric as a finite number, parameter counts)
-is named on stderr and its row says damaged, with a note; the rest of the table is written.
+is named on stderr and its row says damaged, with a note; the rest of the table is written. The cells' state
+and results and the table's writing are the grid engine's (launcher/grid_cells.py, grid_table.py).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from ptune_dist.errors import PtuneError
-from ptune_dist.launcher.files import write_file
+from ptune_dist.launcher.grid_attempts import say_once
+from ptune_dist.launcher.grid_cells import cell_dir, state
+from ptune_dist.launcher.grid_table import csv_text, results_of, write_tables
 from ptune_dist.read_back import count, mapping, number, value
 
-from .folder import cell_dir, read_cells, results_of, say_once, state
+from .folder import read_cells
 
 METRIC = {"classification": "accuracy", "token_classification": "macro_f1", "generation": "token_accuracy"}
 COLUMNS = ["cell", "status", "parts", "model", "model_params", "method", "prompt_length", "init", "task", "seed",
@@ -66,13 +67,10 @@ def done_values(results: dict, cell: dict, path: Path) -> dict:
             **{k: v for k, v in metrics.items() if k not in COLUMNS}}
 
 
-def gather(study_dir) -> tuple[Path, list[dict]]:
+def write_rows(study_dir) -> tuple[Path, list[dict]]:
     """results.csv of every cell study.json lists; returns its path and the rows."""
     study_dir = Path(study_dir)
     rows = [cell_row(study_dir, cell) for cell in read_cells(study_dir)]
     columns = COLUMNS + sorted({k for r in rows for k in r} - set(COLUMNS))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_file(study_dir / "results.csv", buf.getvalue(), "output_dir"), rows
+    (path,) = write_tables({study_dir / "results.csv": csv_text(rows, columns)}, "output_dir")
+    return path, rows

@@ -1,14 +1,16 @@
-"""The local queue: the study's cells one after another on this machine, each as `ptune launch` would run it
-(launcher/local.py: torchrun with launch.nproc_per_node ranks).
+"""The local queue of a grid (`ptune sweep`, `ptune study` on launch.backend=local): the cells one after
+another on this machine, each as `ptune launch` would run it (local.py: torchrun with launch.nproc_per_node
+ranks).
 
 A done cell is skipped, so a rerun after a kill (or a crash, or a preemption) finishes only what is missing;
-a cell that was cut short resumes from its own checkpoints. A cell that fails is started again up to
-study.retries more times; each start is counted in its attempts.json. Returns the cells still not done.
+a cell that was cut short resumes from its own checkpoints; a cell another process is training is left to it.
+A cell that fails is started again up to `retries` more times; each start and how it ended is recorded in its
+attempts.json (grid_attempts.py, as a Slurm array task records it). Returns the cells still not done.
 
-A Ctrl-C (or TERM) reaches the running cell's ranks once (launcher/signals.py): they save a checkpoint and
-stop, the cell is recorded as stopped at a checkpoint (attempts.json "requeued": pending, not failed, and not
-retried), and the queue stops there with `Stopped` (130 after a Ctrl-C, 99 after TERM); the next run of the
-same command resumes the cell from that checkpoint.
+A Ctrl-C (or TERM) reaches the running cell's ranks once (signals.py): they save a checkpoint and stop, the
+cell is recorded as stopped at a checkpoint ("requeued": pending, not failed, and not retried), and the queue
+stops there with `Stopped` (130 after a Ctrl-C, 99 after TERM); the next run of the same command resumes the
+cell from that checkpoint.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import sys
 from pathlib import Path
 
 from ptune_dist.config import load_config
-from ptune_dist.launcher import local
 from ptune_dist.train.preempt import INTERRUPTED, PREEMPTED
 
-from .folder import cell_dir, state
-from .record import record
+from . import local
+from .grid_attempts import record
+from .grid_cells import cell_dir, state
 
 
 class Stopped(Exception):
@@ -31,7 +33,7 @@ class Stopped(Exception):
         self.cell_id, self.code = cell_id, code
         what = "interrupted (Ctrl-C)" if code == INTERRUPTED else "stopped on a signal"
         super().__init__(f"{what} in cell {cell_id}, which keeps its checkpoint; run the same command to resume "
-                         "the study from there (the report was not written)")
+                         "from there (nothing was gathered)")
 
 
 def run_cell(folder: Path, retries: int) -> bool:
@@ -40,7 +42,7 @@ def run_cell(folder: Path, retries: int) -> bool:
     path = folder / "launch.yaml"
     cfg = load_config([path])
     for _ in range(1 + retries):
-        record(folder, "start")  # attempts.json, as a Slurm array task keeps it too
+        record(folder, "start")
         rc = local.run(cfg, path)
         if rc in (INTERRUPTED, PREEMPTED):  # stopped at a checkpoint by a person or a preemption: not a failure
             record(folder, "requeued")
@@ -51,19 +53,20 @@ def run_cell(folder: Path, retries: int) -> bool:
     return False
 
 
-def run_queue(study_dir: Path, cells: list[dict], retries: int) -> list[str]:
-    """Run every cell that is not done (nor running elsewhere); the ids of those that are still not done."""
+def run_queue(root: Path, cells: list[dict], retries: int, command: str = "ptune") -> list[str]:
+    """Run every cell of root that is not done (nor running elsewhere); the ids of those still not done.
+    `command` names the grid in the lines on stderr."""
     missing = []
     for i, cell in enumerate(cells):
-        folder = cell_dir(study_dir, cell["id"])
+        folder = cell_dir(root, cell["id"])
         now = state(folder)
         if now == "done":
             continue
         if now == "running":
-            print(f"ptune study: {cell['id']} is being trained by another process; left to it", file=sys.stderr)
+            print(f"{command}: {cell['id']} is being trained by another process; left to it", file=sys.stderr)
             missing.append(cell["id"])
             continue
-        print(f"ptune study: cell {i + 1} of {len(cells)}: {cell['id']}", file=sys.stderr, flush=True)
+        print(f"{command}: cell {i + 1} of {len(cells)}: {cell['id']}", file=sys.stderr, flush=True)
         if not run_cell(folder, retries):
             missing.append(cell["id"])
     return missing

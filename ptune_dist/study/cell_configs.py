@@ -14,15 +14,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ptune_dist.checkpoint import folder_rule
 from ptune_dist.config import load_config
 from ptune_dist.config.schema import RunConfig, StudyConfig, SweepConfig
 from ptune_dist.errors import ConfigError
 from ptune_dist.launcher import local, slurm
 from ptune_dist.launcher.files import check_dir
+from ptune_dist.launcher.grid_cells import cell_dir, check_folder
 
 from . import resources
 from .cells import Cell, expand
-from .folder import cell_dir, check_folder, write_study
+from .folder import check_study_record, write_study
 from .precheck import check_cells
 
 
@@ -77,7 +79,7 @@ def describe(cell: Cell, parts, task) -> dict:
             "task_type": task.type, "preset": task.preset}
 
 
-def prepare(files, overrides, write: bool = True) -> tuple[RunConfig, Path, list[dict], list[RunConfig]]:
+def resolve_study(files, overrides, write: bool = True) -> tuple[RunConfig, Path, list[dict], list[RunConfig]]:
     """(the study's config, its folder, its cells as study.json lists them, their run configs)."""
     cfg = load_config(files, overrides)
     study_dir = check_dir(Path(cfg.output_dir).resolve(), "output_dir")
@@ -89,12 +91,12 @@ def prepare(files, overrides, write: bool = True) -> tuple[RunConfig, Path, list
         for cell, cell_cfg in zip(cells, configs):
             local.command(cell_cfg, cell_dir(study_dir, cell["id"]) / "launch.yaml")  # what the queue would refuse
     else:
-        from .arrays import scripts
+        from ptune_dist.launcher.grid_arrays import scripts
 
         scripts(cfg, study_dir, cells, configs)  # every array's sbatch script, checked
         slurm.gather_script(cfg, study_dir, "1", command="study report")
         slurm.check_record(cfg, "study")
-    check_folder(study_dir, cells, configs)
+    check_folder(study_dir, "study.json", folder_rule.STUDY, cells, configs, check_study_record)
     check_cells(cells, configs, cfg.launch.backend)  # what each cell's run checks before it loads
     if write:
         write_study(study_dir, cfg, cells, configs)
