@@ -52,7 +52,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from harness import Budget, machine_info  # noqa: E402  (bench/ on sys.path)
-from ptune_dist.checkpoint.nofollow import publish  # noqa: E402
+from ptune_dist.nofollow import publish  # noqa: E402
 from train_step import ANSWER, adamw_step, batch_tensors, peft_config, ptune_batch  # noqa: E402  (bench/ on sys.path)
 
 GiB = 2**30
@@ -126,7 +126,7 @@ def save_random_llama(folder: Path, config: dict, label: str, device: str, dtype
         (tmp / "READY").write_text(f"{label}, random init, {dtype}\n")
         del model
         shutil.rmtree(folder, ignore_errors=True)
-        publish(tmp, folder)  # ptune_dist/checkpoint/nofollow.py: the one rename
+        publish(tmp, folder)  # ptune_dist/nofollow.py: the one rename
         return time.perf_counter() - t0
 
 

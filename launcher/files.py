@@ -2,7 +2,7 @@
 
 `check_dir`, `make_dir` and `write_file`: a path that is a file where a folder belongs (or below a file),
 or a place that cannot be written, is one error naming the config key and the path, never a traceback.
-`write_file` never writes through a symbolic link (checkpoint/nofollow.py): a file name that is a link is
+`write_file` never writes through a symbolic link (nofollow.py): a file name that is a link is
 refused, naming it.
 `resolved`: the run config with an absolute output_dir (ranks and Slurm jobs may start elsewhere).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ptune_dist.checkpoint.nofollow import write_atomic
+from ptune_dist.nofollow import write_atomic
 from ptune_dist.checkpoint.target import existing_above
 from ptune_dist.config import load_config
 from ptune_dist.errors import PtuneError

@@ -8,8 +8,8 @@ job: a record it cannot write is said on stderr. grid_cells.state reads it: a st
 requeued and not running, is a failed cell.
 
 A damaged attempts.json is named on stderr once and read as no start (the next start writes it again).
-(Study array scripts written before this module existed ran `python -m ptune_dist.study.record`; running the
-same `ptune study` again writes and submits the scripts anew.)
+(Study array scripts written before this module existed run `python -m ptune_dist.study.record`, which is this
+`main` under its old name, so their attempts are still recorded.)
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ptune_dist.checkpoint import folder_rule
-from ptune_dist.checkpoint.nofollow import refuse_link
+from ptune_dist.nofollow import refuse_link
 from ptune_dist.config import from_yaml, to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError, PtuneError

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ptune_dist.checkpoint.nofollow import write_atomic
+from ptune_dist.nofollow import write_atomic
 from ptune_dist.train.metrics_file import NAME as METRICS, RESTART, append_event
 from ptune_dist.train.preempt import RANK_FAULT
 

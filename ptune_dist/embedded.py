@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptune_dist.errors import PtuneError
+from ptune_dist.nofollow import publish
 
 PREFIX = "embedded:"
 
@@ -126,7 +127,7 @@ def fetch(name: str, log=print) -> Path:
         (out / "READY").write_text(spec.description + "\n")
         if target.exists():  # a stale folder without READY: replace it
             shutil.rmtree(target)
-        os.replace(out, target)
+        publish(out, target)
     log(f"{name}: {target}")
     return target
 

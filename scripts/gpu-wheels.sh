@@ -77,8 +77,8 @@ with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst + ".tmp", "w", zipfile.ZIP
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
         kept_records.append(f"{name},sha256={digest},{len(data)}")
     zout.writestr(record_name, "\n".join(kept_records + [f"{record_name},,"]) + "\n")
-import os
-os.replace(dst + ".tmp", dst)
+from ptune_dist.nofollow import publish
+publish(dst + ".tmp", dst)
 print(f"bitsandbytes slimmed: {dropped} shared libraries dropped (kept {keep.pattern})")
 EOF
   else
@@ -123,6 +123,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+from ptune_dist.nofollow import publish
 tmp = dst.with_name(f".{dst.name}.tmp")
 shutil.rmtree(tmp, ignore_errors=True)
 shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx", "READY"))
@@ -132,7 +133,7 @@ save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items
 (tmp / "READY").write_text((src / "READY").read_text().strip() + "; fp16 copy for the GPU machine\n")
 shutil.rmtree(dst, ignore_errors=True)
 dst.parent.mkdir(parents=True, exist_ok=True)
-os.replace(tmp, dst)
+publish(tmp, dst)
 EOF
 fi
 

@@ -14,7 +14,7 @@ function) decide whether the program works. The layers, from the bottom, as the 
      7. model                                     (uses data.task)
      8. checkpoint                                (uses config, methods, model.inspect; never the engine)
      9. train
-    10. inference, ensemble                       (evaluation/generation on top of train's session; prompt
+    10. inference, inference_ensemble             (evaluation/generation on top of train's session; prompt
                                                   ensembles scored on one base)
     11. plan                                      (memory planner; in practice it needs only config)
     12. launcher
@@ -60,7 +60,7 @@ PACKAGE = REPO / "ptune_dist"  # its kernels, launcher and slurm are symlinks to
 LINKED = ("kernels", "launcher", "slurm")
 LAYERS = [
     {"errors"},
-    {"rank_env", "device", "embedded", "runtime", "read_back", "fields", "slurm"},
+    {"rank_env", "device", "embedded", "runtime", "read_back", "fields", "nofollow", "slurm"},
     {"methods"},
     {"kernels"},
     {"config"},
@@ -68,7 +68,7 @@ LAYERS = [
     {"model"},
     {"checkpoint"},
     {"train"},
-    {"inference", "ensemble"},
+    {"inference", "inference_ensemble"},
     {"plan"},
     {"launcher"},
     {"study"},

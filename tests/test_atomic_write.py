@@ -1,4 +1,4 @@
-"""One atomic write in the source (ptune_dist/checkpoint/nofollow.py write_atomic and its rename, publish):
+"""One atomic write in the source (ptune_dist/nofollow.py write_atomic and its rename, publish):
 no other module renames or replaces a file, and the write is durable (file and folder fsynced), takes the
 umask's mode, survives a crash before its rename with the old file whole, and refuses a link."""
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ptune_dist.checkpoint import nofollow
+from ptune_dist import nofollow
 from ptune_dist.errors import PtuneError
 
 ROOT = Path(__file__).resolve().parents[1]
-THE_MODULE = "ptune_dist/checkpoint/nofollow.py"
+THE_MODULE = "ptune_dist/nofollow.py"
 RENAME = re.compile(r"\.(?:rename|replace)\s*\(")  # os.replace, os.rename, Path.rename, Path.replace
 NOT_A_RENAME = re.compile(r"\.replace\(\s*[rbf]?[\"']|dataclasses\.replace\(|\b(?:message|text|line|key|remedy)\.replace\(.*")
 # a str.replace (a literal first argument, or a text variable and what it chains), dataclasses.replace
@@ -35,7 +35,7 @@ def renames() -> list[str]:
 
 
 def test_one_module_renames_files():
-    assert not renames(), ("rename files only through ptune_dist/checkpoint/nofollow.py (write_atomic for a "
+    assert not renames(), ("rename files only through ptune_dist/nofollow.py (write_atomic for a "
                            "file's content, publish for a finished file or folder):\n" + "\n".join(renames()))
 
 

@@ -71,7 +71,7 @@ def test_a_bad_study_section_is_refused_by_its_key(override, message):
 
 
 def test_overrides_apply_by_method_then_model_then_model_and_method(tmp_path):
-    from ptune_dist.study.prepare import prepare
+    from ptune_dist.study.cell_configs import resolve_study as prepare
 
     big = "embedded:smollm2-135m-instruct"
     runnable = ["tasks=[{name: support, preset: support, scoring: head, pooling: mean}]",  # each cell is checked

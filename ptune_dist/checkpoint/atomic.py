@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ptune_dist.errors import CheckpointError
 
-from .nofollow import fsync_path, publish, refuse_link, umask
+from ptune_dist.nofollow import fsync_path, publish, refuse_link, umask
 
 MANIFEST = "manifest.json"
 LEFTOVER = re.compile(r"\.(.+)\.(?:old|tmp)-[0-9a-f]{8}")

@@ -40,7 +40,7 @@ import torch
 from ptune_dist.errors import CheckpointError
 
 from .folders import prune, step_dir
-from .nofollow import refuse_link
+from ptune_dist.nofollow import refuse_link
 from .read import Training, read_training, state_by_param
 from .state import jsonable, save, tupled
 

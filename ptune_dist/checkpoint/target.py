@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ptune_dist.errors import DataError, PtuneError
 
-from . import nofollow
+from ptune_dist import nofollow
 from .live import held_runs
 
 

@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ptune_dist.checkpoint.nofollow import publish
+from ptune_dist.nofollow import publish
 from ptune_dist.errors import ConfigError
 
 SOURCE = r"""
@@ -120,7 +120,7 @@ def library() -> Path:
         if done.returncode != 0:
             raise ConfigError(f"ptune plan --trace: building the fake CUDA device failed ({' '.join(cmd)}):\n"
                               + done.stderr[-2000:])
-        publish(built, out)  # atomic (checkpoint/nofollow.py): another process may build the same file
+        publish(built, out)  # atomic (nofollow.py): another process may build the same file
     return out
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
 from ptune_dist.methods.placement import Placement
+from ptune_dist.methods.config import RANDOM
 
 from . import fake_cuda
 from .live_bytes import CATEGORIES
@@ -289,7 +290,7 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
     t0, rss0 = time.perf_counter(), resident_bytes()
     device = torch.device(DEVICE)
     method = method_class(cfg.method.name)
-    cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, init="random"))
+    cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, init=RANDOM))
     config, kind = base_config(cfg, hf_config)
     info = BaseInfo.from_config(config, kind)
     specs = task_specs(cfg, info.vocab_size)

@@ -21,7 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from ptune_dist.checkpoint.nofollow import refuse_link
+from ptune_dist.nofollow import refuse_link
 from ptune_dist.config import load_config
 from ptune_dist.errors import PtuneError
 from ptune_dist.launcher.files import make_dir, write_file

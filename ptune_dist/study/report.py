@@ -6,7 +6,7 @@ and, with several tasks, an average: per seed the mean over tasks (only seeds wh
 then mean ± std (sample std) over those seeds. Columns are the models by size; rows the methods in a fixed
 order (main), the prompt lengths (length) or the inits (init). A table or figure without data is left out
 with a one-line reason. The table functions are pure (header and rows of strings); `write_report` writes
-the files, each atomically (checkpoint/nofollow.py write_atomic), the figures first and report.md last.
+the files, each atomically (nofollow.py write_atomic), the figures first and report.md last.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ptune_dist.checkpoint.atomic import umask
-from ptune_dist.checkpoint.nofollow import own_dir, write_atomic
+from ptune_dist.nofollow import own_dir, write_atomic
 from ptune_dist.methods import METHODS
+from ptune_dist.methods.config import LABELS, RANDOM, VOCAB
 
 from .ensemble_table import ensemble_section
 from .markdown import fmt_count, fmt_pct, fmt_stat, md_table
 
-INIT_ORDER = ("random", "vocab", "labels")
+INIT_ORDER = (RANDOM, VOCAB, LABELS)  # the init vocabulary: ptune_dist/methods/config.py
 STATUS_ORDER = ("failed", "running", "pending", "done")  # a cell with rows in several states: the first
 # part: (heading, figure file, figure title, legend title)
 PARTS = {"main": ("Score per method and model size", "scale.png", "Score vs model size", "method"),

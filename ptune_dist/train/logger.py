@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from ptune_dist.checkpoint.nofollow import refuse_link
+from ptune_dist.nofollow import refuse_link
 
 from .metrics_file import NAME, open_metrics
 

@@ -23,7 +23,7 @@ import torch
 from ptune_dist.checkpoint import folder_rule
 from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.checkpoint.checkpointer import Checkpointer
-from ptune_dist.checkpoint.nofollow import write_atomic
+from ptune_dist.nofollow import write_atomic
 from ptune_dist.config import to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.data.loader import TrainLoader

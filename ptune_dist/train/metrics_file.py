@@ -25,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-from ptune_dist.checkpoint.nofollow import open_append
+from ptune_dist.nofollow import open_append
 from ptune_dist.errors import PtuneError
 
 NAME = "metrics.jsonl"

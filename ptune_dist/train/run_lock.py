@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from ptune_dist.checkpoint.live import NAME, holder, is_held
-from ptune_dist.checkpoint.nofollow import open_fd
+from ptune_dist.nofollow import open_fd
 from ptune_dist.errors import PtuneError
 
 
