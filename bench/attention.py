@@ -56,7 +56,6 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from harness import Budget, cpu_name, version  # noqa: E402  (bench/ on sys.path)
-
 from ptune_dist.kernels.api import prefix_attention, resolve_impl, unavailable  # noqa: E402
 from ptune_dist.kernels.masks import visible_mask  # noqa: E402
 
@@ -125,8 +124,10 @@ GPU_WARMUP = 3
 
 def concat_prefix(k, v, prefix_k, prefix_v):
     B = k.shape[0]
-    return (torch.cat([prefix_k.expand(B, -1, -1, -1), k], dim=2),
-            torch.cat([prefix_v.expand(B, -1, -1, -1), v], dim=2))
+    return (
+        torch.cat([prefix_k.expand(B, -1, -1, -1), k], dim=2),
+        torch.cat([prefix_v.expand(B, -1, -1, -1), v], dim=2),
+    )
 
 
 def fa2_peer(q, k, v, prefix_k, prefix_v):
@@ -158,8 +159,9 @@ def flex_peer(T, P, device):
 
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention)
-    block_mask = create_block_mask(lambda b, h, q_idx, kv_idx: (kv_idx < P) | (kv_idx - P <= q_idx),
-                                   None, None, T, P + T, device=device)
+    block_mask = create_block_mask(
+        lambda b, h, q_idx, kv_idx: (kv_idx < P) | (kv_idx - P <= q_idx), None, None, T, P + T, device=device
+    )
 
     def fn(q, k, v, prefix_k, prefix_v):
         k, v = concat_prefix(k, v, prefix_k, prefix_v)
@@ -237,8 +239,10 @@ def gpu_settings(args):
 
 def gpu_cells(args):
     """(model, (Hq, Hkv, d), B, T, P) of every cell, in the table's order."""
-    return [(model, shape, B, T, P) for (model, shape), B, T, P in
-            itertools.product(args.models.items(), args.batch, args.seq, args.prefix)]
+    return [
+        (model, shape, B, T, P)
+        for (model, shape), B, T, P in itertools.product(args.models.items(), args.batch, args.seq, args.prefix)
+    ]
 
 
 def ours(args, probe):
@@ -288,26 +292,34 @@ def gpu_main(args):
         machine = f"{props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
     else:
         machine = f"{cpu_name()}, {torch.get_num_threads()} threads (--tiny: the code path, not a measurement)"
-    table = Table(args, [
-        "# Prefix attention on a GPU: our kernels against FlashAttention-2 and flex_attention", "",
-        f"Produced by `python bench/attention.py {' '.join(args.argv)}` (gpu_main).", "",
-        f"Machine: {machine}; {datetime.date.today().isoformat()}; torch {torch.__version__} (CUDA "
-        f"{torch.version.cuda}), triton {version('triton')}, flash-attn {version('flash-attn')}.", "",
-        f"{args.dtype}; q [B, Hq, T, d], k/v [B, Hkv, T, d], a prefix [Hkv, P, d] shared by the batch; "
-        "causal over the sequence, every query sees the whole prefix; no padding; everything requires grad. "
-        f"Time: forward+backward, median of {reps} CUDA-event timings after {GPU_WARMUP} warm-up calls. "
-        "Memory: peak allocated during one forward+backward above what was allocated before it. TFLOP/s: "
-        "visible (query, key) pairs only, 4·d FLOPs each forward, 2.5x that backward. Ratios: / `fa2` "
-        "(or / `sdpa-mask` where SDPA's flash kernel does not apply; the `peer` column says which); below 1 "
-        "is faster or smaller. err: largest |out - sdpa-mask's out| / largest |sdpa-mask's out|. Every cell's "
-        "peers and ours first, then flex for every cell (its calls compile); the file is rewritten after every "
-        "line.", "",
-        "Peers: `fa2` = prefix concatenated per row, SDPA with a bottom-right causal bias (FlashAttention-2); "
-        "`sdpa-mask` = prefix concatenated per row, SDPA with a boolean mask; `flex` = torch.compile'd "
-        "flex_attention, block mask \"prefix visible, sequence causal\". Ours: " + (", ".join(mine) or "none") + ".", "",
-        "| model | B | T | P | impl | ms | TFLOP/s | time x peer | peak MiB | mem x peer | peer | err |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ])
+    table = Table(
+        args,
+        [
+            "# Prefix attention on a GPU: our kernels against FlashAttention-2 and flex_attention",
+            "",
+            f"Produced by `python bench/attention.py {' '.join(args.argv)}` (gpu_main).",
+            "",
+            f"Machine: {machine}; {datetime.date.today().isoformat()}; torch {torch.__version__} (CUDA "
+            f"{torch.version.cuda}), triton {version('triton')}, flash-attn {version('flash-attn')}.",
+            "",
+            f"{args.dtype}; q [B, Hq, T, d], k/v [B, Hkv, T, d], a prefix [Hkv, P, d] shared by the batch; "
+            "causal over the sequence, every query sees the whole prefix; no padding; everything requires grad. "
+            f"Time: forward+backward, median of {reps} CUDA-event timings after {GPU_WARMUP} warm-up calls. "
+            "Memory: peak allocated during one forward+backward above what was allocated before it. TFLOP/s: "
+            "visible (query, key) pairs only, 4·d FLOPs each forward, 2.5x that backward. Ratios: / `fa2` "
+            "(or / `sdpa-mask` where SDPA's flash kernel does not apply; the `peer` column says which); below 1 "
+            "is faster or smaller. err: largest |out - sdpa-mask's out| / largest |sdpa-mask's out|. Every cell's "
+            "peers and ours first, then flex for every cell (its calls compile); the file is rewritten after every "
+            "line.",
+            "",
+            "Peers: `fa2` = prefix concatenated per row, SDPA with a bottom-right causal bias (FlashAttention-2); "
+            "`sdpa-mask` = prefix concatenated per row, SDPA with a boolean mask; `flex` = torch.compile'd "
+            'flex_attention, block mask "prefix visible, sequence causal". Ours: ' + (", ".join(mine) or "none") + ".",
+            "",
+            "| model | B | T | P | impl | ms | TFLOP/s | time x peer | peak MiB | mem x peer | peer | err |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ],
+    )
     print("\n".join(table.lines), flush=True)
     table.write()
     peers = {}  # cell -> (peer name, its result): flex's ratios in the second pass
@@ -319,8 +331,10 @@ def gpu_main(args):
             continue  # its first pass did not run
         if not budget.fits(0.0):
             impl = "-" if turn == "first" else "flex"
-            table.add(f"{head} | {impl} | skipped: {args.budget_s:.0f} s budget spent | | | | | | |",
-                      {"model": model, "B": B, "T": T, "P": P, "impl": impl, "skipped": "budget"})
+            table.add(
+                f"{head} | {impl} | skipped: {args.budget_s:.0f} s budget spent | | | | | | |",
+                {"model": model, "B": B, "T": T, "P": P, "impl": impl, "skipped": "budget"},
+            )
             continue
         xs = inputs(B, P, T, Hq, Hkv, d, dtype, args.device)
         grad = torch.randn(B, Hq, T, d, generator=torch.Generator().manual_seed(1)).to(xs[0])
@@ -329,8 +343,9 @@ def gpu_main(args):
         if turn == "first":
             fns = {"fa2": fa2_peer, "sdpa-mask": baseline}
             for name in mine:
-                fns[name] = lambda q, k, v, pk, pv, _impl=name: prefix_attention(q, k, v, pk, pv, causal=True,
-                                                                                 impl=_impl)
+                fns[name] = lambda q, k, v, pk, pv, _impl=name: prefix_attention(
+                    q, k, v, pk, pv, causal=True, impl=_impl
+                )
         else:
             fns = {"flex": None}  # made when its turn comes: its first call compiles
         fa2 = cuda and turn == "first" and fa2_applies(xs[0], concat_prefix(*xs[1:])[0])
@@ -368,10 +383,17 @@ def gpu_main(args):
                     continue
                 t, m, err = r
                 ok = not isinstance(base, str)
-                ratio = (f"{t / base[0]:.2f} | {m / 2**20:.0f} | {m / max(base[1], 1):.2f}" if ok and cuda else
-                         f"{t / base[0]:.2f} | - | -" if ok else f"- | {m / 2**20:.0f} | -")
-                table.add(f"{head} | {shown} | {t * 1e3:.2f} | {flops / t / 1e12:.0f} | {ratio} | {peer} | "
-                          f"{err:.1e} |", {**row, "seconds": t, "peak_bytes": m, "err": err, "tflops": flops / t / 1e12})
+                ratio = (
+                    f"{t / base[0]:.2f} | {m / 2**20:.0f} | {m / max(base[1], 1):.2f}"
+                    if ok and cuda
+                    else f"{t / base[0]:.2f} | - | -"
+                    if ok
+                    else f"- | {m / 2**20:.0f} | -"
+                )
+                table.add(
+                    f"{head} | {shown} | {t * 1e3:.2f} | {flops / t / 1e12:.0f} | {ratio} | {peer} | {err:.1e} |",
+                    {**row, "seconds": t, "peak_bytes": m, "err": err, "tflops": flops / t / 1e12},
+                )
         del xs, grad, truth, fns
         if cuda:
             torch.cuda.empty_cache()
@@ -381,19 +403,37 @@ def gpu_main(args):
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--tiny", action="store_true", help="gpu_main's code on the CPU: one small cell, bf16, the "
-                    "peers and our kernels (triton in its interpreter when TRITON_INTERPRET=1), no flex")
-    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                    help="default: float32 (CPU), bfloat16 (CUDA)")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="gpu_main's code on the CPU: one small cell, bf16, the "
+        "peers and our kernels (triton in its interpreter when TRITON_INTERPRET=1), no flex",
+    )
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default: float32 (CPU), bfloat16 (CUDA)",
+    )
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="default: 1 8 32 (CPU), 4 (CUDA)")
     ap.add_argument("--prefix", type=int, nargs="+", default=None, help="default: 16 64 256 (CPU), 20 128 (CUDA)")
     ap.add_argument("--seq", type=int, nargs="+", default=None, help="default: 128 512 (CPU), 1024 4096 (CUDA)")
-    ap.add_argument("--heads", type=int, nargs=2, default=None, metavar=("HQ", "HKV"),
-                    help="default: 9 3 (CPU); on CUDA the GPU_MODELS shapes unless --heads/--dim are given")
+    ap.add_argument(
+        "--heads",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("HQ", "HKV"),
+        help="default: 9 3 (CPU); on CUDA the GPU_MODELS shapes unless --heads/--dim are given",
+    )
     ap.add_argument("--dim", type=int, default=None, help="default: 64 (with --heads on CUDA)")
     ap.add_argument("--reps", type=int, default=None, help="default: 5 (CPU), 20 (CUDA)")
-    ap.add_argument("--impls", nargs="+", default=None,
-                    help="default: sdpa split triton flash auto (CPU), triton flash (CUDA; the peers always run)")
+    ap.add_argument(
+        "--impls",
+        nargs="+",
+        default=None,
+        help="default: sdpa split triton flash auto (CPU), triton flash (CUDA; the peers always run)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--budget-s", type=float, default=0, help="CUDA: start no cell after this many seconds (0: none)")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
@@ -409,9 +449,16 @@ def main(argv=None):
     args = parse(argv)
     if args.device == "cuda" or args.tiny:
         return gpu_main(args)
-    for name, default in (("dtype", "float32"), ("batch", [1, 8, 32]), ("prefix", [16, 64, 256]),
-                          ("seq", [128, 512]), ("heads", [9, 3]), ("dim", 64), ("reps", 5),
-                          ("impls", ["sdpa", "split", "triton", "flash", "auto"])):
+    for name, default in (
+        ("dtype", "float32"),
+        ("batch", [1, 8, 32]),
+        ("prefix", [16, 64, 256]),
+        ("seq", [128, 512]),
+        ("heads", [9, 3]),
+        ("dim", 64),
+        ("reps", 5),
+        ("impls", ["sdpa", "split", "triton", "flash", "auto"]),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, default)
     if args.threads:
@@ -436,9 +483,13 @@ def main(argv=None):
     head = ["B", "P", "T", "baseline ms", "baseline MB"]
     for name in impls:
         head += [f"{name} time x", f"{name} mem x"]
-    lines = [f"device: {device_name}; torch {torch.__version__}; {args.dtype}; Hq/Hkv {Hq}/{Hkv}, d {args.dim}; "
-             f"causal, prefix shared; median of {args.reps}; memory = {mem_what}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"device: {device_name}; torch {torch.__version__}; {args.dtype}; Hq/Hkv {Hq}/{Hkv}, d {args.dim}; "
+        f"causal, prefix shared; median of {args.reps}; memory = {mem_what}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     print(lines[0])
     print("\n".join(lines[2:4]), flush=True)
     for B in args.batch:
@@ -457,8 +508,10 @@ def main(argv=None):
                         return prefix_attention(q, k, v, pk, pv, causal=True, impl=_impl)
 
                     t, m = measure(fn, xs, grad, args.reps)
-                    row += [f"{t / t_base:.2f}" + (f" ({label})" if name == "auto" else ""),
-                            f"{m / m_base:.2f}" if m_base else "-"]
+                    row += [
+                        f"{t / t_base:.2f}" + (f" ({label})" if name == "auto" else ""),
+                        f"{m / m_base:.2f}" if m_base else "-",
+                    ]
                 line = "| " + " | ".join(row) + " |"
                 lines.append(line)
                 print(line, flush=True)

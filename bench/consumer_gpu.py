@@ -42,8 +42,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from harness import Budget, machine_info  # noqa: E402  (bench/ on sys.path)
 from train_step import ANSWER, adamw_step, batch_tensors, peft_config  # noqa: E402
 from train_step_gpu import (  # noqa: E402
-    SHAPES, base_folder, child_prepare, fmt, gib, machine_lines, measure, memory_now,
-    ptune_rows, ratio, run_child, write_files, write_results)
+    SHAPES,
+    base_folder,
+    child_prepare,
+    fmt,
+    gib,
+    machine_lines,
+    measure,
+    memory_now,
+    ptune_rows,
+    ratio,
+    run_child,
+    write_files,
+    write_results,
+)
 
 GiB = 2**30
 GOAL_GIB = 22.0
@@ -53,29 +65,52 @@ TRAIN_STEP_GPU = str(Path(__file__).with_name("train_step_gpu.py"))
 
 def plan_args(folder: str, method: str, B: int, T: int, P: int, dtype: str) -> list[str]:
     """`ptune plan` arguments that describe the measured setup exactly (micro-batch and checkpointing fixed)."""
-    return [f"model={folder}", f"method={method}", f"model.dtype={dtype}", "model.quant=nf4",
-            f"model.quant_compute_dtype={dtype}", "model.gradient_checkpointing=true", f"data.batch_size={B}",
-            "train.grad_accum=1", f"data.max_length={T + P}", f"method.num_virtual_tokens={P}",
-            "tasks.0.type=generation", f"plan.label_tokens={ANSWER}", "hardware.gpus=1", "hardware.gpu_mem=24GB"]
+    return [
+        f"model={folder}",
+        f"method={method}",
+        f"model.dtype={dtype}",
+        "model.quant=nf4",
+        f"model.quant_compute_dtype={dtype}",
+        "model.gradient_checkpointing=true",
+        f"data.batch_size={B}",
+        "train.grad_accum=1",
+        f"data.max_length={T + P}",
+        f"method.num_virtual_tokens={P}",
+        "tasks.0.type=generation",
+        f"plan.label_tokens={ANSWER}",
+        "hardware.gpus=1",
+        "hardware.gpu_mem=24GB",
+    ]
 
 
 def plan_prediction(args: list[str]) -> dict:
     """What `ptune plan` predicts for this request: its parser, its Setup, its predict() and runtime term."""
-    from ptune_dist.plan.memory import predict
     from ptune_dist.plan import parse_request
+    from ptune_dist.plan.memory import predict
 
     req = parse_request(args)
     b = predict(req.arch, req.base, runtime=req.hardware.runtime_bytes)
-    return {"plan_total_bytes": b.total, "plan_tensors_bytes": b.tensors,
-            "plan_parts": {k: v for k, v in b.as_dict().items() if k not in ("trainable_params", "host")}}
+    return {
+        "plan_total_bytes": b.total,
+        "plan_tensors_bytes": b.tensors,
+        "plan_parts": {k: v for k, v in b.as_dict().items() if k not in ("trainable_params", "host")},
+    }
 
 
 def ptune_common(spec: dict, B: int, T: int, P: int) -> list[str]:
     dtype = spec["dtype"]
-    return [f"model.name_or_path={spec['folder']}", f"model.dtype={dtype}", "model.quant=nf4",
-            f"model.quant_compute_dtype={dtype}", "model.gradient_checkpointing=true",
-            f"train.device={spec['device']}", "tasks.0.type=generation", f"data.batch_size={B}",
-            f"data.max_length={T + P}", f"method.num_virtual_tokens={P}"]
+    return [
+        f"model.name_or_path={spec['folder']}",
+        f"model.dtype={dtype}",
+        "model.quant=nf4",
+        f"model.quant_compute_dtype={dtype}",
+        "model.gradient_checkpointing=true",
+        f"train.device={spec['device']}",
+        "tasks.0.type=generation",
+        f"data.batch_size={B}",
+        f"data.max_length={T + P}",
+        f"method.num_virtual_tokens={P}",
+    ]
 
 
 def child_ptune(spec: dict) -> dict:
@@ -103,10 +138,12 @@ def child_peft(spec: dict) -> dict:
     t0 = time.perf_counter()
     extra = {"device_map": {"": device}} if device.type == "cuda" else {}
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-    base = AutoModelForCausalLM.from_pretrained(spec["folder"], dtype=dtype, quantization_config=quant,
-                                                attn_implementation="sdpa", **extra)
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True,
-                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+    base = AutoModelForCausalLM.from_pretrained(
+        spec["folder"], dtype=dtype, quantization_config=quant, attn_implementation="sdpa", **extra
+    )
+    base = prepare_model_for_kbit_training(
+        base, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
     load_s, base_bytes = time.perf_counter() - t0, memory_now(device)
     model = get_peft_model(base, peft_config("prompt_tuning", P)).train()
     rows = []
@@ -116,12 +153,23 @@ def child_peft(spec: dict) -> dict:
         mask = torch.ones_like(ids)
 
         def build(ids=ids, labels=labels, mask=mask):
-            return adamw_step(lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss,
-                              [p for p in model.parameters() if p.requires_grad])
+            return adamw_step(
+                lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss,
+                [p for p in model.parameters() if p.requires_grad],
+            )
 
         row = measure(build, device, spec["warmup"], spec["steps"], B * T)
-        rows.append({"system": "peft", "method": "prompt_tuning", "batch": B, "seq": T, "load_s": load_s,
-                     "base_bytes": base_bytes, **row})
+        rows.append(
+            {
+                "system": "peft",
+                "method": "prompt_tuning",
+                "batch": B,
+                "seq": T,
+                "load_s": load_s,
+                "base_bytes": base_bytes,
+                **row,
+            }
+        )
     return {"rows": rows, "machine": machine_info(spec["device"])}
 
 
@@ -139,19 +187,26 @@ def report(args, info: dict, rows: list[dict]) -> str:
     cuda = not args.tiny
     mem = "peak allocated GiB" if cuda else "peak RSS GiB"
     s = SHAPES[args.shape]
-    lines = [f"# Consumer GPU: {s['label']} in nf4 with gradient checkpointing ({'tiny CPU check' if args.tiny else 'bf16 compute'})",
-             "", f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Command: `python bench/consumer_gpu.py "
-             f"{' '.join(args.argv)}`.", *machine_lines(info, "cuda" if cuda else "cpu"), "",
-             f"{args.virtual} virtual tokens, labels on the last {ANSWER} tokens of each row, AdamW; "
-             f"{args.warmup} warm-up step(s), then the median of {args.steps} timed step(s). The base: "
-             "random-init, saved as bf16 safetensors by bench/train_step_gpu.py, quantised to nf4 while loading. "
-             f"Device peak = the allocator's reserved peak + memory outside the allocator (CUDA context etc.): "
-             f"what must fit a 24 GB card (goal {GOAL_GIB:.0f} GiB). Plan = `ptune plan`'s prediction of the same "
-             f"setup (goal: within {PLAN_TOLERANCE:.0%} of the device peak; 'tensors' compares its tensor terms with "
-             "the allocated peak).", "",
-             f"| system | method | batch x seq | tokens/s | {mem} | device peak GiB | within {GOAL_GIB:.0f} GiB "
-             "| plan total GiB | plan vs device peak | plan tensors GiB | plan tensors vs allocated |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Consumer GPU: {s['label']} in nf4 with gradient checkpointing "
+        f"({'tiny CPU check' if args.tiny else 'bf16 compute'})",
+        "",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Command: `python bench/consumer_gpu.py "
+        f"{' '.join(args.argv)}`.",
+        *machine_lines(info, "cuda" if cuda else "cpu"),
+        "",
+        f"{args.virtual} virtual tokens, labels on the last {ANSWER} tokens of each row, AdamW; "
+        f"{args.warmup} warm-up step(s), then the median of {args.steps} timed step(s). The base: "
+        "random-init, saved as bf16 safetensors by bench/train_step_gpu.py, quantised to nf4 while loading. "
+        f"Device peak = the allocator's reserved peak + memory outside the allocator (CUDA context etc.): "
+        f"what must fit a 24 GB card (goal {GOAL_GIB:.0f} GiB). Plan = `ptune plan`'s prediction of the same "
+        f"setup (goal: within {PLAN_TOLERANCE:.0%} of the device peak; 'tensors' compares its tensor terms with "
+        "the allocated peak).",
+        "",
+        f"| system | method | batch x seq | tokens/s | {mem} | device peak GiB | within {GOAL_GIB:.0f} GiB "
+        "| plan total GiB | plan vs device peak | plan tensors GiB | plan tensors vs allocated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ok = "tokens_per_s" in r
         dev = device_peak(r) if ok else None
@@ -159,27 +214,41 @@ def report(args, info: dict, rows: list[dict]) -> str:
         plan_total, plan_tensors = r.get("plan_total_bytes"), r.get("plan_tensors_bytes")
         err = f"{plan_total / dev - 1:+.1%}" if plan_total and dev else "-"
         err_t = f"{plan_tensors / r['peak_bytes'] - 1:+.1%}" if plan_tensors and ok and cuda else "-"
-        lines.append(f"| {r['system']} | {r['method']} | {r.get('batch', '?')} x {r.get('seq', '?')} | "
-                     f"{fmt(r['tokens_per_s']) if ok else r.get('error', '-')} | {gib(r['peak_bytes']) if ok else '-'} | "
-                     f"{gib(dev)} | {fits} | {gib(plan_total)} | {err} | {gib(plan_tensors)} | {err_t} |")
+        lines.append(
+            f"| {r['system']} | {r['method']} | {r.get('batch', '?')} x {r.get('seq', '?')} | "
+            f"{fmt(r['tokens_per_s']) if ok else r.get('error', '-')} | {gib(r['peak_bytes']) if ok else '-'} | "
+            f"{gib(dev)} | {fits} | {gib(plan_total)} | {err} | {gib(plan_tensors)} | {err_t} |"
+        )
     peft_ok = [r for r in rows if r["system"] == "peft" and "tokens_per_s" in r]
     peer = max(peft_ok, key=lambda r: r["batch"]) if peft_ok else None
-    lines += ["", "Ratios against the PEFT peer measured in this run"
-              + (f" (PEFT prompt tuning at batch {peer['batch']}):" if peer else " (none ran):")]
+    lines += [
+        "",
+        "Ratios against the PEFT peer measured in this run"
+        + (f" (PEFT prompt tuning at batch {peer['batch']}):" if peer else " (none ran):"),
+    ]
     for r in rows:
         if r["system"] == "ptune" and "tokens_per_s" in r and peer:
-            lines.append(f"- ptune {r['method']} at batch {r['batch']}: {ratio(r['tokens_per_s'], peer['tokens_per_s'])}"
-                         f" tokens/s, {ratio(r['peak_bytes'], peer['peak_bytes'])} peak memory for "
-                         f"{r['batch'] / peer['batch']:.0f}x the batch.")
+            lines.append(
+                f"- ptune {r['method']} at batch {r['batch']}: {ratio(r['tokens_per_s'], peer['tokens_per_s'])}"
+                f" tokens/s, {ratio(r['peak_bytes'], peer['peak_bytes'])} peak memory for "
+                f"{r['batch'] / peer['batch']:.0f}x the batch."
+            )
     for r in rows:
         if r.get("plan_parts"):
-            lines.append(f"- plan for ptune {r['method']} (GiB): " + ", ".join(
-                f"{k} {v / GiB:.2f}" for k, v in r["plan_parts"].items() if v) + ".")
+            lines.append(
+                f"- plan for ptune {r['method']} (GiB): "
+                + ", ".join(f"{k} {v / GiB:.2f}" for k, v in r["plan_parts"].items() if v)
+                + "."
+            )
     commands = [r["plan_command"] for r in rows if r.get("plan_command")]
     if commands:
         lines += ["", "The plan requests (model = the base folder):", ""] + [f"    {c}" for c in commands]
-    lines += ["", "Loads (seconds, nf4 quantisation included): " + "; ".join(
-        dict.fromkeys(f"{r['system']} {r['load_s']:.0f}" for r in rows if "load_s" in r)) + "."]
+    lines += [
+        "",
+        "Loads (seconds, nf4 quantisation included): "
+        + "; ".join(dict.fromkeys(f"{r['system']} {r['load_s']:.0f}" for r in rows if "load_s" in r))
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -217,24 +286,57 @@ def main(argv=None):
     if (Path(folder) / "READY").exists():
         prep = {}
     else:  # bench/train_step_gpu.py has not made the base yet
-        prep = run_child(TRAIN_STEP_GPU, {"kind": "prepare", "device": device, "dtype": dtype, "matmul": False,
-                                          "shapes": [args.shape], "base_dir": args.base_dir}, budget, min_s=5,
-                         children=inline)
-        print("prepare: " + (prep["error"] if "error" in prep else
-                             f"{prep['child_s']:.0f} s, base made in {prep['made_s'][args.shape]:.0f} s"), flush=True)
-    common = {"folder": folder, "device": device, "dtype": dtype, "virtual": args.virtual, "seq": args.seq,
-              "steps": args.steps, "warmup": args.warmup, "vocab": SHAPES[args.shape]["config"]["vocab_size"]}
+        prep = run_child(
+            TRAIN_STEP_GPU,
+            {
+                "kind": "prepare",
+                "device": device,
+                "dtype": dtype,
+                "matmul": False,
+                "shapes": [args.shape],
+                "base_dir": args.base_dir,
+            },
+            budget,
+            min_s=5,
+            children=inline,
+        )
+        print(
+            "prepare: "
+            + (
+                prep["error"]
+                if "error" in prep
+                else f"{prep['child_s']:.0f} s, base made in {prep['made_s'][args.shape]:.0f} s"
+            ),
+            flush=True,
+        )
+    common = {
+        "folder": folder,
+        "device": device,
+        "dtype": dtype,
+        "virtual": args.virtual,
+        "seq": args.seq,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "vocab": SHAPES[args.shape]["config"]["vocab_size"],
+    }
     rows, machine = [], prep.get("machine") or {}
-    for kind, spec in (("ptune", {"batch": args.batch, "methods": args.methods.split(",")}),
-                       ("peft", {"batches": [int(b) for b in args.peft_batches.split(",")]})):
+    for kind, spec in (
+        ("ptune", {"batch": args.batch, "methods": args.methods.split(",")}),
+        ("peft", {"batches": [int(b) for b in args.peft_batches.split(",")]}),
+    ):
         out = run_child(script, {"kind": kind, **common, **spec}, budget, children=inline)
-        got = out.get("rows") or [{"system": kind, "method": m, "error": out.get("error", "no rows")}
-                                  for m in (spec.get("methods") or ["prompt_tuning"])]
+        got = out.get("rows") or [
+            {"system": kind, "method": m, "error": out.get("error", "no rows")}
+            for m in (spec.get("methods") or ["prompt_tuning"])
+        ]
         machine = machine or out.get("machine") or {}
         for r in got:
             rows.append(r)
-            what = r["error"] if "error" in r else (f"{r['tokens_per_s']:8.0f} tokens/s, peak "
-                                                    f"{gib(r['peak_bytes'])} GiB, loss {r['loss']:.3f}")
+            what = (
+                r["error"]
+                if "error" in r
+                else (f"{r['tokens_per_s']:8.0f} tokens/s, peak {gib(r['peak_bytes'])} GiB, loss {r['loss']:.3f}")
+            )
             print(f"{kind:5s} {r['method']:13s} B{r.get('batch', '?')}: {what}", flush=True)
         write_files(args, report(args, machine, rows), machine, rows)  # after every child
     return write_results(args, report(args, machine, rows), machine, rows)

@@ -28,14 +28,14 @@ BASES = ("1b", "8b", "plan-1b")  # the order the benches need them in (train_ste
 
 def folder_of(base_dir, name: str, dtype: str) -> Path:
     if name.startswith("plan-"):
-        return memory_plan_gpu.plan_folder(base_dir, name[len("plan-"):], dtype)
+        return memory_plan_gpu.plan_folder(base_dir, name[len("plan-") :], dtype)
     return train_step_gpu.base_folder(base_dir, name, dtype)
 
 
 def make(base_dir, name: str, device: str, dtype: str) -> float:
     folder = folder_of(base_dir, name, dtype)
     if name.startswith("plan-"):
-        return memory_plan_gpu.make_base(name[len("plan-"):], folder, device, dtype)
+        return memory_plan_gpu.make_base(name[len("plan-") :], folder, device, dtype)
     made = train_step_gpu.make_base(name, folder, device, dtype)
     train_step_gpu.free_memory()
     return made
@@ -60,8 +60,10 @@ def main(argv=None) -> int:
             what = f"made in {made:.0f} s" if made else "already there"
         except Exception as e:  # noqa: BLE001  (the bench makes it itself then)
             what, failed = f"failed: {type(e).__name__}: {str(e)[:200]}", 1
-        print(f"base {name}: {what} ({time.perf_counter() - t0:.0f} s) -> {folder_of(args.base_dir, name, args.dtype)}",
-              flush=True)
+        print(
+            f"base {name}: {what} ({time.perf_counter() - t0:.0f} s) -> {folder_of(args.base_dir, name, args.dtype)}",
+            flush=True,
+        )
     return failed
 
 

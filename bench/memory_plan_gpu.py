@@ -58,24 +58,48 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 GiB = 2**30
 WITHIN = 0.15
 SHAPES = {
-    "1b": dict(label="Llama-3.2-1B shape (16 layers, hidden 2048, 32/8 heads, MLP 8192, vocab 128256, tied)",
-               batches=(4, 16), seq=512, virtual=20,
-               config=dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                           num_key_value_heads=8, vocab_size=128256, max_position_embeddings=2048,
-                           tie_word_embeddings=True)),
-    "tiny": dict(label="tiny Llama (2 layers, hidden 64, 4/2 heads, MLP 128, vocab 1000, tied)",
-                 batches=(2,), seq=32, virtual=8,
-                 config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, vocab_size=1000, max_position_embeddings=256,
-                             tie_word_embeddings=True)),
+    "1b": dict(
+        label="Llama-3.2-1B shape (16 layers, hidden 2048, 32/8 heads, MLP 8192, vocab 128256, tied)",
+        batches=(4, 16),
+        seq=512,
+        virtual=20,
+        config=dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "tiny": dict(
+        label="tiny Llama (2 layers, hidden 64, 4/2 heads, MLP 128, vocab 1000, tied)",
+        batches=(2,),
+        seq=32,
+        virtual=8,
+        config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=1000,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+        ),
+    ),
 }
 # name -> (model.dtype, model.quant); 4-bit computes in model.dtype (model.quant_compute_dtype set to it)
 BASES_GPU = {"bf16": ("bfloat16", "none"), "nf4": ("bfloat16", "nf4")}
 BASES_CPU = {"fp32": ("float32", "none"), "nf4": ("float32", "nf4")}
 METHODS = {"prompt_tuning": "pt", "p_tuning_v2": "v2"}
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
-WORDS = ("the a of to and in is it for on that with as was by at be this from or have an not are but which one "
-         "all were when there can more about time").split()
+WORDS = (
+    "the a of to and in is it for on that with as was by at be this from or have an not are but which one "
+    "all were when there can more about time"
+).split()
 FILE_WORDS = ["Answer:", "yes", "no"]
 
 
@@ -90,16 +114,21 @@ def make_tokenizer():
     t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     t.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces: decode + encode gives the same ids
-    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=t, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def make_base(shape: str, folder: Path, device, dtype: str) -> float:
     """The random-init base as a HF folder (config.json + safetensors + tokenizer); a no-op when READY exists.
     Returns the seconds it took."""
     tok = make_tokenizer()
-    config = {**SHAPES[shape]["config"], "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
-              "eos_token_id": tok.eos_token_id}
+    config = {
+        **SHAPES[shape]["config"],
+        "pad_token_id": tok.pad_token_id,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
     made = save_random_llama(folder, config, SHAPES[shape]["label"], device, dtype, tokenizer=tok)
     free_memory()
     return made
@@ -123,10 +152,13 @@ def write_tasks(folder: Path, seq: int, rows: int = 64) -> dict:
     gen, cls = folder / "gen.jsonl", folder / "cls.jsonl"
     target = label_tokens(seq) - 1  # + EOS
     gen.write_text("".join(json.dumps({"text": words(2 * seq), "output": words(target)}) + "\n" for _ in range(rows)))
-    cls.write_text("".join(json.dumps({"text": words(2 * seq), "label": rng.choice(["yes", "no"])}) + "\n"
-                           for _ in range(rows)))
-    common = ("data: {truncation: right, max_eval_examples: 4, eval_batch_size: 4}\n"
-              "train: {log_every: 1, progress_bar: false, tensorboard: false, warmup_steps: 0, eval_baseline: false}\n")
+    cls.write_text(
+        "".join(json.dumps({"text": words(2 * seq), "label": rng.choice(["yes", "no"])}) + "\n" for _ in range(rows))
+    )
+    common = (
+        "data: {truncation: right, max_eval_examples: 4, eval_batch_size: 4}\n"
+        "train: {log_every: 1, progress_bar: false, tensorboard: false, warmup_steps: 0, eval_baseline: false}\n"
+    )
     out = {"generation": folder / "gen.yaml", "classification": folder / "cls.yaml"}
     out["generation"].write_text(f"""tasks:
   - name: mem
@@ -157,11 +189,20 @@ def grid(bases: dict, batches, classification: bool = True) -> list[dict]:
                 for batch in batches:
                     cells.append(dict(base=base, ckpt=ckpt, method=method, batch=batch, task="generation"))
             if classification:
-                cells.append(dict(base=base, ckpt=ckpt, method="prompt_tuning", batch=max(batches),
-                                  task="classification", extra=True))
+                cells.append(
+                    dict(
+                        base=base,
+                        ckpt=ckpt,
+                        method="prompt_tuning",
+                        batch=max(batches),
+                        task="classification",
+                        extra=True,
+                    )
+                )
     for c in cells:
-        c["name"] = (f"{c['base']}-{METHODS[c['method']]}-b{c['batch']}-ckpt{int(c['ckpt'])}"
-                     + ("-cls" if c["task"] == "classification" else ""))
+        c["name"] = f"{c['base']}-{METHODS[c['method']]}-b{c['batch']}-ckpt{int(c['ckpt'])}" + (
+            "-cls" if c["task"] == "classification" else ""
+        )
     return cells
 
 
@@ -174,11 +215,17 @@ def base_overrides(folder: Path, bases: dict, base: str) -> list[str]:
 
 
 def cell_overrides(cell: dict, folder: Path, bases: dict, shape: dict, device: str, steps: int, out: Path) -> list[str]:
-    return [*base_overrides(folder, bases, cell["base"]),
-            f"model.gradient_checkpointing={str(cell['ckpt']).lower()}", f"method.name={cell['method']}",
-            f"method.num_virtual_tokens={shape['virtual']}", f"data.batch_size={cell['batch']}",
-            f"data.max_length={shape['seq']}", f"train.steps={steps}", f"train.device={device}",
-            f"output_dir={out}"]
+    return [
+        *base_overrides(folder, bases, cell["base"]),
+        f"model.gradient_checkpointing={str(cell['ckpt']).lower()}",
+        f"method.name={cell['method']}",
+        f"method.num_virtual_tokens={shape['virtual']}",
+        f"data.batch_size={cell['batch']}",
+        f"data.max_length={shape['seq']}",
+        f"train.steps={steps}",
+        f"train.device={device}",
+        f"output_dir={out}",
+    ]
 
 
 # -- measuring ------------------------------------------------------------------------------------------
@@ -198,9 +245,9 @@ def load_shared_base(folder: Path, bases: dict, base: str, task: Path, device):
 
 
 def predict_cell(cfg, folder: Path, task: str, seq: int) -> dict:
+    from ptune_dist.plan import setup_from_config
     from ptune_dist.plan.arch import resolve_arch
     from ptune_dist.plan.memory import predict
-    from ptune_dist.plan import setup_from_config
 
     arch = resolve_arch(str(folder))
     plan = {"label_tokens": str(label_tokens(seq))} if task == "generation" else {}
@@ -221,8 +268,13 @@ def run_cell(cell: dict, cfg, base, base_bytes, device) -> dict:
     def build_session(cfg, splits=("train", "eval"), env=None, base_=None):
         s = session_mod.build_session(cfg, splits=splits, env=env, base=base)
         seen["lengths"] = sorted({len(ex.input_ids) for t in s.tasks for ex in t.train})
-        seen["labelled"] = sorted({sum(1 for x in (ex.labels[1:] if isinstance(ex.labels, list) else []) if x != -100)
-                                   for t in s.tasks for ex in t.train})
+        seen["labelled"] = sorted(
+            {
+                sum(1 for x in (ex.labels[1:] if isinstance(ex.labels, list) else []) if x != -100)
+                for t in s.tasks
+                for ex in t.train
+            }
+        )
         seen["attention"] = s.model.attention_impl
         seen["checkpointing"] = any(getattr(m, "gradient_checkpointing", False) for m in s.model.base.modules())
         return s
@@ -248,11 +300,16 @@ def run_cell(cell: dict, cfg, base, base_bytes, device) -> dict:
         loop.build_session, loop.make_engine, dispatch.implementation = original_build, original_engine, original_impl
     out = {"seconds": time.perf_counter() - t0, **seen, "kernels": sorted(kernels)}
     from ptune_dist.train.metrics_file import read_metrics  # one history, resumes counted once
+
     records = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
     memory = next(r for r in records if r.get("event") == "memory")
     losses = [r["loss"] for r in records if "loss" in r and "split" not in r]
-    out.update(memory_record=memory, losses=losses, ran_on=results.get("device", {}).get("device"),
-               held=next(r for r in records if r.get("event") == "parameters")["bytes_per_rank"][0])
+    out.update(
+        memory_record=memory,
+        losses=losses,
+        ran_on=results.get("device", {}).get("device"),
+        held=next(r for r in records if r.get("event") == "parameters")["bytes_per_rank"][0],
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         out["measured"] = memory["peak_gpu_bytes_per_rank"][0]
@@ -266,8 +323,10 @@ def run_cell(cell: dict, cfg, base, base_bytes, device) -> dict:
 
 # -- the report ----------------------------------------------------------------------------------------------
 def base_names(bases: dict) -> str:
-    return ", ".join(f"{k}: {dtype}" + (f" + {quant} ({dtype} compute)" if quant != "none" else "")
-                     for k, (dtype, quant) in bases.items())
+    return ", ".join(
+        f"{k}: {dtype}" + (f" + {quant} ({dtype} compute)" if quant != "none" else "")
+        for k, (dtype, quant) in bases.items()
+    )
 
 
 def gb(x) -> str:
@@ -278,8 +337,11 @@ def report(state: dict) -> str:
     info, rows, shape = state["machine"], state["rows"], SHAPES[state["shape"]]
     from ptune_dist.plan import GPU_RUNTIME
 
-    where = (f"{info['gpu']} ({info['gpu_memory_bytes'] / GiB:.0f} GiB, sm {info['capability']}), CUDA {info['cuda']}"
-             if info.get("gpu") else f"CPU only ({info['cpus']} cores): nothing is measured, the code path is")
+    where = (
+        f"{info['gpu']} ({info['gpu_memory_bytes'] / GiB:.0f} GiB, sm {info['capability']}), CUDA {info['cuda']}"
+        if info.get("gpu")
+        else f"CPU only ({info['cpus']} cores): nothing is measured, the code path is"
+    )
     lines = [
         f"Machine: {where}; torch {info['torch']}, transformers {info['transformers']}, bitsandbytes "
         f"{info['bitsandbytes']}, triton {info['triton']}, Python {info['python']}; {info['date']}. "
@@ -303,11 +365,15 @@ def report(state: dict) -> str:
     ]
     for r in rows:
         p = r["pred"]
-        head = (f"| {r['name']} | {r['base']} | {'on' if r['ckpt'] else 'off'} | {r['method']} | {r['task']} | "
-                f"{r['batch']} x {shape['seq']} | {gb(p['tensors'])} | ")
-        parts = " + ".join(f"{p[k] / GiB:.2f}" for k in ("frozen_weights",)) + \
-            f" + {(p['trainable'] + p['optimizer']) / GiB:.3f} + " + \
-            " + ".join(f"{p[k] / GiB:.2f}" for k in ("activations", "logits", "workspace"))
+        head = (
+            f"| {r['name']} | {r['base']} | {'on' if r['ckpt'] else 'off'} | {r['method']} | {r['task']} | "
+            f"{r['batch']} x {shape['seq']} | {gb(p['tensors'])} | "
+        )
+        parts = (
+            " + ".join(f"{p[k] / GiB:.2f}" for k in ("frozen_weights",))
+            + f" + {(p['trainable'] + p['optimizer']) / GiB:.3f} + "
+            + " + ".join(f"{p[k] / GiB:.2f}" for k in ("activations", "logits", "workspace"))
+        )
         if "error" in r:
             lines.append(head + f"did not run: {r['error'].replace('|', '/')[:200]} | | | {parts} | | | | | |")
             continue
@@ -317,16 +383,23 @@ def report(state: dict) -> str:
         else:
             measured, ratio = gb(m), f"{p['tensors'] / m:.2f}"
             ok = "yes" if abs(p["tensors"] - m) <= WITHIN * m else "**no**"
-            device = f"{(r['peak_reserved'] + r['outside_allocator']) / GiB:.2f} ({(p['tensors'] + GPU_RUNTIME) / GiB:.2f})"
+            device = (
+                f"{(r['peak_reserved'] + r['outside_allocator']) / GiB:.2f} ({(p['tensors'] + GPU_RUNTIME) / GiB:.2f})"
+            )
         start = f"{gb(r.get('allocated_at_engine'))} ({gb(p['frozen_weights'] + p['trainable'] / 2)})"
-        lines.append(head + f"{measured} | {ratio} | {ok} | {parts} | {start} | {gb(r.get('left_over'))} | {device} | "
-                            f"{'+'.join(r.get('kernels', [])) or '-'} | {r['seconds']:.1f} |")
+        lines.append(
+            head + f"{measured} | {ratio} | {ok} | {parts} | {start} | {gb(r.get('left_over'))} | {device} | "
+            f"{'+'.join(r.get('kernels', [])) or '-'} | {r['seconds']:.1f} |"
+        )
     measured = [r for r in rows if r.get("measured")]
     if measured:
         off = [r["name"] for r in measured if abs(r["pred"]["tensors"] - r["measured"]) > WITHIN * r["measured"]]
         worst = max(measured, key=lambda r: abs(r["pred"]["tensors"] / r["measured"] - 1))
-        lines += ["", f"Within 15%: {len(measured) - len(off)} of {len(measured)} measured cells; largest error "
-                      f"{worst['name']} {worst['pred']['tensors'] / worst['measured'] - 1:+.1%}; outside: {off or 'none'}."]
+        lines += [
+            "",
+            f"Within 15%: {len(measured) - len(off)} of {len(measured)} measured cells; largest error "
+            f"{worst['name']} {worst['pred']['tensors'] / worst['measured'] - 1:+.1%}; outside: {off or 'none'}.",
+        ]
     failed = [r["name"] for r in rows if "error" in r]
     if failed:
         lines += ["", f"Failed cells: {failed}."]
@@ -359,8 +432,11 @@ class GridBudget(Budget):
     def cell_estimate(self, cell: dict) -> float:
         """The slowest finished cell of the same batch (the first cell pays for kernel compilation: left out
         once others ran), else of any batch, else 15 s."""
-        done = [s for c, s in self.cells[1:] or self.cells if c["batch"] == cell["batch"]] or \
-            [s for _, s in self.cells] or [15.0]
+        done = (
+            [s for c, s in self.cells[1:] or self.cells if c["batch"] == cell["batch"]]
+            or [s for _, s in self.cells]
+            or [15.0]
+        )
         return max(done) * 1.15
 
     def load_estimate(self) -> float:
@@ -377,13 +453,16 @@ def main(argv=None) -> int:
     p.add_argument("--cells", default="", help="comma-separated cell names (default: the whole grid)")
     p.add_argument("--no-classification", action="store_true", help="leave out the classification cells")
     p.add_argument("--device", default="", help="cuda (default) or cpu; --tiny: cpu")
-    p.add_argument("--tiny", action="store_true", help="CPU check of this code: 2-layer Llama, batch 2 x 32, fp32 "
-                   "and nf4 (fp32 compute); the measured column says n/a")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="CPU check of this code: 2-layer Llama, batch 2 x 32, fp32 "
+        "and nf4 (fp32 compute); the measured column says n/a",
+    )
     args = p.parse_args(argv)
     budget = GridBudget(args.budget_s)
 
     import ptune_dist  # noqa: F401  (its import-time guards before torch)
-
     from ptune_dist.config import load_config
     from ptune_dist.device import choose
     from ptune_dist.model.load import enable_checkpointing
@@ -407,14 +486,27 @@ def main(argv=None) -> int:
     base_dir.mkdir(parents=True, exist_ok=True)
     file_dtype = "float32" if device.type == "cpu" else "bfloat16"
     folder = plan_folder(base_dir, shape_name, file_dtype)
-    state = {"machine": machine_info(device), "shape": shape_name, "steps": args.steps, "budget_s": args.budget_s,
-             "bases": bases, "folder": str(folder), "loads": {}, "made_s": 0.0, "rows": [], "skipped": [],
-             "elapsed_s": 0.0}
+    state = {
+        "machine": machine_info(device),
+        "shape": shape_name,
+        "steps": args.steps,
+        "budget_s": args.budget_s,
+        "bases": bases,
+        "folder": str(folder),
+        "loads": {},
+        "made_s": 0.0,
+        "rows": [],
+        "skipped": [],
+        "elapsed_s": 0.0,
+    }
     try:
         state["made_s"] = make_base(shape_name, folder, device, file_dtype)
         tasks = write_tasks(work, shape["seq"])
-        print(f"memory_plan_gpu: {state['machine'].get('gpu') or 'CPU'}; base {folder} "
-              f"(made in {state['made_s']:.1f} s); {len(cells)} cells", flush=True)
+        print(
+            f"memory_plan_gpu: {state['machine'].get('gpu') or 'CPU'}; base {folder} "
+            f"(made in {state['made_s']:.1f} s); {len(cells)} cells",
+            flush=True,
+        )
         for base_name in bases:
             todo = [c for c in cells if c["base"] == base_name]
             if not todo:
@@ -429,11 +521,13 @@ def main(argv=None) -> int:
             base_bytes = allocated(device)
             state["loads"][base_name] = time.perf_counter() - t0
             budget.load_s.append(state["loads"][base_name])
-            print(f"  base {base_name}: loaded in {state['loads'][base_name]:.1f} s, {gb(base_bytes)} GB allocated",
-                  flush=True)
+            print(
+                f"  base {base_name}: loaded in {state['loads'][base_name]:.1f} s, {gb(base_bytes)} GB allocated",
+                flush=True,
+            )
             checkpointing = False
             for i, cell in enumerate(todo):
-                later_core = [c for c in cells[cells.index(cell) + 1:] if not c.get("extra")]
+                later_core = [c for c in cells[cells.index(cell) + 1 :] if not c.get("extra")]
                 need = budget.cell_estimate(cell)
                 if cell.get("extra"):  # a classification cell gives way to the generation cells still to run
                     loads = len({c["base"] for c in later_core} - {base_name})
@@ -448,24 +542,34 @@ def main(argv=None) -> int:
                     state["skipped"].append({**cell, "why": "the shared base has checkpointing on already"})
                     continue
                 out = work / cell["name"]
-                cfg = load_config([str(tasks[cell["task"]])],
-                                  cell_overrides(cell, folder, bases, shape, device.type, args.steps, out))
+                cfg = load_config(
+                    [str(tasks[cell["task"]])], cell_overrides(cell, folder, bases, shape, device.type, args.steps, out)
+                )
                 row = {**cell, "pred": predict_cell(cfg, folder, cell["task"], shape["seq"])}
                 t1 = time.perf_counter()
                 try:
                     row.update(run_cell(cell, cfg, base, base_bytes, device))
                 except Exception as e:  # noqa: BLE001  (an OOM or a failure: reported in its row, the grid goes on)
-                    row.update(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
-                               seconds=time.perf_counter() - t1)
+                    row.update(
+                        error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
+                        seconds=time.perf_counter() - t1,
+                    )
                 free_memory()
                 budget.cells.append((cell, row["seconds"]))
                 state["rows"].append(row)
                 state["elapsed_s"] = budget.elapsed()
                 write(state, args.out, raw)
                 m = row.get("measured")
-                print(f"  {cell['name']:24s} " + (f"failed: {row['error']}" if "error" in row else
-                      f"predicted {gb(row['pred']['tensors'])} GB, measured "
-                      f"{gb(m) if m is not None else 'n/a'} GB ({row['seconds']:.1f} s)"), flush=True)
+                print(
+                    f"  {cell['name']:24s} "
+                    + (
+                        f"failed: {row['error']}"
+                        if "error" in row
+                        else f"predicted {gb(row['pred']['tensors'])} GB, measured "
+                        f"{gb(m) if m is not None else 'n/a'} GB ({row['seconds']:.1f} s)"
+                    ),
+                    flush=True,
+                )
             del base
             free_memory()
         done = {s["name"] for s in state["skipped"]} | {r["name"] for r in state["rows"]}

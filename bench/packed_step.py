@@ -51,13 +51,13 @@ def padded_batches(examples, batch_size: int) -> list[dict]:
 
     batches = []
     for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
+        chunk = examples[i : i + batch_size]
         T = max(len(ex) for ex in chunk)
         ids = torch.zeros(len(chunk), T, dtype=torch.long)
         mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
         for r, ex in enumerate(chunk):
-            ids[r, :len(ex)], mask[r, :len(ex)] = torch.tensor(ex), 1
-            labels[r, len(ex) - ANSWER:len(ex)] = ids[r, len(ex) - ANSWER:len(ex)]
+            ids[r, : len(ex)], mask[r, : len(ex)] = torch.tensor(ex), 1
+            labels[r, len(ex) - ANSWER : len(ex)] = ids[r, len(ex) - ANSWER : len(ex)]
         batches.append(dict(input_ids=ids, attention_mask=mask, labels=labels))
     return batches
 
@@ -69,11 +69,15 @@ def packed_batches(examples, P: int, capacity: int, rows_per_batch: int) -> list
     from ptune_dist.data.encode import IGNORE, Example
     from ptune_dist.data.packing import collate_packed, pack
 
-    encoded = [Example([0] * P + ex, task_id=0, soft=list(range(P)),
-                       labels=[IGNORE] * (P + len(ex) - ANSWER) + ex[-ANSWER:]) for ex in examples]
+    encoded = [
+        Example([0] * P + ex, task_id=0, soft=list(range(P)), labels=[IGNORE] * (P + len(ex) - ANSWER) + ex[-ANSWER:])
+        for ex in examples
+    ]
     rows = pack([len(ex.input_ids) for ex in encoded], capacity)
-    return [collate_packed([[encoded[i] for i in row] for row in rows[j:j + rows_per_batch]], 0, capacity)
-            for j in range(0, len(rows), rows_per_batch)]
+    return [
+        collate_packed([[encoded[i] for i in row] for row in rows[j : j + rows_per_batch]], 0, capacity)
+        for j in range(0, len(rows), rows_per_batch)
+    ]
 
 
 def adamw(params):
@@ -101,10 +105,18 @@ def ptune_steps(args, examples):
     from ptune_dist.model.build import build_model
     from ptune_dist.model.load import load_tokenizer
 
-    cfg = load_config([], [f"method.name={args.method}", f"method.num_virtual_tokens={args.virtual}",
-                           "method.projection=false", f"model.name_or_path={MODEL}"])
-    model = build_model(cfg.method, cfg.model, cfg.train.seed, [TaskSpec(name="bench", type="generation")],
-                        load_tokenizer(MODEL)).train()
+    cfg = load_config(
+        [],
+        [
+            f"method.name={args.method}",
+            f"method.num_virtual_tokens={args.virtual}",
+            "method.projection=false",
+            f"model.name_or_path={MODEL}",
+        ],
+    )
+    model = build_model(
+        cfg.method, cfg.model, cfg.train.seed, [TaskSpec(name="bench", type="generation")], load_tokenizer(MODEL)
+    ).train()
     P = model.placement.soft_slots(args.virtual)
     batches = packed_batches(examples, P, args.max_len + P, args.rows)
     return model, model.trainable_parameters().values(), batches, lambda b: model(b).loss
@@ -132,15 +144,28 @@ def child(args) -> dict:
         step(batch)
     dt = time.perf_counter() - t0
     real = sum(len(ex) for ex in examples)
-    return {"system": args.system, "method": args.method, "steps": len(batches), "seconds": dt,
-            "real_tokens_per_s": real / dt, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "padded_tokens": sum(int(b["input_ids"].numel()) for b in batches)}
+    return {
+        "system": args.system,
+        "method": args.method,
+        "steps": len(batches),
+        "seconds": dt,
+        "real_tokens_per_s": real / dt,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "padded_tokens": sum(int(b["input_ids"].numel()) for b in batches),
+    }
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in (("examples", 64), ("median", 200), ("max-len", 1024), ("virtual", 20), ("peft-batch", 8),
-                          ("rows", 2), ("threads", 2)):
+    for name, default in (
+        ("examples", 64),
+        ("median", 200),
+        ("max-len", 1024),
+        ("virtual", 20),
+        ("peft-batch", 8),
+        ("rows", 2),
+        ("threads", 2),
+    ):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--sigma", type=float, default=0.9)
     p.add_argument("--methods", default="prompt_tuning,prefix_tuning")
@@ -156,12 +181,16 @@ def main():
     for method in args.methods.split(","):
         for system in ("peft", "ptune"):
             cmd = [sys.executable, __file__, "--system", system, "--method", method] + [
-                f"--{k.replace('_', '-')}={getattr(args, k)}" for k in passed]
+                f"--{k.replace('_', '-')}={getattr(args, k)}" for k in passed
+            ]
             env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(f"{method:14s} {system:6s} {rows[-1]['real_tokens_per_s']:8.1f} real tokens/s  "
-                  f"peak RSS {rows[-1]['peak_rss_gb']:.2f} GB  ({rows[-1]['steps']} steps)", flush=True)
+            print(
+                f"{method:14s} {system:6s} {rows[-1]['real_tokens_per_s']:8.1f} real tokens/s  "
+                f"peak RSS {rows[-1]['peak_rss_gb']:.2f} GB  ({rows[-1]['steps']} steps)",
+                flush=True,
+            )
     text = report(args, rows)
     print(text)
     if args.out:
@@ -173,25 +202,32 @@ def report(args, rows) -> str:
     import torch
     import transformers
 
-    lines = [f"# Training on a length mix: packed ptune vs padded PEFT ({time.strftime('%Y-%m-%d')})", "",
-             f"SmolLM2-135M-Instruct, fp32, {args.examples} examples with log-normal lengths (median {args.median}, "
-             f"sigma {args.sigma}, cut to 16-{args.max_len} tokens), labels on the last {ANSWER} tokens of each, "
-             f"{args.virtual} virtual tokens, AdamW, {args.threads} threads. PEFT: {args.peft_batch} examples a step, "
-             f"padded to the longest. ptune: packed rows of {args.max_len} tokens (+ the virtual-token slots of "
-             f"shallow prompts), {args.rows} rows a step. One pass over the same examples after a warm-up step; "
-             "real tokens/s counts the examples' own tokens.",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
-             f"{torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}. Produced by "
-             "`python bench/packed_step.py`.", "",
-             "| method | PEFT real tokens/s | ptune real tokens/s | ratio | PEFT tokens run (padded) | ptune tokens run "
-             "| PEFT peak RSS GB | ptune peak RSS GB | memory ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Training on a length mix: packed ptune vs padded PEFT ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"SmolLM2-135M-Instruct, fp32, {args.examples} examples with log-normal lengths (median {args.median}, "
+        f"sigma {args.sigma}, cut to 16-{args.max_len} tokens), labels on the last {ANSWER} tokens of each, "
+        f"{args.virtual} virtual tokens, AdamW, {args.threads} threads. PEFT: {args.peft_batch} examples a step, "
+        f"padded to the longest. ptune: packed rows of {args.max_len} tokens (+ the virtual-token slots of "
+        f"shallow prompts), {args.rows} rows a step. One pass over the same examples after a warm-up step; "
+        "real tokens/s counts the examples' own tokens.",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
+        f"{torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}. Produced by "
+        "`python bench/packed_step.py`.",
+        "",
+        "| method | PEFT real tokens/s | ptune real tokens/s | ratio | PEFT tokens run (padded) | ptune tokens run "
+        "| PEFT peak RSS GB | ptune peak RSS GB | memory ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     by = {(r["method"], r["system"]): r for r in rows}
     for method in dict.fromkeys(r["method"] for r in rows):
         a, b = by[(method, "peft")], by[(method, "ptune")]
-        lines.append(f"| {method} | {a['real_tokens_per_s']:.0f} | {b['real_tokens_per_s']:.0f} | "
-                     f"{b['real_tokens_per_s'] / a['real_tokens_per_s']:.2f}x | {a['padded_tokens']} | "
-                     f"{b['padded_tokens']} | {a['peak_rss_gb']:.2f} | {b['peak_rss_gb']:.2f} | "
-                     f"{b['peak_rss_gb'] / a['peak_rss_gb']:.2f}x |")
+        lines.append(
+            f"| {method} | {a['real_tokens_per_s']:.0f} | {b['real_tokens_per_s']:.0f} | "
+            f"{b['real_tokens_per_s'] / a['real_tokens_per_s']:.2f}x | {a['padded_tokens']} | "
+            f"{b['padded_tokens']} | {a['peak_rss_gb']:.2f} | {b['peak_rss_gb']:.2f} | "
+            f"{b['peak_rss_gb'] / a['peak_rss_gb']:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 

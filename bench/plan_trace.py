@@ -42,11 +42,13 @@ from harness import machine_info  # noqa: E402
 GiB = 2**30
 WITHIN = 0.10
 CONSUMER_GOAL = 22 * GiB
-PARTS = (("weights", ("frozen_weights", "zero3_gathered"), ("weights", "quant_state")),
-         ("prompt/optimizer", ("trainable", "optimizer"), ("prompt_optimizer",)),
-         ("activations", ("activations",), ("activations",)),
-         ("logits", ("logits",), ("logits",)),
-         ("workspace", ("workspace",), ("workspace",)))
+PARTS = (
+    ("weights", ("frozen_weights", "zero3_gathered"), ("weights", "quant_state")),
+    ("prompt/optimizer", ("trainable", "optimizer"), ("prompt_optimizer",)),
+    ("activations", ("activations",), ("activations",)),
+    ("logits", ("logits",), ("logits",)),
+    ("workspace", ("workspace",), ("workspace",)),
+)
 
 
 def one_b_cells(work: Path) -> list[dict]:
@@ -58,19 +60,30 @@ def one_b_cells(work: Path) -> list[dict]:
     tasks = grid_gpu.write_tasks(work, shape["seq"])
     out = []
     for cell in grid_gpu.grid(grid_gpu.BASES_GPU, shape["batches"]):
-        overrides = grid_gpu.cell_overrides(cell, Path("llama-3.2-1b-shape"), grid_gpu.BASES_GPU, shape, "cuda", 2,
-                                            work / cell["name"])
+        overrides = grid_gpu.cell_overrides(
+            cell, Path("llama-3.2-1b-shape"), grid_gpu.BASES_GPU, shape, "cuda", 2, work / cell["name"]
+        )
         cfg = load_config([str(tasks[cell["task"]])], overrides)
         labels = grid_gpu.label_tokens(shape["seq"]) if cell["task"] == "generation" else None
-        out.append({"name": "1b-" + cell["name"], "group": "1B grid", "cell": cell, "cfg": cfg, "hf": hf,
-                    "label_tokens": labels, "tokens": shape["seq"], "request": ""})
+        out.append(
+            {
+                "name": "1b-" + cell["name"],
+                "group": "1B grid",
+                "cell": cell,
+                "cfg": cfg,
+                "hf": hf,
+                "label_tokens": labels,
+                "tokens": shape["seq"],
+                "request": "",
+            }
+        )
     return out
 
 
 def consumer_cells() -> list[dict]:
     """The consumer case: what `ptune plan` proposes first for bench/consumer_gpu.py's request."""
-    from ptune_dist.plan.arch import hf_config
     from ptune_dist.plan import base_name, config_for, parse_request, plan, select
+    from ptune_dist.plan.arch import hf_config
 
     out = []
     for method in ("prompt_tuning", "p_tuning_v2"):
@@ -78,22 +91,38 @@ def consumer_cells() -> list[dict]:
         req = parse_request(args)
         row = select(plan(req))[0]
         s = row.setup
-        cell = {"base": base_name(s), "ckpt": s.gradient_checkpointing, "method": method, "batch": s.batch_size,
-                "task": s.task}
-        out.append({"name": f"8b-consumer-{grid_gpu.METHODS[method]}", "group": "consumer", "cell": cell,
-                    "cfg": config_for(s, req), "hf": hf_config(req.arch), "label_tokens": s.label_tokens,
-                    "tokens": s.max_length, "request": "ptune plan " + " ".join(args), "setup": s})
+        cell = {
+            "base": base_name(s),
+            "ckpt": s.gradient_checkpointing,
+            "method": method,
+            "batch": s.batch_size,
+            "task": s.task,
+        }
+        out.append(
+            {
+                "name": f"8b-consumer-{grid_gpu.METHODS[method]}",
+                "group": "consumer",
+                "cell": cell,
+                "cfg": config_for(s, req),
+                "hf": hf_config(req.arch),
+                "label_tokens": s.label_tokens,
+                "tokens": s.max_length,
+                "request": "ptune plan " + " ".join(args),
+                "setup": s,
+            }
+        )
     return out
 
 
 def predicted(c: dict) -> dict:
+    from ptune_dist.plan import setup_from_config
     from ptune_dist.plan.arch import from_hf_config
     from ptune_dist.plan.memory import predict
-    from ptune_dist.plan import setup_from_config
 
     arch = from_hf_config(c["hf"], name=c["name"])
     setup = c.get("setup") or setup_from_config(
-        c["cfg"], arch, {"label_tokens": str(c["label_tokens"])} if c["label_tokens"] else {}, "gpu")
+        c["cfg"], arch, {"label_tokens": str(c["label_tokens"])} if c["label_tokens"] else {}, "gpu"
+    )
     return {**predict(arch, setup).as_dict(), "attention": setup.attention}
 
 
@@ -119,43 +148,59 @@ def report(state: dict) -> str:
         "overlap and workspace terms were corrected against these traces (docs/plan.md: before, it added the logits' "
         "and a layer's backward peaks, up to 18% too much with checkpointing).",
         "",
-        "| cell | base | ckpt | method | task | batch x data.max_length | attention (planned / traced) | predicted GiB | traced "
-        "GiB | ratio | within 10% | weights p / t | prompt+opt p / t | activations p / t | logits p / t | workspace "
-        "p / t | overlap p | traced peak during | trace s |",
+        "| cell | base | ckpt | method | task | batch x data.max_length | attention (planned / traced) | predicted GiB "
+        "| traced GiB | ratio | within 10% | weights p / t | prompt+opt p / t | activations p / t | logits p / t "
+        "| workspace p / t | overlap p | traced peak during | trace s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c, p = r["cell"], r["pred"]
-        head = (f"| {r['name']} | {c['base']} | {'on' if c['ckpt'] else 'off'} | {c['method']} | {c['task']} | "
-                f"{c['batch']} x {r['tokens']} | ")
+        head = (
+            f"| {r['name']} | {c['base']} | {'on' if c['ckpt'] else 'off'} | {c['method']} | {c['task']} | "
+            f"{c['batch']} x {r['tokens']} | "
+        )
         if "error" in r:
-            lines.append(head + f"{p['attention']} / - | {gb(p['tensors'])} | not traced: "
-                         f"{r['error'].replace('|', '/')[:300]} | | | | | | | | | | |")
+            lines.append(
+                head + f"{p['attention']} / - | {gb(p['tensors'])} | not traced: "
+                f"{r['error'].replace('|', '/')[:300]} | | | | | | | | | | |"
+            )
             continue
         t = r["trace"]
         ratio = p["tensors"] / t["peak"]
-        parts = " | ".join(f"{gb(sum(p[k] for k in pk))} / {gb(sum(t['parts'][k] for k in tk))}"
-                           for _, pk, tk in PARTS)
-        lines.append(head + f"{p['attention']} / {t['attention']} | {gb(p['tensors'])} | {gb(t['peak'])} | "
-                            f"{ratio:.3f} | {'yes' if abs(ratio - 1) <= WITHIN else '**no**'} | {parts} | "
-                            f"{gb(p['overlap'])} | {t['peak_region']} | {t['seconds']:.1f} |")
+        parts = " | ".join(f"{gb(sum(p[k] for k in pk))} / {gb(sum(t['parts'][k] for k in tk))}" for _, pk, tk in PARTS)
+        lines.append(
+            head + f"{p['attention']} / {t['attention']} | {gb(p['tensors'])} | {gb(t['peak'])} | "
+            f"{ratio:.3f} | {'yes' if abs(ratio - 1) <= WITHIN else '**no**'} | {parts} | "
+            f"{gb(p['overlap'])} | {t['peak_region']} | {t['seconds']:.1f} |"
+        )
     done = [r for r in rows if "trace" in r]
     if done:
         off = [r["name"] for r in done if abs(r["pred"]["tensors"] / r["trace"]["peak"] - 1) > WITHIN]
         worst = max(done, key=lambda r: abs(r["pred"]["tensors"] / r["trace"]["peak"] - 1))
-        lines += ["", f"**Within 10%: {len(done) - len(off)} of {len(done)} traced cells**; the largest difference "
-                      f"{worst['name']} {worst['pred']['tensors'] / worst['trace']['peak'] - 1:+.1%}; outside: "
-                      f"{off or 'none'}."]
+        lines += [
+            "",
+            f"**Within 10%: {len(done) - len(off)} of {len(done)} traced cells**; the largest difference "
+            f"{worst['name']} {worst['pred']['tensors'] / worst['trace']['peak'] - 1:+.1%}; outside: "
+            f"{off or 'none'}.",
+        ]
     failed = [r["name"] for r in rows if "error" in r]
     if failed:
         lines += ["", f"Not traced: {failed}."]
     consumer = [r for r in done if r["group"] == "consumer"]
     if consumer:
-        lines += ["", f"**The consumer case** (goal: the trace within {CONSUMER_GOAL / GiB:.0f} GiB): " + "; ".join(
-            f"{r['cell']['method']} traced {gb(r['trace']['peak'])} GiB "
-            f"({'within' if r['trace']['peak'] <= CONSUMER_GOAL else '**over**'}), planned "
-            f"{gb(r['pred']['tensors'])} + runtime {GPU_RUNTIME / GiB:.2f} = {gb(r['pred']['tensors'] + GPU_RUNTIME)}"
-            for r in consumer) + ". The requests (the setup traced is the first the plan lists):", ""]
+        lines += [
+            "",
+            f"**The consumer case** (goal: the trace within {CONSUMER_GOAL / GiB:.0f} GiB): "
+            + "; ".join(
+                f"{r['cell']['method']} traced {gb(r['trace']['peak'])} GiB "
+                f"({'within' if r['trace']['peak'] <= CONSUMER_GOAL else '**over**'}), planned "
+                f"{gb(r['pred']['tensors'])} + runtime {GPU_RUNTIME / GiB:.2f} = "
+                f"{gb(r['pred']['tensors'] + GPU_RUNTIME)}"
+                for r in consumer
+            )
+            + ". The requests (the setup traced is the first the plan lists):",
+            "",
+        ]
         lines += [f"    {r['request']}" for r in consumer]
     lines += ["", *NOTES.format(runtime=GPU_RUNTIME / GiB).splitlines()]
     return "\n".join(lines) + "\n"
@@ -254,8 +299,10 @@ def main(argv=None) -> int:
         else:
             row["trace"] = answer.as_dict()
         rows.append(row)
-        status = row.get("error") or (f"predicted {gb(row['pred']['tensors'])} traced {gb(row['trace']['peak'])} GiB "
-                                      f"({row['pred']['tensors'] / row['trace']['peak']:.3f})")
+        status = row.get("error") or (
+            f"predicted {gb(row['pred']['tensors'])} traced {gb(row['trace']['peak'])} GiB "
+            f"({row['pred']['tensors'] / row['trace']['peak']:.3f})"
+        )
         print(f"{c['name']:36s} {status}", flush=True)
     state = {"machine": machine_info("cpu"), "seconds": time.perf_counter() - t0, "rows": rows}
     text = report(state)

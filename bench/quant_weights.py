@@ -28,8 +28,12 @@ SETTINGS = {  # name -> overrides
     "nf4 + double quant": ["model.quant=nf4", "model.quant_double=true"],
     "fp4": ["model.quant=fp4"],
     "fp4 + double quant": ["model.quant=fp4", "model.quant_double=true"],
-    "nf4, bf16 rest + storage": ["model.quant=nf4", "model.dtype=bfloat16", "model.quant_storage=bfloat16",
-                                 "model.quant_compute_dtype=bfloat16"],
+    "nf4, bf16 rest + storage": [
+        "model.quant=nf4",
+        "model.dtype=bfloat16",
+        "model.quant_storage=bfloat16",
+        "model.quant_compute_dtype=bfloat16",
+    ],
 }
 
 
@@ -48,17 +52,17 @@ def measure(model_name: str, overrides: list[str]) -> dict:
     """In this process: load once, report bytes."""
     import resource
 
-    import ptune_dist  # noqa: F401  (sets the oneDNN ISA cap before torch loads)
     import torch
 
+    import ptune_dist  # noqa: F401  (sets the oneDNN ISA cap before torch loads)
     from ptune_dist.config import load_config
     from ptune_dist.model.load import load_base
     from ptune_dist.model.quant import weight_bytes
 
     cfg = load_config([], [f"model.name_or_path={model_name}", *overrides])
-    import bitsandbytes  # noqa: F401  (its import is not part of the weights)
-
     import gc
+
+    import bitsandbytes  # noqa: F401  (its import is not part of the weights)
 
     from ptune_dist.runtime import release_free_memory
 
@@ -77,21 +81,31 @@ def measure(model_name: str, overrides: list[str]) -> dict:
     sizes = weight_bytes(model)
     if not sizes["quantised"]:  # unquantised: the same split, the block linears vs the rest
         head = model.get_output_embeddings()
-        linear = sum(p.numel() * p.element_size() for m in model.modules()
-                     if isinstance(m, torch.nn.Linear) and m is not head for p in m.parameters(recurse=False))
+        linear = sum(
+            p.numel() * p.element_size()
+            for m in model.modules()
+            if isinstance(m, torch.nn.Linear) and m is not head
+            for p in m.parameters(recurse=False)
+        )
         sizes = {"quantised": linear, "other": sizes["total"] - linear, "total": sizes["total"]}
-    return {**sizes, "anon_added": after["anon"] - before["anon"], "file_added": after["file"] - before["file"],
-            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {
+        **sizes,
+        "anon_added": after["anon"] - before["anon"],
+        "file_added": after["file"] - before["file"],
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
 
 
 def machine() -> str:
-    from harness import cpu_isa, cpu_name
-
     import bitsandbytes
     import torch
 
-    return (f"{cpu_name()} ({os.cpu_count()} cores, {cpu_isa()}), {platform.system()} {platform.machine()}; "
-            f"torch {torch.__version__}, bitsandbytes {bitsandbytes.__version__}")
+    from harness import cpu_isa, cpu_name
+
+    return (
+        f"{cpu_name()} ({os.cpu_count()} cores, {cpu_isa()}), {platform.system()} {platform.machine()}; "
+        f"torch {torch.__version__}, bitsandbytes {bitsandbytes.__version__}"
+    )
 
 
 def main() -> None:
@@ -105,22 +119,39 @@ def main() -> None:
         return
     rows = {}
     for name in SETTINGS:
-        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--one", name],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, __file__, "--model", args.model, "--one", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode:
             sys.exit(f"{name}: failed\n{done.stderr[-3000:]}")
         rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
     mib = 2**20
     ref = rows["fp32"]["total"]
     print(f"model {args.model} on {machine()}\n")
-    head = ["setting", "weights MiB", "block linears MiB", "rest MiB", "vs fp32", "RSS added: anon + file MiB",
-            "peak RSS MiB"]
+    head = [
+        "setting",
+        "weights MiB",
+        "block linears MiB",
+        "rest MiB",
+        "vs fp32",
+        "RSS added: anon + file MiB",
+        "peak RSS MiB",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for name, r in rows.items():
-        cells = [name, f"{r['total'] / mib:.1f}", f"{r['quantised'] / mib:.1f}", f"{r['other'] / mib:.1f}",
-                 f"{r['total'] / ref:.3f}",
-                 f"{r['anon_added'] / mib:.0f} + {r['file_added'] / mib:.0f}", f"{r['peak_rss'] / mib:.0f}"]
+        cells = [
+            name,
+            f"{r['total'] / mib:.1f}",
+            f"{r['quantised'] / mib:.1f}",
+            f"{r['other'] / mib:.1f}",
+            f"{r['total'] / ref:.3f}",
+            f"{r['anon_added'] / mib:.0f} + {r['file_added'] / mib:.0f}",
+            f"{r['peak_rss'] / mib:.0f}",
+        ]
         print("| " + " | ".join(cells) + " |")
 
 

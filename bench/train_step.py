@@ -49,7 +49,8 @@ def peft_config(method: str, virtual: int):
     from peft import PrefixTuningConfig, PromptTuningConfig, TaskType
 
     return (PromptTuningConfig if method == "prompt_tuning" else PrefixTuningConfig)(
-        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=virtual)
+        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=virtual
+    )
 
 
 def ptune_batch(model, ids, labels) -> dict:
@@ -58,9 +59,11 @@ def ptune_batch(model, ids, labels) -> dict:
     import torch
 
     B, P = ids.shape[0], model.placement.soft_slots(model.num_virtual_tokens)
-    batch = {"input_ids": torch.cat([torch.zeros(B, P, dtype=torch.long), ids], 1),
-             "labels": torch.cat([torch.full((B, P), -100), labels], 1),
-             "seq_task": torch.zeros(B, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.cat([torch.zeros(B, P, dtype=torch.long), ids], 1),
+        "labels": torch.cat([torch.full((B, P), -100), labels], 1),
+        "seq_task": torch.zeros(B, dtype=torch.long),
+    }
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     if P:
         batch["soft_mask"] = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
@@ -95,8 +98,10 @@ def run_peft(args, method):
     model = get_peft_model(model, peft_config(method, args.virtual)).train()
     ids, labels = batch_tensors(args.batch, args.seq, args.labels)
     mask = torch.ones_like(ids)
-    return adamw_step(lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss,
-                      [p for p in model.parameters() if p.requires_grad])
+    return adamw_step(
+        lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss,
+        [p for p in model.parameters() if p.requires_grad],
+    )
 
 
 def run_ptune(args, method):
@@ -105,9 +110,18 @@ def run_ptune(args, method):
     from ptune_dist.model.build import build_model
     from ptune_dist.model.load import load_tokenizer
 
-    cfg = load_config([], [f"method.name={method}", f"method.num_virtual_tokens={args.virtual}",
-                           "method.projection=false", f"model.name_or_path={MODEL}"])
-    model = build_model(cfg.method, cfg.model, cfg.train.seed, [TaskSpec(name="bench", type="generation")], load_tokenizer(MODEL)).train()
+    cfg = load_config(
+        [],
+        [
+            f"method.name={method}",
+            f"method.num_virtual_tokens={args.virtual}",
+            "method.projection=false",
+            f"model.name_or_path={MODEL}",
+        ],
+    )
+    model = build_model(
+        cfg.method, cfg.model, cfg.train.seed, [TaskSpec(name="bench", type="generation")], load_tokenizer(MODEL)
+    ).train()
     batch = ptune_batch(model, *batch_tensors(args.batch, args.seq, args.labels))
     return adamw_step(lambda: model(batch).loss, model.trainable_parameters().values())
 
@@ -123,8 +137,14 @@ def child(args) -> dict:
     for _ in range(args.steps):
         loss = step()
     dt = (time.perf_counter() - t0) / args.steps
-    return {"system": args.system, "method": args.method, "step_s": dt, "tokens_per_s": args.batch * args.seq / dt,
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "loss": float(loss)}
+    return {
+        "system": args.system,
+        "method": args.method,
+        "step_s": dt,
+        "tokens_per_s": args.batch * args.seq / dt,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "loss": float(loss),
+    }
 
 
 def matmul_gflops(threads: int) -> float:
@@ -164,33 +184,45 @@ def main():
         for system in ("peft", "ptune"):
             for alloc, lib in allocators.items():
                 cmd = [sys.executable, __file__, "--system", system, "--method", method] + [
-                    f"--{k}={getattr(args, k)}" for k in ("batch", "seq", "virtual", "threads", "steps", "labels")]
-                env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {"OMP_NUM_THREADS": str(args.threads)}
+                    f"--{k}={getattr(args, k)}" for k in ("batch", "seq", "virtual", "threads", "steps", "labels")
+                ]
+                env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} | {
+                    "OMP_NUM_THREADS": str(args.threads)
+                }
                 if lib:
                     env["LD_PRELOAD"] = lib
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]) | {"allocator": alloc})
-                print(f"{method:14s} {system:6s} {alloc:16s} {rows[-1]['tokens_per_s']:8.1f} tokens/s  "
-                      f"peak RSS {rows[-1]['peak_rss_gb']:.2f} GB", flush=True)
+                print(
+                    f"{method:14s} {system:6s} {alloc:16s} {rows[-1]['tokens_per_s']:8.1f} tokens/s  "
+                    f"peak RSS {rows[-1]['peak_rss_gb']:.2f} GB",
+                    flush=True,
+                )
     print(report(args, rows))
     if args.out:
         Path(args.out).write_text(report(args, rows))
 
 
 def report(args, rows) -> str:
+    import peft
     import torch
     import transformers
-    import peft
 
-    lines = [f"# Training step: ptune vs PEFT ({args.labels} labels)", "",
-             f"SmolLM2-135M-Instruct, fp32, batch {args.batch} x {args.seq} tokens, {args.virtual} virtual tokens, "
-             f"{args.threads} threads, AdamW, mean of {args.steps} steps after one warm-up; labels on "
-             + ("the last 16 tokens of each row" if args.labels == "answer" else "every token") + ".",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-             f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
-             f"4096² fp32 matmul {matmul_gflops(args.threads):.0f} GFLOP/s.", "",
-             "| method | allocator | PEFT tokens/s | ptune tokens/s | throughput ratio | PEFT peak RSS GB "
-             "| ptune peak RSS GB | memory ratio |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Training step: ptune vs PEFT ({args.labels} labels)",
+        "",
+        f"SmolLM2-135M-Instruct, fp32, batch {args.batch} x {args.seq} tokens, {args.virtual} virtual tokens, "
+        f"{args.threads} threads, AdamW, mean of {args.steps} steps after one warm-up; labels on "
+        + ("the last 16 tokens of each row" if args.labels == "answer" else "every token")
+        + ".",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}; "
+        f"4096² fp32 matmul {matmul_gflops(args.threads):.0f} GFLOP/s.",
+        "",
+        "| method | allocator | PEFT tokens/s | ptune tokens/s | throughput ratio | PEFT peak RSS GB "
+        "| ptune peak RSS GB | memory ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     by = {(r["method"], r["system"], r["allocator"]): r for r in rows}
     allocs = list(dict.fromkeys(r["allocator"] for r in rows))
     pairs = [(a, a) for a in allocs] + ([("glibc", allocs[-1])] if len(allocs) > 1 else [])
@@ -198,9 +230,11 @@ def report(args, rows) -> str:
         for pa, pt in pairs:
             a, b = by[(method, "peft", pa)], by[(method, "ptune", pt)]
             label = pa if pa == pt else f"PEFT {pa}, ptune {pt} (as each runs by default)"
-            lines.append(f"| {method} | {label} | {a['tokens_per_s']:.0f} | {b['tokens_per_s']:.0f} | "
-                         f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x | {a['peak_rss_gb']:.2f} | "
-                         f"{b['peak_rss_gb']:.2f} | {b['peak_rss_gb'] / a['peak_rss_gb']:.2f}x |")
+            lines.append(
+                f"| {method} | {label} | {a['tokens_per_s']:.0f} | {b['tokens_per_s']:.0f} | "
+                f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x | {a['peak_rss_gb']:.2f} | "
+                f"{b['peak_rss_gb']:.2f} | {b['peak_rss_gb'] / a['peak_rss_gb']:.2f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 

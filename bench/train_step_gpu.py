@@ -57,15 +57,48 @@ from train_step import ANSWER, adamw_step, batch_tensors, peft_config, ptune_bat
 
 GiB = 2**30
 SHAPES = {
-    "tiny": dict(label="tiny Llama (2 layers, hidden 64, 4/2 heads)", batch=2, seq=32,
-                 config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, vocab_size=1000, max_position_embeddings=256)),
-    "1b": dict(label="TinyLlama-1.1B shape", batch=8, seq=1024,
-               config=dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                           num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)),
-    "8b": dict(label="Llama-3-8B shape", batch=4, seq=1024,
-               config=dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                           num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192)),
+    "tiny": dict(
+        label="tiny Llama (2 layers, hidden 64, 4/2 heads)",
+        batch=2,
+        seq=32,
+        config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=1000,
+            max_position_embeddings=256,
+        ),
+    ),
+    "1b": dict(
+        label="TinyLlama-1.1B shape",
+        batch=8,
+        seq=1024,
+        config=dict(
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=22,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            vocab_size=32000,
+            max_position_embeddings=2048,
+        ),
+    ),
+    "8b": dict(
+        label="Llama-3-8B shape",
+        batch=4,
+        seq=1024,
+        config=dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            max_position_embeddings=8192,
+        ),
+    ),
 }
 # ptune's name for the method PEFT runs under each bench name
 PTUNE_METHOD = {"prompt_tuning": "prompt_tuning", "prefix_tuning": "p_tuning_v2"}
@@ -153,9 +186,11 @@ def peak_memory(device) -> dict:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         reserved = torch.cuda.memory_reserved(device)
-        return {"peak_bytes": torch.cuda.max_memory_allocated(device),
-                "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
-                "outside_allocator_bytes": max(0, total - free - reserved)}  # CUDA context, modules, libraries
+        return {
+            "peak_bytes": torch.cuda.max_memory_allocated(device),
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
+            "outside_allocator_bytes": max(0, total - free - reserved),
+        }  # CUDA context, modules, libraries
     return {"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
@@ -186,9 +221,17 @@ def measure(build, device, warmup: int, steps: int, tokens: int, per_pass: bool 
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t)
         dt = statistics.median(times)
-        out = {"tokens_per_s": tokens / (sum(times) if per_pass else dt), "step_s": dt, "step_s_min": min(times),
-               "step_s_max": max(times), "timed_s": sum(times), "steps": steps, "build_s": build_s,
-               "loss": float(loss.detach()), **peak_memory(device)}
+        out = {
+            "tokens_per_s": tokens / (sum(times) if per_pass else dt),
+            "step_s": dt,
+            "step_s_min": min(times),
+            "step_s_max": max(times),
+            "timed_s": sum(times),
+            "steps": steps,
+            "build_s": build_s,
+            "loss": float(loss.detach()),
+            **peak_memory(device),
+        }
     except torch.cuda.OutOfMemoryError as e:
         out = {"error": f"out of memory ({str(e).splitlines()[0][:160]})", **peak_memory(device)}
     finally:
@@ -205,8 +248,9 @@ def child_prepare(spec: dict) -> dict:
     info = machine_info(spec["device"])
     made = {}
     for shape in spec.get("shapes", []):
-        made[shape] = make_base(shape, base_folder(spec["base_dir"], shape, spec["dtype"]), spec["device"],
-                                spec["dtype"])
+        made[shape] = make_base(
+            shape, base_folder(spec["base_dir"], shape, spec["dtype"]), spec["device"], spec["dtype"]
+        )
         free_memory()
     if spec["device"] == "cuda" and spec.get("matmul", True):
         info["matmul_tflops"] = matmul_tflops(torch)
@@ -244,23 +288,46 @@ def ptune_rows(spec: dict, common: list[str], methods: dict, B: int, T: int, voc
         cfg = load_config([], [*common, f"method.name={name}"])
 
         def build(cfg=cfg):
-            model = build_model(cfg.method, cfg.model, cfg.train.seed, [TaskSpec(name="bench", type="generation")], None, base=base,
-                                device=device).train()
+            model = build_model(
+                cfg.method,
+                cfg.model,
+                cfg.train.seed,
+                [TaskSpec(name="bench", type="generation")],
+                None,
+                base=base,
+                device=device,
+            ).train()
             batch = to_device(ptune_batch(model, ids, labels), device)
             return adamw_step(lambda: model(batch).loss, model.trainable_parameters().values())
 
         row = measure(build, device, spec["warmup"], spec["steps"], B * T)
-        rows.append({"system": "ptune", "method": method, "batch": B, "seq": T, "load_s": load_s,
-                     "base_bytes": base_bytes, **row})
+        rows.append(
+            {
+                "system": "ptune",
+                "method": method,
+                "batch": B,
+                "seq": T,
+                "load_s": load_s,
+                "base_bytes": base_bytes,
+                **row,
+            }
+        )
     return rows
 
 
 def child_ptune(spec: dict) -> dict:
     shape = SHAPES[spec["shape"]]
     B, T, P = spec.get("batch") or shape["batch"], spec.get("seq") or shape["seq"], spec["virtual"]
-    common = [f"model.name_or_path={spec['folder']}", f"model.dtype={spec['dtype']}",
-              f"train.device={spec['device']}", f"method.num_virtual_tokens={P}", "tasks.0.type=generation",
-              f"data.batch_size={B}", f"data.max_length={T + P}", *spec.get("overrides", [])]
+    common = [
+        f"model.name_or_path={spec['folder']}",
+        f"model.dtype={spec['dtype']}",
+        f"train.device={spec['device']}",
+        f"method.num_virtual_tokens={P}",
+        "tasks.0.type=generation",
+        f"data.batch_size={B}",
+        f"data.max_length={T + P}",
+        *spec.get("overrides", []),
+    ]
     made_s = make_base(spec["shape"], Path(spec["folder"]), spec["device"], spec["dtype"])  # once per shape
     free_memory()
     methods = {m: PTUNE_METHOD.get(m, m) for m in spec["methods"]}
@@ -279,13 +346,16 @@ def peft_base(spec: dict):
     device = torch.device("cuda", 0) if spec["device"] == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    make_base(spec["shape"], Path(spec["folder"]), spec["device"], spec["dtype"])  # made by ptune's child unless it failed
+    make_base(
+        spec["shape"], Path(spec["folder"]), spec["device"], spec["dtype"]
+    )  # made by ptune's child unless it failed
     free_memory()
     torch.manual_seed(0)
     t0 = time.perf_counter()
     extra = {"device_map": {"": device}} if device.type == "cuda" else {}
-    base = AutoModelForCausalLM.from_pretrained(spec["folder"], dtype=getattr(torch, spec["dtype"]),
-                                                attn_implementation="sdpa", **extra)
+    base = AutoModelForCausalLM.from_pretrained(
+        spec["folder"], dtype=getattr(torch, spec["dtype"]), attn_implementation="sdpa", **extra
+    )
     return device, base, time.perf_counter() - t0, memory_now(device)
 
 
@@ -302,21 +372,35 @@ def child_peft(spec: dict) -> dict:
     mask = torch.ones_like(ids)
     rows = []
     for method in spec["methods"]:
+
         def build(method=method):
             model = get_peft_model(base, peft_config(method, P)).train()
-            return adamw_step(lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss,
-                              [p for p in model.parameters() if p.requires_grad])
+            return adamw_step(
+                lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss,
+                [p for p in model.parameters() if p.requires_grad],
+            )
 
         row = measure(build, device, spec["warmup"], spec["steps"], B * T)
-        rows.append({"system": "peft", "method": method, "batch": B, "seq": T, "load_s": load_s,
-                     "base_bytes": base_bytes, **row})
+        rows.append(
+            {
+                "system": "peft",
+                "method": method,
+                "batch": B,
+                "seq": T,
+                "load_s": load_s,
+                "base_bytes": base_bytes,
+                **row,
+            }
+        )
     return {"rows": rows}
 
 
 def matmul_tflops(torch, n: int = 8192, reps: int = 10) -> float:
     """bf16 n^3 matrix products on random data, timed with CUDA events after three warm-ups."""
-    a, b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda",
-                                                                               dtype=torch.bfloat16)
+    a, b = (
+        torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+        torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+    )
     for _ in range(3):
         a @ b
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -388,13 +472,16 @@ def ratio(a, b) -> str:
 def machine_lines(info: dict, device: str) -> list[str]:
     if not info:
         return ["Machine: unknown (the prepare step failed; see the log)."]
-    v = (f"torch {info['torch']}, transformers {info['transformers']}, peft {info['peft']}, triton {info['triton']}, "
-         f"bitsandbytes {info['bitsandbytes']}, Python {info['python']}")
+    v = (
+        f"torch {info['torch']}, transformers {info['transformers']}, peft {info['peft']}, triton {info['triton']}, "
+        f"bitsandbytes {info['bitsandbytes']}, Python {info['python']}"
+    )
     if device == "cuda":
         rate = info.get("matmul_tflops")
-        return [f"Machine: {info['gpu']} ({info['gpu_memory_bytes'] / GiB:.0f} GiB, compute capability "
-                f"{info['capability']}, {info['sms']} SMs), CUDA {info['cuda']}, {info['cpus']} CPU cores; {v}."] + (
-                [f"Measured bf16 8192^3 matmul: {rate:.0f} TFLOP/s (CUDA events, random data)."] if rate else [])
+        return [
+            f"Machine: {info['gpu']} ({info['gpu_memory_bytes'] / GiB:.0f} GiB, compute capability "
+            f"{info['capability']}, {info['sms']} SMs), CUDA {info['cuda']}, {info['cpus']} CPU cores; {v}."
+        ] + ([f"Measured bf16 8192^3 matmul: {rate:.0f} TFLOP/s (CUDA events, random data)."] if rate else [])
     return [f"Machine: {info.get('cpu')} ({info['cpus']} cores), no GPU; {v}."]
 
 
@@ -411,19 +498,25 @@ def report(args, info: dict, rows: list[dict], bases: str) -> str:
     device = "cpu" if args.tiny else "cuda"
     peak, peak_text = peak_tflops(info)
     mem = "peak GPU GiB" if device == "cuda" else "peak RSS GiB"
-    lines = [f"# Training step on a GPU: ptune vs PEFT ({'tiny CPU check' if args.tiny else 'bf16'})", "",
-             f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Command: `python bench/train_step_gpu.py "
-             f"{' '.join(args.argv)}`.", *machine_lines(info, device), "",
-             f"{args.virtual} virtual tokens, labels on the last {ANSWER} tokens of each row, AdamW, "
-             f"{args.dtype}; {args.warmup} warm-up step(s), then the median of {args.steps} timed step(s). "
-             f"Bases: {bases}. tokens/s counts batch x seq real tokens. MFU = tokens/s x 4N / {peak_text}, "
-             "N = linear-layer and LM-head parameters (forward 2N + backward to the inputs 2N; no weight "
-             "gradients, attention FLOPs not counted). Peak memory includes the base's weights; 'above base' "
-             "is what the method, optimizer and activations add.", "",
-             f"| shape | method | batch x seq | PEFT tokens/s | ptune tokens/s | throughput ratio | PEFT {mem} | "
-             f"ptune {mem} | memory ratio | PEFT above base GiB | ptune above base GiB | above-base ratio "
-             "| PEFT MFU | ptune MFU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Training step on a GPU: ptune vs PEFT ({'tiny CPU check' if args.tiny else 'bf16'})",
+        "",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Command: `python bench/train_step_gpu.py "
+        f"{' '.join(args.argv)}`.",
+        *machine_lines(info, device),
+        "",
+        f"{args.virtual} virtual tokens, labels on the last {ANSWER} tokens of each row, AdamW, "
+        f"{args.dtype}; {args.warmup} warm-up step(s), then the median of {args.steps} timed step(s). "
+        f"Bases: {bases}. tokens/s counts batch x seq real tokens. MFU = tokens/s x 4N / {peak_text}, "
+        "N = linear-layer and LM-head parameters (forward 2N + backward to the inputs 2N; no weight "
+        "gradients, attention FLOPs not counted). Peak memory includes the base's weights; 'above base' "
+        "is what the method, optimizer and activations add.",
+        "",
+        f"| shape | method | batch x seq | PEFT tokens/s | ptune tokens/s | throughput ratio | PEFT {mem} | "
+        f"ptune {mem} | memory ratio | PEFT above base GiB | ptune above base GiB | above-base ratio "
+        "| PEFT MFU | ptune MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     by = {(r["shape"], r["system"], r["method"]): r for r in rows}
     for shape in args.shape_list:
         n, s = matmul_params(shape), SHAPES[shape]
@@ -447,13 +540,23 @@ def report(args, info: dict, rows: list[dict], bases: str) -> str:
                 f"{ratio(b['tokens_per_s'], a['tokens_per_s']) if both else '-'} | "
                 f"{gib(a['peak_bytes']) if ok_a else '-'} | {gib(b['peak_bytes']) if ok_b else '-'} | "
                 f"{ratio(b['peak_bytes'], a['peak_bytes']) if both else '-'} | {gib(above(a, ok_a))} | "
-                f"{gib(above(b, ok_b))} | {ratio(above(b, ok_b), above(a, ok_a))} | {mfu(a, ok_a)} | {mfu(b, ok_b)} |")
+                f"{gib(above(b, ok_b))} | {ratio(above(b, ok_b), above(a, ok_a))} | {mfu(a, ok_a)} | {mfu(b, ok_b)} |"
+            )
     made = {r["shape"]: r["base_made_s"] for r in rows if r.get("base_made_s")}
-    lines += ["", "Bases made (random init on the device, save_pretrained), seconds: "
-              + (", ".join(f"{k} {v:.0f}" for k, v in made.items()) or "none (already there)") + ".",
-              "Loads and step spread (seconds): " + "; ".join(
-                  f"{r['shape']} {r['system']} {r['method']}: load {r['load_s']:.1f}, step {r['step_s_min']:.3f}-"
-                  f"{r['step_s_max']:.3f}" for r in rows if "step_s_min" in r) + "."]
+    lines += [
+        "",
+        "Bases made (random init on the device, save_pretrained), seconds: "
+        + (", ".join(f"{k} {v:.0f}" for k, v in made.items()) or "none (already there)")
+        + ".",
+        "Loads and step spread (seconds): "
+        + "; ".join(
+            f"{r['shape']} {r['system']} {r['method']}: load {r['load_s']:.1f}, step {r['step_s_min']:.3f}-"
+            f"{r['step_s_max']:.3f}"
+            for r in rows
+            if "step_s_min" in r
+        )
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -486,27 +589,49 @@ def main(argv=None):
     inline = CHILDREN if args.inline else None
     # the machine (and its matmul rate); each base is made by its shape's first child (ptune's), so a slow
     # 8B save cannot cost the 1B results
-    prep = run_child(script, {"kind": "prepare", "device": device, "dtype": args.dtype, "shapes": [],
-                              "base_dir": args.base_dir}, budget, min_s=5, children=inline)
+    prep = run_child(
+        script,
+        {"kind": "prepare", "device": device, "dtype": args.dtype, "shapes": [], "base_dir": args.base_dir},
+        budget,
+        min_s=5,
+        children=inline,
+    )
     print(f"prepare: {prep.get('error') or format(prep['child_s'], '.0f') + ' s'}", flush=True)
     rows = []
-    bases = ("random-init, made once on the GPU and saved with save_pretrained (config.json + safetensors) to "
-             "a local folder, then loaded by each system's own loader in its own process" if not args.tiny else
-             "random-init, saved with save_pretrained and loaded by each system's loader")
+    bases = (
+        "random-init, made once on the GPU and saved with save_pretrained (config.json + safetensors) to "
+        "a local folder, then loaded by each system's own loader in its own process"
+        if not args.tiny
+        else "random-init, saved with save_pretrained and loaded by each system's loader"
+    )
     for shape in args.shape_list:
         folder = str(base_folder(args.base_dir, shape, args.dtype))
         for system in ("ptune", "peft"):
-            spec = {"kind": system, "shape": shape, "folder": folder, "device": device, "dtype": args.dtype,
-                    "methods": args.method_list, "virtual": args.virtual, "steps": args.steps,
-                    "warmup": args.warmup}
+            spec = {
+                "kind": system,
+                "shape": shape,
+                "folder": folder,
+                "device": device,
+                "dtype": args.dtype,
+                "methods": args.method_list,
+                "virtual": args.virtual,
+                "steps": args.steps,
+                "warmup": args.warmup,
+            }
             out = run_child(script, spec, budget, children=inline)
-            got = out.get("rows") or [{"system": system, "method": m, "error": out.get("error", "no rows")}
-                                      for m in args.method_list]
+            got = out.get("rows") or [
+                {"system": system, "method": m, "error": out.get("error", "no rows")} for m in args.method_list
+            ]
             for r in got:
                 r["shape"] = shape
                 rows.append(r)
-                what = r["error"] if "error" in r else (f"{r['tokens_per_s']:9.0f} tokens/s, peak "
-                                                        f"{gib(r.get('peak_bytes'))} GiB, loss {r['loss']:.3f}")
+                what = (
+                    r["error"]
+                    if "error" in r
+                    else (
+                        f"{r['tokens_per_s']:9.0f} tokens/s, peak {gib(r.get('peak_bytes'))} GiB, loss {r['loss']:.3f}"
+                    )
+                )
                 print(f"{shape:4s} {system:5s} {r['method']:13s} {what}", flush=True)
             write_files(args, report(args, prep.get("machine", {}), rows, bases), prep.get("machine"), rows)
     return write_results(args, report(args, prep.get("machine", {}), rows, bases), prep.get("machine"), rows)

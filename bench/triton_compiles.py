@@ -145,8 +145,11 @@ class Recorder:
                 self.keys[text]["compile_s"] = round(time.perf_counter() - t0, 2)
             except Exception as e:  # noqa: BLE001  (the bench then compiles it itself)
                 self.keys[text]["warm_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            print(f"{self.keys[text]['kernel']} ({self.keys[text]['where']}): "
-                  f"{self.keys[text].get('compile_s', self.keys[text].get('warm_error'))}", flush=True)
+            print(
+                f"{self.keys[text]['kernel']} ({self.keys[text]['where']}): "
+                f"{self.keys[text].get('compile_s', self.keys[text].get('warm_error'))}",
+                flush=True,
+            )
 
 
 def gpu_launches(a: dict, grad: bool) -> list:
@@ -169,8 +172,9 @@ def gpu_launches(a: dict, grad: bool) -> list:
         launches = [fwd]
         if grad:
             do = torch.empty(o.shape, dtype=o.dtype, device=o.device)  # the backward's do.contiguous()
-            _, bwd = triton_impl.backward_launches(*args, o, lse, do, a["causal"], a["scale"], blocks,
-                                                   a["prefix_rows"], packed)
+            _, bwd = triton_impl.backward_launches(
+                *args, o, lse, do, a["causal"], a["scale"], blocks, a["prefix_rows"], packed
+            )
             launches += bwd
     finally:
         triton_impl.INTERPRETED = saved
@@ -218,7 +222,8 @@ def install(recorder: Recorder, mode: str) -> None:
 
     choose, choose_packed, implementation = dispatch.choose, dispatch.choose_packed, dispatch.implementation
     dispatch.choose = lambda q, prefix_k=None, kpm=None, causal=True, dropout_p=0.0: (
-        "triton" if on_cuda(q, dropout_p) else choose(q, prefix_k, kpm, causal, dropout_p))
+        "triton" if on_cuda(q, dropout_p) else choose(q, prefix_k, kpm, causal, dropout_p)
+    )
     dispatch.choose_packed = lambda q, dropout_p=0.0: "triton" if on_cuda(q, dropout_p) else choose_packed(q, dropout_p)
 
     def recorded_then_sdpa(*args, **kw):
@@ -240,8 +245,9 @@ class Where:
         if not self.lift:
             return
         for item in items:
-            item.own_markers = [m for m in item.own_markers
-                                if not (m.name == "skipif" and "CUDA" in str(m.kwargs.get("reason", "")))]
+            item.own_markers = [
+                m for m in item.own_markers if not (m.name == "skipif" and "CUDA" in str(m.kwargs.get("reason", "")))
+            ]
             module = item.module
             if hasattr(module, "run") and not hasattr(module.run, "_answered"):
                 module.run = answered(module.run)
@@ -277,9 +283,15 @@ def small_len(n: int) -> int:
 
 def small_config(config: dict) -> dict:
     heads = config["num_attention_heads"]
-    return {**config, "num_hidden_layers": 1, "hidden_size": 256, "intermediate_size": 256, "vocab_size": 1000,
-            "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
-            "max_position_embeddings": 4096}
+    return {
+        **config,
+        "num_hidden_layers": 1,
+        "hidden_size": 256,
+        "intermediate_size": 256,
+        "vocab_size": 1000,
+        "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
+        "max_position_embeddings": 4096,
+    }
 
 
 def bench_children(stage: str, recorder: Recorder, work: Path) -> None:
@@ -289,8 +301,11 @@ def bench_children(stage: str, recorder: Recorder, work: Path) -> None:
 
     def shape(name):
         small = f"{name}~"
-        ts.SHAPES[small] = {**ts.SHAPES[name], "label": f"{name}, class-faithful small",
-                            "config": small_config(ts.SHAPES[name]["config"])}
+        ts.SHAPES[small] = {
+            **ts.SHAPES[name],
+            "label": f"{name}, class-faithful small",
+            "config": small_config(ts.SHAPES[name]["config"]),
+        }
         return small
 
     common = dict(device="cpu", dtype="bfloat16", virtual=20, steps=1, warmup=1)
@@ -298,19 +313,40 @@ def bench_children(stage: str, recorder: Recorder, work: Path) -> None:
         for name in ("1b", "8b"):
             recorder.where = f"train_step {name}"
             s = shape(name)
-            ts.child_ptune({**common, "kind": "ptune", "shape": s, "folder": str(work / s),
-                            "methods": ["prompt_tuning", "prefix_tuning"], "batch": ts.SHAPES[name]["batch"],
-                            "seq": small_len(ts.SHAPES[name]["seq"])})
+            ts.child_ptune(
+                {
+                    **common,
+                    "kind": "ptune",
+                    "shape": s,
+                    "folder": str(work / s),
+                    "methods": ["prompt_tuning", "prefix_tuning"],
+                    "batch": ts.SHAPES[name]["batch"],
+                    "seq": small_len(ts.SHAPES[name]["seq"]),
+                }
+            )
     elif stage == "packed":
         import packed_step_gpu as ps
 
         s = shape("1b")
         ps.SHAPES = ts.SHAPES
         recorder.where = "packed 1b"
-        ps.child_ptune({**common, "kind": "ptune", "shape": s, "folder": str(work / s),
-                        "methods": ["prompt_tuning", "prefix_tuning"], "examples": 24, "median": 24, "sigma": 0.9,
-                        "max_len": small_len(2048), "peft_batch": 8, "rows": 4, "fixed_batch": ts.SHAPES["1b"]["batch"],
-                        "fixed_seq": small_len(ts.SHAPES["1b"]["seq"])})
+        ps.child_ptune(
+            {
+                **common,
+                "kind": "ptune",
+                "shape": s,
+                "folder": str(work / s),
+                "methods": ["prompt_tuning", "prefix_tuning"],
+                "examples": 24,
+                "median": 24,
+                "sigma": 0.9,
+                "max_len": small_len(2048),
+                "peft_batch": 8,
+                "rows": 4,
+                "fixed_batch": ts.SHAPES["1b"]["batch"],
+                "fixed_seq": small_len(ts.SHAPES["1b"]["seq"]),
+            }
+        )
     elif stage == "consumer":
         import consumer_gpu as cg
 
@@ -318,13 +354,25 @@ def bench_children(stage: str, recorder: Recorder, work: Path) -> None:
         folder = work / s
         ts.make_base(s, folder, "cpu", "bfloat16")
         recorder.where = "consumer 8b nf4"
-        cg.child_ptune({**common, "kind": "ptune", "folder": str(folder), "batch": 16, "seq": small_len(2048),
-                        "methods": ["prompt_tuning", "p_tuning_v2"], "vocab": 1000})
+        cg.child_ptune(
+            {
+                **common,
+                "kind": "ptune",
+                "folder": str(folder),
+                "batch": 16,
+                "seq": small_len(2048),
+                "methods": ["prompt_tuning", "p_tuning_v2"],
+                "vocab": 1000,
+            }
+        )
     elif stage == "plan":
         import memory_plan_gpu as mp
 
-        mp.SHAPES["1b"] = {**mp.SHAPES["1b"], "config": {**small_config(mp.SHAPES["1b"]["config"]), "vocab_size": 128},
-                           "seq": small_len(mp.SHAPES["1b"]["seq"])}
+        mp.SHAPES["1b"] = {
+            **mp.SHAPES["1b"],
+            "config": {**small_config(mp.SHAPES["1b"]["config"]), "vocab_size": 128},
+            "seq": small_len(mp.SHAPES["1b"]["seq"]),
+        }
         mp.BASES_CPU = mp.BASES_GPU  # bf16 and nf4 with bf16 compute, as on the GPU
         recorder.where = "plan grid"
         mp.main(["--device", "cpu", "--budget-s", "100000", "--base-dir", str(work), "--out", str(work / "plan.md")])
@@ -345,7 +393,6 @@ def attention_cells(recorder: Recorder) -> None:
     import torch
 
     import attention
-
     from ptune_dist.kernels.api import prefix_attention
 
     args = attention.gpu_settings(attention.parse(["--device", "cuda", *gpu_check_args("ATTENTION_ARGS")]))
@@ -365,8 +412,10 @@ def run_stage(stage: str, warm: bool = False) -> dict:
         from ptune_dist.kernels import triton_impl
 
         if triton_impl.INTERPRETED or stage not in WARMABLE:
-            raise SystemExit(f"--warm compiles for the GPU of this machine: run it there with TRITON_INTERPRET=0, "
-                             f"on the stages {', '.join(WARMABLE)}")
+            raise SystemExit(
+                f"--warm compiles for the GPU of this machine: run it there with TRITON_INTERPRET=0, "
+                f"on the stages {', '.join(WARMABLE)}"
+            )
     recorder = Recorder(keep=warm)
     install(recorder, {"tests_gpu": "zeros", "attention": "zeros", "tests_rest": "run"}.get(stage, "sdpa"))
     t0 = time.perf_counter()
@@ -386,8 +435,15 @@ def run_stage(stage: str, warm: bool = False) -> dict:
     seconds = time.perf_counter() - t0
     if warm:
         recorder.warm()
-    return {"stage": stage, "seconds": seconds, "status": int(status), "calls": recorder.calls,
-            "keys": recorder.keys, "refused": dict(recorder.refused), "warm_s": time.perf_counter() - t0 - seconds}
+    return {
+        "stage": stage,
+        "seconds": seconds,
+        "status": int(status),
+        "calls": recorder.calls,
+        "keys": recorder.keys,
+        "refused": dict(recorder.refused),
+        "warm_s": time.perf_counter() - t0 - seconds,
+    }
 
 
 def main(argv=None) -> int:
@@ -395,8 +451,12 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default=",".join(STAGES), help="in gpu-check.sh's order: " + ",".join(STAGES))
     p.add_argument("--json", default="", help="write every stage's keys here (after each stage)")
     p.add_argument("--jobs", type=int, default=1, help="stages run side by side (each its own process)")
-    p.add_argument("--warm", action="store_true", help="on a GPU machine (TRITON_INTERPRET=0): also compile every "
-                   "new key into Triton's on-disk cache, timing each compile")
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="on a GPU machine (TRITON_INTERPRET=0): also compile every "
+        "new key into Triton's on-disk cache, timing each compile",
+    )
     p.add_argument("--stage", help=argparse.SUPPRESS)  # one stage, in this process; its result as JSON on stdout
     args = p.parse_args(argv)
     if args.stage:
@@ -406,9 +466,14 @@ def main(argv=None) -> int:
     unknown = set(stages) - set(STAGES)
     if unknown:
         p.error(f"--stages: unknown {sorted(unknown)}; choose from {list(STAGES)}")
+
     def one(stage):
-        return subprocess.run([sys.executable, __file__, "--stage", stage, *(["--warm"] if args.warm else [])],
-                              capture_output=True, text=True, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, __file__, "--stage", stage, *(["--warm"] if args.warm else [])],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
 
     results, seen = [], set()
     print("| stage | distinct keys | new to the run | of them fp32 | calls | refused | CPU s | compiled s | status |")
@@ -420,15 +485,18 @@ def main(argv=None) -> int:
                 sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
                 print(f"| {stage} | failed (exit {done.returncode}) | | | | | | | |", flush=True)
                 continue
-            r = json.loads(line[-1][len("RESULT "):])
+            r = json.loads(line[-1][len("RESULT ") :])
             new = {k: v for k, v in r["keys"].items() if k not in seen}
             seen |= set(r["keys"])
             r["new"] = sorted(new)
             results.append(r)
             fp32 = sum(1 for v in new.values() if v["dtype"] == "fp32")
             compiled = sum(v.get("compile_s", 0) for v in r["keys"].values())
-            print(f"| {stage} | {len(r['keys'])} | {len(new)} | {fp32} | {r['calls']} | {sum(r['refused'].values())} "
-                  f"| {r['seconds']:.0f} | {compiled:.0f} | {r['status']} |", flush=True)
+            print(
+                f"| {stage} | {len(r['keys'])} | {len(new)} | {fp32} | {r['calls']} | {sum(r['refused'].values())} "
+                f"| {r['seconds']:.0f} | {compiled:.0f} | {r['status']} |",
+                flush=True,
+            )
             if args.json:  # after every stage: a run stopped early keeps the stages done
                 Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"\n{len(seen)} distinct keys in all.")

@@ -27,23 +27,29 @@ GiB = 2**30
 
 
 def child(args: list[str], release: bool) -> int:
-    import ptune_dist  # noqa: F401  (the oneDNN guard before torch)
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
+    import ptune_dist  # noqa: F401  (the oneDNN guard before torch)
     import ptune_dist.train.loop as loop
     from ptune_dist import cli
     from ptune_dist.runtime import release_free_memory
 
     def rss() -> int:
-        return next(int(x.split()[1]) * 1024 for x in Path("/proc/self/status").read_text().splitlines()
-                    if x.startswith("VmRSS:"))
+        return next(
+            int(x.split()[1]) * 1024
+            for x in Path("/proc/self/status").read_text().splitlines()
+            if x.startswith("VmRSS:")
+        )
 
     original = loop.make_engine
     passes = []
 
     def report(module, inputs, output):
-        gathered = sum(p.numel() * p.element_size() for p in module.parameters()
-                       if getattr(p, "ds_status", None) == ZeroParamStatus.AVAILABLE)
+        gathered = sum(
+            p.numel() * p.element_size()
+            for p in module.parameters()
+            if getattr(p, "ds_status", None) == ZeroParamStatus.AVAILABLE
+        )
         passes.append((gathered, rss()))
         line = f"forward {len(passes)}: gathered {gathered / GiB:.3f} GiB, RSS {rss() / GiB:.3f} GiB"
         if release:
@@ -78,9 +84,20 @@ def main() -> int:
     cell = dict(base=args.base, ckpt=False, batch=4, ranks=2, zero=3, steps=args.steps, bounded=args.bounded)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env = {**(allocator_env(env) or env), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).resolve()), "--child", *(["--release"] if args.release else []), "--", str(task),
-           f"output_dir={work / 'run'}", *cell_overrides(cell)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(Path(__file__).resolve()),
+        "--child",
+        *(["--release"] if args.release else []),
+        "--",
+        str(task),
+        f"output_dir={work / 'run'}",
+        *cell_overrides(cell),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     print("\n".join(x for x in proc.stdout.splitlines() if x.startswith("forward")))
     if proc.returncode:

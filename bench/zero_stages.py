@@ -29,31 +29,57 @@ CONFIGS = {
     "ZeRO-0": ["distributed.engine=deepspeed", "distributed.zero_stage=0"],
     "ZeRO-1": ["distributed.engine=deepspeed", "distributed.zero_stage=1"],
     "ZeRO-2": ["distributed.engine=deepspeed", "distributed.zero_stage=2"],
-    "ZeRO-2 + optimizer offload": ["distributed.engine=deepspeed", "distributed.zero_stage=2",
-                                   "distributed.offload_optimizer=true"],
+    "ZeRO-2 + optimizer offload": [
+        "distributed.engine=deepspeed",
+        "distributed.zero_stage=2",
+        "distributed.offload_optimizer=true",
+    ],
     "ZeRO-3": ["distributed.engine=deepspeed", "distributed.zero_stage=3"],
     "ZeRO-3, gathered weights released at once": [
-        "distributed.engine=deepspeed", "distributed.zero_stage=3",
+        "distributed.engine=deepspeed",
+        "distributed.zero_stage=3",
         "distributed.zero_extra={stage3_max_live_parameters: 1000000, stage3_max_reuse_distance: 0, "
-        "stage3_prefetch_bucket_size: 0}"],
-    "ZeRO-3 + optimizer and parameter offload": ["distributed.engine=deepspeed", "distributed.zero_stage=3",
-                                                 "distributed.offload_optimizer=true", "distributed.offload_params=true"],
+        "stage3_prefetch_bucket_size: 0}",
+    ],
+    "ZeRO-3 + optimizer and parameter offload": [
+        "distributed.engine=deepspeed",
+        "distributed.zero_stage=3",
+        "distributed.offload_optimizer=true",
+        "distributed.offload_params=true",
+    ],
 }
 
 
 def run(name: str, extra: list, args, work: Path) -> dict:
     out = work / name.replace(" ", "_").replace("+", "").replace("(", "").replace(")", "")
-    cmd = [sys.executable, "-m", "ptune_dist.cli", "launch", QUICKSTART, f"output_dir={out}",
-           f"launch.nproc_per_node={args.ranks}", f"data.batch_size={args.batch}", f"train.steps={args.steps}",
-           "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false",
-           "data.max_eval_examples=16", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ptune_dist.cli",
+        "launch",
+        QUICKSTART,
+        f"output_dir={out}",
+        f"launch.nproc_per_node={args.ranks}",
+        f"data.batch_size={args.batch}",
+        f"train.steps={args.steps}",
+        "train.log_every=1",
+        "train.progress_bar=false",
+        "train.eval_baseline=false",
+        "train.tensorboard=false",
+        "data.max_eval_examples=16",
+        *extra,
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     records = read_metrics(out / "metrics.jsonl")
     times = [b["time"] - a["time"] for a, b in zip(records, records[1:]) if "loss" in a and "loss" in b]
     held = next(r for r in records if r.get("event") == "parameters")
     peak = next(r for r in records if r.get("event") == "memory")
-    return {"name": name, "step_s": statistics.median(times[1:]), "held_gb": [b / 2**30 for b in held["bytes_per_rank"]],
-            "peak_gb": [b / 2**30 for b in peak["peak_rss_bytes_per_rank"]]}
+    return {
+        "name": name,
+        "step_s": statistics.median(times[1:]),
+        "held_gb": [b / 2**30 for b in held["bytes_per_rank"]],
+        "peak_gb": [b / 2**30 for b in peak["peak_rss_bytes_per_rank"]],
+    }
 
 
 def main():
@@ -70,18 +96,24 @@ def main():
             r = rows[-1]
             print(f"{name:45s} {r['step_s']:.2f} s/step  held {r['held_gb']}  peak {r['peak_gb']}", flush=True)
     base = rows[0]
-    lines = [f"# ZeRO stages on {args.ranks} CPU ranks", "",
-             f"Prompt tuning, SmolLM2-135M-Instruct fp32, built-in support task, batch {args.batch} per rank, "
-             f"{args.steps} steps (median step time after the first), torchrun + gloo, "
-             f"{os.cpu_count()} cores ({platform.machine()}), OMP_NUM_THREADS = cores / ranks. "
-             "Parameters held = what each rank keeps of the model (frozen base included); peak = the rank's "
-             "peak RSS over the run, loading included.", "",
-             "| setup | s/step | vs plain | parameters held per rank GB | peak RSS per rank GB | peak vs plain |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# ZeRO stages on {args.ranks} CPU ranks",
+        "",
+        f"Prompt tuning, SmolLM2-135M-Instruct fp32, built-in support task, batch {args.batch} per rank, "
+        f"{args.steps} steps (median step time after the first), torchrun + gloo, "
+        f"{os.cpu_count()} cores ({platform.machine()}), OMP_NUM_THREADS = cores / ranks. "
+        "Parameters held = what each rank keeps of the model (frozen base included); peak = the rank's "
+        "peak RSS over the run, loading included.",
+        "",
+        "| setup | s/step | vs plain | parameters held per rank GB | peak RSS per rank GB | peak vs plain |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['step_s']:.2f} | {r['step_s'] / base['step_s']:.2f}x | "
-                     f"{' / '.join(f'{g:.2f}' for g in r['held_gb'])} | {' / '.join(f'{g:.2f}' for g in r['peak_gb'])} | "
-                     f"{max(r['peak_gb']) / max(base['peak_gb']):.2f}x |")
+        lines.append(
+            f"| {r['name']} | {r['step_s']:.2f} | {r['step_s'] / base['step_s']:.2f}x | "
+            f"{' / '.join(f'{g:.2f}' for g in r['held_gb'])} | {' / '.join(f'{g:.2f}' for g in r['peak_gb'])} | "
+            f"{max(r['peak_gb']) / max(base['peak_gb']):.2f}x |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -51,8 +51,13 @@ HALF = ("float16", "bfloat16")
 SHARED_PREFIX = ("split", "flash", "triton")
 
 
-def rule(device: str, dtype: torch.dtype | str, packed: bool = False, dropout_p: float = 0.0,
-         can_run: Callable[[str], bool] = lambda name: True) -> str:
+def rule(
+    device: str,
+    dtype: torch.dtype | str,
+    packed: bool = False,
+    dropout_p: float = 0.0,
+    can_run: Callable[[str], bool] = lambda name: True,
+) -> str:
     """The implementation `auto` runs: `device` a device type (cuda, cpu, ...), `dtype` a torch dtype or its
     name, `can_run(name)` whether that implementation can run this call (installed, shape within its limits)."""
     name = str(dtype).removeprefix("torch.")
@@ -66,10 +71,16 @@ def rule(device: str, dtype: torch.dtype | str, packed: bool = False, dropout_p:
 
 
 def choose(q: torch.Tensor, prefix_k=None, key_padding_mask=None, causal=True, dropout_p: float = 0.0) -> str:
-    return rule(q.device.type, q.dtype, dropout_p=dropout_p,
-                can_run=lambda name: unavailable(name, q, dropout_p) is None)
+    return rule(
+        q.device.type, q.dtype, dropout_p=dropout_p, can_run=lambda name: unavailable(name, q, dropout_p) is None
+    )
 
 
 def choose_packed(q: torch.Tensor, dropout_p: float = 0.0) -> str:
-    return rule(q.device.type, q.dtype, packed=True, dropout_p=dropout_p,
-                can_run=lambda name: unavailable(name, q, dropout_p) is None)
+    return rule(
+        q.device.type,
+        q.dtype,
+        packed=True,
+        dropout_p=dropout_p,
+        can_run=lambda name: unavailable(name, q, dropout_p) is None,
+    )

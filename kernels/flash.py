@@ -52,10 +52,10 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
     B, Hq, Tq, d = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     P = 0 if prefix_k is None else prefix_k.shape[-2]
-    qt = q.transpose(1, 2)                                                  # [B, Tq, Hq, d] (flash layout)
+    qt = q.transpose(1, 2)  # [B, Tq, Hq, d] (flash layout)
     seq_k, seq_v = k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype)
     if P:
-        pre_k = prefix_k.to(q.dtype).expand(B, Hkv, P, d).transpose(1, 2)    # [B, P, Hkv, d]
+        pre_k = prefix_k.to(q.dtype).expand(B, Hkv, P, d).transpose(1, 2)  # [B, P, Hkv, d]
         pre_v = prefix_v.to(q.dtype).expand(B, Hkv, P, d).transpose(1, 2)
     if key_padding_mask is None:
         keys = torch.cat([pre_k, seq_k], 1) if P else seq_k
@@ -69,11 +69,13 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
     start = torch.where(n_real > 0, real.int().argmax(1), torch.zeros_like(n_real))
     run = (pos >= start[:, None]) & (pos < (start + n_real)[:, None])
     if not torch.equal(run, real):
-        raise ValueError("impl='flash' needs each row's real tokens to be one contiguous run (left or right "
-                         "padding); use impl='triton', 'split' or 'sdpa' for other masks")
+        raise ValueError(
+            "impl='flash' needs each row's real tokens to be one contiguous run (left or right "
+            "padding); use impl='triton', 'split' or 'sdpa' for other masks"
+        )
     # queries are the last Tq sequence positions when causal (Tq <= Tk); a bidirectional query sees the
     # same keys wherever it sits (and Tq may exceed Tk), so all of them go the "real query" way
-    q_real = real[:, Tk - Tq:] if causal else real.new_ones(B, Tq)
+    q_real = real[:, Tk - Tq :] if causal else real.new_ones(B, Tq)
     ones = real.new_ones(B, P)
     out = torch.zeros_like(qt)
 
@@ -84,13 +86,22 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
     n_q = q_real.sum(1)
     if int(n_q.sum()):
         out[q_real] = flash_attn_varlen_func(
-            qt[q_real], keys, vals, _cu_seqlens(n_q), _cu_seqlens(P + n_real), int(n_q.max()),
-            int((P + n_real).max()), dropout_p=dropout_p, softmax_scale=scale, causal=causal)
+            qt[q_real],
+            keys,
+            vals,
+            _cu_seqlens(n_q),
+            _cu_seqlens(P + n_real),
+            int(n_q.max()),
+            int((P + n_real).max()),
+            dropout_p=dropout_p,
+            softmax_scale=scale,
+            causal=causal,
+        )
 
     # padded queries: non-causal over the prefix ("before" the real run, when causal) or over the prefix and
     # every real key ("after" it, or any padded query when bidirectional)
     padded = ~q_real
-    before = padded & (pos[None, Tk - Tq:] < start[:, None]) if causal else torch.zeros_like(padded)
+    before = padded & (pos[None, Tk - Tq :] < start[:, None]) if causal else torch.zeros_like(padded)
     after = padded & ~before
     if P == 0:
         before = torch.zeros_like(before)  # sees no key: stays 0
@@ -99,10 +110,19 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
         # sequences in row-major order: (row 0, before), (row 0, after), (row 1, before), ...
         n_q = torch.stack([before.sum(1), after.sum(1)], 1).flatten()
         n_k = torch.stack([torch.full_like(n_real, P), P + n_real], 1).flatten()
-        key_sel = torch.cat([ones, ones, real], 1)                         # [prefix | prefix, real] per row
+        key_sel = torch.cat([ones, ones, real], 1)  # [prefix | prefix, real] per row
         keys = torch.cat([pre_k, pre_k, seq_k], 1)[key_sel] if P else seq_k[real]
         vals = torch.cat([pre_v, pre_v, seq_v], 1)[key_sel] if P else seq_v[real]
         out[chosen] = flash_attn_varlen_func(
-            qt[chosen], keys, vals, _cu_seqlens(n_q), _cu_seqlens(n_k), int(n_q.max()), int(n_k.max()),
-            dropout_p=dropout_p, softmax_scale=scale, causal=False)
+            qt[chosen],
+            keys,
+            vals,
+            _cu_seqlens(n_q),
+            _cu_seqlens(n_k),
+            int(n_q.max()),
+            int(n_k.max()),
+            dropout_p=dropout_p,
+            softmax_scale=scale,
+            causal=False,
+        )
     return out.transpose(1, 2)

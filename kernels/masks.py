@@ -35,7 +35,7 @@ def packed_mask(Tq, causal, key_padding_mask, segment_ids, prefix_ids, P, N):
     keys of prefix n (of N laid end to end; N = 1 for a shared or per-row prefix) when prefix_ids is None
     or names n, and its segment is >= 0. A query in segment -1 sees nothing."""
     B, Tk = segment_ids.shape
-    q_seg = segment_ids[:, Tk - Tq:]
+    q_seg = segment_ids[:, Tk - Tq :]
     real_q = q_seg >= 0
     seq = (q_seg[:, :, None] == segment_ids[:, None, :]) & real_q[:, :, None]
     if causal:

@@ -15,14 +15,24 @@ from .masks import visible_mask
 from .packed import packed_keys
 
 
-def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p=0.0,
-                     segment_ids=None, prefix_ids=None):
+def prefix_attention(
+    q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p=0.0, segment_ids=None, prefix_ids=None
+):
     B, Hq, Tq, _ = q.shape
     Tk = k.shape[2]
     P = 0 if prefix_k is None else prefix_k.shape[-2]
     if segment_ids is not None:  # packed rows
-        k, v, mask = packed_keys(q, k, v, prefix_k, prefix_v, causal=causal, key_padding_mask=key_padding_mask,
-                                 segment_ids=segment_ids, prefix_ids=prefix_ids)
+        k, v, mask = packed_keys(
+            q,
+            k,
+            v,
+            prefix_k,
+            prefix_v,
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            segment_ids=segment_ids,
+            prefix_ids=prefix_ids,
+        )
     else:
         if P:
             k = torch.cat([prefix_k.expand(B, -1, -1, -1), k], dim=2)
@@ -73,8 +83,9 @@ def attend_backward(do, q, k, v, mask, scale: float):
 
 
 @torch.library.custom_op("ptune::reference", mutates_args=())
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-              scale: float) -> torch.Tensor:
+def reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
     return attend(q, k, v, mask, scale)
 
 
@@ -84,8 +95,9 @@ def _(q, k, v, mask, scale):
 
 
 @torch.library.custom_op("ptune::reference_bwd", mutates_args=())
-def reference_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                  scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def reference_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return attend_backward(do, q, k, v, mask, scale)
 
 

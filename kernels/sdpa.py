@@ -27,8 +27,16 @@ def attention(q, k, v, mask, is_causal: bool, scale: float, dropout_p: float = 0
     """softmax(q k^T * scale + mask) v with Hq a multiple of Hkv; `mask` boolean (True: visible) or None."""
     if q.device.type == "cpu" and q.dtype in CPU_DTYPES and dropout_p == 0.0:
         return torch.ops.ptune.sdpa_fwd(q, k, v, mask, is_causal, scale)[0]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
-                                          scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    return F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
 
 
 def _bias(mask, dtype):
@@ -46,11 +54,13 @@ def _lse_dtype(dtype):
 
 
 @torch.library.custom_op("ptune::sdpa_fwd", mutates_args=(), device_types="cpu")
-def sdpa_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def sdpa_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, log-sum-exp [B, Hq, Tq]) of the fused CPU flash-attention kernel."""
-    return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal, attn_mask=_bias(mask, q.dtype),
-                                                           scale=scale)
+    return aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, is_causal, attn_mask=_bias(mask, q.dtype), scale=scale
+    )
 
 
 @sdpa_fwd.register_fake
@@ -60,12 +70,21 @@ def _(q, k, v, mask, is_causal, scale):
 
 
 @torch.library.custom_op("ptune::sdpa_bwd", mutates_args=(), device_types="cpu")
-def sdpa_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-             lse: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sdpa_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of the fused CPU flash-attention backward kernel."""
-    return aten._scaled_dot_product_flash_attention_for_cpu_backward(do, q, k, v, out, lse, 0.0, is_causal,
-                                                                    attn_mask=_bias(mask, q.dtype), scale=scale)
+    return aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        do, q, k, v, out, lse, 0.0, is_causal, attn_mask=_bias(mask, q.dtype), scale=scale
+    )
 
 
 @sdpa_bwd.register_fake
@@ -90,14 +109,24 @@ def _autograd(ctx, do, dlse):
 sdpa_fwd.register_autograd(_autograd, setup_context=_setup_context)
 
 
-def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p=0.0,
-                     segment_ids=None, prefix_ids=None):
+def prefix_attention(
+    q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p=0.0, segment_ids=None, prefix_ids=None
+):
     B, Hq, Tq, _ = q.shape
     Tk = k.shape[2]
     P = 0 if prefix_k is None else prefix_k.shape[-2]
     if segment_ids is not None:  # packed rows: a query that sees no key (padding) gets zeros, as in reference
-        k, v, mask = packed_keys(q, k, v, prefix_k, prefix_v, causal=causal, key_padding_mask=key_padding_mask,
-                                 segment_ids=segment_ids, prefix_ids=prefix_ids)
+        k, v, mask = packed_keys(
+            q,
+            k,
+            v,
+            prefix_k,
+            prefix_v,
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            segment_ids=segment_ids,
+            prefix_ids=prefix_ids,
+        )
         empty = ~mask.any(-1, keepdim=True)  # give such a query one key, then zero its output (no NaN either way)
         mask = mask | (empty & (torch.arange(mask.shape[-1], device=mask.device) == 0))
         return attention(q, k, v, mask, False, scale, dropout_p).masked_fill(empty, 0.0)

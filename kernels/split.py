@@ -34,13 +34,14 @@ def unavailable(q: torch.Tensor, dropout_p: float = 0.0) -> str | None:
     if not q.is_floating_point():
         return f"split needs floating-point tensors, got {q.dtype}"
     if q.device.type == "cuda":
-        return ("split is CPU-only: on CUDA its math path is 15-50x slower than torch's FlashAttention and holds "
-                "~10 GB at Llama-8B shapes; use impl='triton' (fused, fp16/bf16), 'flash', 'sdpa' or 'auto'")
+        return (
+            "split is CPU-only: on CUDA its math path is 15-50x slower than torch's FlashAttention and holds "
+            "~10 GB at Llama-8B shapes; use impl='triton' (fused, fp16/bf16), 'flash', 'sdpa' or 'auto'"
+        )
     return None
 
 
-def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p=0.0,
-                     backend=None):
+def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p=0.0, backend=None):
     if dropout_p > 0.0:
         raise NotImplementedError(unavailable(q, dropout_p))
     if backend is None:
@@ -54,6 +55,7 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
 
 
 # ---- folding the queries of a KV-head group (and, for a shared prefix, of every row) into matrix rows ----
+
 
 def _fold(x, Hkv, shared):
     """[B, Hq, Tq, e] -> [Hkv, B*g*Tq, e] (shared prefix) or [B*Hkv, g*Tq, e] (per-row prefix)."""
@@ -151,7 +153,7 @@ def _split_math(q, k, v, prefix_k, prefix_v, causal, key_padding_mask, scale):
     g = Hq // Hkv
     work = torch.promote_types(q.dtype, torch.float32)
     q5 = q.to(work).reshape(B, Hkv, g, Tq, d)
-    s = torch.matmul(q5, k.to(work).unsqueeze(2).transpose(-1, -2)) * scale          # [B, Hkv, g, Tq, Tk]
+    s = torch.matmul(q5, k.to(work).unsqueeze(2).transpose(-1, -2)) * scale  # [B, Hkv, g, Tq, Tk]
     seen = visible_mask(B, Tq, Tk, 0, causal, key_padding_mask, q.device)
     if seen is not None:
         seen = seen.unsqueeze(2)

@@ -55,25 +55,41 @@ MAX_SHARED = {80: 166912, 90: 232448}
 SHARED_8X = 101376  # what 8.6 / 8.9 (RTX 30xx/40xx, A10, L4, L40) offer; they take the sm_80 tiles
 LAYOUTS = ("shared", "per_row", "none", "packed_shared", "packed_per_row", "packed_table")
 # Llama-like shapes, one per layout (the binaries do not depend on them: see reshaped_keys)
-SHAPES = {"shared": dict(B=4, T=2048, P=20), "per_row": dict(B=2, T=1024, P=128), "none": dict(B=3, T=1000, P=0),
-          "packed_shared": dict(B=2, T=2048, P=64), "packed_per_row": dict(B=3, T=1024, P=20),
-          "packed_table": dict(B=2, T=2048, P=100, N=4)}
+SHAPES = {
+    "shared": dict(B=4, T=2048, P=20),
+    "per_row": dict(B=2, T=1024, P=128),
+    "none": dict(B=3, T=1000, P=0),
+    "packed_shared": dict(B=2, T=2048, P=64),
+    "packed_per_row": dict(B=3, T=1024, P=20),
+    "packed_table": dict(B=2, T=2048, P=100, N=4),
+}
 VARIANTS = tuple(
-    [dict(dtype=torch.bfloat16, d=d, causal=c, kpm=m, layout=lay)
-     for d, c, m, lay in itertools.product((64, 128), (True, False), (True, False), LAYOUTS)]
+    [
+        dict(dtype=torch.bfloat16, d=d, causal=c, kpm=m, layout=lay)
+        for d, c, m, lay in itertools.product((64, 128), (True, False), (True, False), LAYOUTS)
+    ]
     # fp16 compiles to the same registers, spills and shared memory as bf16 (all 56 bf16 binaries at head dims 64
     # and 128 compiled in fp16 too, on both archs, when these tiles were chosen): one variant keeps it compiled
     + [dict(dtype=torch.float16, d=128, causal=False, kpm=True, layout="packed_table")]
-    + [dict(dtype=torch.bfloat16, d=256, causal=True, kpm=True, layout="per_row"),
-       dict(dtype=torch.bfloat16, d=256, causal=True, kpm=False, layout="packed_table")])
+    + [
+        dict(dtype=torch.bfloat16, d=256, causal=True, kpm=True, layout="per_row"),
+        dict(dtype=torch.bfloat16, d=256, causal=True, kpm=False, layout="packed_table"),
+    ]
+)
 # other shapes for the same variants: batch 1, lengths off every multiple of 16, one query, MHA, GQA 3, and
 # q/k/v as Hugging Face's attention hands them over (views of [B, T, H, d], transposed)
-RESHAPED = (dict(B=1, T=1, P=1, H=32, Hkv=8), dict(B=5, T=777, P=7, H=9, Hkv=3), dict(B=8, T=4096, P=0, H=16, Hkv=16),
-            dict(B=7, T=33, P=33, H=12, Hkv=4, N=3), dict(B=3, T=1001, P=20, hf=True))
+RESHAPED = (
+    dict(B=1, T=1, P=1, H=32, Hkv=8),
+    dict(B=5, T=777, P=7, H=9, Hkv=3),
+    dict(B=8, T=4096, P=0, H=16, Hkv=16),
+    dict(B=7, T=33, P=33, H=12, Hkv=4, N=3),
+    dict(B=3, T=1001, P=20, hf=True),
+)
 
 
-def launches(dtype, d, causal, kpm, layout, arch=triton_blocks.DEFAULT_ARCH, B=2, H=32, Hkv=8, T=1024, P=20, N=3,
-             hf=False):
+def launches(
+    dtype, d, causal, kpm, layout, arch=triton_blocks.DEFAULT_ARCH, B=2, H=32, Hkv=8, T=1024, P=20, N=3, hf=False
+):
     """The forward and backward launches of one call on compute capability `arch`, on meta tensors. layout:
     the prefix (shared [Hkv, P, d], per_row [B, Hkv, P, d], none), packed rows (segment ids) with a shared or
     per-row prefix, or packed rows with a table of N prefixes (and prefix ids). hf: q, k, v transposed views of
@@ -97,9 +113,10 @@ def launches(dtype, d, causal, kpm, layout, arch=triton_blocks.DEFAULT_ARCH, B=2
         packed = PackedLayout(torch.empty(4, B, T, **ints), torch.empty(B, E, 2, **ints), layout == "packed_table")
     mask = torch.empty(B, T, dtype=torch.uint8, device="meta") if kpm else None
     blocks = triton_impl.tiles(d, arch=arch)
-    (o, lse), fwd = triton_impl.forward_launch(q, k, v, pk, pv, mask, causal, d ** -0.5, blocks, packed)
-    _, bwd = triton_impl.backward_launches(q, k, v, pk, pv, mask, o, lse, torch.empty_like(o), causal, d ** -0.5,
-                                           blocks, None, packed)
+    (o, lse), fwd = triton_impl.forward_launch(q, k, v, pk, pv, mask, causal, d**-0.5, blocks, packed)
+    _, bwd = triton_impl.backward_launches(
+        q, k, v, pk, pv, mask, o, lse, torch.empty_like(o), causal, d**-0.5, blocks, None, packed
+    )
     return [fwd, *bwd]
 
 
@@ -140,8 +157,8 @@ def jit_compile(launch, arch):
 
     with _jit_for(arch, ("aot", arch)), knobs.runtime.scope(), knobs.nvidia.scope(), knobs.compilation.scope():
         knobs.runtime.jit_cache_hook = hook
-        knobs.nvidia.dump_ptxas_log = True        # printed by triton after its ptxas run: captured below
-        knobs.compilation.always_compile = True   # never an on-disk cache hit, which would print no log
+        knobs.nvidia.dump_ptxas_log = True  # printed by triton after its ptxas run: captured below
+        knobs.compilation.always_compile = True  # never an on-disk cache hit, which would print no log
         with contextlib.redirect_stdout(log):
             kernel = launch.kernel.warmup(*launch.args, grid=launch.grid, **launch.meta)
     return kernel, (keys[0] if keys else None), (log.getvalue() if keys else None)
@@ -165,7 +182,7 @@ def jit_keys(launch_lists, arch):
 
 def ptxas_resources(log, name):
     """(registers, spill store bytes, spill load bytes) of entry function `name` from a `ptxas -v` log."""
-    part = log[log.index(f"Function properties for {name}"):]
+    part = log[log.index(f"Function properties for {name}") :]
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", part)
     regs = re.search(r"Used (\d+) registers", part)
     return int(regs.group(1)), int(spills.group(1)), int(spills.group(2))
@@ -178,8 +195,7 @@ def describe(kernel):
     """(short name, dtype, BLOCK_D, flags) of a compiled kernel, from what its binder derived."""
     sig, names = kernel.src.signature, kernel.src.fn.arg_names
     const = {names[path[0]]: value for path, value in kernel.src.constants.items()}
-    flags = [f for f, on in (("causal", const["CAUSAL"]), ("kpm", const["HAS_KPM"]), ("packed", const["PACKED"]))
-             if on]
+    flags = [f for f, on in (("causal", const["CAUSAL"]), ("kpm", const["HAS_KPM"]), ("packed", const["PACKED"])) if on]
     short = KERNEL_NAMES[kernel.src.fn.__name__]
     if short == "dkdv":
         flags.insert(0, "prefix keys" if const["PREFIX"] else "sequence keys")
@@ -192,8 +208,10 @@ def compile_all(archs=ARCHS, variants=VARIANTS):
     """Compile every distinct launch of every variant for every arch; one record per compile (error: None or
     its text)."""
     if triton_impl.INTERPRETED:
-        raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1: there is nothing to compile; "
-                           "run with TRITON_INTERPRET unset")
+        raise RuntimeError(
+            "the kernels were imported under TRITON_INTERPRET=1: there is nothing to compile; "
+            "run with TRITON_INTERPRET unset"
+        )
     records = []
     for arch in archs:
         for variant in variants:
@@ -207,19 +225,31 @@ def compile_all(archs=ARCHS, variants=VARIANTS):
                     regs, stores, loads = ptxas_resources(log, kernel.name)
                     names = kernel.src.fn.arg_names
                     short, dtype, d, flags = describe(kernel)
-                    rec |= dict(kernel=short, dtype=dtype, d=d, flags=flags, key=key, registers=regs,
-                                spill_stores=stores, spill_loads=loads, shared=kernel.metadata.shared,
-                                signature=dict(kernel.src.signature),
-                                constexprs={names[p[0]]: v for p, v in kernel.src.constants.items()},
-                                divisible=sorted(names[p[0]] for p, a in kernel.src.attrs.items() if a),
-                                options=dict(num_warps=kernel.metadata.num_warps,
-                                             num_stages=kernel.metadata.num_stages))
+                    rec |= dict(
+                        kernel=short,
+                        dtype=dtype,
+                        d=d,
+                        flags=flags,
+                        key=key,
+                        registers=regs,
+                        spill_stores=stores,
+                        spill_loads=loads,
+                        shared=kernel.metadata.shared,
+                        signature=dict(kernel.src.signature),
+                        constexprs={names[p[0]]: v for p, v in kernel.src.constants.items()},
+                        divisible=sorted(names[p[0]] for p, a in kernel.src.attrs.items() if a),
+                        options=dict(num_warps=kernel.metadata.num_warps, num_stages=kernel.metadata.num_stages),
+                    )
                     if kernel.metadata.shared > MAX_SHARED[arch]:
-                        rec["error"] = (f"needs {kernel.metadata.shared} bytes of shared memory per block; "
-                                        f"sm_{arch} has {MAX_SHARED[arch]}")
+                        rec["error"] = (
+                            f"needs {kernel.metadata.shared} bytes of shared memory per block; "
+                            f"sm_{arch} has {MAX_SHARED[arch]}"
+                        )
                 except Exception as e:  # noqa: BLE001 -- reported per launch, with its text
-                    rec |= dict(kernel=KERNEL_NAMES.get(launch.kernel.__name__, launch.kernel.__name__),
-                                error=f"{type(e).__name__}: {e}")
+                    rec |= dict(
+                        kernel=KERNEL_NAMES.get(launch.kernel.__name__, launch.kernel.__name__),
+                        error=f"{type(e).__name__}: {e}",
+                    )
                 rec["seconds"] = round(time.perf_counter() - start, 2)
                 records.append(rec)
     return records
@@ -229,8 +259,14 @@ def reshaped_keys(arch, variants=VARIANTS):
     """The JIT keys that RESHAPED calls of the variants need beyond those of their SHAPES calls: none when no
     size the kernels leave unspecialised leaks into a binary."""
     base = set(jit_keys([launches(**v, **SHAPES[v["layout"]], arch=arch) for v in variants], arch))
-    other = jit_keys([launches(**v, **{**SHAPES[v["layout"]], **s, **({"P": 0} if v["layout"] == "none" else {})},
-                               arch=arch) for v in variants for s in RESHAPED], arch)
+    other = jit_keys(
+        [
+            launches(**v, **{**SHAPES[v["layout"]], **s, **({"P": 0} if v["layout"] == "none" else {})}, arch=arch)
+            for v in variants
+            for s in RESHAPED
+        ],
+        arch,
+    )
     return sorted(set(other) - base)
 
 
@@ -244,14 +280,19 @@ ORDER = {"fwd": 0, "dq": 1, "dkdv": 2}
 def table_rows(records):
     """The computed part of docs/kernel_resources.md: one line per compiled kernel, sorted."""
     recs = sorted(records, key=lambda r: (r["arch"], r["d"], r["dtype"], ORDER[r["kernel"]], r["flags"]))
-    lines = ["| arch | kernel | dtype | d | what | BLOCK_M x BLOCK_N, warps, stages | registers | spill stores / loads "
-             "(B per thread) | shared (B) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| arch | kernel | dtype | d | what | BLOCK_M x BLOCK_N, warps, stages | registers | spill stores / loads "
+        "(B per thread) | shared (B) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in recs:
         c, o = r["constexprs"], r["options"]
         spill = f"{r['spill_stores']} / {r['spill_loads']}"
-        lines.append(f"| sm_{r['arch']} | {r['kernel']} | {r['dtype']} | {r['d']} | {', '.join(r['flags']) or '-'} | "
-                     f"{c['BLOCK_M']} x {c['BLOCK_N']}, {o['num_warps']}, {o['num_stages']} | {r['registers']} | "
-                     f"{'**' + spill + '**' if r['spill_stores'] or r['spill_loads'] else spill} | {r['shared']} |")
+        lines.append(
+            f"| sm_{r['arch']} | {r['kernel']} | {r['dtype']} | {r['d']} | {', '.join(r['flags']) or '-'} | "
+            f"{c['BLOCK_M']} x {c['BLOCK_N']}, {o['num_warps']}, {o['num_stages']} | {r['registers']} | "
+            f"{'**' + spill + '**' if r['spill_stores'] or r['spill_loads'] else spill} | {r['shared']} |"
+        )
     return "\n".join(lines)
 
 
@@ -259,7 +300,7 @@ def computed_part(text):
     """The part of a kernel_resources.md between BEGIN and END (None when the markers are missing)."""
     if BEGIN not in text or END not in text:
         return None
-    return text[text.index(BEGIN) + len(BEGIN):text.index(END)].strip()
+    return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
 
 
 def ptxas_versions():
@@ -274,10 +315,12 @@ def summary(records):
     for arch, d in sorted({(r["arch"], r["d"]) for r in records}):
         rs = [r for r in records if (r["arch"], r["d"]) == (arch, d)]
         spilling = [r for r in rs if r["spill_stores"] or r["spill_loads"]]
-        out.append(f"- sm_{arch}, head dim {d}: {len(rs)} kernels, {len(spilling)} spilling"
-                   + (f" (at most {max(r['spill_stores'] for r in spilling)} B of stores per thread)" if spilling
-                      else "") + f", at most {max(r['registers'] for r in rs)} registers, "
-                   f"at most {max(r['shared'] for r in rs)} B of shared memory")
+        out.append(
+            f"- sm_{arch}, head dim {d}: {len(rs)} kernels, {len(spilling)} spilling"
+            + (f" (at most {max(r['spill_stores'] for r in spilling)} B of stores per thread)" if spilling else "")
+            + f", at most {max(r['registers'] for r in rs)} registers, "
+            f"at most {max(r['shared'] for r in rs)} B of shared memory"
+        )
     return "\n".join(out)
 
 
@@ -291,12 +334,17 @@ def _machine():
 
 
 def write_table(path, records):
-    tiles = "\n".join(f"- sm_{arch}, BLOCK_D <= {bd}: forward {f[0]} x {f[1]} ({f[2]} warps), dQ {q[0]} x {q[1]} "
-                      f"({q[2]} warps), dK/dV {kv[0]} x {kv[1]} ({kv[2]} warps)"
-                      for arch, rows in sorted(triton_blocks.TABLE.items()) for bd, (f, q, kv) in sorted(rows.items()))
+    tiles = "\n".join(
+        f"- sm_{arch}, BLOCK_D <= {bd}: forward {f[0]} x {f[1]} ({f[2]} warps), dQ {q[0]} x {q[1]} "
+        f"({q[2]} warps), dK/dV {kv[0]} x {kv[1]} ({kv[2]} warps)"
+        for arch, rows in sorted(triton_blocks.TABLE.items())
+        for bd, (f, q, kv) in sorted(rows.items())
+    )
     versions = ptxas_versions()
-    made = (f"{datetime.date.today().isoformat()}, triton {triton.__version__} (its wheel's ptxas {versions[80]} for "
-            f"sm_80 and {versions[90]} for sm_90), torch {torch.__version__}, on {_machine()}, without a GPU")
+    made = (
+        f"{datetime.date.today().isoformat()}, triton {triton.__version__} (its wheel's ptxas {versions[80]} for "
+        f"sm_80 and {versions[90]} for sm_90), torch {torch.__version__}, on {_machine()}, without a GPU"
+    )
     text = f"""# Registers, spills and shared memory of the Triton kernels
 
 Made by `TRITON_INTERPRET= python -m ptune_dist.kernels.triton_aot --table docs/kernel_resources.md`:
@@ -352,8 +400,12 @@ def main(argv=None):
         print(json.dumps(dict(records=records, reshaped={a: reshaped_keys(a) for a in args.arch})))
     else:
         for r in records:
-            what = (r["error"].strip().splitlines()[-1] if r["error"] else
-                    f"{r['registers']} registers, spills {r['spill_stores']}/{r['spill_loads']} B, {r['shared']} B shared")
+            what = (
+                r["error"].strip().splitlines()[-1]
+                if r["error"]
+                else f"{r['registers']} registers, spills {r['spill_stores']}/{r['spill_loads']} B, "
+                f"{r['shared']} B shared"
+            )
             print(f"sm_{r['arch']} {r['kernel']} {r.get('dtype')} d{r.get('d')} {r.get('flags')}: {what}")
     return 1 if any(r["error"] for r in records) else 0
 

@@ -61,11 +61,15 @@ def unavailable(q: torch.Tensor, dropout_p: float = 0.0) -> str | None:
     if INTERPRETED:
         return None if q.device.type == "cpu" else "the Triton interpreter (TRITON_INTERPRET=1) runs on CPU tensors"
     if q.device.type != "cuda":
-        return (f"Triton compiles for a GPU and the tensors are on {q.device.type}; on CPU it runs only in its "
-                "interpreter: set TRITON_INTERPRET=1 before the kernels are first imported (slow; for tests)")
+        return (
+            f"Triton compiles for a GPU and the tensors are on {q.device.type}; on CPU it runs only in its "
+            "interpreter: set TRITON_INTERPRET=1 before the kernels are first imported (slow; for tests)"
+        )
     if q.dtype == torch.float32:
-        return ("the Triton kernels are not launched in float32 on CUDA (fp32 dots without tensor cores spill "
-                "registers; fp32 is checked only in the CPU interpreter): impl='sdpa' runs it, and 'auto' picks that")
+        return (
+            "the Triton kernels are not launched in float32 on CUDA (fp32 dots without tensor cores spill "
+            "registers; fp32 is checked only in the CPU interpreter): impl='sdpa' runs it, and 'auto' picks that"
+        )
     return None
 
 
@@ -87,8 +91,11 @@ def tiles(D, block_m=None, block_n=None, arch=None) -> Tiles:
 def _opts(dtype, blocks: Tiles, kernel: str) -> dict:
     """Launch keywords of `kernel`: its tiles and warps (no warps in the interpreter), fp32 tiles in the
     interpreter (triton issue 11584), IEEE dots for fp32 inputs (the interpreter's only)."""
-    opts = dict(UPCAST=INTERPRETED, DOT_PRECISION="ieee" if dtype == torch.float32 or INTERPRETED else "tf32",
-                **blocks.of(kernel))
+    opts = dict(
+        UPCAST=INTERPRETED,
+        DOT_PRECISION="ieee" if dtype == torch.float32 or INTERPRETED else "tf32",
+        **blocks.of(kernel),
+    )
     if INTERPRETED:
         del opts["num_warps"]
     return opts
@@ -146,16 +153,39 @@ def forward_launch(q, k, v, pk, pv, kpm, causal, scale, blocks: Tiles, packed: P
     has_kpm = kpm is not None
     table = packed is not None and packed.table
     packed_meta, stride_sp = _packed_args(packed, q)
-    args = (q, k, v, pk, pv, kpm if has_kpm else q, packed_meta, o, lse,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides4(pk, table), *_strides4(pv, table),
-            kpm.stride(0) if has_kpm else 0, stride_sp, *o.stride()[:3],
-            H, H // Hkv, Tq, Tk, pk.shape[-2], D, scale)
+    args = (
+        q,
+        k,
+        v,
+        pk,
+        pv,
+        kpm if has_kpm else q,
+        packed_meta,
+        o,
+        lse,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *_strides4(pk, table),
+        *_strides4(pv, table),
+        kpm.stride(0) if has_kpm else 0,
+        stride_sp,
+        *o.stride()[:3],
+        H,
+        H // Hkv,
+        Tq,
+        Tk,
+        pk.shape[-2],
+        D,
+        scale,
+    )
     meta = dict(CAUSAL=causal, HAS_KPM=has_kpm, PACKED=packed is not None, **_opts(q.dtype, blocks, "fwd"))
     return (o, lse), Launch(prefix_attention_fwd, (triton.cdiv(Tq, blocks.fwd_m), B * H), args, meta)
 
 
-def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks: Tiles, prefix_rows,
-                      packed: PackedLayout | None = None):
+def backward_launches(
+    q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks: Tiles, prefix_rows, packed: PackedLayout | None = None
+):
     """The gradient buffers (dq, dk, dv, prefix ones: per-row, or [groups, E, Hkv, P, D] fp32 partial sums
     for a shared prefix (E = 1) or a prefix table (E = N)) and the backward kernels' launches that fill them
     (blocks: `tiles`)."""
@@ -172,21 +202,84 @@ def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks: T
     flags = dict(PACKED=packed is not None)
 
     dq = torch.empty_like(q)
-    launches = [Launch(prefix_attention_bwd_dq, (triton.cdiv(Tq, blocks.dq_m), B * H), (
-        q, k, v, pk, pv, kpm_arg, packed_meta, do, lse, delta, dq,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *_strides4(pk, table), *_strides4(pv, table),
-        kpm_stride, stride_sp, *do.stride()[:3], *dq.stride()[:3],
-        H, H // Hkv, Tq, Tk, P, D, scale), dict(CAUSAL=causal, HAS_KPM=has_kpm, **flags,
-                                                **_opts(q.dtype, blocks, "dq")))]
+    launches = [
+        Launch(
+            prefix_attention_bwd_dq,
+            (triton.cdiv(Tq, blocks.dq_m), B * H),
+            (
+                q,
+                k,
+                v,
+                pk,
+                pv,
+                kpm_arg,
+                packed_meta,
+                do,
+                lse,
+                delta,
+                dq,
+                *q.stride()[:3],
+                *k.stride()[:3],
+                *v.stride()[:3],
+                *_strides4(pk, table),
+                *_strides4(pv, table),
+                kpm_stride,
+                stride_sp,
+                *do.stride()[:3],
+                *dq.stride()[:3],
+                H,
+                H // Hkv,
+                Tq,
+                Tk,
+                P,
+                D,
+                scale,
+            ),
+            dict(CAUSAL=causal, HAS_KPM=has_kpm, **flags, **_opts(q.dtype, blocks, "dq")),
+        )
+    ]
 
     meta = dict(**flags, **_opts(q.dtype, blocks, "kv"))
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    launches.append(Launch(prefix_attention_bwd_dkdv, (triton.cdiv(Tk, BN), Hkv, B), (
-        q, k, v, kpm_arg, packed_meta, packed_meta, do, lse, delta, dk, dv,
-        *q.stride()[:3], *_strides4(k), *_strides4(v), kpm_stride, stride_sp, Tk, *do.stride()[:3],
-        *_strides4(dk), *_strides4(dv),
-        B, H, H // Hkv, Tq, Tk, Tk - Tq, D, scale, 1, 1),
-        dict(CAUSAL=causal, HAS_KPM=has_kpm, PREFIX=False, **meta)))
+    launches.append(
+        Launch(
+            prefix_attention_bwd_dkdv,
+            (triton.cdiv(Tk, BN), Hkv, B),
+            (
+                q,
+                k,
+                v,
+                kpm_arg,
+                packed_meta,
+                packed_meta,
+                do,
+                lse,
+                delta,
+                dk,
+                dv,
+                *q.stride()[:3],
+                *_strides4(k),
+                *_strides4(v),
+                kpm_stride,
+                stride_sp,
+                Tk,
+                *do.stride()[:3],
+                *_strides4(dk),
+                *_strides4(dv),
+                B,
+                H,
+                H // Hkv,
+                Tq,
+                Tk,
+                Tk - Tq,
+                D,
+                scale,
+                1,
+                1,
+            ),
+            dict(CAUSAL=causal, HAS_KPM=has_kpm, PREFIX=False, **meta),
+        )
+    )
 
     dpk_buf = dpv_buf = None
     if P:
@@ -200,23 +293,69 @@ def backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks: T
         else:
             dpk_buf, dpv_buf = torch.empty_like(pk), torch.empty_like(pv)
         ranges = packed_meta if packed is None else packed.ranges
-        launches.append(Launch(prefix_attention_bwd_dkdv, (triton.cdiv(P, BN), Hkv, groups * E), (
-            q, pk, pv, kpm_arg, packed_meta, ranges, do, lse, delta, dpk_buf, dpv_buf,
-            *q.stride()[:3], *_strides4(pk, table), *_strides4(pv, table), 0, stride_sp, Tk, *do.stride()[:3],
-            *_strides4(dpk_buf), *_strides4(dpv_buf),
-            B, H, H // Hkv, Tq, P, 0, D, scale, rows, E),
-            dict(CAUSAL=False, HAS_KPM=False, PREFIX=True, **meta)))
+        launches.append(
+            Launch(
+                prefix_attention_bwd_dkdv,
+                (triton.cdiv(P, BN), Hkv, groups * E),
+                (
+                    q,
+                    pk,
+                    pv,
+                    kpm_arg,
+                    packed_meta,
+                    ranges,
+                    do,
+                    lse,
+                    delta,
+                    dpk_buf,
+                    dpv_buf,
+                    *q.stride()[:3],
+                    *_strides4(pk, table),
+                    *_strides4(pv, table),
+                    0,
+                    stride_sp,
+                    Tk,
+                    *do.stride()[:3],
+                    *_strides4(dpk_buf),
+                    *_strides4(dpv_buf),
+                    B,
+                    H,
+                    H // Hkv,
+                    Tq,
+                    P,
+                    0,
+                    D,
+                    scale,
+                    rows,
+                    E,
+                ),
+                dict(CAUSAL=False, HAS_KPM=False, PREFIX=True, **meta),
+            )
+        )
     return (dq, dk, dv, dpk_buf, dpv_buf), launches
 
 
 # -- the kernels as torch.library custom operators: a forward and a backward op, with fake implementations (what
 # FakeTensorMode and torch.compile see: the same buffers, no launch) and the autograd formula joining them ----------
 
+
 @torch.library.custom_op("ptune::triton_fwd", mutates_args=())
-def triton_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
-               kpm: torch.Tensor | None, seg_meta: torch.Tensor | None, ranges: torch.Tensor | None, table: bool,
-               causal: bool, scale: float, block_m: int | None, block_n: int | None,
-               prefix_rows: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def triton_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pk: torch.Tensor,
+    pv: torch.Tensor,
+    kpm: torch.Tensor | None,
+    seg_meta: torch.Tensor | None,
+    ranges: torch.Tensor | None,
+    table: bool,
+    causal: bool,
+    scale: float,
+    block_m: int | None,
+    block_n: int | None,
+    prefix_rows: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, log-sum-exp) of the fused forward kernel; `prefix_rows` is the backward's (carried for autograd)."""
     blocks = tiles(q.shape[-1], block_m, block_n, triton_blocks.device_arch(q))
     packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
@@ -231,30 +370,82 @@ def _(q, k, v, pk, pv, kpm, seg_meta, ranges, table, causal, scale, block_m, blo
 
 
 @torch.library.custom_op("ptune::triton_bwd", mutates_args=())
-def triton_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pk: torch.Tensor,
-               pv: torch.Tensor, kpm: torch.Tensor | None, o: torch.Tensor, lse: torch.Tensor,
-               seg_meta: torch.Tensor | None, ranges: torch.Tensor | None, table: bool, causal: bool, scale: float,
-               block_m: int | None, block_n: int | None,
-               prefix_rows: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def triton_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pk: torch.Tensor,
+    pv: torch.Tensor,
+    kpm: torch.Tensor | None,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    seg_meta: torch.Tensor | None,
+    ranges: torch.Tensor | None,
+    table: bool,
+    causal: bool,
+    scale: float,
+    block_m: int | None,
+    block_n: int | None,
+    prefix_rows: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dpk, dpv) of the fused backward kernels; the prefix gradients are zero-length when P = 0."""
-    return _backward(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n,
-                     prefix_rows, run=True)
+    return _backward(
+        do,
+        q,
+        k,
+        v,
+        pk,
+        pv,
+        kpm,
+        o,
+        lse,
+        seg_meta,
+        ranges,
+        table,
+        causal,
+        scale,
+        block_m,
+        block_n,
+        prefix_rows,
+        run=True,
+    )
 
 
 @triton_bwd.register_fake
 def _(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n, prefix_rows):
-    return _backward(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n,
-                     prefix_rows, run=False)
+    return _backward(
+        do,
+        q,
+        k,
+        v,
+        pk,
+        pv,
+        kpm,
+        o,
+        lse,
+        seg_meta,
+        ranges,
+        table,
+        causal,
+        scale,
+        block_m,
+        block_n,
+        prefix_rows,
+        run=False,
+    )
 
 
-def _backward(do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n,
-              prefix_rows, run: bool):
+def _backward(
+    do, q, k, v, pk, pv, kpm, o, lse, seg_meta, ranges, table, causal, scale, block_m, block_n, prefix_rows, run: bool
+):
     """The backward's buffers, filled by its launches when `run` (the fake implementation allocates the same
     buffers, partial sums included, so a traced step holds what the GPU would)."""
     packed = None if seg_meta is None else PackedLayout(seg_meta, ranges, table)
     blocks = tiles(q.shape[-1], block_m, block_n, triton_blocks.device_arch(q))
-    (dq, dk, dv, dpk, dpv), launches = backward_launches(q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks,
-                                                         prefix_rows, packed)
+    (dq, dk, dv, dpk, dpv), launches = backward_launches(
+        q, k, v, pk, pv, kpm, o, lse, do, causal, scale, blocks, prefix_rows, packed
+    )
     for launch in launches if run else ():
         launch.run()
     if dpk is None:  # no prefix: zero-length gradients of the zero-length prefix
@@ -287,8 +478,23 @@ def _last_dim_contiguous(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, scale, dropout_p=0.0,
-                     block_m=None, block_n=None, prefix_rows_per_program=None, segment_ids=None, prefix_ids=None):
+def prefix_attention(
+    q,
+    k,
+    v,
+    prefix_k,
+    prefix_v,
+    *,
+    causal,
+    key_padding_mask,
+    scale,
+    dropout_p=0.0,
+    block_m=None,
+    block_n=None,
+    prefix_rows_per_program=None,
+    segment_ids=None,
+    prefix_ids=None,
+):
     """Packed rows: segment_ids [B, Tk] (each sequence one contiguous run; -1 padding), and prefix_ids [B, Tq]
     with a prefix table prefix_k [N, Hkv, P, d]; see kernels/__init__.py."""
     why = unavailable(q, dropout_p)
@@ -299,8 +505,13 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
     packed = None
     if segment_ids is not None:
         has_prefix = prefix_k is not None and prefix_k.shape[-2] > 0
-        packed = cached_layout(segment_ids, prefix_ids if has_prefix else None, q.shape[2], has_prefix,
-                               prefix_k.shape[0] if has_prefix else 1)
+        packed = cached_layout(
+            segment_ids,
+            prefix_ids if has_prefix else None,
+            q.shape[2],
+            has_prefix,
+            prefix_k.shape[0] if has_prefix else 1,
+        )
     if prefix_k is None:
         prefix_k = prefix_v = q.new_empty(k.shape[1], 0, q.shape[-1])
     prefix_k, prefix_v = prefix_k.to(dtype), prefix_v.to(dtype)
@@ -310,6 +521,20 @@ def prefix_attention(q, k, v, prefix_k, prefix_v, *, causal, key_padding_mask, s
         if x is not None and (x < 16 or x & (x - 1)):
             raise ValueError(f"triton prefix attention: {name}={x} must be a power of two >= 16")
     seg_meta, ranges, table = packed if packed is not None else (None, None, False)
-    out, _ = triton_fwd(q, k, v, prefix_k, prefix_v, kpm, seg_meta, ranges, table, bool(causal), float(scale),
-                        block_m, block_n, prefix_rows_per_program)  # ptune::triton_fwd
+    out, _ = triton_fwd(
+        q,
+        k,
+        v,
+        prefix_k,
+        prefix_v,
+        kpm,
+        seg_meta,
+        ranges,
+        table,
+        bool(causal),
+        float(scale),
+        block_m,
+        block_n,
+        prefix_rows_per_program,
+    )  # ptune::triton_fwd
     return out

@@ -39,9 +39,9 @@ BIG = tl.constexpr(1 << 30)  # "no position": larger than any position or entry
 
 
 class PackedLayout(NamedTuple):
-    meta: torch.Tensor    # int32 [4, B, Tk]: see the module docstring
+    meta: torch.Tensor  # int32 [4, B, Tk]: see the module docstring
     ranges: torch.Tensor  # int32 [B, E, 2]: per row and prefix entry, the first query naming it and one past the last
-    table: bool           # the prefix is a table [N, Hkv, P, d] indexed by prefix_ids (E = N); else E = 1
+    table: bool  # the prefix is a table [N, Hkv, P, d] indexed by prefix_ids (E = N); else E = 1
 
 
 def layout(segment_ids: torch.Tensor, prefix_ids, Tq: int, has_prefix: bool, entries: int = 1) -> PackedLayout:
@@ -56,13 +56,13 @@ def layout(segment_ids: torch.Tensor, prefix_ids, Tq: int, has_prefix: bool, ent
     first = torch.where(starts, pos, 0).cummax(1).values
     last = torch.where(ends, pos + 1, Tk).flip(1).cummin(1).values.flip(1)
     entry = torch.full_like(seg, -1)
-    q_real = real[:, Tk - Tq:]
+    q_real = real[:, Tk - Tq :]
     if has_prefix:
         chosen = prefix_ids.to(torch.int64) if prefix_ids is not None else torch.zeros_like(q_real, dtype=torch.int64)
-        entry[:, Tk - Tq:] = torch.where(q_real, chosen, -1)
+        entry[:, Tk - Tq :] = torch.where(q_real, chosen, -1)
     meta = torch.stack([seg, torch.where(real, first, Tk), torch.where(real, last, 0), entry]).to(torch.int32)
     E = entries if prefix_ids is not None else 1
-    idx = entry[:, Tk - Tq:] + 1  # 0: no entry
+    idx = entry[:, Tk - Tq :] + 1  # 0: no entry
     i = torch.arange(Tq, device=seg.device).expand(B, Tq)
     lo = torch.full((B, E + 1), Tq, dtype=torch.int64, device=seg.device).scatter_reduce(1, idx, i, "amin")
     hi = torch.zeros(B, E + 1, dtype=torch.int64, device=seg.device).scatter_reduce(1, idx, i + 1, "amax")
@@ -81,8 +81,9 @@ def cached_layout(segment_ids: torch.Tensor, prefix_ids, Tq: int, has_prefix: bo
     args = (Tq, has_prefix, entries, tuple(None if t is None else t._version for t in tensors))
     if _LAST:
         refs, last_args, pl = _LAST[0]
-        if last_args == args and all((r is None and t is None) or (r is not None and r() is t)
-                                     for r, t in zip(refs, tensors)):
+        if last_args == args and all(
+            (r is None and t is None) or (r is not None and r() is t) for r, t in zip(refs, tensors)
+        ):
             return pl
     pl = layout(segment_ids, prefix_ids, Tq, has_prefix, entries)
     _LAST[:] = [(tuple(None if t is None else weakref.ref(t) for t in tensors), args, pl)]
@@ -97,15 +98,20 @@ def _check_contiguous(seg, run_starts):
     srt = seg.sort(1).values
     distinct = ((srt[:, 1:] != srt[:, :-1]) & (srt[:, 1:] >= 0)).sum(1) + (srt[:, 0] >= 0)
     if seg.device.type != "cpu":
-        torch._assert_async((runs == distinct).all(), "triton prefix attention: a packed sequence in segment_ids "
-                            "is split into several runs of positions; the Triton kernels take each as one run")
+        torch._assert_async(
+            (runs == distinct).all(),
+            "triton prefix attention: a packed sequence in segment_ids "
+            "is split into several runs of positions; the Triton kernels take each as one run",
+        )
         return
     bad = (runs != distinct).nonzero()
     if bad.numel():
         b = int(bad[0, 0])
         split = int((torch.bincount(seg[b][run_starts[b]]) > 1).nonzero()[0, 0])
-        raise ValueError(f"triton prefix attention: segment_ids row {b}: segment {split} is split into several "
-                         "runs of positions; the Triton kernels take each packed sequence as one contiguous run")
+        raise ValueError(
+            f"triton prefix attention: segment_ids row {b}: segment {split} is split into several "
+            "runs of positions; the Triton kernels take each packed sequence as one contiguous run"
+        )
 
 
 def key_ranges(pl: PackedLayout, Tq: int, causal: bool, block_m: int) -> torch.Tensor:
@@ -114,8 +120,8 @@ def key_ranges(pl: PackedLayout, Tq: int, causal: bool, block_m: int) -> torch.T
     B, Tk = pl.meta.shape[1:]
     blocks = triton.cdiv(Tq, block_m)
     pad = blocks * block_m - Tq
-    lo = F.pad(pl.meta[1, :, Tk - Tq:].long(), (0, pad), value=1 << 30).view(B, blocks, block_m).amin(-1)
-    hi = F.pad(pl.meta[2, :, Tk - Tq:].long(), (0, pad), value=0).view(B, blocks, block_m).amax(-1)
+    lo = F.pad(pl.meta[1, :, Tk - Tq :].long(), (0, pad), value=1 << 30).view(B, blocks, block_m).amin(-1)
+    hi = F.pad(pl.meta[2, :, Tk - Tq :].long(), (0, pad), value=0).view(B, blocks, block_m).amax(-1)
     if causal:
         last = torch.arange(1, blocks + 1, device=hi.device) * block_m + Tk - Tq
         hi = torch.minimum(hi, last.clamp(max=Tk))

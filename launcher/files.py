@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ptune_dist.nofollow import write_atomic
 from ptune_dist.checkpoint.target import existing_above
 from ptune_dist.config import load_config
 from ptune_dist.errors import PtuneError
+from ptune_dist.nofollow import write_atomic
 
 
 def resolved(files, overrides):

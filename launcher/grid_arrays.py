@@ -41,13 +41,18 @@ def groups(root: Path, cells: list[dict], configs: list[RunConfig]) -> list[tupl
 
 def array_script(grid: RunConfig, cfg: RunConfig, list_path: Path, n: int, k: int) -> str:
     """Array k over the n cells listed in list_path; its logs with the grid's (grid's launch.log_dir)."""
-    job = dataclasses.replace(cfg, output_dir=grid.output_dir,
-                              launch=dataclasses.replace(cfg.launch, log_dir=str(slurm.log_dir(grid)),
-                                                         job_name=f"{grid.launch.job_name}-{k}"))
+    job = dataclasses.replace(
+        cfg,
+        output_dir=grid.output_dir,
+        launch=dataclasses.replace(
+            cfg.launch, log_dir=str(slurm.log_dir(grid)), job_name=f"{grid.launch.job_name}-{k}"
+        ),
+    )
     expr = f'"$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {slurm.quote(list_path)})"'
     record = f"{slurm.common_values(job)['python']} -m ptune_dist.launcher.grid_attempts {expr}"
-    return slurm.train_script(job, list_path, log_name="%x-%A_%a.out", array=f"0-{n - 1}", config_expr=expr,
-                              record=record)
+    return slurm.train_script(
+        job, list_path, log_name="%x-%A_%a.out", array=f"0-{n - 1}", config_expr=expr, record=record
+    )
 
 
 def scripts(grid: RunConfig, root: Path, cells: list[dict], configs: list[RunConfig]) -> list[tuple]:
@@ -61,8 +66,9 @@ def scripts(grid: RunConfig, root: Path, cells: list[dict], configs: list[RunCon
     return out
 
 
-def submit(grid: RunConfig, root: Path, cells: list[dict], configs: list[RunConfig], kind: str,
-           gather: str, gather_file: str) -> dict:
+def submit(
+    grid: RunConfig, root: Path, cells: list[dict], configs: list[RunConfig], kind: str, gather: str, gather_file: str
+) -> dict:
     """Submit the arrays, then the job that runs `ptune <gather> ROOT` after them (its script `gather_file`);
     job.json (of kind `kind`: slurm.KINDS) records whatever was submitted."""
     slurm.check_record(grid, kind)
@@ -83,7 +89,9 @@ def submit(grid: RunConfig, root: Path, cells: list[dict], configs: list[RunConf
         record["gather_job_id"] = slurm.sbatch(write_file(folder / gather_file, after, "launch.log_dir"))
     except PtuneError as e:
         path = slurm.write_record(folder, record)
-        raise PtuneError(f"{e}; submitted so far: {record['job_ids'] or 'nothing'} (recorded in {path}); run the same "
-                         f"`ptune {kind}` once they end to submit the rest, or `ptune cancel` {root}") from None
+        raise PtuneError(
+            f"{e}; submitted so far: {record['job_ids'] or 'nothing'} (recorded in {path}); run the same "
+            f"`ptune {kind}` once they end to submit the rest, or `ptune cancel` {root}"
+        ) from None
     slurm.write_record(folder, record)
     return record

@@ -66,8 +66,10 @@ def record(folder: Path, event: str) -> dict:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or not (argv[1] in ("start", "requeued") or argv[1].lstrip("-").isdigit()):
-        print("usage: python -m ptune_dist.launcher.grid_attempts CELL/launch.yaml start|requeued|EXIT_STATUS",
-              file=sys.stderr)
+        print(
+            "usage: python -m ptune_dist.launcher.grid_attempts CELL/launch.yaml start|requeued|EXIT_STATUS",
+            file=sys.stderr,
+        )
         return 2
     try:
         record(Path(argv[0]).parent, argv[1])

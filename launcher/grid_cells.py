@@ -21,10 +21,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from ptune_dist.checkpoint import folder_rule
-from ptune_dist.nofollow import refuse_link
 from ptune_dist.config import from_yaml, to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError, PtuneError
+from ptune_dist.nofollow import refuse_link
 
 from .files import make_dir, write_file
 from .grid_attempts import attempts
@@ -50,15 +50,21 @@ def check_cell_config(root: Path, cell: dict, cfg: RunConfig) -> None:
     try:
         old = flat(from_yaml(path.read_text()))
     except (OSError, ConfigError) as e:
-        raise ConfigError(f"output_dir={str(root)!r}: {path} is not a readable cell config ({e}); "
-                          f"{NEW_OUTPUT_DIR}") from None
+        raise ConfigError(
+            f"output_dir={str(root)!r}: {path} is not a readable cell config ({e}); {NEW_OUTPUT_DIR}"
+        ) from None
     new = flat(cfg)
-    refused = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k) and not any(fnmatchcase(k, pat) for pat in RESUMABLE)]
+    refused = [
+        f"{k}: {old.get(k)!r} there, {new.get(k)!r} here"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and not any(fnmatchcase(k, pat) for pat in RESUMABLE)
+    ]
     if refused:
-        raise ConfigError(f"output_dir={str(root)!r} holds this grid's cell {cell['id']} with other settings "
-                          f"({'; '.join(refused[:4])}{'; ...' if len(refused) > 4 else ''}); its results belong to "
-                          f"those: put the old values back, or {NEW_OUTPUT_DIR}")
+        raise ConfigError(
+            f"output_dir={str(root)!r} holds this grid's cell {cell['id']} with other settings "
+            f"({'; '.join(refused[:4])}{'; ...' if len(refused) > 4 else ''}); its results belong to "
+            f"those: put the old values back, or {NEW_OUTPUT_DIR}"
+        )
 
 
 def check_cell_configs(root: Path, cells: list[dict], configs: list[RunConfig]) -> None:

@@ -32,8 +32,10 @@ class Stopped(Exception):
     def __init__(self, cell_id: str, code: int):
         self.cell_id, self.code = cell_id, code
         what = "interrupted (Ctrl-C)" if code == INTERRUPTED else "stopped on a signal"
-        super().__init__(f"{what} in cell {cell_id}, which keeps its checkpoint; run the same command to resume "
-                         "from there (nothing was gathered)")
+        super().__init__(
+            f"{what} in cell {cell_id}, which keeps its checkpoint; run the same command to resume "
+            "from there (nothing was gathered)"
+        )
 
 
 def run_cell(folder: Path, retries: int) -> bool:

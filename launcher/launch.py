@@ -31,8 +31,11 @@ def launch(files, overrides, dry_run: bool = False) -> int:
     folder_rule.check_folder(cfg.output_dir, folder_rule.TRAIN)  # the ranks' `ptune train` would refuse it
     config_path = Path(cfg.output_dir) / "launch.yaml"
     # the command or the script, rendered (and so validated) before anything is written
-    shown = (shlex.join(local.command(cfg, config_path)) if cfg.launch.backend == "local"
-             else slurm.train_script(cfg, config_path))
+    shown = (
+        shlex.join(local.command(cfg, config_path))
+        if cfg.launch.backend == "local"
+        else slurm.train_script(cfg, config_path)
+    )
     if cfg.launch.backend == "slurm":
         check_dir(slurm.log_dir(cfg), "launch.log_dir")
         slurm.check_record(cfg, "train")

@@ -48,9 +48,11 @@ def check_gpus(cfg: RunConfig) -> None:
     when train.device is auto or cuda, or train.device=cuda without a GPU."""
     L, device = cfg.launch, cfg.train.device
     if L.gpus_per_node:
-        raise ConfigError(f"launch.gpus_per_node={L.gpus_per_node} is what a Slurm job asks for "
-                          "(launch.backend=slurm); the local backend gives each of launch.nproc_per_node ranks one of "
-                          "this machine's GPUs: set launch.nproc_per_node and leave launch.gpus_per_node=0")
+        raise ConfigError(
+            f"launch.gpus_per_node={L.gpus_per_node} is what a Slurm job asks for "
+            "(launch.backend=slurm); the local backend gives each of launch.nproc_per_node ranks one of "
+            "this machine's GPUs: set launch.nproc_per_node and leave launch.gpus_per_node=0"
+        )
     if device == "cpu":
         return
     from ptune_dist.device import gpu_count  # imports torch: only when a launch needs to know
@@ -59,9 +61,11 @@ def check_gpus(cfg: RunConfig) -> None:
     if count == 0 and device == "cuda":
         raise ConfigError("train.device=cuda, but this machine shows no CUDA GPU; use train.device=auto or cpu")
     if count and L.nproc_per_node > count:
-        raise ConfigError(f"launch.nproc_per_node={L.nproc_per_node}, but this machine shows {count} GPU(s) and "
-                          f"train.device={device} gives each rank a GPU of its own: start at most {count} ranks per "
-                          "node, or set train.device=cpu")
+        raise ConfigError(
+            f"launch.nproc_per_node={L.nproc_per_node}, but this machine shows {count} GPU(s) and "
+            f"train.device={device} gives each rank a GPU of its own: start at most {count} ranks per "
+            "node, or set train.device=cpu"
+        )
 
 
 def command(cfg: RunConfig, config_path: Path) -> list[str]:
@@ -70,17 +74,33 @@ def command(cfg: RunConfig, config_path: Path) -> list[str]:
     train = ["-m", "ptune_dist.cli", "train", str(Path(config_path).resolve())]
     if L.launcher == "deepspeed":
         if L.nnodes > 1:
-            raise ConfigError("launch.launcher=deepspeed runs on one node here; use torchrun (rendezvous) or Slurm "
-                              "for several nodes")
-        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(L.nproc_per_node),
-                "--master_port", str(free_port()), "--no_local_rank", "--module", *train[1:]]
+            raise ConfigError(
+                "launch.launcher=deepspeed runs on one node here; use torchrun (rendezvous) or Slurm for several nodes"
+            )
+        return [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            "--num_gpus",
+            str(L.nproc_per_node),
+            "--master_port",
+            str(free_port()),
+            "--no_local_rank",
+            "--module",
+            *train[1:],
+        ]
     cmd = [sys.executable, "-m", "ptune_dist.launcher.torchrun", f"--nproc_per_node={L.nproc_per_node}"]
     if L.nnodes > 1:
         if not L.rdzv_endpoint:
             raise ConfigError("launch.nnodes > 1 needs launch.rdzv_endpoint=host:port (node 0's address)")
         host, port = rdzv_address(L.rdzv_endpoint)  # validated again: a config may be built by hand; [IPv6] unbracketed
-        cmd += [f"--nnodes={L.nnodes}", f"--node_rank={L.node_rank}", "--rdzv_backend=static",
-                f"--master_addr={host}", f"--master_port={port}"]
+        cmd += [
+            f"--nnodes={L.nnodes}",
+            f"--node_rank={L.node_rank}",
+            "--rdzv_backend=static",
+            f"--master_addr={host}",
+            f"--master_port={port}",
+        ]
     else:
         cmd += ["--standalone"]
     return cmd + train
@@ -100,11 +120,12 @@ def run(cfg: RunConfig, config_path: Path) -> int:
     (restarts.run); returns the status of the last failure when it is not restarted, else the status the ranks
     stopped with (130 Ctrl-C, 99 preempted), else 130/99 when this process was asked to stop but the ranks
     finished first, else 0."""
-    return restarts.run(lambda made: attempt(cfg, config_path, resume=made > 0), cfg.launch.max_restarts,
-                        cfg.output_dir)
+    return restarts.run(
+        lambda made: attempt(cfg, config_path, resume=made > 0), cfg.launch.max_restarts, cfg.output_dir
+    )
 
 
-def attempt(cfg: RunConfig, config_path: Path, resume: bool = False) -> "int | restarts.Failure":
+def attempt(cfg: RunConfig, config_path: Path, resume: bool = False) -> int | restarts.Failure:
     """One start of the ranks (`resume`: from the newest checkpoint): the status they ended with, or how
     they failed (restarts.Failure)."""
     cmd = command(cfg, config_path) + (["train.resume=auto"] if resume else [])
@@ -123,8 +144,9 @@ def attempt(cfg: RunConfig, config_path: Path, resume: bool = False) -> "int | r
         # nobody asked the ranks to stop: a failure. A stop record then comes from torchrun's TERM to the ranks
         # left after one failed (a checkpoint needs every rank, so none was written on that TERM)
         L = cfg.launch
-        return restarts.with_faults(restarts.classify(rc, failures, L.nproc_per_node if L.nnodes == 1 else None),
-                                    faults)
+        return restarts.with_faults(
+            restarts.classify(rc, failures, L.nproc_per_node if L.nnodes == 1 else None), faults
+        )
     if rc != 0:
         return rc
     if stopped is not None:

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Callable
 
 from ptune_dist.nofollow import write_atomic
-from ptune_dist.train.metrics_file import NAME as METRICS, RESTART, append_event
+from ptune_dist.train.metrics_file import NAME as METRICS
+from ptune_dist.train.metrics_file import RESTART, append_event
 from ptune_dist.train.preempt import RANK_FAULT
 
 FAILURES_ENV = "PTUNE_FAILURES"  # where launcher/torchrun.py writes the ranks torchrun saw fail (JSON)
@@ -81,11 +82,18 @@ def classify_status(status: int, rank: int | None = None, host: str = "") -> Fai
     if sig is not None:
         return Failure(128 + sig, True, f"killed by signal {sig} ({signal_name(sig)})", rank, host)
     if status == RANK_FAULT:
-        return Failure(RANK_FAULT, True, f"ended with the rank-fault status {RANK_FAULT}: a peer rank died or stopped "
-                                         "answering (the line above names it)", rank, host)
+        return Failure(
+            RANK_FAULT,
+            True,
+            f"ended with the rank-fault status {RANK_FAULT}: a peer rank died or stopped "
+            "answering (the line above names it)",
+            rank,
+            host,
+        )
     if status == CONFIG_ERROR:
-        return Failure(status, False, "ended with a config or data error (exit 2, its line above says which)",
-                       rank, host)
+        return Failure(
+            status, False, "ended with a config or data error (exit 2, its line above says which)", rank, host
+        )
     return Failure(status, False, f"ended with exit status {status} (an error, not a rank fault)", rank, host)
 
 
@@ -108,8 +116,14 @@ def classify(rc: int, failures: list[dict] | None, world: int | None = None) -> 
         others = sorted(set(range(world)) - set(reporters)) if world else []
         suspect = others[0] if len(others) == 1 else None  # all but one reported it: that one stopped answering
         failure = classify_status(RANK_FAULT, suspect, faults[0].get("host", ""))
-        failure.why = (f"stopped answering or died: rank(s) {', '.join(map(str, reporters))} ended with the "
-                       f"rank-fault status {RANK_FAULT}") if suspect is not None else failure.why
+        failure.why = (
+            (
+                f"stopped answering or died: rank(s) {', '.join(map(str, reporters))} ended with the "
+                f"rank-fault status {RANK_FAULT}"
+            )
+            if suspect is not None
+            else failure.why
+        )
         return failure
     first = failures[0]
     return classify_status(first["exitcode"], first["rank"], first.get("host", ""))
@@ -118,7 +132,7 @@ def classify(rc: int, failures: list[dict] | None, world: int | None = None) -> 
 NAMED = re.compile(r"rank (\d+) \(host ([^,)]+)")  # how train/peers.py `line` names a silent rank
 
 
-def with_faults(failure: "Failure", faults: dict[int, str]) -> "Failure":
+def with_faults(failure: Failure, faults: dict[int, str]) -> Failure:
     """`failure` told with what the surviving ranks said about it (`faults`: rank -> its line, from
     train/peers.py). When the failure is only their status (97), the rank they named and its host are the
     failure's and their line its reason; when a rank was seen killed (by a signal, or by signals.wait once it
@@ -143,25 +157,42 @@ def read_failures(path: Path) -> list[dict] | None:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    ok = isinstance(data, list) and all(isinstance(f, dict) and isinstance(f.get("rank"), int)
-                                        and isinstance(f.get("exitcode"), int) for f in data)
+    ok = isinstance(data, list) and all(
+        isinstance(f, dict) and isinstance(f.get("rank"), int) and isinstance(f.get("exitcode"), int) for f in data
+    )
     return data if ok else None
 
 
 def record(output_dir, attempt: int, of: int, failure: Failure) -> None:
     """The restart's record in output_dir/metrics.jsonl and its line on stderr."""
-    append_event(Path(output_dir) / METRICS, {"event": RESTART, "attempt": attempt, "of": of, "rank": failure.rank,
-                                              "host": failure.host, "why": failure.why, "status": failure.status})
-    print(f"ptune: {failure.line()}; restarting every rank from the newest checkpoint (restart {attempt} of {of}, "
-          "launch.max_restarts)", file=sys.stderr, flush=True)
+    append_event(
+        Path(output_dir) / METRICS,
+        {
+            "event": RESTART,
+            "attempt": attempt,
+            "of": of,
+            "rank": failure.rank,
+            "host": failure.host,
+            "why": failure.why,
+            "status": failure.status,
+        },
+    )
+    print(
+        f"ptune: {failure.line()}; restarting every rank from the newest checkpoint (restart {attempt} of {of}, "
+        "launch.max_restarts)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def spent(failure: Failure, of: int) -> str:
-    return (f"ptune: {failure.line()}; the restart budget is spent (launch.max_restarts={of}, {of} restart(s) made): "
-            "the newest checkpoint is whole, run the same command to resume from it")
+    return (
+        f"ptune: {failure.line()}; the restart budget is spent (launch.max_restarts={of}, {of} restart(s) made): "
+        "the newest checkpoint is whole, run the same command to resume from it"
+    )
 
 
-def run(attempt: Callable[[int], "int | Failure"], max_restarts: int, output_dir) -> int:
+def run(attempt: Callable[[int], int | Failure], max_restarts: int, output_dir) -> int:
     """Run `attempt(k)` (k: the restarts made so far; k > 0 resumes) until it returns a status (the run
     ended: done, stopped, preempted), fails with what is not retried, or the budget is spent."""
     made = 0
@@ -226,8 +257,9 @@ def main(argv: list[str]) -> int:
         failure = srun_failure(int(rest[0]), Path(rest[4]) if len(rest) > 4 else None)
         rest = rest[1:]
     else:
-        failure = Failure(0, True, "the job's allocation was lost (a node failed) and Slurm requeued it", None,
-                          socket.gethostname())
+        failure = Failure(
+            0, True, "the job's allocation was lost (a node failed) and Slurm requeued it", None, socket.gethostname()
+        )
     output_dir, of, count = Path(rest[0]), int(rest[1]), Path(rest[2])
     if not failure.retry:
         print(f"ptune: {failure.line()}; not restarted", file=sys.stderr, flush=True)
@@ -239,4 +271,3 @@ def main(argv: list[str]) -> int:
     write_atomic(count, f"{made + 1}\n")
     record(output_dir, made + 1, of, failure)
     return 0
-

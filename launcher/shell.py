@@ -21,24 +21,30 @@ SETUP = re.compile(r"[A-Za-z0-9_./:=+,@%-]+( +[A-Za-z0-9_./:=+,@%-]+)*")  # plai
 def sbatch_value(key: str, value, pattern: re.Pattern = VALUE) -> str:
     text = str(value)
     if not pattern.fullmatch(text):
-        raise ConfigError(f"{key}={text!r}: not allowed in an sbatch script (letters, digits and "
-                          f"{'._,:@%+=/-&|[]*' if pattern is CONSTRAINT else '._,:@%+=/-'} only; no spaces, "
-                          "quotes, ;, $, backticks or newlines)")
+        raise ConfigError(
+            f"{key}={text!r}: not allowed in an sbatch script (letters, digits and "
+            f"{'._,:@%+=/-&|[]*' if pattern is CONSTRAINT else '._,:@%+=/-'} only; no spaces, "
+            "quotes, ;, $, backticks or newlines)"
+        )
     return text
 
 
 def sbatch_option(key: str, line: str) -> str:
     if not OPTION.fullmatch(line):
-        raise ConfigError(f"{key} entry {line!r}: expected one sbatch option like --exclusive or "
-                          "--gres=gpu:4 (no spaces, quotes, ;, $, backticks or newlines)")
+        raise ConfigError(
+            f"{key} entry {line!r}: expected one sbatch option like --exclusive or "
+            "--gres=gpu:4 (no spaces, quotes, ;, $, backticks or newlines)"
+        )
     return line
 
 
 def setup_line(key: str, line: str) -> str:
     if not SETUP.fullmatch(line):
-        raise ConfigError(f"{key} entry {line!r}: a set-up line is a plain command (e.g. `module load cuda/12.4`, "
-                          "`source /opt/venv/bin/activate`): words of letters, digits and ._/:=+,@%- only; no "
-                          ";, &, |, $, backticks, quotes, redirections or newlines")
+        raise ConfigError(
+            f"{key} entry {line!r}: a set-up line is a plain command (e.g. `module load cuda/12.4`, "
+            "`source /opt/venv/bin/activate`): words of letters, digits and ._/:=+,@%- only; no "
+            ";, &, |, $, backticks, quotes, redirections or newlines"
+        )
     return line
 
 

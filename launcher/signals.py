@@ -183,6 +183,8 @@ def wait(cmd: list[str], env: dict, faults: Path | None = None) -> tuple[int, in
             proc.wait()
             raise
     if forward.kill:
-        print("ptune: the ranks were killed; the newest checkpoint is whole: run the same command to resume",
-              file=sys.stderr)
+        print(
+            "ptune: the ranks were killed; the newest checkpoint is whole: run the same command to resume",
+            file=sys.stderr,
+        )
     return rc, forward.signum

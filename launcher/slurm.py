@@ -76,11 +76,15 @@ def gpus_per_node(cfg: RunConfig) -> int:
     if n < 0:
         raise ConfigError(f"launch.gpus_per_node={n} must be >= 0 (0: a CPU job)")
     if n and n != L.nproc_per_node:
-        raise ConfigError(f"launch.gpus_per_node={n} must equal launch.nproc_per_node={L.nproc_per_node}: ptune runs "
-                          f"one rank per GPU; set launch.nproc_per_node={n} (or launch.gpus_per_node=0 for a CPU job)")
+        raise ConfigError(
+            f"launch.gpus_per_node={n} must equal launch.nproc_per_node={L.nproc_per_node}: ptune runs "
+            f"one rank per GPU; set launch.nproc_per_node={n} (or launch.gpus_per_node=0 for a CPU job)"
+        )
     if n and cfg.train.device == "cpu":
-        raise ConfigError(f"launch.gpus_per_node={n} with train.device=cpu: the job would hold GPUs it never uses; "
-                          "set train.device=auto or cuda, or launch.gpus_per_node=0")
+        raise ConfigError(
+            f"launch.gpus_per_node={n} with train.device=cpu: the job would hold GPUs it never uses; "
+            "set train.device=auto or cuda, or launch.gpus_per_node=0"
+        )
     return n
 
 
@@ -105,8 +109,15 @@ def common_values(cfg: RunConfig, gpus: bool = True) -> dict:
     }
 
 
-def train_script(cfg: RunConfig, config_path: Path, job_name: str = "", log_name: str = "%x-%j.out", array: str = "",
-                 config_expr: str = "", record: str = "") -> str:
+def train_script(
+    cfg: RunConfig,
+    config_path: Path,
+    job_name: str = "",
+    log_name: str = "%x-%j.out",
+    array: str = "",
+    config_expr: str = "",
+    record: str = "",
+) -> str:
     """The sbatch script of a training job; `array`/`config_expr` turn it into a sweep's job array. `record`:
     a command the script runs with one more argument before training (start), when requeued (requeued) and
     after (the exit status), e.g. a study's attempt record; it must not fail the job (end it with `|| true`
@@ -116,23 +127,25 @@ def train_script(cfg: RunConfig, config_path: Path, job_name: str = "", log_name
     values = common_values(cfg)
     if array:
         values["sbatch_lines"] = f"#SBATCH --array={sbatch_value('array', array)}\n" + values["sbatch_lines"]
-    values.update({
-        "job_name": sbatch_value("launch.job_name", job_name or L.job_name),
-        "nnodes": str(int(L.nnodes)),
-        "nproc_per_node": str(int(L.nproc_per_node)),
-        "cpus_per_task": str(int(L.cpus_per_task or threads)),
-        "time": sbatch_value("launch.time", L.time),
-        "log": sbatch_value("launch.log_dir", log_dir(cfg) / log_name),
-        "marker_dir": quote(log_dir(cfg)),
-        "signal_seconds": str(int(L.signal_seconds)),
-        "threads": str(int(threads)),
-        "config": config_expr or quote(Path(config_path).resolve()),
-        "preempted": str(PREEMPTED),
-        "rank_fault": str(RANK_FAULT),
-        "max_restarts": str(int(L.max_restarts)),
-        "record": f"{record} " if record else ": ",  # `: ARG` is the shell's no-op
-        "srun_gpus": f" {SRUN_GPU_OPTIONS}" if gpus_per_node(cfg) else "",
-    })
+    values.update(
+        {
+            "job_name": sbatch_value("launch.job_name", job_name or L.job_name),
+            "nnodes": str(int(L.nnodes)),
+            "nproc_per_node": str(int(L.nproc_per_node)),
+            "cpus_per_task": str(int(L.cpus_per_task or threads)),
+            "time": sbatch_value("launch.time", L.time),
+            "log": sbatch_value("launch.log_dir", log_dir(cfg) / log_name),
+            "marker_dir": quote(log_dir(cfg)),
+            "signal_seconds": str(int(L.signal_seconds)),
+            "threads": str(int(threads)),
+            "config": config_expr or quote(Path(config_path).resolve()),
+            "preempted": str(PREEMPTED),
+            "rank_fault": str(RANK_FAULT),
+            "max_restarts": str(int(L.max_restarts)),
+            "record": f"{record} " if record else ": ",  # `: ARG` is the shell's no-op
+            "srun_gpus": f" {SRUN_GPU_OPTIONS}" if gpus_per_node(cfg) else "",
+        }
+    )
     return render(template("train.sbatch"), values)
 
 
@@ -142,13 +155,15 @@ GATHERERS = {"gather": "gather", "study report": "report"}  # the commands a gat
 def gather_script(cfg: RunConfig, sweep_dir: Path, after: str, command: str = "gather") -> str:
     """The job that runs `ptune <command> DIR` once the jobs `after` (ids joined by ':') have ended."""
     values = common_values(cfg, gpus=False)
-    values.update({
-        "job_name": sbatch_value("launch.job_name", f"{cfg.launch.job_name}-{GATHERERS[command]}"),
-        "log": sbatch_value("launch.log_dir", log_dir(cfg) / "%x-%j.out"),
-        "after": sbatch_value("dependency", after),
-        "command": command,
-        "sweep_dir": quote(Path(sweep_dir).resolve()),
-    })
+    values.update(
+        {
+            "job_name": sbatch_value("launch.job_name", f"{cfg.launch.job_name}-{GATHERERS[command]}"),
+            "log": sbatch_value("launch.log_dir", log_dir(cfg) / "%x-%j.out"),
+            "after": sbatch_value("dependency", after),
+            "command": command,
+            "sweep_dir": quote(Path(sweep_dir).resolve()),
+        }
+    )
     return render(template("gather.sbatch"), values)
 
 
@@ -167,11 +182,14 @@ def run_slurm(cmd: list[str], timeout: float | None = None) -> subprocess.Comple
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except OSError as e:
-        raise PtuneError(f"{cmd[0]}: cannot run it ({e.strerror}); Slurm's commands must be on PATH "
-                         "(run this on a login node of the cluster)") from None
+        raise PtuneError(
+            f"{cmd[0]}: cannot run it ({e.strerror}); Slurm's commands must be on PATH "
+            "(run this on a login node of the cluster)"
+        ) from None
     except subprocess.TimeoutExpired:
-        raise PtuneError(f"{' '.join(cmd)}: no answer within {timeout:g} s (is slurmctld reachable?); "
-                         "try again later") from None
+        raise PtuneError(
+            f"{' '.join(cmd)}: no answer within {timeout:g} s (is slurmctld reachable?); try again later"
+        ) from None
 
 
 def sbatch(script_path: Path) -> str:
@@ -191,12 +209,16 @@ def check_record(cfg: RunConfig, kind: str) -> Path:
     out = str(Path(cfg.output_dir).resolve())
     remedy = "remove it if it is yours, or set launch.log_dir to another folder (a submission would replace it)"
     rec = read_back.read_record(path, "a job record ptune can read", remedy)
-    theirs = (read_back.value(rec, "kind", read_back.one_of(*KINDS), path, remedy),
-              read_back.value(rec, "output_dir", read_back.text, path, remedy))
+    theirs = (
+        read_back.value(rec, "kind", read_back.one_of(*KINDS), path, remedy),
+        read_back.value(rec, "output_dir", read_back.text, path, remedy),
+    )
     if theirs != (kind, out):
-        raise PtuneError(f"{path} records the {theirs[0]} job of output_dir={theirs[1]!r}; submitting this {kind} "
-                         f"(output_dir={out!r}) would replace it: set launch.log_dir to another folder, or choose "
-                         "another output_dir")
+        raise PtuneError(
+            f"{path} records the {theirs[0]} job of output_dir={theirs[1]!r}; submitting this {kind} "
+            f"(output_dir={out!r}) would replace it: set launch.log_dir to another folder, or choose "
+            "another output_dir"
+        )
     return path
 
 
@@ -211,15 +233,22 @@ def submit_train(cfg: RunConfig, config_path: Path) -> dict:
     folder = make_dir(log_dir(cfg), "launch.log_dir")
     script = write_file(folder / "train.sbatch", script_text, "launch.log_dir")
     job = sbatch(script)
-    record = {"kind": "train", "job_id": job, "script": str(script), "log": str(folder / f"{cfg.launch.job_name}-{job}.out"),
-              "output_dir": str(Path(cfg.output_dir).resolve())}
+    record = {
+        "kind": "train",
+        "job_id": job,
+        "script": str(script),
+        "log": str(folder / f"{cfg.launch.job_name}-{job}.out"),
+        "output_dir": str(Path(cfg.output_dir).resolve()),
+    }
     write_record(folder, record)
     return record
 
 
 KINDS = ("train", "sweep", "study")  # what wrote a job.json: submit_train, sweep.submit, grid_arrays.submit (a study)
-RECORD_REMEDY = ("damaged or edited; nothing was sent to Slurm: find the jobs with squeue and give their ids "
-                 "(`ptune cancel JOB_ID`), or submit again")
+RECORD_REMEDY = (
+    "damaged or edited; nothing was sent to Slurm: find the jobs with squeue and give their ids "
+    "(`ptune cancel JOB_ID`), or submit again"
+)
 
 
 def read_job_record(path: Path) -> list[str]:
@@ -227,8 +256,10 @@ def read_job_record(path: Path) -> list[str]:
     its type (job_ids a list of id strings) and kind one of KINDS; a PtuneError naming the file and key."""
     rec = read_back.read_record(path, "a job record", RECORD_REMEDY)
     read_back.value(rec, "kind", read_back.one_of(*KINDS), path, RECORD_REMEDY, default=None)
-    ids = [read_back.value(rec, k, read_back.job_id, path, RECORD_REMEDY, default=None)
-           for k in ("job_id", "gather_job_id")]
+    ids = [
+        read_back.value(rec, k, read_back.job_id, path, RECORD_REMEDY, default=None)
+        for k in ("job_id", "gather_job_id")
+    ]
     ids += read_back.value(rec, "job_ids", read_back.list_of(read_back.job_id), path, RECORD_REMEDY, default=[])
     ids = list(dict.fromkeys(i for i in ids if i is not None))
     if not ids:
@@ -251,8 +282,10 @@ def job_id_of(target: str) -> list[str]:
         pass
     if p.is_dir():
         raise PtuneError(f"{target}: a folder without slurm/job.json (no job was submitted from it)")
-    raise PtuneError(f"{target!r}: neither a Slurm job id (digits, or digits_digits for an array task) nor a folder "
-                     "with slurm/job.json")
+    raise PtuneError(
+        f"{target!r}: neither a Slurm job id (digits, or digits_digits for an array task) nor a folder "
+        "with slurm/job.json"
+    )
 
 
 def job_state(job_id: str) -> dict:
@@ -264,8 +297,10 @@ def job_state(job_id: str) -> dict:
         said = done.stderr.strip() or done.stdout.strip()
         if INVALID_JOB in said:
             return {}
-        raise PtuneError(f"scontrol show job {job_id} failed (exit {done.returncode}): "
-                         f"{said or 'no message'}; the job's state is unknown, try again once slurmctld answers")
+        raise PtuneError(
+            f"scontrol show job {job_id} failed (exit {done.returncode}): "
+            f"{said or 'no message'}; the job's state is unknown, try again once slurmctld answers"
+        )
     fields = {}
     for line in done.stdout.splitlines()[:1]:
         for item in line.split():
@@ -304,8 +339,11 @@ def status(target: str) -> list[dict]:
     run_dir = Path(target) if (Path(target) / "slurm" / "job.json").is_file() else None
     for job in job_id_of(target):
         state = job_state(job)
-        line = ({"job_id": job, **{k: state[k] for k in STATUS_KEYS if k in state}} if state else
-                {"job_id": job, "JobState": "UNKNOWN (no longer known to slurmctld)"})
+        line = (
+            {"job_id": job, **{k: state[k] for k in STATUS_KEYS if k in state}}
+            if state
+            else {"job_id": job, "JobState": "UNKNOWN (no longer known to slurmctld)"}
+        )
         if run_dir is not None:
             line["ptune_restarts"] = restart_records(run_dir)
         found.append(line)

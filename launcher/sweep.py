@@ -34,9 +34,8 @@ from ptune_dist.errors import ConfigError, PtuneError
 
 from . import grid_queue, local, slurm
 from .files import check_dir, make_dir, write_file
-from .sweep_table import gather  # noqa: F401  (ptune sweep prints the table it gathers)
 from .sweep_folder import check_folder, write_sweep
-
+from .sweep_table import gather  # noqa: F401  (ptune sweep prints the table it gathers)
 
 
 # -- the grid --------------------------------------------------------------------------------
@@ -58,8 +57,10 @@ def merge_grid(config_grid: dict, grid_args) -> dict:
         if not key or not values:
             raise ConfigError(f"--grid {item!r}: expected dotted.key=value1,value2")
         if key in given:
-            raise ConfigError(f"--grid {key}=... is given twice: a later one would replace the earlier values; "
-                              f"give all of them in one, e.g. --grid {key}=a,b,c")
+            raise ConfigError(
+                f"--grid {key}=... is given twice: a later one would replace the earlier values; "
+                f"give all of them in one, e.g. --grid {key}=a,b,c"
+            )
         given.add(key)
         grid[key] = values.split(",")
     for key, values in grid.items():
@@ -75,8 +76,10 @@ def check_values(key: str, values: list[str]) -> None:
         raise ConfigError(f"{where}={','.join(values)!r}: an empty value; give each value between commas")
     twice = sorted({v for v in values if values.count(v) > 1})
     if twice:
-        raise ConfigError(f"{where}: {', '.join(map(repr, twice))} given twice (two cells would be the same run); "
-                          "give each value once")
+        raise ConfigError(
+            f"{where}: {', '.join(map(repr, twice))} given twice (two cells would be the same run); "
+            "give each value once"
+        )
 
 
 def check_grid(grid: dict) -> None:
@@ -86,9 +89,11 @@ def check_grid(grid: dict) -> None:
         if key == "output_dir" or key.startswith("sweep."):
             raise ConfigError(f"sweep.grid.{key}: not a per-cell setting (every cell gets its own folder)")
         if key.startswith("launch."):
-            raise ConfigError(f"sweep.grid.{key}: a grid varies what each cell trains, not how the sweep is started; "
-                              "the cells share one launch (on Slurm one job array and its #SBATCH settings), so set "
-                              "launch.* outside the grid, or run separate sweeps")
+            raise ConfigError(
+                f"sweep.grid.{key}: a grid varies what each cell trains, not how the sweep is started; "
+                "the cells share one launch (on Slurm one job array and its #SBATCH settings), so set "
+                "launch.* outside the grid, or run separate sweeps"
+            )
 
 
 # -- the cells -------------------------------------------------------------------------------
@@ -101,9 +106,11 @@ def resolve_cells(files, overrides, grid: dict, sweep_dir: Path) -> tuple[list[d
         cfg = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, grid={}))
         same = seen.setdefault(to_yaml(dataclasses.replace(cfg, output_dir="")), i)
         if same != i:
-            raise ConfigError(f"sweep cells {same:03d} ({' '.join(cells[same]['overrides'])}) and {i:03d} "
-                              f"({' '.join(cell)}) are the same run: their configs are equal (one value written "
-                              "two ways?); give each value once")
+            raise ConfigError(
+                f"sweep cells {same:03d} ({' '.join(cells[same]['overrides'])}) and {i:03d} "
+                f"({' '.join(cell)}) are the same run: their configs are equal (one value written "
+                "two ways?); give each value once"
+            )
         cells.append({"id": f"{i:03d}", "overrides": cell, "dir": str(folder)})
         configs.append(cfg)
     return cells, configs
@@ -157,16 +164,19 @@ def submit(cfg: RunConfig, sweep_dir: Path, cells: list[dict]) -> dict:
     try:
         record["job_id"] = slurm.sbatch(array)
     except PtuneError as e:
-        raise PtuneError(f"{e}; nothing was submitted: the sweep in {sweep_dir} is complete, the same command "
-                         "submits it") from None
+        raise PtuneError(
+            f"{e}; nothing was submitted: the sweep in {sweep_dir} is complete, the same command submits it"
+        ) from None
     try:
         gather_text = slurm.gather_script(cfg, sweep_dir, record["job_id"])
         record["gather_job_id"] = slurm.sbatch(write_file(folder / "gather.sbatch", gather_text, "launch.log_dir"))
     except PtuneError as e:
         path = slurm.write_record(folder, record)
-        raise PtuneError(f"{e}; the array job {record['job_id']} was submitted and is recorded in {path}: once it "
-                         f"ends, gather the table with `ptune gather {sweep_dir}` (or stop it with "
-                         f"`ptune cancel {sweep_dir}`)") from None
+        raise PtuneError(
+            f"{e}; the array job {record['job_id']} was submitted and is recorded in {path}: once it "
+            f"ends, gather the table with `ptune gather {sweep_dir}` (or stop it with "
+            f"`ptune cancel {sweep_dir}`)"
+        ) from None
     slurm.write_record(folder, record)
     return record
 

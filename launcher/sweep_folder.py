@@ -23,8 +23,8 @@ from pathlib import Path
 from ptune_dist.checkpoint import folder_rule
 from ptune_dist.errors import ConfigError
 
-from .files import write_file
 from . import grid_cells
+from .files import write_file
 from .grid_cells import NEW_OUTPUT_DIR, write_cells
 from .sweep_table import read_meta
 
@@ -32,11 +32,14 @@ from .sweep_table import read_meta
 def check_folder(sweep_dir: Path, grid: dict, cells: list[dict], configs: list) -> None:
     """Raise unless this sweep may be written into sweep_dir, a folder or none yet (see the module's rules;
     the check itself is the grid engine's: grid_cells.check_folder)."""
+
     def same_sweep(meta_path: Path) -> None:
         differs = differences(read_meta(meta_path), grid, cells)
         if differs:
-            raise ConfigError(f"output_dir={str(sweep_dir)!r} holds another sweep ({differs}); its cells' results "
-                              f"would be gathered under this sweep's values: {NEW_OUTPUT_DIR}")
+            raise ConfigError(
+                f"output_dir={str(sweep_dir)!r} holds another sweep ({differs}); its cells' results "
+                f"would be gathered under this sweep's values: {NEW_OUTPUT_DIR}"
+            )
 
     grid_cells.check_folder(sweep_dir, "sweep.json", folder_rule.SWEEP, cells, configs, same_sweep)
 
@@ -45,8 +48,9 @@ def differences(old: dict, grid: dict, cells: list[dict]) -> str:
     """What tells the sweep in sweep.json from this one ("" when they are the same sweep)."""
     if list(old["grid"]) != list(grid):
         return f"grid keys {', '.join(old['grid'])} there, {', '.join(grid)} here"
-    changed = [f"{k}: {','.join(old['grid'][k])} there, {','.join(grid[k])} here"
-               for k in grid if old["grid"][k] != grid[k]]
+    changed = [
+        f"{k}: {','.join(old['grid'][k])} there, {','.join(grid[k])} here" for k in grid if old["grid"][k] != grid[k]
+    ]
     if changed:
         reordered = all(sorted(old["grid"][k]) == sorted(grid[k]) for k in grid)
         return "; ".join(changed) + (" (the order of the values numbers the cells)" if reordered else "")

@@ -20,7 +20,6 @@ from ptune_dist.errors import ConfigError
 from .grid_table import csv_text, markdown_text, results_problem, write_tables
 
 
-
 def read_meta(path: Path) -> dict:
     """sweep.json as `ptune sweep` writes it, or a ConfigError naming the file and what is wrong."""
     try:
@@ -29,8 +28,10 @@ def read_meta(path: Path) -> dict:
         raise ConfigError(f"{path.parent}: no readable sweep.json ({type(e).__name__}); not a sweep folder") from None
     problem = meta_problem(meta, path.parent)
     if problem:
-        raise ConfigError(f"{path}: {problem}; not the sweep description `ptune sweep` writes (damaged or edited): "
-                          "restore it, or run the sweep again into another output_dir")
+        raise ConfigError(
+            f"{path}: {problem}; not the sweep description `ptune sweep` writes (damaged or edited): "
+            "restore it, or run the sweep again into another output_dir"
+        )
     return meta
 
 
@@ -38,8 +39,11 @@ def meta_problem(meta, sweep_dir: Path) -> str:
     if not isinstance(meta, dict):
         return "expected a JSON object with grid and cells"
     grid, cells = meta.get("grid"), meta.get("cells")
-    if not isinstance(grid, dict) or not grid or not all(
-            isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in grid.values()):
+    if (
+        not isinstance(grid, dict)
+        or not grid
+        or not all(isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in grid.values())
+    ):
         return '"grid" is not {"dotted.key": ["value", ...]}'
     if not isinstance(cells, list) or not cells:
         return '"cells" is not a list of cells'
@@ -110,6 +114,10 @@ def gather(sweep_dir) -> Path:
     rows = [row for cell in meta["cells"] for row in cell_rows(sweep_dir, cell, keys)]
     columns = list(dict.fromkeys(k for r in rows for k in r if k != "note"))
     columns += ["note"] if any("note" in r for r in rows) else []  # why a row is damaged: last
-    write_tables({sweep_dir / "results.csv": csv_text(rows, columns),  # both written, or neither
-                  sweep_dir / "results.md": markdown_text(rows, columns)})
+    write_tables(
+        {
+            sweep_dir / "results.csv": csv_text(rows, columns),  # both written, or neither
+            sweep_dir / "results.md": markdown_text(rows, columns),
+        }
+    )
     return sweep_dir / "results.csv"

@@ -41,8 +41,17 @@ def main(argv: list[str]) -> int:
         run(parse_args(argv))
     except ChildFailedError as e:
         host = socket.gethostname()
-        failures = [{"rank": int(rank), "exitcode": int(f.exitcode), "pid": int(f.pid), "time": float(f.timestamp),
-                     "host": host, "first": not first or f.pid in first} for rank, f in e.failures.items()]
+        failures = [
+            {
+                "rank": int(rank),
+                "exitcode": int(f.exitcode),
+                "pid": int(f.pid),
+                "time": float(f.timestamp),
+                "host": host,
+                "first": not first or f.pid in first,
+            }
+            for rank, f in e.failures.items()
+        ]
         path = os.environ.get(FAILURES_ENV)
         if path:
             with open(path, "w") as out:  # a file in the launcher's own 0700 folder

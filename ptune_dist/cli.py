@@ -105,8 +105,11 @@ def cmd_sweep(ns) -> int:
     files, overrides = _split(ns.args)
     cfg, sweep_dir, cells = sweep.prepare(files, overrides, ns.grid, write=not ns.dry_run)
     if ns.dry_run:
-        print(sweep.array_script(cfg, sweep_dir, len(cells)) if cfg.launch.backend == "slurm"
-              else "\n".join(shlex.join(c["overrides"]) for c in cells))
+        print(
+            sweep.array_script(cfg, sweep_dir, len(cells))
+            if cfg.launch.backend == "slurm"
+            else "\n".join(shlex.join(c["overrides"]) for c in cells)
+        )
         return 0
     if cfg.launch.backend == "local":
         failed, stopped = sweep.run_locally(cfg, cells)
@@ -116,8 +119,10 @@ def cmd_sweep(ns) -> int:
         print(sweep.gather(sweep_dir))
         return 1 if failed else 0
     record = sweep.submit(cfg, sweep_dir, cells)
-    print(f"submitted array job {record['job_id']} ({len(cells)} cells) and gather job {record['gather_job_id']}; "
-          f"logs: {slurm.log_dir(cfg)}; table: {sweep_dir / 'results.md'}")
+    print(
+        f"submitted array job {record['job_id']} ({len(cells)} cells) and gather job {record['gather_job_id']}; "
+        f"logs: {slurm.log_dir(cfg)}; table: {sweep_dir / 'results.md'}"
+    )
     return 0
 
 
@@ -180,8 +185,11 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run folder or checkpoint, print metrics as JSON")
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*")
-    e.add_argument("--ensemble", action="store_true",
-                   help="RUN1 RUN2 ...: the runs' prompts on their shared base in one pass, and their majority vote")
+    e.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="RUN1 RUN2 ...: the runs' prompts on their shared base in one pass, and their majority vote",
+    )
     e.set_defaults(fn=cmd_eval)
     pr = sub.add_parser("predict", help="classify or generate for the rows of a JSONL file")
     pr.add_argument("checkpoint")
@@ -212,8 +220,11 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--grid", action="append", default=[], help="dotted.key=value1,value2 (repeatable)")
     sw.add_argument("--dry-run", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
-    sy = sub.add_parser("study", help="the power-of-scale study: a grid of models, methods, prompt lengths, inits, "
-                        "tasks and seeds, run and reported (or: study status|report|ensemble STUDY_DIR)")
+    sy = sub.add_parser(
+        "study",
+        help="the power-of-scale study: a grid of models, methods, prompt lengths, inits, "
+        "tasks and seeds, run and reported (or: study status|report|ensemble STUDY_DIR)",
+    )
     sy.add_argument("args", nargs="+")
     sy.add_argument("--dry-run", action="store_true", help="check every cell and print them, run nothing")
     sy.set_defaults(fn=cmd_study)
@@ -230,11 +241,21 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("names", nargs="*")
     f.set_defaults(fn=cmd_fetch)
     pl = sub.add_parser("plan", help="setups that fit a GPU's memory, with predicted peak memory per device")
-    pl.add_argument("overrides", nargs="*", help="CONFIG.yaml [...] or model=... method=..., then hardware.gpus=N "
-                    "hardware.gpu_mem=24GB key=value ...")
-    pl.add_argument("--trace", nargs="?", type=int, const=3, default=0, metavar="N",
-                    help="also trace the first N setups listed (default 3): their training step run on a fake CUDA "
-                    "device, the peak of live GPU tensor bytes by part beside the prediction (plain engine only)")
+    pl.add_argument(
+        "overrides",
+        nargs="*",
+        help="CONFIG.yaml [...] or model=... method=..., then hardware.gpus=N hardware.gpu_mem=24GB key=value ...",
+    )
+    pl.add_argument(
+        "--trace",
+        nargs="?",
+        type=int,
+        const=3,
+        default=0,
+        metavar="N",
+        help="also trace the first N setups listed (default 3): their training step run on a fake CUDA "
+        "device, the peak of live GPU tensor bytes by part beside the prediction (plain engine only)",
+    )
     pl.set_defaults(fn=cmd_plan)
     return p
 
@@ -280,8 +301,11 @@ def _interrupted(command: str) -> int:
         print(f"ptune {command}: interrupted (Ctrl-C)", file=sys.stderr)
         return preempt.leave(INTERRUPTED) if command == "train" else INTERRUPTED
     if preempt.is_main_rank():
-        print(f"ptune {command}: stopped at once on a second Ctrl-C; the steps after the newest checkpoint are lost, "
-              "the checkpoint itself is whole: run the same command to resume from it", file=sys.stderr)
+        print(
+            f"ptune {command}: stopped at once on a second Ctrl-C; the steps after the newest checkpoint are lost, "
+            "the checkpoint itself is whole: run the same command to resume from it",
+            file=sys.stderr,
+        )
     return preempt.leave(INTERRUPTED)
 
 

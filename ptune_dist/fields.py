@@ -35,8 +35,12 @@ class Domain:
         """None when `value` is allowed, else what it must be."""
         if isinstance(value, float) and not math.isfinite(value):
             return f"must be a finite number, {self}"
-        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        ok = (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
         if not ok:
             return f"must be {self}"
         if self.most is not None and value > self.most[0]:

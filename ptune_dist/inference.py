@@ -55,8 +55,17 @@ def evaluate_checkpoint(path, overrides=()) -> dict:
     if not any(t.eval for t in s.tasks):
         raise DataError("tasks.*.eval: no evaluation data configured (set tasks.N.eval=...)")
     d = s.cfg.data
-    return evaluate(s.model, s.tasks, d.eval_batch_size, s.pad_id, d.padding_side, s.env.rank, s.env.world, s.device,
-                    pack_to=d.max_length if d.packing else None)
+    return evaluate(
+        s.model,
+        s.tasks,
+        d.eval_batch_size,
+        s.pad_id,
+        d.padding_side,
+        s.env.rank,
+        s.env.world,
+        s.device,
+        pack_to=d.max_length if d.packing else None,
+    )
 
 
 def read_jsonl(path: Path) -> Rows:
@@ -105,7 +114,7 @@ def _batches(s, examples) -> list[list[list[int]]]:
         rows = pack([len(ex.input_ids) for ex in examples], s.model.row_capacity(d.max_length), window=1)
     else:
         rows = [[i] for i in range(n)]
-    return [rows[i:i + d.eval_batch_size] for i in range(0, len(rows), d.eval_batch_size)]
+    return [rows[i : i + d.eval_batch_size] for i in range(0, len(rows), d.eval_batch_size)]
 
 
 def _predict_batch(s, rows) -> list[dict]:
@@ -116,9 +125,10 @@ def _predict_batch(s, rows) -> list[dict]:
         batch = to_device(s.model.describe(collate(chunk, s.pad_id, "left")), s.device)
         limits = [s.tasks[ex.task_id].spec.max_new_tokens for ex in chunk]
         out = greedy(s.model, batch, max(limits), s.tokenizer.eos_token_id)
-        return [{"task": s.tasks[ex.task_id].spec.name,
-                 "output": s.tokenizer.decode(ids[:limit], skip_special_tokens=True)}
-                for ex, ids, limit in zip(chunk, out, limits)]
+        return [
+            {"task": s.tasks[ex.task_id].spec.name, "output": s.tokenizer.decode(ids[:limit], skip_special_tokens=True)}
+            for ex, ids, limit in zip(chunk, out, limits)
+        ]
     d = s.cfg.data
     if d.packing:  # each sequence's predictions come back as a row of their own, right-padded (model/unpack.py)
         batch, side = collate_packed(rows, s.pad_id), "right"
@@ -132,8 +142,9 @@ def _predict_batch(s, rows) -> list[dict]:
         spec = s.tasks[ex.task_id].spec
         if spec.type == "classification":
             probs = torch.tensor(out.scores[i]).softmax(-1).tolist()
-            results.append({"task": spec.name, "label": spec.labels[out.preds[i]],
-                            "scores": dict(zip(spec.labels, probs))})
+            results.append(
+                {"task": spec.name, "label": spec.labels[out.preds[i]], "scores": dict(zip(spec.labels, probs))}
+            )
         else:  # token classification: the tag of each word's first sub-token
             off = batch["input_ids"].shape[1] - len(ex.input_ids) if side == "left" else 0
             first = [p + off for p, lab in enumerate(ex.labels) if lab != -100]

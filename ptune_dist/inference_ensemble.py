@@ -60,8 +60,11 @@ def ensemble_session(folders: list[Path], overrides=()):
     (task,) = cfg.tasks
     name = task.name or "task0"
     slots = [f"{name}_m{i}" for i in range(len(folders))]
-    cfg = dataclasses.replace(cfg, tasks=[dataclasses.replace(task, name=s) for s in slots],
-                              distributed=dataclasses.replace(cfg.distributed, engine="torch"))
+    cfg = dataclasses.replace(
+        cfg,
+        tasks=[dataclasses.replace(task, name=s) for s in slots],
+        distributed=dataclasses.replace(cfg.distributed, engine="torch"),
+    )
     s = build_session(cfg, splits=("eval",))
     if s.tasks[0].spec.type != "classification":
         raise ConfigError(f"{folders[0]}: tasks.0 is a {s.tasks[0].spec.type} task; a majority vote needs classes")
@@ -85,7 +88,7 @@ def score(s, batch_rows: int) -> tuple[list[int], list[list[int]], list[list]]:
     per_batch = max(1, batch_rows // n)
     gold, member_preds, member_scores = [], [[] for _ in range(n)], [[] for _ in range(n)]
     for i in range(0, len(examples), per_batch):
-        chunk = examples[i:i + per_batch]
+        chunk = examples[i : i + per_batch]
         rows = [dataclasses.replace(ex, task_id=m) for ex in chunk for m in range(n)]  # each example once per member
         batch = collate(rows, s.pad_id, s.cfg.data.padding_side)
         out = s.model(to_device(s.model.describe(batch), s.device))
@@ -111,5 +114,11 @@ def evaluate_ensemble(runs, overrides=()) -> dict:
     gold, preds, scores = score(s, s.cfg.data.eval_batch_size)
     classes = len(s.tasks[0].spec.labels)
     voted = [vote([p[i] for p in preds], [sc[i] for sc in scores]) for i in range(len(gold))]
-    return {"members": [str(f) for f in folders], "member_metrics": [class_metrics(gold, p, classes) for p in preds],
-            "ensemble": class_metrics(gold, voted, classes), "gold": gold, "member_preds": preds, "voted": voted}
+    return {
+        "members": [str(f) for f in folders],
+        "member_metrics": [class_metrics(gold, p, classes) for p in preds],
+        "ensemble": class_metrics(gold, voted, classes),
+        "gold": gold,
+        "member_preds": preds,
+        "voted": voted,
+    }

@@ -56,8 +56,10 @@ def link_error(path, remedy: str = "remove the link, or choose another folder") 
         target = os.readlink(path)
     except OSError:
         target = "?"
-    return PtuneError(f"{path} is a symbolic link (to {target}); ptune never writes through a link it did not "
-                      f"make: {remedy} (nothing was written there)")
+    return PtuneError(
+        f"{path} is a symbolic link (to {target}); ptune never writes through a link it did not "
+        f"make: {remedy} (nothing was written there)"
+    )
 
 
 def refuse_link(path, remedy: str = "remove the link, or choose another folder") -> Path:

@@ -25,7 +25,7 @@ class DistEnv:
         return self.rank == 0
 
     @classmethod
-    def from_environ(cls, environ=None) -> "DistEnv":
+    def from_environ(cls, environ=None) -> DistEnv:
         env = os.environ if environ is None else environ
         if "RANK" in env and "WORLD_SIZE" in env:
             rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))

@@ -89,6 +89,7 @@ def list_of(check):
         if not isinstance(v, list):
             raise ValueError(f"a list ({type(v).__name__} found)")
         return [check(item) for item in v]
+
     return checked
 
 
@@ -97,6 +98,7 @@ def one_of(*choices):
         if isinstance(v, bool) or v not in choices:
             raise ValueError("one of " + ", ".join(repr(c) for c in choices))
         return v
+
     return checked
 
 

@@ -36,8 +36,10 @@ torch.set_num_threads(2)
 
 def _require(name: str) -> None:
     if not embedded.is_fetched(name):
-        raise RuntimeError(f"embedded model {name} missing under {embedded.home()}: run scripts/setup.sh "
-                           "(it runs `ptune fetch-models`)")
+        raise RuntimeError(
+            f"embedded model {name} missing under {embedded.home()}: run scripts/setup.sh "
+            "(it runs `ptune fetch-models`)"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -75,22 +77,33 @@ def bench_modules(*names: str) -> list:
 
 def markdown_rows(text: str) -> list[list[str]]:
     """The rows of a markdown table (header and rule left out), each a list of its stripped cells."""
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("|")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("|")
+    ]
     return rows[2:]
 
 
-def tiny_llama(folder: Path, hidden: int = 256, intermediate: int = 512, layers: int = 4, heads: int = 8,
-               kv_heads: int = 2) -> Path:
+def tiny_llama(
+    folder: Path, hidden: int = 256, intermediate: int = 512, layers: int = 4, heads: int = 8, kv_heads: int = 2
+) -> Path:
     """A small random-init Llama (GQA) saved as a HF folder with MiniLM's tokenizer, [SEP] as its EOS."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(embedded.resolve(MINI))
     tok.eos_token = "[SEP]"
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

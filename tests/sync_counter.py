@@ -40,11 +40,17 @@ from torch.utils.weak import WeakIdKeyDictionary
 aten = torch.ops.aten
 SYNC_OPS = {  # read a device tensor's values on the host, or size their output by them
     aten._local_scalar_dense.default: "item/int/bool/float of a device tensor",
-    aten.nonzero.default: "nonzero", aten.masked_select.default: "masked_select",
-    aten.equal.default: "torch.equal", aten.is_nonzero.default: "bool of a device tensor",
-    aten._unique.default: "unique", aten._unique2.default: "unique", aten.unique_dim.default: "unique",
-    aten.unique_consecutive.default: "unique_consecutive", aten.unique_dim_consecutive.default: "unique_consecutive",
-    aten.bincount.default: "bincount", aten.allclose.default: "allclose",
+    aten.nonzero.default: "nonzero",
+    aten.masked_select.default: "masked_select",
+    aten.equal.default: "torch.equal",
+    aten.is_nonzero.default: "bool of a device tensor",
+    aten._unique.default: "unique",
+    aten._unique2.default: "unique",
+    aten.unique_dim.default: "unique",
+    aten.unique_consecutive.default: "unique_consecutive",
+    aten.unique_dim_consecutive.default: "unique_consecutive",
+    aten.bincount.default: "bincount",
+    aten.allclose.default: "allclose",
 }
 REPEAT = {aten.repeat_interleave.Tensor, aten.repeat_interleave.self_Tensor}
 INDEX = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
@@ -178,8 +184,9 @@ class _Dispatch(TorchDispatchMode):
             c.record(SYNC_OPS[func])
         elif func in REPEAT and kwargs.get("output_size") is None and (len(args) < 4 or args[3] is None):
             c.record("repeat_interleave without output_size")
-        elif func in INDEX and any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
-                                   for i in tree_flatten(args[1])[0]):
+        elif func in INDEX and any(
+            isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in tree_flatten(args[1])[0]
+        ):
             c.record("boolean-mask indexing")
         elif func in COPIES and not all(device):
             c.record("copy between host and device memory")
@@ -188,6 +195,7 @@ class _Dispatch(TorchDispatchMode):
 
 
 # -- counting the syncs of every step of a real `ptune train` -----------------------------------------------------
+
 
 class CudaSyncWarnings:
     """On a real GPU the same question has torch's own answer: torch.cuda.set_sync_debug_mode("warn") warns at

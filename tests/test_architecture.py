@@ -53,8 +53,6 @@ import ast
 import os
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "ptune_dist"  # its kernels, launcher and slurm are symlinks to the top-level folders
 LINKED = ("kernels", "launcher", "slurm")
@@ -220,8 +218,10 @@ def test_train_and_lower_layers_do_not_import_upward():
 def test_methods_and_kernels_are_self_contained():
     bad = forbidden({"ptune_dist.methods"}, set(), allowed={"ptune_dist.errors", "ptune_dist.fields"})
     bad += forbidden({"ptune_dist.kernels"}, set(), allowed={"ptune_dist.kernels"})
-    assert not bad, ("methods may import only ptune_dist.errors and ptune_dist.fields, kernels nothing outside "
-                     "kernels:\n" + "\n".join(bad))
+    assert not bad, (
+        "methods may import only ptune_dist.errors and ptune_dist.fields, kernels nothing outside "
+        "kernels:\n" + "\n".join(bad)
+    )
 
 
 def test_no_cfg_typed_as_object():

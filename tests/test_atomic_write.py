@@ -16,7 +16,9 @@ from ptune_dist.errors import PtuneError
 ROOT = Path(__file__).resolve().parents[1]
 THE_MODULE = "ptune_dist/nofollow.py"
 RENAME = re.compile(r"\.(?:rename|replace)\s*\(")  # os.replace, os.rename, Path.rename, Path.replace
-NOT_A_RENAME = re.compile(r"\.replace\(\s*[rbf]?[\"']|dataclasses\.replace\(|\b(?:message|text|line|key|remedy)\.replace\(.*")
+NOT_A_RENAME = re.compile(
+    r"\.replace\(\s*[rbf]?[\"']|dataclasses\.replace\(|\b(?:message|text|line|key|remedy)\.replace\(.*"
+)
 # a str.replace (a literal first argument, or a text variable and what it chains), dataclasses.replace
 
 
@@ -35,16 +37,24 @@ def renames() -> list[str]:
 
 
 def test_one_module_renames_files():
-    assert not renames(), ("rename files only through ptune_dist/nofollow.py (write_atomic for a "
-                           "file's content, publish for a finished file or folder):\n" + "\n".join(renames()))
+    assert not renames(), (
+        "rename files only through ptune_dist/nofollow.py (write_atomic for a "
+        "file's content, publish for a finished file or folder):\n" + "\n".join(renames())
+    )
 
 
 def test_the_grep_finds_a_rename(tmp_path):
     """The pattern above is not blind: each form of rename is found, string and dataclass replaces are not."""
     for code in ("os.replace(a, b)", "os.rename(a, b)", "tmp.rename(final)", "Path(t).replace(final)"):
         assert RENAME.search(NOT_A_RENAME.sub("", code)), code
-    for code in ('text.replace("a", "b")', "dataclasses.replace(cfg, x=1)", "t._replace(**given)",
-                 "replace(cfg, model=m)", "x.replace('a', 'b')", "message.replace(token, value)"):
+    for code in (
+        'text.replace("a", "b")',
+        "dataclasses.replace(cfg, x=1)",
+        "t._replace(**given)",
+        "replace(cfg, model=m)",
+        "x.replace('a', 'b')",
+        "message.replace(token, value)",
+    ):
         assert not RENAME.search(NOT_A_RENAME.sub("", code)), code
 
 

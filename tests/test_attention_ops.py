@@ -13,12 +13,11 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.library import opcheck
-from triton_env import DEVICE  # noqa: F401  (first: it picks the interpreter)
 
 from ptune_dist.kernels import reference, sdpa, triton_impl  # noqa: F401  (registers the ops)
-from ptune_dist.kernels.api import prefix_attention
 from ptune_dist.kernels.triton_packed import layout
 from ptune_dist.model.attention import PrefixKV, prefix_attention_forward
+from triton_env import DEVICE  # noqa: F401  (first: it picks the interpreter)
 
 ops = torch.ops.ptune
 

@@ -8,8 +8,8 @@ import re
 from types import SimpleNamespace
 
 import pytest
-from conftest import FIXTURES, MINI, SMOL
 
+from conftest import FIXTURES, MINI, SMOL
 from ptune_dist.config import load_config
 from ptune_dist.data.encode import IGNORE
 from ptune_dist.errors import DataError
@@ -32,22 +32,38 @@ GOOD = {"text": "My parcel never came.", "label": "shipping"}
 
 
 def test_a_missing_field_names_the_file_line_and_field(tmp_path):
-    f = lines(tmp_path / "d.jsonl", {"premise": "a", "hypothesis": "b", "label": "entailment"}, "",
-              {"hypothesis": "b", "label": "entailment"})
-    with pytest.raises(DataError, match=r"tasks\.0\.train='.*d\.jsonl' line 3 has no field 'premise' used by "
-                                        r"tasks\.0\.template \(fields: \['hypothesis', 'label'\]\)"):
+    f = lines(
+        tmp_path / "d.jsonl",
+        {"premise": "a", "hypothesis": "b", "label": "entailment"},
+        "",
+        {"hypothesis": "b", "label": "entailment"},
+    )
+    with pytest.raises(
+        DataError,
+        match=r"tasks\.0\.train='.*d\.jsonl' line 3 has no field 'premise' used by "
+        r"tasks\.0\.template \(fields: \['hypothesis', 'label'\]\)",
+    ):
         prep("tasks.0.preset=rte", f"tasks.0.train={f}")
 
 
-@pytest.mark.parametrize("value, shown", [
-    (None, "null"), ({"en": "hi"}, "an object"), (["a", "b"], "a list"), (True, "a bool (true)"),
-    (float("nan"), "nan"),
-])
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (None, "null"),
+        ({"en": "hi"}, "an object"),
+        (["a", "b"], "a list"),
+        (True, "a bool (true)"),
+        (float("nan"), "nan"),
+    ],
+)
 def test_a_text_field_holding_no_text_is_an_error(tmp_path, value, shown):
     f = tmp_path / "d.jsonl"
     f.write_text(json.dumps(GOOD) + "\n" + json.dumps({"text": value, "label": "billing"}) + "\n")
-    with pytest.raises(DataError, match=rf"d\.jsonl' line 2: field 'text' holds {re.escape(shown)}.*, not text "
-                                        r"\(used by tasks\.0\.template\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"d\.jsonl' line 2: field 'text' holds {re.escape(shown)}.*, not text "
+        r"\(used by tasks\.0\.template\)",
+    ):
         prep("tasks.0.preset=support", f"tasks.0.train={f}")
 
 
@@ -62,39 +78,56 @@ def test_numbers_become_text_and_a_json_array_names_the_row(tmp_path):
 
 
 def test_labels_unknown_null_or_not_a_label(tmp_path):
-    for value, message in [("pizza", r"line 3: label 'pizza' is not one of \['account', 'billing'"),
-                           (None, r"line 3: field 'label' holds null \(the answer"),
-                           ({"name": "billing"}, r"line 3: field 'label' holds an object .*not a label name or index"),
-                           (1.0, r"line 3: field 'label' holds 1\.0, not a label name or index")]:
+    for value, message in [
+        ("pizza", r"line 3: label 'pizza' is not one of \['account', 'billing'"),
+        (None, r"line 3: field 'label' holds null \(the answer"),
+        ({"name": "billing"}, r"line 3: field 'label' holds an object .*not a label name or index"),
+        (1.0, r"line 3: field 'label' holds 1\.0, not a label name or index"),
+    ]:
         f = lines(tmp_path / "d.jsonl", GOOD, "", {"text": "x", "label": value})
         with pytest.raises(DataError, match=message):
             prep("tasks.0.preset=support", f"tasks.0.train={f}")
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"tokens": "Alice flew", "tags": ["B-PER", "O"]}, r"field 'tokens' holds a str .*not a non-empty list of words"),
-    ({"tokens": [], "tags": []}, r"field 'tokens' holds a list \(\[\]\), not a non-empty list"),
-    ({"tokens": ["Alice", None], "tags": ["B-PER", "O"]}, r"field 'tokens': word 1 holds null, not text"),
-    ({"tokens": ["Alice", "flew"], "tags": ["B-PER"]}, r"2 tokens \('tokens'\) but 1 tags \('tags'\)"),
-    ({"tokens": ["Alice", "flew"], "tags": "B-PER O"}, r"field 'tags' holds a str .*not a list of tags"),
-    ({"tokens": ["Alice", "flew"], "tags": ["B-PER", {"t": "O"}]}, r"field 'tags': tag 1 holds an object"),
-    ({"tokens": ["Alice", "flew"]}, r"line 2 has no field 'tags' \(the answer"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            {"tokens": "Alice flew", "tags": ["B-PER", "O"]},
+            r"field 'tokens' holds a str .*not a non-empty list of words",
+        ),
+        ({"tokens": [], "tags": []}, r"field 'tokens' holds a list \(\[\]\), not a non-empty list"),
+        ({"tokens": ["Alice", None], "tags": ["B-PER", "O"]}, r"field 'tokens': word 1 holds null, not text"),
+        ({"tokens": ["Alice", "flew"], "tags": ["B-PER"]}, r"2 tokens \('tokens'\) but 1 tags \('tags'\)"),
+        ({"tokens": ["Alice", "flew"], "tags": "B-PER O"}, r"field 'tags' holds a str .*not a list of tags"),
+        ({"tokens": ["Alice", "flew"], "tags": ["B-PER", {"t": "O"}]}, r"field 'tags': tag 1 holds an object"),
+        ({"tokens": ["Alice", "flew"]}, r"line 2 has no field 'tags' \(the answer"),
+    ],
+)
 def test_token_rows_need_word_lists_and_as_many_tags(tmp_path, row, message):
     good = {"tokens": ["Bob", "ran"], "tags": ["B-PER", "O"]}
     f = lines(tmp_path / "ner.jsonl", good, row)
     with pytest.raises(DataError, match=r"ner\.jsonl' line 2\b.*" + message.removeprefix("line 2")):
-        prep("tasks.0.type=token_classification", "tasks.0.scoring=head", f"tasks.0.train={f}",
-             "tasks.0.labels=[B-PER, O]", "method.name=p_tuning_v2", model=MINI)
+        prep(
+            "tasks.0.type=token_classification",
+            "tasks.0.scoring=head",
+            f"tasks.0.train={f}",
+            "tasks.0.labels=[B-PER, O]",
+            "method.name=p_tuning_v2",
+            model=MINI,
+        )
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"input": "Peru", "output": "Lima"}, r"line 2 has no field 'instruction' used by tasks\.0"),
-    ({"instruction": None, "output": "Lima"}, r"line 2: field 'instruction' holds null, not text"),
-    ({"instruction": "Capital?", "input": ["Peru"], "output": "Lima"}, r"line 2: field 'input' holds a list"),
-    ({"instruction": "Capital?", "output": {"city": "Lima"}}, r"line 2: field 'output' holds an object"),
-    ({"instruction": "Capital?"}, r"line 2 has no field 'output' \(the answer"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"input": "Peru", "output": "Lima"}, r"line 2 has no field 'instruction' used by tasks\.0"),
+        ({"instruction": None, "output": "Lima"}, r"line 2: field 'instruction' holds null, not text"),
+        ({"instruction": "Capital?", "input": ["Peru"], "output": "Lima"}, r"line 2: field 'input' holds a list"),
+        ({"instruction": "Capital?", "output": {"city": "Lima"}}, r"line 2: field 'output' holds an object"),
+        ({"instruction": "Capital?"}, r"line 2 has no field 'output' \(the answer"),
+    ],
+)
 def test_instruction_rows_need_text_instruction_and_output(tmp_path, row, message):
     f = lines(tmp_path / "gen.jsonl", {"instruction": "Capital?", "input": "", "output": "Paris"}, row)
     with pytest.raises(DataError, match=r"gen\.jsonl' " + message):
@@ -103,8 +136,11 @@ def test_instruction_rows_need_text_instruction_and_output(tmp_path, row, messag
 
 def test_broken_jsonl_names_the_exact_line(tmp_path):
     f = lines(tmp_path / "d.jsonl", GOOD, "", GOOD, '{"text": oops}', GOOD)
-    with pytest.raises(DataError, match=rf"tasks\.0\.train: cannot read {f} line 4: not valid JSON \(Expecting "
-                                        r"value at column 10\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"tasks\.0\.train: cannot read {f} line 4: not valid JSON \(Expecting "
+        r"value at column 10\)",
+    ):
         prep("tasks.0.preset=support", f"tasks.0.train={f}")
     f = lines(tmp_path / "d.jsonl", GOOD, '["a list", "not an object"]')
     with pytest.raises(DataError, match=r"line 2: expected a JSON object .*found list"):
@@ -113,16 +149,25 @@ def test_broken_jsonl_names_the_exact_line(tmp_path):
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv", "json"])
 def test_non_utf8_bytes_name_the_line_and_offset(tmp_path, suffix):
-    head = {"jsonl": b'{"text": "a", "label": "billing"}\n\n', "csv": b"text,label\na,billing\n",
-            "json": b'[{"text": "a", "label": "billing"},\n'}[suffix]
-    bad = {"jsonl": b'{"text": "caf\xe9", "label": "billing"}\n', "csv": b"caf\xe9,billing\n",
-           "json": b'{"text": "caf\xe9", "label": "billing"}]\n'}[suffix]
+    head = {
+        "jsonl": b'{"text": "a", "label": "billing"}\n\n',
+        "csv": b"text,label\na,billing\n",
+        "json": b'[{"text": "a", "label": "billing"},\n',
+    }[suffix]
+    bad = {
+        "jsonl": b'{"text": "caf\xe9", "label": "billing"}\n',
+        "csv": b"caf\xe9,billing\n",
+        "json": b'{"text": "caf\xe9", "label": "billing"}]\n',
+    }[suffix]
     f = tmp_path / f"d.{suffix}"
     f.write_bytes(head + bad)
     offset = len(head) + bad.index(b"\xe9")
     line = head.count(b"\n") + 1
-    with pytest.raises(DataError, match=rf"cannot read {f} line {line}: byte 0xe9 at byte offset {offset} "
-                                        r"\(column \d+\) is not UTF-8"):
+    with pytest.raises(
+        DataError,
+        match=rf"cannot read {f} line {line}: byte 0xe9 at byte offset {offset} "
+        r"\(column \d+\) is not UTF-8",
+    ):
         prep("tasks.0.preset=support", f"tasks.0.train={f}")
 
 
@@ -133,19 +178,30 @@ def test_csv_rows_are_named_by_their_line(tmp_path):
         prep("tasks.0.preset=support", f"tasks.0.train={f}")
 
 
-
-@pytest.mark.parametrize("text, message", [
-    ("[1, 2, 3]", r"a\.json row 0 \(line 1\): expected a JSON object .*found int"),  # datasets made up `text`
-    ('[["hello", "a"]]', r"a\.json row 0 \(line 1\): expected a JSON object .*found list"),
-    ('[\n  {"text": "a", "label": "billing"},\n  null\n]', r"a\.json row 1 \(line 3\): expected .*found null"),
-    ('[\n  {"text": "a", "label": "billing"}\n  {"text": "b"}\n]', r"a\.json line 3: not valid JSON \(Expecting ',' "
-                                                                   r"delimiter at column 3\)"),
-    ('[{"text": "a", "label": "billing"}] []', r"a\.json line 1: not valid JSON \(Extra data at column 37\)"),
-    ('[{"text": "a", "text": "b", "label": "billing"}]', r"row 0 \(line 1\): an object names the field 'text' twice"),
-    ('{\n  "text": ["a", "b"],\n  "label": ["billing", "account"]\n}', r"a\.json: one JSON object over 4 lines; "
-                                                                       r"expected an array of objects"),
-    ('{"text": "a", "label": "billing"}\n\n"b"\n', r"a\.json line 3: expected a JSON object .*found str"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[1, 2, 3]", r"a\.json row 0 \(line 1\): expected a JSON object .*found int"),  # datasets made up `text`
+        ('[["hello", "a"]]', r"a\.json row 0 \(line 1\): expected a JSON object .*found list"),
+        ('[\n  {"text": "a", "label": "billing"},\n  null\n]', r"a\.json row 1 \(line 3\): expected .*found null"),
+        (
+            '[\n  {"text": "a", "label": "billing"}\n  {"text": "b"}\n]',
+            r"a\.json line 3: not valid JSON \(Expecting ',' "
+            r"delimiter at column 3\)",
+        ),
+        ('[{"text": "a", "label": "billing"}] []', r"a\.json line 1: not valid JSON \(Extra data at column 37\)"),
+        (
+            '[{"text": "a", "text": "b", "label": "billing"}]',
+            r"row 0 \(line 1\): an object names the field 'text' twice",
+        ),
+        (
+            '{\n  "text": ["a", "b"],\n  "label": ["billing", "account"]\n}',
+            r"a\.json: one JSON object over 4 lines; "
+            r"expected an array of objects",
+        ),
+        ('{"text": "a", "label": "billing"}\n\n"b"\n', r"a\.json line 3: expected a JSON object .*found str"),
+    ],
+)
 def test_a_json_file_holds_objects_named_by_index_and_line(tmp_path, text, message):
     f = tmp_path / "a.json"
     f.write_text(text)
@@ -160,17 +216,26 @@ def test_json_lines_in_a_json_file_are_named_by_line(tmp_path):
         prep("tasks.0.preset=support", f"tasks.0.train={f}")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("text,label\n", r"d\.csv: no rows, only a header \(text,label\)"),
-    ("text,label\n\n", r"d\.csv: no rows, only a header"),
-    ("text,label\nfine,billing\nhello,a,extra,more\n", r"d\.csv line 3 has 4 fields, the header has 2 \(text, label\); "
-                                                       r"quote a value that holds a comma"),
-    ("text,label\nlonely\n", r"d\.csv line 2 has 1 field, the header has 2"),
-    ("text,text,label\na,b,billing\n", r"d\.csv line 1: the header names the column 'text' twice"),
-    ('text,label\nfine,billing\n"never closed,billing\n', r"d\.csv line 3: not valid CSV \(a quoted value is never "
-                                                          r"closed\)"),
-    ('text,label\n"a"b,billing\n', r"d\.csv line 2: not valid CSV"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("text,label\n", r"d\.csv: no rows, only a header \(text,label\)"),
+        ("text,label\n\n", r"d\.csv: no rows, only a header"),
+        (
+            "text,label\nfine,billing\nhello,a,extra,more\n",
+            r"d\.csv line 3 has 4 fields, the header has 2 \(text, label\); "
+            r"quote a value that holds a comma",
+        ),
+        ("text,label\nlonely\n", r"d\.csv line 2 has 1 field, the header has 2"),
+        ("text,text,label\na,b,billing\n", r"d\.csv line 1: the header names the column 'text' twice"),
+        (
+            'text,label\nfine,billing\n"never closed,billing\n',
+            r"d\.csv line 3: not valid CSV \(a quoted value is never "
+            r"closed\)",
+        ),
+        ('text,label\n"a"b,billing\n', r"d\.csv line 2: not valid CSV"),
+    ],
+)
 def test_a_csv_file_has_rows_as_wide_as_its_header(tmp_path, text, message):
     f = tmp_path / "d.csv"
     f.write_text(text)
@@ -217,12 +282,25 @@ def test_a_parquet_file_that_is_not_parquet_or_cut_short(tmp_path):
 
 
 def test_skip_leaves_bad_rows_out_counts_them_and_infers_labels_from_the_rest(tmp_path, capsys):
-    f = lines(tmp_path / "d.jsonl", {"text": "one", "label": "billing"}, {"text": None, "label": "billing"},
-              {"text": "three", "label": "shipping"}, "", {"label": "account"}, {"text": "five", "label": "pizza"},
-              {"text": "six", "label": "account"})
+    f = lines(
+        tmp_path / "d.jsonl",
+        {"text": "one", "label": "billing"},
+        {"text": None, "label": "billing"},
+        {"text": "three", "label": "shipping"},
+        "",
+        {"label": "account"},
+        {"text": "five", "label": "pizza"},
+        {"text": "six", "label": "account"},
+    )
     ev = lines(tmp_path / "e.jsonl", {"text": "seven", "label": "billing"}, {"text": "eight", "label": "nope"})
-    _, tok, data = prep("tasks.0.preset=support", f"tasks.0.train={f}", f"tasks.0.eval={ev}",
-                        "data.on_bad_row=skip", "method.num_virtual_tokens=1", splits=("train", "eval"))
+    _, tok, data = prep(
+        "tasks.0.preset=support",
+        f"tasks.0.train={f}",
+        f"tasks.0.eval={ev}",
+        "data.on_bad_row=skip",
+        "method.num_virtual_tokens=1",
+        splits=("train", "eval"),
+    )
     texts = [tok.decode(ex.input_ids[1:]) for ex in data[0].train]
     assert texts == ["one", "three", "six"] and [ex.labels for ex in data[0].train] == [1, 2, 0]
     assert [tok.decode(ex.input_ids[1:]) for ex in data[0].eval] == ["seven"]
@@ -232,34 +310,54 @@ def test_skip_leaves_bad_rows_out_counts_them_and_infers_labels_from_the_rest(tm
         "the first: line 2: field 'text' holds null, not text (used by tasks.0.template)",
         f"ptune: tasks.0.eval={str(ev)!r}: left out 1 of 2 rows that do not fit the task (data.on_bad_row=skip); "
         "the first: line 2: label 'nope' is not one of ['account', 'billing', 'shipping', 'technical'] "
-        "(the labels of tasks.0)"]
+        "(the labels of tasks.0)",
+    ]
     # inferred labels come from the rows kept: B-MISC only tags a row whose tokens are not words
-    ner = lines(tmp_path / "ner.jsonl", {"tokens": ["Bob", "ran"], "tags": ["B-PER", "O"]},
-                {"tokens": [None, "x"], "tags": ["B-MISC", "O"]})
-    _, _, data = prep("tasks.0.type=token_classification", "tasks.0.scoring=head", f"tasks.0.train={ner}",
-                      "data.on_bad_row=skip", "method.name=p_tuning_v2", model=MINI)
+    ner = lines(
+        tmp_path / "ner.jsonl",
+        {"tokens": ["Bob", "ran"], "tags": ["B-PER", "O"]},
+        {"tokens": [None, "x"], "tags": ["B-MISC", "O"]},
+    )
+    _, _, data = prep(
+        "tasks.0.type=token_classification",
+        "tasks.0.scoring=head",
+        f"tasks.0.train={ner}",
+        "data.on_bad_row=skip",
+        "method.name=p_tuning_v2",
+        model=MINI,
+    )
     assert data[0].spec.labels == ["B-PER", "O"] and len(data[0].train) == 1
     assert [lab for lab in data[0].train[0].labels if lab != IGNORE] == [0, 1]
 
 
 def test_skip_with_no_row_left_is_an_error(tmp_path):
     f = lines(tmp_path / "d.jsonl", {"text": None, "label": "billing"}, {"label": "billing"})
-    with pytest.raises(DataError, match=r"d\.jsonl': none of the 2 rows fits the task .*the first: line 1: "
-                                        r"field 'text' holds null"):
+    with pytest.raises(
+        DataError,
+        match=r"d\.jsonl': none of the 2 rows fits the task .*the first: line 1: "
+        r"field 'text' holds null",
+    ):
         prep("tasks.0.preset=support", f"tasks.0.train={f}", "data.on_bad_row=skip")
     with pytest.raises(DataError, match=r"line 1: field 'tags' holds a str"):  # labels inferred from no row
-        prep("tasks.0.type=token_classification", "tasks.0.scoring=head", "data.on_bad_row=skip",
-             f"tasks.0.train={lines(tmp_path / 'n.jsonl', {'tokens': ['a'], 'tags': 'O'})}",
-             "method.name=p_tuning_v2", model=MINI)
+        prep(
+            "tasks.0.type=token_classification",
+            "tasks.0.scoring=head",
+            "data.on_bad_row=skip",
+            f"tasks.0.train={lines(tmp_path / 'n.jsonl', {'tokens': ['a'], 'tags': 'O'})}",
+            "method.name=p_tuning_v2",
+            model=MINI,
+        )
 
 
 # -- ptune predict ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def light_session():
     """What predict_rows needs before any batch runs (config and encoders), from the tokenizer alone."""
-    cfg, _, _, data = prepare(load_config([], [f"model.name_or_path={SMOL}", "tasks.0.preset=support",
-                                              "tasks.0.name=support"]), splits=())
+    cfg, _, _, data = prepare(
+        load_config([], [f"model.name_or_path={SMOL}", "tasks.0.preset=support", "tasks.0.name=support"]), splits=()
+    )
     return SimpleNamespace(cfg=cfg, tasks=data)
 
 
@@ -286,8 +384,9 @@ def no_model(*args, **kwargs):
 def fake_predict(monkeypatch):
     """predict_file without a model: one fixed result per input row."""
     monkeypatch.setattr("ptune_dist.inference.load_session", lambda *a, **k: "session")
-    monkeypatch.setattr("ptune_dist.inference.predict_rows",
-                        lambda s, rows, where: [{"label": "billing"} for _ in rows])
+    monkeypatch.setattr(
+        "ptune_dist.inference.predict_rows", lambda s, rows, where: [{"label": "billing"} for _ in rows]
+    )
 
 
 def test_predict_output_is_checked_before_the_model_loads(tmp_path, monkeypatch):
@@ -295,9 +394,12 @@ def test_predict_output_is_checked_before_the_model_loads(tmp_path, monkeypatch)
     f = lines(tmp_path / "in.jsonl", {"text": "a"})
     before = f.read_bytes()
     (tmp_path / "a_file").write_text("x")
-    for output, message in [(tmp_path, "is a folder"), (f, "is the --input file"),
-                            (tmp_path / "missing" / "out.jsonl", "is not an existing folder"),
-                            (tmp_path / "a_file" / "out.jsonl", "is not an existing folder")]:
+    for output, message in [
+        (tmp_path, "is a folder"),
+        (f, "is the --input file"),
+        (tmp_path / "missing" / "out.jsonl", "is not an existing folder"),
+        (tmp_path / "a_file" / "out.jsonl", "is not an existing folder"),
+    ]:
         with pytest.raises(DataError, match=rf"--output {output}.*{message}.*nothing was written"):
             predict_file("some-run", f, str(output))
     assert f.read_bytes() == before

@@ -9,8 +9,11 @@ from ptune_dist.data.encode import IGNORE, Example
 from ptune_dist.data.host import describe
 from ptune_dist.data.packing import collate_packed
 
-EXAMPLES = [Example([5, 6, 7], 0, soft=[0], labels=1, answer_pos=2), Example([8, 9], 1, soft=[0], labels=0, answer_pos=1),
-            Example([4, 4, 4, 4], 0, soft=[0], labels=2, answer_pos=3)]
+EXAMPLES = [
+    Example([5, 6, 7], 0, soft=[0], labels=1, answer_pos=2),
+    Example([8, 9], 1, soft=[0], labels=0, answer_pos=1),
+    Example([4, 4, 4, 4], 0, soft=[0], labels=2, answer_pos=3),
+]
 TOKENS = [Example([5, 6, 7], 0, labels=[IGNORE, 3, 4]), Example([8, 9], 1, labels=[IGNORE, 2])]
 
 

@@ -8,8 +8,8 @@ a stage stopped in the middle keeps the lines measured before it. Nothing is tim
 import json
 
 import pytest
-from conftest import bench_modules, markdown_rows
 
+from conftest import bench_modules, markdown_rows
 
 
 @pytest.fixture(scope="module")

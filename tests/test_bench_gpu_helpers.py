@@ -14,6 +14,7 @@ import threading
 
 import pytest
 import torch
+
 from conftest import BENCH
 from conftest import bench_modules as load_bench
 
@@ -60,8 +61,9 @@ def forward_key(tc, Tq, Tk=48, d=64, P=20):
     saved = triton_impl.INTERPRETED
     triton_impl.INTERPRETED = False  # the GPU's options, as the tool builds them
     try:
-        _, launch = triton_impl.forward_launch(q, k, k.clone(), pk, pk.clone(), None, True, d ** -0.5,
-                                               triton_impl.tiles(d), None)
+        _, launch = triton_impl.forward_launch(
+            q, k, k.clone(), pk, pk.clone(), None, True, d**-0.5, triton_impl.tiles(d), None
+        )
     finally:
         triton_impl.INTERPRETED = saved
     return tc.launch_key(launch), launch
@@ -91,13 +93,22 @@ def test_the_stand_ins_give_the_tensors_key(benches):
 def test_the_attention_stage_counts_two_models_of_four_launches(tmp_path):
     pytest.importorskip("triton", reason="the key is Triton's")
     raw = tmp_path / "keys.json"
-    done = subprocess.run([sys.executable, str(BENCH / "triton_compiles.py"), "--stages", "attention", "--json",
-                           str(raw)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "triton_compiles.py"), "--stages", "attention", "--json", str(raw)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (stage,) = json.loads(raw.read_text())
     assert stage["stage"] == "attention" and stage["calls"] == 4 and not stage["refused"]
     keys = stage["keys"].values()
     assert len(keys) == 8 and {k["dtype"] for k in keys} == {"bf16"}
-    launches = ["prefix_attention_fwd", "prefix_attention_bwd_dq", "prefix_attention_bwd_dkdv",
-                "prefix_attention_bwd_dkdv"]  # the dk/dv kernel twice: the sequence's keys, then the prefix's
+    launches = [
+        "prefix_attention_fwd",
+        "prefix_attention_bwd_dq",
+        "prefix_attention_bwd_dkdv",
+        "prefix_attention_bwd_dkdv",
+    ]  # the dk/dv kernel twice: the sequence's keys, then the prefix's
     assert sorted(k["kernel"] for k in keys) == sorted(launches * 2)

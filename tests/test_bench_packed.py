@@ -16,8 +16,18 @@ def test_packed_bench_runs_both_systems_on_the_same_examples():
         import packed_step
     finally:
         sys.path.remove(str(BENCH))
-    args = argparse.Namespace(examples=6, median=24, sigma=0.9, max_len=64, virtual=4, peft_batch=3, rows=2, threads=2,
-                              method="prompt_tuning", system="peft")
+    args = argparse.Namespace(
+        examples=6,
+        median=24,
+        sigma=0.9,
+        max_len=64,
+        virtual=4,
+        peft_batch=3,
+        rows=2,
+        threads=2,
+        method="prompt_tuning",
+        system="peft",
+    )
     rows = [packed_step.child(args)]
     args.system = "ptune"
     rows.append(packed_step.child(args))

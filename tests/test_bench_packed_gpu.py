@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import markdown_rows
 from test_bench_tiny import finite_ratio
 
@@ -34,8 +35,12 @@ def test_packed_step_gpu_tiny_measures_both_workloads_on_the_examples_own_tokens
     finally:
         sys.path.remove(str(BENCH))
     out, raw = tmp_path / "packed.md", tmp_path / "packed.json"
-    assert packed_step_gpu.main(["--tiny", "--inline", "--base-dir", str(tmp_path / "bases"), "--out", str(out),
-                                 "--json", str(raw)]) == 0
+    assert (
+        packed_step_gpu.main(
+            ["--tiny", "--inline", "--base-dir", str(tmp_path / "bases"), "--out", str(out), "--json", str(raw)]
+        )
+        == 0
+    )
     text = out.read_text()
     methods = ["prompt tuning", "prefix tuning (ptune: P-tuning v2)"]
 
@@ -56,13 +61,23 @@ def test_packed_step_gpu_tiny_measures_both_workloads_on_the_examples_own_tokens
 
     measured = json.loads(raw.read_text())["rows"]
     assert sorted((r["system"], r["method"], r["workload"], r["layout"]) for r in measured) == sorted(
-        [(s, m, w, lay) for m in ("prompt_tuning", "prefix_tuning") for s, w, lay in (
-            ("peft", "mix", "padded"), ("peft", "fixed", "full"), ("ptune", "mix", "packed"),
-            ("ptune", "fixed", "unpacked"), ("ptune", "fixed", "packed"))])
+        [
+            (s, m, w, lay)
+            for m in ("prompt_tuning", "prefix_tuning")
+            for s, w, lay in (
+                ("peft", "mix", "padded"),
+                ("peft", "fixed", "full"),
+                ("ptune", "mix", "packed"),
+                ("ptune", "fixed", "unpacked"),
+                ("ptune", "fixed", "packed"),
+            )
+        ]
+    )
     # the mix, rebuilt here from the tiny settings: every system counted exactly its examples' own tokens
     tiny = packed_step_gpu.TINY
-    examples = packed_step.length_mix(argparse.Namespace(**{k: tiny[k] for k in ("examples", "median", "sigma",
-                                                                                 "max_len")}), high=1000)
+    examples = packed_step.length_mix(
+        argparse.Namespace(**{k: tiny[k] for k in ("examples", "median", "sigma", "max_len")}), high=1000
+    )
     lengths = [len(ex) for ex in examples]
     assert len(set(lengths)) > 3 and max(lengths) <= tiny["max_len"]  # a spread of lengths, cut at max_len
     for r in measured:

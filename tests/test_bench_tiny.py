@@ -12,8 +12,8 @@ import math
 import re
 
 import pytest
-from conftest import bench_modules, markdown_rows
 
+from conftest import bench_modules, markdown_rows
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,12 @@ def finite_ratio(cell: str) -> float:
 def test_train_step_gpu_tiny_runs_both_systems_and_both_methods(benches, tmp_path):
     train_step_gpu, _ = benches
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
-    assert train_step_gpu.main(["--tiny", "--inline", "--base-dir", str(tmp_path / "bases"), "--out", str(out),
-                                "--json", str(raw)]) == 0
+    assert (
+        train_step_gpu.main(
+            ["--tiny", "--inline", "--base-dir", str(tmp_path / "bases"), "--out", str(out), "--json", str(raw)]
+        )
+        == 0
+    )
     rows = table(out.read_text())
     assert [r[1] for r in rows] == ["prompt tuning", "prefix tuning (ptune: P-tuning v2)"]
     for r in rows:
@@ -46,7 +50,11 @@ def test_train_step_gpu_tiny_runs_both_systems_and_both_methods(benches, tmp_pat
         finite_ratio(r[8])  # peak memory
     measured = json.loads(raw.read_text())["rows"]
     assert sorted((r["system"], r["method"]) for r in measured) == [
-        ("peft", "prefix_tuning"), ("peft", "prompt_tuning"), ("ptune", "prefix_tuning"), ("ptune", "prompt_tuning")]
+        ("peft", "prefix_tuning"),
+        ("peft", "prompt_tuning"),
+        ("ptune", "prefix_tuning"),
+        ("ptune", "prompt_tuning"),
+    ]
     assert all(math.isfinite(r["loss"]) for r in measured)
 
 
@@ -55,13 +63,20 @@ def test_consumer_gpu_tiny_runs_nf4_with_checkpointing_and_the_plan(benches, tmp
     pytest.importorskip("bitsandbytes", reason="the consumer bench quantises the base with bitsandbytes")
     _, consumer_gpu = benches
     out, raw = tmp_path / "consumer.md", tmp_path / "consumer.json"
-    assert consumer_gpu.main(["--tiny", "--inline", "--base-dir", str(tmp_path / "bases"), "--out", str(out),
-                              "--json", str(raw)]) == 0
+    assert (
+        consumer_gpu.main(
+            ["--tiny", "--inline", "--base-dir", str(tmp_path / "bases"), "--out", str(out), "--json", str(raw)]
+        )
+        == 0
+    )
     text = out.read_text()
     rows = table(text)
     assert [(r[0], r[1], r[2]) for r in rows] == [
-        ("ptune", "prompt_tuning", "2 x 32"), ("ptune", "p_tuning_v2", "2 x 32"),
-        ("peft", "prompt_tuning", "1 x 32"), ("peft", "prompt_tuning", "2 x 32")]
+        ("ptune", "prompt_tuning", "2 x 32"),
+        ("ptune", "p_tuning_v2", "2 x 32"),
+        ("peft", "prompt_tuning", "1 x 32"),
+        ("peft", "prompt_tuning", "2 x 32"),
+    ]
     assert all(float(r[3]) > 0 for r in rows)  # tokens/s
     assert all(float(r[7]) > 0 for r in rows[:2])  # the plan's prediction for ptune's rows
     ratios = re.findall(r"^- ptune (\S+) at batch 2: (\S+) tokens/s, (\S+) peak memory", text, re.M)

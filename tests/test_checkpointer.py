@@ -60,7 +60,8 @@ class FakeEngine:
         names = list(self.weights)
         self.optimizer = {
             "state": {n: {"exp_avg": torch.randn(w.shape, generator=g), "step": 3} for n, w in self.weights.items()},
-            "param_groups": [{"lr": 0.01, "betas": [0.9, 0.999], "weight_decay": 0.0, "params": names}]}
+            "param_groups": [{"lr": 0.01, "betas": [0.9, 0.999], "weight_decay": 0.0, "params": names}],
+        }
         self.scheduler = {"last_epoch": 3, "base_lrs": [0.01], "_last_lr": [0.0075]}
         self.loaded = None
         self.state_dict_calls = 0
@@ -70,8 +71,11 @@ class FakeEngine:
 
     def state_dict(self):
         self.state_dict_calls += 1
-        return {"weights": dict(self.weights), "optimizer": copy.deepcopy(self.optimizer),
-                "scheduler": dict(self.scheduler)}
+        return {
+            "weights": dict(self.weights),
+            "optimizer": copy.deepcopy(self.optimizer),
+            "scheduler": dict(self.scheduler),
+        }
 
     def load_state_dict(self, sd):
         self.loaded = sd
@@ -110,8 +114,16 @@ class Barrier:
 
 
 def checkpointer(root, engine=None, loader=None, rng=None, *, keep=3, is_main=True, barrier=None):
-    return Checkpointer(root, engine=engine or FakeEngine(), loader=loader or FakeLoader(), rng=rng or SpyRng(0),
-                        config_yaml=CONFIG, keep=keep, is_main=is_main, barrier=barrier or (lambda: None))
+    return Checkpointer(
+        root,
+        engine=engine or FakeEngine(),
+        loader=loader or FakeLoader(),
+        rng=rng or SpyRng(0),
+        config_yaml=CONFIG,
+        keep=keep,
+        is_main=is_main,
+        barrier=barrier or (lambda: None),
+    )
 
 
 def rewrite_manifest(folder, name):
@@ -193,8 +205,13 @@ def test_main_rank_calls_barrier_once_per_save(tmp_path):
     assert barrier.calls == 1
 
 
-@pytest.mark.parametrize("shapes", [{"prompt": (2, 4), "head.weight": (4,)},  # a shape differs
-                                    {"prompt": (2, 3), "other.weight": (4,)}])  # a name differs
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        {"prompt": (2, 4), "head.weight": (4,)},  # a shape differs
+        {"prompt": (2, 3), "other.weight": (4,)},
+    ],
+)  # a name differs
 def test_load_of_another_models_checkpoint_is_error_with_no_part_touched(tmp_path, shapes):
     folder = checkpointer(tmp_path).save(2)
     ck = checkpointer(tmp_path, engine=FakeEngine(shapes))
@@ -333,8 +350,9 @@ def test_torch_engine_round_trip_restores_weights_moments_and_schedule(tmp_path)
         assert set(sa) == set(sb) == {"step", "exp_avg", "exp_avg_sq"}
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
     assert dst.scheduler.state_dict() == src.scheduler.state_dict() and dst.lr == src.lr
-    assert json.loads(json.dumps(dst.optimizer.state_dict()["param_groups"])) == \
-        json.loads(json.dumps(src.optimizer.state_dict()["param_groups"]))
+    assert json.loads(json.dumps(dst.optimizer.state_dict()["param_groups"])) == json.loads(
+        json.dumps(src.optimizer.state_dict()["param_groups"])
+    )
 
     take_step(src, x)  # the resumed run continues exactly as the uninterrupted one
     take_step(dst, x)

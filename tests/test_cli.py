@@ -6,13 +6,23 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, MINI, read_jsonl, write_jsonl
 
+from conftest import FIXTURES, MINI, read_jsonl, write_jsonl
 from ptune_dist.cli import main
 
-SMALL = ["method.num_virtual_tokens=4", "tasks.0.name=support", "tasks.0.preset=support", "data.max_train_examples=16",
-         "data.max_eval_examples=16", "data.batch_size=4", "train.steps=4", "train.save_every=2",
-         "train.log_every=1", "train.eval_every=2", "train.progress_bar=false"]
+SMALL = [
+    "method.num_virtual_tokens=4",
+    "tasks.0.name=support",
+    "tasks.0.preset=support",
+    "data.max_train_examples=16",
+    "data.max_eval_examples=16",
+    "data.batch_size=4",
+    "train.steps=4",
+    "train.save_every=2",
+    "train.log_every=1",
+    "train.eval_every=2",
+    "train.progress_bar=false",
+]
 
 
 def quickstart_yaml() -> str:
@@ -36,8 +46,12 @@ def test_train_writes_config_metrics_checkpoints_and_final(run):
     evals = [r for r in records if r.get("split") == "eval"]
     assert [r["step"] for r in evals] == [2, 4] and all(0 <= r["accuracy"] <= 1 for r in evals)
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"step-2", "step-4"}
-    assert {p.name for p in (run / "final").iterdir()} == {"config.yaml", "manifest.json", "state.json",
-                                                          "trainable.safetensors"}
+    assert {p.name for p in (run / "final").iterdir()} == {
+        "config.yaml",
+        "manifest.json",
+        "state.json",
+        "trainable.safetensors",
+    }
     results = json.loads((run / "results.json").read_text())
     assert results["final"]["support"]["examples"] == 16
     # which device ran, in the log and the results (no GPU here: train.device=auto is the CPU)
@@ -75,16 +89,34 @@ def test_export_to_peft(run, tmp_path, capsys):
 
 def test_generation_train_and_predict(tmp_path):
     out = tmp_path / "gen"
-    args = ["train", quickstart_yaml(), f"output_dir={out}", "tasks.0.name=qa", "tasks.0.preset=",
-            "tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl",
-            f"tasks.0.eval={FIXTURES}/instructions.jsonl", "tasks.0.max_new_tokens=8", "method.num_virtual_tokens=4",
-            "data.batch_size=4", "train.steps=6", "train.lr=0.05", "train.log_every=1", "train.eval_at_start=true",
-            "train.progress_bar=false"]
+    args = [
+        "train",
+        quickstart_yaml(),
+        f"output_dir={out}",
+        "tasks.0.name=qa",
+        "tasks.0.preset=",
+        "tasks.0.type=generation",
+        f"tasks.0.train={FIXTURES}/instructions.jsonl",
+        f"tasks.0.eval={FIXTURES}/instructions.jsonl",
+        "tasks.0.max_new_tokens=8",
+        "method.num_virtual_tokens=4",
+        "data.batch_size=4",
+        "train.steps=6",
+        "train.lr=0.05",
+        "train.log_every=1",
+        "train.eval_at_start=true",
+        "train.progress_bar=false",
+    ]
     assert main(args) == 0
     evals = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("split") == "eval"]
     assert evals[-1]["loss"] < evals[0]["loss"]  # the output tokens got likelier
-    f = write_jsonl(tmp_path / "in.jsonl", [{"instruction": "Give the capital of the country.", "input": "Peru"},
-                                             {"instruction": "Name a primary colour."}])
+    f = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"instruction": "Give the capital of the country.", "input": "Peru"},
+            {"instruction": "Name a primary colour."},
+        ],
+    )
     assert main(["predict", str(out), "--input", str(f), "--output", str(tmp_path / "o.jsonl")]) == 0
     rows = read_jsonl(tmp_path / "o.jsonl")
     assert [r["task"] for r in rows] == ["qa", "qa"] and all(isinstance(r["output"], str) and r["output"] for r in rows)
@@ -92,16 +124,50 @@ def test_generation_train_and_predict(tmp_path):
 
 def test_token_classification_predicts_word_tags_with_either_padding(tmp_path):
     out = tmp_path / "ner"
-    assert main(["train", quickstart_yaml(), f"output_dir={out}", f"model.name_or_path={MINI}", "method.name=p_tuning_v2", "method.init=random",
-                 "tasks.0.name=ner", "tasks.0.preset=", "tasks.0.type=token_classification", "tasks.0.scoring=head",
-                 f"tasks.0.train={FIXTURES}/ner.jsonl", f"tasks.0.eval={FIXTURES}/ner.jsonl", "data.batch_size=2",
-                 "train.steps=2", "train.progress_bar=false", "train.eval_baseline=false"]) == 0
-    rows = [{"tokens": ["Alice", "visited", "Rome"]}, {"tokens": ["Bob", "Smith", "flew", "to", "New", "York", "today"]}]
+    assert (
+        main(
+            [
+                "train",
+                quickstart_yaml(),
+                f"output_dir={out}",
+                f"model.name_or_path={MINI}",
+                "method.name=p_tuning_v2",
+                "method.init=random",
+                "tasks.0.name=ner",
+                "tasks.0.preset=",
+                "tasks.0.type=token_classification",
+                "tasks.0.scoring=head",
+                f"tasks.0.train={FIXTURES}/ner.jsonl",
+                f"tasks.0.eval={FIXTURES}/ner.jsonl",
+                "data.batch_size=2",
+                "train.steps=2",
+                "train.progress_bar=false",
+                "train.eval_baseline=false",
+            ]
+        )
+        == 0
+    )
+    rows = [
+        {"tokens": ["Alice", "visited", "Rome"]},
+        {"tokens": ["Bob", "Smith", "flew", "to", "New", "York", "today"]},
+    ]
     f = write_jsonl(tmp_path / "in.jsonl", rows)
     got = {}
     for side in ("right", "left"):
-        assert main(["predict", str(out), "--input", str(f), "--output", str(tmp_path / f"{side}.jsonl"),
-                     f"data.padding_side={side}"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(out),
+                    "--input",
+                    str(f),
+                    "--output",
+                    str(tmp_path / f"{side}.jsonl"),
+                    f"data.padding_side={side}",
+                ]
+            )
+            == 0
+        )
         got[side] = [r["tags"] for r in read_jsonl(tmp_path / f"{side}.jsonl")]
     assert [len(t) for t in got["right"]] == [3, 7]
     assert got["left"] == got["right"]
@@ -132,7 +198,10 @@ def bad_inputs(run: Path, tmp: Path):
         (train + ["train.stepz=3"], "train.stepz is unknown"),
         (train + ["train.steps=many"], "train.steps"),
         (train + ["method.name=lora"], "method.name='lora' is not allowed"),
-        (train + ["tasks.0.train=/nonexistent/train.jsonl"], "tasks.0.train: data file /nonexistent/train.jsonl not found"),
+        (
+            train + ["tasks.0.train=/nonexistent/train.jsonl"],
+            "tasks.0.train: data file /nonexistent/train.jsonl not found",
+        ),
         (train + [f"tasks.0.train={empty}"], "the dataset is empty"),
         (train + [f"tasks.0.train={broken}"], f"cannot read {broken}"),
         (train + [f"tasks.0.train={outside}"], "line 2: label 'pizza' is not one of"),

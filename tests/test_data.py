@@ -1,8 +1,8 @@
 """Data: templates, verbalizers, SuperGLUE presets, instruction format, token tags, truncation, built-ins."""
 
 import pytest
-from conftest import FIXTURES, MINI, SMOL, write_jsonl
 
+from conftest import FIXTURES, MINI, SMOL, write_jsonl
 from ptune_dist.config import load_config
 from ptune_dist.data.builtin import generate
 from ptune_dist.data.collate import collate
@@ -18,11 +18,17 @@ def prep(*overrides, model=SMOL, splits=("train",)):
     return cfg, tok, data
 
 
-@pytest.mark.parametrize("name, labels", [
-    ("boolq", ["false", "true"]), ("cb", ["entailment", "contradiction", "neutral"]),
-    ("rte", ["entailment", "not_entailment"]), ("copa", ["0", "1"]), ("wic", ["false", "true"]),
-    ("wsc", ["false", "true"]),
-])
+@pytest.mark.parametrize(
+    "name, labels",
+    [
+        ("boolq", ["false", "true"]),
+        ("cb", ["entailment", "contradiction", "neutral"]),
+        ("rte", ["entailment", "not_entailment"]),
+        ("copa", ["0", "1"]),
+        ("wic", ["false", "true"]),
+        ("wsc", ["false", "true"]),
+    ],
+)
 def test_superglue_presets_causal(name, labels):
     cfg, tok, data = prep(f"tasks.0.preset={name}", f"tasks.0.train={SG / name}.jsonl", "method.num_virtual_tokens=5")
     t = data[0]
@@ -58,8 +64,13 @@ def test_wic_and_wsc_fields_reach_the_text():
 
 
 def test_masked_lm_places_the_mask_and_frames_with_specials():
-    _, tok, data = prep("tasks.0.preset=rte", f"tasks.0.train={SG}/rte.jsonl", "model.kind=masked_lm",
-                        "method.num_virtual_tokens=3", model=MINI)
+    _, tok, data = prep(
+        "tasks.0.preset=rte",
+        f"tasks.0.train={SG}/rte.jsonl",
+        "model.kind=masked_lm",
+        "method.num_virtual_tokens=3",
+        model=MINI,
+    )
     ex = data[0].train[0]
     assert ex.input_ids[0] == tok.cls_token_id and ex.input_ids[-1] == tok.sep_token_id
     assert ex.soft == [1, 2, 3]  # after [CLS]
@@ -68,11 +79,15 @@ def test_masked_lm_places_the_mask_and_frames_with_specials():
 
 
 def test_soft_slot_in_the_template():
-    _, tok, data = prep("tasks.0.preset=support", "tasks.0.template=Message: {soft} {text}{answer}",
-                        "method.num_virtual_tokens=4", "data.max_train_examples=3")
+    _, tok, data = prep(
+        "tasks.0.preset=support",
+        "tasks.0.template=Message: {soft} {text}{answer}",
+        "method.num_virtual_tokens=4",
+        "data.max_train_examples=3",
+    )
     ex = data[0].train[0]
     before = tok("Message: ", add_special_tokens=False)["input_ids"]
-    assert ex.input_ids[:len(before)] == before
+    assert ex.input_ids[: len(before)] == before
     assert ex.soft == list(range(len(before), len(before) + 4))
 
 
@@ -90,29 +105,36 @@ def test_collate_pads_either_side_and_moves_positions():
 
 
 def test_instruction_rows_use_the_chat_template_and_label_only_the_output():
-    _, tok, data = prep("tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl",
-                        "method.num_virtual_tokens=3")
+    _, tok, data = prep(
+        "tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl", "method.num_virtual_tokens=3"
+    )
     ex = data[0].train[0]
     labelled = [i for i, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]
     assert tok.decode(labelled) == "Paris<|im_end|>"
-    prompt = tok.decode(ex.input_ids[3:len(ex.input_ids) - len(labelled)])
+    prompt = tok.decode(ex.input_ids[3 : len(ex.input_ids) - len(labelled)])
     assert "<|im_start|>user\nGive the capital of the country.\n\nFrance<|im_end|>" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
     assert all(lab == IGNORE for lab in ex.labels[:3])
 
 
 def test_instruction_rows_without_chat_template():
-    _, tok, data = prep("tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl",
-                        "tasks.0.chat_template=never")
+    _, tok, data = prep(
+        "tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl", "tasks.0.chat_template=never"
+    )
     ex = data[0].train[2]  # no input
-    text = tok.decode(ex.input_ids[len(ex.soft):])
+    text = tok.decode(ex.input_ids[len(ex.soft) :])
     assert text.startswith("### Instruction:\nName a primary colour.\n\n### Response:\nRed")
     assert "### Input" not in text
 
 
 def test_token_classification_labels_first_subtokens():
-    _, tok, data = prep("tasks.0.type=token_classification", "tasks.0.scoring=head",
-                        f"tasks.0.train={FIXTURES}/ner.jsonl", "method.name=p_tuning_v2", model=MINI)
+    _, tok, data = prep(
+        "tasks.0.type=token_classification",
+        "tasks.0.scoring=head",
+        f"tasks.0.train={FIXTURES}/ner.jsonl",
+        "method.name=p_tuning_v2",
+        model=MINI,
+    )
     t = data[0]
     assert t.spec.labels == ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]  # inferred from the training rows
     ex = t.train[3]  # Carol lives in New York
@@ -125,8 +147,7 @@ def test_truncation(tmp_path):
     f = write_jsonl(tmp_path / "long.jsonl", rows)
     with pytest.raises(DataError, match=r"long.jsonl' line 1: \d+ tokens > 40 allowed"):
         prep("tasks.0.preset=support", f"tasks.0.train={f}", "data.max_length=40")
-    _, tok, data = prep("tasks.0.preset=support", f"tasks.0.train={f}", "data.max_length=40",
-                        "data.truncation=right")
+    _, tok, data = prep("tasks.0.preset=support", f"tasks.0.train={f}", "data.max_length=40", "data.truncation=right")
     assert len(data[0].train[0].input_ids) <= 40
 
 
@@ -153,8 +174,13 @@ def test_builtin_support_splits_are_disjoint_patterns():
 def test_truncation_shortens_several_fields(tmp_path):
     rows = [{"premise": "alpha " * 120, "hypothesis": "beta " * 110, "label": "entailment"}]
     f = write_jsonl(tmp_path / "long.jsonl", rows)
-    _, tok, data = prep("tasks.0.preset=rte", f"tasks.0.train={f}", "data.max_length=60", "data.truncation=left",
-                        "method.num_virtual_tokens=4")
+    _, tok, data = prep(
+        "tasks.0.preset=rte",
+        f"tasks.0.train={f}",
+        "data.max_length=60",
+        "data.truncation=left",
+        "method.num_virtual_tokens=4",
+    )
     ex = data[0].train[0]
     text = tok.decode(ex.input_ids)
     assert len(ex.input_ids) <= 60 and "alpha" in text and "beta" in text and text.endswith("Answer:")
@@ -181,17 +207,26 @@ def test_every_local_format_reads_the_same_rows(tmp_path):
 
     from ptune_dist.data.sources import load_rows
 
-    rows = [{"text": "a, \"quoted\"\nsecond line", "label": 1, "gold": True},
-            {"text": "007", "label": 0, "gold": False}, {"text": "é", "label": 2, "gold": None}]
+    rows = [
+        {"text": 'a, "quoted"\nsecond line', "label": 1, "gold": True},
+        {"text": "007", "label": 0, "gold": False},
+        {"text": "é", "label": 2, "gold": None},
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "lines.json").write_text("\n\n".join(json.dumps(r) for r in rows))
     (tmp_path / "d.json").write_text(json.dumps(rows, indent=1))
-    (tmp_path / "d.csv").write_text('\ufefftext,label,gold\n"a, ""quoted""\nsecond line",1,true\n\n007,0,FALSE\n'
-                                    "é,2,\n", encoding="utf-8")
+    (tmp_path / "d.csv").write_text(
+        '\ufefftext,label,gold\n"a, ""quoted""\nsecond line",1,true\n\n007,0,FALSE\né,2,\n', encoding="utf-8"
+    )
     pq = pytest.importorskip("pyarrow.parquet")
     pq.write_table(pytest.importorskip("pyarrow").Table.from_pylist(rows), tmp_path / "d.parquet")
-    where = {"d.jsonl": "line 3", "lines.json": "line 5", "d.json": "row 2 (line 12)", "d.csv": "line 6",
-             "d.parquet": "row 2"}
+    where = {
+        "d.jsonl": "line 3",
+        "lines.json": "line 5",
+        "d.json": "row 2 (line 12)",
+        "d.csv": "line 6",
+        "d.parquet": "row 2",
+    }
     for name, last in where.items():
         got = load_rows(str(tmp_path / name), "train", "tasks.0.train")
         assert list(got) == rows, name

@@ -8,14 +8,18 @@ import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from conftest import MINI, assert_close_rel, grads, session
-
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
 from ptune_dist.methods.placement import NONE
 from ptune_dist.model.load import load_base
 
-SUPPORT = ["tasks.0.preset=support", "data.max_train_examples=4", "data.max_eval_examples=4",
-           "method.num_virtual_tokens=5", "model.dropout=0.0"]
+SUPPORT = [
+    "tasks.0.preset=support",
+    "data.max_train_examples=4",
+    "data.max_eval_examples=4",
+    "method.num_virtual_tokens=5",
+    "model.dropout=0.0",
+]
 MINI_HEAD = [f"model.name_or_path={MINI}", "tasks.0.scoring=head", "tasks.0.pooling=mean"]
 
 
@@ -84,8 +88,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(method, extra, which, r
 
 
 def test_full_finetune_with_and_without_checkpointing():
-    cfg = load_config([], [f"model.name_or_path={MINI}", "method.name=full_finetune", *SUPPORT[:3], *MINI_HEAD[1:],
-                           "model.dropout=0.0"])
+    cfg = load_config(
+        [],
+        [f"model.name_or_path={MINI}", "method.name=full_finetune", *SUPPORT[:3], *MINI_HEAD[1:], "model.dropout=0.0"],
+    )
     base = load_base(cfg.model, trainable=True)
     s = session([f"model.name_or_path={MINI}", "method.name=full_finetune", *SUPPORT, *MINI_HEAD[1:]], base=base)
     s.model.train()

@@ -9,24 +9,49 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl
 from safetensors.torch import load_file
 
+from conftest import read_jsonl
 from ptune_dist.config import load_config
 from ptune_dist.train.loop import train
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-COMMON = ["method.num_virtual_tokens=4", "data.max_train_examples=32", "data.max_eval_examples=8", "train.steps=4",
-          "train.save_every=2", "train.keep_checkpoints=5", "train.log_every=1", "train.progress_bar=false",
-          "train.eval_baseline=false", "train.tensorboard=false"]
+COMMON = [
+    "method.num_virtual_tokens=4",
+    "data.max_train_examples=32",
+    "data.max_eval_examples=8",
+    "train.steps=4",
+    "train.save_every=2",
+    "train.keep_checkpoints=5",
+    "train.log_every=1",
+    "train.progress_bar=false",
+    "train.eval_baseline=false",
+    "train.tensorboard=false",
+]
 METHODS = {"prompt_tuning": [], "p_tuning_v2": ["method.name=p_tuning_v2", "method.init=random", "train.lr=0.01"]}
 
 
 def torchrun(nproc: int, out: Path, args: list) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           "-m", "ptune_dist.cli", "train", QUICKSTART, f"output_dir={out}", *args],
-                          env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "ptune_dist.cli",
+            "train",
+            QUICKSTART,
+            f"output_dir={out}",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -108,8 +133,19 @@ def test_deepspeed_launcher_starts_the_ranks(one_process, tmp_path):
     """`launch.launcher=deepspeed` (DeepSpeed's own launcher instead of torchrun) trains the same."""
     from ptune_dist.cli import main
 
-    assert main(["launch", QUICKSTART, f"output_dir={tmp_path}", "launch.launcher=deepspeed",
-                 "launch.nproc_per_node=2", *ds_args(1)]) == 0
+    assert (
+        main(
+            [
+                "launch",
+                QUICKSTART,
+                f"output_dir={tmp_path}",
+                "launch.launcher=deepspeed",
+                "launch.nproc_per_node=2",
+                *ds_args(1),
+            ]
+        )
+        == 0
+    )
     assert_same_curve(losses(tmp_path), losses(one_process["prompt_tuning"]))
 
 
@@ -121,8 +157,12 @@ def test_mixed_tasks_under_zero3(tmp_path):
     from conftest import FIXTURES
 
     rte = str(FIXTURES / "superglue" / "rte.jsonl")
-    tasks = [f"tasks=[{{name: support, preset: support}}, {{name: rte, preset: rte, train: '{rte}', eval: '{rte}'}}]",
-             *METHODS["p_tuning_v2"], "method.num_virtual_tokens=16", "distributed.timeout_s=120"]
+    tasks = [
+        f"tasks=[{{name: support, preset: support}}, {{name: rte, preset: rte, train: '{rte}', eval: '{rte}'}}]",
+        *METHODS["p_tuning_v2"],
+        "method.num_virtual_tokens=16",
+        "distributed.timeout_s=120",
+    ]
     one = tmp_path / "one"
     train(load_config([QUICKSTART], [f"output_dir={one}", "data.batch_size=8", *COMMON, *tasks]))
     torchrun(2, tmp_path / "two", [*ds_args(3), *tasks])
@@ -132,8 +172,11 @@ def test_mixed_tasks_under_zero3(tmp_path):
 def test_zero3_keeps_a_bfloat16_base_in_bfloat16(one_process, tmp_path):
     """zero.Init casts what it partitions to the dtype the DeepSpeed config enables: a bf16 base must
     stay bf16 (half the bytes of fp32), still split between the ranks."""
-    torchrun(2, tmp_path, [*ds_args(3), "model.dtype=bfloat16", "train.steps=1", "train.save_every=0",
-                           "data.max_eval_examples=4"])
+    torchrun(
+        2,
+        tmp_path,
+        [*ds_args(3), "model.dtype=bfloat16", "train.steps=1", "train.save_every=0", "data.max_eval_examples=4"],
+    )
     held = next(r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "parameters")
     fp32 = next(r for r in read_jsonl(one_process["prompt_tuning"] / "metrics.jsonl") if r.get("event") == "parameters")
     assert abs(held["bytes_total"] / fp32["bytes_total"] - 0.5) < 0.01, (held, fp32)
@@ -147,13 +190,23 @@ def test_packed_mixed_tasks_under_zero3_match_one_process(tmp_path):
     from conftest import FIXTURES
 
     rte = str(FIXTURES / "superglue" / "rte.jsonl")
-    tasks = [f"tasks=[{{name: support, preset: support}}, {{name: rte, preset: rte, train: '{rte}', eval: '{rte}'}}]",
-             *METHODS["p_tuning_v2"], "method.num_virtual_tokens=16", "distributed.timeout_s=120",
-             "data.packing=true", "data.max_length=192", "train.steps=2", "data.max_eval_examples=4"]
+    tasks = [
+        f"tasks=[{{name: support, preset: support}}, {{name: rte, preset: rte, train: '{rte}', eval: '{rte}'}}]",
+        *METHODS["p_tuning_v2"],
+        "method.num_virtual_tokens=16",
+        "distributed.timeout_s=120",
+        "data.packing=true",
+        "data.max_length=192",
+        "train.steps=2",
+        "data.max_eval_examples=4",
+    ]
     one = tmp_path / "one"
     train(load_config([QUICKSTART], [f"output_dir={one}", "data.batch_size=2", *COMMON, *tasks]))
-    torchrun(2, tmp_path / "two", ["data.batch_size=1", "distributed.engine=deepspeed", "distributed.zero_stage=3",
-                                   *COMMON, *tasks])
+    torchrun(
+        2,
+        tmp_path / "two",
+        ["data.batch_size=1", "distributed.engine=deepspeed", "distributed.zero_stage=3", *COMMON, *tasks],
+    )
     assert_same_curve(losses(tmp_path / "two"), losses(one))
     final = [r for r in read_jsonl(tmp_path / "two" / "metrics.jsonl") if r.get("split") == "eval"]
     want = [r for r in read_jsonl(one / "metrics.jsonl") if r.get("split") == "eval"]

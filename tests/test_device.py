@@ -6,13 +6,13 @@ import datetime
 
 import pytest
 import torch
-from conftest import FIXTURES, MINI, session
 
+from conftest import FIXTURES, MINI, session
 from ptune_dist import device as dev
 from ptune_dist.config import load_config
 from ptune_dist.errors import ConfigError
-from ptune_dist.rank_env import DistEnv
 from ptune_dist.model.load import device_map
+from ptune_dist.rank_env import DistEnv
 from ptune_dist.train import dist
 
 
@@ -44,7 +44,9 @@ def test_auto_is_the_cpu_without_a_gpu_and_cuda_is_refused_clearly():
     assert dev.choose("auto", 0, cuda=FakeCuda(0)) == torch.device("cpu")
     with pytest.raises(ConfigError, match=r"train.device=cuda, but no CUDA GPU is visible.*train.device=auto or cpu"):
         dev.choose("cuda", 0, cuda=FakeCuda(0))
-    with pytest.raises(ConfigError, match=r"train.device='gpu' is not allowed; choose one of \['auto', 'cpu', 'cuda'\]"):
+    with pytest.raises(
+        ConfigError, match=r"train.device='gpu' is not allowed; choose one of \['auto', 'cpu', 'cuda'\]"
+    ):
         dev.choose("gpu", 0, cuda=FakeCuda(1))
 
 
@@ -59,7 +61,9 @@ def test_a_task_bound_to_one_gpu_uses_it_and_too_many_ranks_are_refused():
     # srun --gpus-per-task=1: local rank 3 sees one GPU, its own
     assert dev.choose("cuda", 3, cuda=FakeCuda(1), environ={"CUDA_VISIBLE_DEVICES": "3"}) == torch.device("cuda", 0)
     # 3 ranks on a 2-GPU node: the third has no GPU of its own (NCCL refuses two ranks on one GPU)
-    with pytest.raises(ConfigError, match=r"local rank 2 needs a GPU of its own.*sees 2 GPU\(s\).*launch.nproc_per_node"):
+    with pytest.raises(
+        ConfigError, match=r"local rank 2 needs a GPU of its own.*sees 2 GPU\(s\).*launch.nproc_per_node"
+    ):
         dev.choose("auto", 2, cuda=FakeCuda(2), environ={"CUDA_VISIBLE_DEVICES": "0,1"})
     with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES=unset"):
         dev.choose("auto", 1, cuda=FakeCuda(1), environ={})
@@ -103,14 +107,25 @@ def test_cpu_batches_stay_as_they_are():
 
 def test_config_key_lists_its_choices():
     assert load_config([], ["train.device=cuda"]).train.device == "cuda"
-    with pytest.raises(ConfigError, match=r"train.device='tpu' is not allowed; choose one of \['auto', 'cpu', 'cuda'\]"):
+    with pytest.raises(
+        ConfigError, match=r"train.device='tpu' is not allowed; choose one of \['auto', 'cpu', 'cuda'\]"
+    ):
         load_config([], ["train.device=tpu"])
 
 
 def test_a_session_puts_prompts_heads_and_label_tables_on_its_device(mini):
-    s = session([f"model.name_or_path={MINI}", "method.name=p_tuning_v2", "tasks.0.preset=rte",
-                 f"tasks.0.train={FIXTURES / 'superglue' / 'rte.jsonl'}",
-                 "tasks.0.scoring=head", "data.batch_size=2"], base=mini, splits=("train",))
+    s = session(
+        [
+            f"model.name_or_path={MINI}",
+            "method.name=p_tuning_v2",
+            "tasks.0.preset=rte",
+            f"tasks.0.train={FIXTURES / 'superglue' / 'rte.jsonl'}",
+            "tasks.0.scoring=head",
+            "data.batch_size=2",
+        ],
+        base=mini,
+        splits=("train",),
+    )
     assert s.device == torch.device("cpu") and s.model.device == torch.device("cpu")
     assert {p.device.type for p in s.model.trainable_parameters().values()} == {"cpu"}
     assert all(p.dtype == torch.float32 for p in s.model.trainable_parameters().values())  # fp32 master weights
@@ -129,7 +144,8 @@ PROBES = {"is_available", "device_count", "get_device_properties"}
 # the files that may still call them, each with its reason; every entry must still be needed
 ALLOWED = {
     "ptune_dist/device.py": "decides the device and answers every other question about this machine's GPUs",
-    "ptune_dist/train/rng.py": "whether this process has initialised CUDA, so its RNG state is saved (not where to run)",
+    "ptune_dist/train/rng.py": "whether this process has initialised CUDA, so its RNG state is saved "
+    "(not where to run)",
     "ptune_dist/checkpoint/state.py": "the same question when a checkpoint reads the CUDA RNG state",
 }
 # not listed: kernels/available.py checks a call's own tensors (q.device), plan/fake_cuda.py and plan/trace.py
@@ -141,8 +157,11 @@ def cuda_probes(path):
     import ast
 
     tree = ast.parse(path.read_text(), str(path))
-    return [(n.lineno, f"{ast.unparse(n.value)}.{n.attr}") for n in ast.walk(tree)
-            if isinstance(n, ast.Attribute) and n.attr in PROBES and ast.unparse(n.value).split(".")[-1] == "cuda"]
+    return [
+        (n.lineno, f"{ast.unparse(n.value)}.{n.attr}")
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and n.attr in PROBES and ast.unparse(n.value).split(".")[-1] == "cuda"
+    ]
 
 
 def test_nothing_outside_device_py_asks_torch_cuda_about_the_machine():
@@ -174,8 +193,11 @@ def test_a_float16_quantised_base_follows_train_device_not_the_machine(monkeypat
     monkeypatch.setattr(dev, "gpu_count", lambda cuda=None: 1)  # this machine 'shows' one GPU
     overrides = ["model.quant=nf4", "model.quant_compute_dtype=float16", f"train.device={setting}"]
     if refused:
-        with pytest.raises(ConfigError, match=r"model.quant_compute_dtype=float16 with model.quant=nf4 and "
-                                              r"train.device=cpu: bitsandbytes' CPU kernels"):
+        with pytest.raises(
+            ConfigError,
+            match=r"model.quant_compute_dtype=float16 with model.quant=nf4 and "
+            r"train.device=cpu: bitsandbytes' CPU kernels",
+        ):
             load_config([], overrides)
     else:
         assert load_config([], overrides).model.quant_compute_dtype == "float16"

@@ -7,9 +7,9 @@ import hashlib
 
 import pytest
 import torch
-from conftest import SMOL
 from safetensors.torch import save_file
 
+from conftest import SMOL
 from ptune_dist.checkpoint import state
 from ptune_dist.checkpoint.peft_format import Prompts, base_info
 from ptune_dist.cli import main
@@ -17,8 +17,11 @@ from ptune_dist.config import load_config, to_yaml
 
 
 def snapshot(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -92,10 +95,14 @@ def test_export_refuses_links_the_current_folder_and_places_it_cannot_write(run,
     work.mkdir()
     (work / "mine.txt").write_text("mine")
     monkeypatch.chdir(work)
-    for out, words in [(tmp_path / "link", "is a symbolic link"), (tmp_path / "dangling", "is a symbolic link"),
-                       (".", "the current folder"), ("", "the current folder"),
-                       (tmp_path / "file" / "sub", "is a file, not a folder"),
-                       ("/sys/ptune-test-export", "cannot write there")]:  # refused even to root
+    for out, words in [
+        (tmp_path / "link", "is a symbolic link"),
+        (tmp_path / "dangling", "is a symbolic link"),
+        (".", "the current folder"),
+        ("", "the current folder"),
+        (tmp_path / "file" / "sub", "is a file, not a folder"),
+        ("/sys/ptune-test-export", "cannot write there"),
+    ]:  # refused even to root
         assert export(run, out, "--force") == 2, out
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err, (out, err)
@@ -111,18 +118,21 @@ def adapter(tmp_path, config, embeddings) -> str:
     return str(d)
 
 
-GOOD = '{"peft_type": "PROMPT_TUNING", "base_model_name_or_path": "%s"}' % SMOL
+GOOD = f'{{"peft_type": "PROMPT_TUNING", "base_model_name_or_path": "{SMOL}"}}'
 
 
-@pytest.mark.parametrize("config, embeddings, extra, words", [
-    ("[1]", torch.zeros(3, 576), [], "expected a JSON object"),
-    (GOOD, torch.tensor(1.0), [], "a prompt is [virtual tokens >= 1, width]"),
-    (GOOD, torch.zeros(0, 576), [], "a prompt is [virtual tokens >= 1, width]"),
-    (GOOD, torch.full((3, 576), float("nan")), [], "hold NaN or inf"),
-    ('{"peft_type": "PROMPT_TUNING"}', torch.zeros(3, 576), [], "names no base model"),
-    (GOOD, torch.zeros(3, 576), ["output_dir=elsewhere"], "the run folder is --out"),
-    (GOOD, torch.zeros(3, 576), ["method.name=prefix_tuning"], "imports as method.name=prompt_tuning"),
-])
+@pytest.mark.parametrize(
+    "config, embeddings, extra, words",
+    [
+        ("[1]", torch.zeros(3, 576), [], "expected a JSON object"),
+        (GOOD, torch.tensor(1.0), [], "a prompt is [virtual tokens >= 1, width]"),
+        (GOOD, torch.zeros(0, 576), [], "a prompt is [virtual tokens >= 1, width]"),
+        (GOOD, torch.full((3, 576), float("nan")), [], "hold NaN or inf"),
+        ('{"peft_type": "PROMPT_TUNING"}', torch.zeros(3, 576), [], "names no base model"),
+        (GOOD, torch.zeros(3, 576), ["output_dir=elsewhere"], "the run folder is --out"),
+        (GOOD, torch.zeros(3, 576), ["method.name=prefix_tuning"], "imports as method.name=prompt_tuning"),
+    ],
+)
 def test_import_names_what_is_wrong_with_the_adapter(tmp_path, capsys, config, embeddings, extra, words):
     assert main(["import", adapter(tmp_path, config, embeddings), "--out", str(tmp_path / "new"), *extra]) == 2
     err = capsys.readouterr().err

@@ -9,19 +9,36 @@ import time
 from pathlib import Path
 
 from conftest import rank_pid, read_jsonl
-
 from ptune_dist.checkpoint import state as ckpt
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=64", "data.max_eval_examples=8", "data.batch_size=4",
-        "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false",
-        "train.save_every=3", "launch.nproc_per_node=2", "launch.max_restarts=0"]
+TINY = [
+    "method.num_virtual_tokens=4",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=8",
+    "data.batch_size=4",
+    "train.log_every=1",
+    "train.progress_bar=false",
+    "train.eval_baseline=false",
+    "train.tensorboard=false",
+    "train.save_every=3",
+    "launch.nproc_per_node=2",
+    "launch.max_restarts=0",
+]
 
 
 def test_killed_rank_ends_the_run_and_the_rerun_resumes(tmp_path):
     def launch(steps):
-        return [sys.executable, "-m", "ptune_dist.cli", "launch", QUICKSTART, f"output_dir={tmp_path}",
-                f"train.steps={steps}", *TINY]
+        return [
+            sys.executable,
+            "-m",
+            "ptune_dist.cli",
+            "launch",
+            QUICKSTART,
+            f"output_dir={tmp_path}",
+            f"train.steps={steps}",
+            *TINY,
+        ]
 
     proc = subprocess.Popen(launch(400), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SMOL
 
+from conftest import SMOL
 from ptune_dist.checkpoint import folder_rule, state
 from ptune_dist.checkpoint.atomic import atomic_dir
 from ptune_dist.checkpoint.checkpointer import Checkpointer
@@ -31,17 +31,32 @@ from ptune_dist.train.run_lock import NAME, RunLock, check_free
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
 RUN = [f"model.name_or_path={SMOL}", "method.num_virtual_tokens=3", "tasks.0.preset=support"]
-TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=8", "data.max_eval_examples=4", "data.batch_size=4",
-        "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false", "train.eval_every=0"]
-HOLD = ("import sys, time; from ptune_dist.train.run_lock import RunLock\n"
-        "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
+TINY = [
+    "method.num_virtual_tokens=4",
+    "data.max_train_examples=8",
+    "data.max_eval_examples=4",
+    "data.batch_size=4",
+    "train.progress_bar=false",
+    "train.eval_baseline=false",
+    "train.tensorboard=false",
+    "train.eval_every=0",
+]
+HOLD = (
+    "import sys, time; from ptune_dist.train.run_lock import RunLock\n"
+    "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)"
+)
 PRECIOUS = "someone else's file\n"
 
 
 def snapshot(folder: Path) -> dict:
     """Every file and link below `folder`: content hash, or where a link points."""
-    return {str(p.relative_to(folder)): f"-> {p.readlink()}" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()}
+    return {
+        str(p.relative_to(folder)): f"-> {p.readlink()}"
+        if p.is_symlink()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_symlink() or p.is_file()
+    }
 
 
 def make_run(folder: Path, step: int = 0) -> Path:
@@ -130,14 +145,18 @@ def _sweep_cells(path):
     write_sweep(path.parent, {}, [{"id": "000", "dir": str(path / "000")}], [load_config([], RUN)])
 
 
-@pytest.mark.parametrize("write, name, to_folder", [
-    (_write_file, "launch.yaml", False),      # launcher/files.py: launch.yaml, sweep.json, job records, results tables
-    (_metrics, "metrics.jsonl", False),       # train/metrics_file.py
-    (_report, "report.md", False),            # study/report.py
-    (_final, "final", True),                  # checkpoint/atomic.py: final/, checkpoints/step-N
-    (_checkpoints, "checkpoints", True),      # checkpoint/checkpointer.py: saving and pruning there
-    (_sweep_cells, "cells", True),            # launcher/sweep_folder.py: the cells' launch.yaml
-], ids=["write_file", "metrics", "report", "atomic_dir", "checkpointer", "sweep_cells"])
+@pytest.mark.parametrize(
+    "write, name, to_folder",
+    [
+        (_write_file, "launch.yaml", False),  # launcher/files.py: launch.yaml, sweep.json, job records, results tables
+        (_metrics, "metrics.jsonl", False),  # train/metrics_file.py
+        (_report, "report.md", False),  # study/report.py
+        (_final, "final", True),  # checkpoint/atomic.py: final/, checkpoints/step-N
+        (_checkpoints, "checkpoints", True),  # checkpoint/checkpointer.py: saving and pruning there
+        (_sweep_cells, "cells", True),  # launcher/sweep_folder.py: the cells' launch.yaml
+    ],
+    ids=["write_file", "metrics", "report", "atomic_dir", "checkpointer", "sweep_cells"],
+)
 def test_no_write_follows_a_link(write, name, to_folder, tmp_path, target):
     out = tmp_path / "run"
     out.mkdir()
@@ -164,31 +183,36 @@ def test_a_refused_folder_is_left_as_it_was(tmp_path, capsys):
     for name in ("config.yaml", "results.json", "results.csv"):
         (mine / name).write_text(PRECIOUS)
     before = snapshot(tmp_path)
-    for argv, command in [(["train", QUICKSTART, "train.steps=1", *TINY], "ptune train"),
-                          (["sweep", QUICKSTART, "--grid", "train.seed=0,1"], "ptune sweep"),
-                          (["study", QUICKSTART, f"study.models=[{SMOL}]", "study.seeds=[0]"], "ptune study")]:
+    for argv, command in [
+        (["train", QUICKSTART, "train.steps=1", *TINY], "ptune train"),
+        (["sweep", QUICKSTART, "--grid", "train.seed=0,1"], "ptune sweep"),
+        (["study", QUICKSTART, f"study.models=[{SMOL}]", "study.seeds=[0]"], "ptune study"),
+    ]:
         assert main([*argv, f"output_dir={mine}"]) == 2
         err = capsys.readouterr().err
         assert f"holds config.yaml, results.csv, results.json: files {command} did not create" in err, err
         assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("files, kind, refused", [
-    ({}, folder_rule.TRAIN, []),
-    ({"launch.yaml": "x", ".ptune-lock": "", "slurm/job.json": "{}", "attempts.json": "{}"}, folder_rule.TRAIN, []),
-    ({"final/manifest.json": "{}", "notes.txt": "x"}, folder_rule.TRAIN, []),  # its own run (or an import)
-    ({"checkpoints/step-2/x": "x", "results.json": "{}"}, folder_rule.TRAIN, []),
-    ({"config.yaml": "x", "metrics.jsonl": "{}", ".results.json.ab12cd34.tmp": ""}, folder_rule.TRAIN, []),
-    ({"config.yaml": "x", "results.json": "{}"}, folder_rule.TRAIN, ["config.yaml", "results.json"]),
-    ({"metrics.jsonl": "{}"}, folder_rule.TRAIN, []),  # a run killed before its config.yaml was written
-    ({"results.json": "{}", ".git/HEAD": "x"}, folder_rule.TRAIN, [".git", "results.json"]),
-    ({"study.json": "{}", "cells/000/launch.yaml": "x"}, folder_rule.TRAIN, ["cells", "study.json"]),
-    ({"study.json": "{}", "notes.txt": "x"}, folder_rule.STUDY, []),
-    ({"sweep.json": "{}", "cells/000/launch.yaml": "x"}, folder_rule.STUDY, ["cells", "sweep.json"]),
-    ({"slurm/x.out": ""}, folder_rule.STUDY, []),
-    ({"sweep.json": "{}", "results.csv": "x"}, folder_rule.SWEEP, []),
-    ({"results.md": "x"}, folder_rule.SWEEP, ["results.md"]),
-])
+@pytest.mark.parametrize(
+    "files, kind, refused",
+    [
+        ({}, folder_rule.TRAIN, []),
+        ({"launch.yaml": "x", ".ptune-lock": "", "slurm/job.json": "{}", "attempts.json": "{}"}, folder_rule.TRAIN, []),
+        ({"final/manifest.json": "{}", "notes.txt": "x"}, folder_rule.TRAIN, []),  # its own run (or an import)
+        ({"checkpoints/step-2/x": "x", "results.json": "{}"}, folder_rule.TRAIN, []),
+        ({"config.yaml": "x", "metrics.jsonl": "{}", ".results.json.ab12cd34.tmp": ""}, folder_rule.TRAIN, []),
+        ({"config.yaml": "x", "results.json": "{}"}, folder_rule.TRAIN, ["config.yaml", "results.json"]),
+        ({"metrics.jsonl": "{}"}, folder_rule.TRAIN, []),  # a run killed before its config.yaml was written
+        ({"results.json": "{}", ".git/HEAD": "x"}, folder_rule.TRAIN, [".git", "results.json"]),
+        ({"study.json": "{}", "cells/000/launch.yaml": "x"}, folder_rule.TRAIN, ["cells", "study.json"]),
+        ({"study.json": "{}", "notes.txt": "x"}, folder_rule.STUDY, []),
+        ({"sweep.json": "{}", "cells/000/launch.yaml": "x"}, folder_rule.STUDY, ["cells", "sweep.json"]),
+        ({"slurm/x.out": ""}, folder_rule.STUDY, []),
+        ({"sweep.json": "{}", "results.csv": "x"}, folder_rule.SWEEP, []),
+        ({"results.md": "x"}, folder_rule.SWEEP, ["results.md"]),
+    ],
+)
 def test_what_makes_a_folder_someone_elses(files, kind, refused, tmp_path):
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -223,10 +247,14 @@ def test_force_never_reaches_into_a_live_run(live, tmp_path, capsys):
         (["export", str(run), "--out", str(live), "--force"], "is a run that a ptune train is writing now"),
         (["export", str(run), "--out", str(live / "final"), "--force"], f"is inside {live}, a run"),
         (["export", str(run), "--out", str(live.parent), "--force"], f"holds {live}, a run"),
-        (["import", str(tmp_path / "adapter"), "--out", str(live), "--force", "tasks.0.preset=support"],
-         "a ptune train is writing now"),
-        (["predict", str(run), "--input", str(rows), "--output", str(live / "notes.txt"), "--force"],
-         "a ptune train is writing now"),
+        (
+            ["import", str(tmp_path / "adapter"), "--out", str(live), "--force", "tasks.0.preset=support"],
+            "a ptune train is writing now",
+        ),
+        (
+            ["predict", str(run), "--input", str(rows), "--output", str(live / "notes.txt"), "--force"],
+            "a ptune train is writing now",
+        ),
     ]:
         capsys.readouterr()
         assert main(argv) == 2, argv

@@ -8,8 +8,9 @@ from ptune_dist.launcher.sweep_table import gather
 
 
 def test_a_metric_that_is_not_a_number_is_a_damaged_row(tmp_path, capsys):
-    cells = [{"id": f"00{i}", "overrides": [f"train.lr={lr}"], "dir": f"cells/00{i}"}
-             for i, lr in enumerate(("0.1", "0.2"))]
+    cells = [
+        {"id": f"00{i}", "overrides": [f"train.lr={lr}"], "dir": f"cells/00{i}"} for i, lr in enumerate(("0.1", "0.2"))
+    ]
     (tmp_path / "sweep.json").write_text(json.dumps({"grid": {"train.lr": ["0.1", "0.2"]}, "cells": cells}))
     for i, acc in enumerate((0.9, "0.9")):
         (tmp_path / "cells" / f"00{i}").mkdir(parents=True)

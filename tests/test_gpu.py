@@ -16,17 +16,22 @@ import shutil
 
 import pytest
 import torch
+
 from conftest import FIXTURES, read_jsonl
 from conftest import tiny_llama as save_tiny_llama
-
 from ptune_dist.cli import main
 from ptune_dist.config import load_config
 from ptune_dist.train.loop import train
 from ptune_dist.train.metrics_file import read_metrics
 
 DEVICE = os.environ.get("PTUNE_GPU_TEST_DEVICE", "cuda")
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
-                                                  reason="needs a CUDA GPU (scripts/gpu-check.sh runs these on one)")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        DEVICE == "cuda" and not torch.cuda.is_available(),
+        reason="needs a CUDA GPU (scripts/gpu-check.sh runs these on one)",
+    ),
+]
 METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2"]
 QUIET = ["train.progress_bar=false", "train.tensorboard=false"]
 
@@ -40,10 +45,26 @@ def tiny_llama(tmp_path_factory):
 def instruct(folder, out, *extra, device=DEVICE):
     """Generation on the 8 instruction rows of the fixtures, 30 steps, logged every step."""
     rows = FIXTURES / "instructions.jsonl"
-    return load_config([], [f"model.name_or_path={folder}", "tasks.0.type=generation", f"tasks.0.train={rows}",
-                            f"tasks.0.eval={rows}", "data.max_length=64", "data.batch_size=4", "train.steps=30",
-                            "train.log_every=1", "train.lr=0.3", "method.num_virtual_tokens=8", "model.dropout=0.0",
-                            f"train.device={device}", f"output_dir={out}", *QUIET, *extra])
+    return load_config(
+        [],
+        [
+            f"model.name_or_path={folder}",
+            "tasks.0.type=generation",
+            f"tasks.0.train={rows}",
+            f"tasks.0.eval={rows}",
+            "data.max_length=64",
+            "data.batch_size=4",
+            "train.steps=30",
+            "train.log_every=1",
+            "train.lr=0.3",
+            "method.num_virtual_tokens=8",
+            "model.dropout=0.0",
+            f"train.device={device}",
+            f"output_dir={out}",
+            *QUIET,
+            *extra,
+        ],
+    )
 
 
 def train_losses(out) -> list[float]:
@@ -76,8 +97,9 @@ def test_minilm_ptuning_v2_on_the_gpu_reaches_the_cpu_accuracy(tmp_path):
     acc = {}
     for where in (DEVICE, "cpu"):
         out = tmp_path / where
-        results = train(load_config([config], [f"output_dir={out}", f"train.device={where}", "train.threads=0",
-                                               *QUIET]))
+        results = train(
+            load_config([config], [f"output_dir={out}", f"train.device={where}", "train.threads=0", *QUIET])
+        )
         acc[where] = results["final"]["support"]["accuracy"]
         assert results["device"]["device"].startswith(where)
     assert acc[DEVICE] >= 0.9 and abs(acc[DEVICE] - acc["cpu"]) <= 0.1, acc
@@ -98,8 +120,18 @@ def test_no_sync_between_logging_steps_on_the_gpu(tiny_llama, tmp_path, case):
 
     if DEVICE != "cuda":
         pytest.skip("torch.cuda.set_sync_debug_mode needs CUDA (tests/test_sync_free.py counts on the CPU)")
-    steps = count_steps(instruct(tiny_llama, tmp_path, "model.dtype=bfloat16", "method.name=p_tuning_v2",
-                                 "train.steps=6", "train.log_every=3", *case), watch=CudaSyncWarnings())
+    steps = count_steps(
+        instruct(
+            tiny_llama,
+            tmp_path,
+            "model.dtype=bfloat16",
+            "method.name=p_tuning_v2",
+            "train.steps=6",
+            "train.log_every=3",
+            *case,
+        ),
+        watch=CudaSyncWarnings(),
+    )
     first = steps[1][1]  # the first step: lazy initialisations, reported, not asserted
     for step, (logged, syncs) in steps.items():
         if step > 1 and not logged:
@@ -113,7 +145,6 @@ def test_kernels_match_the_reference_inside_the_model(tiny_llama, method):
     kernel that runs there against `reference` (GQA 8/2, deep or shallow prompt): fp32 on the CPU, bf16 on a GPU
     (where the Triton kernels take fp16/bf16 only), with bf16's tolerances."""
     from conftest import assert_close_rel, grads, session
-
     from ptune_dist.data.collate import collate
     from ptune_dist.device import to_device
     from ptune_dist.kernels.api import unavailable
@@ -122,10 +153,20 @@ def test_kernels_match_the_reference_inside_the_model(tiny_llama, method):
     tol = (2e-2, 5e-2) if DEVICE == "cuda" else (1e-4, 1e-3)  # loss, gradients (of their largest magnitude)
 
     def run(impl):
-        s = session([f"model.name_or_path={tiny_llama}", "tasks.0.type=generation",
-                     f"tasks.0.train={FIXTURES / 'instructions.jsonl'}", f"method.name={method}",
-                     "method.num_virtual_tokens=8", "model.dropout=0.0", f"model.attention={impl}",
-                     f"model.dtype={dtype}", f"train.device={DEVICE}"], splits=("train",))
+        s = session(
+            [
+                f"model.name_or_path={tiny_llama}",
+                "tasks.0.type=generation",
+                f"tasks.0.train={FIXTURES / 'instructions.jsonl'}",
+                f"method.name={method}",
+                "method.num_virtual_tokens=8",
+                "model.dropout=0.0",
+                f"model.attention={impl}",
+                f"model.dtype={dtype}",
+                f"train.device={DEVICE}",
+            ],
+            splits=("train",),
+        )
         batch = collate(s.tasks[0].train[:4], s.pad_id, "left")
         assert not batch["attention_mask"].bool().all(), "the batch should be padded"
         out = s.model(to_device(batch, s.device))
@@ -145,8 +186,16 @@ def test_kernels_match_the_reference_inside_the_model(tiny_llama, method):
 
 def test_zero3_trains_on_the_gpu(tiny_llama, tmp_path):
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
-    train(instruct(tiny_llama, tmp_path, "model.dtype=bfloat16", "method.name=p_tuning_v2",
-                   "distributed.engine=deepspeed", "distributed.zero_stage=3"))
+    train(
+        instruct(
+            tiny_llama,
+            tmp_path,
+            "model.dtype=bfloat16",
+            "method.name=p_tuning_v2",
+            "distributed.engine=deepspeed",
+            "distributed.zero_stage=3",
+        )
+    )
     assert_falls(train_losses(tmp_path))
     assert (tmp_path / "final" / "trainable.safetensors").is_file()  # gathered from the partitions
 

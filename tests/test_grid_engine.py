@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from test_study_run import STUDY
 
 from ptune_dist.cli import main
 from ptune_dist.launcher import grid_cells, grid_queue
+from test_study_run import STUDY
 
 ROOT = Path(__file__).parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -37,6 +37,7 @@ def queue_calls(monkeypatch):
     def run(cfg, path):
         calls["started"].append(Path(path).parent)
         return 3  # a failed start: retried up to the grid's retries
+
     monkeypatch.setattr(grid_queue, "run_queue", queue)
     monkeypatch.setattr(grid_cells, "write_cells", write)
     monkeypatch.setattr(local, "run", run)
@@ -74,6 +75,10 @@ def test_no_study_module_defines_what_the_grid_engine_defines():
         twice = sorted(n for n in defined(module) if n in engine and not n.startswith("_"))
         assert not twice, f"{module.name} defines {twice}, which launcher/{engine[twice[0]]} defines"
     # a module that defines nothing holds no second copy (study/record.py: the old array scripts' command name)
-    names = [p.stem for folder in (ROOT / "ptune_dist" / "study", ROOT / "launcher") for p in folder.glob("*.py")
-             if defined(p)]
+    names = [
+        p.stem
+        for folder in (ROOT / "ptune_dist" / "study", ROOT / "launcher")
+        for p in folder.glob("*.py")
+        if defined(p)
+    ]
     assert not {"prepare", "gather", "record", "queue", "arrays"} & set(names)

@@ -18,8 +18,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import tiny_llama
 
+from conftest import tiny_llama
 from ptune_dist.launcher import signals
 from ptune_dist.rank_env import free_port
 from ptune_dist.train import peers
@@ -27,11 +27,24 @@ from ptune_dist.train.preempt import RANK_FAULT, STOP_RECORD_ENV
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
 TIMEOUT_S = 8
-TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=64", "data.max_eval_examples=8", "data.batch_size=4",
-        "data.max_length=64", "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false",
-        "train.tensorboard=false", "train.eval_every=0", "train.device=cpu", "train.steps=100000",
-        "launch.nproc_per_node=2", "launch.threads_per_proc=1", f"distributed.timeout_s={TIMEOUT_S}",
-        "launch.max_restarts=0"]  # the survivors' end is what is watched here; the restart: the last test
+TINY = [
+    "method.num_virtual_tokens=4",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=8",
+    "data.batch_size=4",
+    "data.max_length=64",
+    "train.log_every=1",
+    "train.progress_bar=false",
+    "train.eval_baseline=false",
+    "train.tensorboard=false",
+    "train.eval_every=0",
+    "train.device=cpu",
+    "train.steps=100000",
+    "launch.nproc_per_node=2",
+    "launch.threads_per_proc=1",
+    f"distributed.timeout_s={TIMEOUT_S}",
+    "launch.max_restarts=0",
+]  # the survivors' end is what is watched here; the restart: the last test
 HOST = socket.gethostname()
 
 
@@ -45,9 +58,24 @@ class Launch:
 
     def __init__(self, out, tiny, *more):
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "ptune_dist.cli", "launch", QUICKSTART, f"output_dir={out}",
-                                      f"model.name_or_path={tiny}", *TINY, *more], env=env, start_new_session=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ptune_dist.cli",
+                "launch",
+                QUICKSTART,
+                f"output_dir={out}",
+                f"model.name_or_path={tiny}",
+                *TINY,
+                *more,
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines, self.metrics = [], Path(out) / "metrics.jsonl"
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -63,7 +91,9 @@ class Launch:
                 found = {}
                 for pid in signals.descendants(self.proc.pid):
                     try:
-                        env = dict(e.split("=", 1) for e in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in e)
+                        env = dict(
+                            e.split("=", 1) for e in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in e
+                        )
                         cmd = Path(f"/proc/{pid}/cmdline").read_text()
                     except OSError:
                         continue
@@ -91,11 +121,16 @@ def the_line(lines, rank: int) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, victim, more", [
-    (signal.SIGSTOP, 1, []), (signal.SIGKILL, 0, []),
-    # ZeRO-3 (its collectives go through torch.distributed), saving every step: a kill lands in or near a save
-    (signal.SIGKILL, 1, ["distributed.engine=deepspeed", "distributed.zero_stage=3", "train.save_every=1"])],
-    ids=["stop-rank-1", "kill-rank-0", "kill-rank-1-zero3-saving"])
+@pytest.mark.parametrize(
+    "sig, victim, more",
+    [
+        (signal.SIGSTOP, 1, []),
+        (signal.SIGKILL, 0, []),
+        # ZeRO-3 (its collectives go through torch.distributed), saving every step: a kill lands in or near a save
+        (signal.SIGKILL, 1, ["distributed.engine=deepspeed", "distributed.zero_stage=3", "train.save_every=1"]),
+    ],
+    ids=["stop-rank-1", "kill-rank-0", "kill-rank-1-zero3-saving"],
+)
 def test_a_silent_or_dead_rank_is_named_by_the_survivor_within_the_timeout(tmp_path, tiny, sig, victim, more):
     run = Launch(tmp_path / "run", tiny, *more)
     ranks = {}
@@ -146,13 +181,19 @@ def test_a_peer_whose_heartbeat_stops_is_named_one_that_failed_is_named_as_such(
         time.sleep(1.2)
         quiet.halt.set()  # no more beats, state still "up"
         failed.stop("failed")
-        fault = mine.diagnose(RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out "
-                                           "waiting 1000ms for recv operation to complete"))
+        fault = mine.diagnose(
+            RuntimeError(
+                "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out "
+                "waiting 1000ms for recv operation to complete"
+            )
+        )
     finally:
         for beats in (mine, quiet, failed):
             beats.halt.set()
     line = str(fault)
-    assert line.startswith(f"rank 1 (host {HOST}, pid {os.getpid()}, last heard at step ") and "stopped answering" in line
+    assert (
+        line.startswith(f"rank 1 (host {HOST}, pid {os.getpid()}, last heard at step ") and "stopped answering" in line
+    )
     assert "rank 2" not in line and "this rank waited at step 7 (train) up to distributed.timeout_s=1 s" in line
     assert "(RuntimeError: Timed out waiting 1000ms for recv operation to complete)" in line and "\n" not in line
     del server
@@ -160,7 +201,8 @@ def test_a_peer_whose_heartbeat_stops_is_named_one_that_failed_is_named_as_such(
     # nobody silent: the peer that left with its own error is named, as such
     only = {2: {"step": 3, "phase": "train", "host": "n2", "state": "failed"}}
     assert peers.line([2], only, RuntimeError("Connection reset by peer"), 300, {}).startswith(
-        "rank 2 (host n2, last heard at step 3 (train)) ended with its own error")
+        "rank 2 (host n2, last heard at step 3 (train)) ended with its own error"
+    )
     assert peers.line([], {}, RuntimeError("x"), None, None).startswith("no peer rank was found silent")
     assert peers.line([], None, RuntimeError("x"), None, None).startswith("a peer rank did not answer (before the")
 
@@ -188,7 +230,9 @@ def test_a_store_that_stops_answering_names_rank_0_which_holds_it(monkeypatch):
     beats = peers.Heartbeats(1, 2, 1.0, store, master_addr="node-0")
     try:
         store.up = False
-        line = str(beats.diagnose(RuntimeError("[gloo/transport/tcp/pair.cc:1] Connection closed by peer [10.0.0.1]:5")))
+        line = str(
+            beats.diagnose(RuntimeError("[gloo/transport/tcp/pair.cc:1] Connection closed by peer [10.0.0.1]:5"))
+        )
     finally:
         beats.halt.set()
     assert line.startswith("rank 0 (host node-0, never heard from, silent for ") and "stopped answering" in line
@@ -203,8 +247,10 @@ def test_a_fault_line_is_recorded_for_the_launcher_and_the_status_is_97(tmp_path
     peers.write_fault(tmp_path, 0, "rank 1 (host a) stopped answering")
     (tmp_path / "fault-x").write_text("not a rank")
     (tmp_path / "rank-0").write_text("99\n")  # preempt.leave's records are not faults
-    assert peers.read_faults(tmp_path) == {0: "rank 1 (host a) stopped answering",
-                                           1: "rank 1 (host a) stopped answering; more"}
+    assert peers.read_faults(tmp_path) == {
+        0: "rank 1 (host a) stopped answering",
+        1: "rank 1 (host a) stopped answering; more",
+    }
     monkeypatch.delenv(STOP_RECORD_ENV)
     assert peers.leave(fault) == RANK_FAULT  # without ptune launch: the status alone
 
@@ -213,7 +259,9 @@ def test_only_a_collective_or_store_failure_is_a_peer_fault():
     from torch.distributed import DistBackendError
 
     assert peers.is_peer_failure(DistBackendError("NCCL watchdog: collective timed out"))
-    assert peers.is_peer_failure(RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"))
+    assert peers.is_peer_failure(
+        RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+    )
     assert not peers.is_peer_failure(RuntimeError("CUDA out of memory"))
     assert not peers.is_peer_failure(ValueError("Timed out waiting"))
     assert peers.interval(300) == 5 and peers.interval(8) == 0.5
@@ -241,7 +289,8 @@ def test_a_main_thread_that_no_error_reaches_is_ended_by_the_heartbeat_with_the_
         from datetime import timedelta
         from torch.distributed import TCPStore
         from ptune_dist.train import peers
-        store = TCPStore("127.0.0.1", {free_port()}, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=5))
+        store = TCPStore("127.0.0.1", {free_port()}, is_master=True, wait_for_workers=False,
+                         timeout=timedelta(seconds=5))
         store.set("ptune/beat//0/1", json.dumps({{"seq": 1, "step": 4, "phase": "train", "host": "n1", "pid": 7,
                                                  "state": "up"}}))  # rank 1 beat once, then nothing
         peers.at(5)
@@ -254,8 +303,10 @@ def test_a_main_thread_that_no_error_reaches_is_ended_by_the_heartbeat_with_the_
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     took = time.monotonic() - begun
     assert done.returncode == RANK_FAULT, done.stderr[-3000:]
-    line = (r"ptune train: rank 1 \(host n1, pid 7, last heard at step 4 \(train\), silent for \d s\) stopped answering; "
-            r"this rank waited at step 5 \(train\) up to distributed.timeout_s=2 s; ending with status 97")
+    line = (
+        r"ptune train: rank 1 \(host n1, pid 7, last heard at step 4 \(train\), silent for \d s\) stopped answering; "
+        r"this rank waited at step 5 \(train\) up to distributed.timeout_s=2 s; ending with status 97"
+    )
     assert re.match(line, done.stderr) and done.stderr.count("\n") == 1, done.stderr
     assert peers.read_faults(tmp_path)[0] == done.stderr.removeprefix("ptune train: ").strip()
     assert took < 15, took  # torch's import, then about timeout_s

@@ -29,8 +29,9 @@ def make(B, Hq, Hkv, Tq, Tk, P, d, per_row, pad, dtype=torch.float64, seed=0):
     return q, k, v, pk, pv, mask
 
 
-CASES = list(itertools.product([(3, 3), (9, 3), (8, 1)], [0, 4, 11], [False, True], [None, "left", "right"],
-                               [True, False]))
+CASES = list(
+    itertools.product([(3, 3), (9, 3), (8, 1)], [0, 4, 11], [False, True], [None, "left", "right"], [True, False])
+)
 
 
 @pytest.mark.parametrize("heads, P, per_row, pad, causal", CASES)
@@ -74,31 +75,43 @@ def test_shared_prefix_gradient_is_summed_over_rows():
     prefix_attention(q, k, v, pk, pv, causal=True).sum().backward()
     shared = pk.grad.clone()
     rows = pk.detach().expand(3, -1, -1, -1).clone().requires_grad_()
-    prefix_attention(q.detach(), k.detach(), v.detach(), rows, pv.detach().expand(3, -1, -1, -1), causal=True).sum().backward()
+    prefix_attention(
+        q.detach(), k.detach(), v.detach(), rows, pv.detach().expand(3, -1, -1, -1), causal=True
+    ).sum().backward()
     torch.testing.assert_close(shared, rows.grad.sum(0))
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(k=torch.zeros(2, 4, 5, 8)), "multiple of Hkv"),
-    (dict(pk=torch.zeros(2, 4, 8)), "prefix_k"),
-    (dict(mask=torch.ones(2, 4, dtype=torch.bool)), "key_padding_mask"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(k=torch.zeros(2, 4, 5, 8)), "multiple of Hkv"),
+        (dict(pk=torch.zeros(2, 4, 8)), "prefix_k"),
+        (dict(mask=torch.ones(2, 4, dtype=torch.bool)), "key_padding_mask"),
+    ],
+)
 def test_shape_errors(bad, match):
     q, k, v, pk, pv, mask = make(2, 6, 3, 5, 5, 4, 8, False, "left", dtype=torch.float32)
     args = dict(k=k, pk=pk, mask=mask) | bad
     with pytest.raises(ValueError, match=match):
-        prefix_attention(q, args["k"], args["k"] if "k" in bad else v, args["pk"], args["pk"] if "pk" in bad else pv,
-                         causal=True, key_padding_mask=args["mask"])
+        prefix_attention(
+            q,
+            args["k"],
+            args["k"] if "k" in bad else v,
+            args["pk"],
+            args["pk"] if "pk" in bad else pv,
+            causal=True,
+            key_padding_mask=args["mask"],
+        )
 
 
 # ---- the dispatch: names, availability, auto ----
 
 from hypothesis import given, settings  # noqa: E402
-from test_kernels_props import assert_matches_reference, cases  # noqa: E402
 
-from ptune_dist.kernels.api import CHOICES, ImplUnavailable, available, resolve_impl  # noqa: E402
 from ptune_dist.kernels import flash as flash_impl  # noqa: E402
 from ptune_dist.kernels import split as split_impl  # noqa: E402
+from ptune_dist.kernels.api import CHOICES, ImplUnavailable, available, resolve_impl  # noqa: E402
+from test_kernels_props import assert_matches_reference, cases  # noqa: E402
 
 
 def test_every_implementation_is_a_config_choice():
@@ -179,6 +192,7 @@ def test_split_refuses_cuda_and_names_what_to_use():
 
 # ---- flash: the real library needs CUDA; its wrapper's packing logic is checked against an emulation ----
 
+
 def _attend(q, k, v, scale, causal):
     """flash-attn's semantics for one sequence: q [Tq, Hq, d], k/v [Tk, Hkv, d], causal bottom-right."""
     Tq, Hq, _ = q.shape
@@ -205,11 +219,12 @@ class FakeFlashAttn:
         return torch.stack([_attend(q[b], k[b], v[b], softmax_scale, causal) for b in range(q.shape[0])])
 
     @staticmethod
-    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None,
-                               causal=False):
+    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
         assert int((cu_q[1:] - cu_q[:-1]).max()) <= max_q and int((cu_k[1:] - cu_k[:-1]).max()) <= max_k
-        parts = [_attend(q[cu_q[i]:cu_q[i + 1]], k[cu_k[i]:cu_k[i + 1]], v[cu_k[i]:cu_k[i + 1]], softmax_scale, causal)
-                 for i in range(len(cu_q) - 1)]
+        parts = [
+            _attend(q[cu_q[i] : cu_q[i + 1]], k[cu_k[i] : cu_k[i + 1]], v[cu_k[i] : cu_k[i + 1]], softmax_scale, causal)
+            for i in range(len(cu_q) - 1)
+        ]
         return torch.cat(parts)
 
 
@@ -244,10 +259,13 @@ def test_flash_wrapper_packs_prefix_and_padding_right(case):
         assert_matches_reference(case, "flash", fn=flash_impl.prefix_attention)
 
 
-@pytest.mark.parametrize("case", [
-    dict(B=1, Hq=1, Hkv=1, Tq=2, Tk=1, P=0, d=4, per_row=False, pad="left", causal=False, seed=2),
-    dict(B=2, Hq=3, Hkv=1, Tq=7, Tk=3, P=2, d=4, per_row=True, pad="right", causal=False, seed=5),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(B=1, Hq=1, Hkv=1, Tq=2, Tk=1, P=0, d=4, per_row=False, pad="left", causal=False, seed=2),
+        dict(B=2, Hq=3, Hkv=1, Tq=7, Tk=3, P=2, d=4, per_row=True, pad="right", causal=False, seed=5),
+    ],
+)
 def test_flash_wrapper_bidirectional_queries_beyond_the_keys(case):
     """More bidirectional queries than keys, with padding (found by hypothesis): each sees every real key."""
     with fake_flash_installed():
@@ -261,13 +279,18 @@ def test_flash_refuses_padding_that_is_not_one_run():
         flash_impl.prefix_attention(q, k, v, pk, pv, causal=True, key_padding_mask=mask, scale=0.3)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or flash_impl.unavailable(torch.empty(1, device="cuda",
-                    dtype=torch.float16)) is not None if torch.cuda.is_available() else True,
-                    reason="flash-attn needs CUDA and an installed flash-attn (it cannot be built on this CPU machine)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available()
+    or flash_impl.unavailable(torch.empty(1, device="cuda", dtype=torch.float16)) is not None
+    if torch.cuda.is_available()
+    else True,
+    reason="flash-attn needs CUDA and an installed flash-attn (it cannot be built on this CPU machine)",
+)
 def test_flash_on_cuda():
     q, k, v, pk, pv, mask = make(2, 9, 3, 33, 33, 16, 64, False, "left", dtype=torch.float16)
     to = [x.detach().cuda().requires_grad_() if x is not None else None for x in (q, k, v, pk, pv)]
     out = prefix_attention(*to, causal=True, key_padding_mask=mask.cuda(), impl="flash")
-    ref = prefix_attention(*[x.detach().double() for x in (q, k, v, pk, pv)], causal=True, key_padding_mask=mask,
-                           impl="reference")
+    ref = prefix_attention(
+        *[x.detach().double() for x in (q, k, v, pk, pv)], causal=True, key_padding_mask=mask, impl="reference"
+    )
     torch.testing.assert_close(out.double().cpu(), ref, rtol=2e-2, atol=2e-2)

@@ -21,12 +21,16 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the Triton kernel module is first imported
 
 from conftest import SMOL, assert_close_rel, grads, session  # noqa: E402
-
 from ptune_dist.data.collate import collate  # noqa: E402
 from ptune_dist.kernels.api import unavailable  # noqa: E402
 
-SUPPORT = ["tasks.0.preset=support", "data.max_train_examples=4", "data.max_eval_examples=4",
-           "method.num_virtual_tokens=5", "model.dropout=0.0"]
+SUPPORT = [
+    "tasks.0.preset=support",
+    "data.max_train_examples=4",
+    "data.max_eval_examples=4",
+    "method.num_virtual_tokens=5",
+    "model.dropout=0.0",
+]
 TOL = {"sdpa": (1e-5, 1e-4), "split": (1e-5, 1e-4), "triton": (1e-4, 1e-3), "flash": (1e-4, 1e-3)}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -43,8 +47,7 @@ def base(smol):
 
 
 def scores_and_grads(base, impl):
-    s = session(["method.name=p_tuning_v2", *SUPPORT, f"model.attention={impl}", f"train.device={DEVICE}"],
-                base=base)
+    s = session(["method.name=p_tuning_v2", *SUPPORT, f"model.attention={impl}", f"train.device={DEVICE}"], base=base)
     s.model.eval()
     exs = sorted(s.tasks[0].train, key=lambda e: len(e.input_ids))[:2]
     batch = collate(exs, s.pad_id, "left")

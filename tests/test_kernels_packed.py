@@ -27,9 +27,9 @@ def packed_case(rows, table, seed, dtype=torch.float64):
     for b, lengths in enumerate(rows):
         start = 0
         for s, n in enumerate(lengths):
-            seg[b, start:start + n] = s
+            seg[b, start : start + n] = s
             entry = int(torch.randint(N, (1,), generator=g)) if table else 0
-            pid[b, start:start + n] = entry
+            pid[b, start : start + n] = entry
             spans.append((b, start, n, entry))
             start += n
     return q, k, v, pk, pv, seg, pid, spans
@@ -48,9 +48,16 @@ def test_each_packed_sequence_sees_what_it_sees_alone(rows, causal, table, seed)
         out = prefix_attention(q, k, v, pk[0], pv[0], causal=causal, impl="reference", segment_ids=seg)
     for b, start, n, entry in spans:
         part = slice(start, start + n)
-        alone = prefix_attention(q[b:b + 1, :, part], k[b:b + 1, :, part], v[b:b + 1, :, part], pk[entry], pv[entry],
-                                 causal=causal, impl="reference")
-        torch.testing.assert_close(out[b:b + 1, :, part], alone, rtol=1e-12, atol=1e-12)
+        alone = prefix_attention(
+            q[b : b + 1, :, part],
+            k[b : b + 1, :, part],
+            v[b : b + 1, :, part],
+            pk[entry],
+            pv[entry],
+            causal=causal,
+            impl="reference",
+        )
+        torch.testing.assert_close(out[b : b + 1, :, part], alone, rtol=1e-12, atol=1e-12)
     padding = (seg < 0)[:, None, :, None].expand_as(out)
     assert bool((out[padding] == 0).all())
 
@@ -64,8 +71,9 @@ def test_sdpa_matches_the_reference_forward_and_backward(rows, causal, table, se
         q, k, v, pk, pv = (t.clone().requires_grad_() for t in base[:5])
         seg, pid = base[5], base[6]
         pk_in, pv_in = (pk, pv) if table else (pk[0], pv[0])
-        out = prefix_attention(q, k, v, pk_in, pv_in, causal=causal, impl=impl, segment_ids=seg,
-                               prefix_ids=pid if table else None)
+        out = prefix_attention(
+            q, k, v, pk_in, pv_in, causal=causal, impl=impl, segment_ids=seg, prefix_ids=pid if table else None
+        )
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         results.append((out.detach(), q.grad, k.grad, v.grad, pk.grad, pv.grad))
     for ref, got in zip(*results):

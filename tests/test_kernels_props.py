@@ -25,10 +25,16 @@ def cases(draw, max_t=20, max_b=3, dims=(4, 8, 16)):
     if not causal and draw(st.booleans()):
         Tq = draw(st.integers(1, max_t))  # bidirectional: any number of queries
     return dict(
-        B=draw(st.integers(1, max_b)), Hq=Hkv * ratio, Hkv=Hkv, Tq=Tq, Tk=Tk,
+        B=draw(st.integers(1, max_b)),
+        Hq=Hkv * ratio,
+        Hkv=Hkv,
+        Tq=Tq,
+        Tk=Tk,
         P=draw(st.sampled_from([0, 1, draw(st.integers(2, 2 * max_t + 5))])),  # often P > T
-        d=draw(st.sampled_from(dims)), per_row=draw(st.booleans()),
-        pad=draw(st.sampled_from([None, "left", "right", "scattered"])), causal=causal,
+        d=draw(st.sampled_from(dims)),
+        per_row=draw(st.booleans()),
+        pad=draw(st.sampled_from([None, "left", "right", "scattered"])),
+        causal=causal,
         seed=draw(st.integers(0, 2**16)),
     )
 
@@ -85,8 +91,9 @@ def assert_matches_reference(case, impl, dtype=torch.float64, rtol=1e-9, atol=1e
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{impl} {name} {case}: {m}")
 
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @SETTINGS

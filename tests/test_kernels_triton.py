@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-# first: triton_env picks the interpreter; its pytestmark skips where Triton cannot run
-from triton_env import DEVICE, DTYPE, FP32, TOL, interpreter_only, pytestmark  # noqa: F401
-
 from hypothesis import given, settings  # noqa: E402
-from test_kernels_props import NAMES, assert_matches_reference, build, cases, run  # noqa: E402
 
 from ptune_dist.kernels import triton_impl  # noqa: E402
 from ptune_dist.kernels.api import prefix_attention  # noqa: E402
+from test_kernels_props import NAMES, assert_matches_reference, build, cases, run  # noqa: E402
+
+# first: triton_env picks the interpreter; its pytestmark skips where Triton cannot run
+from triton_env import DEVICE, DTYPE, FP32, TOL, interpreter_only, pytestmark  # noqa: F401
 
 
 @interpreter_only
@@ -33,14 +33,17 @@ CORNERS = {
     # decoding one token against a cache (Tq = 1 < Tk), shared prefix longer than the sequence, GQA 8
     "decode_step": dict(B=2, Hq=8, Hkv=1, Tq=1, Tk=19, P=23, d=16, per_row=False, pad="left", causal=True, seed=1),
     # no prefix, left padding: early queries see no key at all and must return zeros (and zero grads)
-    "no_prefix_empty_rows": dict(B=2, Hq=3, Hkv=1, Tq=17, Tk=17, P=0, d=8, per_row=False, pad="left",
-                                 causal=True, seed=2),
+    "no_prefix_empty_rows": dict(
+        B=2, Hq=3, Hkv=1, Tq=17, Tk=17, P=0, d=8, per_row=False, pad="left", causal=True, seed=2
+    ),
     # per-row prefix, right padding, bidirectional, Tq < Tk, head dim padded from 12 to 16
-    "per_row_bidirectional": dict(B=2, Hq=6, Hkv=2, Tq=5, Tk=18, P=7, d=12, per_row=True, pad="right",
-                                  causal=False, seed=3),
+    "per_row_bidirectional": dict(
+        B=2, Hq=6, Hkv=2, Tq=5, Tk=18, P=7, d=12, per_row=True, pad="right", causal=False, seed=3
+    ),
     # lengths one past a block edge everywhere
-    "block_edges": dict(B=1, Hq=3, Hkv=3, Tq=17, Tk=17, P=17, d=16, per_row=False, pad="scattered",
-                        causal=True, seed=4),
+    "block_edges": dict(
+        B=1, Hq=3, Hkv=3, Tq=17, Tk=17, P=17, d=16, per_row=False, pad="scattered", causal=True, seed=4
+    ),
 }
 
 
@@ -76,10 +79,28 @@ def test_shared_prefix_gradient_is_deterministic_and_summed_over_rows(rows):
     batch sum of what each row would get with its own copy of the prefix."""
     case = dict(B=3, Hq=4, Hkv=2, Tq=9, Tk=9, P=5, d=8, per_row=False, pad="left", causal=True, seed=5)
     tensors, mask, up = build(**case)
-    first = run("triton", tensors, mask, up, True, DTYPE, device=DEVICE, prefix_rows_per_program=rows,
-                fn=triton_impl.prefix_attention)
-    again = run("triton", tensors, mask, up, True, DTYPE, device=DEVICE, prefix_rows_per_program=rows,
-                fn=triton_impl.prefix_attention)
+    first = run(
+        "triton",
+        tensors,
+        mask,
+        up,
+        True,
+        DTYPE,
+        device=DEVICE,
+        prefix_rows_per_program=rows,
+        fn=triton_impl.prefix_attention,
+    )
+    again = run(
+        "triton",
+        tensors,
+        mask,
+        up,
+        True,
+        DTYPE,
+        device=DEVICE,
+        prefix_rows_per_program=rows,
+        fn=triton_impl.prefix_attention,
+    )
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     per_row = [t if i < 3 else t.expand(3, -1, -1, -1) for i, t in enumerate(tensors)]
     rows_grads = run("triton", per_row, mask, up, True, DTYPE, device=DEVICE)
@@ -90,8 +111,16 @@ def test_shared_prefix_gradient_is_deterministic_and_summed_over_rows(rows):
 @pytest.mark.parametrize("blocks", [(16, 32), (32, 16)])
 def test_block_sizes_are_parameters(blocks):
     case = dict(B=1, Hq=2, Hkv=1, Tq=20, Tk=20, P=9, d=8, per_row=False, pad="right", causal=True, seed=6)
-    assert_matches_reference(case, "triton", dtype=DTYPE, device=DEVICE, fn=triton_impl.prefix_attention,
-                             block_m=blocks[0], block_n=blocks[1], **TOL)
+    assert_matches_reference(
+        case,
+        "triton",
+        dtype=DTYPE,
+        device=DEVICE,
+        fn=triton_impl.prefix_attention,
+        block_m=blocks[0],
+        block_n=blocks[1],
+        **TOL,
+    )
 
 
 def test_bad_block_size_and_dropout_are_refused():
@@ -105,7 +134,9 @@ def test_bad_block_size_and_dropout_are_refused():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA: in the interpreter float32 is what the kernels are checked in")
+@pytest.mark.skipif(
+    DEVICE != "cuda", reason="needs CUDA: in the interpreter float32 is what the kernels are checked in"
+)
 def test_fp32_is_refused_on_cuda_with_the_way_out():
     from ptune_dist.kernels.api import ImplUnavailable
 
@@ -124,21 +155,26 @@ def test_auto_never_picks_the_interpreter():
 
 # ---- GPU-sized shapes (CUDA only): Llama-1B/8B-like heads, long sequences, bf16 as in training ----
 
-requires_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA: the Triton kernels run compiled only on "
-                                   "a GPU (here they run in the CPU interpreter, far too slow for these shapes)")
+requires_cuda = pytest.mark.skipif(
+    DEVICE != "cuda",
+    reason="needs CUDA: the Triton kernels run compiled only on "
+    "a GPU (here they run in the CPU interpreter, far too slow for these shapes)",
+)
 GPU_CASES = {
     # Llama-3.2-1B heads (32 over 8, d 64), T 2048, a shared prefix, left padding
-    "llama1b_shared_prefix": dict(B=2, Hq=32, Hkv=8, Tq=2048, Tk=2048, P=64, d=64, per_row=False, pad="left",
-                                  causal=True, seed=21),
+    "llama1b_shared_prefix": dict(
+        B=2, Hq=32, Hkv=8, Tq=2048, Tk=2048, P=64, d=64, per_row=False, pad="left", causal=True, seed=21
+    ),
     # Llama-3.1-8B heads (d 128: 64 x 32 blocks), a per-row prefix, right padding
-    "llama8b_per_row_prefix": dict(B=2, Hq=32, Hkv=8, Tq=1024, Tk=1024, P=20, d=128, per_row=True, pad="right",
-                                   causal=True, seed=22),
+    "llama8b_per_row_prefix": dict(
+        B=2, Hq=32, Hkv=8, Tq=1024, Tk=1024, P=20, d=128, per_row=True, pad="right", causal=True, seed=22
+    ),
     # lengths off every block edge, Tq < Tk, bidirectional, scattered padding, GQA 4
-    "odd_lengths_bidirectional": dict(B=3, Hq=8, Hkv=2, Tq=777, Tk=1000, P=128, d=128, per_row=False,
-                                      pad="scattered", causal=False, seed=23),
+    "odd_lengths_bidirectional": dict(
+        B=3, Hq=8, Hkv=2, Tq=777, Tk=1000, P=128, d=128, per_row=False, pad="scattered", causal=False, seed=23
+    ),
     # one query against a long cache, GQA 8, a per-row prefix
-    "decode_step": dict(B=4, Hq=32, Hkv=4, Tq=1, Tk=2047, P=100, d=64, per_row=True, pad="left", causal=True,
-                        seed=24),
+    "decode_step": dict(B=4, Hq=32, Hkv=4, Tq=1, Tk=2047, P=100, d=64, per_row=True, pad="left", causal=True, seed=24),
 }
 
 

@@ -30,13 +30,16 @@ KERNELS = {"fwd", "dq", "dkdv"}
 DOC = Path(__file__).resolve().parents[1] / "docs" / "kernel_resources.md"
 # what the kernels leave unspecialised (sizes that change from batch to batch), and strides that must stay
 # specialised (divisible by 16: the tile loads of q/k/v/dO and the stores vectorise)
-UNSPECIALISED = {"fwd": {"H", "GROUP", "Tq", "Tk", "P", "stride_mb", "stride_sp"},
-                 "dkdv": {"B", "H", "GROUP", "Tq", "N", "SHIFT", "ROWS", "E", "stride_mb", "stride_sp", "stride_sb"}}
+UNSPECIALISED = {
+    "fwd": {"H", "GROUP", "Tq", "Tk", "P", "stride_mb", "stride_sp"},
+    "dkdv": {"B", "H", "GROUP", "Tq", "N", "SHIFT", "ROWS", "E", "stride_mb", "stride_sp", "stride_sb"},
+}
 UNSPECIALISED["dq"] = UNSPECIALISED["fwd"]
-ALIGNED = {"fwd": {"Q", "K", "V", "PK", "PV", "O", "stride_qt", "stride_kt", "stride_vt", "stride_pkt", "stride_ot",
-                   "D"},
-           "dq": {"Q", "K", "V", "DO", "DQ", "stride_qt", "stride_kt", "stride_dot", "stride_dqt", "D"},
-           "dkdv": {"Q", "K", "V", "DO", "DK", "DV", "stride_qt", "stride_kt", "stride_dot", "stride_dkt", "D"}}
+ALIGNED = {
+    "fwd": {"Q", "K", "V", "PK", "PV", "O", "stride_qt", "stride_kt", "stride_vt", "stride_pkt", "stride_ot", "D"},
+    "dq": {"Q", "K", "V", "DO", "DQ", "stride_qt", "stride_kt", "stride_dot", "stride_dqt", "D"},
+    "dkdv": {"Q", "K", "V", "DO", "DK", "DV", "stride_qt", "stride_kt", "stride_dot", "stride_dkt", "D"},
+}
 
 FAKE = textwrap.dedent("""
     import json, torch
@@ -66,8 +69,10 @@ def compiled(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path_factory.mktemp("triton_cache"))
     cmds = [[sys.executable, "-m", "ptune_dist.kernels.triton_aot", "--arch", arch, "--json"] for arch in ("80", "90")]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for cmd in [*cmds, [sys.executable, "-c", FAKE]]]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in [*cmds, [sys.executable, "-c", FAKE]]
+    ]
     records, reshaped, errors = [], {}, []
     outs = [proc.communicate(timeout=900) for proc in procs]
     for proc, (out, err) in zip(procs, outs):
@@ -110,7 +115,9 @@ def test_the_compiled_set_is_what_the_launcher_launches(compiled):
     for r in records:
         name = {"fwd": "fwd", "dq": "dq", "dkdv": "kv"}[r["kernel"]]
         want = triton_blocks.table(r["arch"], r["d"]).of(name)
-        got = {k: r["constexprs"][k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D")} | {"num_warps": r["options"]["num_warps"]}
+        got = {k: r["constexprs"][k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D")} | {
+            "num_warps": r["options"]["num_warps"]
+        }
         assert got == want, r
         assert not UNSPECIALISED[r["kernel"]] & (set(r["divisible"]) | set(r["constexprs"])), r
         assert all(r["signature"][n] != "constexpr" for n in UNSPECIALISED[r["kernel"]]), r
@@ -119,8 +126,11 @@ def test_the_compiled_set_is_what_the_launcher_launches(compiled):
     packed = {(r["constexprs"]["PACKED"], r["constexprs"]["PREFIX"]) for r in records if r["kernel"] == "dkdv"}
     assert packed == {(False, False), (False, True), (True, False), (True, True)}
     # the gradient of a shared prefix or a table goes to fp32 partial sums; a per-row one in the input dtype
-    prefix_grads = {(r["constexprs"]["PACKED"], r["signature"]["DK"]) for r in records
-                    if r["kernel"] == "dkdv" and r["constexprs"]["PREFIX"] and r["signature"]["Q"] == "*bf16"}
+    prefix_grads = {
+        (r["constexprs"]["PACKED"], r["signature"]["DK"])
+        for r in records
+        if r["kernel"] == "dkdv" and r["constexprs"]["PREFIX"] and r["signature"]["Q"] == "*bf16"
+    }
     assert prefix_grads == {(False, "*fp32"), (False, "*bf16"), (True, "*fp32"), (True, "*bf16")}
 
 
@@ -135,9 +145,11 @@ def test_no_half_precision_kernel_spills_on_sm90(compiled):
     """Every bf16/fp16 kernel at head dim 64 and 128 fits its registers on sm_90 (spills on sm_80 and at head
     dim 256 are shown in docs/kernel_resources.md, not failed on)."""
     records, _, _, _ = compiled
-    spilling = [f"{r['kernel']} {r['dtype']} d{r['d']} {r['flags']}: {r['spill_stores']} B stores, "
-                f"{r['registers']} registers" for r in records
-                if r["arch"] == 90 and r["d"] in (64, 128) and (r["spill_stores"] or r["spill_loads"])]
+    spilling = [
+        f"{r['kernel']} {r['dtype']} d{r['d']} {r['flags']}: {r['spill_stores']} B stores, {r['registers']} registers"
+        for r in records
+        if r["arch"] == 90 and r["d"] in (64, 128) and (r["spill_stores"] or r["spill_loads"])
+    ]
     assert not spilling, "\n".join(spilling)
 
 
@@ -146,8 +158,9 @@ def test_the_sm80_tiles_fit_8x_shared_memory(compiled):
     from ptune_dist.kernels.triton_aot import SHARED_8X
 
     records, _, _, _ = compiled
-    too_big = [(r["kernel"], r["d"], r["flags"], r["shared"]) for r in records
-               if r["arch"] == 80 and r["shared"] > SHARED_8X]
+    too_big = [
+        (r["kernel"], r["d"], r["flags"], r["shared"]) for r in records if r["arch"] == 80 and r["shared"] > SHARED_8X
+    ]
     assert not too_big
 
 
@@ -158,9 +171,13 @@ def test_the_resource_table_in_docs_is_current(compiled):
 
     records, _, _, _ = compiled
     text = DOC.read_text()
-    regenerate = "regenerate it: TRITON_INTERPRET= python -m ptune_dist.kernels.triton_aot --table docs/kernel_resources.md"
+    regenerate = (
+        "regenerate it: TRITON_INTERPRET= python -m ptune_dist.kernels.triton_aot --table docs/kernel_resources.md"
+    )
     assert f"triton {triton.__version__} " in text, f"{DOC.name} was made with another triton; {regenerate}"
-    assert computed_part(text) == table_rows(records), f"{DOC.name} is not what the kernels compile to now; {regenerate}"
+    assert computed_part(text) == table_rows(records), (
+        f"{DOC.name} is not what the kernels compile to now; {regenerate}"
+    )
 
 
 def test_fake_cuda_tensors_build_launches_without_asking_cuda(compiled):
@@ -171,8 +188,13 @@ def test_fake_cuda_tensors_build_launches_without_asking_cuda(compiled):
     assert fake["arch"] == 90 and fake["blocks"] == list(tiles) and not fake["cuda_initialized"]
     assert fake["bf16"] is None and "impl='sdpa'" in fake["fp32"]
     # o, lse, dq, dk, dv, and the shared prefix's fp32 partial sums [groups, 1, Hkv, P, d]
-    assert fake["shapes"][:5] == [[2, 32, 100, 128], [2, 32, 100], [2, 32, 100, 128], [2, 8, 100, 128],
-                                  [2, 8, 100, 128]]
+    assert fake["shapes"][:5] == [
+        [2, 32, 100, 128],
+        [2, 32, 100],
+        [2, 32, 100, 128],
+        [2, 8, 100, 128],
+        [2, 8, 100, 128],
+    ]
     assert fake["shapes"][5][1:] == [1, 8, 20, 128]
     assert fake["grids"][0] == [-(-100 // tiles.fwd_m), 64] and fake["grids"][2] == [-(-100 // tiles.kv_n), 8, 2]
 

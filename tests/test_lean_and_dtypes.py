@@ -1,8 +1,8 @@
 """Lean SwiGLU activations give the same values and gradients; bf16 bases train with fp32 prompts."""
 
 import torch
-from conftest import SMOL, assert_close_rel, grads, session
 
+from conftest import SMOL, assert_close_rel, grads, session
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
 from ptune_dist.model.lean import SwiGLU
@@ -75,7 +75,10 @@ def test_swiglu_backward_keeps_one_temporary_beside_the_two_gradients():
     from ptune_dist.plan.memory import BACKWARD_WORKSPACE
 
     env = {"PTUNE_ALLOCATOR": "system", "PATH": "/usr/bin:/bin", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
-    peak = float(subprocess.run([sys.executable, "-c", BACKWARD_PEAK], capture_output=True, text=True, check=True,
-                                env=env).stdout)
+    peak = float(
+        subprocess.run(
+            [sys.executable, "-c", BACKWARD_PEAK], capture_output=True, text=True, check=True, env=env
+        ).stdout
+    )
     assert 3.0 <= peak <= 4.5, f"backward peak {peak:.2f} intermediate-sized tensors above the live inputs"
     assert BACKWARD_WORKSPACE[True] == 3

@@ -11,8 +11,19 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def test_ptuning_v2_on_minilm_learns_classification(tmp_path):
-    assert main(["train", str(CONFIGS / "minilm_ptuning_v2.yaml"), f"output_dir={tmp_path}",
-                 "train.progress_bar=false", "train.eval_every=0", "train.tensorboard=false"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(CONFIGS / "minilm_ptuning_v2.yaml"),
+                f"output_dir={tmp_path}",
+                "train.progress_bar=false",
+                "train.eval_every=0",
+                "train.tensorboard=false",
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r.get("split") == "eval"]
     start, end = evals[0]["accuracy"], evals[-1]["accuracy"]

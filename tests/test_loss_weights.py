@@ -4,8 +4,8 @@ follows the same curve as one big batch where batches hold different numbers of 
 
 import pytest
 import torch
-from conftest import FIXTURES, MINI, session
 
+from conftest import FIXTURES, MINI, session
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
 from ptune_dist.data.host import describe
@@ -25,12 +25,16 @@ def losses(run_dir):
 def test_host_counts_are_what_the_objective_averages_over(task, smol):
     """HostInfo.targets, read from the CPU batch (data/host.py), is the count the loss is the mean over."""
     overrides = GENERATION if task == "generation" else ["tasks.0.preset=support"]
-    s = session([*overrides, "method.name=prompt_tuning", "method.num_virtual_tokens=4", "data.max_train_examples=5"],
-                base=smol)
+    s = session(
+        [*overrides, "method.name=prompt_tuning", "method.num_virtual_tokens=4", "data.max_train_examples=5"], base=smol
+    )
     s.model.eval()
     examples = s.tasks[0].train[:5]
-    for batch in (collate(examples, s.pad_id, "right"), collate(examples, s.pad_id, "left"),
-                  collate_packed([examples[:3], examples[3:]], s.pad_id)):
+    for batch in (
+        collate(examples, s.pad_id, "right"),
+        collate(examples, s.pad_id, "left"),
+        collate_packed([examples[:3], examples[3:]], s.pad_id),
+    ):
         with torch.no_grad():
             assert describe(batch, [task])["host"].targets == s.model(batch).count
 
@@ -57,13 +61,28 @@ def test_accumulated_micro_batches_follow_one_big_batch(case, tmp_path, request)
         common = [*GENERATION, "method.name=prompt_tuning", "data.max_train_examples=8"]
         big, small = ["data.batch_size=4"], ["data.batch_size=2", "train.grad_accum=2"]
     else:  # packed rows hold different numbers of sequences (8, 9, 8, 9, 6, 8)
-        common = [f"model.name_or_path={MINI}", "method.name=p_tuning_v2", "tasks.0.preset=support",
-                  "tasks.0.scoring=head", "data.max_train_examples=40", "data.max_length=128", "data.packing=true",
-                  "model.dropout=0.0", "train.lr=0.01"]
+        common = [
+            f"model.name_or_path={MINI}",
+            "method.name=p_tuning_v2",
+            "tasks.0.preset=support",
+            "tasks.0.scoring=head",
+            "data.max_train_examples=40",
+            "data.max_length=128",
+            "data.packing=true",
+            "model.dropout=0.0",
+            "train.lr=0.01",
+        ]
         big, small = ["data.batch_size=2"], ["data.batch_size=1", "train.grad_accum=2"]
     # 2 steps: 40 support examples pack into 5 rows, and the epoch's last row goes unused with 2 rows a step
-    common += ["method.num_virtual_tokens=4", "train.steps=2", "train.log_every=1", "train.progress_bar=false",
-               "train.tensorboard=false", "train.eval_baseline=false", "data.max_eval_examples=2"]
+    common += [
+        "method.num_virtual_tokens=4",
+        "train.steps=2",
+        "train.log_every=1",
+        "train.progress_bar=false",
+        "train.tensorboard=false",
+        "train.eval_baseline=false",
+        "data.max_eval_examples=2",
+    ]
     got = {}
     for name, extra in (("big", big), ("small", small)):
         train(load_config([], common + extra + [f"output_dir={tmp_path / name}"]))

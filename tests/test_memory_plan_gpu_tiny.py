@@ -11,6 +11,7 @@ import json
 import math
 
 import pytest
+
 from conftest import bench_modules, markdown_rows
 
 CELLS = ["fp32-pt-b2-ckpt0", "fp32-v2-b2-ckpt1", "fp32-pt-b2-ckpt1-cls", "nf4-v2-b2-ckpt0", "nf4-pt-b2-ckpt1"]
@@ -24,8 +25,10 @@ def bench():
 def test_tiny_grid_runs_every_kind_of_cell_through_ptunes_path(bench, tmp_path):
     pytest.importorskip("bitsandbytes", reason="the nf4 cells need bitsandbytes")
     out = tmp_path / "plan_measured_gpu.md"
-    assert bench.main(["--tiny", "--cells", ",".join(CELLS), "--base-dir", str(tmp_path / "bases"),
-                       "--out", str(out)]) == 0
+    assert (
+        bench.main(["--tiny", "--cells", ",".join(CELLS), "--base-dir", str(tmp_path / "bases"), "--out", str(out)])
+        == 0
+    )
     rows = markdown_rows(out.read_text())
     assert [r[0] for r in rows] == CELLS
     for r in rows:
@@ -54,8 +57,22 @@ def test_tiny_grid_runs_every_kind_of_cell_through_ptunes_path(bench, tmp_path):
 
 def test_a_spent_budget_skips_every_cell_and_says_so(bench, tmp_path):
     out = tmp_path / "plan.md"
-    assert bench.main(["--tiny", "--cells", "fp32-pt-b2-ckpt0,fp32-pt-b2-ckpt1", "--budget-s", "0",
-                       "--base-dir", str(tmp_path / "bases"), "--out", str(out)]) == 1
+    assert (
+        bench.main(
+            [
+                "--tiny",
+                "--cells",
+                "fp32-pt-b2-ckpt0,fp32-pt-b2-ckpt1",
+                "--budget-s",
+                "0",
+                "--base-dir",
+                str(tmp_path / "bases"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
     text = out.read_text()
     assert markdown_rows(text) == []
     assert "Skipped (budget): ['fp32-pt-b2-ckpt0', 'fp32-pt-b2-ckpt1']" in text

@@ -15,23 +15,57 @@ import pytest
 import torch
 
 from ptune_dist.errors import ConfigError
-from ptune_dist.methods import (DEFAULT_METHOD, METHODS, REGISTERED, BaseInfo, InitContext, for_peft_type,
-                                peft_exportable, peft_importable)
+from ptune_dist.methods import (
+    DEFAULT_METHOD,
+    METHODS,
+    REGISTERED,
+    BaseInfo,
+    InitContext,
+    for_peft_type,
+    peft_exportable,
+    peft_importable,
+)
 from ptune_dist.methods.placement import Placement
 from ptune_dist.plan import Arch, Setup, trainable_params
 from ptune_dist.plan.memory import method_section
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [ROOT / "ptune_dist", ROOT / "kernels", ROOT / "launcher", ROOT / "slurm"]  # ptune_dist and its mapped folders
+SOURCES = [
+    ROOT / "ptune_dist",
+    ROOT / "kernels",
+    ROOT / "launcher",
+    ROOT / "slurm",
+]  # ptune_dist and its mapped folders
 METHODS_DIR = ROOT / "ptune_dist" / "methods"
 
-ARCH = Arch(name="tiny", model_type="llama", num_layers=3, hidden_size=24, intermediate_size=40, num_heads=4,
-            num_kv_heads=2, head_dim=6, vocab_size=50, tied_embeddings=True)
-INFO = BaseInfo(kind="causal_lm", model_type="llama", hidden_size=24, num_layers=3, num_heads=4, num_kv_heads=2,
-                head_dim=6, vocab_size=50, max_positions=0)
+ARCH = Arch(
+    name="tiny",
+    model_type="llama",
+    num_layers=3,
+    hidden_size=24,
+    intermediate_size=40,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=6,
+    vocab_size=50,
+    tied_embeddings=True,
+)
+INFO = BaseInfo(
+    kind="causal_lm",
+    model_type="llama",
+    hidden_size=24,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=6,
+    vocab_size=50,
+    max_positions=0,
+)
 
-OPTIONS = [dict(encoder=enc, encoder_hidden_size=eh, projection=proj, projection_hidden_size=ph)
-           for enc, eh, proj, ph in itertools.product(("mlp", "lstm"), (0, 10), (None, True, False), (16,))]
+OPTIONS = [
+    dict(encoder=enc, encoder_hidden_size=eh, projection=proj, projection_hidden_size=ph)
+    for enc, eh, proj, ph in itertools.product(("mlp", "lstm"), (0, 10), (None, True, False), (16,))
+]
 CASES = [(name, opts) for name in METHODS for opts in OPTIONS]
 
 
@@ -51,8 +85,9 @@ def build(name: str, **fields):
 
 
 def test_no_method_is_named_outside_the_methods_package():
-    assert {"prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "full_finetune",
-            "prompt_design"} <= set(METHODS)
+    assert {"prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2", "full_finetune", "prompt_design"} <= set(
+        METHODS
+    )
     files = list(source_files())
     assert any(p.name == "validate.py" for p in files) and any(p.parent.name == "kernels" for p in files)
     found = []
@@ -63,8 +98,10 @@ def test_no_method_is_named_outside_the_methods_package():
     assert not found, "method names outside ptune_dist/methods (ask the method's class instead):\n" + "\n".join(found)
 
 
-DEPTH_TEST = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](shallow|deep)["']|["'](shallow|deep)["']\s*(==|!=)"""
-                        r"""|(depth|placement)\w*(\.name)?\s*(==|!=)\s*["']none["']""")
+DEPTH_TEST = re.compile(
+    r"""(==|!=|\bin)\s*\(?\s*["'](shallow|deep)["']|["'](shallow|deep)["']\s*(==|!=)"""
+    r"""|(depth|placement)\w*(\.name)?\s*(==|!=)\s*["']none["']"""
+)
 
 
 def test_no_depth_string_is_tested_outside_the_methods_package():
@@ -114,13 +151,19 @@ def test_an_export_has_the_shape_its_import_builds(name, projection):
     m, module = build(name, projection=projection, projection_hidden_size=16)
     with torch.no_grad():
         weights = module.peft_weights()
-    common = dict(task_type="CAUSAL_LM", num_virtual_tokens=5, num_transformer_submodules=1,
-                  num_layers=INFO.num_layers, base_model_name_or_path="tiny", inference_mode=True)
+    common = dict(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=5,
+        num_transformer_submodules=1,
+        num_layers=INFO.num_layers,
+        base_model_name_or_path="tiny",
+        inference_mode=True,
+    )
     assert cls.peft_config(m, INFO, common).peft_type.value == cls.peft_type
     back = for_peft_type(cls.peft_type)
     imported = back.section(m, **import_lines(back))
     back.check_peft_import(imported, cls.peft_type)
-    (_, param), = build(back.name, **import_lines(back))[1].named_parameters()
+    ((_, param),) = build(back.name, **import_lines(back))[1].named_parameters()
     assert tuple(param.shape) == tuple(weights.shape)
 
 

@@ -13,11 +13,11 @@ One tiny base (MiniLM, head scoring), a few steps each: a shared run serves seve
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from conftest import MINI, read_jsonl
 from plugin_methods.kv_scales import KvScales
 from plugin_methods.lora_prompt import LoraPrompt
-from safetensors.torch import load_file
-
 from ptune_dist.checkpoint import state
 from ptune_dist.checkpoint.peft_format import export_peft
 from ptune_dist.config import load_config
@@ -28,9 +28,21 @@ from ptune_dist.plan.search import parse_request, plan
 from ptune_dist.train import loop
 from ptune_dist.train.engine import TorchEngine
 
-RUN = [f"model.name_or_path={MINI}", "tasks.0.preset=support", "tasks.0.scoring=head", "data.max_train_examples=8",
-       "data.max_eval_examples=4", "data.batch_size=4", "train.steps=4", "train.lr=0.05", "model.dropout=0.0",
-       "train.progress_bar=false", "train.tensorboard=false", "train.log_every=1", "train.save_every=2"]
+RUN = [
+    f"model.name_or_path={MINI}",
+    "tasks.0.preset=support",
+    "tasks.0.scoring=head",
+    "data.max_train_examples=8",
+    "data.max_eval_examples=4",
+    "data.batch_size=4",
+    "train.steps=4",
+    "train.lr=0.05",
+    "model.dropout=0.0",
+    "train.progress_bar=false",
+    "train.tensorboard=false",
+    "train.log_every=1",
+    "train.save_every=2",
+]
 LORA = ["method.name=lora_prompt", "method.num_virtual_tokens=3", "method.rank=3"]
 
 
@@ -81,8 +93,18 @@ def test_a_registered_method_evaluates_plans_and_is_refused_by_peft_export(lora)
     assert metrics["default"]["examples"] == 4 and 0 < metrics["default"]["loss"] < 100, metrics
     with pytest.raises(ConfigError, match="method.name=lora_prompt: PEFT has no prompt format for it; exportable: "):
         export_peft(lora / "a" / "final", lora / "adapter")
-    req = parse_request([f"model={MINI}", "method=lora_prompt", "method.num_virtual_tokens=3", "method.rank=3",
-                         "hardware.gpus=1", "hardware.gpu_mem=80GB", "tasks.0.preset=support", "tasks.0.scoring=head"])
+    req = parse_request(
+        [
+            f"model={MINI}",
+            "method=lora_prompt",
+            "method.num_virtual_tokens=3",
+            "method.rank=3",
+            "hardware.gpus=1",
+            "hardware.gpu_mem=80GB",
+            "tasks.0.preset=support",
+            "tasks.0.scoring=head",
+        ]
+    )
     assert req.base.method == LoraPrompt.section(num_virtual_tokens=3, rank=3)  # the planner holds its config
     rows = plan(req)
     trained = load_file(lora / "a" / "final" / "trainable.safetensors")
@@ -92,8 +114,9 @@ def test_a_registered_method_evaluates_plans_and_is_refused_by_peft_export(lora)
 
 
 def test_a_methods_knob_is_an_error_for_another_method(lora):
-    with pytest.raises(ConfigError, match="method.rank=3: method.name=prompt_tuning has no key rank; it is a "
-                                          "key of lora_prompt"):
+    with pytest.raises(
+        ConfigError, match="method.rank=3: method.name=prompt_tuning has no key rank; it is a key of lora_prompt"
+    ):
         load_config([], ["method.rank=3"])
 
 

@@ -40,15 +40,28 @@ def test_a_bad_line_that_is_not_torn_names_file_and_line(tmp_path):
 
 def test_a_resume_marker_drops_what_the_resumed_run_does_again(tmp_path):
     f = tmp_path / "metrics.jsonl"
-    f.write_text(lines(*[{"step": s, "loss": 1.0} for s in (1, 2, 3, 4, 5)], {"step": 4, "split": "eval"},
-                       {"event": "resume", "step": 3}, *[{"step": s, "loss": 0.5} for s in (4, 5, 6)],
-                       {"event": "resume", "step": 0}, {"step": 1, "loss": 2.0}))
+    f.write_text(
+        lines(
+            *[{"step": s, "loss": 1.0} for s in (1, 2, 3, 4, 5)],
+            {"step": 4, "split": "eval"},
+            {"event": "resume", "step": 3},
+            *[{"step": s, "loss": 0.5} for s in (4, 5, 6)],
+            {"event": "resume", "step": 0},
+            {"step": 1, "loss": 2.0},
+        )
+    )
     history = read_metrics(f)
     assert [(r["step"], r.get("loss")) for r in history] == [(0, None), (1, 2.0)]  # a restart from 0 keeps nothing
     f.write_text("\n".join(f.read_text().splitlines()[:-2]) + "\n")
     history = read_metrics(f)
-    assert [(r["step"], r["loss"]) for r in history if "loss" in r] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 0.5),
-                                                                          (5, 0.5), (6, 0.5)]
+    assert [(r["step"], r["loss"]) for r in history if "loss" in r] == [
+        (1, 1.0),
+        (2, 1.0),
+        (3, 1.0),
+        (4, 0.5),
+        (5, 0.5),
+        (6, 0.5),
+    ]
     assert not [r for r in history if r.get("split") == "eval"]  # step 4's eval came after the checkpoint
 
 
@@ -58,7 +71,7 @@ def test_a_resume_appends_and_leaves_the_first_run_byte_for_byte(tmp_path):
     log_steps(tmp_path, 3, [4, 5, 6])
     after = (tmp_path / "metrics.jsonl").read_bytes()
     assert after.startswith(first)
-    assert json.loads(after[len(first):].splitlines()[0])["event"] == "resume"
+    assert json.loads(after[len(first) :].splitlines()[0])["event"] == "resume"
     history = read_metrics(tmp_path / "metrics.jsonl")
     assert train_steps(history) == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in history if r.get("split") == "eval"] == [4]  # once: the resumed run's

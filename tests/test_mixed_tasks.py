@@ -3,13 +3,15 @@ and in prediction; each row gives what a batch of its task alone gives."""
 
 import pytest
 import torch
-from conftest import FIXTURES, assert_close_rel, grads, session
 
+from conftest import FIXTURES, assert_close_rel, grads, session
 from ptune_dist.data.collate import collate
 from ptune_dist.inference import predict_rows
 
-TASKS = ("tasks=[{name: support, preset: support}, "
-         f"{{name: rte, preset: rte, train: '{FIXTURES}/superglue/rte.jsonl', eval: '{FIXTURES}/superglue/rte.jsonl'}}]")
+TASKS = (
+    "tasks=[{name: support, preset: support}, "
+    f"{{name: rte, preset: rte, train: '{FIXTURES}/superglue/rte.jsonl', eval: '{FIXTURES}/superglue/rte.jsonl'}}]"
+)
 
 
 def scores_and_grads(s, examples):
@@ -21,8 +23,7 @@ def scores_and_grads(s, examples):
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning", "p_tuning_v2"])
 def test_mixed_rows_equal_single_task_runs(method, smol):
-    s = session([TASKS, f"method.name={method}", "method.num_virtual_tokens=4", "data.max_train_examples=4"],
-                base=smol)
+    s = session([TASKS, f"method.name={method}", "method.num_virtual_tokens=4", "data.max_train_examples=4"], base=smol)
     s.model.eval()
     a, b = s.tasks[0].train[:2], s.tasks[1].train[:2]
     assert s.model.prompts["support"]().ne(s.model.prompts["rte"]()).any()  # two different prompts
@@ -41,9 +42,11 @@ def test_mixed_rows_equal_single_task_runs(method, smol):
 def test_mixed_task_prediction(smol):
     s = session([TASKS, "method.name=prefix_tuning", "method.num_virtual_tokens=4"], base=smol, splits=())
     s.model.eval()
-    rows = [{"task": "support", "text": "My parcel is lost."},
-            {"task": "rte", "premise": "It rained all day.", "hypothesis": "The ground was dry."},
-            {"task": "support", "text": "I cannot log in."}]
+    rows = [
+        {"task": "support", "text": "My parcel is lost."},
+        {"task": "rte", "premise": "It rained all day.", "hypothesis": "The ground was dry."},
+        {"task": "support", "text": "I cannot log in."},
+    ]
     mixed = predict_rows(s, rows, "rows")
     alone = [predict_rows(s, [r], "row")[0] for r in rows]
     assert [m["task"] for m in mixed] == ["support", "rte", "support"]
@@ -59,8 +62,7 @@ def test_mixed_task_prediction(smol):
 def test_training_step_touches_every_task(method, smol):
     """In training every task's prompt takes part in every step (zero gradient when absent), so ranks whose
     rows hold different tasks run the same ZeRO collectives; the present task's gradient is unchanged."""
-    s = session([TASKS, f"method.name={method}", "method.num_virtual_tokens=4", "data.max_train_examples=4"],
-                base=smol)
+    s = session([TASKS, f"method.name={method}", "method.num_virtual_tokens=4", "data.max_train_examples=4"], base=smol)
     a = s.tasks[0].train[:2]
     s.model.eval()
     _, eval_grads = scores_and_grads(s, a)

@@ -6,17 +6,25 @@ import math
 
 import pytest
 import torch
-from conftest import read_jsonl
 
+from conftest import read_jsonl
 from ptune_dist.checkpoint import state
 from ptune_dist.config import load_config
 from ptune_dist.errors import CheckpointError, PtuneError
 from ptune_dist.train import loop
 from ptune_dist.train.engine import TorchEngine
 
-RUN = ["method.name=prompt_tuning", "method.num_virtual_tokens=2", "tasks.0.preset=support",
-       "data.max_train_examples=8", "data.max_eval_examples=4", "data.batch_size=4", "train.progress_bar=false",
-       "train.tensorboard=false", "train.log_every=1"]
+RUN = [
+    "method.name=prompt_tuning",
+    "method.num_virtual_tokens=2",
+    "tasks.0.preset=support",
+    "data.max_train_examples=8",
+    "data.max_eval_examples=4",
+    "data.batch_size=4",
+    "train.progress_bar=false",
+    "train.tensorboard=false",
+    "train.log_every=1",
+]
 
 
 def nan_on_calls(monkeypatch, calls):
@@ -61,8 +69,9 @@ def test_skip_leaves_the_update_out_and_goes_on(tmp_path, monkeypatch):
 
 def test_skip_still_stops_after_max_skipped_steps_in_a_row(tmp_path, monkeypatch):
     nan_on_calls(monkeypatch, set(range(2, 100)))
-    cfg = load_config([], RUN + [f"output_dir={tmp_path}", "train.steps=8", "train.on_nonfinite=skip",
-                                 "train.max_skipped_steps=3"])
+    cfg = load_config(
+        [], RUN + [f"output_dir={tmp_path}", "train.steps=8", "train.on_nonfinite=skip", "train.max_skipped_steps=3"]
+    )
     with pytest.raises(PtuneError, match="step 4: .*3 steps in a row"):
         loop.train(cfg)
     assert not (tmp_path / "final").exists()

@@ -2,8 +2,8 @@
 gradient-checkpointing switch change no result."""
 
 import torch
-from conftest import FIXTURES, MINI, read_jsonl, session
 
+from conftest import FIXTURES, MINI, read_jsonl, session
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
 from ptune_dist.model.load import load_base
@@ -46,8 +46,17 @@ def test_masked_lm_scoring_on_an_encoder():
     cfg = load_config([], [f"model.name_or_path={MINI}", "model.kind=masked_lm", "model.dropout=0.0"])
     base = load_base(cfg.model)
     for method in ("prompt_tuning", "p_tuning_v2"):
-        s = session([f"model.name_or_path={MINI}", "model.kind=masked_lm", f"method.name={method}", "tasks.0.preset=rte",
-                     f"tasks.0.train={FIXTURES}/superglue/rte.jsonl", "method.num_virtual_tokens=3"], base=base)
+        s = session(
+            [
+                f"model.name_or_path={MINI}",
+                "model.kind=masked_lm",
+                f"method.name={method}",
+                "tasks.0.preset=rte",
+                f"tasks.0.train={FIXTURES}/superglue/rte.jsonl",
+                "method.num_virtual_tokens=3",
+            ],
+            base=base,
+        )
         batch = collate(s.tasks[0].train, s.pad_id, "right")
         assert (batch["input_ids"][torch.arange(4), batch["answer_pos"]] == s.tokenizer.mask_token_id).all()
         out = s.model(batch)
@@ -60,11 +69,24 @@ def losses(out_dir):
 
 
 def test_accumulation_and_checkpointing_switches_keep_the_losses(tmp_path):
-    common = [f"model.name_or_path={MINI}", "method.name=p_tuning_v2", "tasks.0.preset=support", "tasks.0.scoring=head",
-              "data.max_train_examples=32", "data.max_eval_examples=8", "train.steps=3", "train.log_every=1",
-              "train.progress_bar=false", "train.tensorboard=false", "model.dropout=0.0"]
-    runs = {"plain": ["data.batch_size=8"], "accum": ["data.batch_size=4", "train.grad_accum=2"],
-            "ckpt": ["data.batch_size=8", "model.gradient_checkpointing=true"]}
+    common = [
+        f"model.name_or_path={MINI}",
+        "method.name=p_tuning_v2",
+        "tasks.0.preset=support",
+        "tasks.0.scoring=head",
+        "data.max_train_examples=32",
+        "data.max_eval_examples=8",
+        "train.steps=3",
+        "train.log_every=1",
+        "train.progress_bar=false",
+        "train.tensorboard=false",
+        "model.dropout=0.0",
+    ]
+    runs = {
+        "plain": ["data.batch_size=8"],
+        "accum": ["data.batch_size=4", "train.grad_accum=2"],
+        "ckpt": ["data.batch_size=8", "model.gradient_checkpointing=true"],
+    }
     got = {}
     for name, extra in runs.items():
         train(load_config([], common + extra + [f"output_dir={tmp_path / name}"]))

@@ -6,31 +6,58 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import FIXTURES, MINI, assert_close_rel, session
 
+from conftest import FIXTURES, MINI, assert_close_rel, session
 from ptune_dist.data.encode import Example
 from ptune_dist.data.packed_loader import packed_eval_batches
 from ptune_dist.inference import predict_rows
 from ptune_dist.train.evaluate import evaluate
 
-MIXED = ("tasks=[{name: support, preset: support}, "
-         f"{{name: rte, preset: rte, train: '{FIXTURES}/superglue/rte.jsonl', eval: '{FIXTURES}/superglue/rte.jsonl'}}]")
-NER = [f"model.name_or_path={MINI}", "method.name=p_tuning_v2", "method.init=random", "tasks.0.name=ner",
-       "tasks.0.preset=", "tasks.0.type=token_classification", "tasks.0.scoring=head",
-       f"tasks.0.train={FIXTURES}/ner.jsonl", f"tasks.0.eval={FIXTURES}/ner.jsonl"]
+MIXED = (
+    "tasks=[{name: support, preset: support}, "
+    f"{{name: rte, preset: rte, train: '{FIXTURES}/superglue/rte.jsonl', eval: '{FIXTURES}/superglue/rte.jsonl'}}]"
+)
+NER = [
+    f"model.name_or_path={MINI}",
+    "method.name=p_tuning_v2",
+    "method.init=random",
+    "tasks.0.name=ner",
+    "tasks.0.preset=",
+    "tasks.0.type=token_classification",
+    "tasks.0.scoring=head",
+    f"tasks.0.train={FIXTURES}/ner.jsonl",
+    f"tasks.0.eval={FIXTURES}/ner.jsonl",
+]
 CASES = {
     "shallow": ("smol", ["tasks.0.preset=support", "method.name=prompt_tuning"]),
     "deep-mixed": ("smol", [MIXED, "method.name=p_tuning_v2"]),
-    "generation": ("smol", ["tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl",
-                            f"tasks.0.eval={FIXTURES}/instructions.jsonl", "method.name=prefix_tuning"]),
+    "generation": (
+        "smol",
+        [
+            "tasks.0.type=generation",
+            f"tasks.0.train={FIXTURES}/instructions.jsonl",
+            f"tasks.0.eval={FIXTURES}/instructions.jsonl",
+            "method.name=prefix_tuning",
+        ],
+    ),
     "token-classification": ("mini", NER),
 }
 
 
 def packed_session(request, case):
     base, overrides = CASES[case]
-    s = session([*overrides, "method.num_virtual_tokens=4", "data.max_eval_examples=6", "data.max_length=160",
-                 "data.eval_batch_size=2", "data.packing=true"], base=request.getfixturevalue(base), splits=("eval",))
+    s = session(
+        [
+            *overrides,
+            "method.num_virtual_tokens=4",
+            "data.max_eval_examples=6",
+            "data.max_length=160",
+            "data.eval_batch_size=2",
+            "data.packing=true",
+        ],
+        base=request.getfixturevalue(base),
+        splits=("eval",),
+    )
     s.model.eval()
     return s
 
@@ -76,16 +103,24 @@ def test_packed_predict_equals_padded(case, request, monkeypatch):
     s = packed_session(request, case)
     seen = count_packed(s, monkeypatch)
     if case == "token-classification":
-        rows = [{"tokens": ["Alice", "visited", "Rome"]}, {"tokens": ["Bob", "Smith", "flew", "to", "New", "York"]},
-                {"tokens": ["Paris"]}]
+        rows = [
+            {"tokens": ["Alice", "visited", "Rome"]},
+            {"tokens": ["Bob", "Smith", "flew", "to", "New", "York"]},
+            {"tokens": ["Paris"]},
+        ]
     else:
-        rows = [{"task": "support", "text": "My card was charged twice this month"},
-                {"task": "rte", "premise": "The cat sat on the mat.", "hypothesis": "A cat is sitting."},
-                {"task": "support", "text": "The app crashes when I log in"}]
+        rows = [
+            {"task": "support", "text": "My card was charged twice this month"},
+            {"task": "rte", "premise": "The cat sat on the mat.", "hypothesis": "A cat is sitting."},
+            {"task": "support", "text": "The app crashes when I log in"},
+        ]
     packed = predict_rows(s, rows, "test")
     assert seen and all(seen)
-    plain = predict_rows(dataclasses.replace(s, cfg=dataclasses.replace(
-        s.cfg, data=dataclasses.replace(s.cfg.data, packing=False))), rows, "test")
+    plain = predict_rows(
+        dataclasses.replace(s, cfg=dataclasses.replace(s.cfg, data=dataclasses.replace(s.cfg.data, packing=False))),
+        rows,
+        "test",
+    )
     assert len(packed) == len(plain) == len(rows)
     for got, want in zip(packed, plain):
         assert got.keys() == want.keys()
@@ -96,8 +131,10 @@ def test_packed_predict_equals_padded(case, request, monkeypatch):
 
 
 def test_every_rank_runs_as_many_packed_eval_batches_and_covers_its_share():
-    examples = [Example(input_ids=list(range(n)), task_id=0, labels=0, answer_pos=n - 1)
-                for n in (5, 30, 7, 1, 31, 12, 3, 9, 20, 2, 16)]
+    examples = [
+        Example(input_ids=list(range(n)), task_id=0, labels=0, answer_pos=n - 1)
+        for n in (5, 30, 7, 1, 31, 12, 3, 9, 20, 2, 16)
+    ]
     seen = []
     counts = []
     for rank in range(3):

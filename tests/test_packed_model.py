@@ -4,13 +4,15 @@ in one packed row, classification and generation (fp32, SmolLM2)."""
 
 import pytest
 import torch
-from conftest import FIXTURES, assert_close_rel, grads, session
 
+from conftest import FIXTURES, assert_close_rel, grads, session
 from ptune_dist.data.collate import collate
 from ptune_dist.data.packing import collate_packed, pack
 
-MIXED = ("tasks=[{name: support, preset: support}, "
-         f"{{name: rte, preset: rte, train: '{FIXTURES}/superglue/rte.jsonl', eval: '{FIXTURES}/superglue/rte.jsonl'}}]")
+MIXED = (
+    "tasks=[{name: support, preset: support}, "
+    f"{{name: rte, preset: rte, train: '{FIXTURES}/superglue/rte.jsonl', eval: '{FIXTURES}/superglue/rte.jsonl'}}]"
+)
 GENERATION = ["tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl"]
 
 
@@ -31,16 +33,25 @@ def packed_and_plain(s, examples, capacity):
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
 @pytest.mark.parametrize("mixed", [False, True])
 def test_packed_classification_equals_padded(method, mixed, smol):
-    s = session([MIXED if mixed else "tasks.0.preset=support", f"method.name={method}", "method.num_virtual_tokens=4",
-                 "data.max_train_examples=6"], base=smol)
+    s = session(
+        [
+            MIXED if mixed else "tasks.0.preset=support",
+            f"method.name={method}",
+            "method.num_virtual_tokens=4",
+            "data.max_train_examples=6",
+        ],
+        base=smol,
+    )
     s.model.eval()
     examples = [ex for task in s.tasks for ex in task.train[:4]]
     capacity = 3 * max(len(ex.input_ids) for ex in examples)
     order, packed, plain = packed_and_plain(s, examples, capacity)
     assert packed["input_ids"].shape[0] < len(examples)  # several sequences share a row
     if mixed:
-        assert any(len({int(t) for t, r in zip(packed["seq_task"], packed["seq_row"]) if r == row}) > 1
-                   for row in packed["seq_row"].unique().tolist())  # a row holds both tasks
+        assert any(
+            len({int(t) for t, r in zip(packed["seq_task"], packed["seq_row"]) if r == row}) > 1
+            for row in packed["seq_row"].unique().tolist()
+        )  # a row holds both tasks
     got, got_grads = run(s, packed, len(examples))
     want, want_grads = run(s, plain, len(examples))
     assert_close_rel(got.loss.detach(), want.loss.detach(), 1e-5)
@@ -54,8 +65,9 @@ def test_packed_classification_equals_padded(method, mixed, smol):
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning_v2"])
 def test_packed_generation_loss_equals_padded(method, smol):
-    s = session([*GENERATION, f"method.name={method}", "method.num_virtual_tokens=4", "data.max_train_examples=5"],
-                base=smol)
+    s = session(
+        [*GENERATION, f"method.name={method}", "method.num_virtual_tokens=4", "data.max_train_examples=5"], base=smol
+    )
     s.model.eval()
     examples = s.tasks[0].train[:5]
     capacity = 2 * max(len(ex.input_ids) for ex in examples)
@@ -70,9 +82,18 @@ def test_packed_generation_loss_equals_padded(method, smol):
 
 def test_packed_encoder_with_a_head_equals_padded(mini):
     """Bidirectional attention stays within each sequence; the pooled head sees each sequence's own tokens."""
-    s = session(["model.name_or_path=embedded:all-minilm-l6-v2", "method.name=p_tuning_v2",
-                 "method.num_virtual_tokens=4", "tasks.0.preset=support", "tasks.0.scoring=head",
-                 "tasks.0.pooling=mean", "data.max_train_examples=6"], base=mini)
+    s = session(
+        [
+            "model.name_or_path=embedded:all-minilm-l6-v2",
+            "method.name=p_tuning_v2",
+            "method.num_virtual_tokens=4",
+            "tasks.0.preset=support",
+            "tasks.0.scoring=head",
+            "tasks.0.pooling=mean",
+            "data.max_train_examples=6",
+        ],
+        base=mini,
+    )
     s.model.eval()
     examples = s.tasks[0].train[:6]
     _, packed, plain = packed_and_plain(s, examples, 3 * max(len(ex.input_ids) for ex in examples))

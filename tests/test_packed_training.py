@@ -5,18 +5,32 @@ import json
 
 import pytest
 import torch
-from conftest import MINI
 from safetensors.torch import load_file
 
+from conftest import MINI
 from ptune_dist.config import load_config
 from ptune_dist.train import loop
 from ptune_dist.train.engine import TorchEngine
 from ptune_dist.train.metrics_file import read_metrics
 
-RUN = [f"model.name_or_path={MINI}", "method.name=p_tuning_v2", "method.num_virtual_tokens=4", "tasks.0.preset=support",
-       "tasks.0.scoring=head", "data.max_train_examples=48", "data.max_eval_examples=8", "data.batch_size=2",
-       "data.max_length=96", "data.packing=true", "train.steps=6", "train.lr=0.01", "model.dropout=0.1",
-       "train.progress_bar=false", "train.tensorboard=false", "train.log_every=1"]
+RUN = [
+    f"model.name_or_path={MINI}",
+    "method.name=p_tuning_v2",
+    "method.num_virtual_tokens=4",
+    "tasks.0.preset=support",
+    "tasks.0.scoring=head",
+    "data.max_train_examples=48",
+    "data.max_eval_examples=8",
+    "data.batch_size=2",
+    "data.max_length=96",
+    "data.packing=true",
+    "train.steps=6",
+    "train.lr=0.01",
+    "model.dropout=0.1",
+    "train.progress_bar=false",
+    "train.tensorboard=false",
+    "train.log_every=1",
+]
 
 
 class Crash(Exception):

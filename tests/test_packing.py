@@ -12,7 +12,8 @@ from ptune_dist.data.encode import IGNORE, Example
 from ptune_dist.data.packing import collate_packed, pack
 
 lengths_and_capacity = st.integers(1, 64).flatmap(
-    lambda cap: st.tuples(st.lists(st.integers(1, cap), min_size=1, max_size=80), st.just(cap), st.integers(1, 8)))
+    lambda cap: st.tuples(st.lists(st.integers(1, cap), min_size=1, max_size=80), st.just(cap), st.integers(1, 8))
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -38,11 +39,12 @@ def test_boundary_cases():
 
 
 def _examples():
-    cls = [Example([5, 6, 7, 8], task_id=0, soft=[1, 2], labels=1, answer_pos=3),
-           Example([9, 10], task_id=1, labels=0, answer_pos=1),
-           Example([11, 12, 13], task_id=0, soft=[0], labels=2, answer_pos=2)]
-    gen = [Example([5, 6, 7], task_id=0, labels=[IGNORE, 6, 7]),
-           Example([8, 9], task_id=0, labels=[IGNORE, 9])]
+    cls = [
+        Example([5, 6, 7, 8], task_id=0, soft=[1, 2], labels=1, answer_pos=3),
+        Example([9, 10], task_id=1, labels=0, answer_pos=1),
+        Example([11, 12, 13], task_id=0, soft=[0], labels=2, answer_pos=2),
+    ]
+    gen = [Example([5, 6, 7], task_id=0, labels=[IGNORE, 6, 7]), Example([8, 9], task_id=0, labels=[IGNORE, 9])]
     return cls, gen
 
 
@@ -57,9 +59,11 @@ def test_packed_rows_keep_each_sequence_as_it_is_alone():
     for s, ex in enumerate(cls):
         alone = collate([ex], pad_id=0)
         row, start, n = (int(batch[k][s]) for k in ("seq_row", "seq_start", "seq_len"))
-        assert batch["input_ids"][row, start:start + n].tolist() == alone["input_ids"][0].tolist()
-        assert batch["soft_mask"][row, start:start + n].tolist() == alone.get(
-            "soft_mask", torch.zeros(1, n, dtype=torch.bool))[0].tolist()
+        assert batch["input_ids"][row, start : start + n].tolist() == alone["input_ids"][0].tolist()
+        assert (
+            batch["soft_mask"][row, start : start + n].tolist()
+            == alone.get("soft_mask", torch.zeros(1, n, dtype=torch.bool))[0].tolist()
+        )
         assert int(batch["answer_pos"][s]) - start == int(alone["answer_pos"][0])
     assert int(batch["attention_mask"].sum()) == sum(len(ex.input_ids) for ex in cls)
 
@@ -78,8 +82,10 @@ def test_token_labels_follow_their_sequence_and_padding_is_ignored():
 
 def _loader_examples(n=40, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [Example(list(range(1, 2 + int(torch.randint(12, (1,), generator=g)))), task_id=0, labels=i % 2,
-                    answer_pos=0) for i in range(n)]
+    return [
+        Example(list(range(1, 2 + int(torch.randint(12, (1,), generator=g)))), task_id=0, labels=i % 2, answer_pos=0)
+        for i in range(n)
+    ]
 
 
 def test_packed_loader_same_batches_on_one_or_two_ranks_and_after_a_resume():

@@ -6,11 +6,10 @@ PEFT -> ptune: an adapter saved by PEFT's save_pretrained imports with `ptune im
 
 import pytest
 import torch
-from conftest import SMOL
-from peft import (PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType,
-                  get_peft_model)
+from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from conftest import SMOL
 from ptune_dist.checkpoint import state
 from ptune_dist.checkpoint.peft_format import export_peft, import_peft
 from ptune_dist.config import load_config, to_yaml
@@ -19,8 +18,11 @@ from ptune_dist.model.load import load_tokenizer, resolve_path
 from ptune_dist.train.session import build_session
 
 P = 6
-TEXTS = ["The parcel never arrived and nobody answers my emails.", "Reset my password please.",
-         "Why was I billed twice?"]
+TEXTS = [
+    "The parcel never arrived and nobody answers my emails.",
+    "Reset my password please.",
+    "Why was I billed twice?",
+]
 
 
 def stock_base():
@@ -32,9 +34,11 @@ def lm_batch(tok, num_soft: int):
     enc = tok(TEXTS, padding=True, return_tensors="pt")
     B = enc["input_ids"].shape[0]
     slots = torch.full((B, num_soft), tok.pad_token_id)
-    batch = {"input_ids": torch.cat([slots, enc["input_ids"]], 1),
-             "attention_mask": torch.cat([torch.ones(B, num_soft, dtype=torch.long), enc["attention_mask"]], 1),
-             "seq_task": torch.zeros(B, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.cat([slots, enc["input_ids"]], 1),
+        "attention_mask": torch.cat([torch.ones(B, num_soft, dtype=torch.long), enc["attention_mask"]], 1),
+        "seq_task": torch.zeros(B, dtype=torch.long),
+    }
     if num_soft:
         batch["soft_mask"] = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
         batch["soft_mask"][:, :num_soft] = True
@@ -69,8 +73,16 @@ METHODS = [
 
 @pytest.mark.parametrize("method, extra", METHODS)
 def test_ptune_to_peft(method, extra, smol, tmp_path):
-    cfg = load_config([], [f"method.name={method}", f"method.num_virtual_tokens={P}", "tasks.0.preset=support",
-                           "data.max_train_examples=4", *extra])
+    cfg = load_config(
+        [],
+        [
+            f"method.name={method}",
+            f"method.num_virtual_tokens={P}",
+            "tasks.0.preset=support",
+            "data.max_train_examples=4",
+            *extra,
+        ],
+    )
     s = build_session(cfg, splits=(), base=smol)
     with torch.no_grad():  # move away from the initialisation so the test sees trained-like weights
         for p in s.model.trainable_parameters().values():
@@ -89,8 +101,9 @@ def test_ptune_to_peft(method, extra, smol, tmp_path):
 PEFT_CONFIGS = [
     PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P, prompt_tuning_init="RANDOM"),
     PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P, encoder_hidden_size=48),
-    PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P, prefix_projection=True,
-                       encoder_hidden_size=32),
+    PrefixTuningConfig(
+        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P, prefix_projection=True, encoder_hidden_size=32
+    ),
     PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=P),
 ]
 

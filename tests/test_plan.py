@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMOL
 
+from conftest import SMOL
 from ptune_dist import embedded
 from ptune_dist.cli import main
 from ptune_dist.methods import METHODS, BaseInfo, InitContext
@@ -36,31 +36,54 @@ def test_parameter_count_of_smollm2_equals_the_real_model():
     arch = resolve_arch(SMOL)
     model = meta_model(smol_config())
     assert arch.total_params == sum(p.numel() for p in model.parameters())  # tied head counted once
-    linear = sum(m.weight.numel() for n, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and ".layers." in n)
+    linear = sum(
+        m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n
+    )
     assert arch.block_linear_params == linear
 
 
 def test_parameter_count_of_a_builtin_llama_equals_transformers():
     arch = BUILTIN["llama-2-7b"]
-    cfg = {"model_type": "llama", "hidden_size": arch.hidden_size, "intermediate_size": arch.intermediate_size,
-           "num_hidden_layers": arch.num_layers, "num_attention_heads": arch.num_heads,
-           "num_key_value_heads": arch.num_kv_heads, "vocab_size": arch.vocab_size, "tie_word_embeddings": False}
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.num_kv_heads,
+        "vocab_size": arch.vocab_size,
+        "tie_word_embeddings": False,
+    }
     assert arch.total_params == sum(p.numel() for p in meta_model(cfg).parameters())
     assert 6.7e9 < arch.total_params < 6.8e9  # "7B"
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("prompt_tuning", {}), ("p_tuning", {}), ("p_tuning", {"encoder": "lstm", "encoder_hidden_size": 64}),
-    ("prefix_tuning", {}), ("p_tuning_v2", {}), ("prefix_tuning", {"projection": False}),
-])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("prompt_tuning", {}),
+        ("p_tuning", {}),
+        ("p_tuning", {"encoder": "lstm", "encoder_hidden_size": 64}),
+        ("prefix_tuning", {}),
+        ("p_tuning_v2", {}),
+        ("prefix_tuning", {"projection": False}),
+    ],
+)
 def test_trainable_parameters_equal_the_method_modules(method, extra):
     from transformers import AutoConfig
 
     hf = AutoConfig.for_model(**{k: v for k, v in smol_config().items() if not k.startswith("_")})
     info = BaseInfo.from_config(hf, "causal_lm")
-    cfg = types.SimpleNamespace(num_virtual_tokens=7, init="random", init_text="", init_scale=0.5, encoder="mlp",
-                                encoder_hidden_size=0, projection=None, projection_hidden_size=96)
+    cfg = types.SimpleNamespace(
+        num_virtual_tokens=7,
+        init="random",
+        init_text="",
+        init_scale=0.5,
+        encoder="mlp",
+        encoder_hidden_size=0,
+        projection=None,
+        projection_hidden_size=96,
+    )
     for k, v in extra.items():
         setattr(cfg, k, v)
     ctx = InitContext(embed=None, tokenizer=None, label_words=[], generator=torch.Generator().manual_seed(0))
@@ -70,8 +93,10 @@ def test_trainable_parameters_equal_the_method_modules(method, extra):
     assert trainable_params(resolve_arch(SMOL), setup) == sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("dtype,prefix,checkpointing", [
-    ("float32", 0, False), ("float32", 6, False), ("bfloat16", 6, False), ("float32", 6, True)])
+@pytest.mark.parametrize(
+    "dtype,prefix,checkpointing",
+    [("float32", 0, False), ("float32", 6, False), ("bfloat16", 6, False), ("float32", 6, True)],
+)
 def test_activation_model_matches_what_autograd_keeps(dtype, prefix, checkpointing):
     """A 2-layer SmolLM2-shaped model (real widths, small vocabulary) with ptune's attention and lean
     MLP: the bytes of the tensors autograd saves equal the planner's activation term."""
@@ -110,11 +135,17 @@ def test_activation_model_matches_what_autograd_keeps(dtype, prefix, checkpointi
 
     positions = torch.arange(P, P + T).expand(B, -1)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model.model(inputs_embeds=embeds, position_ids=positions,
-                          ptune_prefix=PrefixKV(kv, "sdpa")).last_hidden_state
+        out = model.model(
+            inputs_embeds=embeds, position_ids=positions, ptune_prefix=PrefixKV(kv, "sdpa")
+        ).last_hidden_state
         out.float().sum().backward()
-    setup = Setup(method=METHODS["prefix_tuning" if P else "prompt_tuning"].section(num_virtual_tokens=P), batch_size=B,
-                  max_length=T + P if P else T, dtype=dtype, gradient_checkpointing=checkpointing)
+    setup = Setup(
+        method=METHODS["prefix_tuning" if P else "prompt_tuning"].section(num_virtual_tokens=P),
+        batch_size=B,
+        max_length=T + P if P else T,
+        dtype=dtype,
+        gradient_checkpointing=checkpointing,
+    )
     predicted = activation_bytes(arch, setup) - (4 * P * (arch.kv_width + 512) if P and not checkpointing else 0)
     if checkpointing:  # autograd sees the kept inputs; the recomputed block is live only in backward
         predicted -= layer_activation_bytes(arch, setup)
@@ -140,21 +171,26 @@ def test_zero3_divides_the_frozen_weights_by_the_world_size():
         z3 = predict(arch, Setup(dtype="float32", engine="deepspeed", zero_stage=3, world=world))
         assert z3.frozen_weights == pytest.approx(one.frozen_weights / world)
         assert 0 < z3.zero3_gathered < one.frozen_weights  # DeepSpeed's live-parameter limit
-    offload = predict(arch, Setup(dtype="bfloat16", engine="deepspeed", zero_stage=3, world=8, offload_params=True,
-                                  offload_optimizer=True))
+    offload = predict(
+        arch,
+        Setup(dtype="bfloat16", engine="deepspeed", zero_stage=3, world=8, offload_params=True, offload_optimizer=True),
+    )
     assert offload.frozen_weights == 0 and offload.host > 0
     # a bf16 base stays bf16 under ZeRO-3 (tests/test_deepspeed.py checks the engine does this)
     bf16 = predict(arch, Setup(dtype="bfloat16", engine="deepspeed", zero_stage=3, world=8))
     assert bf16.frozen_weights == pytest.approx(one.frozen_weights / 16)
-    nf4 = predict(arch, Setup(dtype="bfloat16", quant="nf4", quant_storage="bfloat16", engine="deepspeed",
-                              zero_stage=3, world=8))
+    nf4 = predict(
+        arch, Setup(dtype="bfloat16", quant="nf4", quant_storage="bfloat16", engine="deepspeed", zero_stage=3, world=8)
+    )
     assert nf4.frozen_weights < bf16.frozen_weights / 2
 
 
 def test_quantised_bases_are_smaller_nf4_int8_bf16_fp32():
     arch = resolve_arch("llama-13b")
-    w = {q: predict(arch, Setup(dtype=dt, quant=q)).frozen_weights
-         for dt, q in [("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int8"), ("bfloat16", "nf4")]}
+    w = {
+        q: predict(arch, Setup(dtype=dt, quant=q)).frozen_weights
+        for dt, q in [("float32", "none"), ("bfloat16", "none"), ("bfloat16", "int8"), ("bfloat16", "nf4")]
+    }
     assert w["nf4"] < w["int8"] < w["none"]
     assert w["none"] == pytest.approx(2 * arch.total_params)
     assert w["int8"] == pytest.approx(arch.block_linear_params + 2 * arch.other_params, rel=0.01)
@@ -197,8 +233,9 @@ def plan_cli(capsys, *args):
 
 
 def test_cli_lists_setups_that_fit_with_their_commands(capsys):
-    code, out, _ = plan_cli(capsys, "model=llama-7b", "method=prefix_tuning", "hardware.gpus=1",
-                            "hardware.gpu_mem=24GB")
+    code, out, _ = plan_cli(
+        capsys, "model=llama-7b", "method=prefix_tuning", "hardware.gpus=1", "hardware.gpu_mem=24GB"
+    )
     assert code == 0
     assert "llama-2-7b" in out and "setups fit" in out
     assert "ptune train CONFIG.yaml model.name_or_path=meta-llama/Llama-2-7b-hf" in out
@@ -211,8 +248,14 @@ def test_cli_lists_setups_that_fit_with_their_commands(capsys):
 
 
 def test_cli_multi_gpu_offers_zero3_with_launch(capsys):
-    code, out, _ = plan_cli(capsys, "model=llama-70b", "method=prompt_tuning", "hardware.gpus=2",
-                            "hardware.gpu_mem=24GB", "data.max_length=512")
+    code, out, _ = plan_cli(
+        capsys,
+        "model=llama-70b",
+        "method=prompt_tuning",
+        "hardware.gpus=2",
+        "hardware.gpu_mem=24GB",
+        "data.max_length=512",
+    )
     assert code == 0
     assert "ptune launch CONFIG.yaml launch.nproc_per_node=2" in out and "distributed.zero_stage=3" in out
     assert "model.quant=nf4" in out and "model.quant_storage=bfloat16" in out
@@ -221,8 +264,9 @@ def test_cli_multi_gpu_offers_zero3_with_launch(capsys):
 def test_cli_reads_a_run_config_and_keeps_given_keys(capsys, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model: {{name_or_path: '{SMOL}'}}\nmethod: {{name: p_tuning_v2}}\ndata: {{batch_size: 4}}\n")
-    code, out, _ = plan_cli(capsys, f"model={cfg}", "hardware.gpu_mem=8GB", "model.dtype=float32",
-                            "model.gradient_checkpointing=true")
+    code, out, _ = plan_cli(
+        capsys, f"model={cfg}", "hardware.gpu_mem=8GB", "model.dtype=float32", "model.gradient_checkpointing=true"
+    )
     assert code == 0
     assert f"ptune train {cfg}" in out and "p_tuning_v2" in out
     rows = [x for x in out.splitlines() if x[:4].strip().isdigit()]
@@ -230,34 +274,40 @@ def test_cli_reads_a_run_config_and_keeps_given_keys(capsys, tmp_path):
     assert "bf16" not in out
 
 
-@pytest.mark.parametrize("args,key", [
-    (["model=llama-7b", "hardware.gpu_mem=24GX"], "hardware.gpu_mem"),
-    (["model=no-such-model", "hardware.gpu_mem=24GB"], "model="),
-    (["model=llama-7b", "hardware.gpux=2"], "hardware.gpux"),
-    (["model=llama-7b", "hardware.gpus=zero"], "hardware.gpus"),
-    (["model=llama-7b", "data.batch_sise=4"], "data.batch_sise"),
-    (["model=llama-7b", "method=prefix"], "method.name"),
-    (["model=llama-7b", "plan.colour=red"], "plan.colour"),
-    (["method=prefix_tuning"], "model="),
-])
+@pytest.mark.parametrize(
+    "args,key",
+    [
+        (["model=llama-7b", "hardware.gpu_mem=24GX"], "hardware.gpu_mem"),
+        (["model=no-such-model", "hardware.gpu_mem=24GB"], "model="),
+        (["model=llama-7b", "hardware.gpux=2"], "hardware.gpux"),
+        (["model=llama-7b", "hardware.gpus=zero"], "hardware.gpus"),
+        (["model=llama-7b", "data.batch_sise=4"], "data.batch_sise"),
+        (["model=llama-7b", "method=prefix"], "method.name"),
+        (["model=llama-7b", "plan.colour=red"], "plan.colour"),
+        (["method=prefix_tuning"], "model="),
+    ],
+)
 def test_cli_errors_name_the_key(capsys, args, key):
     code, out, err = plan_cli(capsys, *args)
     assert code == 2 and key in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["hardware.gpu_mem=24"], "hardware.gpu_mem='24': a size needs its unit, e.g. hardware.gpu_mem=24GB or 24GiB"),
-    (["hardware.gpu_mem=0GB"], "hardware.gpu_mem='0GB' must be between 1MiB and 1024TiB"),
-    (["hardware.gpu_mem=512KB"], "hardware.gpu_mem='512KB' must be between 1MiB"),
-    (["hardware.gpu_mem=2000TB"], "must be between 1MiB and 1024TiB"),
-    ([f"hardware.gpu_mem={'9' * 400}TB"], "must be between 1MiB and 1024TiB"),  # not inf
-    (["hardware.gpu_mem=24GB", "hardware.runtime=1"], "hardware.runtime='1': a size needs its unit"),
-    (["hardware.gpus=" + "9" * 30], f"hardware.gpus={'9' * 30} must be <= 1024"),
-    (["hardware.nodes=100000"], "hardware.nodes=100000 must be <= 65536"),
-    (["plan.top=0"], "plan.top=0 must be >= 1"),
-    (["data.max_length=64", "plan.label_tokens=65"], "plan.label_tokens=65 must be <= 64"),
-    (["data.max_length=64", "plan.sequences_per_row=0"], "plan.sequences_per_row=0 must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["hardware.gpu_mem=24"], "hardware.gpu_mem='24': a size needs its unit, e.g. hardware.gpu_mem=24GB or 24GiB"),
+        (["hardware.gpu_mem=0GB"], "hardware.gpu_mem='0GB' must be between 1MiB and 1024TiB"),
+        (["hardware.gpu_mem=512KB"], "hardware.gpu_mem='512KB' must be between 1MiB"),
+        (["hardware.gpu_mem=2000TB"], "must be between 1MiB and 1024TiB"),
+        ([f"hardware.gpu_mem={'9' * 400}TB"], "must be between 1MiB and 1024TiB"),  # not inf
+        (["hardware.gpu_mem=24GB", "hardware.runtime=1"], "hardware.runtime='1': a size needs its unit"),
+        (["hardware.gpus=" + "9" * 30], f"hardware.gpus={'9' * 30} must be <= 1024"),
+        (["hardware.nodes=100000"], "hardware.nodes=100000 must be <= 65536"),
+        (["plan.top=0"], "plan.top=0 must be >= 1"),
+        (["data.max_length=64", "plan.label_tokens=65"], "plan.label_tokens=65 must be <= 64"),
+        (["data.max_length=64", "plan.sequences_per_row=0"], "plan.sequences_per_row=0 must be >= 1"),
+    ],
+)
 def test_hardware_numbers_have_units_and_bounds(args, message, capsys):
     code, out, err = plan_cli(capsys, "model=llama-2-7b", *args)
     assert code == 2 and message in err and "Traceback" not in err, err
@@ -270,8 +320,14 @@ def test_nothing_fits_says_what_the_smallest_needs(capsys):
 
 def test_cpu_zero3_rows_carry_the_measured_caveat(capsys):
     """The planner's one known miss (allocator memory under ZeRO-3 on CPU) is said next to the rows it concerns."""
-    base = ["model=embedded:smollm2-135m-instruct", "method=prefix_tuning", "hardware.gpus=2", "hardware.gpu_mem=8GB",
-            "distributed.engine=deepspeed", "distributed.zero_stage=3"]
+    base = [
+        "model=embedded:smollm2-135m-instruct",
+        "method=prefix_tuning",
+        "hardware.gpus=2",
+        "hardware.gpu_mem=8GB",
+        "distributed.engine=deepspeed",
+        "distributed.zero_stage=3",
+    ]
     _, cpu, _ = plan_cli(capsys, *base, "hardware.device=cpu")
     _, gpu, _ = plan_cli(capsys, *base)
     assert "ZeRO-3" in cpu and "lower bound" in cpu
@@ -293,9 +349,11 @@ def test_cli_plans_the_run_a_config_file_describes(capsys, tmp_path):
     """`ptune plan CONFIG.yaml`: the file's method, batch, length, quantisation, checkpointing, engine and
     ranks are the run's, kept as set; `model=CONFIG.yaml` only starts from the file and varies them."""
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"model: {{name_or_path: '{SMOL}', quant: nf4, gradient_checkpointing: true}}\n"
-                   "method: {name: p_tuning_v2}\ndata: {batch_size: 8, max_length: 128}\n"
-                   "distributed: {engine: deepspeed, zero_stage: 3}\nlaunch: {nproc_per_node: 2}\n")
+    cfg.write_text(
+        f"model: {{name_or_path: '{SMOL}', quant: nf4, gradient_checkpointing: true}}\n"
+        "method: {name: p_tuning_v2}\ndata: {batch_size: 8, max_length: 128}\n"
+        "distributed: {engine: deepspeed, zero_stage: 3}\nlaunch: {nproc_per_node: 2}\n"
+    )
     code, out, err = plan_cli(capsys, str(cfg), "hardware.gpu_mem=8GB", "train.grad_accum=2")
     assert code == 0, err
     assert "p_tuning_v2" in out and "batch 8 x 128 tokens per GPU" in out and "hardware: 2 x 8 GB (2 GPUs)" in out
@@ -315,8 +373,9 @@ def test_cli_plans_quickstart_with_overrides_and_its_commands_load(capsys):
     names the config and loads as the setup of its row."""
     from ptune_dist.config import load_config
 
-    code, out, err = plan_cli(capsys, QUICKSTART, "data.batch_size=32", "data.max_length=96", "hardware.gpus=1",
-                              "hardware.gpu_mem=24GB")
+    code, out, err = plan_cli(
+        capsys, QUICKSTART, "data.batch_size=32", "data.max_length=96", "hardware.gpus=1", "hardware.gpu_mem=24GB"
+    )
     assert code == 0, err
     assert "smollm2-135m-instruct" in out and "prompt_tuning" in out and "batch 32 x 96 tokens per GPU" in out
     found = rows_and_commands(out)
@@ -338,23 +397,36 @@ def test_cli_hardware_follows_the_config_and_this_machines_gpu(capsys, tmp_path,
     from ptune_dist.launcher import slurm
 
     cfg = tmp_path / "slurm.yaml"
-    cfg.write_text(f"output_dir: {tmp_path / 'run'}\nmodel: {{name_or_path: '{SMOL}'}}\n"
-                   "launch: {backend: slurm, nnodes: 2, nproc_per_node: 2, gpus_per_node: 2}\n")
+    cfg.write_text(
+        f"output_dir: {tmp_path / 'run'}\nmodel: {{name_or_path: '{SMOL}'}}\n"
+        "launch: {backend: slurm, nnodes: 2, nproc_per_node: 2, gpus_per_node: 2}\n"
+    )
     memory = {0: 80 * GiB, 1: 40 * GiB}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda i: types.SimpleNamespace(total_memory=memory[i], name=f"Fake GPU {i}"))
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda i: types.SimpleNamespace(total_memory=memory[i], name=f"Fake GPU {i}"),
+    )
     code, out, err = plan_cli(capsys, str(cfg))
     assert code == 0, err
     assert "hardware: 2 x 40 GB x 2 nodes (4 GPUs; the memory of this machine's Fake GPU 1" in out
-    assert ("where from: 2 GPU(s) per node from launch.nproc_per_node; 2 node(s) from launch.nnodes; GPU memory 40 GB "
-            "detected (this machine's Fake GPU 1, by torch.cuda") in out
+    assert (
+        "where from: 2 GPU(s) per node from launch.nproc_per_node; 2 node(s) from launch.nnodes; GPU memory 40 GB "
+        "detected (this machine's Fake GPU 1, by torch.cuda"
+    ) in out
     found = rows_and_commands(out)
     assert found
     for _, command in found:
-        assert command[:6] == ["ptune", "launch", str(cfg), "launch.nproc_per_node=2", "launch.gpus_per_node=2",
-                               "launch.nnodes=2"]
+        assert command[:6] == [
+            "ptune",
+            "launch",
+            str(cfg),
+            "launch.nproc_per_node=2",
+            "launch.gpus_per_node=2",
+            "launch.nnodes=2",
+        ]
         slurm.train_script(load_config([str(cfg)], command[3:]), tmp_path / "launch.yaml")  # the launcher accepts it
     _, given, _ = plan_cli(capsys, str(cfg), "hardware.gpu_mem=24GB")
     assert "2 x 24 GB x 2 nodes (4 GPUs)" in given and "Fake GPU" not in given
@@ -366,9 +438,12 @@ def test_cli_hardware_follows_the_config_and_this_machines_gpu(capsys, tmp_path,
 def test_cli_config_file_errors_name_the_file_or_key(capsys, tmp_path):
     typo = tmp_path / "typo.yaml"
     typo.write_text("data: {batch_sise: 4}\n")
-    for args, named in [([str(tmp_path / "missing.yaml")], "missing.yaml"), ([str(typo)], "data.batch_sise"),
-                        (["llama-7b"], "'llama-7b': expected a run config"),
-                        ([QUICKSTART, f"model={QUICKSTART}"], "model=")]:
+    for args, named in [
+        ([str(tmp_path / "missing.yaml")], "missing.yaml"),
+        ([str(typo)], "data.batch_sise"),
+        (["llama-7b"], "'llama-7b': expected a run config"),
+        ([QUICKSTART, f"model={QUICKSTART}"], "model="),
+    ]:
         code, _, err = plan_cli(capsys, *args)
         assert code == 2 and named in err and "Traceback" not in err, (args, err)
 
@@ -397,8 +472,11 @@ def test_int8_kept_inputs_match_a_real_bitsandbytes_model(tmp_path, checkpointin
     model, _ = load_base(ModelConfig(name_or_path=str(tmp_path), quant="int8", gradient_checkpointing=checkpointing))
     model.train()
     held = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    held |= {m.state.SCB.untyped_storage().data_ptr() for m in model.modules() if getattr(m, "state", None)
-             and getattr(m.state, "SCB", None) is not None}
+    held |= {
+        m.state.SCB.untyped_storage().data_ptr()
+        for m in model.modules()
+        if getattr(m, "state", None) and getattr(m.state, "SCB", None) is not None
+    }
     B, T = 3, 10
     embeds = torch.randn(B, T, hf.hidden_size, requires_grad=True)
     held.add(embeds.untyped_storage().data_ptr())
@@ -431,8 +509,13 @@ def test_int8_kept_inputs_match_a_real_bitsandbytes_model(tmp_path, checkpointin
     only_contexts = {k: v for k, v in tensors().items() if k not in before and k not in saved}
     measured = sum(saved.values()) + sum(only_contexts.values())
     arch = dataclasses.replace(resolve_arch(SMOL), num_layers=2, vocab_size=512)
-    setup = Setup(method=METHODS["prompt_tuning"].section(num_virtual_tokens=0), batch_size=B, max_length=T, quant="int8",
-                  gradient_checkpointing=checkpointing)
+    setup = Setup(
+        method=METHODS["prompt_tuning"].section(num_virtual_tokens=0),
+        batch_size=B,
+        max_length=T,
+        quant="int8",
+        gradient_checkpointing=checkpointing,
+    )
     predicted = activation_bytes(arch, setup)
     if checkpointing:  # the recomputed block is live only in the backward pass; its int8 inputs are kept already
         predicted -= layer_activation_bytes(arch, setup) - int8_kept_input_bytes(arch, setup, checkpointed=True)
@@ -444,8 +527,8 @@ def test_int8_kept_inputs_match_a_real_bitsandbytes_model(tmp_path, checkpointin
 def test_the_planned_kernel_is_the_one_auto_runs_on_each_device():
     """kernels/auto.py: Triton (prefix shared, never copied per row) on a GPU in fp16/bf16, SDPA elsewhere; the
     planner sizes the per-row prefix copy only where SDPA runs."""
-    from ptune_dist.plan.memory import Setup, predict
     from ptune_dist.plan import parse_request, resolve_arch
+    from ptune_dist.plan.memory import Setup, predict
     from ptune_dist.plan.request import planned_kernel
 
     assert planned_kernel("auto", "bfloat16", "gpu") == "triton" and planned_kernel("auto", "float32", "gpu") == "sdpa"
@@ -455,8 +538,9 @@ def test_the_planned_kernel_is_the_one_auto_runs_on_each_device():
     cpu = parse_request(["model=llama-3.1-8b", "method=p_tuning_v2", "hardware.device=cpu", "model.dtype=bfloat16"])
     assert cpu.base.attention == "sdpa"
     arch = resolve_arch("llama-3.1-8b")
-    deep = dict(method=METHODS["p_tuning_v2"].section(num_virtual_tokens=128), dtype="bfloat16", batch_size=16,
-                max_length=2048)
+    deep = dict(
+        method=METHODS["p_tuning_v2"].section(num_virtual_tokens=128), dtype="bfloat16", batch_size=16, max_length=2048
+    )
     copied, shared = (predict(arch, Setup(**deep, attention=a)).activations for a in ("sdpa", "triton"))
     assert copied > shared  # the per-row copy of a 128-token prefix is counted only for SDPA
 
@@ -468,11 +552,19 @@ def test_without_a_gpu_the_plan_says_its_gpu_memory_is_assumed(capsys, monkeypat
     code, out, err = plan_cli(capsys, "model=llama-2-7b", "method=prompt_tuning", "hardware.gpus=2")
     assert code == 0, err
     assert "hardware: 2 x 24 GB (2 GPUs; 24 GB assumed)" in out
-    assert ("where from: 2 GPU(s) per node given (hardware.gpus); 1 node(s) from launch.nnodes; GPU memory 24 GB "
-            "assumed: this machine shows no GPU (torch.cuda); give hardware.gpu_mem=...") in out
+    assert (
+        "where from: 2 GPU(s) per node given (hardware.gpus); 1 node(s) from launch.nnodes; GPU memory 24 GB "
+        "assumed: this machine shows no GPU (torch.cuda); give hardware.gpu_mem=..."
+    ) in out
     assert "runtime 1.00 GB assumed" in out
-    code, out, _ = plan_cli(capsys, "model=llama-2-70b", "method=prompt_tuning", "model.quant=none",
-                            "model.dtype=float32", "distributed.engine=torch")
+    code, out, _ = plan_cli(
+        capsys,
+        "model=llama-2-70b",
+        "method=prompt_tuning",
+        "model.quant=none",
+        "model.dtype=float32",
+        "distributed.engine=torch",
+    )
     assert "nothing fits in 24 GB (assumed: hardware.gpu_mem=... sets it)" in out, out
     _, cpu, _ = plan_cli(capsys, "model=llama-2-7b", "method=prompt_tuning", "hardware.device=cpu")
     assert "memory 24 GB assumed (the memory of one process" in cpu and "GPU memory" not in cpu
@@ -495,7 +587,10 @@ def test_the_planner_asks_the_kernel_rule_that_auto_runs():
         for device in ("gpu", "cpu"):
             expected = rule("cuda" if device == "gpu" else "cpu", dtype, can_run=lambda name: name == "triton")
             assert planned_kernel("auto", dtype, device) == expected
-    assert planned_kernel("reference", "bfloat16", "gpu") == "sdpa" and planned_kernel("split", "float32", "cpu") == "split"
+    assert (
+        planned_kernel("reference", "bfloat16", "gpu") == "sdpa"
+        and planned_kernel("split", "float32", "cpu") == "split"
+    )
 
 
 @pytest.mark.parametrize("keys", [dict(zero_stage=1, offload_optimizer=True), dict(zero_stage=2, offload_params=True)])
@@ -509,4 +604,6 @@ def test_the_offload_rule_is_one_for_the_config_and_the_planner(keys):
         load_config([QUICKSTART], overrides)
     with pytest.raises(ConfigError) as from_planner:
         predict(BUILTIN["llama-2-7b"], Setup(engine="deepspeed", **keys))
-    assert str(from_planner.value) == str(from_config.value) and "needs distributed.engine=deepspeed" in str(from_config.value)
+    assert str(from_planner.value) == str(from_config.value) and "needs distributed.engine=deepspeed" in str(
+        from_config.value
+    )

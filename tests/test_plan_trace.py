@@ -10,37 +10,72 @@ import torch
 
 from ptune_dist.cli import main
 from ptune_dist.config import load_config
+from ptune_dist.plan import setup_from_config
 from ptune_dist.plan.arch import from_hf_config
 from ptune_dist.plan.live_bytes import CATEGORIES, LiveBytes
 from ptune_dist.plan.memory import predict
-from ptune_dist.plan import setup_from_config
 from ptune_dist.plan.trace import Trace, check_traceable, trace_steps
 
 GiB = 2**30
-SMALL = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=256, intermediate_size=1024,
-             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, vocab_size=4096,
-             tie_word_embeddings=True, max_position_embeddings=1024)
+SMALL = dict(
+    model_type="llama",
+    architectures=["LlamaForCausalLM"],
+    hidden_size=256,
+    intermediate_size=1024,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=4096,
+    tie_word_embeddings=True,
+    max_position_embeddings=1024,
+)
 # wide enough that what the trace counts is far above what the tracing process holds
-WIDE = {**SMALL, "num_hidden_layers": 2, "hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "vocab_size": 128256}
+WIDE = {
+    **SMALL,
+    "num_hidden_layers": 2,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+}
 CASES = {
     "bf16": (SMALL, ["model.dtype=bfloat16", "method.name=prompt_tuning"]),
     "bf16-ckpt": (SMALL, ["model.dtype=bfloat16", "method.name=prompt_tuning", "model.gradient_checkpointing=true"]),
-    "nf4-v2": (SMALL, ["model.dtype=bfloat16", "model.quant=nf4", "model.quant_compute_dtype=bfloat16",
-                       "method.name=p_tuning_v2"]),
-    "nf4dq-cls": (SMALL, ["model.dtype=bfloat16", "model.quant=nf4", "model.quant_double=true",
-                          "model.quant_compute_dtype=bfloat16", "method.name=prefix_tuning",
-                          "tasks.0.type=classification"]),
+    "nf4-v2": (
+        SMALL,
+        ["model.dtype=bfloat16", "model.quant=nf4", "model.quant_compute_dtype=bfloat16", "method.name=p_tuning_v2"],
+    ),
+    "nf4dq-cls": (
+        SMALL,
+        [
+            "model.dtype=bfloat16",
+            "model.quant=nf4",
+            "model.quant_double=true",
+            "model.quant_compute_dtype=bfloat16",
+            "method.name=prefix_tuning",
+            "tasks.0.type=classification",
+        ],
+    ),
     "bf16-cls": (SMALL, ["model.dtype=bfloat16", "method.name=prompt_tuning", "tasks.0.type=classification"]),
-    "wide": (WIDE, ["model.dtype=bfloat16", "method.name=prompt_tuning", "data.batch_size=16",
-                    "data.max_length=512"]),
+    "wide": (WIDE, ["model.dtype=bfloat16", "method.name=prompt_tuning", "data.batch_size=16", "data.max_length=512"]),
 }
 LABEL_TOKENS = 32
 
 
 def config(overrides):
-    return load_config([], ["model.name_or_path=small-llama", "tasks.0.type=generation", "data.batch_size=4",
-                            "data.max_length=256", "method.num_virtual_tokens=8", "train.steps=2", *overrides])
+    return load_config(
+        [],
+        [
+            "model.name_or_path=small-llama",
+            "tasks.0.type=generation",
+            "data.batch_size=4",
+            "data.max_length=256",
+            "method.num_virtual_tokens=8",
+            "train.steps=2",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +159,25 @@ def test_what_the_trace_cannot_run_is_refused_by_key():
 def test_ptune_plan_trace_prints_the_traced_peak(tmp_path, capsys):
     """A HF folder (config.json only): the plan's first setup traced, its peak beside the prediction."""
     (tmp_path / "config.json").write_text(json.dumps(SMALL))
-    code = main(["plan", f"model={tmp_path}", "method=prompt_tuning", "hardware.gpus=1", "hardware.gpu_mem=24GB",
-                 "data.batch_size=4", "data.max_length=256", "tasks.0.type=generation", "train.grad_accum=1",
-                 f"plan.label_tokens={LABEL_TOKENS}", "model.dtype=bfloat16", "model.quant=none",
-                 "model.gradient_checkpointing=false", "--trace", "1"])
+    code = main(
+        [
+            "plan",
+            f"model={tmp_path}",
+            "method=prompt_tuning",
+            "hardware.gpus=1",
+            "hardware.gpu_mem=24GB",
+            "data.batch_size=4",
+            "data.max_length=256",
+            "tasks.0.type=generation",
+            "train.grad_accum=1",
+            f"plan.label_tokens={LABEL_TOKENS}",
+            "model.dtype=bfloat16",
+            "model.quant=none",
+            "model.gradient_checkpointing=false",
+            "--trace",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MINI, SMOL, assert_close_rel, grads, read_jsonl, session
 
+from conftest import MINI, SMOL, assert_close_rel, grads, read_jsonl, session
 from ptune_dist.cli import main
 from ptune_dist.config import load_config
 from ptune_dist.data.collate import collate
@@ -27,23 +27,36 @@ from ptune_dist.train.evaluate import evaluate
 bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is a dependency; install it to test quantised bases")
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-SUPPORT = ["tasks.0.preset=support", "data.max_train_examples=8", "data.max_eval_examples=4",
-           "method.num_virtual_tokens=4", "model.dropout=0.0", "train.seed=0"]
+SUPPORT = [
+    "tasks.0.preset=support",
+    "data.max_train_examples=8",
+    "data.max_eval_examples=4",
+    "method.num_virtual_tokens=4",
+    "model.dropout=0.0",
+    "train.seed=0",
+]
 
 
 # ---------------------------------------------------------------- configuration (no model)
 
-@pytest.mark.parametrize("overrides, key, words", [
-    (["model.quant=int8", "model.quant_double=true"], "model.quant_double", "4-bit bases only"),
-    (["model.quant=int8", "model.quant_storage=bfloat16"], "model.quant_storage", "4-bit bases only"),
-    (["model.quant_double=true"], "model.quant_double", "without model.quant"),
-    (["model.quant_compute_dtype=bfloat16"], "model.quant_compute_dtype", "without model.quant"),
-    (["model.quant=nf4", "method.name=full_finetune"], "model.quant", "trains the base"),
-    (["model.quant=int4"], "model.quant", "choose one of"),
-    (["model.quant=int8", "distributed.engine=deepspeed", "distributed.zero_stage=3"], "model.quant=int8",
-     "zero_stage=3"),
-    (["model.quant=nf4", "model.quant_storage=int8"], "model.quant_storage", "choose one of"),
-])
+
+@pytest.mark.parametrize(
+    "overrides, key, words",
+    [
+        (["model.quant=int8", "model.quant_double=true"], "model.quant_double", "4-bit bases only"),
+        (["model.quant=int8", "model.quant_storage=bfloat16"], "model.quant_storage", "4-bit bases only"),
+        (["model.quant_double=true"], "model.quant_double", "without model.quant"),
+        (["model.quant_compute_dtype=bfloat16"], "model.quant_compute_dtype", "without model.quant"),
+        (["model.quant=nf4", "method.name=full_finetune"], "model.quant", "trains the base"),
+        (["model.quant=int4"], "model.quant", "choose one of"),
+        (
+            ["model.quant=int8", "distributed.engine=deepspeed", "distributed.zero_stage=3"],
+            "model.quant=int8",
+            "zero_stage=3",
+        ),
+        (["model.quant=nf4", "model.quant_storage=int8"], "model.quant_storage", "choose one of"),
+    ],
+)
 def test_impossible_combinations_name_the_key(overrides, key, words):
     with pytest.raises(ConfigError) as e:
         load_config([], overrides)
@@ -56,9 +69,10 @@ def test_float16_on_cpu_is_refused():
         load_config([], ["model.quant=nf4", "model.quant_compute_dtype=float16"])
 
 
-@pytest.mark.parametrize("dtype, compute, want", [("bfloat16", "auto", torch.bfloat16),
-                                                   ("float32", "auto", torch.float32),
-                                                   ("bfloat16", "float32", torch.float32)])
+@pytest.mark.parametrize(
+    "dtype, compute, want",
+    [("bfloat16", "auto", torch.bfloat16), ("float32", "auto", torch.float32), ("bfloat16", "float32", torch.float32)],
+)
 def test_the_4bit_matmul_follows_model_dtype_unless_asked(dtype, compute, want):
     """model.quant_compute_dtype=auto (the default) is model.dtype: a bf16 base on a GPU multiplies in bf16, and fp32
     compute on a quantised base happens only when asked for."""
@@ -68,8 +82,17 @@ def test_the_4bit_matmul_follows_model_dtype_unless_asked(dtype, compute, want):
 
 
 def test_valid_combinations_load():
-    cfg = load_config([], ["model.quant=nf4", "model.quant_double=true", "model.quant_compute_dtype=bfloat16",
-                           "model.quant_storage=bfloat16", "distributed.engine=deepspeed", "distributed.zero_stage=3"])
+    cfg = load_config(
+        [],
+        [
+            "model.quant=nf4",
+            "model.quant_double=true",
+            "model.quant_compute_dtype=bfloat16",
+            "model.quant_storage=bfloat16",
+            "distributed.engine=deepspeed",
+            "distributed.zero_stage=3",
+        ],
+    )
     assert (cfg.model.quant, cfg.model.quant_double, cfg.model.quant_storage) == ("nf4", True, "bfloat16")
     assert load_config([], ["model.quant=int8"]).model.quant == "int8"
     assert load_config([], []).model.quant == "none"
@@ -137,6 +160,7 @@ def test_kernel_hub_noise_is_filtered_and_real_warnings_pass():
 
 
 # ---------------------------------------------------------------- quantised SmolLM2-135M
+
 
 def load_quantised(q: str):
     """Loaded as on a CPU with avx512_bf16 (where every Linear4bit starts with the repack path on), so
@@ -303,24 +327,57 @@ def test_every_method_learns_on_a_quantised_base(method, q, request):
 def test_an_encoder_base_quantises_and_learns():
     """Bidirectional encoders too (MiniLM, a classification head on mean pooling): the pooler stays
     unquantised, P-tuning v2 learns."""
-    s = session([f"model.name_or_path={MINI}", "tasks.0.scoring=head", "tasks.0.pooling=mean",
-                 "method.name=p_tuning_v2", "model.quant=nf4", *SUPPORT])
+    s = session(
+        [
+            f"model.name_or_path={MINI}",
+            "tasks.0.scoring=head",
+            "tasks.0.pooling=mean",
+            "method.name=p_tuning_v2",
+            "model.quant=nf4",
+            *SUPPORT,
+        ]
+    )
     base = s.model.base
     assert len(quant.quantised_layers(base)) == 6 * 6 and type(base.pooler.dense) is torch.nn.Linear
     losses = train_steps(s, 0.01)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-RUN = ["method.num_virtual_tokens=4", "data.max_train_examples=8", "data.max_eval_examples=8", "data.batch_size=4",
-       "data.eval_batch_size=8", "train.steps=2", "train.log_every=1", "train.progress_bar=false",
-       "train.eval_baseline=false", "train.tensorboard=false"]
+RUN = [
+    "method.num_virtual_tokens=4",
+    "data.max_train_examples=8",
+    "data.max_eval_examples=8",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+    "train.steps=2",
+    "train.log_every=1",
+    "train.progress_bar=false",
+    "train.eval_baseline=false",
+    "train.tensorboard=false",
+]
 
 
 def torchrun(out: Path, *args) -> list:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "ptune_dist.cli", "train", QUICKSTART, f"output_dir={out}", *args],
-                          env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "ptune_dist.cli",
+            "train",
+            QUICKSTART,
+            f"output_dir={out}",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert quant.NOISE not in done.stderr
     return read_jsonl(out / "metrics.jsonl")
@@ -353,8 +410,9 @@ def test_quantised_run_evaluates_exports_and_shards_under_zero3(tmp_path, capsys
     assert main(["export", str(one), "--out", str(tmp_path / "peft")]) == 0
     assert (tmp_path / "peft" / "adapter_config.json").is_file()
 
-    zero3 = torchrun(tmp_path / "zero3", *nf4, "data.batch_size=2", "distributed.engine=deepspeed",
-                     "distributed.zero_stage=3")
+    zero3 = torchrun(
+        tmp_path / "zero3", *nf4, "data.batch_size=2", "distributed.engine=deepspeed", "distributed.zero_stage=3"
+    )
     held = next(r for r in zero3 if r.get("event") == "parameters")
     assert all(abs(b / held["bytes_total"] - 0.5) < 0.02 for b in held["bytes_per_rank"]), held
     want = read_jsonl(one / "metrics.jsonl")
@@ -408,11 +466,18 @@ def test_a_step_graph_is_gone_before_the_next_forward():
             return torch.zeros(())
 
     batch = {"attention_mask": torch.ones(2, 3), "seq_task": torch.zeros(2, dtype=torch.long)}
-    cfg = types.SimpleNamespace(train=types.SimpleNamespace(steps=3, grad_accum=2, log_every=100, eval_every=0,
-                                                            save_every=0, on_nonfinite="stop", max_skipped_steps=1))
-    s = types.SimpleNamespace(model=torch.nn.Linear(1, 1), cfg=cfg, env=types.SimpleNamespace(world=1),
-                              device=torch.device("cpu"),
-                              tasks=[types.SimpleNamespace(spec=types.SimpleNamespace(type="classification"))])
+    cfg = types.SimpleNamespace(
+        train=types.SimpleNamespace(
+            steps=3, grad_accum=2, log_every=100, eval_every=0, save_every=0, on_nonfinite="stop", max_skipped_steps=1
+        )
+    )
+    s = types.SimpleNamespace(
+        model=torch.nn.Linear(1, 1),
+        cfg=cfg,
+        env=types.SimpleNamespace(world=1),
+        device=torch.device("cpu"),
+        tasks=[types.SimpleNamespace(spec=types.SimpleNamespace(type="classification"))],
+    )
 
     class Loader(list):  # what train/prefetch.py hands the loop: updates of described micro-batches
         epoch = 0

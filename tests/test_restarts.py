@@ -17,18 +17,19 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_signals_launch import TINY, launch, start, train_losses
 
 from ptune_dist.launcher import restarts, signals
 from ptune_dist.launcher.restarts import classify, classify_status, with_faults
 from ptune_dist.train.metrics_file import append_event, read_metrics
 from ptune_dist.train.preempt import INTERRUPTED, PREEMPTED, RANK_FAULT
+from test_signals_launch import TINY, launch, start, train_losses
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
 STEPS, SAVE = 12, ["train.save_every=4"]
 
 
 # -- the policy ------------------------------------------------------------------------------------------------
+
 
 def attempts(*results):
     """A fake attempt: returns `results` in turn, remembering each call's argument (restarts made so far)."""
@@ -37,6 +38,7 @@ def attempts(*results):
     def attempt(made):
         calls.append(made)
         return results[len(calls) - 1]
+
     return attempt, calls
 
 
@@ -53,12 +55,19 @@ def test_a_rank_fault_restarts_within_the_budget_and_the_record_says_which_rank_
     assert restarts.run(attempt, 3, tmp_path) == 0
     assert calls == [0, 1, 2]  # the second and third start resume
     recs = restart_records(tmp_path)
-    assert [(r["attempt"], r["of"], r["rank"], r["host"], r["status"]) for r in recs] == [(1, 3, 1, "node7", 137),
-                                                                                          (2, 3, 1, "node7", 137)]
+    assert [(r["attempt"], r["of"], r["rank"], r["host"], r["status"]) for r in recs] == [
+        (1, 3, 1, "node7", 137),
+        (2, 3, 1, "node7", 137),
+    ]
     assert recs[0]["why"] == "killed by signal 9 (SIGKILL)"
     err = capsys.readouterr().err
-    assert err.count("ptune: rank 1 on node7: killed by signal 9 (SIGKILL); restarting every rank from the newest "
-                     "checkpoint (restart 1 of 3, launch.max_restarts)") == 1
+    assert (
+        err.count(
+            "ptune: rank 1 on node7: killed by signal 9 (SIGKILL); restarting every rank from the newest "
+            "checkpoint (restart 1 of 3, launch.max_restarts)"
+        )
+        == 1
+    )
 
 
 def test_the_budget_holds_with_one_line_and_the_last_failures_status(tmp_path, capsys):
@@ -68,8 +77,10 @@ def test_the_budget_holds_with_one_line_and_the_last_failures_status(tmp_path, c
     assert restarts.run(attempt, 1, tmp_path) == RANK_FAULT
     assert calls == [0, 1] and len(restart_records(tmp_path)) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("ptune: rank 1 on a: stopped answering or died: rank(s) 0 ended with the rank-fault "
-                              "status 97; the restart budget is spent (launch.max_restarts=1, 1 restart(s) made)")
+    assert err[-1].startswith(
+        "ptune: rank 1 on a: stopped answering or died: rank(s) 0 ended with the rank-fault "
+        "status 97; the restart budget is spent (launch.max_restarts=1, 1 restart(s) made)"
+    )
     attempt, calls = attempts(classify_status(-9, 0, "a"))
     assert restarts.run(attempt, 0, tmp_path) == 137 and calls == [0]  # 0: never restarted
 
@@ -91,8 +102,10 @@ def test_the_root_cause_is_the_killed_rank_and_statuses_are_read_as_signals():
     both = [{"rank": 0, "exitcode": 1, "time": 1.0, "host": "h"}, {"rank": 1, "exitcode": -9, "time": 2.0, "host": "h"}]
     assert (classify(1, both, 2).rank, classify(1, both, 2).status) == (1, 137)
     # torchrun stopped rank 1 (TERM) after rank 0's data error: a consequence, not the cause
-    stopped = [{"rank": 0, "exitcode": 2, "time": 1.0, "first": True}, {"rank": 1, "exitcode": -15, "time": 1.0,
-                                                                        "first": False}]
+    stopped = [
+        {"rank": 0, "exitcode": 2, "time": 1.0, "first": True},
+        {"rank": 1, "exitcode": -15, "time": 1.0, "first": False},
+    ]
     assert (classify(1, stopped, 2).status, classify(1, stopped, 2).retry) == (2, False)
     stopped[1]["first"] = True  # a torch without the marker: TERM still comes last
     assert classify(1, stopped, 2).status == 2
@@ -101,7 +114,6 @@ def test_the_root_cause_is_the_killed_rank_and_statuses_are_read_as_signals():
     assert classify_status(137).retry and not classify_status(130).retry
     faults = [{"rank": r, "exitcode": RANK_FAULT, "time": 1.0, "host": "h"} for r in (0, 1)]
     assert classify(1, faults, 4).rank is None  # two of four reported: which of the others is not known
-
 
 
 def test_what_the_survivors_said_names_the_rank_in_the_record():
@@ -115,7 +127,10 @@ def test_what_the_survivors_said_names_the_rank_in_the_record():
     assert with_faults(error, said).why == error.why  # not a rank fault: told as it is
     killed = classify(1, [{"rank": 1, "exitcode": -9, "time": 1.0, "host": "h"}], 2)
     told = with_faults(killed, said)
-    assert (told.rank, told.host) == (1, "h") and told.why == "killed by signal 9 (SIGKILL); rank 0 reported: " + said[0]
+    assert (told.rank, told.host) == (1, "h") and told.why == "killed by signal 9 (SIGKILL); rank 0 reported: " + said[
+        0
+    ]
+
 
 def test_restart_records_survive_read_metrics_and_end_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
@@ -143,6 +158,7 @@ def test_slurm_steps_and_requeues_share_one_budget(tmp_path, capsys):
 
 # -- end to end: ptune launch, torchrun, 2 gloo ranks ---------------------------------------------------------
 
+
 def ranks_of(proc) -> dict[int, int]:
     """{RANK: pid} of the `ptune train` ranks under `proc` whose stop handlers are up."""
     found = {}
@@ -158,8 +174,11 @@ def ranks_of(proc) -> dict[int, int]:
 
 def logged_step(run) -> int:
     path = run / "metrics.jsonl"
-    steps = [json.loads(x).get("step", 0) for x in path.read_text().splitlines()[-3:] if x.endswith("}")] \
-        if path.exists() else []
+    steps = (
+        [json.loads(x).get("step", 0) for x in path.read_text().splitlines()[-3:] if x.endswith("}")]
+        if path.exists()
+        else []
+    )
     return max(steps, default=0)
 
 
@@ -201,8 +220,11 @@ def uninterrupted(tmp_path_factory):
 
 
 def same_as(run, ref):
-    for name in ("final/trainable.safetensors", f"checkpoints/step-{STEPS}/optimizer.safetensors",
-                 f"checkpoints/step-{STEPS}/trainable.safetensors"):
+    for name in (
+        "final/trainable.safetensors",
+        f"checkpoints/step-{STEPS}/optimizer.safetensors",
+        f"checkpoints/step-{STEPS}/trainable.safetensors",
+    ):
         a, b = load_file(run / name), load_file(ref / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert train_losses(run) == train_losses(ref)
@@ -231,12 +253,16 @@ def test_a_killed_rank_restarts_the_launch_and_it_ends_bit_identical(tmp_path, u
     same_as(run, uninterrupted)
 
 
-
 @pytest.mark.slow
 def test_a_restart_under_zero3_with_packed_batches_ends_bit_identical(tmp_path):
     """The partitioned state (DeepSpeed ZeRO-3) and the packed data order come back exactly after a restart."""
-    more = ["distributed.engine=deepspeed", "distributed.zero_stage=3", "data.packing=true", "data.max_length=128",
-            "train.save_every=2"]
+    more = [
+        "distributed.engine=deepspeed",
+        "distributed.zero_stage=3",
+        "data.packing=true",
+        "data.max_length=128",
+        "train.save_every=2",
+    ]
     steps, ref, run = 6, tmp_path / "ref", tmp_path / "run"
     done = launch(ref, steps, *more)
     out, _ = done.communicate(timeout=300)
@@ -249,6 +275,7 @@ def test_a_restart_under_zero3_with_packed_batches_ends_bit_identical(tmp_path):
     a, b = load_file(run / "final/trainable.safetensors"), load_file(ref / "final/trainable.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert train_losses(run) == train_losses(ref)
+
 
 @pytest.mark.slow
 def test_the_budget_holds_end_to_end(tmp_path):

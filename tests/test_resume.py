@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MINI, read_jsonl
 from safetensors.torch import load_file
 
+from conftest import MINI, read_jsonl
 from ptune_dist.checkpoint import state
 from ptune_dist.checkpoint.peft_format import Prompts, base_info, export_peft
 from ptune_dist.config import load_config, to_yaml
@@ -21,14 +21,33 @@ from ptune_dist.train.metrics_file import read_metrics
 QUIET = ["train.progress_bar=false", "train.tensorboard=false", "train.log_every=1"]
 RUNS = {
     # SmolLM2, prompt tuning, Adafactor, linear decay; 16 examples / batch 4 -> the run crosses an epoch
-    "smol": ["method.name=prompt_tuning", "method.num_virtual_tokens=4", "tasks.0.preset=support",
-             "data.max_train_examples=16", "data.max_eval_examples=8", "data.batch_size=4", "train.steps=6",
-             "train.optimizer=adafactor", "train.lr=0.3", "train.warmup_steps=2"],
+    "smol": [
+        "method.name=prompt_tuning",
+        "method.num_virtual_tokens=4",
+        "tasks.0.preset=support",
+        "data.max_train_examples=16",
+        "data.max_eval_examples=8",
+        "data.batch_size=4",
+        "train.steps=6",
+        "train.optimizer=adafactor",
+        "train.lr=0.3",
+        "train.warmup_steps=2",
+    ],
     # MiniLM, P-tuning v2 + head, dropout 0.1 active: resume must restore the RNG to match
-    "mini": [f"model.name_or_path={MINI}", "method.name=p_tuning_v2", "method.num_virtual_tokens=4",
-             "tasks.0.preset=support", "tasks.0.scoring=head", "data.max_train_examples=16",
-             "data.max_eval_examples=8", "data.batch_size=4", "train.steps=6", "train.lr=0.01",
-             "train.schedule=cosine", "model.dropout=0.1"],
+    "mini": [
+        f"model.name_or_path={MINI}",
+        "method.name=p_tuning_v2",
+        "method.num_virtual_tokens=4",
+        "tasks.0.preset=support",
+        "tasks.0.scoring=head",
+        "data.max_train_examples=16",
+        "data.max_eval_examples=8",
+        "data.batch_size=4",
+        "train.steps=6",
+        "train.lr=0.01",
+        "train.schedule=cosine",
+        "model.dropout=0.1",
+    ],
 }
 
 
@@ -100,8 +119,11 @@ def test_crash_during_save_leaves_no_checkpoint(tmp_path, monkeypatch):
 
 
 def test_damaged_checkpoints_are_skipped_on_resume_and_refused_by_name(tmp_path):
-    args = RUNS["smol"] + QUIET + [f"output_dir={tmp_path}", "train.save_every=2", "train.steps=4",
-                                   "train.keep_checkpoints=5"]
+    args = (
+        RUNS["smol"]
+        + QUIET
+        + [f"output_dir={tmp_path}", "train.save_every=2", "train.steps=4", "train.keep_checkpoints=5"]
+    )
     loop.train(load_config([], args))
     ckpts = tmp_path / "checkpoints"
     assert [p.name for _, p in state.step_dirs(ckpts)] == ["step-4", "step-2"]
@@ -126,9 +148,14 @@ def test_checkpoint_final_and_export_files_take_the_umask_mode(tmp_path, mask):
     weights = {k: v.detach() for k, v in Prompts(cfg, base_info(cfg)).state_dict().items()}
     old = os.umask(mask)
     try:
-        state.save(run / "checkpoints" / "step-1", to_yaml(cfg), weights, step=1,
-                   optimizer=({"0.exp_avg": torch.zeros(2)}, {"param_groups": []}),
-                   training={"scheduler": {}, "loader": {}})
+        state.save(
+            run / "checkpoints" / "step-1",
+            to_yaml(cfg),
+            weights,
+            step=1,
+            optimizer=({"0.exp_avg": torch.zeros(2)}, {"param_groups": []}),
+            training={"scheduler": {}, "loader": {}},
+        )
         state.save(run / "final", to_yaml(cfg), weights, step=1)
         export_peft(run / "final", adapter)
     finally:

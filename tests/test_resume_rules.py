@@ -11,9 +11,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import read_jsonl
 from safetensors.torch import load_file, save_file
 
+from conftest import read_jsonl
 from ptune_dist.checkpoint import atomic
 from ptune_dist.checkpoint.read import CheckpointDamaged, read_training
 from ptune_dist.config import load_config
@@ -21,10 +21,20 @@ from ptune_dist.data.loader import TrainLoader
 from ptune_dist.errors import CheckpointError, ConfigError
 from ptune_dist.train import loop
 
-RUN = ["method.name=prompt_tuning", "method.num_virtual_tokens=2", "tasks.0.preset=support",
-       "data.max_train_examples=8", "data.max_eval_examples=4", "data.batch_size=4", "train.progress_bar=false",
-       "train.tensorboard=false", "train.log_every=1", "train.save_every=2", "train.keep_checkpoints=5",
-       "train.eval_baseline=true"]
+RUN = [
+    "method.name=prompt_tuning",
+    "method.num_virtual_tokens=2",
+    "tasks.0.preset=support",
+    "data.max_train_examples=8",
+    "data.max_eval_examples=4",
+    "data.batch_size=4",
+    "train.progress_bar=false",
+    "train.tensorboard=false",
+    "train.log_every=1",
+    "train.save_every=2",
+    "train.keep_checkpoints=5",
+    "train.eval_baseline=true",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +56,11 @@ def resume(run, *extra):
 
 def remanifest(folder):
     """Rewrite the manifest so the folder is complete again: damage a checksum cannot see."""
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": atomic._sha256(p)}
-             for p in folder.iterdir() if p.name != atomic.MANIFEST}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": atomic._sha256(p)}
+        for p in folder.iterdir()
+        if p.name != atomic.MANIFEST
+    }
     (folder / atomic.MANIFEST).write_text(json.dumps({"files": files}))
 
 
@@ -111,12 +124,17 @@ def shapes_of(folder):
     return {k: tuple(v.shape) for k, v in load_file(folder / "trainable.safetensors").items()}
 
 
-@pytest.mark.parametrize("step, words", [
-    (3, "state.json step=3 differs from its folder's name step-4"),
-    (10**12, "differs from its folder's name step-4"),
-    (True, "step=True is not a whole number >= 0"), ("4", "step='4' is not a whole number >= 0"),
-    (-1, "step=-1 is not a whole number >= 0"), (4.0, "step=4.0 is not"),
-])
+@pytest.mark.parametrize(
+    "step, words",
+    [
+        (3, "state.json step=3 differs from its folder's name step-4"),
+        (10**12, "differs from its folder's name step-4"),
+        (True, "step=True is not a whole number >= 0"),
+        ("4", "step='4' is not a whole number >= 0"),
+        (-1, "step=-1 is not a whole number >= 0"),
+        (4.0, "step=4.0 is not"),
+    ],
+)
 def test_a_step_that_is_not_its_folders_is_damaged(four_steps, tmp_path, step, words):
     folder = tmp_path / "step-4"
     shutil.copytree(four_steps / "checkpoints" / "step-4", folder)
@@ -129,13 +147,19 @@ def test_a_step_that_is_not_its_folders_is_damaged(four_steps, tmp_path, step, w
         read_training(absurd, shapes_of(absurd))
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("scheduler", {"base_lrs": ["0.03"], "last_epoch": 4}, "base_lrs=['0.03']"),
-    ("scheduler", {"base_lrs": [0.03], "last_epoch": None}, "last_epoch=None"),
-    ("optimizer", {"param_groups": [{"lr": "0.1", "params": ["prompts.default.embedding"]}], "scalars": {}},
-     "lr='0.1'"),
-    ("optimizer", {"param_groups": [{"params": "prompts.default.embedding"}], "scalars": {}}, "params='prompts"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("scheduler", {"base_lrs": ["0.03"], "last_epoch": 4}, "base_lrs=['0.03']"),
+        ("scheduler", {"base_lrs": [0.03], "last_epoch": None}, "last_epoch=None"),
+        (
+            "optimizer",
+            {"param_groups": [{"lr": "0.1", "params": ["prompts.default.embedding"]}], "scalars": {}},
+            "lr='0.1'",
+        ),
+        ("optimizer", {"param_groups": [{"params": "prompts.default.embedding"}], "scalars": {}}, "params='prompts"),
+    ],
+)
 def test_state_json_fields_are_checked_with_their_type(four_steps, tmp_path, field, value, words):
     folder = tmp_path / "step-4"
     shutil.copytree(four_steps / "checkpoints" / "step-4", folder)
@@ -144,11 +168,16 @@ def test_state_json_fields_are_checked_with_their_type(four_steps, tmp_path, fie
         read_training(folder, shapes_of(folder))
 
 
-@pytest.mark.parametrize("state, words", [
-    ({"epoch": "1", "position": 1}, "loader.epoch='1' is not a whole number >= 0"),
-    ({"epoch": 1, "position": -2}, "loader.position=-2"), ({"epoch": 1, "position": 3}, "loader.position=3"),
-    ({"epoch": None, "position": 1}, "loader.epoch=None"), ({"epoch": 1, "position": True}, "position=True"),
-])
+@pytest.mark.parametrize(
+    "state, words",
+    [
+        ({"epoch": "1", "position": 1}, "loader.epoch='1' is not a whole number >= 0"),
+        ({"epoch": 1, "position": -2}, "loader.position=-2"),
+        ({"epoch": 1, "position": 3}, "loader.position=3"),
+        ({"epoch": None, "position": 1}, "loader.epoch=None"),
+        ({"epoch": 1, "position": True}, "position=True"),
+    ],
+)
 def test_the_loader_checks_its_state_from_the_checkpoint(state, words):
     """The loader's own state, read back (a ValueError the checkpointer names with its folder)."""
     loader = TrainLoader([None] * 8, batch_size=4, seed=0, pad_id=0, padding_side="right")
@@ -158,13 +187,20 @@ def test_the_loader_checks_its_state_from_the_checkpoint(state, words):
     assert (loader.epoch, loader.position) == (3, 2)
 
 
-@pytest.mark.parametrize("slot, tensor, words", [
-    ("exp_avg", torch.zeros(1, 576), "state.prompts.default.embedding.exp_avg is torch.float32 (1, 576), expected "
-                                     "a float tensor of shape (2, 576)"),
-    ("exp_avg_sq", torch.zeros(()), "exp_avg_sq is torch.float32 (), expected a float tensor of shape (2, 576)"),
-    ("exp_avg", torch.zeros(2, 576, dtype=torch.int64), "exp_avg is torch.int64 (2, 576)"),
-    ("step", torch.zeros(2), "step is torch.float32 (2,), expected a float tensor of shape ()"),
-])
+@pytest.mark.parametrize(
+    "slot, tensor, words",
+    [
+        (
+            "exp_avg",
+            torch.zeros(1, 576),
+            "state.prompts.default.embedding.exp_avg is torch.float32 (1, 576), expected "
+            "a float tensor of shape (2, 576)",
+        ),
+        ("exp_avg_sq", torch.zeros(()), "exp_avg_sq is torch.float32 (), expected a float tensor of shape (2, 576)"),
+        ("exp_avg", torch.zeros(2, 576, dtype=torch.int64), "exp_avg is torch.int64 (2, 576)"),
+        ("step", torch.zeros(2), "step is torch.float32 (2,), expected a float tensor of shape ()"),
+    ],
+)
 def test_an_optimizer_tensor_of_the_wrong_shape_is_named(four_steps, tmp_path, slot, tensor, words):
     folder = tmp_path / "step-4"
     shutil.copytree(four_steps / "checkpoints" / "step-4", folder)
@@ -172,8 +208,9 @@ def test_an_optimizer_tensor_of_the_wrong_shape_is_named(four_steps, tmp_path, s
     opt[f"state.prompts.default.embedding.{slot}"] = tensor
     save_file(opt, folder / "optimizer.safetensors")
     remanifest(folder)
-    with pytest.raises(CheckpointDamaged, match=f"checkpoint {folder} is damaged: optimizer.safetensors tensor "
-                                                f".*{re.escape(words)}"):
+    with pytest.raises(
+        CheckpointDamaged, match=f"checkpoint {folder} is damaged: optimizer.safetensors tensor .*{re.escape(words)}"
+    ):
         read_training(folder, shapes_of(folder))
 
 
@@ -183,8 +220,11 @@ def test_a_misfit_checkpoint_is_skipped_by_name_then_the_run_refused_when_none_i
     opt["state.prompts.default.embedding.exp_avg"] = opt["state.prompts.default.embedding.exp_avg"][:1]
     save_file(opt, newest / "optimizer.safetensors")
     remanifest(newest)
-    with pytest.raises(CheckpointError, match=f"checkpoint {newest} is damaged: .*exp_avg is torch.float32 "
-                                              r"\(1, 576\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=f"checkpoint {newest} is damaged: .*exp_avg is torch.float32 "
+        r"\(1, 576\)",
+    ):
         resume(run, f"train.resume={newest}")  # named: its error, before a step is taken
     edit_state(older, step=3)
     (run / "checkpoints" / "step-1").mkdir()  # a folder that never got its manifest
@@ -205,7 +245,10 @@ def test_a_checkpoint_past_train_steps_is_refused_naming_both(run):
     """A run stopped after its step-4 checkpoint, before its final/ (which keep_trained.py guards)."""
     shutil.rmtree(run / "final")
     before = files(run)
-    with pytest.raises(ConfigError, match=f"train.steps=3, but checkpoint {run / 'checkpoints' / 'step-4'} is at "
-                                          "step 4: .*Set train.steps=4 or more"):
+    with pytest.raises(
+        ConfigError,
+        match=f"train.steps=3, but checkpoint {run / 'checkpoints' / 'step-4'} is at "
+        "step 4: .*Set train.steps=4 or more",
+    ):
         loop.train(load_config([], RUN + [f"output_dir={run}", "train.steps=3"]))
     assert files(run) == before

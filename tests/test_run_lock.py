@@ -14,8 +14,10 @@ from ptune_dist.errors import PtuneError
 from ptune_dist.train.run_lock import NAME, RunLock, check_free
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-HOLD = ("import sys, time; from ptune_dist.train.run_lock import RunLock\n"
-        "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)")
+HOLD = (
+    "import sys, time; from ptune_dist.train.run_lock import RunLock\n"
+    "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)"
+)
 
 
 def holder(folder):
@@ -55,10 +57,13 @@ def test_other_ranks_take_no_lock(tmp_path):
             pass
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda p: p.write_text("x") and p, "is a file"),
-    (lambda p: Path("/sys/ptune-test-run"), "cannot write there"),  # refused even to root
-])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda p: p.write_text("x") and p, "is a file"),
+        (lambda p: Path("/sys/ptune-test-run"), "cannot write there"),  # refused even to root
+    ],
+)
 def test_an_output_dir_that_cannot_be_written_fails_before_any_work(tmp_path, capsys, make, words):
     out = make(tmp_path / "out")
     assert main(["train", QUICKSTART, f"output_dir={out}", "train.steps=1"]) == 2

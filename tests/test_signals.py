@@ -17,14 +17,30 @@ from ptune_dist.train.metrics_file import read_metrics
 from ptune_dist.train.preempt import INTERRUPTED, PREEMPTED, Preempted, StopRequests
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=64", "data.max_eval_examples=8", "data.batch_size=4",
-        "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false",
-        "train.eval_every=0"]
+TINY = [
+    "method.num_virtual_tokens=4",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=8",
+    "data.batch_size=4",
+    "train.log_every=1",
+    "train.progress_bar=false",
+    "train.eval_baseline=false",
+    "train.tensorboard=false",
+    "train.eval_every=0",
+]
 
 
 def command(out, steps):
-    return [sys.executable, "-m", "ptune_dist.cli", "train", QUICKSTART, f"output_dir={out}", f"train.steps={steps}",
-            *TINY]
+    return [
+        sys.executable,
+        "-m",
+        "ptune_dist.cli",
+        "train",
+        QUICKSTART,
+        f"output_dir={out}",
+        f"train.steps={steps}",
+        *TINY,
+    ]
 
 
 def train_steps(metrics) -> list:
@@ -102,11 +118,11 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_the_rerun_resumes(tmp_path):
     """umask 027 on the way: every file of the run (safetensors included) gets 0640, folders 0750."""
     run = tmp_path / "run"
     metrics = run / "metrics.jsonl"
-    proc = subprocess.Popen(command(run, 400), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            umask=0o027)
+    proc = subprocess.Popen(
+        command(run, 400), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, umask=0o027
+    )
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not (
-            metrics.exists() and '"loss"' in metrics.read_text()):
+    while time.time() < deadline and proc.poll() is None and not (metrics.exists() and '"loss"' in metrics.read_text()):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)

@@ -16,24 +16,41 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_jsonl
 from safetensors.torch import load_file
 
+from conftest import read_jsonl
 from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.launcher import signals
 from ptune_dist.train.preempt import INTERRUPTED
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=64", "data.max_eval_examples=8", "data.batch_size=4",
-        "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false",
-        "train.eval_every=0", "train.device=cpu", "launch.nproc_per_node=2", "launch.threads_per_proc=1"]
+TINY = [
+    "method.num_virtual_tokens=4",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=8",
+    "data.batch_size=4",
+    "train.log_every=1",
+    "train.progress_bar=false",
+    "train.eval_baseline=false",
+    "train.tensorboard=false",
+    "train.eval_every=0",
+    "train.device=cpu",
+    "launch.nproc_per_node=2",
+    "launch.threads_per_proc=1",
+]
 
 
 def start(*args):
     """`ptune ...` as a shell starts a foreground job: a process group of its own (killpg reaches it all)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    return subprocess.Popen([sys.executable, "-m", "ptune_dist.cli", *args], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ptune_dist.cli", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def launch(out, steps, *more):
@@ -113,8 +130,12 @@ LAUNCHER = textwrap.dedent("""
 def forwarding(tmp_path):
     (tmp_path / "rank.py").write_text(RANK)
     (tmp_path / "launcher.py").write_text(LAUNCHER)
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "launcher.py"), str(tmp_path / "rank.py")],
-                            start_new_session=True, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "launcher.py"), str(tmp_path / "rank.py")],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -145,13 +166,18 @@ def test_a_launcher_whose_ptune_is_killed_outright_gets_a_term(tmp_path):
     running unseen: the kernel sends it a TERM (PR_SET_PDEATHSIG), on which ranks stop at a checkpoint."""
     (tmp_path / "rank.py").write_text(RANK)
     code = "import sys; from ptune_dist.launcher import signals; signals.wait([sys.executable, sys.argv[1]], {})"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "rank.py")], start_new_session=True,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "rank.py")],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     proc.kill()
     assert select.select([proc.stdout], [], [], 10)[0], "the launcher's child got no TERM"
     assert proc.stdout.readline().strip() == "TERM"  # the child's line, on the pipe it shares
     proc.wait(timeout=30)
+
 
 def test_a_second_ctrl_c_stops_train_at_once_with_one_line(tmp_path):
     """Under `ptune launch` the rank exits 0 and leaves 130 for the launcher (PTUNE_STOP_RECORD)."""
@@ -171,8 +197,9 @@ def test_a_second_ctrl_c_stops_train_at_once_with_one_line(tmp_path):
         if record:
             record.mkdir()
             env["PTUNE_STOP_RECORD"] = str(record)
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)  # the same keypress, again (the terminal's and torchrun's)
@@ -199,9 +226,16 @@ def test_a_study_cell_stopped_by_ctrl_c_is_not_failed_and_the_queue_stops(tmp_pa
         return INTERRUPTED
 
     monkeypatch.setattr(queue.local, "run", interrupted)
-    args = [QUICKSTART, f"output_dir={study}", "study.models=[embedded:smollm2-135m-instruct]",
-            "study.methods=[prompt_tuning]", "study.prompt_lengths=[4, 8]", "study.prompt_length=4", "study.seeds=[0]",
-            "study.retries=2"]
+    args = [
+        QUICKSTART,
+        f"output_dir={study}",
+        "study.models=[embedded:smollm2-135m-instruct]",
+        "study.methods=[prompt_tuning]",
+        "study.prompt_lengths=[4, 8]",
+        "study.prompt_length=4",
+        "study.seeds=[0]",
+        "study.retries=2",
+    ]
     assert command.run(args) == INTERRUPTED
     assert len(started) == 1  # not retried, and no other cell started
     cell = study / "cells" / started[0]
@@ -232,14 +266,21 @@ def test_a_local_sweep_stopped_by_ctrl_c_starts_no_further_cell(tmp_path, monkey
 def test_one_sigint_to_a_local_study_stops_its_cell_at_a_checkpoint(tmp_path):
     """The rerun resumes the cell as any cell cut short (test_study_run.py); the resume itself: the test above."""
     from conftest import SMOL
-
     from ptune_dist.study.folder import state
 
     study = tmp_path / "study"
-    grid = [f"study.models=[{SMOL}]", "study.methods=[prompt_tuning]", "study.prompt_length=4",
-            "study.prompt_lengths=[4]", "study.inits=[random]", "study.init=random", "study.seeds=[0]",
-            "tasks=[{name: support, preset: support, scoring: head, pooling: mean}]", "method.init=random",
-            *[a for a in TINY if not a.startswith(("launch.", "method.", "train.device"))]]
+    grid = [
+        f"study.models=[{SMOL}]",
+        "study.methods=[prompt_tuning]",
+        "study.prompt_length=4",
+        "study.prompt_lengths=[4]",
+        "study.inits=[random]",
+        "study.init=random",
+        "study.seeds=[0]",
+        "tasks=[{name: support, preset: support, scoring: head, pooling: mean}]",
+        "method.init=random",
+        *[a for a in TINY if not a.startswith(("launch.", "method.", "train.device"))],
+    ]
     proc = start("study", QUICKSTART, f"output_dir={study}", "train.steps=400", *grid)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not any(map(train_losses_logged, study.glob("cells/*"))):

@@ -12,10 +12,18 @@ from ptune_dist.model.attention import register
 
 def tiny(attn):
     torch.manual_seed(0)
-    config = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
-                              layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-                              attn_implementation=attn)
+    config = Gemma3TextConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        attn_implementation=attn,
+    )
     return Gemma3ForCausalLM(config).eval()
 
 

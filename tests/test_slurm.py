@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import rank_pid, read_jsonl
 from safetensors.torch import load_file
 
+from conftest import rank_pid, read_jsonl
 from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.cli import main
 from ptune_dist.errors import PtuneError
@@ -24,8 +24,16 @@ from ptune_dist.launcher import slurm
 from ptune_dist.slurm.templates import cluster_script
 
 QUICKSTART = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
-TINY = ["method.num_virtual_tokens=4", "data.max_train_examples=64", "data.max_eval_examples=8", "data.batch_size=4",
-        "train.log_every=1", "train.progress_bar=false", "train.eval_baseline=false", "train.tensorboard=false"]
+TINY = [
+    "method.num_virtual_tokens=4",
+    "data.max_train_examples=64",
+    "data.max_eval_examples=8",
+    "data.batch_size=4",
+    "train.log_every=1",
+    "train.progress_bar=false",
+    "train.eval_baseline=false",
+    "train.tensorboard=false",
+]
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
 
 
@@ -81,19 +89,27 @@ def no_slurm(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("record, bad", [
-    ({"job_id": "--user=root"}, "job_id='--user=root'"),
-    ({"job_id": "12", "gather_job_id": "-a"}, "gather_job_id='-a'"),
-    ({"job_id": "12 13"}, "job_id='12 13'"), ({"job_id": "12\n"}, "job_id='12\\n'"), ({"job_id": True}, "job_id=True"),
-    ({"job_id": ["1"]}, "job_id=['1']"), ({"job_id": "\uff11"}, "job_id='\uff11'"),
-    # issue 21: each value with its type: a string is not a list of ids, a number not an id string
-    ({"kind": "study", "job_ids": "4242"}, "job_ids='4242' is not a list (str found)"),
-    ({"kind": "study", "job_ids": 4242}, "job_ids=4242 is not a list (int found)"),
-    ({"kind": "study", "job_ids": ["12", "--user=x"]}, "job_ids=['12', '--user=x'] is not a Slurm job id"),
-    ({"kind": "study", "job_ids": [12]}, "job_ids=[12] is not a Slurm job id"),
-    ({"job_id": 12}, "job_id=12 is not a Slurm job id"), ({"job_id": "12", "gather_job_id": 13}, "gather_job_id=13"),
-    ({"job_id": ""}, "job_id=''"), ({"kind": "../x", "job_id": "12"}, "kind='../x' is not one of 'train'"),
-])
+@pytest.mark.parametrize(
+    "record, bad",
+    [
+        ({"job_id": "--user=root"}, "job_id='--user=root'"),
+        ({"job_id": "12", "gather_job_id": "-a"}, "gather_job_id='-a'"),
+        ({"job_id": "12 13"}, "job_id='12 13'"),
+        ({"job_id": "12\n"}, "job_id='12\\n'"),
+        ({"job_id": True}, "job_id=True"),
+        ({"job_id": ["1"]}, "job_id=['1']"),
+        ({"job_id": "\uff11"}, "job_id='\uff11'"),
+        # issue 21: each value with its type: a string is not a list of ids, a number not an id string
+        ({"kind": "study", "job_ids": "4242"}, "job_ids='4242' is not a list (str found)"),
+        ({"kind": "study", "job_ids": 4242}, "job_ids=4242 is not a list (int found)"),
+        ({"kind": "study", "job_ids": ["12", "--user=x"]}, "job_ids=['12', '--user=x'] is not a Slurm job id"),
+        ({"kind": "study", "job_ids": [12]}, "job_ids=[12] is not a Slurm job id"),
+        ({"job_id": 12}, "job_id=12 is not a Slurm job id"),
+        ({"job_id": "12", "gather_job_id": 13}, "gather_job_id=13"),
+        ({"job_id": ""}, "job_id=''"),
+        ({"kind": "../x", "job_id": "12"}, "kind='../x' is not one of 'train'"),
+    ],
+)
 def test_job_ids_read_back_from_disk_are_checked(record, bad, tmp_path, no_slurm):
     (tmp_path / "slurm").mkdir()
     (tmp_path / "slurm" / "job.json").write_text(json.dumps(record))
@@ -127,23 +143,31 @@ def test_good_job_ids_reach_scontrol_and_scancel_as_they_are(tmp_path, no_slurm)
 
 def test_sbatch_answer_is_checked(tmp_path, monkeypatch):
     answers = iter(["123;cluster\n", "--dependency=x\n"])
-    monkeypatch.setattr(slurm.subprocess, "run",
-                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout=next(answers), stderr=""))
+    monkeypatch.setattr(
+        slurm.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout=next(answers), stderr="")
+    )
     assert slurm.sbatch(tmp_path / "a.sbatch") == "123"
     with pytest.raises(PtuneError, match="printed: '--dependency=x' is not a Slurm job id"):
         slurm.sbatch(tmp_path / "a.sbatch")
 
 
-@pytest.mark.parametrize("rc, stderr, expected", [
-    (1, "slurm_load_jobs error: Invalid job id specified\n", "UNKNOWN (no longer known to slurmctld)"),
-    (1, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n",
-     "scontrol show job 12 failed (exit 1): slurm_load_jobs error: Unable to contact slurm controller"),
-    (1, "", "scontrol show job 12 failed (exit 1): no message"),
-    (None, "", "scontrol: cannot run it"),
-])
+@pytest.mark.parametrize(
+    "rc, stderr, expected",
+    [
+        (1, "slurm_load_jobs error: Invalid job id specified\n", "UNKNOWN (no longer known to slurmctld)"),
+        (
+            1,
+            "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n",
+            "scontrol show job 12 failed (exit 1): slurm_load_jobs error: Unable to contact slurm controller",
+        ),
+        (1, "", "scontrol show job 12 failed (exit 1): no message"),
+        (None, "", "scontrol: cannot run it"),
+    ],
+)
 def test_status_tells_a_forgotten_job_from_an_unreachable_slurmctld(rc, stderr, expected, monkeypatch, capsys):
     """Only "Invalid job id specified" means slurmctld forgot the job; any other failure of scontrol
     (slurmctld down, no scontrol at all) is an error with scontrol's words, not a state."""
+
     def run(cmd, *args, **kwargs):
         if rc is None:
             raise FileNotFoundError(2, "No such file or directory", cmd[0])
@@ -185,8 +209,21 @@ def test_cancel_a_submitted_run(cluster, tmp_path, capsys):
 
 
 def test_sweep_is_a_job_array_with_a_gathered_table(cluster, tmp_path):
-    assert main(["sweep", QUICKSTART, "launch.backend=slurm", f"output_dir={tmp_path}", "train.steps=2", *TINY,
-                 "--grid", "train.seed=0,1,2"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                QUICKSTART,
+                "launch.backend=slurm",
+                f"output_dir={tmp_path}",
+                "train.steps=2",
+                *TINY,
+                "--grid",
+                "train.seed=0,1,2",
+            ]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / "slurm" / "job.json").read_text())
     state = wait(record["gather_job_id"])
     assert state["JobState"] == "COMPLETED"
@@ -261,8 +298,13 @@ def test_study_runs_as_one_array_per_resource_shape_then_reports(cluster, tmp_pa
     from test_study_run import SMOL, STUDY
 
     study = tmp_path / "study"
-    args = ["study", *STUDY, "launch.backend=slurm", f"output_dir={study}",
-            f"study.model_overrides={{'{SMOL}': [launch.cpus_per_task=2]}}"]
+    args = [
+        "study",
+        *STUDY,
+        "launch.backend=slurm",
+        f"output_dir={study}",
+        f"study.model_overrides={{'{SMOL}': [launch.cpus_per_task=2]}}",
+    ]
     assert main(args) == 0
     record = json.loads((study / "slurm" / "job.json").read_text())
     assert [a["cells"] for a in record["arrays"]] == [3, 3] and len(record["job_ids"]) == 2

@@ -1,4 +1,5 @@
-"""The study folder over reruns and damage (ptune_dist/study/folder.py, rows.py, ensemble.py; launcher/grid_cells.py, grid_attempts.py): a grid that
+"""The study folder over reruns and damage (ptune_dist/study/folder.py, rows.py, ensemble.py; launcher/grid_cells.py,
+grid_attempts.py): a grid that
 shrinks keeps its done cells and their rows, a regrown grid finds them; what is read back (study.json cells,
 attempts.json, results.json, ensemble records) is checked, and a damaged record is named, never a traceback.
 Cells are made done by writing their results.json here (no training: the queue is replaced by a stand-in)."""
@@ -7,16 +8,16 @@ import csv
 import json
 
 import pytest
-from conftest import MINI, SMOL
-from test_study_run import STUDY
 
+from conftest import MINI, SMOL
 from ptune_dist.cli import main
 from ptune_dist.errors import PtuneError
-from ptune_dist.study import ensemble as ensemble_mod
-from ptune_dist.study import folder as folder_mod
 from ptune_dist.launcher.grid_attempts import attempts, record
 from ptune_dist.launcher.grid_cells import cell_dir, state
+from ptune_dist.study import ensemble as ensemble_mod
+from ptune_dist.study import folder as folder_mod
 from ptune_dist.study.folder import read_cells
+from test_study_run import STUDY
 
 RESULTS = {"final": {"support": {"accuracy": 0.75, "macro_f1": 0.5}}, "parameters": {"base": 1000, "trained": 4}}
 MINI_L8 = "all-minilm-l6-v2__prompt_tuning__L8-random__support__s0"
@@ -78,21 +79,32 @@ def write_cells(folder, *cells):
     (folder / "study.json").write_text(json.dumps({"cells": list(cells)}))
 
 
-CELL = {"id": "m__prompt_tuning__L4-random__t__s0", "parts": ["main"], "model": "m", "method": "prompt_tuning",
-        "prompt_length": 4, "init": "random", "task": "t", "seed": 0}
+CELL = {
+    "id": "m__prompt_tuning__L4-random__t__s0",
+    "parts": ["main"],
+    "model": "m",
+    "method": "prompt_tuning",
+    "prompt_length": 4,
+    "init": "random",
+    "task": "t",
+    "seed": 0,
+}
 
 
-@pytest.mark.parametrize("change, fragment", [
-    ({"id": "../../other-run"}, "cell 0 (../../other-run): id='../../other-run' is not a plain folder name"),
-    ({"id": "/etc"}, "id='/etc' is not a plain folder name"),
-    ({"id": 7}, "cell 0: id=7 is not a plain folder name"),
-    ({"seed": None}, "(m__prompt_tuning__L4-random__t__s0): 'seed' is missing"),
-    ({"seed": "0"}, "seed='0' is not a whole number >= 0"),
-    ({"prompt_length": -4}, "prompt_length=-4 is not a whole number >= 0"),
-    ({"parts": "main"}, "parts='main' is not a list (str found)"),
-    ({"init": "zeros"}, "init='zeros' is not one of '', 'random'"),
-    ({"task_type": "regression"}, "task_type='regression' is not one of 'classification'"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"id": "../../other-run"}, "cell 0 (../../other-run): id='../../other-run' is not a plain folder name"),
+        ({"id": "/etc"}, "id='/etc' is not a plain folder name"),
+        ({"id": 7}, "cell 0: id=7 is not a plain folder name"),
+        ({"seed": None}, "(m__prompt_tuning__L4-random__t__s0): 'seed' is missing"),
+        ({"seed": "0"}, "seed='0' is not a whole number >= 0"),
+        ({"prompt_length": -4}, "prompt_length=-4 is not a whole number >= 0"),
+        ({"parts": "main"}, "parts='main' is not a list (str found)"),
+        ({"init": "zeros"}, "init='zeros' is not one of '', 'random'"),
+        ({"task_type": "regression"}, "task_type='regression' is not one of 'classification'"),
+    ],
+)
 def test_study_json_cells_are_checked_by_key(tmp_path, change, fragment):
     cell = {k: v for k, v in {**CELL, **change}.items() if v is not None}
     write_cells(tmp_path, cell)
@@ -135,19 +147,40 @@ def test_a_done_cell_whose_results_lack_its_metric_is_a_damaged_row(tmp_path, no
     assert f"cell {SMOL_L4}" in capsys.readouterr().err
 
 
-ENSEMBLE = {"model": SMOL, "task": "support", "method": "prompt_tuning", "prompt_length": 4, "init": "random",
-            "members": ["a", "b", "c"], "seeds": [0, 1, 2], "metric": "accuracy", "score": 0.8,
-            "member_scores": [0.7, 0.75, 0.6]}
+ENSEMBLE = {
+    "model": SMOL,
+    "task": "support",
+    "method": "prompt_tuning",
+    "prompt_length": 4,
+    "init": "random",
+    "members": ["a", "b", "c"],
+    "seeds": [0, 1, 2],
+    "metric": "accuracy",
+    "score": 0.8,
+    "member_scores": [0.7, 0.75, 0.6],
+}
 
 
-@pytest.mark.parametrize("text", ["{", json.dumps({**ENSEMBLE, "member_scores": []}),
-                                  json.dumps({**ENSEMBLE, "score": "0.8"}), json.dumps({**ENSEMBLE, "members": "abc"}),
-                                  json.dumps({k: v for k, v in ENSEMBLE.items() if k != "metric"})])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{",
+        json.dumps({**ENSEMBLE, "member_scores": []}),
+        json.dumps({**ENSEMBLE, "score": "0.8"}),
+        json.dumps({**ENSEMBLE, "members": "abc"}),
+        json.dumps({k: v for k, v in ENSEMBLE.items() if k != "metric"}),
+    ],
+)
 def test_a_damaged_ensemble_record_is_named_left_out_and_written_again(tmp_path, no_runs, capsys, monkeypatch, text):
     getattr(folder_mod, "_said", set()).clear()  # damaged records are named once a process
     folder = tmp_path / "study"
-    study(folder, f"study.models=[{SMOL}]", "study.methods=[prompt_tuning]", "study.prompt_lengths=[4]",
-          "study.seeds=[0, 1, 2]")
+    study(
+        folder,
+        f"study.models=[{SMOL}]",
+        "study.methods=[prompt_tuning]",
+        "study.prompt_lengths=[4]",
+        "study.seeds=[0, 1, 2]",
+    )
     ids = [c["id"] for c in read_cells(folder)]
     for cell_id in ids:
         make_done(folder, cell_id)
@@ -164,8 +197,11 @@ def test_a_damaged_ensemble_record_is_named_left_out_and_written_again(tmp_path,
     assert [r["model"] for r in ensemble_mod.read_ensembles(folder)] == [MINI]
 
     rerun = []  # `ptune study ensemble` computes the damaged group again (the base is not loaded here)
-    monkeypatch.setattr(ensemble_mod, "run_group", lambda d, model, task, cells: rerun.append(
-        (model, task, [c["id"] for c in cells])) or damaged)
+    monkeypatch.setattr(
+        ensemble_mod,
+        "run_group",
+        lambda d, model, task, cells: rerun.append((model, task, [c["id"] for c in cells])) or damaged,
+    )
     assert ensemble_mod.run_ensembles(folder) == [damaged]
     assert rerun == [(SMOL, "support", ids)]
     damaged.write_text(json.dumps({**ENSEMBLE, "members": ids}))  # whole and of these members: kept

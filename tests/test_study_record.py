@@ -1,4 +1,5 @@
-"""A study cell's attempt record on Slurm (launcher/grid_attempts.py): the array script records each start, a requeue at a
+"""A study cell's attempt record on Slurm (launcher/grid_attempts.py): the array script records each start, a
+requeue at a
 checkpoint and the exit status, so `ptune study status` tells a failed cell from a pending one. The rendered
 array script runs here under bash with stand-ins for srun and scontrol (the real cluster run is
 tests/test_slurm.py's study test); the record and the states are the real code."""
@@ -8,13 +9,13 @@ import os
 import subprocess
 
 import pytest
-from test_study_run import STUDY
 
 from ptune_dist.launcher.grid_arrays import scripts
 from ptune_dist.launcher.grid_attempts import main as record_main
 from ptune_dist.launcher.grid_attempts import record
 from ptune_dist.launcher.grid_cells import cell_dir, state
 from ptune_dist.study.cell_configs import resolve_study as prepare
+from test_study_run import STUDY
 
 
 def test_a_start_without_results_is_failed_unless_requeued(tmp_path):
@@ -35,10 +36,10 @@ def test_the_record_command_checks_its_arguments_and_never_fails_the_job(tmp_pat
     assert "attempt not recorded" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("srun_rc, expected, state_after", [(3, 3, "failed"), (99, "requeued", "pending"),
-                                                           (0, 0, "failed")])
-def test_the_array_script_records_each_start_and_how_it_ended(srun_rc, expected, state_after, tmp_path,
-                                                              monkeypatch):
+@pytest.mark.parametrize(
+    "srun_rc, expected, state_after", [(3, 3, "failed"), (99, "requeued", "pending"), (0, 0, "failed")]
+)
+def test_the_array_script_records_each_start_and_how_it_ended(srun_rc, expected, state_after, tmp_path, monkeypatch):
     import ptune_dist.study.cell_configs as prepare_mod
 
     monkeypatch.setattr(prepare_mod, "check_cells", lambda *a: None)  # the cells' pre-load checks: test_study_precheck
@@ -51,11 +52,16 @@ def test_the_array_script_records_each_start_and_how_it_ended(srun_rc, expected,
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(f"#!/bin/sh\nexit {srun_rc}\n")  # the training job's outcome
-    (bin_dir / "scontrol").write_text("#!/bin/sh\n[ \"$1\" = show ] && echo localhost\nexit 0\n")
+    (bin_dir / "scontrol").write_text('#!/bin/sh\n[ "$1" = show ] && echo localhost\nexit 0\n')
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_ID": "7",
-           "SLURM_JOB_NODELIST": "n1"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_ARRAY_TASK_ID": "1",
+        "SLURM_JOB_ID": "7",
+        "SLURM_JOB_NODELIST": "n1",
+    }
     run = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == (0 if srun_rc == 99 else srun_rc), run.stderr
     second = cell_dir(study_dir, listing.splitlines()[1].split("/")[-2])  # line SLURM_ARRAY_TASK_ID + 1

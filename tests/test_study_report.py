@@ -13,10 +13,26 @@ from PIL import Image
 from ptune_dist.study.markdown import fmt_count, fmt_pct
 from ptune_dist.study.report import write_report
 
-COLUMNS = ["cell", "status", "parts", "model", "model_params", "method", "prompt_length", "init", "task", "seed",
-           "trained_params", "metric", "score"]
-MODELS = {"qwen2.5-0.5b": (494_032_768, 896, 24), "all-minilm-l6-v2": (22_713_216, 384, 6),
-          "smollm2-135m": (134_515_008, 576, 30)}  # params, hidden, layers; not in size order on purpose
+COLUMNS = [
+    "cell",
+    "status",
+    "parts",
+    "model",
+    "model_params",
+    "method",
+    "prompt_length",
+    "init",
+    "task",
+    "seed",
+    "trained_params",
+    "metric",
+    "score",
+]
+MODELS = {
+    "qwen2.5-0.5b": (494_032_768, 896, 24),
+    "all-minilm-l6-v2": (22_713_216, 384, 6),
+    "smollm2-135m": (134_515_008, 576, 30),
+}  # params, hidden, layers; not in size order on purpose
 BY_SIZE = ["all-minilm-l6-v2", "smollm2-135m", "qwen2.5-0.5b"]
 HEADER = ["all-minilm-l6-v2 (22.7M)", "smollm2-135m (135M)", "qwen2.5-0.5b (494M)"]
 METHODS = ["full_finetune", "prompt_tuning", "p_tuning_v2", "prompt_design", "prefix_tuning"]
@@ -34,7 +50,8 @@ def score(key) -> float:
 def trained(model, method, length) -> int:
     params, hidden, layers = MODELS[model]
     return {"prompt_design": 0, "full_finetune": params, "prompt_tuning": length * hidden}.get(
-        method, length * layers * 2 * hidden)
+        method, length * layers * 2 * hidden
+    )
 
 
 def cells():
@@ -59,11 +76,24 @@ def make_rows(study: dict) -> list[dict]:
     for key, parts in study.items():
         model, method, length, init, task, seed = key
         status = "failed" if key == FAILED else "pending" if key == PENDING else "done"
-        row = {"cell": "__".join(map(str, key)), "status": status, "parts": ";".join(parts), "model": model,
-               "method": method, "prompt_length": length, "init": init, "task": task, "seed": seed}
+        row = {
+            "cell": "__".join(map(str, key)),
+            "status": status,
+            "parts": ";".join(parts),
+            "model": model,
+            "method": method,
+            "prompt_length": length,
+            "init": init,
+            "task": task,
+            "seed": seed,
+        }
         if status == "done":  # as gather.py writes them: only done rows carry numbers
-            row.update(model_params=MODELS[model][0], trained_params=trained(model, method, length),
-                       metric="accuracy", score=score(key))
+            row.update(
+                model_params=MODELS[model][0],
+                trained_params=trained(model, method, length),
+                metric="accuracy",
+                score=score(key),
+            )
         rows.append(row)
     return rows
 
@@ -131,9 +161,11 @@ def test_summary_lines_and_files(report):
 
 def test_main_tables(report):
     study, _, _, tables = report
-    for h3, tasks, with_n in (("sst2 (accuracy)", ["sst2"], False),  # every cell has seeds 0, 1, 2
-                              ("rte (accuracy)", ["rte"], True),  # the failed and pending cells' seed is missing
-                              ("Average over tasks", TASKS, True)):
+    for h3, tasks, with_n in (
+        ("sst2 (accuracy)", ["sst2"], False),  # every cell has seeds 0, 1, 2
+        ("rte (accuracy)", ["rte"], True),  # the failed and pending cells' seed is missing
+        ("Average over tasks", TASKS, True),
+    ):
         header, body, order = tables[("Score per method and model size", h3)]
         assert header == ["method"] + HEADER and order == ORDER
         for method in ORDER:
@@ -147,8 +179,10 @@ def test_main_tables(report):
 
 def test_ablation_tables(report):
     study, _, _, tables = report
-    for h2, labels, key in (("Prompt-length ablation", ["1", "5", "20", "100"], lambda x: (int(x), "labels")),
-                            ("Prompt-initialization ablation", ["random", "vocab", "labels"], lambda x: (20, x))):
+    for h2, labels, key in (
+        ("Prompt-length ablation", ["1", "5", "20", "100"], lambda x: (int(x), "labels")),
+        ("Prompt-initialization ablation", ["random", "vocab", "labels"], lambda x: (20, x)),
+    ):
         for h3, tasks in (("sst2 (accuracy)", ["sst2"]), ("rte (accuracy)", ["rte"]), ("Average over tasks", TASKS)):
             header, body, order = tables[(h2, h3)]
             assert header[1:] == HEADER and order == labels
@@ -196,24 +230,63 @@ def test_plots(report):
     def line(method, length, init):
         return xs, [expected(study, m, method, length, init, TASKS) for m in BY_SIZE]
 
-    check_png(paths["scale.png"], "model size", ORDER,
-              {m: line(m, 0, "") if m in ("prompt_design", "full_finetune") else line(m, 20, "labels") for m in ORDER})
-    check_png(paths["prompt_length.png"], "Prompt length", ["1", "5", "20", "100"],
-              {str(n): line("prompt_tuning", n, "labels") for n in (1, 5, 20, 100)})
-    check_png(paths["init.png"], "initialization", ["random", "vocab", "labels"],
-              {i: line("prompt_tuning", 20, i) for i in ("random", "vocab", "labels")})
+    check_png(
+        paths["scale.png"],
+        "model size",
+        ORDER,
+        {m: line(m, 0, "") if m in ("prompt_design", "full_finetune") else line(m, 20, "labels") for m in ORDER},
+    )
+    check_png(
+        paths["prompt_length.png"],
+        "Prompt length",
+        ["1", "5", "20", "100"],
+        {str(n): line("prompt_tuning", n, "labels") for n in (1, 5, 20, 100)},
+    )
+    check_png(
+        paths["init.png"],
+        "initialization",
+        ["random", "vocab", "labels"],
+        {i: line("prompt_tuning", 20, i) for i in ("random", "vocab", "labels")},
+    )
 
 
 def small_rows():
     """One seed, one task, main only; a 1.7B model with nothing done; an ensemble row (an unknown part)."""
-    rows = [{"cell": f"{m}-{meth}", "status": "done", "parts": "main", "model": m, "model_params": MODELS[m][0],
-             "method": meth, "prompt_length": 20, "init": "labels", "task": "sst2", "seed": 0,
-             "trained_params": trained(m, meth, 20), "metric": "accuracy", "score": score((m, meth))}
-            for m in ("smollm2-135m", "all-minilm-l6-v2") for meth in ("prompt_tuning", "prompt_design")]
-    rows.append({"cell": "big", "status": "running", "parts": "main", "model": "smollm2-1.7b",
-                 "method": "prompt_tuning", "prompt_length": 20, "init": "labels", "task": "sst2", "seed": 0})
-    rows.append({**rows[0], "cell": "ens", "parts": "ensemble", "method": "prompt_tuning (ensemble of 3)",
-                 "score": 0.75})
+    rows = [
+        {
+            "cell": f"{m}-{meth}",
+            "status": "done",
+            "parts": "main",
+            "model": m,
+            "model_params": MODELS[m][0],
+            "method": meth,
+            "prompt_length": 20,
+            "init": "labels",
+            "task": "sst2",
+            "seed": 0,
+            "trained_params": trained(m, meth, 20),
+            "metric": "accuracy",
+            "score": score((m, meth)),
+        }
+        for m in ("smollm2-135m", "all-minilm-l6-v2")
+        for meth in ("prompt_tuning", "prompt_design")
+    ]
+    rows.append(
+        {
+            "cell": "big",
+            "status": "running",
+            "parts": "main",
+            "model": "smollm2-1.7b",
+            "method": "prompt_tuning",
+            "prompt_length": 20,
+            "init": "labels",
+            "task": "sst2",
+            "seed": 0,
+        }
+    )
+    rows.append(
+        {**rows[0], "cell": "ens", "parts": "ensemble", "method": "prompt_tuning (ensemble of 3)", "score": 0.75}
+    )
     return rows
 
 
@@ -234,8 +307,10 @@ def test_one_seed_missing_model_no_ablations(tmp_path):
     assert body["prompt_tuning"]["smollm2-1.7b"] == "-" and body["prompt_design"]["smollm2-1.7b"] == "-"
     assert ("Score per method and model size", "Average over tasks") not in tables  # one task: no average
     sections = md.split("\n## ")
-    for heading, png in (("Prompt-length ablation", "prompt_length.png"), ("Prompt-initialization ablation",
-                                                                           "init.png")):
+    for heading, png in (
+        ("Prompt-length ablation", "prompt_length.png"),
+        ("Prompt-initialization ablation", "init.png"),
+    ):
         (text,) = [s for s in sections if s.startswith(heading)]
         assert f"Left out: the study has no cells of it. (table and {png} not written)" in text
         assert "|" not in text and f"]({png})" not in md

@@ -6,8 +6,8 @@ Only config.json files and built-in descriptions are read, no model loads."""
 import re
 
 import pytest
-from conftest import SMOL
 
+from conftest import SMOL
 from ptune_dist.errors import ConfigError
 from ptune_dist.launcher.grid_arrays import scripts
 from ptune_dist.study.cell_configs import resolve_study as prepare
@@ -15,17 +15,26 @@ from ptune_dist.study.cell_configs import resolve_study as prepare
 HUB_70B = "meta-llama/Llama-3.1-70B"
 CLUSTER = ["study.hardware.gpus_per_node=8", "study.hardware.gpu_mem=80GB", "study.hardware.max_nodes=2"]
 # one prompt cell (main, length and init in one) and one model-tuning cell per model
-GRID = ["study.methods=[prompt_tuning, full_finetune]", "study.seeds=[0]", "study.prompt_length=20",
-        "study.prompt_lengths=[20]", "study.init=random", "study.inits=[random]", "data.max_length=256",
-        "launch.backend=slurm", "tasks=[{name: support, preset: support}]"]  # a task every cell can run
+GRID = [
+    "study.methods=[prompt_tuning, full_finetune]",
+    "study.seeds=[0]",
+    "study.prompt_length=20",
+    "study.prompt_lengths=[20]",
+    "study.init=random",
+    "study.inits=[random]",
+    "data.max_length=256",
+    "launch.backend=slurm",
+    "tasks=[{name: support, preset: support}]",
+]  # a task every cell can run
 
 
 def study(tmp_path, models, *overrides):
     """(the study's config, folder, cells, configs), nothing written; each cell's by (model, trains the base)."""
     from ptune_dist.methods import method_class
 
-    cfg, folder, cells, configs = prepare([], [f"study.models=[{', '.join(models)}]", *GRID, *overrides,
-                                               f"output_dir={tmp_path / 'study'}"], write=False)
+    cfg, folder, cells, configs = prepare(
+        [], [f"study.models=[{', '.join(models)}]", *GRID, *overrides, f"output_dir={tmp_path / 'study'}"], write=False
+    )
     by = {(c["model"], method_class(c["method"]).trains_base): (c, k) for c, k in zip(cells, configs)}
     return cfg, folder, cells, configs, by
 
@@ -78,41 +87,60 @@ def test_the_global_batch_is_shared_out_over_each_cells_world(tmp_path):
 
 
 def test_a_key_the_user_sets_for_a_cell_wins_and_the_planner_keeps_it(tmp_path):
-    *_, by = study(tmp_path, [HUB_70B], *CLUSTER, "study.global_batch=32", "study.methods=[prompt_tuning]",
-                   f"study.model_overrides={{'{HUB_70B}': [model.quant=int8, data.batch_size=2]}}")
+    *_, by = study(
+        tmp_path,
+        [HUB_70B],
+        *CLUSTER,
+        "study.global_batch=32",
+        "study.methods=[prompt_tuning]",
+        f"study.model_overrides={{'{HUB_70B}': [model.quant=int8, data.batch_size=2]}}",
+    )
     cell, k = by[(HUB_70B, False)]
     assert k.model.quant == "int8" and k.distributed.engine == "torch"  # int8 cannot be partitioned by ZeRO-3
     assert k.data.batch_size == 2 and k.data.batch_size * k.train.grad_accum * world(k) == 32
     assert cell["resources"]["base"] == "int8" and cell["resources"]["micro_batch"] == 2
-    *_, by = study(tmp_path, [HUB_70B], *CLUSTER, "study.methods=[prompt_tuning]",
-                   f"study.model_overrides={{'{HUB_70B}|prompt_tuning': [launch.nproc_per_node=4, "
-                   "launch.gpus_per_node=4]}")
+    *_, by = study(
+        tmp_path,
+        [HUB_70B],
+        *CLUSTER,
+        "study.methods=[prompt_tuning]",
+        f"study.model_overrides={{'{HUB_70B}|prompt_tuning': [launch.nproc_per_node=4, launch.gpus_per_node=4]}}",
+    )
     assert world(by[(HUB_70B, False)][1]) == 4  # a world the user sets is the only one tried
 
 
 def test_nothing_fits_names_the_cell_the_model_and_the_smallest_peak(tmp_path):
     hw = ["study.hardware.gpus_per_node=1", "study.hardware.gpu_mem=1GB", "study.methods=[full_finetune]"]
-    with pytest.raises(ConfigError, match=r"study cell Llama-3\.1-70B__full_finetune__noprompt__\S+: model "
-                                          r"meta-llama/Llama-3\.1-70B fits no setup on study\.hardware .* the "
-                                          r"smallest needs [\d.]+ GB per GPU"):
+    with pytest.raises(
+        ConfigError,
+        match=r"study cell Llama-3\.1-70B__full_finetune__noprompt__\S+: model "
+        r"meta-llama/Llama-3\.1-70B fits no setup on study\.hardware .* the "
+        r"smallest needs [\d.]+ GB per GPU",
+    ):
         study(tmp_path, [HUB_70B], *hw)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("study.hardware.gpu_mem=80", "study.hardware.gpu_mem='80': a size needs its unit"),
-    ("study.hardware.gpu_mem=lots", "study.hardware.gpu_mem='lots': expected a size"),
-    ("study.hardware.gpus_per_node=0", "study.hardware.gpus_per_node=0 must be > 0"),
-    ("launch.backend=local", "study.hardware.max_nodes=2 needs launch.backend=slurm"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("study.hardware.gpu_mem=80", "study.hardware.gpu_mem='80': a size needs its unit"),
+        ("study.hardware.gpu_mem=lots", "study.hardware.gpu_mem='lots': expected a size"),
+        ("study.hardware.gpus_per_node=0", "study.hardware.gpus_per_node=0 must be > 0"),
+        ("launch.backend=local", "study.hardware.max_nodes=2 needs launch.backend=slurm"),
+    ],
+)
 def test_a_bad_hardware_section_is_refused_by_its_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         study(tmp_path, ["llama-3.2-1b"], *CLUSTER, override)
 
 
 def test_a_model_the_planner_cannot_read_offline_is_refused_by_name(tmp_path):
-    with pytest.raises(ConfigError, match=r"study\.models: 'some-org/Unknown-7B': the planner cannot read its "
-                                          r"architecture offline .*local HF folder.*built-in name.*leave "
-                                          r"study\.hardware\.gpu_mem unset"):
+    with pytest.raises(
+        ConfigError,
+        match=r"study\.models: 'some-org/Unknown-7B': the planner cannot read its "
+        r"architecture offline .*local HF folder.*built-in name.*leave "
+        r"study\.hardware\.gpu_mem unset",
+    ):
         study(tmp_path, ["some-org/Unknown-7B"], *CLUSTER)
 
 
@@ -132,8 +160,11 @@ def test_without_gpu_mem_the_cells_keep_the_configs_resources(tmp_path):
     base = ["launch.nproc_per_node=2", "launch.gpus_per_node=2", "data.batch_size=3"]
     _, _, cells, configs, _ = study(tmp_path, ["llama-3.2-1b", HUB_70B], *base, "study.hardware.gpus_per_node=4")
     assert all("resources" not in c for c in cells)
-    assert all((k.launch.nproc_per_node, k.launch.gpus_per_node, k.data.batch_size, k.model.dtype,
-                k.distributed.engine) == (2, 2, 3, "float32", "torch") for k in configs)
+    assert all(
+        (k.launch.nproc_per_node, k.launch.gpus_per_node, k.data.batch_size, k.model.dtype, k.distributed.engine)
+        == (2, 2, 3, "float32", "torch")
+        for k in configs
+    )
     with pytest.raises(ConfigError, match=r"study\.global_batch=32 .* set study\.hardware\.gpu_mem"):
         study(tmp_path, ["llama-3.2-1b"], "study.global_batch=32")
 

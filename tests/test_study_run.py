@@ -11,22 +11,43 @@ import sys
 import time
 
 import pytest
-from conftest import MINI, SMOL
 
+from conftest import MINI, SMOL
 from ptune_dist.cli import main
 
-STUDY = [f"study.models=[{MINI}, {SMOL}]", "study.methods=[prompt_design, prompt_tuning]", "study.prompt_length=4",
-         "study.init=random", "study.prompt_lengths=[4, 8]", "study.inits=[random]", "study.seeds=[0]",
-         "tasks=[{name: support, preset: support, scoring: head, pooling: mean}]", "data.max_length=64",
-         "data.max_train_examples=16", "data.max_eval_examples=8", "data.batch_size=4", "train.steps=2",
-         "train.lr=0.05", "train.eval_baseline=false", "train.progress_bar=false", "train.tensorboard=false",
-         "train.log_every=1", "method.init=random"]
+STUDY = [
+    f"study.models=[{MINI}, {SMOL}]",
+    "study.methods=[prompt_design, prompt_tuning]",
+    "study.prompt_length=4",
+    "study.init=random",
+    "study.prompt_lengths=[4, 8]",
+    "study.inits=[random]",
+    "study.seeds=[0]",
+    "tasks=[{name: support, preset: support, scoring: head, pooling: mean}]",
+    "data.max_length=64",
+    "data.max_train_examples=16",
+    "data.max_eval_examples=8",
+    "data.batch_size=4",
+    "train.steps=2",
+    "train.lr=0.05",
+    "train.eval_baseline=false",
+    "train.progress_bar=false",
+    "train.tensorboard=false",
+    "train.log_every=1",
+    "method.init=random",
+]
 
 
 def ptune(*args):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    return subprocess.Popen([sys.executable, "-m", "ptune_dist.cli", *args], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ptune_dist.cli", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def done_cells(study):
@@ -71,6 +92,7 @@ def test_a_killed_study_finishes_only_the_missing_cells(tmp_path):
         assert float(r["score"]) == results["final"]["support"]["accuracy"]
     assert (study / "report" / "report.md").is_file() and (study / "report" / "scale.png").is_file()
 
-    status = subprocess.run([sys.executable, "-m", "ptune_dist.cli", "study", "status", str(study)],
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "ptune_dist.cli", "study", "status", str(study)], capture_output=True, text=True
+    )
     assert status.returncode == 0 and "6 cells: 6 done, 0 running, 0 failed, 0 pending" in status.stdout

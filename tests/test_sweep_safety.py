@@ -63,8 +63,10 @@ def write_sweep(folder: Path, meta, results: dict) -> Path:
 
 
 GRID = {"train.lr": ["0.1", "0.2"]}
-CELLS = [{"id": "000", "overrides": ["train.lr=0.1"], "dir": "cells/000"},
-         {"id": "001", "overrides": ["train.lr=0.2"], "dir": "cells/001"}]
+CELLS = [
+    {"id": "000", "overrides": ["train.lr=0.1"], "dir": "cells/000"},
+    {"id": "001", "overrides": ["train.lr=0.2"], "dir": "cells/001"},
+]
 DONE = '{"final": {"support": {"accuracy": 0.5}}}'
 
 
@@ -80,8 +82,9 @@ def test_another_sweep_in_the_folder_is_refused_and_nothing_changes(tmp_path, sb
     (out / "cells" / "000" / "results.json").write_text('{"final": {"support": {"accuracy": 0.9}}}')
     before = snapshot(out)
     for backend in ("slurm", "local"):
-        code, err = ptune(capsys, "sweep", QUICKSTART, f"output_dir={out}", f"launch.backend={backend}",
-                          "--grid", "train.lr=0.1,0.2")
+        code, err = ptune(
+            capsys, "sweep", QUICKSTART, f"output_dir={out}", f"launch.backend={backend}", "--grid", "train.lr=0.1,0.2"
+        )
         assert code == 2 and "holds another sweep (train.lr: 0.5 there, 0.1,0.2 here)" in err, err
         assert "choose another output_dir" in err
     code, err = ptune(capsys, *slurm_sweep(out, "--grid", "train.seed=0,1"))
@@ -151,13 +154,16 @@ def test_a_bad_gpu_request_is_refused_before_the_sweep_is_written(tmp_path, sbat
 
 
 # -- 2. output_dir that cannot be a folder -----------------------------------------------------
-@pytest.mark.parametrize("argv", [
-    ["launch", QUICKSTART, "launch.backend=slurm"],
-    ["launch", QUICKSTART, "launch.backend=slurm", "--dry-run"],
-    ["launch", QUICKSTART],
-    ["sweep", QUICKSTART, "launch.backend=slurm", "--grid", "train.lr=0.1,0.2"],
-    ["sweep", QUICKSTART, "--grid", "train.lr=0.1,0.2", "--dry-run"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["launch", QUICKSTART, "launch.backend=slurm"],
+        ["launch", QUICKSTART, "launch.backend=slurm", "--dry-run"],
+        ["launch", QUICKSTART],
+        ["sweep", QUICKSTART, "launch.backend=slurm", "--grid", "train.lr=0.1,0.2"],
+        ["sweep", QUICKSTART, "--grid", "train.lr=0.1,0.2", "--dry-run"],
+    ],
+)
 @pytest.mark.parametrize("below", [False, True])
 def test_output_dir_that_is_a_file_is_one_error(argv, below, tmp_path, sbatch, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -171,27 +177,40 @@ def test_output_dir_that_is_a_file_is_one_error(argv, below, tmp_path, sbatch, c
 
 def test_launch_log_dir_that_is_a_file_is_one_error(tmp_path, sbatch, capsys):
     (tmp_path / "logs").write_text("mine")
-    code, err = ptune(capsys, "launch", QUICKSTART, "launch.backend=slurm", f"output_dir={tmp_path / 'run'}",
-                      f"launch.log_dir={tmp_path / 'logs'}")
+    code, err = ptune(
+        capsys,
+        "launch",
+        QUICKSTART,
+        "launch.backend=slurm",
+        f"output_dir={tmp_path / 'run'}",
+        f"launch.log_dir={tmp_path / 'logs'}",
+    )
     assert code == 2 and "launch.log_dir=" in err and "is a file, not a folder" in err, err
     assert not (tmp_path / "run").exists() and sbatch["calls"] == []
 
 
 # -- 3. gather over damaged files --------------------------------------------------------------
-@pytest.mark.parametrize("meta, problem", [
-    ("[]", "expected a JSON object with grid and cells"),
-    ("{\"cells\": []", "no readable sweep.json (JSONDecodeError)"),
-    ({"cells": CELLS}, '"grid" is not'),
-    ({"grid": {"train.lr": "0.1"}, "cells": CELLS}, '"grid" is not'),
-    ({"grid": GRID, "cells": {}}, '"cells" is not a list'),
-    ({"grid": GRID, "cells": [{"id": "000", "dir": "cells/000"}]}, 'cells[0]: "overrides" is not a list'),
-    ({"grid": GRID, "cells": [{"id": "000", "overrides": ["train.seed=1"], "dir": "cells/000"}]},
-     "cells[0]: overrides ['train.seed=1'] do not set each of the grid's keys (train.lr) once"),
-    ({"grid": GRID, "cells": [{"id": "000", "overrides": ["train.lr=0.5"], "dir": "cells/000"}]},
-     "cells[0]: train.lr=0.5 is not one of the grid's values"),
-    ({"grid": GRID, "cells": [CELLS[0], CELLS[0]]}, "two cells with one id"),
-    ({"grid": GRID, "cells": [{"overrides": ["train.lr=0.1"], "dir": "cells/000"}]}, 'cells[0]: no "id"'),
-])
+@pytest.mark.parametrize(
+    "meta, problem",
+    [
+        ("[]", "expected a JSON object with grid and cells"),
+        ('{"cells": []', "no readable sweep.json (JSONDecodeError)"),
+        ({"cells": CELLS}, '"grid" is not'),
+        ({"grid": {"train.lr": "0.1"}, "cells": CELLS}, '"grid" is not'),
+        ({"grid": GRID, "cells": {}}, '"cells" is not a list'),
+        ({"grid": GRID, "cells": [{"id": "000", "dir": "cells/000"}]}, 'cells[0]: "overrides" is not a list'),
+        (
+            {"grid": GRID, "cells": [{"id": "000", "overrides": ["train.seed=1"], "dir": "cells/000"}]},
+            "cells[0]: overrides ['train.seed=1'] do not set each of the grid's keys (train.lr) once",
+        ),
+        (
+            {"grid": GRID, "cells": [{"id": "000", "overrides": ["train.lr=0.5"], "dir": "cells/000"}]},
+            "cells[0]: train.lr=0.5 is not one of the grid's values",
+        ),
+        ({"grid": GRID, "cells": [CELLS[0], CELLS[0]]}, "two cells with one id"),
+        ({"grid": GRID, "cells": [{"overrides": ["train.lr=0.1"], "dir": "cells/000"}]}, 'cells[0]: no "id"'),
+    ],
+)
 def test_a_damaged_sweep_json_is_one_error_naming_it(meta, problem, tmp_path, capsys):
     folder = write_sweep(tmp_path / "sw", meta, {"000": DONE})
     code, err = ptune(capsys, "gather", folder)
@@ -199,14 +218,17 @@ def test_a_damaged_sweep_json_is_one_error_naming_it(meta, problem, tmp_path, ca
     assert not (folder / "results.csv").exists()
 
 
-@pytest.mark.parametrize("text, problem", [
-    ('{"final": [1, 2]}', '"final" is not {"task": {"metric": value}}'),
-    ("[1]", "not a JSON object"),
-    ('{"final": {}}', '"final" is not'),
-    ('{"final": {"support": 1}}', '"final" is not'),
-    ('{"final": {"support": {"accuracy": 1}}, "baseline": [0]}', '"baseline" is not'),
-    ('{"final": ', "not readable as JSON (JSONDecodeError)"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('{"final": [1, 2]}', '"final" is not {"task": {"metric": value}}'),
+        ("[1]", "not a JSON object"),
+        ('{"final": {}}', '"final" is not'),
+        ('{"final": {"support": 1}}', '"final" is not'),
+        ('{"final": {"support": {"accuracy": 1}}, "baseline": [0]}', '"baseline" is not'),
+        ('{"final": ', "not readable as JSON (JSONDecodeError)"),
+    ],
+)
 def test_a_damaged_cell_is_a_damaged_row_and_the_others_are_gathered(text, problem, tmp_path, capsys):
     folder = write_sweep(tmp_path / "sw", {"grid": GRID, "cells": CELLS}, {"000": text, "001": DONE})
     code, err = ptune(capsys, "gather", folder)
@@ -227,16 +249,21 @@ def test_a_table_that_cannot_be_written_is_one_error(tmp_path, capsys):
 
 
 # -- 4. the grid -------------------------------------------------------------------------------
-@pytest.mark.parametrize("grid, message", [
-    (["train.lr=0.1,0.2", "train.lr=0.3"], "--grid train.lr=... is given twice"),
-    (["train.lr=0.1,0.1"], "sweep.grid.train.lr: '0.1' given twice"),
-    (["train.lr=0.1,0.10"], "sweep cells 000 (train.lr=0.1) and 001 (train.lr=0.10) are the same run"),
-    (["train.lr=0.1,"], "sweep.grid.train.lr='0.1,': an empty value"),
-    (["launch.backend=local,slurm"], "sweep.grid.launch.backend: a grid varies what each cell trains, not how the "
-                                     "sweep is started"),
-    (["launch.nproc_per_node=1,2"], "sweep.grid.launch.nproc_per_node: a grid varies"),
-    (["output_dir=a,b"], "sweep.grid.output_dir: not a per-cell setting"),
-])
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        (["train.lr=0.1,0.2", "train.lr=0.3"], "--grid train.lr=... is given twice"),
+        (["train.lr=0.1,0.1"], "sweep.grid.train.lr: '0.1' given twice"),
+        (["train.lr=0.1,0.10"], "sweep cells 000 (train.lr=0.1) and 001 (train.lr=0.10) are the same run"),
+        (["train.lr=0.1,"], "sweep.grid.train.lr='0.1,': an empty value"),
+        (
+            ["launch.backend=local,slurm"],
+            "sweep.grid.launch.backend: a grid varies what each cell trains, not how the sweep is started",
+        ),
+        (["launch.nproc_per_node=1,2"], "sweep.grid.launch.nproc_per_node: a grid varies"),
+        (["output_dir=a,b"], "sweep.grid.output_dir: not a per-cell setting"),
+    ],
+)
 @pytest.mark.parametrize("backend", ["local", "slurm"])
 def test_grid_mistakes_are_refused_on_either_backend(grid, message, backend, tmp_path, sbatch):
     with pytest.raises(PtuneError, match=re.escape(message)):
@@ -249,6 +276,7 @@ def test_a_grid_key_from_the_config_is_replaced_by_the_command_line(tmp_path):
     only refused among the --grid options)."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text("sweep:\n  grid:\n    train.seed: [0, 1]\n")
-    _, _, cells = sweep.prepare([QUICKSTART, str(cfg)], [f"output_dir={tmp_path / 'sw'}"], ["train.seed=5"],
-                                write=False)
+    _, _, cells = sweep.prepare(
+        [QUICKSTART, str(cfg)], [f"output_dir={tmp_path / 'sw'}"], ["train.seed=5"], write=False
+    )
     assert [c["overrides"] for c in cells] == [["train.seed=5"]]

@@ -26,39 +26,76 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, tiny_llama
-from sync_counter import SyncCounter, count_steps, summary
 
+from conftest import FIXTURES, tiny_llama
 from ptune_dist.config import load_config
+from sync_counter import SyncCounter, count_steps, summary
 
 LOG = "Tensor.tolist of a device tensor at ptune_dist/train/nonfinite.py"
 RTE = f"{FIXTURES}/superglue/rte.jsonl"
 MIXED = f"tasks=[{{name: support, preset: support}}, {{name: rte, preset: rte, train: '{RTE}', eval: '{RTE}'}}]"
-GENERATION = ["tasks.0.type=generation", f"tasks.0.train={FIXTURES}/instructions.jsonl",
-              f"tasks.0.eval={FIXTURES}/instructions.jsonl"]
-NER = ["tasks.0.type=token_classification", "tasks.0.scoring=head", f"tasks.0.train={FIXTURES}/ner.jsonl",
-       f"tasks.0.eval={FIXTURES}/ner.jsonl", "tasks.0.labels=[O,B-PER,I-PER,B-LOC,I-LOC]"]
+GENERATION = [
+    "tasks.0.type=generation",
+    f"tasks.0.train={FIXTURES}/instructions.jsonl",
+    f"tasks.0.eval={FIXTURES}/instructions.jsonl",
+]
+NER = [
+    "tasks.0.type=token_classification",
+    "tasks.0.scoring=head",
+    f"tasks.0.train={FIXTURES}/ner.jsonl",
+    f"tasks.0.eval={FIXTURES}/ner.jsonl",
+    "tasks.0.labels=[O,B-PER,I-PER,B-LOC,I-LOC]",
+]
 CASES = {  # method, layout, tasks, objective, engine, and what else runs in the step
     "prompt_tuning-padded-one-classification": ["method.name=prompt_tuning", "tasks.0.preset=support"],
     "p_tuning-padded-mixed-classification": ["method.name=p_tuning", MIXED, "data.max_train_examples=16"],
-    "prefix_tuning-packed-mixed-classification": ["method.name=prefix_tuning", MIXED, "data.max_train_examples=16",
-                                                  "data.packing=true"],
-    "p_tuning_v2-packed-one-generation-accum-checkpointing": ["method.name=p_tuning_v2", *GENERATION,
-                                                              "data.packing=true", "train.grad_accum=2",
-                                                              "model.gradient_checkpointing=true"],
+    "prefix_tuning-packed-mixed-classification": [
+        "method.name=prefix_tuning",
+        MIXED,
+        "data.max_train_examples=16",
+        "data.packing=true",
+    ],
+    "p_tuning_v2-packed-one-generation-accum-checkpointing": [
+        "method.name=p_tuning_v2",
+        *GENERATION,
+        "data.packing=true",
+        "train.grad_accum=2",
+        "model.gradient_checkpointing=true",
+    ],
     "p_tuning-padded-one-generation": ["method.name=p_tuning", *GENERATION],
-    "p_tuning_v2-packed-mixed-classification": ["method.name=p_tuning_v2", MIXED, "data.max_train_examples=16",
-                                                "data.packing=true"],
-    "p_tuning_v2-packed-one-token_classification-head": ["method.name=p_tuning_v2", *NER, "data.packing=true",
-                                                         "data.batch_size=1"],
-    "prompt_tuning-padded-one-classification-nf4": ["method.name=prompt_tuning", "tasks.0.preset=support",
-                                                    "model.quant=nf4"],
+    "p_tuning_v2-packed-mixed-classification": [
+        "method.name=p_tuning_v2",
+        MIXED,
+        "data.max_train_examples=16",
+        "data.packing=true",
+    ],
+    "p_tuning_v2-packed-one-token_classification-head": [
+        "method.name=p_tuning_v2",
+        *NER,
+        "data.packing=true",
+        "data.batch_size=1",
+    ],
+    "prompt_tuning-padded-one-classification-nf4": [
+        "method.name=prompt_tuning",
+        "tasks.0.preset=support",
+        "model.quant=nf4",
+    ],
 }
 DEEPSPEED = {
-    "p_tuning_v2-padded-mixed-classification-zero0": ["method.name=p_tuning_v2", MIXED, "data.max_train_examples=16",
-                                                      "distributed.engine=deepspeed", "distributed.zero_stage=0"],
-    "prompt_tuning-packed-one-generation-zero3": ["method.name=prompt_tuning", *GENERATION, "data.packing=true",
-                                                  "distributed.engine=deepspeed", "distributed.zero_stage=3"],
+    "p_tuning_v2-padded-mixed-classification-zero0": [
+        "method.name=p_tuning_v2",
+        MIXED,
+        "data.max_train_examples=16",
+        "distributed.engine=deepspeed",
+        "distributed.zero_stage=0",
+    ],
+    "prompt_tuning-packed-one-generation-zero3": [
+        "method.name=prompt_tuning",
+        *GENERATION,
+        "data.packing=true",
+        "distributed.engine=deepspeed",
+        "distributed.zero_stage=3",
+    ],
 }
 
 
@@ -69,16 +106,28 @@ def tiny(tmp_path_factory):
 
 
 def overrides(tiny, out, case):
-    return [f"model.name_or_path={tiny}", "data.max_length=64", "data.batch_size=4", "train.steps=4",
-            "train.log_every=2", "method.num_virtual_tokens=4", "model.dropout=0.0", "train.progress_bar=false",
-            "train.tensorboard=false", "train.eval_baseline=false", "data.max_eval_examples=2", f"output_dir={out}",
-            *case]
+    return [
+        f"model.name_or_path={tiny}",
+        "data.max_length=64",
+        "data.batch_size=4",
+        "train.steps=4",
+        "train.log_every=2",
+        "method.num_virtual_tokens=4",
+        "model.dropout=0.0",
+        "train.progress_bar=false",
+        "train.tensorboard=false",
+        "train.eval_baseline=false",
+        "data.max_eval_examples=2",
+        f"output_dir={out}",
+        *case,
+    ]
 
 
 def ours(syncs) -> Counter:
     """The syncs asked for by ptune's own code (not DeepSpeed's), each as "what at file"."""
-    return Counter(f"{what} at {where.split(':')[0]}" for what, where in syncs
-                   if where.startswith(("ptune_dist/", "kernels/")))
+    return Counter(
+        f"{what} at {where.split(':')[0]}" for what, where in syncs if where.startswith(("ptune_dist/", "kernels/"))
+    )
 
 
 def check(steps: dict) -> None:
@@ -99,8 +148,17 @@ def test_no_sync_between_logging_steps(case, tiny, tmp_path):
 @pytest.mark.parametrize("case", DEEPSPEED)
 def test_no_sync_of_ours_between_logging_steps_under_deepspeed(case, tiny, tmp_path):
     """In a process of its own (DeepSpeed joins a process group); DeepSpeed's own syncs are named above."""
-    run = subprocess.run([sys.executable, str(Path(__file__).with_name("sync_counter.py")), "device",
-                          *overrides(tiny, tmp_path, DEEPSPEED[case])], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("sync_counter.py")),
+            "device",
+            *overrides(tiny, tmp_path, DEEPSPEED[case]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
     check({int(step): (logged, syncs) for step, (logged, syncs) in found.items()})
@@ -109,9 +167,14 @@ def test_no_sync_of_ours_between_logging_steps_under_deepspeed(case, tiny, tmp_p
 
 
 def test_adafactor_reads_its_skip_flag_and_torch_its_norms(tiny, tmp_path):
-    steps = count_steps(load_config([], overrides(tiny, tmp_path, ["method.name=prompt_tuning",
-                                                                   "tasks.0.preset=support",
-                                                                   "train.optimizer=adafactor"])))
+    steps = count_steps(
+        load_config(
+            [],
+            overrides(
+                tiny, tmp_path, ["method.name=prompt_tuning", "tasks.0.preset=support", "train.optimizer=adafactor"]
+            ),
+        )
+    )
     for step, (logged, syncs) in steps.items():
         where = Counter(s.where.split(":")[0].split("/")[-1] for s in syncs)
         assert where == Counter({"optim.py": 1, "_adafactor.py": 2, **({"nonfinite.py": 1} if logged else {})}), syncs
@@ -121,12 +184,19 @@ def test_greedy_decoding_reads_one_flag_per_token(tiny):
     """model/generate.py: the tokens stay on the device; per token the host reads whether every row has finished,
     and the tokens come back in one copy at the end."""
     from conftest import session
-
     from ptune_dist.data.collate import collate
     from ptune_dist.model.generate import greedy
 
-    s = session([f"model.name_or_path={tiny}", *GENERATION, "method.name=p_tuning_v2", "method.num_virtual_tokens=4",
-                 "data.padding_side=left"], splits=("eval",))
+    s = session(
+        [
+            f"model.name_or_path={tiny}",
+            *GENERATION,
+            "method.name=p_tuning_v2",
+            "method.num_virtual_tokens=4",
+            "data.padding_side=left",
+        ],
+        splits=("eval",),
+    )
     batch = s.model.describe(collate(s.tasks[0].eval[:3], s.pad_id, "left"))  # on the host, before it moves
     counter = SyncCounter()
     counter.mark(s.model, batch)
@@ -141,4 +211,5 @@ def test_greedy_decoding_reads_one_flag_per_token(tiny):
     # once per call (2 layers here), not per token
     cache = sum(n for k, n in syncs.items() if "cache_utils.py" in k)
     assert cache == 2 * 2 and sum(syncs.values()) == flags + copies + cache, "\n".join(
-        f"{n} {k}" for k, n in syncs.items())
+        f"{n} {k}" for k, n in syncs.items()
+    )

@@ -23,6 +23,10 @@ DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 WHY_NOT = unavailable("triton", torch.empty(1, device=DEVICE, dtype=DTYPE))
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"triton cannot run here: {WHY_NOT}")
 FP32 = dict(rtol=2e-5, atol=2e-5)
-TOL = dict(rtol=1e-1, atol=1e-1) if DEVICE == "cuda" else FP32  # bf16 keeps 8 significant bits (test_kernels_triton.LOW)
-interpreter_only = pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter covers these fp32 property sweeps on "
-                                      "the CPU; fp32 Triton is not launched on CUDA")
+TOL = (
+    dict(rtol=1e-1, atol=1e-1) if DEVICE == "cuda" else FP32
+)  # bf16 keeps 8 significant bits (test_kernels_triton.LOW)
+interpreter_only = pytest.mark.skipif(
+    DEVICE == "cuda",
+    reason="the interpreter covers these fp32 property sweeps on the CPU; fp32 Triton is not launched on CUDA",
+)

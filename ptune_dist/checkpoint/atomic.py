@@ -24,7 +24,6 @@ import uuid
 from pathlib import Path
 
 from ptune_dist.errors import CheckpointError
-
 from ptune_dist.nofollow import fsync_path, publish, refuse_link, umask
 
 MANIFEST = "manifest.json"
@@ -105,24 +104,32 @@ def verify(folder: Path) -> None:
     """Raise CheckpointError unless every file the manifest lists is there, whole and unchanged."""
     folder = Path(folder)
     if not folder.is_dir():
-        interrupted = " (a save was interrupted: `ptune train` on this run puts the previous one back)" \
-            if any(folder.parent.glob(f".{folder.name}.old-*")) else ""
+        interrupted = (
+            " (a save was interrupted: `ptune train` on this run puts the previous one back)"
+            if any(folder.parent.glob(f".{folder.name}.old-*"))
+            else ""
+        )
         raise CheckpointError(f"checkpoint {folder}: not a folder{interrupted}")
     try:
         manifest = json.loads((folder / MANIFEST).read_text())["files"]
-        if not all(isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
-                   for m in manifest.values()):
+        if not all(
+            isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
+            for m in manifest.values()
+        ):
             raise ValueError("an entry lacks its bytes or sha256")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {folder}: no readable {MANIFEST} ({type(e).__name__}); "
-                              "it is incomplete or not a ptune checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {folder}: no readable {MANIFEST} ({type(e).__name__}); "
+            "it is incomplete or not a ptune checkpoint"
+        ) from None
     for name, meta in manifest.items():
         p = folder / name
         if not p.is_file():
             raise CheckpointError(f"checkpoint {folder}: {name} is missing")
         if p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
-            raise CheckpointError(f"checkpoint {folder}: {name} is damaged (size or checksum differs "
-                                  "from the manifest)")
+            raise CheckpointError(
+                f"checkpoint {folder}: {name} is damaged (size or checksum differs from the manifest)"
+            )
 
 
 def is_valid(folder: Path) -> bool:

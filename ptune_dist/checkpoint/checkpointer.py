@@ -38,9 +38,9 @@ from typing import Callable, Protocol
 import torch
 
 from ptune_dist.errors import CheckpointError
+from ptune_dist.nofollow import refuse_link
 
 from .folders import prune, step_dir
-from ptune_dist.nofollow import refuse_link
 from .read import Training, read_training, state_by_param
 from .state import jsonable, save, tupled
 
@@ -56,8 +56,18 @@ class EngineState(Stateful, Protocol):
 
 
 class Checkpointer:
-    def __init__(self, root: Path, *, engine: EngineState, loader: Stateful, rng: Stateful, config_yaml: str,
-                 keep: int, is_main: bool, barrier: Callable[[], None]):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        engine: EngineState,
+        loader: Stateful,
+        rng: Stateful,
+        config_yaml: str,
+        keep: int,
+        is_main: bool,
+        barrier: Callable[[], None],
+    ):
         """`root`: the run's checkpoints/ folder; `config_yaml`: the resolved config each checkpoint keeps;
         `keep`: train.keep_checkpoints; `barrier`: waits for every rank (a no-op with one)."""
         self.root, self.engine, self.loader, self.rng = Path(root), engine, loader, rng
@@ -98,9 +108,11 @@ def to_layout(engine: dict, loader: dict, rng: dict) -> dict:
                 tensors[f"state.{name}.{slot}"] = value
             else:
                 scalars.setdefault(name, {})[slot] = value
-    return {"optimizer": (tensors, {"param_groups": engine["optimizer"]["param_groups"], "scalars": scalars}),
-            "training": {"scheduler": engine["scheduler"], "loader": loader},
-            "rng_states": [(r["cpu"], jsonable(r["python"]), r["cuda"]) for r in rng["ranks"]]}
+    return {
+        "optimizer": (tensors, {"param_groups": engine["optimizer"]["param_groups"], "scalars": scalars}),
+        "training": {"scheduler": engine["scheduler"], "loader": loader},
+        "rng_states": [(r["cpu"], jsonable(r["python"]), r["cuda"]) for r in rng["ranks"]],
+    }
 
 
 def from_layout(saved: Training) -> dict:
@@ -113,10 +125,13 @@ def from_layout(saved: Training) -> dict:
         if slots:
             optimizer[name] = slots
     rngs = saved.rngs
-    ranks = [{"cpu": rngs.get(f"rank{r}"), "python": tupled(py), "cuda": rngs.get(f"rank{r}.cuda")}
-             for r, py in enumerate(state["python_rng"])]
-    engine = {"weights": saved.weights, "optimizer": {"state": optimizer, "param_groups": meta["param_groups"]},
-              "scheduler": state["scheduler"]}
-    return {"engine": engine,
-            "loader": state["loader"],
-            "rng": {"ranks": ranks, "step": saved.step}}
+    ranks = [
+        {"cpu": rngs.get(f"rank{r}"), "python": tupled(py), "cuda": rngs.get(f"rank{r}.cuda")}
+        for r, py in enumerate(state["python_rng"])
+    ]
+    engine = {
+        "weights": saved.weights,
+        "optimizer": {"state": optimizer, "param_groups": meta["param_groups"]},
+        "scheduler": state["scheduler"],
+    }
+    return {"engine": engine, "loader": state["loader"], "rng": {"ranks": ranks, "step": saved.step}}

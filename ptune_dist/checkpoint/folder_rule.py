@@ -33,10 +33,10 @@ HIDDEN_LEFTOVER = re.compile(r"\..+\.(?:tmp|probe|old-[0-9a-f]{8}|tmp-[0-9a-f]{8
 
 @dataclass(frozen=True)
 class Kind:
-    command: str                   # "ptune train", for the message
-    own: Callable[[Path], bool]    # the folder is this command's own earlier run
-    made: tuple[str, ...]          # what ptune puts there before that run's record exists
-    writes: str                    # what the command writes there, for the message
+    command: str  # "ptune train", for the message
+    own: Callable[[Path], bool]  # the folder is this command's own earlier run
+    made: tuple[str, ...]  # what ptune puts there before that run's record exists
+    writes: str  # what the command writes there, for the message
 
 
 def _file(p: Path) -> bool:
@@ -44,16 +44,28 @@ def _file(p: Path) -> bool:
 
 
 def _train_run(folder: Path) -> bool:
-    return (_file(folder / "final" / "manifest.json") or (folder / "checkpoints").is_dir()
-            or _file(folder / "metrics.jsonl"))  # the train loop's first file, opened before its config.yaml
+    return (
+        _file(folder / "final" / "manifest.json")
+        or (folder / "checkpoints").is_dir()
+        or _file(folder / "metrics.jsonl")
+    )  # the train loop's first file, opened before its config.yaml
 
 
-TRAIN = Kind("ptune train", _train_run, (".ptune-lock", "launch.yaml", "slurm", "attempts.json"),
-             "config.yaml, metrics.jsonl, checkpoints/, final/, results.json")
-SWEEP = Kind("ptune sweep", lambda f: _file(f / "sweep.json"), ("slurm",),
-             "sweep.json, cells/, results.csv, results.md")
-STUDY = Kind("ptune study", lambda f: _file(f / "study.json"), ("slurm",),
-             "config.yaml, study.json, cells/, results.csv, report/, ensembles/")
+TRAIN = Kind(
+    "ptune train",
+    _train_run,
+    (".ptune-lock", "launch.yaml", "slurm", "attempts.json"),
+    "config.yaml, metrics.jsonl, checkpoints/, final/, results.json",
+)
+SWEEP = Kind(
+    "ptune sweep", lambda f: _file(f / "sweep.json"), ("slurm",), "sweep.json, cells/, results.csv, results.md"
+)
+STUDY = Kind(
+    "ptune study",
+    lambda f: _file(f / "study.json"),
+    ("slurm",),
+    "config.yaml, study.json, cells/, results.csv, report/, ensembles/",
+)
 
 
 def foreign(folder, kind: Kind) -> list[str]:
@@ -61,8 +73,7 @@ def foreign(folder, kind: Kind) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir() or kind.own(folder):
         return []
-    return sorted(name for name in os.listdir(folder)
-                  if name not in kind.made and not HIDDEN_LEFTOVER.fullmatch(name))
+    return sorted(name for name in os.listdir(folder) if name not in kind.made and not HIDDEN_LEFTOVER.fullmatch(name))
 
 
 def check_folder(folder, kind: Kind, key: str = "output_dir") -> None:
@@ -70,6 +81,8 @@ def check_folder(folder, kind: Kind, key: str = "output_dir") -> None:
     names = foreign(folder, kind)
     if names:
         shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
-        raise ConfigError(f"{key}={str(folder)!r} holds {shown}: files {kind.command} did not create, and no "
-                          f"earlier run of it; it writes {kind.writes} there, over files of the same names: choose a new "
-                          f"or empty {key}, or move those files away (nothing was written)")
+        raise ConfigError(
+            f"{key}={str(folder)!r} holds {shown}: files {kind.command} did not create, and no "
+            f"earlier run of it; it writes {kind.writes} there, over files of the same names: choose a new "
+            f"or empty {key}, or move those files away (nothing was written)"
+        )

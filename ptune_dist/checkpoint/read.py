@@ -51,7 +51,7 @@ def state_by_param(tensors: dict) -> dict[str, dict]:
     """{param name: {slot: tensor}} from the state.<param name>.<slot> keys of optimizer.safetensors."""
     by_param: dict[str, dict] = {}
     for key, value in tensors.items():
-        name, slot = key[len("state."):].rsplit(".", 1)
+        name, slot = key[len("state.") :].rsplit(".", 1)
         by_param.setdefault(name, {})[slot] = value
     return by_param
 
@@ -86,13 +86,16 @@ def check_fits(folder: Path, saved: dict, shapes: dict) -> None:
     """The checkpoint's trainable tensors must be exactly the model's, name by name and shape by shape."""
     missing, unexpected = sorted(set(shapes) - set(saved)), sorted(set(saved) - set(shapes))
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {folder} does not fit this model: missing {missing[:4]}, "
-                              f"unexpected {unexpected[:4]} (another method, task list or base? to start "
-                              "afresh use another output_dir or train.resume=never)")
+        raise CheckpointError(
+            f"checkpoint {folder} does not fit this model: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]} (another method, task list or base? to start "
+            "afresh use another output_dir or train.resume=never)"
+        )
     for name, shape in shapes.items():
         if tuple(saved[name].shape) != tuple(shape):
-            raise CheckpointError(f"checkpoint {folder}: {name} has shape {tuple(saved[name].shape)}, "
-                                  f"the model expects {tuple(shape)}")
+            raise CheckpointError(
+                f"checkpoint {folder}: {name} has shape {tuple(saved[name].shape)}, the model expects {tuple(shape)}"
+            )
     bad = nonfinite(saved)
     if bad:
         raise CheckpointDamaged(folder, bad)
@@ -101,8 +104,10 @@ def check_fits(folder: Path, saved: dict, shapes: dict) -> None:
 def check_optimizer_fits(where: Path, meta: dict, names: list[str]) -> None:
     saved = [n for g in meta["param_groups"] for n in g["params"]]
     if saved != names:
-        raise CheckpointError(f"checkpoint {where}: its optimizer state is for parameters {saved[:3]}..., "
-                              f"this model trains {names[:3]}... (a different method or tasks?)")
+        raise CheckpointError(
+            f"checkpoint {where}: its optimizer state is for parameters {saved[:3]}..., "
+            f"this model trains {names[:3]}... (a different method or tasks?)"
+        )
 
 
 def load_trainable(folder: Path) -> dict:
@@ -127,6 +132,7 @@ def load_weights(folder: Path, model) -> None:
 class Training:
     """A resumable checkpoint read and checked whole, before anything of the run is touched: state.json,
     trainable.safetensors, optimizer.safetensors and rng.safetensors as they are on disk."""
+
     folder: Path
     state: dict
     weights: dict
@@ -146,12 +152,15 @@ def read_training(folder: Path, shapes: dict) -> Training:
     folder = Path(folder)
     state = read_state(folder)
     if "optimizer" not in state:
-        raise CheckpointError(f"checkpoint {folder} has no training state (a final/ export?); "
-                              "it can be evaluated or exported, not resumed")
+        raise CheckpointError(
+            f"checkpoint {folder} has no training state (a final/ export?); "
+            "it can be evaluated or exported, not resumed"
+        )
     for key, kind in TRAINING_KEYS.items():
         if not isinstance(state.get(key), kind):
-            raise CheckpointDamaged(folder, f"state.json key {key!r} is {type(state.get(key)).__name__}, "
-                                            f"expected {kind.__name__}")
+            raise CheckpointDamaged(
+                folder, f"state.json key {key!r} is {type(state.get(key)).__name__}, expected {kind.__name__}"
+            )
     meta = state["optimizer"]
     if not isinstance(meta.get("param_groups"), list) or not isinstance(meta.get("scalars"), dict):
         raise CheckpointDamaged(folder, "state.json optimizer lacks param_groups (a list) or scalars (a map)")
@@ -168,9 +177,12 @@ def read_training(folder: Path, shapes: dict) -> Training:
         for slot, t in slots.items():
             wanted = slot_shape(slot, tuple(shapes[name])) if name in shapes else None
             if not t.is_floating_point() or tuple(t.shape) != wanted:
-                raise CheckpointDamaged(folder, f"optimizer.safetensors tensor state.{name}.{slot} is {t.dtype} "
-                                                f"{tuple(t.shape)}, expected a float tensor of shape {wanted} "
-                                                f"(its parameter is {tuple(shapes.get(name, ()))})")
+                raise CheckpointDamaged(
+                    folder,
+                    f"optimizer.safetensors tensor state.{name}.{slot} is {t.dtype} "
+                    f"{tuple(t.shape)}, expected a float tensor of shape {wanted} "
+                    f"(its parameter is {tuple(shapes.get(name, ()))})",
+                )
     bad = nonfinite(optimizer)
     if bad:
         raise CheckpointDamaged(folder, f"optimizer state: {bad}")

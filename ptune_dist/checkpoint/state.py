@@ -28,14 +28,45 @@ from ptune_dist.errors import CheckpointError
 
 from .atomic import atomic_dir, is_valid, verify
 from .folders import STEP_DIR, latest_complete, prune, resume_point, step_dir, step_dirs
-from .read import (TRAINING_KEYS, CheckpointDamaged, Training, check_fits, check_optimizer_fits, load_weights,
-                   nonfinite, read_state, read_training, state_by_param)
+from .read import (
+    TRAINING_KEYS,
+    CheckpointDamaged,
+    Training,
+    check_fits,
+    check_optimizer_fits,
+    load_weights,
+    nonfinite,
+    read_state,
+    read_training,
+    state_by_param,
+)
 
 __all__ = [  # defined here (save_file: what save() writes with); the rest re-exported for the code and tests
-    "save", "trainable_state", "rng_state", "jsonable", "tupled", "save_file", "load_file",  # that import them here
-    "is_valid", "verify", "STEP_DIR", "latest_complete", "prune", "resume_point", "step_dir", "step_dirs",
-    "TRAINING_KEYS", "CheckpointDamaged", "Training", "check_fits", "check_optimizer_fits", "load_weights",
-    "nonfinite", "read_state", "read_training", "state_by_param",
+    "save",
+    "trainable_state",
+    "rng_state",
+    "jsonable",
+    "tupled",
+    "save_file",
+    "load_file",  # that import them here
+    "is_valid",
+    "verify",
+    "STEP_DIR",
+    "latest_complete",
+    "prune",
+    "resume_point",
+    "step_dir",
+    "step_dirs",
+    "TRAINING_KEYS",
+    "CheckpointDamaged",
+    "Training",
+    "check_fits",
+    "check_optimizer_fits",
+    "load_weights",
+    "nonfinite",
+    "read_state",
+    "read_training",
+    "state_by_param",
 ]
 
 
@@ -51,8 +82,17 @@ def rng_state():
     return torch.get_rng_state(), jsonable(random.getstate()), cuda
 
 
-def save(folder: Path, config_yaml: str, trainable: dict, *, optimizer: tuple | None = None,
-         training: dict | None = None, step: int = 0, rng_states: list | None = None, extra: dict | None = None) -> Path:
+def save(
+    folder: Path,
+    config_yaml: str,
+    trainable: dict,
+    *,
+    optimizer: tuple | None = None,
+    training: dict | None = None,
+    step: int = 0,
+    rng_states: list | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write a checkpoint atomically (call on the writing rank only).
 
     trainable: {name: full fp32 tensor}; optimizer: (tensors keyed state.<param>.<slot>, {"param_groups",

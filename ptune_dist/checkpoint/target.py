@@ -24,9 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ptune_dist import nofollow
 from ptune_dist.errors import DataError, PtuneError
 
-from ptune_dist import nofollow
 from .live import held_runs
 
 
@@ -56,13 +56,22 @@ def _not_into_inputs(out: Path, inputs, option: str) -> None:
     real = out.resolve()
     named = [(Path(given).resolve(), f"the input {Path(given).resolve()}") for given in inputs]
     for source, what in [*named, (Path.cwd().resolve(), "the current folder")]:
-        where = ("is" if real == source else "is inside" if _inside(real, source) else
-                 "holds" if _inside(source, real) else None)
+        where = (
+            "is"
+            if real == source
+            else "is inside"
+            if _inside(real, source)
+            else "holds"
+            if _inside(source, real)
+            else None
+        )
         if where == "is inside" and what == "the current folder":
             continue  # a new folder below the one the command runs in: the usual case
         if where:
-            raise PtuneError(f"{option} {out} {where} {what}: a command never writes into its own input or "
-                             "over the folder it runs in; choose another path (nothing was written)")
+            raise PtuneError(
+                f"{option} {out} {where} {what}: a command never writes into its own input or "
+                "over the folder it runs in; choose another path (nothing was written)"
+            )
 
 
 def existing_above(path: Path) -> Path:
@@ -85,19 +94,21 @@ def refuse_live(out: Path, option: str) -> None:
     live = held_runs(out)
     if live:
         run, who = live[0]
-        where = ("is a run" if run == out else f"is inside {run}, a run" if _inside(out, run)
-                 else f"holds {run}, a run")
-        raise PtuneError(f"{option} {out} {where} that a ptune train is writing now ({who}); --force never removes "
-                         f"a running run or anything inside it: wait for it to end, or choose another {option} "
-                         "(nothing was written)")
+        where = "is a run" if run == out else f"is inside {run}, a run" if _inside(out, run) else f"holds {run}, a run"
+        raise PtuneError(
+            f"{option} {out} {where} that a ptune train is writing now ({who}); --force never removes "
+            f"a running run or anything inside it: wait for it to end, or choose another {option} "
+            "(nothing was written)"
+        )
 
 
 def check_target(out, inputs, force: bool, option: str = "--out") -> str | None:
     """Raise unless `out` may be written; returns what writing it will replace (None: nothing)."""
     out = Path(os.path.abspath(out))
     if out.is_symlink():  # replacing would replace the link, not what it points to: never what was meant
-        raise PtuneError(f"{option} {out} is a symbolic link (to {os.readlink(out)}); give the real path "
-                         "(nothing was written)")
+        raise PtuneError(
+            f"{option} {out} is a symbolic link (to {os.readlink(out)}); give the real path (nothing was written)"
+        )
     _not_into_inputs(out, list(inputs), option)
     _writable_place(out, option)
     if not out.exists():
@@ -107,8 +118,10 @@ def check_target(out, inputs, force: bool, option: str = "--out") -> str | None:
     refuse_live(out, option)
     what = describe(out)
     if not force:
-        raise PtuneError(f"{option} {out}: {what} already exists; choose a new {option}, or pass --force to "
-                         "replace it (nothing was written)")
+        raise PtuneError(
+            f"{option} {out}: {what} already exists; choose a new {option}, or pass --force to "
+            "replace it (nothing was written)"
+        )
     return what
 
 
@@ -132,13 +145,15 @@ def check_output(output: str, input_file, force: bool = False, inputs=()) -> str
     if out.exists() and not out.is_file() and not out.is_dir():  # a device or a pipe: written, never replaced
         return "stream"
     if out.is_symlink():
-        raise DataError(f"--output {out} is a symbolic link (to {os.readlink(out)}); give the real path "
-                        "(nothing was written)")
+        raise DataError(
+            f"--output {out} is a symbolic link (to {os.readlink(out)}); give the real path (nothing was written)"
+        )
     if out.is_dir():
         raise DataError(f"--output {out} is a folder; give a file name (nothing was written)")
     if out.exists() and Path(input_file).exists() and os.path.samefile(out, input_file):
-        raise DataError(f"--output {out} is the --input file; a command never writes into its own input "
-                        "(nothing was written)")
+        raise DataError(
+            f"--output {out} is the --input file; a command never writes into its own input (nothing was written)"
+        )
     try:
         _not_into_inputs(out, list(inputs), "--output")
     except PtuneError as e:
@@ -153,8 +168,10 @@ def check_output(output: str, input_file, force: bool = False, inputs=()) -> str
         except PtuneError as e:
             raise DataError(str(e)) from None
     if replaces and not force:
-        raise DataError(f"--output {out} already exists ({out.stat().st_size} bytes); choose a new --output, or "
-                        "pass --force to replace it (nothing was written)")
+        raise DataError(
+            f"--output {out} already exists ({out.stat().st_size} bytes); choose a new --output, or "
+            "pass --force to replace it (nothing was written)"
+        )
     try:  # can we create a file there? permissions, a read-only disk: better now than after the predictions
         fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.", suffix=".probe")
         os.close(fd)

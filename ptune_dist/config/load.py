@@ -37,9 +37,10 @@ from ptune_dist.errors import ConfigError
 from ptune_dist.methods import DEFAULT_METHOD, PromptMethod, method_class, owners
 
 from .literal import Literals, key_path
-from .shape import TextLoader, shaped, unwrap
 from .schema import RunConfig
+from .shape import TextLoader, shaped, unwrap
 from .validate import validate
+
 
 def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> RunConfig:
     literals = Literals()
@@ -138,8 +139,10 @@ def _method_keys(layer: dict, method: type[PromptMethod], where: str) -> dict:
         if key in own or not owners(key):  # an unknown key: OmegaConf's error lists the keys allowed
             kept[key] = value
         elif not _at_default(key, value):
-            raise ConfigError(f"method.{key}={value}: method.name={method.name} has no key {key}; it is a key of "
-                              f"{', '.join(owners(key))} ({where})")
+            raise ConfigError(
+                f"method.{key}={value}: method.name={method.name} has no key {key}; it is a key of "
+                f"{', '.join(owners(key))} ({where})"
+            )
     return {**layer, "method": shaped(kept, method.Config, "method", f"{where}: ")}
 
 
@@ -163,11 +166,13 @@ def _override_target(item: str, key: str, merged, method: type[PromptMethod]) ->
     dotted = key.strip().replace("[", ".").replace("]", "")
     parts = dotted.split(".")
     if not dotted.strip("."):
-        raise ConfigError(f"override {item!r}: the key before '=' is empty; expected dotted.key=value, "
-                          "e.g. train.steps=5")
+        raise ConfigError(
+            f"override {item!r}: the key before '=' is empty; expected dotted.key=value, e.g. train.steps=5"
+        )
     if "" in parts:
-        raise ConfigError(f"override {item!r}: the key {key!r} has an empty part; expected dotted.key=value, "
-                          "e.g. train.steps=5")
+        raise ConfigError(
+            f"override {item!r}: the key {key!r} has an empty part; expected dotted.key=value, e.g. train.steps=5"
+        )
     tp: Any = RunConfig
     for i, part in enumerate(parts):
         here, tp = ".".join(parts[:i]), unwrap(tp)
@@ -193,10 +198,13 @@ def _check_index(key: str, part: str, current) -> None:
         return
     items = ", ".join(f"{key}.{i}" for i in range(min(n, 3))) + (f" ... {key}.{n - 1}" if n > 3 else "")
     if key == "tasks":
-        raise ConfigError(f"tasks.{part}: the config has {n} task{'s' * (n != 1)} ({items or 'none'}); tasks are "
-                          "added in a YAML file or with tasks=[...]")
-    raise ConfigError(f"{key}.{part}: {key} has {n} item{'s' * (n != 1)} ({items or 'none'}); set the whole list "
-                      f"with {key}=[...]")
+        raise ConfigError(
+            f"tasks.{part}: the config has {n} task{'s' * (n != 1)} ({items or 'none'}); tasks are "
+            "added in a YAML file or with tasks=[...]"
+        )
+    raise ConfigError(
+        f"{key}.{part}: {key} has {n} item{'s' * (n != 1)} ({items or 'none'}); set the whole list with {key}=[...]"
+    )
 
 
 def _read_yaml(path: Path, literals: Literals):
@@ -240,8 +248,13 @@ def _explain(e: OmegaConfBaseException) -> str:
 def to_yaml(cfg: RunConfig) -> str:
     """The config as YAML (OmegaConf's layout) that load_config and from_yaml read back to the same config,
     free text included as written (dumped from the dataclasses: OmegaConf would parse a `${` in it)."""
-    return yaml.dump(dataclasses.asdict(cfg), Dumper=get_omega_conf_dumper(), default_flow_style=False,
-                     allow_unicode=True, sort_keys=False)
+    return yaml.dump(
+        dataclasses.asdict(cfg),
+        Dumper=get_omega_conf_dumper(),
+        default_flow_style=False,
+        allow_unicode=True,
+        sort_keys=False,
+    )
 
 
 def from_yaml(text: str) -> RunConfig:
@@ -249,8 +262,9 @@ def from_yaml(text: str) -> RunConfig:
     layer = _layer(text, "config", literals)
     method = method_class(_method_name([("config", layer)], []))
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(_schema(method), OmegaConf.create(_method_keys(layer, method,
-                                                                                                "config"))))
+        cfg = OmegaConf.to_object(
+            OmegaConf.merge(_schema(method), OmegaConf.create(_method_keys(layer, method, "config")))
+        )
     except OmegaConfBaseException as e:
         raise ConfigError(literals.text(_explain(e))) from None
     literals.restore(cfg)

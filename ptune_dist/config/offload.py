@@ -13,7 +13,8 @@ from ptune_dist.errors import ConfigError
 def check_offload(d) -> None:
     zero = d.zero_stage if d.engine == "deepspeed" else 0
     if d.offload_optimizer and zero < 2:
-        raise ConfigError("distributed.offload_optimizer needs distributed.engine=deepspeed and "
-                          "distributed.zero_stage 2 or 3")
+        raise ConfigError(
+            "distributed.offload_optimizer needs distributed.engine=deepspeed and distributed.zero_stage 2 or 3"
+        )
     if d.offload_params and zero != 3:
         raise ConfigError("distributed.offload_params needs distributed.engine=deepspeed and distributed.zero_stage=3")

@@ -29,12 +29,15 @@ def require_bitsandbytes(key: str = "model.quant") -> str:
     try:
         version = metadata.version("bitsandbytes")
     except metadata.PackageNotFoundError:
-        raise ConfigError(f"{key}: quantised bases need bitsandbytes, which is not installed; "
-                          "run `pip install bitsandbytes` (>= 0.45)") from None
+        raise ConfigError(
+            f"{key}: quantised bases need bitsandbytes, which is not installed; "
+            "run `pip install bitsandbytes` (>= 0.45)"
+        ) from None
     parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if parts < MIN_BNB:
-        raise ConfigError(f"{key}: bitsandbytes {version} is too old (CPU support needs >= 0.45); "
-                          "run `pip install -U bitsandbytes`")
+        raise ConfigError(
+            f"{key}: bitsandbytes {version} is too old (CPU support needs >= 0.45); run `pip install -U bitsandbytes`"
+        )
     return version
 
 
@@ -52,23 +55,32 @@ def validate(model_cfg, trains_base: bool, method_name: str, distributed=None, d
         for key, default in (("quant_double", False), ("quant_compute_dtype", "auto"), ("quant_storage", "uint8")):
             value = getattr(model_cfg, key)
             if value != default:
-                why = "has no effect without model.quant" if q == "none" else \
-                    f"applies to 4-bit bases only and model.quant={q} ignores it"
+                why = (
+                    "has no effect without model.quant"
+                    if q == "none"
+                    else f"applies to 4-bit bases only and model.quant={q} ignores it"
+                )
                 raise ConfigError(f"model.{key}={value!r} {why} (nf4 or fp4); set model.quant or remove the key")
     if q == "none":
         return
     if trains_base:
-        raise ConfigError(f"model.quant={q}: method.name={method_name} trains the base weights, which a "
-                          "quantised base cannot (bitsandbytes layers have no weight gradient); use "
-                          "model.quant=none or a prompt method")
+        raise ConfigError(
+            f"model.quant={q}: method.name={method_name} trains the base weights, which a "
+            "quantised base cannot (bitsandbytes layers have no weight gradient); use "
+            "model.quant=none or a prompt method"
+        )
     if q == "int8" and distributed is not None and distributed.engine == "deepspeed" and distributed.zero_stage == 3:
-        raise ConfigError("model.quant=int8 with distributed.zero_stage=3: bitsandbytes' Linear8bitLt keeps a second "
-                          "reference to its whole int8 weight (weight.CB, then state.CB), so ZeRO-3 cannot free the "
-                          "parts other ranks own and every rank would hold the whole base; use model.quant=nf4 with "
-                          "model.quant_storage=bfloat16, or distributed.zero_stage 0-2 (docs/quant.md)")
+        raise ConfigError(
+            "model.quant=int8 with distributed.zero_stage=3: bitsandbytes' Linear8bitLt keeps a second "
+            "reference to its whole int8 weight (weight.CB, then state.CB), so ZeRO-3 cannot free the "
+            "parts other ranks own and every rank would hold the whole base; use model.quant=nf4 with "
+            "model.quant_storage=bfloat16, or distributed.zero_stage 0-2 (docs/quant.md)"
+        )
     if model_cfg.dtype == "float16" or (four_bit and compute_dtype(model_cfg) == "float16"):
         key = "model.dtype" if model_cfg.dtype == "float16" else "model.quant_compute_dtype"
         if not devices.on_gpu(device):
-            raise ConfigError(f"{key}=float16 with model.quant={q} and train.device={device}: bitsandbytes' CPU "
-                              "kernels take float32 or bfloat16; use one of those (docs/quant.md)")
+            raise ConfigError(
+                f"{key}=float16 with model.quant={q} and train.device={device}: bitsandbytes' CPU "
+                "kernels take float32 or bfloat16; use one of those (docs/quant.md)"
+            )
     require_bitsandbytes()

@@ -20,8 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ptune_dist.fields import (GPUS, INT32, NODE_PROCS, NODES, RESTARTS, THREADS, TIMEOUT, choice, number, numbers,
-                               text)
+from ptune_dist.fields import GPUS, INT32, NODE_PROCS, NODES, RESTARTS, THREADS, TIMEOUT, choice, number, numbers, text
 from ptune_dist.kernels.api import CHOICES as ATTENTION_IMPLS
 from ptune_dist.methods import DEFAULT_METHOD, METHODS
 from ptune_dist.methods.config import INITS, LABELS, RANDOM, VOCAB, MethodConfig

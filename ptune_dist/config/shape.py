@@ -33,8 +33,10 @@ class TextLoader(_TYPED_LOADER):
 
 
 TextLoader.yaml_implicit_resolvers = {
-    first: kept for first, resolvers in _TYPED_LOADER.yaml_implicit_resolvers.items()
-    if (kept := [(tag, regexp) for tag, regexp in resolvers if tag in _KEPT_TAGS])}
+    first: kept
+    for first, resolvers in _TYPED_LOADER.yaml_implicit_resolvers.items()
+    if (kept := [(tag, regexp) for tag, regexp in resolvers if tag in _KEPT_TAGS])
+}
 
 
 def unwrap(tp):
@@ -75,8 +77,9 @@ def shaped(value, tp, key: str, where: str):
             if not isinstance(k, str):
                 raise ConfigError(f"{where}{key or 'the top level'}: a key is {_show(k)}; a key is text (quote it)")
         # a key the schema lacks stays as it is: OmegaConf's error lists the keys allowed there
-        return {k: shaped(v, hints[k], f"{key}.{k}" if key else k, where) if k in hints else v
-                for k, v in value.items()}
+        return {
+            k: shaped(v, hints[k], f"{key}.{k}" if key else k, where) if k in hints else v for k, v in value.items()
+        }
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}{key} must be {_what(tp, key)}, found {_show(value)}")
@@ -102,8 +105,11 @@ def _what(tp, key: str) -> str:
         return f"a list of {_MANY.get(args[0], 'values')}"
     if origin is dict:
         inner = typing.get_args(args[1])
-        return ("a mapping" if args[1] is Any or not inner
-                else f"a mapping of names to lists of {_MANY.get(inner[0], 'values')}")
+        return (
+            "a mapping"
+            if args[1] is Any or not inner
+            else f"a mapping of names to lists of {_MANY.get(inner[0], 'values')}"
+        )
     return _ONE.get(tp, "a value")
 
 
@@ -114,7 +120,10 @@ def _typed(value):
         return {k: _typed(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_typed(v) for v in value]
-    if isinstance(value, str) and value and any(
-            regexp.match(value) for _, regexp in _TYPED_LOADER.yaml_implicit_resolvers.get(value[0], [])):
+    if (
+        isinstance(value, str)
+        and value
+        and any(regexp.match(value) for _, regexp in _TYPED_LOADER.yaml_implicit_resolvers.get(value[0], []))
+    ):
         return yaml.load(value, Loader=_TYPED_LOADER)
     return value

@@ -42,8 +42,11 @@ def _check_fields(obj, prefix: str) -> None:
             for item in value if isinstance(value, list) else [value]:
                 problem = domain.problem(item)
                 if problem:
-                    raise ConfigError(f"{key}={value}: every value {problem}" if isinstance(value, list)
-                                      else f"{key}={value} {problem}")
+                    raise ConfigError(
+                        f"{key}={value}: every value {problem}"
+                        if isinstance(value, list)
+                        else f"{key}={value} {problem}"
+                    )
         elif isinstance(value, float) and not math.isfinite(value):  # a float without a declared domain too
             raise ConfigError(f"{key}={value} must be a finite number")
         if dataclasses.is_dataclass(value):
@@ -97,8 +100,10 @@ def rdzv_address(endpoint: str, key: str = "launch.rdzv_endpoint") -> tuple[str,
     else:
         ok = ok and len(host) <= 253 and bool(HOSTNAME.fullmatch(host))
     if not ok:
-        raise ConfigError(f"{key}={endpoint!r}: expected host:port, the host a hostname, an IPv4 address or an "
-                          "[IPv6 address] and the port 1-65535, e.g. 10.0.0.5:29400 or [fd00::5]:29400")
+        raise ConfigError(
+            f"{key}={endpoint!r}: expected host:port, the host a hostname, an IPv4 address or an "
+            "[IPv6 address] and the port 1-65535, e.g. 10.0.0.5:29400 or [fd00::5]:29400"
+        )
     return host, int(port)
 
 
@@ -108,15 +113,18 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     records where that run started, a checkpoint that may have been pruned since."""
     _check_fields(cfg, "")
     if not cfg.output_dir.strip():
-        raise ConfigError("output_dir is empty: give the run's folder (an empty one would write the run into "
-                          "the current folder)")
+        raise ConfigError(
+            "output_dir is empty: give the run's folder (an empty one would write the run into the current folder)"
+        )
     if not cfg.model.name_or_path.strip():
         raise ConfigError("model.name_or_path is empty: give a local HF folder, embedded:<name> or a hub id")
     m, t = cfg.method, cfg.train
     cls = method_class(m.name)
     if not isinstance(m, cls.Config):
-        raise ConfigError(f"method: the section is a {type(m).__name__}, not method.name={m.name}'s "
-                          f"{cls.__name__}.Config (build it with {cls.__name__}.section(...))")
+        raise ConfigError(
+            f"method: the section is a {type(m).__name__}, not method.name={m.name}'s "
+            f"{cls.__name__}.Config (build it with {cls.__name__}.section(...))"
+        )
     cls.check_config(m)  # the method's own rules (ptune_dist/methods)
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas={t.betas}: expected two numbers")
@@ -129,23 +137,29 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     names = [task.name for task in cfg.tasks]
     for i, name in enumerate(names):
         if not TASK_NAME.fullmatch(name):
-            raise ConfigError(f"tasks.{i}.name={name!r}: a task name is letters, digits, _ and - only, not empty "
-                              "(it becomes metric keys and file names)")
+            raise ConfigError(
+                f"tasks.{i}.name={name!r}: a task name is letters, digits, _ and - only, not empty "
+                "(it becomes metric keys and file names)"
+            )
     if len(set(names)) != len(names):
         raise ConfigError(f"tasks: names must be unique, got {names}")
     for i, task in enumerate(cfg.tasks):
         twice = sorted({lab for lab in task.labels if task.labels.count(lab) > 1})
         if twice:
-            raise ConfigError(f"tasks.{i}.labels={task.labels}: {', '.join(map(repr, twice))} given twice; "
-                              "each label once (its place is its class index)")
+            raise ConfigError(
+                f"tasks.{i}.labels={task.labels}: {', '.join(map(repr, twice))} given twice; "
+                "each label once (its place is its class index)"
+            )
     types = {task.type for task in cfg.tasks}
     if len(types) > 1:
         raise ConfigError(f"tasks: one batch mixes tasks of one type only, got types {sorted(types)}")
     for i, task in enumerate(cfg.tasks):
         key = f"tasks.{i}"
         if "{soft}" in task.template and not cls.placement.soft:
-            raise ConfigError(f"{key}.template places {{soft}}, but method.name={m.name} has no virtual "
-                              "input tokens (deep prompts sit in every layer); remove {soft}")
+            raise ConfigError(
+                f"{key}.template places {{soft}}, but method.name={m.name} has no virtual "
+                "input tokens (deep prompts sit in every layer); remove {soft}"
+            )
         if task.type == "token_classification" and task.scoring != "head":
             raise ConfigError(f"{key}.scoring={task.scoring!r}: token_classification needs scoring=head")
         if task.type == "generation" and task.scoring == "head":
@@ -154,19 +168,25 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
             raise ConfigError(f"method.init={m.init} needs class labels; {key}.type is {task.type}")
         for label, words in task.verbalizer.items():
             if not words:
-                raise ConfigError(f"{key}.verbalizer.{label}: no label words; give at least one (e.g. "
-                                  f"{label}: [' {label}']), or its score would be -infinity")
+                raise ConfigError(
+                    f"{key}.verbalizer.{label}: no label words; give at least one (e.g. "
+                    f"{label}: [' {label}']), or its score would be -infinity"
+                )
             if "" in words:
-                raise ConfigError(f"{key}.verbalizer.{label}.{words.index('')}: an empty label word; a word "
-                                  "needs at least one character (a leading space included: ' yes')")
+                raise ConfigError(
+                    f"{key}.verbalizer.{label}.{words.index('')}: an empty label word; a word "
+                    "needs at least one character (a leading space included: ' yes')"
+                )
 
 
 def _check_resume(resume: str, check_paths: bool) -> None:
     """auto, never, or a checkpoint folder that is there (a typo would fail only after the model loads)."""
     if resume in ("auto", "never"):
         return
-    choose = ("choose auto (the newest complete checkpoint in output_dir), never (start afresh) or the path "
-              "of a checkpoint folder (output_dir/checkpoints/step-N)")
+    choose = (
+        "choose auto (the newest complete checkpoint in output_dir), never (start afresh) or the path "
+        "of a checkpoint folder (output_dir/checkpoints/step-N)"
+    )
     if not resume.strip():
         raise ConfigError(f"train.resume is empty; {choose}")
     path = Path(resume)
@@ -187,24 +207,33 @@ def _check_distributed(cfg: RunConfig) -> None:
     owned = {"stage": "zero_stage", "offload_optimizer": "offload_optimizer", "offload_param": "offload_params"}
     for key in d.zero_extra:
         if key in owned:
-            raise ConfigError(f"distributed.zero_extra.{key}: set distributed.{owned[key]} instead "
-                              "(ptune validates it and builds the DeepSpeed section)")
+            raise ConfigError(
+                f"distributed.zero_extra.{key}: set distributed.{owned[key]} instead "
+                "(ptune validates it and builds the DeepSpeed section)"
+            )
     if cfg.train.on_nonfinite == "skip":
-        raise ConfigError("train.on_nonfinite=skip needs distributed.engine=torch: DeepSpeed applies an update "
-                          "before ptune can see it is non-finite, so only train.on_nonfinite=stop is safe there")
+        raise ConfigError(
+            "train.on_nonfinite=skip needs distributed.engine=torch: DeepSpeed applies an update "
+            "before ptune can see it is non-finite, so only train.on_nonfinite=stop is safe there"
+        )
     check_offload(d)  # config/offload.py: the rule the planner asks too
     if cfg.train.optimizer != "adamw":
-        raise ConfigError(f"train.optimizer={cfg.train.optimizer}: with distributed.engine=deepspeed use adamw "
-                          "(ZeRO flattens the parameters, which undoes Adafactor's factored statistics)")
+        raise ConfigError(
+            f"train.optimizer={cfg.train.optimizer}: with distributed.engine=deepspeed use adamw "
+            "(ZeRO flattens the parameters, which undoes Adafactor's factored statistics)"
+        )
 
 
 def _check_launch(cfg: RunConfig) -> None:
     L = cfg.launch
     if L.node_rank >= L.nnodes:
-        raise ConfigError(f"launch.node_rank={L.node_rank} must be < launch.nnodes={L.nnodes} (node ranks count "
-                          "from 0)")
+        raise ConfigError(
+            f"launch.node_rank={L.node_rank} must be < launch.nnodes={L.nnodes} (node ranks count from 0)"
+        )
     if L.rdzv_endpoint:
         rdzv_address(L.rdzv_endpoint)
     elif L.nnodes > 1 and L.backend == "local":
-        raise ConfigError(f"launch.rdzv_endpoint is empty, but launch.nnodes={L.nnodes} on the local backend needs "
-                          "node 0's host:port (e.g. launch.rdzv_endpoint=10.0.0.5:29400)")
+        raise ConfigError(
+            f"launch.rdzv_endpoint is empty, but launch.nnodes={L.nnodes} on the local backend needs "
+            "node 0's host:port (e.g. launch.rdzv_endpoint=10.0.0.5:29400)"
+        )

@@ -13,8 +13,23 @@ import random
 
 from ptune_dist.errors import DataError
 
-PRODUCTS = ["laptop", "phone", "headphones", "blender", "camera", "printer", "tablet", "smartwatch", "router",
-            "monitor", "speaker", "keyboard", "vacuum cleaner", "coffee machine", "e-reader"]
+PRODUCTS = [
+    "laptop",
+    "phone",
+    "headphones",
+    "blender",
+    "camera",
+    "printer",
+    "tablet",
+    "smartwatch",
+    "router",
+    "monitor",
+    "speaker",
+    "keyboard",
+    "vacuum cleaner",
+    "coffee machine",
+    "e-reader",
+]
 # per intent: patterns 0-6 are for training, 7-8 for validation, 9 for test
 PATTERNS = {
     "billing": [

@@ -21,18 +21,22 @@ def collate(examples: list[Example], pad_id: int, padding_side: str = "right") -
     for i, ex in enumerate(examples):
         n = len(ex.input_ids)
         off = T - n if padding_side == "left" else 0
-        ids[i, off:off + n] = torch.tensor(ex.input_ids)
-        mask[i, off:off + n] = 1
+        ids[i, off : off + n] = torch.tensor(ex.input_ids)
+        mask[i, off : off + n] = 1
         if ex.soft:
             soft[i, torch.tensor(ex.soft) + off] = True
         if ex.answer_pos >= 0:
             answer[i] = ex.answer_pos + off
         if has_labels and token_labels:
-            labels[i, off:off + n] = torch.tensor(ex.labels)
+            labels[i, off : off + n] = torch.tensor(ex.labels)
         elif has_labels:
             labels[i] = ex.labels
-    batch = {"input_ids": ids, "attention_mask": mask, "answer_pos": answer,
-             "seq_task": torch.tensor([ex.task_id for ex in examples])}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "answer_pos": answer,
+        "seq_task": torch.tensor([ex.task_id for ex in examples]),
+    }
     if soft.any():
         batch["soft_mask"] = soft
     if has_labels:

@@ -47,8 +47,10 @@ def task_template(task_cfg, key: str) -> Template | None:
     if task_cfg.template:
         template = Template(task_cfg.template, f"{key}.template")
         if not template.fields:
-            raise ConfigError(f"{key}.template={task_cfg.template!r} uses no field of the rows ({{text}}, "
-                              "{question}, ...): the model would never see the input")
+            raise ConfigError(
+                f"{key}.template={task_cfg.template!r} uses no field of the rows ({{text}}, "
+                "{question}, ...): the model would never see the input"
+            )
         return template
     return Template("{text}", f"{key}.template") if task_cfg.type == "classification" else None
 
@@ -63,15 +65,30 @@ def _water_level(lengths: list[int], excess: int) -> int | None:
 
 
 class TaskEncoder:
-    def __init__(self, spec: TaskSpec, task_cfg, tokenizer, kind: str, num_soft: int, budget: int,
-                 truncation: str, task_id: int, key: str):
+    def __init__(
+        self,
+        spec: TaskSpec,
+        task_cfg,
+        tokenizer,
+        kind: str,
+        num_soft: int,
+        budget: int,
+        truncation: str,
+        task_id: int,
+        key: str,
+    ):
         self.spec, self.cfg, self.tok, self.kind = spec, task_cfg, tokenizer, kind
         self.num_soft, self.budget, self.truncation, self.task_id, self.key = (
-            num_soft, budget, truncation, task_id, key)
+            num_soft,
+            budget,
+            truncation,
+            task_id,
+            key,
+        )
         probe = tokenizer("a", add_special_tokens=False)["input_ids"]
         framed = tokenizer("a")["input_ids"]
-        at = next(i for i in range(len(framed)) if framed[i:i + len(probe)] == probe)
-        self.lead, self.trail = framed[:at], framed[at + len(probe):]
+        at = next(i for i in range(len(framed)) if framed[i : i + len(probe)] == probe)
+        self.lead, self.trail = framed[:at], framed[at + len(probe) :]
         if kind == "causal_lm":
             self.trail = []  # the answer (or the output) follows the text directly
         self.template = task_template(task_cfg, key)
@@ -103,8 +120,11 @@ class TaskEncoder:
         """One example; `labelled` rows (training, evaluation) must carry their answer. A row that does
         not fit the task raises BadRow."""
         row = self.check(row, where, labelled)
-        encode = {"classification": self._classification, "generation": self._generation,
-                  "token_classification": self._tokens}[self.spec.type]
+        encode = {
+            "classification": self._classification,
+            "generation": self._generation,
+            "token_classification": self._tokens,
+        }[self.spec.type]
         return self._fit(encode, row, where)
 
     # -- fitting into the budget ---------------------------------------------------------------
@@ -113,11 +133,15 @@ class TaskEncoder:
         if len(ex.input_ids) <= self.budget:
             return ex
         if self.truncation == "error":
-            raise DataError(f"{where}: {len(ex.input_ids)} tokens > {self.budget} allowed (data.max_length, "
-                            "virtual tokens included); raise data.max_length or set data.truncation=right|left")
+            raise DataError(
+                f"{where}: {len(ex.input_ids)} tokens > {self.budget} allowed (data.max_length, "
+                "virtual tokens included); raise data.max_length or set data.truncation=right|left"
+            )
         if self.spec.type == "token_classification":
-            raise DataError(f"{where}: {len(row[self.cfg.tokens_field])} words do not fit in {self.budget} "
-                            "tokens (data.max_length); token classification does not truncate")
+            raise DataError(
+                f"{where}: {len(row[self.cfg.tokens_field])} words do not fit in {self.budget} "
+                "tokens (data.max_length); token classification does not truncate"
+            )
         row = dict(row)
         names = [f for f in (self.template.fields if self.template else ["input", "instruction"]) if row.get(f)]
         for _ in range(4):  # re-tokenizing cut text can differ by a token or two: check and go again
@@ -131,8 +155,10 @@ class TaskEncoder:
             ex = encode(row, where)
             if len(ex.input_ids) <= self.budget:
                 return ex
-        raise DataError(f"{where}: cannot truncate to {self.budget} tokens (data.max_length): what is not an "
-                        "input field (template text, virtual tokens, the answer) is too long")
+        raise DataError(
+            f"{where}: cannot truncate to {self.budget} tokens (data.max_length): what is not an "
+            "input field (template text, virtual tokens, the answer) is too long"
+        )
 
     # -- the task types ------------------------------------------------------------------------
     def _slots(self, ids: list[int], soft: list[int]) -> None:
@@ -173,7 +199,7 @@ class TaskEncoder:
             target = row.get(self.cfg.target_field)
         else:
             prompt = self._instruction_prompt(row["instruction"], row.get("input") or "")
-            lead = len(self.lead) if prompt[:len(self.lead)] == self.lead else 0
+            lead = len(self.lead) if prompt[: len(self.lead)] == self.lead else 0
             ids.extend(prompt[:lead])
             self._slots(ids, soft)  # virtual tokens after BOS, as everywhere
             ids.extend(prompt[lead:])
@@ -192,8 +218,9 @@ class TaskEncoder:
     def _instruction_prompt(self, instruction: str, inp: str) -> list[int]:
         if self._use_chat():
             user = instruction + (f"\n\n{inp}" if inp else "")
-            out = self.tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
-                                               tokenize=True)
+            out = self.tok.apply_chat_template(
+                [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=True
+            )
             return list(out["input_ids"] if hasattr(out, "keys") else out)
         text = f"### Instruction:\n{instruction}\n\n" + (f"### Input:\n{inp}\n\n" if inp else "") + "### Response:\n"
         return list(self.lead) + self.ids(text)

@@ -59,8 +59,11 @@ def describe(batch: dict, task_types: list[str]) -> dict:
         start += n
     mask = batch["attention_mask"]
     tokens = int(mask.sum())
-    out = {**batch, "table_index": torch.tensor([tasks.index(t) for t in ids], dtype=torch.long, device=device),
-           "group_order": torch.tensor(order, dtype=torch.long, device=device)}
+    out = {
+        **batch,
+        "table_index": torch.tensor([tasks.index(t) for t in ids], dtype=torch.long, device=device),
+        "group_order": torch.tensor(order, dtype=torch.long, device=device),
+    }
     longest = int(batch["seq_len"].max()) if is_packed(batch) else mask.shape[1]
     if kind == "generation" and "labels" in batch:
         out["label_index"], out["label_gold"] = label_positions(batch)
@@ -71,8 +74,9 @@ def describe(batch: dict, task_types: list[str]) -> dict:
         targets = int((batch["labels"] != IGNORE).sum()) if "labels" in batch else 0
     else:
         targets = len(ids)
-    out["host"] = HostInfo(len(ids), tuple(ids), tasks, tuple(groups), kind, tokens < mask.numel(), tokens,
-                           targets, longest)
+    out["host"] = HostInfo(
+        len(ids), tuple(ids), tasks, tuple(groups), kind, tokens < mask.numel(), tokens, targets, longest
+    )
     return out
 
 

@@ -77,21 +77,31 @@ def collate_packed(rows: list[list[Example]], pad_id: int, capacity: int | None 
         start = 0
         for s, ex in enumerate(row):
             n = len(ex.input_ids)
-            ids[b, start:start + n] = torch.tensor(ex.input_ids)
-            mask[b, start:start + n] = 1
-            segments[b, start:start + n] = s
-            positions[b, start:start + n] = torch.arange(n)
+            ids[b, start : start + n] = torch.tensor(ex.input_ids)
+            mask[b, start : start + n] = 1
+            segments[b, start : start + n] = s
+            positions[b, start : start + n] = torch.arange(n)
             if ex.soft:
                 soft[b, torch.tensor(ex.soft) + start] = True
             if has_labels and token_labels:
-                tok_labels[b, start:start + n] = torch.tensor(ex.labels)
-            for key, value in (("seq_row", b), ("seq_start", start), ("seq_len", n), ("seq_task", ex.task_id),
-                               ("answer_pos", ex.answer_pos + start if ex.answer_pos >= 0 else -1),
-                               ("labels", ex.labels if has_labels and not token_labels else 0)):
+                tok_labels[b, start : start + n] = torch.tensor(ex.labels)
+            for key, value in (
+                ("seq_row", b),
+                ("seq_start", start),
+                ("seq_len", n),
+                ("seq_task", ex.task_id),
+                ("answer_pos", ex.answer_pos + start if ex.answer_pos >= 0 else -1),
+                ("labels", ex.labels if has_labels and not token_labels else 0),
+            ):
                 seq[key].append(value)
             start += n
-    batch = {"input_ids": ids, "attention_mask": mask, "segment_ids": segments, "position_ids": positions,
-             **{key: torch.tensor(seq[key], dtype=torch.long) for key in seq if key != "labels"}}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "segment_ids": segments,
+        "position_ids": positions,
+        **{key: torch.tensor(seq[key], dtype=torch.long) for key in seq if key != "labels"},
+    }
     if soft.any():
         batch["soft_mask"] = soft
     if has_labels:

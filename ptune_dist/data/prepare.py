@@ -20,8 +20,8 @@ from ptune_dist.methods.placement import Placement
 from ptune_dist.rank_env import DistEnv
 
 from .encode import Example, TaskEncoder, task_template
-from .rows import BadRow, RowCheck, Rows
 from .presets import apply_preset
+from .rows import BadRow, RowCheck, Rows
 from .sources import load_rows
 from .task import TaskSpec, label_word_ids
 
@@ -63,8 +63,10 @@ def resolve_task(task, kind: str, key: str, limit: int = 0):
         return task
     if task.type == "classification" and task.scoring == "verbalizer":
         if kind == "encoder":
-            raise ConfigError(f"{key}.scoring=verbalizer needs an LM head (model.kind causal_lm or masked_lm); "
-                              f"the model loads as an encoder: use {key}.scoring=head")
+            raise ConfigError(
+                f"{key}.scoring=verbalizer needs an LM head (model.kind causal_lm or masked_lm); "
+                f"the model loads as an encoder: use {key}.scoring=head"
+            )
         if not task.verbalizer:
             raise ConfigError(f"{key}.verbalizer is empty: scoring=verbalizer needs label words (or a preset)")
     labels = list(task.labels) or list(task.verbalizer)
@@ -72,8 +74,11 @@ def resolve_task(task, kind: str, key: str, limit: int = 0):
         if not task.train:
             raise ConfigError(f"{key}.labels: no label list and no training data to infer it from")
         labels = _inferred_labels(task, load_rows(task.train, task.train_split, f"{key}.train", limit), key)
-    missing = [lab for lab in labels if task.scoring == "verbalizer" and task.type == "classification"
-               and lab not in task.verbalizer]
+    missing = [
+        lab
+        for lab in labels
+        if task.scoring == "verbalizer" and task.type == "classification" and lab not in task.verbalizer
+    ]
     if missing:
         raise ConfigError(f"{key}.verbalizer has no label words for labels {missing}")
     pooling = task.pooling if task.pooling != "auto" else ("last" if kind == "causal_lm" else "cls")
@@ -84,17 +89,25 @@ def make_spec(task, tokenizer, key: str) -> TaskSpec:
     words = [list(task.verbalizer.get(lab, [])) for lab in task.labels]
     verbalized = task.type == "classification" and task.scoring == "verbalizer"
     return TaskSpec(
-        name=task.name, type=task.type, scoring=task.scoring, labels=list(task.labels), label_words=words,
+        name=task.name,
+        type=task.type,
+        scoring=task.scoring,
+        labels=list(task.labels),
+        label_words=words,
         label_word_ids=label_word_ids(words, task.labels, tokenizer, key) if verbalized else [],
-        pooling=task.pooling, max_new_tokens=task.max_new_tokens)
+        pooling=task.pooling,
+        max_new_tokens=task.max_new_tokens,
+    )
 
 
 def check_lengths(data_cfg, info, num_virtual_tokens: int, placement: Placement) -> int:
     """The token budget of one example; a prefix (placement DEEP) also takes positions."""
     prefix = placement.prefix_length(num_virtual_tokens)
     if info.max_positions and data_cfg.max_length > info.max_positions:
-        raise ConfigError(f"data.max_length={data_cfg.max_length} exceeds the model's {info.max_positions} "
-                          "positions (virtual tokens included)")
+        raise ConfigError(
+            f"data.max_length={data_cfg.max_length} exceeds the model's {info.max_positions} "
+            "positions (virtual tokens included)"
+        )
     if data_cfg.max_length <= prefix:
         raise ConfigError(f"data.max_length={data_cfg.max_length} leaves no room after {prefix} virtual tokens")
     return data_cfg.max_length - prefix
@@ -119,18 +132,23 @@ def encode_rows(encoder: TaskEncoder, rows: list[dict], key: str, on_bad_row: st
     name = rows.name if isinstance(rows, Rows) else key
     first = bad[0].short(name)
     if not out:
-        raise DataError(f"{name}: none of the {len(rows)} rows fits the task (data.on_bad_row=skip left them "
-                        f"all out); the first: {first}")
-    line = (f"ptune: {name}: left out {len(bad)} of {len(rows)} rows that do not fit the task "
-            f"(data.on_bad_row=skip); the first: {first}")
+        raise DataError(
+            f"{name}: none of the {len(rows)} rows fits the task (data.on_bad_row=skip left them "
+            f"all out); the first: {first}"
+        )
+    line = (
+        f"ptune: {name}: left out {len(bad)} of {len(rows)} rows that do not fit the task "
+        f"(data.on_bad_row=skip); the first: {first}"
+    )
     if line not in _said and DistEnv.from_environ().is_main:  # every rank encodes the same rows: say it once
         _said.add(line)
         print(line, file=sys.stderr, flush=True)
     return out
 
 
-def prepare_tasks(tasks, data_cfg, tokenizer, info, num_virtual_tokens: int, placement: Placement,
-                  splits=("train", "eval")) -> list[TaskData]:
+def prepare_tasks(
+    tasks, data_cfg, tokenizer, info, num_virtual_tokens: int, placement: Placement, splits=("train", "eval")
+) -> list[TaskData]:
     """Specs, encoders and encoded examples of every (resolved) task, for the asked splits."""
     budget = check_lengths(data_cfg, info, num_virtual_tokens, placement)
     num_soft = placement.soft_slots(num_virtual_tokens)
@@ -140,8 +158,10 @@ def prepare_tasks(tasks, data_cfg, tokenizer, info, num_virtual_tokens: int, pla
         spec = make_spec(task, tokenizer, key)
         enc = TaskEncoder(spec, task, tokenizer, info.kind, num_soft, budget, data_cfg.truncation, i, key)
         parts = {}
-        for split, source, hub_split, limit in (("train", task.train, task.train_split, data_cfg.max_train_examples),
-                                                ("eval", task.eval, task.eval_split, data_cfg.max_eval_examples)):
+        for split, source, hub_split, limit in (
+            ("train", task.train, task.train_split, data_cfg.max_train_examples),
+            ("eval", task.eval, task.eval_split, data_cfg.max_eval_examples),
+        ):
             if split not in splits or not source:
                 parts[split] = []
                 continue

@@ -26,19 +26,35 @@ class Preset:
 
 
 PRESETS = {
-    "support": Preset("{text}{answer}", {"account": ["account"], "billing": ["billing"], "shipping": ["shipping"],
-                                         "technical": ["technical"]}, train="builtin:support", eval="builtin:support"),
+    "support": Preset(
+        "{text}{answer}",
+        {"account": ["account"], "billing": ["billing"], "shipping": ["shipping"], "technical": ["technical"]},
+        train="builtin:support",
+        eval="builtin:support",
+    ),
     "boolq": Preset("{passage}\nQuestion: {question}?\nAnswer:{answer}", {"false": ["no"], "true": ["yes"]}),
-    "cb": Preset("{premise}\nQuestion: {hypothesis} True, False, or Neither?\nAnswer:{answer}",
-                 {"entailment": ["true"], "contradiction": ["false"], "neutral": ["neither"]}),
-    "rte": Preset("{premise}\nQuestion: {hypothesis} True or False?\nAnswer:{answer}",
-                  {"entailment": ["true"], "not_entailment": ["false"]}),
-    "copa": Preset("{premise} What was the {question}? First: {choice1} Second: {choice2}\nAnswer:{answer}",
-                   {"0": ["first"], "1": ["second"]}),
-    "wic": Preset("{sentence1}\n{sentence2}\nQuestion: Is the word '{word}' used in the same way in the two sentences "
-                  "above?\nAnswer:{answer}", {"false": ["no"], "true": ["yes"]}),
-    "wsc": Preset("{text}\nQuestion: In the passage above, does the pronoun '{span2_text}' refer to "
-                  "'{span1_text}'?\nAnswer:{answer}", {"false": ["no"], "true": ["yes"]}),
+    "cb": Preset(
+        "{premise}\nQuestion: {hypothesis} True, False, or Neither?\nAnswer:{answer}",
+        {"entailment": ["true"], "contradiction": ["false"], "neutral": ["neither"]},
+    ),
+    "rte": Preset(
+        "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:{answer}",
+        {"entailment": ["true"], "not_entailment": ["false"]},
+    ),
+    "copa": Preset(
+        "{premise} What was the {question}? First: {choice1} Second: {choice2}\nAnswer:{answer}",
+        {"0": ["first"], "1": ["second"]},
+    ),
+    "wic": Preset(
+        "{sentence1}\n{sentence2}\nQuestion: Is the word '{word}' used in the same way in the two sentences "
+        "above?\nAnswer:{answer}",
+        {"false": ["no"], "true": ["yes"]},
+    ),
+    "wsc": Preset(
+        "{text}\nQuestion: In the passage above, does the pronoun '{span2_text}' refer to "
+        "'{span1_text}'?\nAnswer:{answer}",
+        {"false": ["no"], "true": ["yes"]},
+    ),
 }
 
 

@@ -34,7 +34,7 @@ class BadRow(DataError):
 
     def short(self, prefix: str) -> str:
         """The message without `prefix` (the source's name, said once already)."""
-        where = self.where[len(prefix):].lstrip() if self.where.startswith(prefix) else self.where
+        where = self.where[len(prefix) :].lstrip() if self.where.startswith(prefix) else self.where
         return f"{where}{self.sep}{self.reason}"
 
 
@@ -107,8 +107,12 @@ class RowCheck:
             out["input"] = text(row, "input", where, self.key)
         answer = (t.target_field if self.template else "output") if t.type == "generation" else t.label_field
         if labelled and answer not in row:
-            raise BadRow(where, f"has no field {answer!r} (the answer, which training and evaluation need; "
-                         f"{self.key} names it; fields: {sorted(row)})", sep=" ")
+            raise BadRow(
+                where,
+                f"has no field {answer!r} (the answer, which training and evaluation need; "
+                f"{self.key} names it; fields: {sorted(row)})",
+                sep=" ",
+            )
         if row.get(answer) is None:
             if labelled:
                 raise BadRow(where, f"field {answer!r} holds null (the answer, which training and evaluation need)")
@@ -131,8 +135,12 @@ class RowCheck:
             raise BadRow(where, f"field {words_f!r}: word {bad} holds {describe(words[bad])}, not text")
         out[words_f] = [w if isinstance(w, str) else str(w) for w in words]
         if labelled and row.get(tags_f) is None:
-            raise BadRow(where, f"has no field {tags_f!r} (the answer, which training and evaluation need; "
-                         f"{self.key}.tags_field names it; fields: {sorted(row)})", sep=" ")
+            raise BadRow(
+                where,
+                f"has no field {tags_f!r} (the answer, which training and evaluation need; "
+                f"{self.key}.tags_field names it; fields: {sorted(row)})",
+                sep=" ",
+            )
         tags = row.get(tags_f)
         if tags is None:
             out.pop(tags_f, None)

@@ -48,9 +48,9 @@ def load_rows(source: str, split: str, key: str, limit: int = 0) -> Rows:
     if source.startswith("builtin:"):
         from .builtin import generate
 
-        rows = Rows(generate(source[len("builtin:"):], split, key), name)
+        rows = Rows(generate(source[len("builtin:") :], split, key), name)
     elif source.startswith("hub:"):
-        rows = Rows(_hub(source[len("hub:"):], split, key), name)
+        rows = Rows(_hub(source[len("hub:") :], split, key), name)
     else:
         rows = _file(Path(source), key, name)
     if not rows:
@@ -65,8 +65,10 @@ def decode(data: bytes, what: str) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(f"{what} line {line}: byte 0x{data[e.start]:02x} at byte offset {e.start} (column "
-                        f"{column}) is not UTF-8; save the file as UTF-8") from None
+        raise DataError(
+            f"{what} line {line}: byte 0x{data[e.start]:02x} at byte offset {e.start} (column "
+            f"{column}) is not UTF-8; save the file as UTF-8"
+        ) from None
 
 
 class _Repeated(Exception):
@@ -127,8 +129,9 @@ def parse_json_array(text: str, what: str) -> tuple[list[dict], list[int]]:
             try:
                 item, end = decoder.raw_decode(text, i)
             except _Repeated as e:
-                raise DataError(f"{what} row {len(rows)} (line {line}): an object names the field "
-                                f"{e.args[0]!r} twice") from None
+                raise DataError(
+                    f"{what} row {len(rows)} (line {line}): an object names the field {e.args[0]!r} twice"
+                ) from None
             except RecursionError:
                 raise DataError(f"{what} row {len(rows)} (line {line}): not valid JSON (nested too deeply)") from None
             if not isinstance(item, dict):
@@ -157,8 +160,10 @@ def parse_json(text: str, what: str) -> tuple[list[dict], list[int]]:
         except (json.JSONDecodeError, RecursionError):
             whole = None  # JSON lines, or broken: parse_jsonl names the line
         if isinstance(whole, dict):
-            raise DataError(f"{what}: one JSON object over {text.strip().count(chr(10)) + 1} lines; expected an "
-                            "array of objects ([{...}, {...}]) or JSON lines (one object per line)")
+            raise DataError(
+                f"{what}: one JSON object over {text.strip().count(chr(10)) + 1} lines; expected an "
+                "array of objects ([{...}, {...}]) or JSON lines (one object per line)"
+            )
     return parse_jsonl(text, what)
 
 
@@ -182,15 +187,18 @@ def parse_csv(text: str, what: str) -> tuple[list[dict], list[int]]:
     (top, header), body = records[0], records[1:]
     repeated = next((h for n, h in enumerate(header) if h in header[:n]), None)
     if repeated is not None:
-        raise DataError(f"{what} line {top}: the header names the column {repeated!r} twice; every column needs "
-                        "its own name")
+        raise DataError(
+            f"{what} line {top}: the header names the column {repeated!r} twice; every column needs its own name"
+        )
     if not body:
         raise DataError(f"{what}: no rows, only a header ({','.join(header)})")
     for line, record in body:
         if len(record) != len(header):
-            raise DataError(f"{what} line {line} has {len(record)} field{'s' * (len(record) != 1)}, the header "
-                            f"has {len(header)} ({', '.join(header)})"
-                            + ("; quote a value that holds a comma" if len(record) > len(header) else ""))
+            raise DataError(
+                f"{what} line {line} has {len(record)} field{'s' * (len(record) != 1)}, the header "
+                f"has {len(header)} ({', '.join(header)})"
+                + ("; quote a value that holds a comma" if len(record) > len(header) else "")
+            )
     columns = [_typed([r[c] for _, r in body]) for c in range(len(header))]
     return [dict(zip(header, values)) for values in zip(*columns)], [line for line, _ in body]
 
@@ -211,11 +219,15 @@ def _parquet(path: Path, what: str) -> list[dict]:
         f.seek(-min(4, len(head)), 2)
         tail = f.read(4)
     if head[:4] != b"PAR1" or len(head) < 8:
-        raise DataError(f"{what}: not a Parquet file (Parquet files begin and end with the bytes PAR1; this one "
-                        f"begins with {head!r})")
+        raise DataError(
+            f"{what}: not a Parquet file (Parquet files begin and end with the bytes PAR1; this one "
+            f"begins with {head!r})"
+        )
     if tail != b"PAR1":
-        raise DataError(f"{what}: a Parquet file cut short (it begins with the bytes PAR1 but does not end with "
-                        "them: an interrupted copy or download?)")
+        raise DataError(
+            f"{what}: a Parquet file cut short (it begins with the bytes PAR1 but does not end with "
+            "them: an interrupted copy or download?)"
+        )
     import pyarrow.parquet as pq
 
     try:
@@ -230,8 +242,10 @@ def _file(path: Path, key: str, name: str) -> Rows:
     if not path.exists():
         raise DataError(f"{key}: data file {path} not found")
     if not path.is_file():
-        raise DataError(f"{key}: data file {path} is not a regular file (a device or a pipe); the rows are read "
-                        "more than once, so give a file")
+        raise DataError(
+            f"{key}: data file {path} is not a regular file (a device or a pipe); the rows are read "
+            "more than once, so give a file"
+        )
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{key}: {path} has suffix {path.suffix!r}; expected one of {list(SUFFIXES)}")

@@ -35,7 +35,8 @@ def label_word_ids(words: list[list[str]], labels: list[str], tokenizer, key: st
             if owner.get(toks[0], label) != label:
                 raise ConfigError(
                     f"{key}.verbalizer: label words {w!r} ({label}) and one of {owner[toks[0]]!r} start with the "
-                    f"same token {tokenizer.convert_ids_to_tokens(toks[0])!r}; the scores could not tell them apart")
+                    f"same token {tokenizer.convert_ids_to_tokens(toks[0])!r}; the scores could not tell them apart"
+                )
             owner[toks[0]] = label
             ids.append(toks[0])
         out.append(ids)

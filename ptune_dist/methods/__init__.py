@@ -54,8 +54,10 @@ def register(cls: type[PromptMethod]) -> contextlib.AbstractContextManager:
         for other in REGISTERED:
             same = {g.name: g for g in dataclasses.fields(other.Config)}.get(f.name)
             if same is not None and (same.type, same.default) != (f.type, f.default):
-                raise ValueError(f"{cls.__name__}.Config.{f.name} differs from {other.__name__}.Config's field "
-                                 "of the same name: a method section's key means one thing")
+                raise ValueError(
+                    f"{cls.__name__}.Config.{f.name} differs from {other.__name__}.Config's field "
+                    "of the same name: a method section's key means one thing"
+                )
     REGISTERED.append(cls)
     METHODS[cls.name] = cls
 
@@ -90,6 +92,23 @@ def peft_exportable() -> list[str]:
     return sorted(name for name, cls in METHODS.items() if cls.peft_type is not None)
 
 
-__all__ = ["METHODS", "REGISTERED", "DEFAULT_METHOD", "INITS", "method_class", "register", "owners", "for_peft_type",
-           "peft_importable", "peft_exportable", "BaseInfo", "InitContext", "MethodConfig", "PromptMethod",
-           "Placement", "NONE", "SHALLOW", "DEEP"]
+__all__ = [
+    "METHODS",
+    "REGISTERED",
+    "DEFAULT_METHOD",
+    "INITS",
+    "method_class",
+    "register",
+    "owners",
+    "for_peft_type",
+    "peft_importable",
+    "peft_exportable",
+    "BaseInfo",
+    "InitContext",
+    "MethodConfig",
+    "PromptMethod",
+    "Placement",
+    "NONE",
+    "SHALLOW",
+    "DEEP",
+]

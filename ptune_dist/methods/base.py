@@ -44,7 +44,7 @@ class BaseInfo:
     max_positions: int
 
     @classmethod
-    def from_config(cls, config, kind: str) -> "BaseInfo":
+    def from_config(cls, config, kind: str) -> BaseInfo:
         heads = config.num_attention_heads
         return cls(
             kind=kind,
@@ -141,8 +141,10 @@ class PromptMethod(nn.Module):
         adapter's weights."""
         if m.name != cls.name or not cls.holds_peft_import(m):
             sets = "".join(f" with {line}" for line in cls.peft_import_overrides)
-            raise ConfigError(f"method.name={m.name}: the adapter is PEFT's {peft_type}, which imports as "
-                              f"method.name={cls.name}{sets}; drop the method.* override")
+            raise ConfigError(
+                f"method.name={m.name}: the adapter is PEFT's {peft_type}, which imports as "
+                f"method.name={cls.name}{sets}; drop the method.* override"
+            )
 
     @classmethod
     def holds_peft_import(cls, m: MethodConfig) -> bool:

@@ -29,6 +29,7 @@ class PTuning(PromptMethod):
     class Config(MethodConfig):
         encoder: str = choice("mlp", "lstm")  # the prompt encoder
         encoder_hidden_size: int = number(0, ge=0, meaning="0: the model's hidden size", most=INT32)
+
     peft_type = "P_TUNING"
 
     def __init__(self, cfg: Config, info: BaseInfo, ctx: InitContext):
@@ -36,14 +37,16 @@ class PTuning(PromptMethod):
         H = info.hidden_size
         hidden = cfg.encoder_hidden_size or H
         self.embedding = nn.Parameter(
-            token_embeddings(cfg.init, cfg.num_virtual_tokens, H, ctx, cfg.init_scale, cfg.init_text))
+            token_embeddings(cfg.init, cfg.num_virtual_tokens, H, ctx, cfg.init_scale, cfg.init_text)
+        )
         self.kind = cfg.encoder
         if cfg.encoder == "lstm":
             self.lstm = nn.LSTM(H, hidden, num_layers=2, bidirectional=True, batch_first=True)
             self.mlp = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, H))
         else:
-            self.mlp = nn.Sequential(nn.Linear(H, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                     nn.Linear(hidden, H))
+            self.mlp = nn.Sequential(
+                nn.Linear(H, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, H)
+            )
 
     def forward(self) -> torch.Tensor:
         x = self.embedding
@@ -55,9 +58,13 @@ class PTuning(PromptMethod):
     def peft_config(cls, m: Config, info: BaseInfo, common: dict[str, Any]) -> Any:
         from peft import PromptEncoderConfig
 
-        return PromptEncoderConfig(token_dim=info.hidden_size, num_attention_heads=info.num_heads,
-                                   encoder_reparameterization_type=m.encoder.upper(),
-                                   encoder_hidden_size=m.encoder_hidden_size or info.hidden_size, **common)
+        return PromptEncoderConfig(
+            token_dim=info.hidden_size,
+            num_attention_heads=info.num_heads,
+            encoder_reparameterization_type=m.encoder.upper(),
+            encoder_hidden_size=m.encoder_hidden_size or info.hidden_size,
+            **common,
+        )
 
     @classmethod
     def trainable_params(cls, m: Config, hidden_size: int, kv_width: int, base_params: int) -> int:

@@ -41,8 +41,11 @@ class DeepPrefix(PromptMethod):
         self.projection = self.uses_projection(cfg)
         if self.projection:
             self.embedding = nn.Parameter(token_embeddings(cfg.init, P, H, ctx, cfg.init_scale, cfg.init_text))
-            self.mlp = nn.Sequential(nn.Linear(H, cfg.projection_hidden_size), nn.Tanh(),
-                                     nn.Linear(cfg.projection_hidden_size, info.kv_width))
+            self.mlp = nn.Sequential(
+                nn.Linear(H, cfg.projection_hidden_size),
+                nn.Tanh(),
+                nn.Linear(cfg.projection_hidden_size, info.kv_width),
+            )
         else:
             self.prefix = nn.Parameter(torch.randn(P, info.kv_width, generator=ctx.generator) * cfg.init_scale)
 
@@ -62,15 +65,21 @@ class DeepPrefix(PromptMethod):
     def check_config(cls, m: Config) -> None:
         super().check_config(m)
         if m.init != RANDOM and not cls.uses_projection(m):
-            raise ConfigError(f"method.init={m.init!r}: {m.name} without projection learns the prefix "
-                              "keys/values directly, which only init=random fills; set method.projection=true")
+            raise ConfigError(
+                f"method.init={m.init!r}: {m.name} without projection learns the prefix "
+                "keys/values directly, which only init=random fills; set method.projection=true"
+            )
 
     @classmethod
     def peft_config(cls, m: Config, info: BaseInfo, common: dict[str, Any]) -> Any:
         from peft import PrefixTuningConfig
 
-        return PrefixTuningConfig(token_dim=info.num_kv_heads * info.head_dim, num_attention_heads=info.num_kv_heads,
-                                  prefix_projection=False, **common)
+        return PrefixTuningConfig(
+            token_dim=info.num_kv_heads * info.head_dim,
+            num_attention_heads=info.num_kv_heads,
+            prefix_projection=False,
+            **common,
+        )
 
     def peft_weights(self) -> torch.Tensor:
         return self.flat()
@@ -94,5 +103,5 @@ class PrefixTuning(DeepPrefix):
     peft_import_overrides = ("method.projection=false",)
 
     @classmethod
-    def holds_peft_import(cls, m: Config) -> bool:
+    def holds_peft_import(cls, m: DeepPrefix.Config) -> bool:
         return not m.projection

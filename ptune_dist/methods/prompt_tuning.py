@@ -25,8 +25,7 @@ class PromptTuning(PromptMethod):
 
     def __init__(self, cfg: MethodConfig, info: BaseInfo, ctx: InitContext):
         super().__init__(cfg.num_virtual_tokens)
-        init = token_embeddings(cfg.init, cfg.num_virtual_tokens, info.hidden_size, ctx, cfg.init_scale,
-                                cfg.init_text)
+        init = token_embeddings(cfg.init, cfg.num_virtual_tokens, info.hidden_size, ctx, cfg.init_scale, cfg.init_text)
         self.embedding = nn.Parameter(init)  # [P, H]
 
     def forward(self) -> torch.Tensor:

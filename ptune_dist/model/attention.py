@@ -53,34 +53,47 @@ class PrefixKV:
         return self.kv[:, idx, 0], self.kv[:, idx, 1]
 
 
-def prefix_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                             ptune_prefix: PrefixKV | None = None, **kwargs):
+def prefix_attention_forward(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, ptune_prefix: PrefixKV | None = None, **kwargs
+):
     """The attention function transformers calls: q [B, Hq, T, d], k/v [B, Hkv, Tk, d] -> [B, T, Hq, d]."""
     prefix = ptune_prefix or PrefixKV(None)
     pk, pv = prefix.layer(module.layer_idx)
     window = kwargs.get("sliding_window")
     if window and key.shape[2] + prefix.num_tokens > window:
-        raise ConfigError(f"{key.shape[2]} keys (+ {prefix.num_tokens} prefix) exceed the sliding window of "
-                          f"{window} tokens this model's layer {module.layer_idx} attends within; ptune's prefix "
-                          f"attention is full attention, the same only up to the window: keep data.max_length (and "
-                          "prompt plus generated tokens) within it")
+        raise ConfigError(
+            f"{key.shape[2]} keys (+ {prefix.num_tokens} prefix) exceed the sliding window of "
+            f"{window} tokens this model's layer {module.layer_idx} attends within; ptune's prefix "
+            f"attention is full attention, the same only up to the window: keep data.max_length (and "
+            "prompt plus generated tokens) within it"
+        )
     if pk is not None:
         pk, pv = pk.to(key.dtype), pv.to(value.dtype)
     packed = {}
     if prefix.segment_ids is not None:  # queries are the last positions of the keys (decoding does not pack)
-        packed = {"segment_ids": prefix.segment_ids,
-                  "prefix_ids": None if prefix.prefix_ids is None else prefix.prefix_ids[:, -query.shape[2]:]}
+        packed = {
+            "segment_ids": prefix.segment_ids,
+            "prefix_ids": None if prefix.prefix_ids is None else prefix.prefix_ids[:, -query.shape[2] :],
+        }
     out = prefix_attention(
-        query, key, value, pk, pv,
+        query,
+        key,
+        value,
+        pk,
+        pv,
         causal=bool(getattr(module, "is_causal", True)),
-        key_padding_mask=attention_mask if prefix.padded else None, scale=scaling, dropout_p=dropout,
-        impl=prefix.impl, **packed,
+        key_padding_mask=attention_mask if prefix.padded else None,
+        scale=scaling,
+        dropout_p=dropout,
+        impl=prefix.impl,
+        **packed,
     )
     return out.transpose(1, 2).contiguous(), None
 
 
-def padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
-                 attention_mask=None, **kwargs):
+def padding_mask(
+    batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None, **kwargs
+):
     """Mask factory for ATTN_NAME: the boolean [B, kv_length] padding mask as given (None without one; whether it
     hides anything is not asked here, which would read the device: see PrefixKV.padded)."""
     if attention_mask is None:

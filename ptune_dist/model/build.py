@@ -19,8 +19,16 @@ from .load import load_base
 from .prompt_model import PromptModel
 
 
-def build_model(method_cfg: MethodConfig, model_cfg: ModelConfig, seed: int, specs: list[TaskSpec], tokenizer,
-                base=None, device: torch.device | None = None, method: type[PromptMethod] | None = None) -> PromptModel:
+def build_model(
+    method_cfg: MethodConfig,
+    model_cfg: ModelConfig,
+    seed: int,
+    specs: list[TaskSpec],
+    tokenizer,
+    base=None,
+    device: torch.device | None = None,
+    method: type[PromptMethod] | None = None,
+) -> PromptModel:
     """`base` = (hf_model, info) reuses an already loaded base (tests, scale studies); `method`: the class of
     method_cfg.name when the caller has it; `seed`: train.seed. The prompts are made on the CPU (the same
     numbers on every device), then moved with the heads to `device` (default: where the base's embeddings
@@ -36,15 +44,19 @@ def build_model(method_cfg: MethodConfig, model_cfg: ModelConfig, seed: int, spe
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(task_seed)
             if cls.placement.learned:
-                ctx = InitContext(embed=lookup, tokenizer=tokenizer,
-                                  label_words=[w for words in spec.label_words for w in words] or spec.labels,
-                                  generator=torch.Generator().manual_seed(task_seed))
+                ctx = InitContext(
+                    embed=lookup,
+                    tokenizer=tokenizer,
+                    label_words=[w for words in spec.label_words for w in words] or spec.labels,
+                    generator=torch.Generator().manual_seed(task_seed),
+                )
                 prompts[spec.name] = cls(method_cfg, info, ctx)
             if spec.type == "token_classification":
                 heads[spec.name] = TokenClassificationHead(info.hidden_size, len(spec.labels), head_dropout)
             elif spec.uses_head:
-                heads[spec.name] = SequenceClassificationHead(info.hidden_size, len(spec.labels), spec.pooling,
-                                                              head_dropout)
+                heads[spec.name] = SequenceClassificationHead(
+                    info.hidden_size, len(spec.labels), spec.pooling, head_dropout
+                )
     device = device or embed.weight.device
     for module in (*prompts.values(), *heads.values()):
         module.to(device)
@@ -54,6 +66,7 @@ def build_model(method_cfg: MethodConfig, model_cfg: ModelConfig, seed: int, spe
 def gathered_lookup(embed):
     """ids -> embeddings, also when ZeRO-3 holds only a partition of the matrix on this rank (then every
     rank must call it: gathering is a collective; all ranks build the same prompts, so they do)."""
+
     def lookup(ids):
         with contextlib.ExitStack() as stack:
             if hasattr(embed.weight, "ds_id"):

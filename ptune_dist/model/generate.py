@@ -36,4 +36,4 @@ def greedy(model, batch: dict, max_new_tokens: int, eos_id: int) -> list[list[in
     if not steps:
         return [[] for _ in range(B)]
     tokens = torch.stack(steps, dim=1).tolist()  # one copy to the host
-    return [row[:row.index(eos_id)] if eos_id in row else row for row in tokens]
+    return [row[: row.index(eos_id)] if eos_id in row else row for row in tokens]

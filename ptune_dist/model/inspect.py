@@ -33,8 +33,13 @@ def inspect_base(model_cfg) -> InspectedBase:
     """model.name_or_path and model.kind resolved, the base's config read once."""
     hf_config = load_hf_config(model_cfg.name_or_path)
     kind = resolve_kind(hf_config, model_cfg.kind, model_cfg.name_or_path)
-    return InspectedBase(model_cfg.name_or_path, resolve_path(model_cfg.name_or_path), hf_config, kind,
-                         BaseInfo.from_config(hf_config, kind))
+    return InspectedBase(
+        model_cfg.name_or_path,
+        resolve_path(model_cfg.name_or_path),
+        hf_config,
+        kind,
+        BaseInfo.from_config(hf_config, kind),
+    )
 
 
 def resolve_path(name_or_path: str) -> str:
@@ -67,10 +72,12 @@ def check_weights(name_or_path: str) -> None:
         return
     pickles = sorted(p.name for pattern in PICKLES for p in path.glob(pattern))
     if pickles:  # no weights at all: from_pretrained's own error names the folder
-        raise ConfigError(f"model.name_or_path={name_or_path!r}: {path} holds only pickle weights "
-                          f"({', '.join(pickles[:3])}), which ptune does not load (unpickling runs code): convert "
-                          "them to safetensors once, where you trust the file (transformers: from_pretrained, then "
-                          "save_pretrained(folder, safe_serialization=True)), and point model.name_or_path at that")
+        raise ConfigError(
+            f"model.name_or_path={name_or_path!r}: {path} holds only pickle weights "
+            f"({', '.join(pickles[:3])}), which ptune does not load (unpickling runs code): convert "
+            "them to safetensors once, where you trust the file (transformers: from_pretrained, then "
+            "save_pretrained(folder, safe_serialization=True)), and point model.name_or_path at that"
+        )
 
 
 def infer_kind(hf_config) -> str:
@@ -83,7 +90,8 @@ def infer_kind(hf_config) -> str:
 
 
 def model_kinds(hf_config) -> list[str]:
-    """The kinds (model.kind) this model has: those whose Auto class (CLASSES) has a model for its config (load.CLASSES).
+    """The kinds (model.kind) this model has: those whose Auto class (CLASSES) has a model for its config
+    (load.CLASSES).
 
     Bidirectional encoders (BERT, RoBERTa, ...) also have a causal-LM class in transformers, for use as a
     decoder: it needs decoder-trained weights (is_decoder, or a *ForCausalLM / *LMHeadModel checkpoint);
@@ -112,8 +120,7 @@ def resolve_kind(hf_config, setting: str, name: str = "") -> str:
     if setting not in kinds:
         model = f"{name} ({type(hf_config).__name__})" if name else type(hf_config).__name__
         has = ", ".join(kinds) if kinds else "none that ptune loads"
-        raise ConfigError(f"model.kind={setting}: {model} has no {setting} model; the kinds it has: {has} "
-                          "(or model.kind=auto)")
+        raise ConfigError(
+            f"model.kind={setting}: {model} has no {setting} model; the kinds it has: {has} (or model.kind=auto)"
+        )
     return setting
-
-

@@ -40,8 +40,9 @@ def _lean_forward(self, x):
 
 def is_swiglu(module: nn.Module) -> bool:
     act = getattr(module, "act_fn", None)
-    return (all(isinstance(getattr(module, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj"))
-            and type(act).__name__ in ("SiLU", "SiLUActivation"))  # torch's, or transformers' (same function)
+    return all(isinstance(getattr(module, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")) and type(
+        act
+    ).__name__ in ("SiLU", "SiLUActivation")  # torch's, or transformers' (same function)
 
 
 def apply_lean_mlp(model: nn.Module) -> int:

@@ -25,8 +25,9 @@ def load_tokenizer(name_or_path: str, padding_side: str = "right"):
     return tokenizer
 
 
-def load_base(model_cfg, trainable: bool = False, device: torch.device | None = None,
-              inspected: InspectedBase | None = None):
+def load_base(
+    model_cfg, trainable: bool = False, device: torch.device | None = None, inspected: InspectedBase | None = None
+):
     """(model, info): the HF model on `device` (default: the CPU), every parameter frozen unless `trainable`.
 
     `inspected`: the run's inspect_base(model_cfg) (read here when not given). The weights go from the
@@ -44,8 +45,9 @@ def load_base(model_cfg, trainable: bool = False, device: torch.device | None = 
     placement = device_map(device)
     if placement:
         extra["device_map"] = placement
-    model = CLASSES[base.kind].from_pretrained(base.path, dtype=DTYPES[model_cfg.dtype],
-                                               attn_implementation=register(), **extra)
+    model = CLASSES[base.kind].from_pretrained(
+        base.path, dtype=DTYPES[model_cfg.dtype], attn_implementation=register(), **extra
+    )
     if model_cfg.quant != "none":
         quant.prepare_loaded(model)
     release_free_memory()

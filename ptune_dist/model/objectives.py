@@ -21,11 +21,18 @@ class Output:
     """total: the loss summed over the batch's `count` targets (sequences for classification, label tokens
     otherwise), a 0-dim device tensor, or None without labels; the objectives never divide it: how much a
     target counts in an update is train/loss_weights.py's one decision. `loss` is its mean over the targets,
-    for whoever reports one batch alone. preds (per sequence: a class index, or a list of tag indices), scores (per sequence: the class scores)
+    for whoever reports one batch alone. preds (per sequence: a class index, or a list of tag indices), scores
+    (per sequence: the class scores)
     and correct (generation: next-token hits) are copied to the host when first read."""
 
-    def __init__(self, total: torch.Tensor | None = None, count: int = 0, sequences: int = 0,
-                 parts: list | None = None, correct: torch.Tensor | int = 0):
+    def __init__(
+        self,
+        total: torch.Tensor | None = None,
+        count: int = 0,
+        sequences: int = 0,
+        parts: list | None = None,
+        correct: torch.Tensor | int = 0,
+    ):
         self.total, self.count = total, count
         self._sequences, self._parts, self._correct = sequences, parts or [], correct
         self._host = None
@@ -133,16 +140,15 @@ def token_classification(model, hidden, batch) -> Output:
     for t, rows in groups(model, batch):
         logits = model.heads[model.tasks[t].name](hidden[rows]).float()  # [n, T, C]
         if labels is not None:
-            loss = loss + F.cross_entropy(logits.flatten(0, 1), labels[rows].flatten(), ignore_index=IGNORE,
-                                          reduction="sum")
+            loss = loss + F.cross_entropy(
+                logits.flatten(0, 1), labels[rows].flatten(), ignore_index=IGNORE, reduction="sum"
+            )
         tagged.append((rows, logits.detach().argmax(-1), "tags"))
     count = host.targets if labels is not None else 0
-    return Output(total=loss if labels is not None else None, count=count, sequences=host.sequences,
-                  parts=tagged)
+    return Output(total=loss if labels is not None else None, count=count, sequences=host.sequences, parts=tagged)
 
 
-COMPUTE = {"classification": classification, "generation": generation,
-           "token_classification": token_classification}
+COMPUTE = {"classification": classification, "generation": generation, "token_classification": token_classification}
 
 
 def compute(model, hidden, batch) -> Output:

@@ -26,8 +26,17 @@ from .unpack import unpack
 
 
 class PromptModel(nn.Module):
-    def __init__(self, base: nn.Module, info, prompts: dict[str, nn.Module], heads: dict[str, nn.Module],
-                 tasks: list[TaskSpec], placement: Placement, attention_impl: str = "auto", device: torch.device | None = None):
+    def __init__(
+        self,
+        base: nn.Module,
+        info,
+        prompts: dict[str, nn.Module],
+        heads: dict[str, nn.Module],
+        tasks: list[TaskSpec],
+        placement: Placement,
+        attention_impl: str = "auto",
+        device: torch.device | None = None,
+    ):
         super().__init__()
         self.base = base
         self.info = info
@@ -41,8 +50,9 @@ class PromptModel(nn.Module):
         if any(not spec.uses_head for spec in tasks):
             self.lm_head  # noqa: B018  (fails now, naming the problem, rather than at the first batch)
         for i, spec in enumerate(tasks):
-            self.register_buffer(f"_words_{i}", objectives.word_table(spec.label_word_ids).to(self.device),
-                                 persistent=False)
+            self.register_buffer(
+                f"_words_{i}", objectives.word_table(spec.label_word_ids).to(self.device), persistent=False
+            )
 
     # the parts of the HF model, found the same way for every architecture
     @property
@@ -54,8 +64,10 @@ class PromptModel(nn.Module):
         """The module that turns hidden states into vocabulary logits (lm_head for Llama, cls for BERT)."""
         heads = [m for name, m in self.base.named_children() if name != self.base.base_model_prefix]
         if self.info.kind == "encoder" or len(heads) != 1:
-            raise ConfigError(f"model: {self.info.model_type} loaded as {self.info.kind} has no single LM head "
-                              f"module (found {len(heads)}); score its tasks with a head (tasks.N.scoring=head)")
+            raise ConfigError(
+                f"model: {self.info.model_type} loaded as {self.info.kind} has no single LM head "
+                f"module (found {len(heads)}); score its tasks with a head (tasks.N.scoring=head)"
+            )
         return heads[0]
 
     def words(self, task_index: int) -> torch.Tensor:
@@ -127,12 +139,19 @@ class PromptModel(nn.Module):
         if packed is not None:
             positions = batch["position_ids"] + offset
         else:
-            positions = ((mask.long().cumsum(-1) - 1).clamp(min=0) + offset)[:, -ids.shape[1]:]
-        prefix = PrefixKV(prompt if placement.prefix else None, self.attention_impl, packed, prefix_ids,
-                          padded=batch["host"].padded)
+            positions = ((mask.long().cumsum(-1) - 1).clamp(min=0) + offset)[:, -ids.shape[1] :]
+        prefix = PrefixKV(
+            prompt if placement.prefix else None, self.attention_impl, packed, prefix_ids, padded=batch["host"].padded
+        )
         with placement.entered(self, prompt if needed else None, batch):
-            return self.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                 past_key_values=past_key_values, use_cache=use_cache, ptune_prefix=prefix)
+            return self.backbone(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                ptune_prefix=prefix,
+            )
 
     def forward(self, batch: dict) -> objectives.Output:
         batch = self.describe(batch)

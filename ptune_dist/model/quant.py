@@ -107,11 +107,15 @@ def check_unquantised_ends(model: nn.Module) -> None:
     """The embeddings and the output head must be plain modules: the prompt inits read the embedding
     matrix and the soft prompt's gradient runs through the head."""
     bnb_types = layer_types()
-    for what, module in (("input embeddings", model.get_input_embeddings()),
-                         ("output head", getattr(model, "get_output_embeddings", lambda: None)())):
+    for what, module in (
+        ("input embeddings", model.get_input_embeddings()),
+        ("output head", getattr(model, "get_output_embeddings", lambda: None)()),
+    ):
         if module is not None and isinstance(module, bnb_types):
-            raise RuntimeError(f"the {what} of the base were quantised ({type(module).__name__}); "
-                               "ptune keeps them in model.dtype (a bug: report it with the model name)")
+            raise RuntimeError(
+                f"the {what} of the base were quantised ({type(module).__name__}); "
+                "ptune keeps them in model.dtype (a bug: report it with the model name)"
+            )
 
 
 def _check_not_packed(module, args, output):
@@ -119,7 +123,8 @@ def _check_not_packed(module, args, output):
         raise RuntimeError(
             "a bitsandbytes Linear4bit repacked its weights for CPU inference; it no longer returns input "
             "gradients, so the soft prompt's gradient would be wrong. ptune.model.quant.guard_cpu_repack "
-            "should have prevented this; this bitsandbytes version repacks by another route (docs/quant.md)")
+            "should have prevented this; this bitsandbytes version repacks by another route (docs/quant.md)"
+        )
 
 
 def guard_cpu_repack(model: nn.Module) -> int:
@@ -135,8 +140,10 @@ def guard_cpu_repack(model: nn.Module) -> int:
         if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
             # bitsandbytes' inverse repack restores a non-nested layer's scales in the wrong layout
             # (and rounded to bfloat16): no way back to the loaded weights, so refuse
-            raise RuntimeError(f"{name}: this Linear4bit was already repacked for CPU inference (it ran in "
-                               "eval mode before ptune guarded it); load the base again with ptune's load_base")
+            raise RuntimeError(
+                f"{name}: this Linear4bit was already repacked for CPU inference (it ran in "
+                "eval mode before ptune guarded it); load the base again with ptune's load_base"
+            )
         module.support_avx512bf16_for_cpu = False
         if _check_not_packed not in module._forward_hooks.values():
             module.register_forward_hook(_check_not_packed)

@@ -29,9 +29,13 @@ def unpack(hidden: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
         picked = t[where]
         return torch.where(valid, picked, torch.full_like(picked, fill))
 
-    view = {"input_ids": take(batch["input_ids"], 0), "attention_mask": valid.long(), "seq_task": batch["seq_task"],
-            **{k: batch[k] for k in ("host", "group_order", "table_index")},
-            "answer_pos": torch.where(batch["answer_pos"] >= 0, batch["answer_pos"] - starts, batch["answer_pos"])}
+    view = {
+        "input_ids": take(batch["input_ids"], 0),
+        "attention_mask": valid.long(),
+        "seq_task": batch["seq_task"],
+        **{k: batch[k] for k in ("host", "group_order", "table_index")},
+        "answer_pos": torch.where(batch["answer_pos"] >= 0, batch["answer_pos"] - starts, batch["answer_pos"]),
+    }
     if "soft_mask" in batch:
         view["soft_mask"] = take(batch["soft_mask"], False)
     if "labels" in batch:

@@ -28,7 +28,31 @@ def run(args: list[str], trace: int = 0) -> str:
     return render(req, plan(req), trace)
 
 
-__all__ = ["Arch", "BUILTIN", "builtin_names", "from_hf_config", "resolve_arch", "Breakdown", "predict",
-           "trainable_params", "engine_label", "render", "GPU_RUNTIME", "HUB_IDS", "GiB", "Hardware", "Request",
-           "Setup", "parse_request", "parse_size", "setup_from_config", "Row", "base_name", "config_for",
-           "overrides_for", "plan", "select", "run"]
+__all__ = [
+    "Arch",
+    "BUILTIN",
+    "builtin_names",
+    "from_hf_config",
+    "resolve_arch",
+    "Breakdown",
+    "predict",
+    "trainable_params",
+    "engine_label",
+    "render",
+    "GPU_RUNTIME",
+    "HUB_IDS",
+    "GiB",
+    "Hardware",
+    "Request",
+    "Setup",
+    "parse_request",
+    "parse_size",
+    "setup_from_config",
+    "Row",
+    "base_name",
+    "config_for",
+    "overrides_for",
+    "plan",
+    "select",
+    "run",
+]

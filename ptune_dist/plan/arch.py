@@ -45,8 +45,12 @@ class Arch:
 
     def linear_shapes(self) -> list[tuple[int, int]]:
         """(in, out) of every linear layer of one transformer block."""
-        H, I, q, kv = self.hidden_size, self.intermediate_size, self.num_heads * self.head_dim, \
-            self.num_kv_heads * self.head_dim
+        H, I, q, kv = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        )
         attn = [(H, q), (H, kv), (H, kv), (q, H)]
         mlp = [(H, I), (H, I), (I, H)] if self.gated_mlp else [(H, I), (I, H)]
         return attn + mlp
@@ -91,6 +95,7 @@ class Arch:
 # -- reading configs ---------------------------------------------------------------------------
 def from_hf_config(cfg: dict, name: str = "", source: str = "") -> Arch:
     """An Arch from the keys of a HF config.json (Llama, Mistral, Qwen2, SmolLM, BERT-likes, ...)."""
+
     def need(*keys):
         for k in keys:
             if cfg.get(k) is not None:
@@ -103,8 +108,20 @@ def from_hf_config(cfg: dict, name: str = "", source: str = "") -> Arch:
     L = int(need("num_hidden_layers", "n_layer"))
     act = str(cfg.get("hidden_act", cfg.get("hidden_activation", "")))
     gated = act in ("silu", "swiglu", "gelu_pytorch_tanh") and model_type not in ("bert", "roberta", "gpt2")
-    if model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2",
-                      "granite", "smollm3", "mixtral"):
+    if model_type in (
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "phi3",
+        "olmo",
+        "olmo2",
+        "granite",
+        "smollm3",
+        "mixtral",
+    ):
         gated = True
     bert = model_type in ("bert", "roberta", "distilbert", "electra")
     return Arch(
@@ -129,28 +146,62 @@ def from_hf_config(cfg: dict, name: str = "", source: str = "") -> Arch:
 
 
 def _llama(name, L, H, I, heads, kv, V, tied, source, max_positions=4096) -> Arch:
-    return Arch(name=name, model_type="llama", num_layers=L, hidden_size=H, intermediate_size=I, num_heads=heads,
-                num_kv_heads=kv, head_dim=H // heads, vocab_size=V, tied_embeddings=tied,
-                max_positions=max_positions, source=source)
+    return Arch(
+        name=name,
+        model_type="llama",
+        num_layers=L,
+        hidden_size=H,
+        intermediate_size=I,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=H // heads,
+        vocab_size=V,
+        tied_embeddings=tied,
+        max_positions=max_positions,
+        source=source,
+    )
 
 
 # Published architecture hyper-parameters (the models' config.json on the Hugging Face hub).
-BUILTIN: dict[str, Arch] = {a.name: a for a in [
-    _llama("llama-3.2-1b", 16, 2048, 8192, 32, 8, 128256, True, "meta-llama/Llama-3.2-1B config.json", 131072),
-    _llama("llama-3.2-3b", 28, 3072, 8192, 24, 8, 128256, True, "meta-llama/Llama-3.2-3B config.json", 131072),
-    _llama("llama-2-7b", 32, 4096, 11008, 32, 32, 32000, False, "meta-llama/Llama-2-7b-hf config.json"),
-    _llama("llama-3.1-8b", 32, 4096, 14336, 32, 8, 128256, False, "meta-llama/Llama-3.1-8B config.json", 131072),
-    _llama("llama-2-13b", 40, 5120, 13824, 40, 40, 32000, False, "meta-llama/Llama-2-13b-hf config.json"),
-    _llama("llama-65b", 80, 8192, 22016, 64, 64, 32000, False, "huggyllama/llama-65b config.json (LLaMA 1)", 2048),
-    _llama("llama-2-70b", 80, 8192, 28672, 64, 8, 32000, False, "meta-llama/Llama-2-70b-hf config.json"),
-    _llama("llama-3.1-70b", 80, 8192, 28672, 64, 8, 128256, False, "meta-llama/Llama-3.1-70B config.json", 131072),
-    # ChatGLM-6B (GLM blocks: fused QKV + dense, GELU MLP 4H, word embeddings shared with the output layer)
-    Arch(name="chatglm-6b", model_type="chatglm", num_layers=28, hidden_size=4096, intermediate_size=16384,
-         num_heads=32, num_kv_heads=32, head_dim=128, vocab_size=130528, tied_embeddings=True, gated_mlp=False,
-         bias=True, norm="layer", max_positions=2048, source="THUDM/chatglm-6b config.json"),
-]}
-ALIASES = {"llama-1b": "llama-3.2-1b", "llama-3b": "llama-3.2-3b", "llama-7b": "llama-2-7b",
-           "llama-8b": "llama-3.1-8b", "llama-13b": "llama-2-13b", "llama-70b": "llama-2-70b"}
+BUILTIN: dict[str, Arch] = {
+    a.name: a
+    for a in [
+        _llama("llama-3.2-1b", 16, 2048, 8192, 32, 8, 128256, True, "meta-llama/Llama-3.2-1B config.json", 131072),
+        _llama("llama-3.2-3b", 28, 3072, 8192, 24, 8, 128256, True, "meta-llama/Llama-3.2-3B config.json", 131072),
+        _llama("llama-2-7b", 32, 4096, 11008, 32, 32, 32000, False, "meta-llama/Llama-2-7b-hf config.json"),
+        _llama("llama-3.1-8b", 32, 4096, 14336, 32, 8, 128256, False, "meta-llama/Llama-3.1-8B config.json", 131072),
+        _llama("llama-2-13b", 40, 5120, 13824, 40, 40, 32000, False, "meta-llama/Llama-2-13b-hf config.json"),
+        _llama("llama-65b", 80, 8192, 22016, 64, 64, 32000, False, "huggyllama/llama-65b config.json (LLaMA 1)", 2048),
+        _llama("llama-2-70b", 80, 8192, 28672, 64, 8, 32000, False, "meta-llama/Llama-2-70b-hf config.json"),
+        _llama("llama-3.1-70b", 80, 8192, 28672, 64, 8, 128256, False, "meta-llama/Llama-3.1-70B config.json", 131072),
+        # ChatGLM-6B (GLM blocks: fused QKV + dense, GELU MLP 4H, word embeddings shared with the output layer)
+        Arch(
+            name="chatglm-6b",
+            model_type="chatglm",
+            num_layers=28,
+            hidden_size=4096,
+            intermediate_size=16384,
+            num_heads=32,
+            num_kv_heads=32,
+            head_dim=128,
+            vocab_size=130528,
+            tied_embeddings=True,
+            gated_mlp=False,
+            bias=True,
+            norm="layer",
+            max_positions=2048,
+            source="THUDM/chatglm-6b config.json",
+        ),
+    ]
+}
+ALIASES = {
+    "llama-1b": "llama-3.2-1b",
+    "llama-3b": "llama-3.2-3b",
+    "llama-7b": "llama-2-7b",
+    "llama-8b": "llama-3.1-8b",
+    "llama-13b": "llama-2-13b",
+    "llama-70b": "llama-2-70b",
+}
 
 
 def hf_config(arch: Arch) -> dict:
@@ -158,13 +209,24 @@ def hf_config(arch: Arch) -> dict:
     files (plan/trace.py). Llama-style decoders only: the other built-in descriptions have no transformers
     class here."""
     if arch.model_type != "llama" or not arch.gated_mlp or arch.bias or arch.norm != "rms":
-        raise ConfigError(f"model={arch.name!r}: the trace builds Llama-style decoders from a built-in description; "
-                          f"give this model's HF folder (its config.json) instead")
-    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": arch.hidden_size,
-            "intermediate_size": arch.intermediate_size, "num_hidden_layers": arch.num_layers,
-            "num_attention_heads": arch.num_heads, "num_key_value_heads": arch.num_kv_heads,
-            "head_dim": arch.head_dim, "vocab_size": arch.vocab_size, "tie_word_embeddings": arch.tied_embeddings,
-            "max_position_embeddings": arch.max_positions or 4096, "rms_norm_eps": 1e-5}
+        raise ConfigError(
+            f"model={arch.name!r}: the trace builds Llama-style decoders from a built-in description; "
+            f"give this model's HF folder (its config.json) instead"
+        )
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": arch.hidden_size,
+        "intermediate_size": arch.intermediate_size,
+        "num_hidden_layers": arch.num_layers,
+        "num_attention_heads": arch.num_heads,
+        "num_key_value_heads": arch.num_kv_heads,
+        "head_dim": arch.head_dim,
+        "vocab_size": arch.vocab_size,
+        "tie_word_embeddings": arch.tied_embeddings,
+        "max_position_embeddings": arch.max_positions or 4096,
+        "rms_norm_eps": 1e-5,
+    }
 
 
 def builtin_names() -> list[str]:
@@ -188,8 +250,10 @@ def resolve_arch(name_or_path: str, key: str = "model") -> Arch:
         raise ConfigError(f"{key}={name_or_path!r}: {e}") from None
     config = path / "config.json" if path.is_dir() else path
     if not config.is_file() or config.name != "config.json":
-        raise ConfigError(f"{key}={name_or_path!r}: not a built-in model ({', '.join(builtin_names())}), "
-                          "an embedded: model, a local HF folder with config.json, or a ptune config .yaml")
+        raise ConfigError(
+            f"{key}={name_or_path!r}: not a built-in model ({', '.join(builtin_names())}), "
+            "an embedded: model, a local HF folder with config.json, or a ptune config .yaml"
+        )
     try:
         cfg = json.loads(config.read_text())
     except (OSError, json.JSONDecodeError) as e:

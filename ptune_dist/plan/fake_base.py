@@ -52,8 +52,13 @@ def skeleton(model_cfg, hf_config, kind: str) -> nn.Module:
 
         config = quant.bnb_config(model_cfg, quant.skip_modules(cls, hf_config))
         quantizer = AutoHfQuantizer.from_config(config, pre_quantized=False)
-        quantizer.preprocess_model(model=model, dtype=DTYPES[model_cfg.dtype], device_map={"": "cuda"},
-                                   checkpoint_files=None, use_kernels=False)
+        quantizer.preprocess_model(
+            model=model,
+            dtype=DTYPES[model_cfg.dtype],
+            device_map={"": "cuda"},
+            checkpoint_files=None,
+            use_kernels=False,
+        )
     return model
 
 
@@ -61,8 +66,13 @@ def _quantised_4bit(p, module, device) -> torch.Tensor:
     import bitsandbytes.functional as F
 
     weight = torch.empty(p.shape, dtype=p.dtype, device=device)  # what the file gives, in model.dtype
-    packed, state = F.quantize_4bit(weight, blocksize=p.blocksize, compress_statistics=p.compress_statistics,
-                                    quant_type=p.quant_type, quant_storage=p.quant_storage)
+    packed, state = F.quantize_4bit(
+        weight,
+        blocksize=p.blocksize,
+        compress_statistics=p.compress_statistics,
+        quant_type=p.quant_type,
+        quant_storage=p.quant_storage,
+    )
     new = nn.Parameter(packed, requires_grad=False)
     for name in PARAMS4BIT_ATTRS:
         setattr(new, name, getattr(p, name))
@@ -100,7 +110,6 @@ def _dynamic_map(device: torch.device):
     it builds on first use with a host loop (`.tolist()`), which a fake mode cannot run: it is built here on the
     CPU, handed to bitsandbytes on the device for the quantisation, and bitsandbytes' cache restored after."""
     import bitsandbytes.functional as F
-
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     with unset_fake_temporarily():

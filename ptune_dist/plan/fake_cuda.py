@@ -33,8 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ptune_dist.nofollow import publish
 from ptune_dist.errors import ConfigError
+from ptune_dist.nofollow import publish
 
 SOURCE = r"""
 #include <ATen/detail/CUDAHooksInterface.h>
@@ -106,20 +106,36 @@ def library() -> Path:
         return out
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     if not compiler:
-        raise ConfigError("ptune plan --trace on a CPU-only torch needs a C++ compiler (g++ or clang++, or CXX=...) "
-                          "to build its fake CUDA device once; install one, or trace on a machine with a CUDA build "
-                          "of torch")
+        raise ConfigError(
+            "ptune plan --trace on a CPU-only torch needs a C++ compiler (g++ or clang++, or CXX=...) "
+            "to build its fake CUDA device once; install one, or trace on a machine with a CUDA build "
+            "of torch"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         src, built = Path(tmp) / "fake_cuda.cpp", Path(tmp) / out.name
         src.write_text(SOURCE)
-        cmd = [compiler, "-O1", "-shared", "-fPIC", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-               f"-I{torch_dir / 'include'}", str(src), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu",
-               f"-Wl,-rpath,{torch_dir / 'lib'}", "-o", str(built)]
+        cmd = [
+            compiler,
+            "-O1",
+            "-shared",
+            "-fPIC",
+            "-std=c++17",
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+            f"-I{torch_dir / 'include'}",
+            str(src),
+            f"-L{torch_dir / 'lib'}",
+            "-lc10",
+            "-ltorch_cpu",
+            f"-Wl,-rpath,{torch_dir / 'lib'}",
+            "-o",
+            str(built),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            raise ConfigError(f"ptune plan --trace: building the fake CUDA device failed ({' '.join(cmd)}):\n"
-                              + done.stderr[-2000:])
+            raise ConfigError(
+                f"ptune plan --trace: building the fake CUDA device failed ({' '.join(cmd)}):\n" + done.stderr[-2000:]
+            )
         publish(built, out)  # atomic (nofollow.py): another process may build the same file
     return out
 
@@ -128,15 +144,25 @@ def run_child(payload: dict, timeout: float | None = None) -> dict:
     """Run ptune_dist.plan.trace_child.main on `payload` in a fresh process with the fake device; its answer."""
     import torch
 
-    env = {**os.environ, "PTUNE_TORCH_LIB": str(Path(torch.__file__).parent / "lib"),
-           "PTUNE_FAKE_CUDA_LIB": str(library())}
+    env = {
+        **os.environ,
+        "PTUNE_TORCH_LIB": str(Path(torch.__file__).parent / "lib"),
+        "PTUNE_FAKE_CUDA_LIB": str(library()),
+    }
     env.pop("TRITON_INTERPRET", None)  # a GPU runs the compiled Triton kernels (the interpreter takes CPU tensors only)
     with tempfile.TemporaryDirectory(prefix="ptune-trace-") as tmp:
         request, answer = Path(tmp) / "request.json", Path(tmp) / "answer.json"
         request.write_text(json.dumps(payload))
-        done = subprocess.run([sys.executable, "-c", BOOT, str(request), str(answer)], env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-c", BOOT, str(request), str(answer)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if not answer.is_file():
-            raise RuntimeError(f"the trace's process ended with code {done.returncode} and no answer:\n"
-                               + (done.stderr or done.stdout)[-4000:])
+            raise RuntimeError(
+                f"the trace's process ended with code {done.returncode} and no answer:\n"
+                + (done.stderr or done.stdout)[-4000:]
+            )
         return json.loads(answer.read_text())

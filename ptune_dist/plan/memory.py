@@ -60,8 +60,12 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STORAGE_BYTES = {"uint8": 1, **DTYPE_BYTES}  # model.quant_storage: the tensors holding packed 4-bit weights
 QUANTS = ("none", "int8", "nf4", "fp4")
 # DeepSpeed's zero_optimization defaults (deepspeed/runtime/zero/config.py)
-ZERO_DEFAULTS = {"stage3_max_live_parameters": 1e9, "stage3_max_reuse_distance": 1e9,
-                 "stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e5}
+ZERO_DEFAULTS = {
+    "stage3_max_live_parameters": 1e9,
+    "stage3_max_reuse_distance": 1e9,
+    "stage3_prefetch_bucket_size": 5e7,
+    "stage3_param_persistence_threshold": 1e5,
+}
 # intermediate-sized [tokens, I] tensors one layer's backward makes beside the gradient arriving at the MLP's
 # activation: the gate and up gradients and the temporaries of the SwiGLU backward. Measured (RSS of one MLP
 # backward, above the live inputs): HF's MLP or the earlier lean backward 6; model/lean.py's in-place backward
@@ -84,8 +88,16 @@ class Breakdown:
     host: float = 0.0  # host memory for offloaded parts (not in the total)
     trainable_params: int = 0
 
-    PARTS = ("frozen_weights", "zero3_gathered", "trainable", "optimizer", "activations", "logits", "workspace",
-             "runtime")
+    PARTS = (
+        "frozen_weights",
+        "zero3_gathered",
+        "trainable",
+        "optimizer",
+        "activations",
+        "logits",
+        "workspace",
+        "runtime",
+    )
 
     @property
     def tensors(self) -> float:
@@ -181,9 +193,11 @@ def layer_activation_bytes(arch: Arch, s: Setup) -> float:
     H, I, d = arch.hidden_size, arch.intermediate_size, arch.head_dim
     norms = 2 * N * H * 4 + 2 * N * 4  # RMSNorm keeps its input in fp32 (and the 1/rms)
     keys = Tk if (P and s.attention not in SHARED_PREFIX) else T
-    attn = (2 * N * arch.num_heads * d * e  # rotated queries, attention output
-            + 2 * B * arch.num_kv_heads * keys * d * e  # keys and values as the kernel sees them
-            + N * arch.num_heads * 4)  # log-sum-exp
+    attn = (
+        2 * N * arch.num_heads * d * e  # rotated queries, attention output
+        + 2 * B * arch.num_kv_heads * keys * d * e  # keys and values as the kernel sees them
+        + N * arch.num_heads * 4
+    )  # log-sum-exp
     if arch.gated_mlp:
         mlp_tensors = 2 if s.lean_activations else 3
     else:

@@ -53,22 +53,37 @@ GPU_RUNTIME = 1.0 * GiB  # CUDA context, cuBLAS/cuDNN workspaces, allocator slac
 # This CPU (2 cores, torch 2.13, tcmalloc): what a `ptune train` process holds besides the tensors of the
 # model, measured once by bench/memory_plan.py (calibration cell) and written into docs/plan.md
 CPU_RUNTIME = 71 * 2**20
-HARDWARE_KEYS = {"gpus": "GPUs per node", "nodes": "nodes", "gpu_mem": "memory of one GPU, e.g. 24GB",
-                 "device": "gpu | cpu (cpu: one process per 'GPU', memory = RAM per process)",
-                 "runtime": "non-tensor memory per process, e.g. 1GB (default: 1GB on a GPU, calibrated on CPU)"}
-PLAN_KEYS = {"label_tokens": "labelled tokens per row that reach the LM head (generation; default max_length/4)",
-             "sequences_per_row": "data.packing: examples per packed row (default max_length/128, at least 1)",
-             "all": "true: every micro-batch and also the setups that do not fit",
-             "top": "how many setups to print (default 20)"}
-HUB_IDS = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B", "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
-           "llama-2-7b": "meta-llama/Llama-2-7b-hf", "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
-           "llama-2-13b": "meta-llama/Llama-2-13b-hf", "llama-65b": "huggyllama/llama-65b",
-           "llama-2-70b": "meta-llama/Llama-2-70b-hf", "llama-3.1-70b": "meta-llama/Llama-3.1-70B",
-           "chatglm-6b": "THUDM/chatglm-6b"}
+HARDWARE_KEYS = {
+    "gpus": "GPUs per node",
+    "nodes": "nodes",
+    "gpu_mem": "memory of one GPU, e.g. 24GB",
+    "device": "gpu | cpu (cpu: one process per 'GPU', memory = RAM per process)",
+    "runtime": "non-tensor memory per process, e.g. 1GB (default: 1GB on a GPU, calibrated on CPU)",
+}
+PLAN_KEYS = {
+    "label_tokens": "labelled tokens per row that reach the LM head (generation; default max_length/4)",
+    "sequences_per_row": "data.packing: examples per packed row (default max_length/128, at least 1)",
+    "all": "true: every micro-batch and also the setups that do not fit",
+    "top": "how many setups to print (default 20)",
+}
+HUB_IDS = {
+    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "llama-2-13b": "meta-llama/Llama-2-13b-hf",
+    "llama-65b": "huggyllama/llama-65b",
+    "llama-2-70b": "meta-llama/Llama-2-70b-hf",
+    "llama-3.1-70b": "meta-llama/Llama-3.1-70B",
+    "chatglm-6b": "THUDM/chatglm-6b",
+}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 # what a size may be: from the memory of a process (hardware.device=cpu) to far beyond any GPU
-SIZE_RANGE = {"hardware.gpu_mem": (2**20, 2**50), "hardware.runtime": (0, 2**50),
-              "study.hardware.gpu_mem": (2**20, 2**50)}
+SIZE_RANGE = {
+    "hardware.gpu_mem": (2**20, 2**50),
+    "hardware.runtime": (0, 2**50),
+    "study.hardware.gpu_mem": (2**20, 2**50),
+}
 COUNT_MAX = {"hardware.gpus": 1024, "hardware.nodes": 65536, "plan.top": 10**6}
 
 
@@ -111,11 +126,9 @@ class Setup:
         return self.zero_stage if self.engine == "deepspeed" else 0
 
 
-
 def method_section(s: Setup) -> MethodConfig:
     """The run config's method section the setup holds (what the method hooks take)."""
     return s.method
-
 
 
 def _int(value: str, key: str, minimum: int = 1, maximum: int | None = None) -> int:
@@ -129,7 +142,6 @@ def _int(value: str, key: str, minimum: int = 1, maximum: int | None = None) -> 
     if maximum is not None and n > maximum:
         raise ConfigError(f"{key}={value} must be <= {maximum}")
     return n
-
 
 
 def planned_kernel(attention: str, dtype: str, device: str) -> str:
@@ -151,21 +163,45 @@ def setup_from_config(cfg: RunConfig, arch: Arch, plan: dict, device: str | None
     task = cfg.tasks[0] if cfg.tasks else None
     ttype = task.type if task else "classification"
     head = len(task.labels) if task and task.scoring == "head" else 0
-    label_tokens = (_int(plan["label_tokens"], "plan.label_tokens", maximum=d.max_length) if "label_tokens" in plan
-                    else 1 if ttype == "classification" else max(1, d.max_length // 4))
+    label_tokens = (
+        _int(plan["label_tokens"], "plan.label_tokens", maximum=d.max_length)
+        if "label_tokens" in plan
+        else 1
+        if ttype == "classification"
+        else max(1, d.max_length // 4)
+    )
     if ttype == "token_classification":
         head, label_tokens = max(head, 2), d.max_length
-    per_row = (_int(plan["sequences_per_row"], "plan.sequences_per_row", maximum=d.max_length)
-               if "sequences_per_row" in plan else max(1, d.max_length // 128))
+    per_row = (
+        _int(plan["sequences_per_row"], "plan.sequences_per_row", maximum=d.max_length)
+        if "sequences_per_row" in plan
+        else max(1, d.max_length // 128)
+    )
     return Setup(
-        method=cfg.method, task=ttype, label_tokens=label_tokens,
-        head_classes=head, batch_size=d.batch_size, grad_accum=cfg.train.grad_accum, max_length=d.max_length,
-        packing=d.packing, sequences_per_row=per_row,
-        dtype=m.dtype, quant=m.quant, quant_double=m.quant_double, quant_storage=m.quant_storage,
-        gradient_checkpointing=m.gradient_checkpointing, lean_activations=m.lean_activations,
-        attention=planned_kernel(m.attention, m.dtype, device), optimizer=cfg.train.optimizer,
-        engine=dist.engine, zero_stage=dist.zero_stage, offload_optimizer=dist.offload_optimizer,
-        offload_params=dist.offload_params, world=1, zero_extra=dict(dist.zero_extra))
+        method=cfg.method,
+        task=ttype,
+        label_tokens=label_tokens,
+        head_classes=head,
+        batch_size=d.batch_size,
+        grad_accum=cfg.train.grad_accum,
+        max_length=d.max_length,
+        packing=d.packing,
+        sequences_per_row=per_row,
+        dtype=m.dtype,
+        quant=m.quant,
+        quant_double=m.quant_double,
+        quant_storage=m.quant_storage,
+        gradient_checkpointing=m.gradient_checkpointing,
+        lean_activations=m.lean_activations,
+        attention=planned_kernel(m.attention, m.dtype, device),
+        optimizer=cfg.train.optimizer,
+        engine=dist.engine,
+        zero_stage=dist.zero_stage,
+        offload_optimizer=dist.offload_optimizer,
+        offload_params=dist.offload_params,
+        world=1,
+        zero_extra=dict(dist.zero_extra),
+    )
 
 
 def parse_size(text: str, key: str) -> float:
@@ -176,8 +212,9 @@ def parse_size(text: str, key: str) -> float:
     if not m:
         raise ConfigError(f"{key}={text!r}: expected a size such as 24GB, 80GiB, 24000MB or 1.5TB")
     if not m.group(2):
-        raise ConfigError(f"{key}={text!r}: a size needs its unit, e.g. {key}={m.group(1)}GB or {m.group(1)}GiB "
-                          f"(or {m.group(1)}MB)")
+        raise ConfigError(
+            f"{key}={text!r}: a size needs its unit, e.g. {key}={m.group(1)}GB or {m.group(1)}GiB (or {m.group(1)}MB)"
+        )
     unit = m.group(2).lower().rstrip("b").rstrip("i") or "b"
     scale = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit]
     size = float(m.group(1)) * scale
@@ -248,8 +285,10 @@ def parse_request(args: list[str]) -> Request:
     for arg in args:
         if "=" not in arg:
             if not arg.endswith((".yaml", ".yml")) and not Path(arg).is_file():
-                raise ConfigError(f"{arg!r}: expected a run config (CONFIG.yaml) or key=value "
-                                  "(model=..., method=..., hardware.gpus=...)")
+                raise ConfigError(
+                    f"{arg!r}: expected a run config (CONFIG.yaml) or key=value "
+                    "(model=..., method=..., hardware.gpus=...)"
+                )
             files.append(arg)
             continue
         key, value = arg.split("=", 1)
@@ -265,22 +304,25 @@ def parse_request(args: list[str]) -> Request:
         elif key.startswith("hardware."):
             name = key.split(".", 1)[1]
             if name not in HARDWARE_KEYS:
-                raise ConfigError(f"config key {key} is unknown; allowed here: "
-                                  + ", ".join(f"hardware.{k}" for k in HARDWARE_KEYS))
+                raise ConfigError(
+                    f"config key {key} is unknown; allowed here: " + ", ".join(f"hardware.{k}" for k in HARDWARE_KEYS)
+                )
             hardware[name] = value
         elif key.startswith("plan."):
             name = key.split(".", 1)[1]
             if name not in PLAN_KEYS:
-                raise ConfigError(f"config key {key} is unknown; allowed here: "
-                                  + ", ".join(f"plan.{k}" for k in PLAN_KEYS))
+                raise ConfigError(
+                    f"config key {key} is unknown; allowed here: " + ", ".join(f"plan.{k}" for k in PLAN_KEYS)
+                )
             plan[name] = value
         else:
             overrides.append(arg)
     if files and model_file:
         raise ConfigError(f"model={model_file!r}: the run config is already given ({' '.join(files)}); give it once")
     if not (model or files or model_file):
-        raise ConfigError("give a run config (CONFIG.yaml) or model=<built-in name | embedded:NAME | "
-                          "HF folder | run config .yaml>")
+        raise ConfigError(
+            "give a run config (CONFIG.yaml) or model=<built-in name | embedded:NAME | HF folder | run config .yaml>"
+        )
     arch = resolve_arch(model) if model else None
     if model:
         overrides.insert(0, f"model.name_or_path={model}")
@@ -290,13 +332,22 @@ def parse_request(args: list[str]) -> Request:
     fixed = {o.split("=", 1)[0] for o in overrides} | _keys_set_in(files)
     hw = _hardware(hardware, cfg)
     base = setup_from_config(cfg, arch, plan, hw.device)
-    return Request(arch=arch, base=base, fixed=fixed, hardware=hw, attention=cfg.model.attention,
-                   config_file=" ".join(files) or model_file,
-                   model_override=HUB_IDS.get(arch.name, model) if model else "",
-                   overrides=[o for o in overrides if o.split("=", 1)[0] not in PLANNED_KEYS],
-                   backend=cfg.launch.backend, slurm_gpus=cfg.launch.gpus_per_node > 0,
-                   show_all=_bool(plan.get("all", "false"), "plan.all"),
-                   top=_int(plan.get("top", "20"), "plan.top"), cfg=cfg, builtin=bool(model) and is_builtin(model))
+    return Request(
+        arch=arch,
+        base=base,
+        fixed=fixed,
+        hardware=hw,
+        attention=cfg.model.attention,
+        config_file=" ".join(files) or model_file,
+        model_override=HUB_IDS.get(arch.name, model) if model else "",
+        overrides=[o for o in overrides if o.split("=", 1)[0] not in PLANNED_KEYS],
+        backend=cfg.launch.backend,
+        slurm_gpus=cfg.launch.gpus_per_node > 0,
+        show_all=_bool(plan.get("all", "false"), "plan.all"),
+        top=_int(plan.get("top", "20"), "plan.top"),
+        cfg=cfg,
+        builtin=bool(model) and is_builtin(model),
+    )
 
 
 def _keys_set_in(files: list[str]) -> set[str]:
@@ -320,11 +371,16 @@ def _keys_set_in(files: list[str]) -> set[str]:
 def _hardware(given: dict, cfg: RunConfig) -> Hardware:
     """hardware.* as given; the rest from the run config and, on a GPU, this machine's GPU memory; each
     figure's origin in `sources`."""
-    hw = Hardware(gpus=cfg.launch.nproc_per_node, nodes=cfg.launch.nnodes,
-                  device="cpu" if cfg.train.device == "cpu" else "gpu")
-    hw.sources = {"gpus": "from launch.nproc_per_node", "nodes": "from launch.nnodes",
-                  "runtime": "assumed (CUDA context, workspaces, allocator slack: docs/plan.md; hardware.runtime=... "
-                             "to set it)" if hw.device == "gpu" else "assumed (hardware.runtime=... to set it)"}
+    hw = Hardware(
+        gpus=cfg.launch.nproc_per_node, nodes=cfg.launch.nnodes, device="cpu" if cfg.train.device == "cpu" else "gpu"
+    )
+    hw.sources = {
+        "gpus": "from launch.nproc_per_node",
+        "nodes": "from launch.nnodes",
+        "runtime": "assumed (CUDA context, workspaces, allocator slack: docs/plan.md; hardware.runtime=... to set it)"
+        if hw.device == "gpu"
+        else "assumed (hardware.runtime=... to set it)",
+    }
     for name, value in given.items():
         key = f"hardware.{name}"
         hw.sources[name] = f"given ({key})"
@@ -344,14 +400,18 @@ def _hardware(given: dict, cfg: RunConfig) -> Hardware:
         local = local_gpu() if hw.device == "gpu" else None
         if local:
             hw.gpu_mem, hw.detected = local
-            hw.sources["gpu_mem"] = (f"detected (this machine's {hw.detected}, by torch.cuda; hardware.gpu_mem=... "
-                                     "for another)")
+            hw.sources["gpu_mem"] = (
+                f"detected (this machine's {hw.detected}, by torch.cuda; hardware.gpu_mem=... for another)"
+            )
         elif hw.device == "gpu":
-            hw.sources["gpu_mem"] = ("assumed: this machine shows no GPU (torch.cuda); give hardware.gpu_mem=... "
-                                     "for the GPU the run will have")
+            hw.sources["gpu_mem"] = (
+                "assumed: this machine shows no GPU (torch.cuda); give hardware.gpu_mem=... "
+                "for the GPU the run will have"
+            )
         else:
             hw.sources["gpu_mem"] = "assumed (the memory of one process; hardware.gpu_mem=... to set it)"
     return hw
+
 
 def local_gpu() -> tuple[float, str] | None:
     """(memory in bytes, name) of the smallest GPU this machine shows (device.py); None without one."""
@@ -370,7 +430,20 @@ def _config_overrides(overrides: list[str], model: str) -> list[str]:
 
 
 # keys the commands set from the planned setup; the command line's other run-config keys go in as given
-PLANNED_KEYS = {"model.name_or_path", "model.dtype", "model.quant", "model.quant_compute_dtype",
-                "model.quant_storage", "model.gradient_checkpointing", "data.batch_size", "train.grad_accum",
-                "distributed.engine", "distributed.zero_stage", "distributed.offload_optimizer",
-                "distributed.offload_params", "launch.nproc_per_node", "launch.nnodes", "launch.gpus_per_node"}
+PLANNED_KEYS = {
+    "model.name_or_path",
+    "model.dtype",
+    "model.quant",
+    "model.quant_compute_dtype",
+    "model.quant_storage",
+    "model.gradient_checkpointing",
+    "data.batch_size",
+    "train.grad_accum",
+    "distributed.engine",
+    "distributed.zero_stage",
+    "distributed.offload_optimizer",
+    "distributed.offload_params",
+    "launch.nproc_per_node",
+    "launch.nnodes",
+    "launch.gpus_per_node",
+}

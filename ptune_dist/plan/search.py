@@ -47,10 +47,20 @@ def _micro_batches(target: int) -> list[int]:
 
 def _engines(req: Request) -> list[dict]:
     f, base, world = req.fixed, req.base, req.hardware.world
-    if f & {"distributed.engine", "distributed.zero_stage", "distributed.offload_optimizer",
-            "distributed.offload_params"}:
-        return [dict(engine=base.engine, zero_stage=base.zero_stage, offload_optimizer=base.offload_optimizer,
-                     offload_params=base.offload_params)]
+    if f & {
+        "distributed.engine",
+        "distributed.zero_stage",
+        "distributed.offload_optimizer",
+        "distributed.offload_params",
+    }:
+        return [
+            dict(
+                engine=base.engine,
+                zero_stage=base.zero_stage,
+                offload_optimizer=base.offload_optimizer,
+                offload_params=base.offload_params,
+            )
+        ]
     plain = dict(engine="torch", zero_stage=0, offload_optimizer=False, offload_params=False)
     if base.optimizer != "adamw":  # ZeRO takes AdamW only (config validation: it undoes Adafactor's factoring)
         return [plain]
@@ -58,8 +68,9 @@ def _engines(req: Request) -> list[dict]:
     z3off = dict(engine="deepspeed", zero_stage=3, offload_optimizer=True, offload_params=True)
     out = [plain] + ([z3] if world > 1 else []) + [z3off]
     if method_class(base.method.name).trains_base and world > 1:
-        out[1:1] = [dict(engine="deepspeed", zero_stage=s, offload_optimizer=False, offload_params=False)
-                    for s in (1, 2)]
+        out[1:1] = [
+            dict(engine="deepspeed", zero_stage=s, offload_optimizer=False, offload_params=False) for s in (1, 2)
+        ]
     return out
 
 
@@ -89,10 +100,20 @@ def enumerate_setups(req: Request) -> list[Setup]:
             storage = "bfloat16" if eng["zero_stage"] == 3 and quant in ("nf4", "fp4") else b.quant_storage
             for ckpt in ckpts:
                 for micro in micros:
-                    out.append(replace(b, dtype=dtype, quant=quant, quant_storage=storage, gradient_checkpointing=ckpt,
-                                       batch_size=micro, grad_accum=b.grad_accum * max(1, target // micro),
-                                       world=req.hardware.world,
-                                       attention=planned_kernel(req.attention, dtype, req.hardware.device), **eng))
+                    out.append(
+                        replace(
+                            b,
+                            dtype=dtype,
+                            quant=quant,
+                            quant_storage=storage,
+                            gradient_checkpointing=ckpt,
+                            batch_size=micro,
+                            grad_accum=b.grad_accum * max(1, target // micro),
+                            world=req.hardware.world,
+                            attention=planned_kernel(req.attention, dtype, req.hardware.device),
+                            **eng,
+                        )
+                    )
     return out
 
 
@@ -107,7 +128,9 @@ def overrides_for(s: Setup, req: Request) -> list[str]:
     if s.quant != "none":
         o.append(f"model.quant={s.quant}")
         if s.quant in ("nf4", "fp4") and s.zero == 3:
-            o.append(f"model.quant_storage={s.quant_storage}")  # packed weights in a float dtype: ZeRO-3 can partition them
+            o.append(
+                f"model.quant_storage={s.quant_storage}"
+            )  # packed weights in a float dtype: ZeRO-3 can partition them
     if s.gradient_checkpointing:
         o.append("model.gradient_checkpointing=true")
     o.append(f"data.batch_size={s.batch_size}")
@@ -126,14 +149,29 @@ def config_for(s: Setup, req: Request) -> RunConfig:
     """The run config of a planned setup: the request's config with the keys the planner chose (what
     overrides_for puts in the command)."""
     cfg = req.cfg
-    m = replace(cfg.model, dtype=s.dtype, quant=s.quant, quant_double=s.quant_double, quant_compute_dtype="auto",
-                gradient_checkpointing=s.gradient_checkpointing)  # auto: the 4-bit matmul in model.dtype
+    m = replace(
+        cfg.model,
+        dtype=s.dtype,
+        quant=s.quant,
+        quant_double=s.quant_double,
+        quant_compute_dtype="auto",
+        gradient_checkpointing=s.gradient_checkpointing,
+    )  # auto: the 4-bit matmul in model.dtype
     if s.quant in ("nf4", "fp4"):
         m = replace(m, quant_storage=s.quant_storage)
-    return replace(cfg, model=m, data=replace(cfg.data, batch_size=s.batch_size),
-                   train=replace(cfg.train, grad_accum=s.grad_accum),
-                   distributed=replace(cfg.distributed, engine=s.engine, zero_stage=s.zero_stage,
-                                       offload_optimizer=s.offload_optimizer, offload_params=s.offload_params))
+    return replace(
+        cfg,
+        model=m,
+        data=replace(cfg.data, batch_size=s.batch_size),
+        train=replace(cfg.train, grad_accum=s.grad_accum),
+        distributed=replace(
+            cfg.distributed,
+            engine=s.engine,
+            zero_stage=s.zero_stage,
+            offload_optimizer=s.offload_optimizer,
+            offload_params=s.offload_params,
+        ),
+    )
 
 
 def command_for(s: Setup, req: Request) -> str:
@@ -177,7 +215,15 @@ def select(rows: list[Row], show_all: bool = False) -> list[Row]:
     best = {}
     for r in sorted((r for r in rows if r.fits), key=_rank):
         s = r.setup
-        key = (s.engine, s.zero_stage, s.offload_params, s.offload_optimizer, s.dtype, s.quant, s.gradient_checkpointing)
+        key = (
+            s.engine,
+            s.zero_stage,
+            s.offload_params,
+            s.offload_optimizer,
+            s.dtype,
+            s.quant,
+            s.gradient_checkpointing,
+        )
         best.setdefault(key, r)
     return list(best.values())
 

@@ -42,8 +42,8 @@ from pathlib import Path
 
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
-from ptune_dist.methods.placement import Placement
 from ptune_dist.methods.config import RANDOM
+from ptune_dist.methods.placement import Placement
 
 from . import fake_cuda
 from .live_bytes import CATEGORIES
@@ -53,9 +53,11 @@ DEVICE = "cuda:0"
 
 # torch picks SDPA's kernel in C++ from the device's properties; a CPU-only torch has none for CUDA and runs the
 # math fallback on a fake CUDA device (fp32 scores and probabilities kept for the backward), which a GPU does not
-SDPA_NOTE = ("attention ran as torch's SDPA math fallback (a CPU-only torch cannot pick a CUDA kernel for a fake "
-             "device): its [B, H, T, T] probabilities are counted, a GPU's fused kernels keep none; trace with a "
-             "CUDA build of torch, or a kernel that is a ptune custom op (model.attention=triton)")
+SDPA_NOTE = (
+    "attention ran as torch's SDPA math fallback (a CPU-only torch cannot pick a CUDA kernel for a fake "
+    "device): its [B, H, T, T] probabilities are counted, a GPU's fused kernels keep none; trace with a "
+    "CUDA build of torch, or a kernel that is a ptune custom op (model.attention=triton)"
+)
 
 
 class NotTraceable(ConfigError):
@@ -79,8 +81,9 @@ class Trace:
         return dataclasses.asdict(self)
 
 
-def trace_step(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, steps: int = 2,
-               timeout: float | None = None) -> Trace:
+def trace_step(
+    cfg: RunConfig, hf_config=None, label_tokens: int | None = None, steps: int = 2, timeout: float | None = None
+) -> Trace:
     """Trace `steps` training steps of `cfg` on one rank (see the module docstring). `hf_config`: the base's
     transformers config or its dict (default: read from model.name_or_path)."""
     out = trace_steps([(cfg, hf_config, label_tokens)], steps, timeout)[0]
@@ -115,8 +118,9 @@ def trace_steps(requests: list, steps: int = 2, timeout: float | None = None) ->
         items.append({"config": to_yaml(cfg), "hf_config": config, "label_tokens": label_tokens})
     kinds = {"NotTraceable": NotTraceable, "ConfigError": ConfigError}
     for i, answer in zip(todo, fake_cuda.run_child({"items": items, "steps": steps}, timeout=timeout)["answers"]):
-        answers[i] = (Trace(**answer["trace"]) if "trace" in answer
-                      else kinds.get(answer["kind"], RuntimeError)(answer["error"]))
+        answers[i] = (
+            Trace(**answer["trace"]) if "trace" in answer else kinds.get(answer["kind"], RuntimeError)(answer["error"])
+        )
     return answers
 
 
@@ -136,20 +140,26 @@ def traced(cfg: RunConfig, hf_config, label_tokens: int | None, steps: int):
 def check_traceable(cfg: RunConfig) -> None:
     """Refuse, naming the key, what the trace cannot run."""
     if cfg.distributed.engine != "torch":
-        raise ConfigError(f"distributed.engine={cfg.distributed.engine}: the trace runs the plain engine only; "
-                          "DeepSpeed chooses its accelerator and allocates its own buffers, which fake tensors "
-                          "cannot stand in for")
+        raise ConfigError(
+            f"distributed.engine={cfg.distributed.engine}: the trace runs the plain engine only; "
+            "DeepSpeed chooses its accelerator and allocates its own buffers, which fake tensors "
+            "cannot stand in for"
+        )
     if cfg.data.packing:
         raise ConfigError("data.packing=true: the trace builds padded-row batches only")
     if cfg.model.quant == "int8":
-        raise ConfigError("model.quant=int8: bitsandbytes' int8 matmul picks outlier columns by their values (an "
-                          "output whose shape depends on the data), which a fake tensor cannot have")
+        raise ConfigError(
+            "model.quant=int8: bitsandbytes' int8 matmul picks outlier columns by their values (an "
+            "output whose shape depends on the data), which a fake tensor cannot have"
+        )
     if len({t.type for t in cfg.tasks}) != 1:
         raise ConfigError("tasks: the trace needs tasks of one type")
     if cfg.train.optimizer != "adamw":
-        raise ConfigError(f"train.optimizer={cfg.train.optimizer}: torch's Adafactor reads norms on the host in every "
-                          "step, which a fake tensor cannot give; the trace runs train.optimizer=adamw (the same "
-                          "memory but for Adafactor's smaller, factored state)")
+        raise ConfigError(
+            f"train.optimizer={cfg.train.optimizer}: torch's Adafactor reads norms on the host in every "
+            "step, which a fake tensor cannot give; the trace runs train.optimizer=adamw (the same "
+            "memory but for Adafactor's smaller, factored state)"
+        )
 
 
 # -- the run, built on the fake device ------------------------------------------------------------------
@@ -184,9 +194,18 @@ def task_specs(cfg: RunConfig, vocab_size: int) -> list:
             next_id += len(ws)
         if next_id >= vocab_size:
             raise ConfigError(f"tasks.{task.name}: more label words than the vocabulary holds")
-        specs.append(TaskSpec(name=task.name, type=task.type, scoring=task.scoring, labels=labels,
-                              label_words=words, label_word_ids=ids if task.type == "classification" else [],
-                              pooling=task.pooling, max_new_tokens=task.max_new_tokens))
+        specs.append(
+            TaskSpec(
+                name=task.name,
+                type=task.type,
+                scoring=task.scoring,
+                labels=labels,
+                label_words=words,
+                label_word_ids=ids if task.type == "classification" else [],
+                pooling=task.pooling,
+                max_new_tokens=task.max_new_tokens,
+            )
+        )
     return specs
 
 
@@ -258,6 +277,7 @@ def _hook_regions(tracker, model):
                 return fn(*args, **kwargs)
             finally:
                 tracker.region = "backward"
+
         return run
 
     for module in model.base.modules():
@@ -279,9 +299,9 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
     from ptune_dist.model.build import build_model
     from ptune_dist.rank_env import DistEnv
     from ptune_dist.train.loop import make_engine
-    from ptune_dist.train.update import update
     from ptune_dist.train.placement import Placement
     from ptune_dist.train.session import Session
+    from ptune_dist.train.update import update
 
     from .fake_base import finish, skeleton
     from .live_bytes import LiveBytes
@@ -304,8 +324,16 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
             finish(base, cfg.model, device, trainable=method.trains_base)
         # build_model's prompts are made on the CPU from seeded generators, outside the fake mode: a module made
         # inside one cannot be moved (torch swaps a fake parameter, and fake tensors carry a weak reference)
-        model = build_model(cfg.method, cfg.model, cfg.train.seed, specs, None, base=(base, info),
-                            device=torch.device("cpu"), method=method)
+        model = build_model(
+            cfg.method,
+            cfg.model,
+            cfg.train.seed,
+            specs,
+            None,
+            base=(base, info),
+            device=torch.device("cpu"),
+            method=method,
+        )
         with fake, tracker:
             for module in (*model.prompts.values(), *model.heads.values()):  # build_model's last step, to `device`
                 module.to(device)
@@ -342,11 +370,21 @@ def trace_here(cfg: RunConfig, hf_config=None, label_tokens: int | None = None, 
             if attention == "sdpa" and not torch.backends.cuda.is_built():
                 notes.append(SDPA_NOTE)
     except (DataDependentOutputException, DynamicOutputShapeException) as e:
-        raise NotTraceable(f"the step cannot be traced: {where(e)} needs a device tensor's value on the host "
-                           f"({type(e).__name__}: {e})") from None
-    return Trace(peak=tracker.peak, parts=tracker.breakdown(), peak_region=tracker.peak_region, loaded=loaded,
-                 load_peak=load_peak, steps=steps, seconds=time.perf_counter() - t0, attention=attention,
-                 host_rss=max(0, resident_bytes() - rss0), notes=notes)
+        raise NotTraceable(
+            f"the step cannot be traced: {where(e)} needs a device tensor's value on the host ({type(e).__name__}: {e})"
+        ) from None
+    return Trace(
+        peak=tracker.peak,
+        parts=tracker.breakdown(),
+        peak_region=tracker.peak_region,
+        loaded=loaded,
+        load_peak=load_peak,
+        steps=steps,
+        seconds=time.perf_counter() - t0,
+        attention=attention,
+        host_rss=max(0, resident_bytes() - rss0),
+        notes=notes,
+    )
 
 
 def resident_bytes() -> int:

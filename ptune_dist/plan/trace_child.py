@@ -26,7 +26,10 @@ def main(request: str, answer: str) -> int:
             result = traced(from_yaml(item["config"]), item["hf_config"], item["label_tokens"], req["steps"])
         else:
             result = RuntimeError("the fake CUDA device did not load (fake_cuda.BOOT)")
-        answers.append({"trace": result.as_dict()} if isinstance(result, Trace)
-                       else {"error": str(result), "kind": type(result).__name__})
+        answers.append(
+            {"trace": result.as_dict()}
+            if isinstance(result, Trace)
+            else {"error": str(result), "kind": type(result).__name__}
+        )
     Path(answer).write_text(json.dumps({"answers": answers}))
     return 0

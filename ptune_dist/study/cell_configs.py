@@ -2,7 +2,8 @@
 
 Every cell's config is built by load_config from the same files and overrides plus the cell's settings
 (cells.Cell.overrides), then the study's method_overrides of its method, model_overrides of its model and of
-'MODEL|METHOD' (in that order: a later setting wins), and its output_dir; then it keeps only its own task, and an empty study and sweep section (a cell is a plain run).
+'MODEL|METHOD' (in that order: a later setting wins), and its output_dir; then it keeps only its own task, and an
+empty study and sweep section (a cell is a plain run).
 With study.hardware.gpu_mem, the planner's resources for the cell (resources.py) go in before the study's
 method and model overrides, which keep their word.
 Everything is checked before anything is written, each cell as its own `ptune train` would check it before
@@ -32,23 +33,35 @@ def user_overrides(cfg: RunConfig, cell: Cell) -> list[str]:
     """The study's settings for the cell: method_overrides of its method, model_overrides of its model and of
     'MODEL|METHOD', in that order."""
     by_model = cfg.study.model_overrides
-    return [*cfg.study.method_overrides.get(cell.method, []), *by_model.get(cell.model, []),
-            *by_model.get(f"{cell.model}|{cell.method}", [])]
+    return [
+        *cfg.study.method_overrides.get(cell.method, []),
+        *by_model.get(cell.model, []),
+        *by_model.get(f"{cell.model}|{cell.method}", []),
+    ]
 
 
 def cell_config(files, overrides, cfg: RunConfig, cell: Cell, study_dir: Path, planned=()) -> RunConfig:
     """The cell's run config; `planned`: its resources (resources.py), which the user's settings override."""
     where = f"study cell {cell.id}"
     try:
-        c = load_config(files, [*overrides, *cell.overrides(), *planned, *user_overrides(cfg, cell),
-                                f"output_dir={cell_dir(study_dir, cell.id)}"])
+        c = load_config(
+            files,
+            [
+                *overrides,
+                *cell.overrides(),
+                *planned,
+                *user_overrides(cfg, cell),
+                f"output_dir={cell_dir(study_dir, cell.id)}",
+            ],
+        )
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     return dataclasses.replace(c, tasks=[c.tasks[cell.task]], study=StudyConfig(), sweep=SweepConfig())
 
 
-def planned_settings(files, overrides, cfg: RunConfig, cell: Cell, study_dir: Path,
-                     cluster: resources.Cluster) -> tuple[resources.Planned, list[str]]:
+def planned_settings(
+    files, overrides, cfg: RunConfig, cell: Cell, study_dir: Path, cluster: resources.Cluster
+) -> tuple[resources.Planned, list[str]]:
     """The planner's setup for the cell, and its key=value settings, from the cell's config as the user set it."""
     plain = cell_config(files, overrides, cfg, cell, study_dir)
     fixed = resources.user_keys([*overrides, *user_overrides(cfg, cell)])
@@ -74,9 +87,18 @@ def cell_configs(files, overrides, cfg: RunConfig, expanded, cells: list[dict], 
 
 
 def describe(cell: Cell, parts, task) -> dict:
-    return {"id": cell.id, "parts": list(parts), "model": cell.model, "method": cell.method,
-            "prompt_length": cell.prompt_length, "init": cell.init, "task": cell.task_name, "seed": cell.seed,
-            "task_type": task.type, "preset": task.preset}
+    return {
+        "id": cell.id,
+        "parts": list(parts),
+        "model": cell.model,
+        "method": cell.method,
+        "prompt_length": cell.prompt_length,
+        "init": cell.init,
+        "task": cell.task_name,
+        "seed": cell.seed,
+        "task_type": task.type,
+        "preset": task.preset,
+    }
 
 
 def resolve_study(files, overrides, write: bool = True) -> tuple[RunConfig, Path, list[dict], list[RunConfig]]:

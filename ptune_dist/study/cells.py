@@ -13,7 +13,6 @@ study grows: a rerun with more seeds or sizes finds the cells it already has.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -59,16 +58,23 @@ def slug(text: str) -> str:
 def check_study(s: StudyConfig) -> None:
     """What `ptune study` needs of the study section, each problem naming its key."""
     if not s.models:
-        raise ConfigError("study.models is empty: give the model of each size, e.g. study.models=[embedded:"
-                          "all-minilm-l6-v2, embedded:smollm2-135m-instruct]")
+        raise ConfigError(
+            "study.models is empty: give the model of each size, e.g. study.models=[embedded:"
+            "all-minilm-l6-v2, embedded:smollm2-135m-instruct]"
+        )
     for key, values, allowed in (("study.methods", s.methods, METHODS), ("study.inits", s.inits, INITS)):
         if not values:
             raise ConfigError(f"{key} is empty: give at least one")
         wrong = [v for v in values if v not in allowed]
         if wrong:
             raise ConfigError(f"{key}: {wrong[0]!r} is not one of {list(allowed)}")
-    for key, values in (("study.models", s.models), ("study.methods", s.methods), ("study.seeds", s.seeds),
-                        ("study.prompt_lengths", s.prompt_lengths), ("study.inits", s.inits)):
+    for key, values in (
+        ("study.models", s.models),
+        ("study.methods", s.methods),
+        ("study.seeds", s.seeds),
+        ("study.prompt_lengths", s.prompt_lengths),
+        ("study.inits", s.inits),
+    ):
         twice = sorted({str(v) for v in values if values.count(v) > 1})
         if twice:
             raise ConfigError(f"{key}: {', '.join(twice)} given twice; give each once")
@@ -76,20 +82,25 @@ def check_study(s: StudyConfig) -> None:
         raise ConfigError("study.seeds and study.prompt_lengths need at least one value each")
     ids = {slug(m): m for m in s.models}
     if len(ids) != len(s.models):
-        raise ConfigError(f"study.models: two models share the folder name {sorted(ids)}; their cells would "
-                          "collide (use distinct names or folders)")
+        raise ConfigError(
+            f"study.models: two models share the folder name {sorted(ids)}; their cells would "
+            "collide (use distinct names or folders)"
+        )
     unknown = sorted(set(s.method_overrides) - set(METHODS))
     if unknown:
         raise ConfigError(f"study.method_overrides.{unknown[0]}: not a method ({', '.join(METHODS)})")
     for key in s.model_overrides:
         model, _, method = key.partition("|")
         if model not in s.models or (method and method not in METHODS):
-            raise ConfigError(f"study.model_overrides: {key!r} is not one of study.models, nor 'MODEL|METHOD' with "
-                              f"a method of {list(METHODS)}")
+            raise ConfigError(
+                f"study.model_overrides: {key!r} is not one of study.models, nor 'MODEL|METHOD' with "
+                f"a method of {list(METHODS)}"
+            )
 
 
-def method_setting(method: str, length: int, init: str, base: MethodConfig, task_type: str = "classification"
-                   ) -> tuple[int, str]:
+def method_setting(
+    method: str, length: int, init: str, base: MethodConfig, task_type: str = "classification"
+) -> tuple[int, str]:
     """(prompt length, init) the method runs at: (0, "") without a prompt; init=random where its rules refuse init,
     or where the task cannot give it (labels: a generation task has no label names nor words)."""
     cls = method_class(method)
@@ -113,12 +124,14 @@ def expand(cfg: RunConfig) -> list[tuple[Cell, tuple[str, ...]]]:
         for t, task in enumerate(cfg.tasks):
             name = task.name or f"task{t}"
             for seed in s.seeds:
+
                 def add(method, length, init, part):
                     length, init = method_setting(method, length, init, cfg.method, task.type)
                     cell = Cell(model, method, length, init, t, name, seed)
                     parts = wanted.setdefault(cell, [])
                     if part not in parts:
                         parts.append(part)
+
                 for method in s.methods:
                     add(method, s.prompt_length, s.init, "main")
                 for length in s.prompt_lengths:

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 from ptune_dist.errors import ConfigError
-
 from ptune_dist.launcher import grid_queue
 from ptune_dist.launcher.grid_cells import STATES, cell_dir, state
 
@@ -32,7 +31,9 @@ def run(args: list[str], dry_run: bool = False) -> int:
     if cfg.launch.backend == "slurm":
         from ptune_dist.launcher.grid_arrays import submit
 
-        record = submit(cfg, study_dir, cells, configs, kind="study", gather="study report", gather_file="report.sbatch")
+        record = submit(
+            cfg, study_dir, cells, configs, kind="study", gather="study report", gather_file="report.sbatch"
+        )
         arrays = ", ".join(f"{a['job_id']} ({a['cells']} cells)" for a in record["arrays"]) or "none"
         print(f"submitted arrays {arrays}; report job {record.get('gather_job_id', '-')}: {study_dir / 'report'}")
         return 0
@@ -44,8 +45,11 @@ def run(args: list[str], dry_run: bool = False) -> int:
     ensemble(study_dir, report_after=False)
     report(study_dir)
     if missing:
-        print(f"ptune study: {len(missing)} of {len(cells)} cells not done ({', '.join(missing[:3])}"
-              f"{', ...' if len(missing) > 3 else ''}); run the same command again to retry them", file=sys.stderr)
+        print(
+            f"ptune study: {len(missing)} of {len(cells)} cells not done ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}); run the same command again to retry them",
+            file=sys.stderr,
+        )
     return 1 if missing else 0
 
 
@@ -72,8 +76,8 @@ def ensemble(study_dir: Path, report_after: bool = True) -> int:
 
 def report(study_dir: Path) -> int:
     from .ensemble import read_ensembles
-    from .rows import write_rows
     from .report import write_report
+    from .rows import write_rows
 
     csv_path, rows = write_rows(study_dir)
     paths = write_report(rows, study_dir / "report", ensembles=read_ensembles(study_dir))

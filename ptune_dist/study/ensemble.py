@@ -21,13 +21,13 @@ import statistics
 import sys
 from pathlib import Path
 
-from ptune_dist.nofollow import refuse_link
 from ptune_dist.config import load_config
 from ptune_dist.errors import PtuneError
 from ptune_dist.launcher.files import make_dir, write_file
 from ptune_dist.launcher.grid_attempts import say_once
 from ptune_dist.launcher.grid_cells import cell_dir, state
 from ptune_dist.methods import method_class
+from ptune_dist.nofollow import refuse_link
 from ptune_dist.read_back import count, list_of, name, number, one_of, read_record, text, value
 
 from .cells import INITS, slug
@@ -42,10 +42,13 @@ def member_groups(study_dir: Path) -> dict[tuple[str, str], list[dict]]:
     cfg = load_config([study_dir / "config.yaml"])
     groups: dict[tuple[str, str], list[dict]] = {}
     for cell in read_cells(study_dir):
-        if (cell["method"] == cfg.study.ablation_method and "main" in cell["parts"]
-                and method_class(cell["method"]).placement.learned  # a prompt per member, on one shared base
-                and cell.get("task_type", "classification") == "classification"
-                and state(cell_dir(study_dir, cell["id"])) == "done"):
+        if (
+            cell["method"] == cfg.study.ablation_method
+            and "main" in cell["parts"]
+            and method_class(cell["method"]).placement.learned  # a prompt per member, on one shared base
+            and cell.get("task_type", "classification") == "classification"
+            and state(cell_dir(study_dir, cell["id"])) == "done"
+        ):
             groups.setdefault((cell["model"], cell["task"]), []).append(cell)
     return {k: sorted(v, key=lambda c: c["seed"]) for k, v in groups.items() if len(v) >= MIN_MEMBERS}
 
@@ -60,11 +63,24 @@ def run_group(study_dir: Path, model: str, task: str, cells: list[dict]) -> Path
     preset = cells[0].get("preset", "")
     metric, value = main_metric("classification", preset, ens)
     member_scores = [main_metric("classification", preset, m)[1] for m in members]
-    record = {"model": model, "task": task, "method": cells[0]["method"], "prompt_length": cells[0]["prompt_length"],
-              "init": cells[0]["init"], "members": [c["id"] for c in cells], "seeds": [c["seed"] for c in cells],
-              "metric": metric, "score": value, **ens, "member_scores": member_scores,
-              "member_mean": statistics.fmean(member_scores), "member_best": max(member_scores),
-              "gold": gold, "member_preds": preds, "voted": voted}  # per example, so a reader can check the vote
+    record = {
+        "model": model,
+        "task": task,
+        "method": cells[0]["method"],
+        "prompt_length": cells[0]["prompt_length"],
+        "init": cells[0]["init"],
+        "members": [c["id"] for c in cells],
+        "seeds": [c["seed"] for c in cells],
+        "metric": metric,
+        "score": value,
+        **ens,
+        "member_scores": member_scores,
+        "member_mean": statistics.fmean(member_scores),
+        "member_best": max(member_scores),
+        "gold": gold,
+        "member_preds": preds,
+        "voted": voted,
+    }  # per example, so a reader can check the vote
     path = make_dir(refuse_link(study_dir / "ensembles"), "output_dir") / f"{slug(model)}__{slug(task)}.json"
     return write_file(path, json.dumps(record, indent=1) + "\n", "output_dir")
 
@@ -91,8 +107,17 @@ def _scores(v) -> list:
 
 
 # what the report and run_ensembles read of a record: key -> check
-RECORD_KEYS = {"model": text, "task": text, "method": text, "prompt_length": count, "init": one_of("", *INITS),
-               "members": list_of(name), "metric": text, "score": number, "member_scores": _scores}
+RECORD_KEYS = {
+    "model": text,
+    "task": text,
+    "method": text,
+    "prompt_length": count,
+    "init": one_of("", *INITS),
+    "members": list_of(name),
+    "metric": text,
+    "score": number,
+    "member_scores": _scores,
+}
 REMEDY = "left out of the report; `ptune study ensemble STUDY_DIR` writes it again"
 
 

@@ -22,8 +22,15 @@ def ensemble_tables(records: list[dict], sizes: dict[str, int | None]) -> list[t
             scores = r["member_scores"]
             std = statistics.stdev(scores) if len(scores) > 1 else None
             size = sizes.get(r["model"])
-            rows.append([r["model"] + (f" ({fmt_count(size)})" if size else ""), str(len(scores)),
-                         fmt_stat(statistics.fmean(scores), std), f"{max(scores):.3f}", f"{r['score']:.3f}"])
+            rows.append(
+                [
+                    r["model"] + (f" ({fmt_count(size)})" if size else ""),
+                    str(len(scores)),
+                    fmt_stat(statistics.fmean(scores), std),
+                    f"{max(scores):.3f}",
+                    f"{r['score']:.3f}",
+                ]
+            )
         out.append((f"{task} ({mine[0]['metric']})", (COLUMNS, rows)))
     return out
 
@@ -31,12 +38,18 @@ def ensemble_tables(records: list[dict], sizes: dict[str, int | None]) -> list[t
 def ensemble_section(records: list[dict], sizes: dict[str, int | None]) -> list[str]:
     lines = ["## Prompt ensembles", ""]
     if not records:
-        return lines + ["Left out: no ensemble yet (it needs the main setting of the ablation method done for at "
-                        "least three seeds of a model and classification task; `ptune study ensemble DIR`).", ""]
+        return lines + [
+            "Left out: no ensemble yet (it needs the main setting of the ablation method done for at "
+            "least three seeds of a model and classification task; `ptune study ensemble DIR`).",
+            "",
+        ]
     first = records[0]
-    lines += [f"{first['method']} at length {first['prompt_length']}, init {first['init']}: the prompts of every "
-              "seed scored together in one batch on one frozen base, each example's class by majority vote "
-              "(Lester et al. 2021, Table 3).", ""]
+    lines += [
+        f"{first['method']} at length {first['prompt_length']}, init {first['init']}: the prompts of every "
+        "seed scored together in one batch on one frozen base, each example's class by majority vote "
+        "(Lester et al. 2021, Table 3).",
+        "",
+    ]
     for heading, table in ensemble_tables(records, sizes):
         lines += [f"### {heading}", "", md_table(*table), ""]
     return lines

@@ -12,7 +12,8 @@
 The cells' folders, their check, their writing, their attempt records and their state are the grid engine's,
 shared with `ptune sweep` (launcher/grid_cells.py, grid_attempts.py); this module holds what is the study's own:
 study.json and config.yaml, and which cells of an earlier grid it keeps. Every cell config first, study.json
-last, each file atomically. A rerun reuses the folder: cells already there must have the same config but for what a resumed
+last, each file atomically. A rerun reuses the folder: cells already there must have the same config but for what a
+resumed
 run may change, new cells are added, and each cell's `ptune train` resumes from its own checkpoints. Growing
 or shrinking the grid keeps what is done: a done (or running) cell of an earlier grid stays in study.json
 (after the new grid's cells), and a done cell keeps the comparisons it was in besides the new grid's, so its
@@ -41,14 +42,17 @@ from ptune_dist.read_back import count, list_of, mapping, name, one_of, read_rec
 
 from .cells import INITS
 
+
 def check_study_record(path: Path) -> None:
     """study.json of an earlier run of this command: a damaged or edited one is named on stderr and written again
     from this config (REMEDY); its cells are checked by grid_cells.check_folder."""
     try:
         read_cells(path.parent)
     except PtuneError as e:
-        say_once(f"ptune study: {str(e).split('; run `ptune study')[0]}; writing it again from this config "
-                 "(its cells' folders are kept)")
+        say_once(
+            f"ptune study: {str(e).split('; run `ptune study')[0]}; writing it again from this config "
+            "(its cells' folders are kept)"
+        )
 
 
 def write_study(study_dir: Path, cfg: RunConfig, cells: list[dict], configs: list[RunConfig]) -> None:
@@ -80,8 +84,16 @@ def kept_cells(study_dir: Path, cells: list[dict]) -> list[dict]:
 REMEDY = "run `ptune study CONFIG` with output_dir there to write it again"
 TASK_TYPES = ("classification", "token_classification", "generation")
 # what each cell of study.json holds (prepare.describe), checked where read: key -> check
-CELL_KEYS = {"id": name, "parts": list_of(text), "model": text, "method": text, "prompt_length": count,
-             "init": one_of("", *INITS), "task": text, "seed": count}
+CELL_KEYS = {
+    "id": name,
+    "parts": list_of(text),
+    "model": text,
+    "method": text,
+    "prompt_length": count,
+    "init": one_of("", *INITS),
+    "task": text,
+    "seed": count,
+}
 CELL_OPTIONAL = {"task_type": (one_of(*TASK_TYPES), "classification"), "preset": (one_of("", *PRESETS), "")}
 
 

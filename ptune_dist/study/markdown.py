@@ -44,6 +44,7 @@ def fmt_stat(mean: float, std: float | None, n: int | None = None) -> str:
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown (GFM) table: the first column left-aligned, the others (numbers) right-aligned."""
+
     def line(cells):
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 

@@ -28,21 +28,44 @@ _MARKERS = "os^Dv<>PX*"
 def series(label: str, points: list[tuple[float, float, float | None]]) -> dict:
     """One line of a spec from (x, mean, std) points (std None: one seed, no band), sorted by x."""
     points = sorted(points, key=lambda p: p[0])
-    return {"label": label, "x": [p[0] for p in points], "y": [p[1] for p in points],
-            "lo": [p[1] - (p[2] or 0.0) for p in points], "hi": [p[1] + (p[2] or 0.0) for p in points]}
+    return {
+        "label": label,
+        "x": [p[0] for p in points],
+        "y": [p[1] for p in points],
+        "lo": [p[1] - (p[2] or 0.0) for p in points],
+        "hi": [p[1] + (p[2] or 0.0) for p in points],
+    }
 
 
 def spec(title: str, x_label: str, y_label: str, lines: list[dict]) -> dict:
     """A figure's spec (see the module docstring); lines without points are dropped."""
-    return {"title": title, "x_label": x_label, "y_label": y_label, "x_log": True,
-            "series": [s for s in lines if s["x"]]}
+    return {
+        "title": title,
+        "x_label": x_label,
+        "y_label": y_label,
+        "x_log": True,
+        "series": [s for s in lines if s["x"]],
+    }
 
 
 def grid_spec(g, title: str, y_label: str) -> dict:
     """The spec of a report.Grid: one line per table row, at the models whose size is known."""
-    return spec(title, "model parameters", y_label,
-                [series(label, [(p, g.stats[(k, m)].mean, g.stats[(k, m)].std)
-                                for m, p in g.models if p is not None and (k, m) in g.stats]) for k, label in g.rows])
+    return spec(
+        title,
+        "model parameters",
+        y_label,
+        [
+            series(
+                label,
+                [
+                    (p, g.stats[(k, m)].mean, g.stats[(k, m)].std)
+                    for m, p in g.models
+                    if p is not None and (k, m) in g.stats
+                ],
+            )
+            for k, label in g.rows
+        ],
+    )
 
 
 def render_png(fig_spec: dict, legend_title: str = "") -> bytes:

@@ -38,9 +38,12 @@ def check_cells(cells: list[dict], configs: list[RunConfig], backend: str) -> No
     for members in groups.values():
         cfg = members[0][1]
         ids = [c["id"] for c, _ in members]
-        where = f"study cell {ids[0]}" + (f" (and {len(ids) - 1} more of the same model, task and prompt: "
-                                          f"{', '.join(ids[1:3])}{', ...' if len(ids) > 3 else ''})"
-                                          if len(ids) > 1 else "")
+        where = f"study cell {ids[0]}" + (
+            f" (and {len(ids) - 1} more of the same model, task and prompt: "
+            f"{', '.join(ids[1:3])}{', ...' if len(ids) > 3 else ''})"
+            if len(ids) > 1
+            else ""
+        )
         name = cfg.model.name_or_path
         if name in unreadable:
             continue
@@ -49,8 +52,11 @@ def check_cells(cells: list[dict], configs: list[RunConfig], backend: str) -> No
                 load_hf_config(name)
             except ConfigError as e:
                 unreadable.add(name)
-                print(f"ptune study: {e}: not readable on this machine, so its cells' data and lengths are "
-                      "checked when their jobs start", file=sys.stderr)
+                print(
+                    f"ptune study: {e}: not readable on this machine, so its cells' data and lengths are "
+                    "checked when their jobs start",
+                    file=sys.stderr,
+                )
                 continue
         try:
             run_checks(cfg)

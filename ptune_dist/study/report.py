@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ptune_dist.checkpoint.atomic import umask
-from ptune_dist.nofollow import own_dir, write_atomic
 from ptune_dist.methods import METHODS
 from ptune_dist.methods.config import LABELS, RANDOM, VOCAB
+from ptune_dist.nofollow import own_dir, write_atomic
 
 from .ensemble_table import ensemble_section
 from .markdown import fmt_count, fmt_pct, fmt_stat, md_table
@@ -28,15 +28,18 @@ from .markdown import fmt_count, fmt_pct, fmt_stat, md_table
 INIT_ORDER = (RANDOM, VOCAB, LABELS)  # the init vocabulary: ptune_dist/methods/config.py
 STATUS_ORDER = ("failed", "running", "pending", "done")  # a cell with rows in several states: the first
 # part: (heading, figure file, figure title, legend title)
-PARTS = {"main": ("Score per method and model size", "scale.png", "Score vs model size", "method"),
-         "length": ("Prompt-length ablation", "prompt_length.png", "Prompt length vs model size", "prompt length"),
-         "init": ("Prompt-initialization ablation", "init.png", "Prompt initialization vs model size", "init")}
+PARTS = {
+    "main": ("Score per method and model size", "scale.png", "Score vs model size", "method"),
+    "length": ("Prompt-length ablation", "prompt_length.png", "Prompt length vs model size", "prompt length"),
+    "init": ("Prompt-initialization ablation", "init.png", "Prompt initialization vs model size", "init"),
+}
 
 
 # one cell and task, typed: parts a frozenset; model_params, prompt_length, seed, trained_params int or None;
 # score a float on done rows (None elsewhere); the rest str
-Row = namedtuple("Row", "cell status parts model model_params method prompt_length init task seed trained_params "
-                        "metric score")
+Row = namedtuple(
+    "Row", "cell status parts model model_params method prompt_length init task seed trained_params metric score"
+)
 Table = namedtuple("Table", "header rows")  # header: list[str]; rows: list[list[str]]
 Stat = namedtuple("Stat", "mean std seeds")  # std None with one seed; seeds: sorted tuple
 # corner: the first column's header; rows: (key, label) in table order; models: (name, params) by size;
@@ -72,8 +75,15 @@ def clean_rows(rows: Iterable[Mapping | Row]) -> list[Row]:
         parts = frozenset(p.strip() for p in (parts.split(";") if isinstance(parts, str) else parts) if p.strip())
         status = str(r.get("status") or "pending").strip().lower()
         text = {k: str(r.get(k) or "").strip() for k in ("cell", "model", "method", "init", "task", "metric")}
-        out.append(Row(status=status, parts=parts, score=_float(r.get("score")) if status == "done" else None,
-                       **text, **{k: _int(r.get(k)) for k in _INTS}))
+        out.append(
+            Row(
+                status=status,
+                parts=parts,
+                score=_float(r.get("score")) if status == "done" else None,
+                **text,
+                **{k: _int(r.get(k)) for k in _INTS},
+            )
+        )
     return out
 
 
@@ -108,11 +118,17 @@ def _axis(part: str, rows: list[Row]):
     """(key of a row, label of a key, corner header) of a comparison's table rows."""
     several = len({r.method for r in rows}) > 1
     if part == "length":
-        return (lambda r: (_method_rank(r.method), r.prompt_length if r.prompt_length is not None else -1),
-                lambda k: f"{k[0][1]} {k[1]}" if several else str(k[1]), "prompt length")
+        return (
+            lambda r: (_method_rank(r.method), r.prompt_length if r.prompt_length is not None else -1),
+            lambda k: f"{k[0][1]} {k[1]}" if several else str(k[1]),
+            "prompt length",
+        )
     if part == "init":
-        return (lambda r: (_method_rank(r.method), _rank(r.init or "(none)", INIT_ORDER)),
-                lambda k: f"{k[0][1]} {k[1][1]}" if several else k[1][1], "init")
+        return (
+            lambda r: (_method_rank(r.method), _rank(r.init or "(none)", INIT_ORDER)),
+            lambda k: f"{k[0][1]} {k[1][1]}" if several else k[1][1],
+            "init",
+        )
     return lambda r: (_method_rank(r.method),), lambda k: k[0][1], "method"
 
 
@@ -148,8 +164,10 @@ def score_table(rows, part: str, tasks: list[str]) -> Table | None:
     def cell(stat):
         return "-" if stat is None else fmt_stat(stat.mean, stat.std, len(stat.seeds) if show_n else None)
 
-    return Table([g.corner] + [_model_header(m, p) for m, p in g.models],
-                 [[lab] + [cell(g.stats.get((k, m))) for m, _ in g.models] for k, lab in g.rows])
+    return Table(
+        [g.corner] + [_model_header(m, p) for m, p in g.models],
+        [[lab] + [cell(g.stats.get((k, m))) for m, _ in g.models] for k, lab in g.rows],
+    )
 
 
 def params_table(rows) -> Table | None:
@@ -172,8 +190,10 @@ def params_table(rows) -> Table | None:
         return fmt_count(v[0]) + (f" ({fmt_pct(100 * v[0] / params)})" if params else "")
 
     methods = sorted({m for m, _ in values}, key=lambda m: _method_rank(m))
-    return Table(["method"] + [_model_header(m, p) for m, p in models],
-                 [[meth] + [cell(meth, m, p) for m, p in models] for meth in methods])
+    return Table(
+        ["method"] + [_model_header(m, p) for m, p in models],
+        [[meth] + [cell(meth, m, p) for m, p in models] for meth in methods],
+    )
 
 
 def status_line(rows) -> str:
@@ -219,8 +239,9 @@ def _section(rows: list[Row], part: str, out_dir: Path, plots, written: dict) ->
     if plots is None:
         return lines + [f"{png} left out: matplotlib is not installed (pip install matplotlib).", ""]
     metrics = sorted({r.metric for r in sel if r.metric})
-    y_label = (metrics[0] if len(metrics) == 1 else "score") + \
-        (f" (mean over {len(tasks)} tasks)" if len(tasks) > 1 else "")
+    y_label = (metrics[0] if len(metrics) == 1 else "score") + (
+        f" (mean over {len(tasks)} tasks)" if len(tasks) > 1 else ""
+    )
     methods = sorted({r.method for r in sel})
     title = fig_title + (f" ({methods[0]})" if part != "main" and len(methods) == 1 else "")
     fig = plots.grid_spec(grid(sel, part, tasks), title, y_label)
@@ -231,8 +252,9 @@ def _section(rows: list[Row], part: str, out_dir: Path, plots, written: dict) ->
     return lines + [f"![{fig_title}]({png})", ""]
 
 
-def write_report(rows: list[dict], out_dir: Path, title: str = "Power of scale",
-                 ensembles: list[dict] = ()) -> dict[str, Path]:
+def write_report(
+    rows: list[dict], out_dir: Path, title: str = "Power of scale", ensembles: list[dict] = ()
+) -> dict[str, Path]:
     """report.md and the figures (scale.png, prompt_length.png, init.png) into out_dir; {file name: path}
     of what was written. Figures of an earlier report that now have no data are removed. `ensembles`: the
     records of ensemble.py, shown as their own section."""
@@ -244,9 +266,17 @@ def write_report(rows: list[dict], out_dir: Path, title: str = "Power of scale",
         plots = None
     written: dict[str, Path] = {}
     metrics = "; ".join(f"{t}: {m or 'not known yet'}" for t, m in _metrics(rows).items())
-    lines = [f"# {title}", "", status_line(rows), "", f"Score of each task: {metrics}.", "",
-             "Numbers are mean ± std over seeds (sample std; `± -` with one seed); `(n=K)` gives the number of "
-             "seeds when the cells of a table have different seeds; `-`: no done cell.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        status_line(rows),
+        "",
+        f"Score of each task: {metrics}.",
+        "",
+        "Numbers are mean ± std over seeds (sample std; `± -` with one seed); `(n=K)` gives the number of "
+        "seeds when the cells of a table have different seeds; `-`: no done cell.",
+        "",
+    ]
     failed = sorted({r.cell for r in rows if r.status == "failed"})
     if failed:
         lines += [f"Failed: {', '.join(failed[:10])}" + (", ..." if len(failed) > 10 else "") + ".", ""]

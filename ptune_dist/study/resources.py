@@ -25,15 +25,36 @@ from dataclasses import dataclass
 
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.errors import ConfigError
-from ptune_dist.plan import HUB_IDS, Arch, GiB, Hardware, Request, Row, Setup, base_name, engine_label, overrides_for, \
-    parse_size, plan, resolve_arch, select, setup_from_config
+from ptune_dist.plan import (
+    HUB_IDS,
+    Arch,
+    GiB,
+    Hardware,
+    Request,
+    Row,
+    Setup,
+    base_name,
+    engine_label,
+    overrides_for,
+    parse_size,
+    plan,
+    resolve_arch,
+    select,
+    setup_from_config,
+)
 
 BUILTIN_OF_HUB_ID = {hub_id.lower(): name for name, hub_id in HUB_IDS.items()}
 WORLD_KEYS = {"launch.nproc_per_node", "launch.nnodes", "launch.gpus_per_node"}
 # what overrides_for leaves out when it is off; a cell's config file may say otherwise, so it is said
-OFF = {"model.quant": "none", "model.gradient_checkpointing": "false", "train.grad_accum": "1",
-       "distributed.engine": "torch", "distributed.zero_stage": "0", "distributed.offload_optimizer": "false",
-       "distributed.offload_params": "false"}
+OFF = {
+    "model.quant": "none",
+    "model.gradient_checkpointing": "false",
+    "train.grad_accum": "1",
+    "distributed.engine": "torch",
+    "distributed.zero_stage": "0",
+    "distributed.offload_optimizer": "false",
+    "distributed.offload_params": "false",
+}
 NOT_FOUR_BIT = {"model.quant_compute_dtype": "auto", "model.quant_storage": "uint8", "model.quant_double": "false"}
 
 
@@ -64,15 +85,25 @@ class Planned:
         s = self.setup
         where = f"{self.world} GPU{'s' * (self.world > 1)}" + (f" on {self.nodes} nodes" if self.nodes > 1 else "")
         ckpt = ", checkpointing" if s.gradient_checkpointing else ""
-        return f"{base_name(s)}{ckpt}, {s.batch_size} x {s.grad_accum}, {engine_name(s, self.world)}, {where}, " \
-               f"{self.peak / GiB:.1f} GB"
+        return (
+            f"{base_name(s)}{ckpt}, {s.batch_size} x {s.grad_accum}, {engine_name(s, self.world)}, {where}, "
+            f"{self.peak / GiB:.1f} GB"
+        )
 
     def describe(self) -> dict:
         """What study.json records of the cell's resources."""
         s = self.setup
-        return {"label": self.label(), "gpus": self.world, "nodes": self.nodes, "base": base_name(s),
-                "engine": engine_name(s, self.world), "micro_batch": s.batch_size, "grad_accum": s.grad_accum,
-                "gradient_checkpointing": s.gradient_checkpointing, "peak_gb": round(self.peak / GiB, 1)}
+        return {
+            "label": self.label(),
+            "gpus": self.world,
+            "nodes": self.nodes,
+            "base": base_name(s),
+            "engine": engine_name(s, self.world),
+            "micro_batch": s.batch_size,
+            "grad_accum": s.grad_accum,
+            "gradient_checkpointing": s.gradient_checkpointing,
+            "peak_gb": round(self.peak / GiB, 1),
+        }
 
 
 def engine_name(s: Setup, world: int) -> str:
@@ -85,13 +116,17 @@ def cluster_of(cfg: RunConfig) -> Cluster | None:
     s, hw = cfg.study, cfg.study.hardware
     if not hw.gpu_mem.strip():
         if s.global_batch:
-            raise ConfigError(f"study.global_batch={s.global_batch} is shared out over the GPUs the planner gives "
-                              "each cell; set study.hardware.gpu_mem too (e.g. 80GB), or study.global_batch=0 to "
-                              "keep data.batch_size the batch per device")
+            raise ConfigError(
+                f"study.global_batch={s.global_batch} is shared out over the GPUs the planner gives "
+                "each cell; set study.hardware.gpu_mem too (e.g. 80GB), or study.global_batch=0 to "
+                "keep data.batch_size the batch per device"
+            )
         return None
     if hw.max_nodes > 1 and cfg.launch.backend != "slurm":
-        raise ConfigError(f"study.hardware.max_nodes={hw.max_nodes} needs launch.backend=slurm: the local queue runs "
-                          "each cell on this machine (set study.hardware.max_nodes=1)")
+        raise ConfigError(
+            f"study.hardware.max_nodes={hw.max_nodes} needs launch.backend=slurm: the local queue runs "
+            "each cell on this machine (set study.hardware.max_nodes=1)"
+        )
     return Cluster(hw.gpus_per_node, hw.max_nodes, parse_size(hw.gpu_mem, "study.hardware.gpu_mem"), s.global_batch)
 
 
@@ -110,10 +145,12 @@ def arch_of(model: str) -> Arch:
     try:
         return resolve_arch(name, key="model")
     except ConfigError as e:
-        raise ConfigError(f"study.models: {model!r}: the planner cannot read its architecture offline ({e}); give a "
-                          "local HF folder, embedded:NAME or a built-in name (or its hub id, e.g. "
-                          f"{HUB_IDS['llama-3.1-70b']}), or leave study.hardware.gpu_mem unset to keep the config's "
-                          "resources") from None
+        raise ConfigError(
+            f"study.models: {model!r}: the planner cannot read its architecture offline ({e}); give a "
+            "local HF folder, embedded:NAME or a built-in name (or its hub id, e.g. "
+            f"{HUB_IDS['llama-3.1-70b']}), or leave study.hardware.gpu_mem unset to keep the config's "
+            "resources"
+        ) from None
 
 
 def user_keys(settings: list[str]) -> frozenset[str]:
@@ -122,8 +159,9 @@ def user_keys(settings: list[str]) -> frozenset[str]:
 
 
 # -- one cell -------------------------------------------------------------------------------------
-def base_setup(cfg: RunConfig, arch: Arch, world: int, fixed: frozenset, c: Cluster,
-               device: str) -> tuple[Setup, frozenset] | None:
+def base_setup(
+    cfg: RunConfig, arch: Arch, world: int, fixed: frozenset, c: Cluster, device: str
+) -> tuple[Setup, frozenset] | None:
     """The planner's starting Setup and fixed keys on `world` GPUs; None when global_batch cannot be shared out
     there (with the user's data.batch_size and train.grad_accum as set)."""
     s = setup_from_config(cfg, arch, {}, device)
@@ -145,12 +183,19 @@ def base_setup(cfg: RunConfig, arch: Arch, world: int, fixed: frozenset, c: Clus
     return (dataclasses.replace(s, batch_size=micro, grad_accum=accum), fixed) if micro else None
 
 
-def request(cfg: RunConfig, arch: Arch, base: Setup, fixed: frozenset, gpus: int, nodes: int, c: Cluster,
-            device: str) -> Request:
+def request(
+    cfg: RunConfig, arch: Arch, base: Setup, fixed: frozenset, gpus: int, nodes: int, c: Cluster, device: str
+) -> Request:
     """The planner's request for one world (no model or method in the overrides: the cell sets them)."""
-    return Request(arch=arch, base=base, fixed=set(fixed), config_file="study cell",
-                   hardware=Hardware(gpus=gpus, nodes=nodes, gpu_mem=c.gpu_mem, device=device),
-                   backend=cfg.launch.backend, attention=cfg.model.attention)
+    return Request(
+        arch=arch,
+        base=base,
+        fixed=set(fixed),
+        config_file="study cell",
+        hardware=Hardware(gpus=gpus, nodes=nodes, gpu_mem=c.gpu_mem, device=device),
+        backend=cfg.launch.backend,
+        attention=cfg.model.attention,
+    )
 
 
 def rows_for(req: Request) -> tuple[list[Row], Row]:
@@ -185,9 +230,11 @@ def plan_cell(cfg: RunConfig, cell_id: str, model: str, fixed: frozenset, c: Clu
     device = "cpu" if cfg.train.device == "cpu" else "gpu"
     tried = candidates(cfg, arch, fixed, c, device)
     if not tried:
-        raise ConfigError(f"study cell {cell_id}: study.global_batch={c.global_batch} cannot be shared out: no world "
-                          "tried divides it into data.batch_size x train.grad_accum per GPU (the user's batch "
-                          "settings kept)")
+        raise ConfigError(
+            f"study cell {cell_id}: study.global_batch={c.global_batch} cannot be shared out: no world "
+            "tried divides it into data.batch_size x train.grad_accum per GPU (the user's batch "
+            "settings kept)"
+        )
     for keep in (keeps_the_model, lambda s: True):
         for req, (fitting, _) in tried:
             rows = [r for r in fitting if keep(r.setup)]
@@ -196,9 +243,11 @@ def plan_cell(cfg: RunConfig, cell_id: str, model: str, fixed: frozenset, c: Clu
                 return Planned(rows[0].setup, hw.gpus, hw.nodes, rows[0].peak, device), req
     req, (_, smallest) = min(tried, key=lambda t: t[1][1].peak)
     hw = req.hardware
-    raise ConfigError(f"study cell {cell_id}: model {model} fits no setup on study.hardware ({c.gpus_per_node} x "
-                      f"{c.gpu_mem / GiB:g} GB GPUs a node, at most {c.max_nodes} node(s)); the smallest needs "
-                      f"{smallest.peak / GiB:.1f} GB per GPU on {hw.world} GPU(s): {' '.join(smallest.overrides)}")
+    raise ConfigError(
+        f"study cell {cell_id}: model {model} fits no setup on study.hardware ({c.gpus_per_node} x "
+        f"{c.gpu_mem / GiB:g} GB GPUs a node, at most {c.max_nodes} node(s)); the smallest needs "
+        f"{smallest.peak / GiB:.1f} GB per GPU on {hw.world} GPU(s): {' '.join(smallest.overrides)}"
+    )
 
 
 def settings(planned: Planned, req: Request, cfg: RunConfig, fixed: frozenset) -> list[str]:

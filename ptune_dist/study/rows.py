@@ -22,8 +22,21 @@ from ptune_dist.read_back import count, mapping, number, value
 from .folder import read_cells
 
 METRIC = {"classification": "accuracy", "token_classification": "macro_f1", "generation": "token_accuracy"}
-COLUMNS = ["cell", "status", "parts", "model", "model_params", "method", "prompt_length", "init", "task", "seed",
-           "trained_params", "metric", "score"]
+COLUMNS = [
+    "cell",
+    "status",
+    "parts",
+    "model",
+    "model_params",
+    "method",
+    "prompt_length",
+    "init",
+    "task",
+    "seed",
+    "trained_params",
+    "metric",
+    "score",
+]
 
 
 def metric_name(task_type: str, preset: str) -> str:
@@ -37,8 +50,12 @@ def main_metric(task_type: str, preset: str, metrics: dict) -> tuple[str, float]
 
 def cell_row(study_dir: Path, cell: dict) -> dict:
     folder = cell_dir(study_dir, cell["id"])
-    row = {"cell": cell["id"], "status": state(folder), "parts": ";".join(cell["parts"]),
-           **{k: cell[k] for k in ("model", "method", "prompt_length", "init", "task", "seed")}}
+    row = {
+        "cell": cell["id"],
+        "status": state(folder),
+        "parts": ";".join(cell["parts"]),
+        **{k: cell[k] for k in ("model", "method", "prompt_length", "init", "task", "seed")},
+    }
     results = results_of(folder) if row["status"] == "done" else None
     if results is None:
         return row
@@ -63,8 +80,13 @@ def done_values(results: dict, cell: dict, path: Path) -> dict:
     params = value(results, "parameters", mapping, path, remedy, default={})
     sizes = {k: value(params, k, count, f"{path}: parameters", remedy, default="") for k in ("base", "trained")}
     _, score = main_metric(cell["task_type"], cell["preset"], checked)
-    return {"model_params": sizes["base"], "trained_params": sizes["trained"], "metric": metric, "score": score,
-            **{k: v for k, v in metrics.items() if k not in COLUMNS}}
+    return {
+        "model_params": sizes["base"],
+        "trained_params": sizes["trained"],
+        "metric": metric,
+        "score": score,
+        **{k: v for k, v in metrics.items() if k not in COLUMNS},
+    }
 
 
 def write_rows(study_dir) -> tuple[Path, list[dict]]:

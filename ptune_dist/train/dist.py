@@ -16,8 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as tdist
 
-from ptune_dist.device import backend, tensor_backend
 from ptune_dist import embedded
+from ptune_dist.device import backend, tensor_backend
 from ptune_dist.rank_env import DistEnv, free_port
 
 
@@ -35,20 +35,32 @@ def init(env: DistEnv, engine: str = "torch", timeout_s: int = 300, device: torc
         if "NCCL_ASYNC_ERROR_HANDLING" not in os.environ:  # torch's older name, which the user may have set
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")  # read when the group is made
         os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "0")
-    tdist.init_process_group(backend(device), init_method=f"tcp://{env.master_addr}:{port}",
-                             rank=env.rank, world_size=env.world, timeout=timedelta(seconds=timeout_s), **extra)
+    tdist.init_process_group(
+        backend(device),
+        init_method=f"tcp://{env.master_addr}:{port}",
+        rank=env.rank,
+        world_size=env.world,
+        timeout=timedelta(seconds=timeout_s),
+        **extra,
+    )
     if engine == "deepspeed":
         import deepspeed
 
         # DeepSpeed makes LOCAL_RANK its current device: the GPU index (0 when a launcher bound one GPU to the task)
         local = device.index if device.type == "cuda" else env.local_rank
-        for key, value in (("RANK", env.rank), ("WORLD_SIZE", env.world), ("LOCAL_RANK", local),
-                           ("MASTER_ADDR", env.master_addr), ("MASTER_PORT", port)):
+        for key, value in (
+            ("RANK", env.rank),
+            ("WORLD_SIZE", env.world),
+            ("LOCAL_RANK", local),
+            ("MASTER_ADDR", env.master_addr),
+            ("MASTER_PORT", port),
+        ):
             os.environ.setdefault(key, str(value))
         # DeepSpeed compiles a shared-memory op at first use on CPUs (~30 s); keep it next to the models
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(embedded.home() / "torch_extensions"))
-        deepspeed.init_distributed(dist_backend=tensor_backend(device),
-                                   timeout=timedelta(seconds=timeout_s), auto_mpi_discovery=False)
+        deepspeed.init_distributed(
+            dist_backend=tensor_backend(device), timeout=timedelta(seconds=timeout_s), auto_mpi_discovery=False
+        )
 
 
 def active() -> bool:

@@ -27,7 +27,10 @@ def ds_config(d: DistributedConfig, t: TrainConfig, batch_size: int, world: int)
     knows: the base keeps the dtype it was loaded in, the trainable weights are fp32 (so DeepSpeed keeps
     no second master copy)."""
     # values typed on the command line arrive as text: read them as YAML scalars (numbers, booleans)
-    zero = {"stage": d.zero_stage, **{k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in d.zero_extra.items()}}
+    zero = {
+        "stage": d.zero_stage,
+        **{k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in d.zero_extra.items()},
+    }
     if d.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
     if d.offload_params:
@@ -58,8 +61,12 @@ class DeepSpeedEngine:
         self.model, self.stage, self.max_grad_norm = model, config["zero_optimization"]["stage"], max_grad_norm
         self.params = model.trainable_parameters()
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler_fn, config=config,
-            model_parameters=list(self.params.values()))
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler_fn,
+            config=config,
+            model_parameters=list(self.params.values()),
+        )
 
     def forward(self, batch):
         return self.ds(batch)
@@ -79,8 +86,9 @@ class DeepSpeedEngine:
         if self.stage == 0:  # the gradients are averaged over the ranks by now; clipped here, on the device
             grads = [p for p in self.params.values() if p.grad is not None]
             if grads:
-                own = torch.nn.utils.clip_grad_norm_(grads, self.max_grad_norm if self.max_grad_norm > 0 else
-                                                     float("inf"))
+                own = torch.nn.utils.clip_grad_norm_(
+                    grads, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+                )
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
         norm = own if norm is None else norm
@@ -114,8 +122,11 @@ class DeepSpeedEngine:
         return out
 
     def state_dict(self) -> dict:
-        return {"weights": self.full_weights(), "optimizer": self._optimizer_state(),
-                "scheduler": self.scheduler.state_dict()}
+        return {
+            "weights": self.full_weights(),
+            "optimizer": self._optimizer_state(),
+            "scheduler": self.scheduler.state_dict(),
+        }
 
     def _optimizer_state(self) -> dict:
         """The optimizer's state keyed by parameter name (optim_state.py); above stage 0 each tensor slot
@@ -129,8 +140,10 @@ class DeepSpeedEngine:
         step = first["step"]
         state = {}
         for name, p in self.params.items():
-            state[name] = {slot: safe_get_full_optimizer_state(p, slot).float().reshape(_shape(p)).contiguous().cpu()
-                           for slot in slots}
+            state[name] = {
+                slot: safe_get_full_optimizer_state(p, slot).float().reshape(_shape(p)).contiguous().cpu()
+                for slot in slots
+            }
             state[name]["step"] = torch.as_tensor(step, dtype=torch.float32).clone()
         group = {k: v for k, v in self._base.param_groups[0].items() if k != "params"}
         return {"state": state, "param_groups": [{**group, "params": list(self.params)}]}
@@ -182,8 +195,11 @@ class DeepSpeedEngine:
             group_of = list(range(len(flat)))
         if all(base.state.get(fp) for fp in flat):
             return
-        params, lrs, grads = [g["params"] for g in base.param_groups], [g["lr"] for g in base.param_groups], \
-            [fp.grad for fp in flat]
+        params, lrs, grads = (
+            [g["params"] for g in base.param_groups],
+            [g["lr"] for g in base.param_groups],
+            [fp.grad for fp in flat],
+        )
         for g in base.param_groups:
             g["params"], g["lr"] = [], 0.0
         for fp, gid in zip(flat, group_of):

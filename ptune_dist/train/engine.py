@@ -66,10 +66,11 @@ class TorchEngine:
             loss = flat[-1]
             offset = 0
             for p in self.params:
-                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm if self.max_grad_norm > 0 else
-                                              float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        )
         finite = torch.isfinite(norm) & torch.isfinite(loss)
         step_unless(self.optimizer, ~finite)
         self.scheduler.step()  # a skipped update still takes its step of the schedule: lr stays a function of the step
@@ -87,9 +88,11 @@ class TorchEngine:
         return {n: p.detach().float().contiguous().cpu() for n, p in self.model.trainable_parameters().items()}
 
     def state_dict(self) -> dict:
-        return {"weights": self.full_weights(),
-                "optimizer": named_state_dict(self.optimizer, list(self.model.trainable_parameters())),
-                "scheduler": self.scheduler.state_dict()}
+        return {
+            "weights": self.full_weights(),
+            "optimizer": named_state_dict(self.optimizer, list(self.model.trainable_parameters())),
+            "scheduler": self.scheduler.state_dict(),
+        }
 
     def load_state_dict(self, sd: dict) -> None:
         with torch.no_grad():

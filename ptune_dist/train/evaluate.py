@@ -64,24 +64,41 @@ def gold_rows(batch) -> list[list[int]]:
     if not is_packed(batch):
         return labels.tolist()
     where = zip(batch["seq_row"].tolist(), batch["seq_start"].tolist(), batch["seq_len"].tolist())
-    return [labels[r, start:start + n].tolist() for r, start, n in where]
+    return [labels[r, start : start + n].tolist() for r, start, n in where]
 
 
 def metrics_from(spec, sums: torch.Tensor) -> dict:
     if spec.type == "generation":
         loss = float(sums[0] / max(sums[1], 1))
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "token_accuracy": float(sums[2] / max(sums[1], 1)),
-                "examples_tokens": int(sums[1])}
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50)),
+            "token_accuracy": float(sums[2] / max(sums[1], 1)),
+            "examples_tokens": int(sums[1]),
+        }
     n = len(spec.labels)
     conf = sums[1:].view(n, n)
     count = float(conf.sum())
-    return {"loss": float(sums[0] / max(count, 1)), "accuracy": float(conf.diag().sum() / max(count, 1)),
-            "macro_f1": _f1(conf), "examples": int(count)}
+    return {
+        "loss": float(sums[0] / max(count, 1)),
+        "accuracy": float(conf.diag().sum() / max(count, 1)),
+        "macro_f1": _f1(conf),
+        "examples": int(count),
+    }
 
 
 @torch.no_grad()
-def evaluate(model, tasks, batch_size: int, pad_id: int, padding_side: str, rank: int = 0, world: int = 1,
-             device: torch.device | None = None, pack_to: int | None = None) -> dict:
+def evaluate(
+    model,
+    tasks,
+    batch_size: int,
+    pad_id: int,
+    padding_side: str,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+    pack_to: int | None = None,
+) -> dict:
     """{task name: metrics} for every task with evaluation data, the batches run on `device` (default: the
     model's). `pack_to`: data.max_length when the examples run packed, `batch_size` rows a batch. Every
     rank must call it."""

@@ -30,7 +30,9 @@ def refuse_less_trained(out, steps: int) -> None:
     """Raise when final/ in `out` was trained further than `steps` (the step this run's final/ would have)."""
     saved = final_step(out)
     if saved is not None and steps < saved:
-        raise ConfigError(f"train.steps={steps}: output_dir={str(out)!r} holds a run trained to step {saved} "
-                          f"(final/, results.json), which this run would replace with a less trained one. To "
-                          f"evaluate it: `ptune eval {out}`; to train it further: train.steps >= {saved} (it "
-                          "resumes from its checkpoints); to start afresh: another output_dir (nothing was written)")
+        raise ConfigError(
+            f"train.steps={steps}: output_dir={str(out)!r} holds a run trained to step {saved} "
+            f"(final/, results.json), which this run would replace with a less trained one. To "
+            f"evaluate it: `ptune eval {out}`; to train it further: train.steps >= {saved} (it "
+            "resumes from its checkpoints); to start afresh: another output_dir (nothing was written)"
+        )

@@ -19,8 +19,9 @@ from .metrics_file import NAME, open_metrics
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool,
-                 tensorboard: bool):
+    def __init__(
+        self, out_dir: Path, enabled: bool, total_steps: int, start_step: int, progress: bool, tensorboard: bool
+    ):
         self.enabled = enabled
         self.bar = self.tb = self.file = None
         if not enabled:
@@ -29,7 +30,9 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(refuse_link(Path(out_dir) / "tensorboard")), purge_step=start_step + 1 if start_step else None)
+            self.tb = SummaryWriter(
+                str(refuse_link(Path(out_dir) / "tensorboard")), purge_step=start_step + 1 if start_step else None
+            )
         if progress and total_steps:
             from tqdm.auto import tqdm
 
@@ -52,17 +55,22 @@ class MetricsLogger:
     def train(self, record: dict) -> None:
         self.write(record)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                 tok_s=f"{record['tokens_per_s']:.0f}")
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}"
+            )
 
     def eval(self, step: int, results: dict, split: str = "eval") -> None:
         """One record per task; split "baseline" is the frozen base without prompt."""
         for task, metrics in results.items():
             self.write({"step": step, "split": split, "task": task, **metrics})
         if self.bar is not None and results:
-            self.bar.write(f"step {step} {split}: " + "; ".join(
-                f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
-                for t, m in results.items()))
+            self.bar.write(
+                f"step {step} {split}: "
+                + "; ".join(
+                    f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
+                    for t, m in results.items()
+                )
+            )
 
     def say(self, line: str) -> None:
         """A line for the person watching (above the progress bar), not for metrics.jsonl."""

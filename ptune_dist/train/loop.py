@@ -1,11 +1,11 @@
 """`ptune train`: the training loop, the same on every rank.
 
-    output_dir/config.yaml          the resolved config
-    output_dir/metrics.jsonl        train records (step, loss, lr, tokens_per_s, grad_norm) and eval records
-    output_dir/checkpoints/step-N/  resumable checkpoints of the engine, the data order and the RNG (atomic;
-                                    checkpoint/checkpointer.py saves and restores those parts)
-    output_dir/final/               the trained weights, for eval, predict and export
-    output_dir/results.json         final (and baseline) metrics
+output_dir/config.yaml          the resolved config
+output_dir/metrics.jsonl        train records (step, loss, lr, tokens_per_s, grad_norm) and eval records
+output_dir/checkpoints/step-N/  resumable checkpoints of the engine, the data order and the RNG (atomic;
+                                checkpoint/checkpointer.py saves and restores those parts)
+output_dir/final/               the trained weights, for eval, predict and export
+output_dir/results.json         final (and baseline) metrics
 """
 
 from __future__ import annotations
@@ -23,25 +23,25 @@ import torch
 from ptune_dist.checkpoint import folder_rule
 from ptune_dist.checkpoint import state as ckpt
 from ptune_dist.checkpoint.checkpointer import Checkpointer
-from ptune_dist.nofollow import write_atomic
 from ptune_dist.config import to_yaml
 from ptune_dist.config.schema import RunConfig
 from ptune_dist.data.loader import TrainLoader
 from ptune_dist.data.packed_loader import PackedTrainLoader
 from ptune_dist.device import describe, peak_bytes
 from ptune_dist.errors import ConfigError
+from ptune_dist.nofollow import write_atomic
 from ptune_dist.rank_env import DistEnv
 
 from . import dist, peers
 from .engine import TorchEngine
 from .evaluate import evaluate
 from .keep_trained import refuse_less_trained
-from .params import param_bytes, param_counts
 from .logger import MetricsLogger
 from .nonfinite import NonFiniteGuard
 from .optim import build_optimizer, build_scheduler
-from .prefetch import Prefetch
+from .params import param_bytes, param_counts
 from .preempt import Preempted, StopRequests
+from .prefetch import Prefetch
 from .resume import agreed_resume_point, config_changes
 from .rng import RankRng
 from .run_lock import RunLock
@@ -91,9 +91,16 @@ def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
     log = MetricsLogger(out, env.is_main, t.steps, start, t.progress_bar, t.tensorboard)  # metrics.jsonl first:
     if env.is_main:  # it marks the folder as this run's (checkpoint/folder_rule.py) before config.yaml is there
         write_atomic(out / "config.yaml", to_yaml(cfg))  # never through a link (refused, naming it)
-    run_eval = partial(evaluate, batch_size=cfg.data.eval_batch_size, pad_id=s.pad_id,
-                       padding_side=cfg.data.padding_side, rank=env.rank, world=env.world, device=s.device,
-                       pack_to=cfg.data.max_length if cfg.data.packing else None)
+    run_eval = partial(
+        evaluate,
+        batch_size=cfg.data.eval_batch_size,
+        pad_id=s.pad_id,
+        padding_side=cfg.data.padding_side,
+        rank=env.rank,
+        world=env.world,
+        device=s.device,
+        pack_to=cfg.data.max_length if cfg.data.packing else None,
+    )
     ran_on = results["device"]
     log.write({"event": "device", "step": start, **ran_on, "per_rank": dist.gather_objects(str(s.device))})
     log.say(f"ptune: rank 0 of {env.world} trains on {ran_on['device']} {ran_on.get('name', '')}".rstrip())
@@ -102,7 +109,10 @@ def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
     log.write({"event": "parameters", "step": start, "bytes_per_rank": [h for h, _ in held], "bytes_total": held[0][1]})
     if changes:
         log.write({"event": "config_changed", "step": start, "applied": {k: list(v) for k, v in changes.items()}})
-        log.say("ptune: resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+        log.say(
+            "ptune: resuming with changed settings: "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        )
     if t.eval_baseline and not start and model.placement.learned:
         results["baseline"] = run_eval(*baseline_view(s))
         log.eval(0, results["baseline"], split="baseline")
@@ -116,10 +126,20 @@ def train_run(cfg: RunConfig, stop: StopRequests) -> dict:
     peers.at(t.steps, "final")
     results["final"] = run_eval(model, s.tasks)
     log.eval(t.steps, results["final"])
-    peaks = dist.gather_objects((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
-                                 peak_bytes(s.device)))
-    log.write({"event": "memory", "step": t.steps, "peak_rss_bytes_per_rank": [rss for rss, _ in peaks],
-               **({"peak_gpu_bytes_per_rank": [gpu for _, gpu in peaks]} if peaks[0][1] is not None else {})})
+    peaks = dist.gather_objects(
+        (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # Linux: KiB
+            peak_bytes(s.device),
+        )
+    )
+    log.write(
+        {
+            "event": "memory",
+            "step": t.steps,
+            "peak_rss_bytes_per_rank": [rss for rss, _ in peaks],
+            **({"peak_gpu_bytes_per_rank": [gpu for _, gpu in peaks]} if peaks[0][1] is not None else {}),
+        }
+    )
     if t.steps and start < t.steps:
         save(t.steps)
     weights = engine.full_weights() if engine else ckpt.trainable_state(model)  # every rank: may gather
@@ -157,8 +177,16 @@ def run_steps(s: Session, engine, loader, start: int, log: MetricsLogger, run_ev
                 mean = sum(loss for _, _, loss in losses) / len(losses)  # each the update's mean (loss_weights.py)
                 elapsed, t0 = time.perf_counter() - t0, time.perf_counter()
                 mean = float(dist.all_reduce_sum(torch.tensor(mean, dtype=torch.float64))) / world
-                log.train({"step": step, "loss": mean, "lr": lr, "tokens_per_s": tokens * world / elapsed,
-                           "grad_norm": losses[-1][1], "epoch": loader.epoch})
+                log.train(
+                    {
+                        "step": step,
+                        "loss": mean,
+                        "lr": lr,
+                        "tokens_per_s": tokens * world / elapsed,
+                        "grad_norm": losses[-1][1],
+                        "epoch": loader.epoch,
+                    }
+                )
                 losses, tokens = [], 0
             log.advance()
             if stopping:  # USR1/TERM/INT on any rank: all stop here, resumable
@@ -196,11 +224,19 @@ def make_loader(s: Session) -> Prefetch:
     d = s.cfg.data
     try:
         if d.packing:  # a row holds what one example may: data.max_length, less a deep prefix
-            loader = PackedTrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id,
-                                       s.model.row_capacity(d.max_length), s.env.rank, s.env.world)
+            loader = PackedTrainLoader(
+                examples,
+                d.batch_size,
+                s.cfg.train.seed,
+                s.pad_id,
+                s.model.row_capacity(d.max_length),
+                s.env.rank,
+                s.env.world,
+            )
         else:
-            loader = TrainLoader(examples, d.batch_size, s.cfg.train.seed, s.pad_id, d.padding_side, s.env.rank,
-                                 s.env.world)
+            loader = TrainLoader(
+                examples, d.batch_size, s.cfg.train.seed, s.pad_id, d.padding_side, s.env.rank, s.env.world
+            )
     except ValueError as e:
         raise ConfigError(f"data.batch_size: {e}") from None
     return Prefetch(loader, [task.spec.type for task in s.tasks], s.device, s.cfg.train.grad_accum)
@@ -208,9 +244,16 @@ def make_loader(s: Session) -> Prefetch:
 
 def make_checkpointer(s: Session, engine, loader: Prefetch) -> Checkpointer:
     """checkpoints/step-N of the run's three parts: the engine, the data order, every rank's RNG."""
-    return Checkpointer(Path(s.cfg.output_dir) / "checkpoints", engine=engine, loader=loader,
-                        rng=RankRng(s.env.rank), config_yaml=to_yaml(s.cfg), keep=s.cfg.train.keep_checkpoints,
-                        is_main=s.env.is_main, barrier=dist.barrier)
+    return Checkpointer(
+        Path(s.cfg.output_dir) / "checkpoints",
+        engine=engine,
+        loader=loader,
+        rng=RankRng(s.env.rank),
+        config_yaml=to_yaml(s.cfg),
+        keep=s.cfg.train.keep_checkpoints,
+        is_main=s.env.is_main,
+        barrier=dist.barrier,
+    )
 
 
 def write_json(path: Path, obj) -> None:

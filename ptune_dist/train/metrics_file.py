@@ -25,8 +25,8 @@ import os
 import time
 from pathlib import Path
 
-from ptune_dist.nofollow import open_append
 from ptune_dist.errors import PtuneError
+from ptune_dist.nofollow import open_append
 
 NAME = "metrics.jsonl"
 
@@ -95,11 +95,12 @@ def read_metrics(path) -> list[dict]:
             torn = i == len(lines) - 1 or (i + 1 < len(lines) and _is_marker(lines[i + 1]))
             if torn:
                 continue
-            raise MetricsFileError(f"{path}: line {i + 1} is not a JSON record ({e}); "
-                                   "the file is damaged, not just cut by an interrupted write") from None
+            raise MetricsFileError(
+                f"{path}: line {i + 1} is not a JSON record ({e}); "
+                "the file is damaged, not just cut by an interrupted write"
+            ) from None
         if record.get("event") == "resume":
             n = record.get("step", 0)
             history = [r for r in history if r.get("event") == RESTART or (n and r.get("step", 0) <= n)]
         history.append(record)
     return history
-

@@ -65,11 +65,18 @@ class NonFiniteGuard:
         what = f"step {step}: the loss ({loss:.4g} on rank 0's micro-batches) or the gradient is not finite"
         if self.policy == "stop" or self.in_a_row >= self.max_in_a_row:
             why = "" if self.policy == "stop" else f" ({self.in_a_row} steps in a row, train.max_skipped_steps)"
-            raise NonFiniteTraining(f"{what}{why}; the run stops and saves nothing from this step on (the newest "
-                                    "checkpoint and final/ are untouched). Lower train.lr, check the data and "
-                                    "model.dtype, or set train.on_nonfinite=skip to skip such steps")
-        self.log.write({"event": "skipped_step", "step": step,
-                        "step_loss": loss if math.isfinite(loss) else str(loss),  # JSON has no NaN
-                        "in_a_row": self.in_a_row,
-                        "skipped_total": self.total})
+            raise NonFiniteTraining(
+                f"{what}{why}; the run stops and saves nothing from this step on (the newest "
+                "checkpoint and final/ are untouched). Lower train.lr, check the data and "
+                "model.dtype, or set train.on_nonfinite=skip to skip such steps"
+            )
+        self.log.write(
+            {
+                "event": "skipped_step",
+                "step": step,
+                "step_loss": loss if math.isfinite(loss) else str(loss),  # JSON has no NaN
+                "in_a_row": self.in_a_row,
+                "skipped_total": self.total,
+            }
+        )
         self.log.say(f"ptune: {what}; update skipped (train.on_nonfinite=skip)")

@@ -1,8 +1,8 @@
 """Optimizers (AdamW, Adafactor) and learning-rate schedules (warm-up, then constant, linear or cosine decay).
 
-    build_optimizer(params, train)   AdamW is torch's fused implementation (one kernel for all parameters, and
-                                     it can leave an update out on the device: step_unless)
-    step_unless(optimizer, skip)     the update, unless `skip` (a device tensor) says it is not finite
+build_optimizer(params, train)   AdamW is torch's fused implementation (one kernel for all parameters, and
+                                 it can leave an update out on the device: step_unless)
+step_unless(optimizer, skip)     the update, unless `skip` (a device tensor) says it is not finite
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def build_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
         # torch's Adafactor (Shazeer & Stern 2018), the optimizer Lester et al. tuned prompts with
         return torch.optim.Adafactor(params, lr=train.lr, weight_decay=train.weight_decay)
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay,
-                             fused=fused or None)
+    return torch.optim.AdamW(
+        params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay, fused=fused or None
+    )
 
 
 def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
@@ -53,4 +54,5 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 def build_scheduler(optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, train.steps, train.warmup_steps, train.schedule))
+        optimizer, lambda step: lr_factor(step, train.steps, train.warmup_steps, train.schedule)
+    )

@@ -27,9 +27,13 @@ def named_state_dict(optimizer: torch.optim.Optimizer, names: list[str]) -> dict
     for idx, name in name_of.items():
         slots = sd["state"].get(idx, {})
         if slots:
-            state[name] = {slot: v.detach().contiguous().cpu() if torch.is_tensor(v) else v for slot, v in slots.items()}
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [name_of[i] for i in g["params"]]}
-              for g in sd["param_groups"]]
+            state[name] = {
+                slot: v.detach().contiguous().cpu() if torch.is_tensor(v) else v for slot, v in slots.items()
+            }
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [name_of[i] for i in g["params"]]}
+        for g in sd["param_groups"]
+    ]
     return {"state": state, "param_groups": groups}
 
 

@@ -78,7 +78,7 @@ def is_peer_failure(e: BaseException) -> bool:
     return isinstance(e, DistError) or (isinstance(e, RuntimeError) and any(s in str(e) for s in GLOO_SIGNS))
 
 
-def start(env, timeout_s: float, store=None) -> "Heartbeats | None":
+def start(env, timeout_s: float, store=None) -> Heartbeats | None:
     """Begin this rank's heartbeat (world > 1); None when the rendezvous store cannot be reached (a failure is
     then still one line, without names)."""
     stop_beats()
@@ -89,8 +89,13 @@ def start(env, timeout_s: float, store=None) -> "Heartbeats | None":
         if store is None:
             from torch.distributed import TCPStore
 
-            store = TCPStore(env.master_addr, env.master_port, is_master=False, wait_for_workers=False,
-                             timeout=timedelta(seconds=max(2.0, 2 * interval(timeout_s))))
+            store = TCPStore(
+                env.master_addr,
+                env.master_port,
+                is_master=False,
+                wait_for_workers=False,
+                timeout=timedelta(seconds=max(2.0, 2 * interval(timeout_s))),
+            )
         beats = Heartbeats(env.rank, env.world, timeout_s, store, env.master_addr)
     except (RuntimeError, OSError):
         return None
@@ -139,8 +144,16 @@ class Heartbeats:
 
     def beat(self) -> None:
         self.seq += 1
-        value = json.dumps({"seq": self.seq, "step": _where["step"], "phase": _where["phase"], "host": self.host,
-                            "pid": os.getpid(), "state": self.state})
+        value = json.dumps(
+            {
+                "seq": self.seq,
+                "step": _where["step"],
+                "phase": _where["phase"],
+                "host": self.host,
+                "pid": os.getpid(),
+                "state": self.state,
+            }
+        )
         with self.lock:
             self.store.set(self.prefix + str(self.rank), value)
 
@@ -195,7 +208,8 @@ class Heartbeats:
                 time.sleep(self.every / 2)
             if not named:  # nobody silent for the whole window: a store that stopped answering, or a peer that
                 named = self.store_holder() or sorted(  # left with its own error
-                    r for r, b in self.seen.items() if b.get("state") == "failed")
+                    r for r, b in self.seen.items() if b.get("state") == "failed"
+                )
             return RankFault(line(named, self.seen, error, self.timeout_s, self.moved))
 
     def _run(self) -> None:
@@ -227,8 +241,9 @@ class Heartbeats:
             pass
 
 
-def line(named: list[int], seen: dict | None, error: BaseException | None, timeout_s: float | None,
-         moved: dict | None) -> str:
+def line(
+    named: list[int], seen: dict | None, error: BaseException | None, timeout_s: float | None, moved: dict | None
+) -> str:
     """The one line: who did not answer (rank, host, pid, last step), where this rank was, the key."""
     now, parts = time.monotonic(), []
     for r in named:
@@ -249,8 +264,10 @@ def line(named: list[int], seen: dict | None, error: BaseException | None, timeo
         who = f"{', '.join(parts)} stopped answering"
     waited = f" up to {KEY}={timeout_s:g} s" if timeout_s else f" ({KEY} bounds the wait)"
     why = f" ({_short(error)})" if error is not None else ""
-    return (f"{who}; this rank waited at step {_where['step']} ({_where['phase']}){waited}{why}; ending with "
-            f"status {RANK_FAULT}, resumable: nothing after the newest checkpoint was saved, rerun to resume from it")
+    return (
+        f"{who}; this rank waited at step {_where['step']} ({_where['phase']}){waited}{why}; ending with "
+        f"status {RANK_FAULT}, resumable: nothing after the newest checkpoint was saved, rerun to resume from it"
+    )
 
 
 def _short(error: BaseException) -> str:

@@ -49,8 +49,7 @@ class Placement:
         return load_base(model_cfg, trainable=trainable, device=self.device, inspected=inspected)
 
 
-def place(train: TrainConfig, distributed: DistributedConfig, batch_size: int, env: DistEnv,
-          trains: bool) -> Placement:
+def place(train: TrainConfig, distributed: DistributedConfig, batch_size: int, env: DistEnv, trains: bool) -> Placement:
     """This rank's placement; `trains`: the session will take optimizer steps (only a DeepSpeed engine
     gathers a partitioned base, so eval and predict load it whole)."""
     device = choose(train.device, env.local_rank)

@@ -67,12 +67,17 @@ class Preempted(Exception):
         interrupted = signum == signal.SIGINT
         what = "interrupted (Ctrl-C)" if interrupted else "stopped on a signal"
         if step:
-            tail = ("checkpoint saved; run the same command to resume from it" if interrupted
-                    else "checkpoint saved, resume with the same command")
+            tail = (
+                "checkpoint saved; run the same command to resume from it"
+                if interrupted
+                else "checkpoint saved, resume with the same command"
+            )
             super().__init__(f"{what} after step {step}; {tail}")
         else:
-            super().__init__(f"{what} before training started; nothing to save: run the same command to start "
-                             "(it resumes from the newest checkpoint, if any)")
+            super().__init__(
+                f"{what} before training started; nothing to save: run the same command to start "
+                "(it resumes from the newest checkpoint, if any)"
+            )
 
     def exit_code(self) -> int:
         if self.signum == signal.SIGINT:
@@ -111,8 +116,11 @@ def _on_signal(current: int | None, signum: int, when: str) -> int:
         _ctrl_c["first"] = now
         if is_main_rank():
             # os.write, not print: a handler may run inside a print to the same stream (reentrant call)
-            os.write(2, f"\nptune: interrupted; stopping {when} (Ctrl-C again, after {DUPLICATE_S:g} s, stops at "
-                        "once)\n".encode())
+            os.write(
+                2,
+                f"\nptune: interrupted; stopping {when} (Ctrl-C again, after {DUPLICATE_S:g} s, stops at "
+                "once)\n".encode(),
+            )
     return _stronger(current, signum)
 
 
@@ -130,8 +138,7 @@ def leave(code: int) -> int:
         return code
     rank = os.environ.get("RANK", "0")
     try:
-        fd = os.open(Path(folder) / f"rank-{int(rank)}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                     0o600)
+        fd = os.open(Path(folder) / f"rank-{int(rank)}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"{code}\n")
     except (OSError, ValueError):

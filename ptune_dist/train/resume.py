@@ -42,13 +42,34 @@ from ptune_dist.errors import CheckpointError, ConfigError
 from . import dist
 
 RESUMABLE = (
-    "output_dir", "train.steps", "train.log_every", "train.eval_every", "train.eval_at_start", "train.eval_baseline",
-    "train.save_every", "train.keep_checkpoints", "train.resume", "train.progress_bar", "train.tensorboard",
-    "train.threads", "train.device", "train.on_nonfinite", "train.max_skipped_steps",
+    "output_dir",
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_at_start",
+    "train.eval_baseline",
+    "train.save_every",
+    "train.keep_checkpoints",
+    "train.resume",
+    "train.progress_bar",
+    "train.tensorboard",
+    "train.threads",
+    "train.device",
+    "train.on_nonfinite",
+    "train.max_skipped_steps",
     "data.batch_size",  # per rank: with another number of ranks; the loader checks the global batch stays
     "data.eval_batch_size",
-    "data.max_eval_examples", "tasks.*.eval", "tasks.*.eval_split", "tasks.*.max_new_tokens", "model.attention",
-    "model.gradient_checkpointing", "model.lean_activations", "distributed.*", "launch.*", "sweep.*")
+    "data.max_eval_examples",
+    "tasks.*.eval",
+    "tasks.*.eval_split",
+    "tasks.*.max_new_tokens",
+    "model.attention",
+    "model.gradient_checkpointing",
+    "model.lean_activations",
+    "distributed.*",
+    "launch.*",
+    "sweep.*",
+)
 
 
 def agreed_resume_point(resume: str, out: Path, is_main: bool, read: Callable[[Path], object]) -> Path | None:
@@ -73,9 +94,11 @@ def _choose(resume: str, checkpoints: Path, read: Callable[[Path], object]) -> P
     if resume == "never":
         held = [p.name for _, p in step_dirs(checkpoints)] + ["final"] * (checkpoints.parent / "final").exists()
         if held:  # a fresh run would prune and replace them: an earlier run's results, lost
-            raise CheckpointError(f"train.resume=never, but output_dir={str(checkpoints.parent)!r} holds an earlier "
-                                  f"run ({', '.join(held[:4])}) that a fresh start would replace; choose another "
-                                  "output_dir, or remove that run yourself")
+            raise CheckpointError(
+                f"train.resume=never, but output_dir={str(checkpoints.parent)!r} holds an earlier "
+                f"run ({', '.join(held[:4])}) that a fresh start would replace; choose another "
+                "output_dir, or remove that run yourself"
+            )
         return None
     if resume != "auto":
         read(Path(resume))  # a named checkpoint must be whole: its error otherwise
@@ -98,7 +121,8 @@ def _choose(resume: str, checkpoints: Path, read: Callable[[Path], object]) -> P
         raise CheckpointError(
             f"{checkpoints}: none of its {len(skipped)} checkpoint(s) can be resumed ({'; '.join(skipped)}); "
             f"nothing was changed. To resume, name a good checkpoint with train.resume=PATH; to start afresh, "
-            f"move {checkpoints} away (e.g. `mv {checkpoints} {checkpoints}.unusable`) or choose another output_dir")
+            f"move {checkpoints} away (e.g. `mv {checkpoints} {checkpoints}.unusable`) or choose another output_dir"
+        )
     return None
 
 
@@ -127,15 +151,19 @@ def config_changes(folder: Path, cfg: RunConfig) -> dict[str, tuple]:
         raise CheckpointError(f"checkpoint {folder}: config.yaml unreadable ({e})") from None
     step = read_state(folder)["step"]  # checked there: a whole number, its folder's step-N
     if step > cfg.train.steps:
-        raise ConfigError(f"train.steps={cfg.train.steps}, but checkpoint {folder} is at step {step}: resuming it "
-                          f"would label a run trained {step} steps as train.steps={cfg.train.steps}. Set "
-                          f"train.steps={step} or more to continue it (nothing was changed)")
+        raise ConfigError(
+            f"train.steps={cfg.train.steps}, but checkpoint {folder} is at step {step}: resuming it "
+            f"would label a run trained {step} steps as train.steps={cfg.train.steps}. Set "
+            f"train.steps={step} or more to continue it (nothing was changed)"
+        )
     old, new = flat_config(saved), flat_config(cfg)
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     refused = {k: v for k, v in changed.items() if not any(fnmatchcase(k, pat) for pat in RESUMABLE)}
     if refused:
         diffs = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in refused.items())
-        raise ConfigError(f"train.resume: {folder} was trained with other settings ({diffs}). These shape the "
-                          "training itself, so a resumed run cannot take them: put the old values back, or "
-                          "start afresh (another output_dir, or train.resume=never)")
+        raise ConfigError(
+            f"train.resume: {folder} was trained with other settings ({diffs}). These shape the "
+            "training itself, so a resumed run cannot take them: put the old values back, or "
+            "start afresh (another output_dir, or train.resume=never)"
+        )
     return changed

@@ -28,8 +28,11 @@ class RankRng:
         self.rank = rank
 
     def state_dict(self) -> dict:
-        own = {"cpu": torch.get_rng_state(), "python": random.getstate(),
-               "cuda": torch.cuda.get_rng_state() if _cuda_in_use() else None}
+        own = {
+            "cpu": torch.get_rng_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state() if _cuda_in_use() else None,
+        }
         return {"ranks": dist.gather_objects(own)}
 
     def load_state_dict(self, sd: dict) -> None:

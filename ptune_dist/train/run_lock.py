@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from ptune_dist.checkpoint.live import NAME, holder, is_held
-from ptune_dist.nofollow import open_fd
 from ptune_dist.errors import PtuneError
+from ptune_dist.nofollow import open_fd
 
 
 def _open(out: Path) -> int:
@@ -39,14 +39,18 @@ def _open(out: Path) -> int:
         raise PtuneError(f"output_dir={str(out)!r}: cannot write there ({e.strerror})") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise PtuneError(f"{out / NAME} is not a regular file; ptune keeps its run lock there: remove it, or "
-                         "choose another output_dir (nothing was written)")
+        raise PtuneError(
+            f"{out / NAME} is not a regular file; ptune keeps its run lock there: remove it, or "
+            "choose another output_dir (nothing was written)"
+        )
     return fd
 
 
 def _in_use(out: Path, who: str) -> PtuneError:
-    return PtuneError(f"output_dir={str(out)!r} is in use by another ptune train: {who}. Two runs in one folder "
-                      "would destroy each other's checkpoints; wait for it to end, or choose another output_dir")
+    return PtuneError(
+        f"output_dir={str(out)!r} is in use by another ptune train: {who}. Two runs in one folder "
+        "would destroy each other's checkpoints; wait for it to end, or choose another output_dir"
+    )
 
 
 class RunLock:
@@ -66,8 +70,12 @@ class RunLock:
             who = holder(fd)
             os.close(fd)
             raise _in_use(self.out, who) from None
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                  "command": " ".join(sys.argv)[:300]}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "command": " ".join(sys.argv)[:300],
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         self.fd = fd

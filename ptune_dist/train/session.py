@@ -44,8 +44,12 @@ class Session:
         return self.tokenizer.pad_token_id
 
 
-def prepare(cfg: RunConfig, splits=("train", "eval"), inspected: InspectedBase | None = None,
-            method: type[PromptMethod] | None = None):
+def prepare(
+    cfg: RunConfig,
+    splits=("train", "eval"),
+    inspected: InspectedBase | None = None,
+    method: type[PromptMethod] | None = None,
+):
     """(resolved cfg, tokenizer, base info, task data): everything but the model weights. `inspected`, `method`:
     the run's inspect_base(cfg.model) and method class (found here when not given)."""
     cls = method or method_class(cfg.method.name)
@@ -54,26 +58,45 @@ def prepare(cfg: RunConfig, splits=("train", "eval"), inspected: InspectedBase |
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.data.padding_side)
     tasks = [resolve_task(t, kind, f"tasks.{i}", cfg.data.max_train_examples) for i, t in enumerate(cfg.tasks)]
     cfg = dataclasses.replace(cfg, tasks=tasks)
-    return cfg, tokenizer, info, prepare_tasks(tasks, cfg.data, tokenizer, info, cfg.method.num_virtual_tokens,
-                                               cls.placement, splits)
+    return (
+        cfg,
+        tokenizer,
+        info,
+        prepare_tasks(tasks, cfg.data, tokenizer, info, cfg.method.num_virtual_tokens, cls.placement, splits),
+    )
 
 
 def build_session(cfg: RunConfig, splits=("train", "eval"), env: DistEnv | None = None, base=None) -> Session:
     """`base` = (hf_model, info) reuses a loaded base (tests, studies over many configs)."""
     env = env or DistEnv.from_environ()
     method = method_class(cfg.method.name)
-    placement = place(cfg.train, cfg.distributed, cfg.data.batch_size, env,
-                      trains=base is None and bool(cfg.train.steps) and "train" in splits)
+    placement = place(
+        cfg.train,
+        cfg.distributed,
+        cfg.data.batch_size,
+        env,
+        trains=base is None and bool(cfg.train.steps) and "train" in splits,
+    )
     if base is not None and base[0].device.type != placement.device.type:
-        raise ConfigError(f"train.device={cfg.train.device} chose {placement.device}, but the base handed in is on "
-                          f"{base[0].device}; load it with load_base(..., device=...) or set train.device")
+        raise ConfigError(
+            f"train.device={cfg.train.device} chose {placement.device}, but the base handed in is on "
+            f"{base[0].device}; load it with load_base(..., device=...) or set train.device"
+        )
     inspected = inspect_base(cfg.model) if base is None else _handed(base)  # the base's config, read once
     if base is None:
         check_weights(cfg.model.name_or_path)  # before the data: a pickle-only folder would fail after it
     cfg, tokenizer, _, data = prepare(cfg, splits, inspected, method)
     base = base or placement.load_base(cfg.model, inspected, trainable=method.trains_base)
-    model = build_model(cfg.method, cfg.model, cfg.train.seed, [d.spec for d in data], tokenizer, base=base,
-                        device=placement.device, method=method)
+    model = build_model(
+        cfg.method,
+        cfg.model,
+        cfg.train.seed,
+        [d.spec for d in data],
+        tokenizer,
+        base=base,
+        device=placement.device,
+        method=method,
+    )
     return Session(cfg, tokenizer, model, data, env, placement)
 
 
