@@ -39,7 +39,7 @@ def method_class(name: str) -> type[PromptMethod]:
     from ptune_dist.errors import ConfigError
 
     if name not in METHODS:
-        raise ConfigError(f"method.name={name!r} is not one of {sorted(METHODS)}")
+        raise ConfigError(f"method.name={name!r} is not allowed; choose one of {list(METHODS)}")
     return METHODS[name]
 
 
