@@ -85,8 +85,7 @@ def plan_args(folder: str, method: str, B: int, T: int, P: int, dtype: str) -> l
 
 def plan_prediction(args: list[str]) -> dict:
     """What `ptune plan` predicts for this request: its parser, its Setup, its predict() and runtime term."""
-    from ptune_dist.plan import parse_request
-    from ptune_dist.plan.memory import predict
+    from ptune_dist.plan import parse_request, predict
 
     req = parse_request(args)
     b = predict(req.arch, req.base, runtime=req.hardware.runtime_bytes)

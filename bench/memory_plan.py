@@ -215,9 +215,8 @@ def run_cell(cell: dict, task: Path, work: Path, release: bool = False) -> dict:
 
 def predict(cell: dict, runtime: float) -> dict:
     from ptune_dist.config import load_config
-    from ptune_dist.plan import setup_from_config
-    from ptune_dist.plan.arch import resolve_arch
-    from ptune_dist.plan.memory import predict as predict_memory
+    from ptune_dist.plan import predict as predict_memory
+    from ptune_dist.plan import resolve_arch, setup_from_config
 
     cfg = load_config([cell["task"]], cell_overrides(cell))
     arch = resolve_arch(cfg.model.name_or_path)

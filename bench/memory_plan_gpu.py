@@ -245,9 +245,7 @@ def load_shared_base(folder: Path, bases: dict, base: str, task: Path, device):
 
 
 def predict_cell(cfg, folder: Path, task: str, seq: int) -> dict:
-    from ptune_dist.plan import setup_from_config
-    from ptune_dist.plan.arch import resolve_arch
-    from ptune_dist.plan.memory import predict
+    from ptune_dist.plan import predict, resolve_arch, setup_from_config
 
     arch = resolve_arch(str(folder))
     plan = {"label_tokens": str(label_tokens(seq))} if task == "generation" else {}

@@ -115,9 +115,7 @@ def consumer_cells() -> list[dict]:
 
 
 def predicted(c: dict) -> dict:
-    from ptune_dist.plan import setup_from_config
-    from ptune_dist.plan.arch import from_hf_config
-    from ptune_dist.plan.memory import predict
+    from ptune_dist.plan import from_hf_config, predict, setup_from_config
 
     arch = from_hf_config(c["hf"], name=c["name"])
     setup = c.get("setup") or setup_from_config(
