@@ -24,7 +24,7 @@ from ptune_dist.config import load_config
 from ptune_dist.errors import ConfigError
 from ptune_dist.inference import evaluate_checkpoint
 from ptune_dist.methods import METHODS, register
-from ptune_dist.plan.search import parse_request, plan
+from ptune_dist.plan import parse_request, plan
 from ptune_dist.train import loop
 from ptune_dist.train.engine import TorchEngine
 
