@@ -5,10 +5,9 @@ prints the command shell-quoted (shlex.join) or the sbatch script, checks the fo
 would, and writes nothing. output_dir follows `ptune train`'s folder rule (checkpoint/folder_rule.py),
 checked here before anything is written or submitted.
 
-The launcher folder (ptune_dist.launcher, a namespace portion: no __init__.py) is how a job is spread over
-processes and nodes: this module starts the ranks on this machine (local.py: torchrun or the deepspeed
-launcher) or as a Slurm job (slurm.py); `ptune sweep` runs a grid of them (sweep.py). What it writes goes
-through files.py.
+This is the face of the launcher folder (ptune_dist.launcher, a namespace portion: no __init__.py), which
+spreads a job over processes and nodes; `ptune sweep` and `ptune study` run grids of such runs on its grid
+engine (grid_*.py). What it writes goes through files.py.
 """
 
 from __future__ import annotations
