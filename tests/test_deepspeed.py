@@ -77,7 +77,10 @@ def one_process(tmp_path_factory):
 
 
 def ds_args(stage: int, *extra) -> list:
-    return ["data.batch_size=4", "distributed.engine=deepspeed", f"distributed.zero_stage={stage}", *extra, *COMMON]
+    # stage 1 takes its global batch of 8 as 2 ranks x 2 micro-batches x 2 rows: DeepSpeed's accumulation sums
+    # the micro-batches, each scaled once by train/loss_weights.py (scale_wrt_gas=False)
+    batch = ["data.batch_size=2", "train.grad_accum=2"] if stage == 1 else ["data.batch_size=4"]
+    return [*batch, "distributed.engine=deepspeed", f"distributed.zero_stage={stage}", *extra, *COMMON]
 
 
 @pytest.mark.parametrize("method", list(METHODS))
