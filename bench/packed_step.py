@@ -102,6 +102,7 @@ def peft_steps(args, examples):
 def ptune_steps(args, examples):
     from ptune_dist.config import load_config
     from ptune_dist.data.task import TaskSpec
+    from ptune_dist.methods import owners
     from ptune_dist.model.build import build_model
     from ptune_dist.model.load import load_tokenizer
 
@@ -110,7 +111,7 @@ def ptune_steps(args, examples):
         [
             f"method.name={args.method}",
             f"method.num_virtual_tokens={args.virtual}",
-            "method.projection=false",
+            *(["method.projection=false"] if args.method in owners("projection") else []),  # PEFT's plain prefix
             f"model.name_or_path={MODEL}",
         ],
     )

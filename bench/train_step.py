@@ -107,6 +107,7 @@ def run_peft(args, method):
 def run_ptune(args, method):
     from ptune_dist.config import load_config
     from ptune_dist.data.task import TaskSpec
+    from ptune_dist.methods import owners
     from ptune_dist.model.build import build_model
     from ptune_dist.model.load import load_tokenizer
 
@@ -115,7 +116,7 @@ def run_ptune(args, method):
         [
             f"method.name={method}",
             f"method.num_virtual_tokens={args.virtual}",
-            "method.projection=false",
+            *(["method.projection=false"] if method in owners("projection") else []),  # PEFT's plain prefix
             f"model.name_or_path={MODEL}",
         ],
     )

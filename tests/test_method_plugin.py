@@ -130,5 +130,5 @@ def test_a_new_family_needs_only_its_file_and_its_placement(tmp_path):
         metrics = evaluate_checkpoint(run / "final")
     assert metrics["default"]["examples"] == 4, metrics
     assert "kv_scales" not in METHODS  # the registration is undone
-    with pytest.raises(ConfigError, match="method.name='kv_scales' is not one of"):
+    with pytest.raises(ConfigError, match="method.name='kv_scales' is not allowed"):
         load_config([], ["method.name=kv_scales"])

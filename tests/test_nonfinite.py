@@ -35,7 +35,7 @@ def nan_on_calls(monkeypatch, calls):
         out = real(self, batch)
         seen.append(1)
         if len(seen) in calls:
-            out.loss = out.loss * float("nan")
+            out.total = out.total * float("nan")
         return out
 
     monkeypatch.setattr(TorchEngine, "forward", forward)
