@@ -457,7 +457,7 @@ def test_a_step_graph_is_gone_before_the_next_forward():
             alive_at_forward.append([r() is not None for r in inputs])
             a = prompt * 2
             inputs.append(weakref.ref(a))
-            return types.SimpleNamespace(loss=_KeepsInputOnContext.apply(a, w).sum())
+            return types.SimpleNamespace(total=_KeepsInputOnContext.apply(a, w).sum(), count=1)
 
         def backward(self, loss):
             loss.backward()
