@@ -215,8 +215,9 @@ def test_a_second_ctrl_c_stops_train_at_once_with_one_line(tmp_path):
 
 
 def test_a_study_cell_stopped_by_ctrl_c_is_not_failed_and_the_queue_stops(tmp_path, monkeypatch, capsys):
-    from ptune_dist.study import command, queue
-    from ptune_dist.study.folder import state
+    from ptune_dist.launcher import grid_queue
+    from ptune_dist.launcher.grid_cells import state
+    from ptune_dist.study import command
 
     study = tmp_path / "study"
     started = []
@@ -225,7 +226,7 @@ def test_a_study_cell_stopped_by_ctrl_c_is_not_failed_and_the_queue_stops(tmp_pa
         started.append(Path(path).parent.name)
         return INTERRUPTED
 
-    monkeypatch.setattr(queue.local, "run", interrupted)
+    monkeypatch.setattr(grid_queue.local, "run", interrupted)
     args = [
         QUICKSTART,
         f"output_dir={study}",
