@@ -36,7 +36,8 @@ def update(
         phase("backward")
         engine.backward(loss)
         step_losses.append(loss.detach())
-        del out, loss, on_device  # the graph would live through the next forward, with what bitsandbytes int8 keeps on it
+        # the graph would live through the next forward, with what bitsandbytes int8 keeps on it
+        del out, loss, on_device
     phase("step")
     step_loss = torch.stack(step_losses).sum()
     return step_loss, engine.step(step_loss), tokens
